@@ -1,0 +1,195 @@
+"""Load-time checks of a registry model, with onnxruntime and numpy only (no torch, no onnx).
+
+The worker's hot reload calls :func:`load_checked` off the hot path and swaps the returned
+session in only when every check passes:
+
+1. the manifest has every field and the expected contract names (``validate_manifest``);
+2. ``model.onnx`` and ``items.json`` match their sha256 in the manifest (``verify_files``);
+3. onnxruntime can parse the file (a corrupt or truncated file fails here);
+4. the session's inputs/outputs match the contract: names, dtypes, ranks;
+5. the manifest's golden input gives finite scores, in descending order, the expected top-K
+   items and scores within tolerance, and never PAD, OOV or an excluded item.
+
+Any failure raises :class:`attnrec.errors.ModelCheckError` saying which check and why.
+
+Session options (:func:`session_options`) are chosen for a 2-core box that also runs Kafka,
+Redis and the Faust event loop: full graph optimisation (fuses LayerNorm, GELU and
+attention MatMuls), one intra-op thread by default (a second one helps large batches but
+competes with the event loop; see docs/BENCHMARKS.md), sequential execution (the graph is
+a chain, inter-op parallelism has nothing to do) and no spin-waiting (spinning threads burn
+a core between batches that Kafka and Redis need).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from attnrec.errors import ModelCheckError
+from exporter.registry import INPUTS, MANIFEST_FILE, OUTPUTS, load_items, validate_manifest, verify_files
+
+__all__ = [
+    "GOLDEN_ATOL",
+    "LoadedModel",
+    "session_options",
+    "make_session",
+    "check_contract",
+    "run_golden",
+    "check_model",
+    "load_checked",
+]
+
+log = logging.getLogger(__name__)
+
+#: Absolute tolerance on golden scores (the check runs on another machine/ORT build than export).
+GOLDEN_ATOL = 1e-3
+_ORT_DTYPES = {"tensor(int64)": "int64", "tensor(float)": "float32"}
+
+
+def session_options(*, intra_op_threads: int = 1, spinning: bool = False,
+                    opt_level: str = "all") -> ort.SessionOptions:
+    """The session options we deploy with (see the module docstring for why)."""
+    so = ort.SessionOptions()
+    so.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[opt_level]
+    so.intra_op_num_threads = intra_op_threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    spin = "1" if spinning else "0"
+    so.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    so.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    so.log_severity_level = 3  # errors only; we report problems through our own exceptions
+    return so
+
+
+def make_session(model_path: str | os.PathLike[str], *, intra_op_threads: int = 1,
+                 spinning: bool = False, opt_level: str = "all") -> ort.InferenceSession:
+    """An onnxruntime CPU session; parse failures become ModelCheckError."""
+    try:
+        return ort.InferenceSession(
+            str(model_path),
+            sess_options=session_options(intra_op_threads=intra_op_threads, spinning=spinning, opt_level=opt_level),
+            providers=["CPUExecutionProvider"],
+        )
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/InvalidProtobuf types
+        raise ModelCheckError(f"onnxruntime cannot load {model_path}: {type(exc).__name__}: {exc}") from None
+
+
+def check_contract(session: ort.InferenceSession) -> None:
+    """Inputs/outputs have the contract's names, dtypes and ranks, in order."""
+    for kind, got, want in (("input", session.get_inputs(), INPUTS), ("output", session.get_outputs(), OUTPUTS)):
+        got_names = [g.name for g in got]
+        want_names = [w["name"] for w in want]
+        if got_names != want_names:
+            raise ModelCheckError(f"{kind}s are {got_names}, the contract says {want_names}")
+        for g, w in zip(got, want):
+            dtype = _ORT_DTYPES.get(g.type, g.type)
+            if dtype != w["dtype"]:
+                raise ModelCheckError(f"{kind} {g.name!r} is {dtype}, the contract says {w['dtype']}")
+            if len(g.shape) != len(w["shape"]):
+                raise ModelCheckError(f"{kind} {g.name!r} has shape {g.shape}, the contract says {w['shape']}")
+
+
+def run_golden(session: ort.InferenceSession, manifest: dict[str, Any], *, atol: float = GOLDEN_ATOL) -> None:
+    """Run the manifest's golden input and compare with the recorded top-K."""
+    g = manifest["golden"]
+    feed = {k: np.asarray(g[k], dtype=np.int64) for k in ("items", "types", "gaps", "exclude")}
+    try:
+        top_items, top_scores, attn = session.run(None, feed)
+    except Exception as exc:
+        raise ModelCheckError(f"golden input failed to run: {type(exc).__name__}: {exc}") from None
+    k = manifest["top_k"]
+    B, L = feed["items"].shape
+    if top_items.shape != (B, k) or top_scores.shape != (B, k) or attn.shape != (B, L):
+        raise ModelCheckError(f"golden output shapes {top_items.shape}, {top_scores.shape}, {attn.shape}; "
+                              f"expected {(B, k)}, {(B, k)}, {(B, L)}")
+    if not np.isfinite(top_scores).all() or not np.isfinite(attn).all():
+        raise ModelCheckError("golden input gives non-finite scores or attention (NaN/inf)")
+    if (np.diff(top_scores, axis=1) > 1e-6).any():
+        raise ModelCheckError("golden top_scores are not in descending order")
+    if (top_items <= 1).any():
+        raise ModelCheckError("golden top_items contain PAD or OOV")
+    for row, excl in zip(top_items, feed["exclude"]):
+        if np.isin(row, excl[excl > 1]).any():
+            raise ModelCheckError("golden top_items contain an excluded item")
+    want_items = np.asarray(g["top_items"], dtype=np.int64)
+    want_scores = np.asarray(g["top_scores"], dtype=np.float32)
+    diff = float(np.abs(top_scores - want_scores).max())
+    if diff > atol:
+        raise ModelCheckError(f"golden top_scores differ from the manifest by {diff:.3g} > {atol}")
+    if not np.array_equal(top_items, want_items):
+        # Items whose scores tie within atol may swap places; anything else is a different model.
+        for got_row, want_row, s_row in zip(top_items, want_items, want_scores):
+            if not np.array_equal(got_row, want_row) and not _ties_explain(got_row, want_row, s_row, atol):
+                raise ModelCheckError(f"golden top_items {got_row.tolist()} != expected {want_row.tolist()}")
+
+
+def _ties_explain(got: np.ndarray, want: np.ndarray, scores: np.ndarray, atol: float) -> bool:
+    """True when every position where the lists differ holds a score tied (within 2*atol)
+    with another expected score or with the K-th one (an item just outside the list)."""
+    for i in np.nonzero(got != want)[0]:
+        others = np.delete(scores, i)
+        tied = np.abs(others - scores[i]) <= 2 * atol
+        if not tied.any() and float(scores[i] - scores[-1]) > 2 * atol:
+            return False
+    return True
+
+
+def check_model(version_dir: str | os.PathLike[str], manifest: dict[str, Any] | None = None, *,
+                intra_op_threads: int = 1) -> ort.InferenceSession:
+    """Every load-time check; returns the ready session. Raises ModelCheckError."""
+    vdir = Path(version_dir)
+    if manifest is None:
+        import json
+
+        try:
+            manifest = json.loads((vdir / MANIFEST_FILE).read_text())
+        except (OSError, ValueError) as exc:
+            raise ModelCheckError(f"cannot read {vdir / MANIFEST_FILE}: {exc}") from None
+    validate_manifest(manifest)
+    verify_files(vdir, manifest)
+    session = make_session(vdir / manifest["model_file"], intra_op_threads=intra_op_threads)
+    check_contract(session)
+    run_golden(session, manifest)
+    return session
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A checked model, ready to serve: ``items[i - 2]`` is the id of model index ``i``."""
+
+    version: str
+    path: Path
+    manifest: dict[str, Any]
+    session: ort.InferenceSession
+    items: list[str]
+
+    @property
+    def item_index(self) -> dict[str, int]:
+        """item_id -> model index (2..); build once and keep it, this is O(n_items)."""
+        return {item: i + 2 for i, item in enumerate(self.items)}
+
+
+def load_checked(version_dir: str | os.PathLike[str], *, intra_op_threads: int = 1) -> LoadedModel:
+    """Load a version for serving: :func:`check_model` plus the item vocabulary."""
+    import json
+
+    vdir = Path(version_dir)
+    try:
+        manifest = json.loads((vdir / MANIFEST_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelCheckError(f"cannot read {vdir / MANIFEST_FILE}: {exc}") from None
+    session = check_model(vdir, manifest, intra_op_threads=intra_op_threads)
+    items = load_items(vdir, manifest)
+    log.info("model %s passed its checks (%d items, top_k %d)", manifest["version"], len(items), manifest["top_k"])
+    return LoadedModel(version=manifest["version"], path=vdir, manifest=manifest, session=session, items=items)

@@ -1,0 +1,53 @@
+"""A random-weight checkpoint in the training package's layout, for tests and the micro-benchmark.
+
+Writes exactly what ``training`` writes (DESIGN.md / training/checkpoint.py): config.json,
+model.pt, vocab.json, metrics.json, popularity.json, samples.json. The weights are random
+(seeded) so exports and parity can be exercised in seconds without training anything.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["write_random_checkpoint"]
+
+
+def write_random_checkpoint(path: str | Path, *, n_items: int = 200, max_len: int = 20, d_model: int = 32,
+                            n_blocks: int = 1, n_heads: int = 1, n_event_types: int = 9,
+                            n_gap_buckets: int = 32, ndcg: float | None = 0.05, seed: int = 0,
+                            n_samples: int = 64) -> Path:
+    """Create a checkpoint directory with a seeded random AttnRec; returns the path."""
+    from training.model import AttnRec, ModelConfig
+
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    cfg = ModelConfig(n_items=n_items, max_len=max_len, d_model=d_model, n_blocks=n_blocks, n_heads=n_heads,
+                      n_event_types=n_event_types, n_gap_buckets=n_gap_buckets)
+    model = AttnRec(cfg).eval()
+    torch.save(model.state_dict(), out / "model.pt")
+    rng = np.random.default_rng(seed)
+    config: dict[str, Any] = {"model": cfg.to_dict(), "train": {"seed": seed, "note": "random weights"},
+                              "dataset": "random", "data_fingerprint": f"random-{seed}"}
+    (out / "config.json").write_text(json.dumps(config))
+    vocab = {"items": [f"item-{i}" for i in range(2, n_items)],
+             "event_types": ["other", "view", "click", "like", "cart", "purchase", "gift", "share"][: max(0, n_event_types - 1)]}
+    (out / "vocab.json").write_text(json.dumps(vocab))
+    metrics = {"protocol": "loo-full-ranking", "validation": {"ndcg@10": ndcg}, "test": {"ndcg@10": ndcg}}
+    (out / "metrics.json").write_text(json.dumps(metrics))
+    (out / "popularity.json").write_text(json.dumps(vocab["items"][:20]))
+    samples = []
+    for _ in range(n_samples):
+        m = int(rng.integers(2, max_len * 2))
+        samples.append({
+            "items": rng.integers(2, n_items, size=m).tolist(),
+            "types": (rng.integers(1, n_event_types, size=m) if n_event_types > 1 else np.zeros(m, int)).tolist(),
+            "gaps": (rng.integers(0, n_gap_buckets, size=m) if n_gap_buckets > 1 else np.zeros(m, int)).tolist(),
+        })
+    (out / "samples.json").write_text(json.dumps(samples))
+    return out
