@@ -121,19 +121,30 @@ def _read_json(path: Path, default: Any = None) -> Any:
 
 
 def _normalise_samples(raw: Any) -> list[dict[str, list[int]]]:
-    """samples.json -> [{"items": [...], "types": [...], "gaps": [...]}], oldest first, unpadded."""
+    """samples.json -> [{"items", "types", "gaps"}], oldest first, padding removed.
+
+    training/checkpoint.py writes columns of LEFT-padded rows:
+    ``{"max_len": L, "items": [[...], ...], "types": [[...], ...], "gaps": [[...], ...]}``;
+    a list of per-sequence dicts (or of bare item lists) is accepted too.
+    """
     if isinstance(raw, dict):
-        raw = raw.get("samples", raw.get("sequences", []))
+        items_col = raw.get("items", [])
+        n = len(items_col)
+        rows: list[Any] = [{"items": items_col[r],
+                            "types": (raw.get("types") or [[0] * len(items_col[r])] * n)[r],
+                            "gaps": (raw.get("gaps") or [[0] * len(items_col[r])] * n)[r]} for r in range(n)]
+    else:
+        rows = list(raw or [])
     out = []
-    for s in raw or []:
+    for s in rows:
         if isinstance(s, dict):
             items = [int(x) for x in s.get("items", [])]
-            types = [int(x) for x in s.get("types", [0] * len(items))]
-            gaps = [int(x) for x in s.get("gaps", [0] * len(items))]
+            types = [int(x) for x in s.get("types") or [0] * len(items)]
+            gaps = [int(x) for x in s.get("gaps") or [0] * len(items)]
         else:
             items = [int(x) for x in s]
             types, gaps = [0] * len(items), [0] * len(items)
-        keep = [i for i, x in enumerate(items) if x != 0]  # drop any padding the writer left in
+        keep = [i for i, x in enumerate(items) if x != 0]  # drop the left padding
         if keep:
             out.append({"items": [items[i] for i in keep], "types": [types[i] for i in keep],
                         "gaps": [gaps[i] for i in keep]})

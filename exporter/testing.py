@@ -38,16 +38,19 @@ def write_random_checkpoint(path: str | Path, *, n_items: int = 200, max_len: in
     vocab = {"items": [f"item-{i}" for i in range(2, n_items)],
              "event_types": ["other", "view", "click", "like", "cart", "purchase", "gift", "share"][: max(0, n_event_types - 1)]}
     (out / "vocab.json").write_text(json.dumps(vocab))
-    metrics = {"protocol": "loo-full-ranking", "validation": {"ndcg@10": ndcg}, "test": {"ndcg@10": ndcg}}
+    metrics = {"protocol": "loo-full-ranking", "val": {"ndcg@10": ndcg, "hr@10": None},
+               "test": {"ndcg@10": ndcg, "hr@10": None}}
     (out / "metrics.json").write_text(json.dumps(metrics))
     (out / "popularity.json").write_text(json.dumps(vocab["items"][:20]))
-    samples = []
-    for _ in range(n_samples):
-        m = int(rng.integers(2, max_len * 2))
-        samples.append({
+    samples: dict[str, Any] = {"max_len": max_len, "items": [], "types": [], "gaps": []}
+    for _ in range(n_samples):  # training/checkpoint.py's layout: columns of left-padded rows
+        m = int(rng.integers(1, max_len + 1))
+        row = {
             "items": rng.integers(2, n_items, size=m).tolist(),
             "types": (rng.integers(1, n_event_types, size=m) if n_event_types > 1 else np.zeros(m, int)).tolist(),
             "gaps": (rng.integers(0, n_gap_buckets, size=m) if n_gap_buckets > 1 else np.zeros(m, int)).tolist(),
-        })
+        }
+        for k, v in row.items():
+            samples[k].append([0] * (max_len - m) + v)
     (out / "samples.json").write_text(json.dumps(samples))
     return out
