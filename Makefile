@@ -1,0 +1,52 @@
+# attnrec — the two commands that matter on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+.PHONY: setup system-deps demo test test-fast faults bench bench-quality microbench lint clean stack-up stack-down
+
+setup: system-deps $(STAMP)
+
+system-deps:
+	@bash deploy/setup-system.sh
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[train,dev]'
+	@touch $(STAMP)
+
+demo: setup                 ## the main job, end to end (< 5 min once dependencies are cached)
+	$(BIN)/attnrec demo
+
+test: setup                 ## unit + integration + fault tests against real Kafka and Redis
+	$(BIN)/python -m pytest -q -rs
+
+test-fast: setup            ## unit tests only (no services)
+	$(BIN)/python -m pytest -q -m "not integration"
+
+faults: setup               ## the fault-injection tests alone
+	$(BIN)/python -m pytest -q -m faults
+
+bench: setup                ## end-to-end speed sweeps (long; not in CI)
+	$(BIN)/attnrec bench --sweep --json docs/bench/bench.json
+
+bench-quality: setup        ## full training runs on the public data (long; not in CI)
+	bash training/bench_quality.sh
+
+microbench: setup           ## onnxruntime vs torch per-batch latency
+	$(BIN)/python -m exporter.microbench --json docs/bench/microbench.json
+
+lint: setup
+	$(BIN)/ruff check attnrec stream training exporter tests
+
+stack-up: setup
+	$(BIN)/attnrec stack up
+stack-down:
+	$(BIN)/attnrec stack down
+
+clean:
+	-$(BIN)/attnrec stack down
+	rm -rf .attnrec .pytest_cache

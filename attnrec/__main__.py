@@ -1,0 +1,3 @@
+from attnrec.cli import main
+
+raise SystemExit(main())

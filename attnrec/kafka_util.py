@@ -1,0 +1,85 @@
+"""Small Kafka helpers on kafka-python: topic creation and a plain producer/consumer.
+
+Used by the CLI (replay, demo, bench), the dashboard and the tests; the worker itself talks
+to Kafka through faust/aiokafka.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Iterable
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import NewTopic
+from kafka.errors import TopicAlreadyExistsError
+
+from attnrec.errors import TransientError
+from attnrec.settings import Settings
+
+__all__ = ["ensure_topics", "make_producer", "make_consumer", "admin_client"]
+
+log = logging.getLogger(__name__)
+
+
+def _security(s: Settings) -> dict[str, Any]:
+    kw = s.kafka_client_kwargs()
+    if s.kafka_ssl_cafile:
+        kw["ssl_cafile"] = str(s.kafka_ssl_cafile)
+    return kw
+
+
+def admin_client(s: Settings, timeout_s: float = 30.0) -> KafkaAdminClient:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return KafkaAdminClient(bootstrap_servers=s.kafka_bootstrap, request_timeout_ms=10000, **_security(s))
+        except Exception as exc:
+            if time.monotonic() > deadline:
+                raise TransientError(f"kafka at {s.kafka_bootstrap} does not answer: {exc}") from exc
+            time.sleep(0.5)
+
+
+def ensure_topics(s: Settings, names: Iterable[str] | None = None, partitions: int | None = None) -> None:
+    """Create the product's topics when missing (idempotent)."""
+    names = list(names or (s.clicks_topic, s.recs_topic, s.dlq_topic, s.updates_topic))
+    n = partitions or s.partitions
+    admin = admin_client(s)
+    try:
+        existing = set(admin.list_topics())
+        new = [NewTopic(t, num_partitions=(1 if t == s.updates_topic else n), replication_factor=1) for t in names if t not in existing]
+        if new:
+            try:
+                admin.create_topics(new)
+                log.info("created topics %s", ", ".join(t.name for t in new))
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        admin.close()
+
+
+def make_producer(s: Settings, **kw: Any) -> KafkaProducer:
+    opts: dict[str, Any] = dict(
+        bootstrap_servers=s.kafka_bootstrap,
+        acks="all",
+        linger_ms=5,
+        batch_size=256 * 1024,
+        max_in_flight_requests_per_connection=5,
+        retries=10,
+        **_security(s),
+    )
+    opts.update(kw)
+    return KafkaProducer(**opts)
+
+
+def make_consumer(s: Settings, *topics: str, group_id: str | None = None, **kw: Any) -> KafkaConsumer:
+    opts: dict[str, Any] = dict(
+        bootstrap_servers=s.kafka_bootstrap,
+        group_id=group_id,
+        auto_offset_reset="earliest",
+        enable_auto_commit=group_id is not None,
+        consumer_timeout_ms=1000,
+        **_security(s),
+    )
+    opts.update(kw)
+    return KafkaConsumer(*topics, **opts)

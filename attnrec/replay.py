@@ -1,0 +1,238 @@
+"""Producing click events to Kafka at a paced rate, and tracking the recommendations they cause.
+
+Used by ``attnrec replay``, the demo and the benchmark. Events come from a file (JSONL or CSV
+of our schema, or a DIGINETICA ``item-views`` CSV) or from the synthetic generator.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import orjson
+
+from attnrec.errors import DataError
+from attnrec.kafka_util import make_consumer, make_producer
+from attnrec.settings import Settings
+from stream.schema import ClickEvent, parse_event
+
+__all__ = ["iter_file_events", "iter_synthetic", "Pacer", "produce", "replay", "RecsTracker"]
+
+log = logging.getLogger(__name__)
+
+
+def _diginetica(path: Path) -> Iterator[ClickEvent]:
+    """DIGINETICA ``session_id;user_id;item_id;timeframe;eventdate`` rows as view events.
+
+    The user is the user_id when known, else the session. ``timeframe`` is milliseconds since
+    the session's first event, added to the event date.
+    """
+    with open(path, newline="") as f:
+        rd = csv.reader(f, delimiter=";")
+        header = next(rd, None)
+        if header is None or header[:3] != ["session_id", "user_id", "item_id"]:
+            raise DataError(f"{path}:1: not a DIGINETICA item-views header: {header}")
+        for n, row in enumerate(rd, start=2):
+            if len(row) < 5:
+                raise DataError(f"{path}:{n}: expected 5 fields, got {len(row)}")
+            sid, uid, item, frame, date = row[:5]
+            day = dt.datetime.fromisoformat(date).replace(tzinfo=dt.timezone.utc)
+            ts = int(day.timestamp() * 1000) + int(frame or 0)
+            user = uid if uid and uid != "NA" else f"s{sid}"
+            yield ClickEvent(f"dg-{sid}-{n}", user, f"dg{item}", "view", ts, {"session_id": sid})
+
+
+def iter_file_events(path: Path) -> Iterator[ClickEvent]:
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        head = f.readline()
+    if head.startswith(b"session_id;user_id;item_id"):
+        yield from _diginetica(path)
+        return
+    if path.suffix == ".csv":
+        with open(path, newline="") as f:
+            for n, row in enumerate(csv.DictReader(f), start=2):
+                try:
+                    yield parse_event(orjson.dumps({**row, "ts": int(row["ts"]) if str(row.get("ts", "")).isdigit() else row.get("ts"),
+                                                    "event_id": row.get("event_id") or f"{path.stem}-{n}"}))  # fmt: skip
+                except Exception as exc:
+                    raise DataError(f"{path}:{n}: {exc}") from None
+        return
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield parse_event(line)
+            except Exception as exc:
+                raise DataError(f"{path}:{n}: {exc}") from None
+
+
+def iter_synthetic(count: int, seed: int = 7, n_users: int | None = None, n_items: int | None = None, restamp: bool = False) -> Iterator[ClickEvent]:
+    """Synthetic events (training.synth), optionally re-stamped to "now" keeping their gaps."""
+    from training.synth import generate
+
+    users = n_users or max(50, count // 40)
+    items = n_items or max(200, min(3000, count // 10))
+    evs = generate(users, items, count, seed=seed)
+    if not restamp:
+        yield from evs
+        return
+    first: int | None = None
+    now = int(time.time() * 1000)
+    for ev in evs:
+        if first is None:
+            first = ev.ts
+        yield ClickEvent(ev.event_id, ev.user_id, ev.item_id, ev.event_type, now + (ev.ts - first) // 1000, ev.context)
+
+
+class Pacer:
+    """Sleeps so that ``n`` calls to :meth:`tick` take ``n / rate`` seconds (rate None = max)."""
+
+    def __init__(self, rate: float | None) -> None:
+        self.rate = rate
+        self.t0 = time.perf_counter()
+        self.n = 0
+
+    def tick(self) -> None:
+        self.n += 1
+        if not self.rate:
+            return
+        ahead = self.n / self.rate - (time.perf_counter() - self.t0)
+        if ahead > 0.001:
+            time.sleep(ahead)
+
+
+@dataclass
+class RecsTracker:
+    """Consumes ``recs`` in a thread and matches each recommendation to the event that
+    triggered it: produce time -> arrival time gives the end-to-end latency."""
+
+    settings: Settings
+    topic: str | None = None
+    sent: dict[str, float] = field(default_factory=dict)  # event_id -> produce time (perf_counter)
+    latencies_ms: list[float] = field(default_factory=list)
+    received: int = 0
+    triggers_seen: set[str] = field(default_factory=set)
+    duplicates: int = 0
+    versions: dict[str, int] = field(default_factory=dict)
+    samples: list[dict] = field(default_factory=list)
+    on_rec: Callable[[dict], None] | None = None
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._lock = threading.Lock()
+        self._t = threading.Thread(target=self._run, name="recs-tracker", daemon=True)
+
+    def start(self) -> "RecsTracker":
+        self._t.start()
+        self._ready.wait(30)
+        return self
+
+    def _run(self) -> None:
+        c = make_consumer(self.settings, self.topic or self.settings.recs_topic, group_id=None,
+                          auto_offset_reset="latest", consumer_timeout_ms=200)  # fmt: skip
+        try:
+            # join at the end of the topic before the producer starts
+            while not c.assignment():
+                c.poll(timeout_ms=100)
+            c.seek_to_end()
+            for tp in c.assignment():
+                c.position(tp)
+            self._ready.set()
+            while not self._stop.is_set():
+                batch = c.poll(timeout_ms=100, max_records=5000)
+                now = time.perf_counter()
+                for recs in batch.values():
+                    for m in recs:
+                        self._on(orjson.loads(m.value), now)
+        finally:
+            self._ready.set()
+            c.close()
+
+    def _on(self, rec: dict, now: float) -> None:
+        with self._lock:
+            self.received += 1
+            trig = rec.get("trigger_event_id")
+            if trig in self.triggers_seen:
+                self.duplicates += 1
+            else:
+                self.triggers_seen.add(trig)
+            t = self.sent.get(trig)
+            if t is not None:
+                self.latencies_ms.append(1000.0 * (now - t))
+            v = str(rec.get("model_version"))
+            self.versions[v] = self.versions.get(v, 0) + 1
+            if len(self.samples) < 200 and rec.get("because"):
+                self.samples.append(rec)
+        if self.on_rec is not None:
+            self.on_rec(rec)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._t.join(10)
+
+
+def produce(
+    settings: Settings,
+    events: Iterable[ClickEvent],
+    *,
+    rate: float | None,
+    topic: str | None = None,
+    tracker: RecsTracker | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Send events keyed by user_id at ``rate`` events/s; returns how many were sent."""
+    p = make_producer(settings)
+    topic = topic or settings.clicks_topic
+    pacer = Pacer(rate)
+    n = 0
+    try:
+        for ev in events:
+            if tracker is not None:
+                tracker.sent[ev.event_id] = time.perf_counter()
+            p.send(topic, key=ev.user_id.encode(), value=ev.to_json())
+            n += 1
+            pacer.tick()
+            if progress is not None and n % 100 == 0:
+                progress(100)
+        p.flush(60)
+    finally:
+        p.close(10)
+    if progress is not None:
+        progress(n % 100)
+    return n
+
+
+def replay(settings: Settings, *, data: Path | None, synthetic: bool, rate: str | float, count: int, seed: int = 7, topic: str | None = None) -> int:
+    from attnrec.kafka_util import ensure_topics
+
+    ensure_topics(settings)
+    r = None if str(rate) == "max" else float(rate)
+    if synthetic:
+        events: Iterable[ClickEvent] = iter_synthetic(count, seed=seed)
+    else:
+        assert data is not None
+        import itertools
+
+        events = itertools.islice(iter_file_events(data), count) if count else iter_file_events(data)
+    from tqdm import tqdm
+
+    with tqdm(total=count or None, unit="ev", desc="replay", mininterval=0.5) as bar:
+        n = produce(settings, events, rate=r, topic=topic, progress=bar.update)
+    log.info("produced %d events to %s", n, topic or settings.clicks_topic)
+    return n
+
+
+def new_event_id() -> str:
+    return uuid.uuid4().hex

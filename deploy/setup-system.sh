@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# System prerequisites for the local stack and browser tests, from Debian's packages.
+# Idempotent; needs root for apt-get (otherwise prints what to install and continues).
+set -euo pipefail
+need=()
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+if [[ "${ATTNREC_SKIP_CHROMIUM:-0}" != "1" ]]; then
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)
+fi
+command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null 2>&1 || [[ -n "${KAFKA_HOME:-}" ]] || need+=(maven)
+if ((${#need[@]})); then
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing ${need[*]} from Debian's packages"
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null
+  else
+    echo "setup: missing ${need[*]}; install them (Debian: apt-get install ${need[*]})" >&2
+    exit 1
+  fi
+fi

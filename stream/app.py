@@ -1,0 +1,338 @@
+"""The Faust worker: a thin agent over :mod:`stream.logic`.
+
+One agent, concurrency 1, consumes ``clicks`` in batches (``take_events(B, within=W)``). For
+each batch: parse and validate (bad messages to ``clicks.dlq``), apply to the Redis buffers
+in one Lua call, run the model once, produce one recommendation per user, store it for the
+lookup API, and wait until every produced record is acknowledged by the broker. Only then
+does the batch end and its offsets become committable.
+
+faust-streaming acks every event of a ``take_events`` batch when the loop body leaves,
+even by an exception, so the body never raises on purpose: transient failures are retried
+with backoff until they succeed (a Redis outage pauses consumption), and an event that fails
+``max_attempts`` times on its own is dead-lettered as poison. The whole batch is idempotent
+(Redis dedupes by offset watermark and event_id), so a retry re-runs it from the start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Sequence
+
+import faust
+import orjson
+import redis.asyncio as aioredis
+from faust.web import Request, Response, View
+
+from attnrec.errors import AttnrecError, TransientError
+from attnrec.settings import Settings
+from stream.buffer import RedisBuffers
+from stream.logic import RawRecord, build_inputs, dlq_reason, parse_records, recommend
+from stream.metrics import WorkerMetrics
+from stream.model import LoadedModel, ModelWatcher
+from stream.schema import ClickEvent, dlq_envelope
+
+__all__ = ["Processor", "create_app"]
+
+log = logging.getLogger(__name__)
+
+
+class Processor:
+    """Everything a batch needs, independent of faust (the agent feeds it RawRecords)."""
+
+    def __init__(self, settings: Settings, buffers: RedisBuffers, metrics: WorkerMetrics, watcher: ModelWatcher) -> None:
+        self.s = settings
+        self.buffers = buffers
+        self.metrics = metrics
+        self.watcher = watcher
+        self.model: LoadedModel | None = None
+        self.send: Any = None  # async (topic, key, value) -> awaitable delivery future
+        self.batches = 0
+
+    # ------------------------------------------------------------------ model
+    def set_model(self, m: LoadedModel | None) -> None:
+        self.model = m
+        if m is not None:
+            self.metrics.model_info.info({"version": m.version})
+            self.metrics.model_loaded.set(1)
+            log.info("serving model %s", m.version)
+
+    def maybe_swap(self) -> None:
+        m = self.watcher.take_pending()
+        if m is not None:
+            old = self.model.version if self.model else None
+            self.set_model(m)
+            log.info("model swapped between batches: %s -> %s", old, m.version)
+
+    # ------------------------------------------------------------------ batch
+    async def process(self, records: Sequence[RawRecord]) -> None:
+        """Process one batch to completion. Never raises except on cancellation."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await self._process_once(records)
+                return
+            except TransientError as exc:
+                self.metrics.retries.labels("transient").inc()
+                delay = min(self.s.retry_max_s, 0.05 * 2 ** min(attempt, 10))
+                log.warning(
+                    "batch of %d (%s) failed transiently (attempt %d): %s; retrying in %.2fs",
+                    len(records), _where(records), attempt, exc, delay,
+                )  # fmt: skip
+                await asyncio.sleep(delay)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.metrics.retries.labels("error").inc()
+                log.exception("batch of %d (%s) failed (attempt %d/%d)", len(records), _where(records), attempt, self.s.max_attempts)
+                if attempt >= self.s.max_attempts:
+                    if len(records) == 1:
+                        await self._dead_letter_poison(records[0], exc)
+                        return
+                    for r in records:  # isolate the poison: one event at a time
+                        await self.process([r])
+                    return
+                await asyncio.sleep(min(self.s.retry_max_s, 0.05 * 2**attempt))
+
+    async def _process_once(self, records: Sequence[RawRecord]) -> None:
+        s, m = self.s, self.metrics
+        parsed = parse_records(records)
+        pending: list[Any] = []
+        for key, env, reason in parsed.dead:
+            log.warning("dead letter (%s): %s", reason, orjson.loads(env)["error"])
+            pending.append(await self._send(s.dlq_topic, key, env))
+        if parsed.events:
+            t0 = time.perf_counter()
+            res = await self.buffers.apply(parsed.events)
+            t1 = time.perf_counter()
+            self.maybe_swap()
+            model = self.model
+            triggers: dict[str, ClickEvent] = {}
+            for ev, _, _ in parsed.events:
+                triggers[ev.user_id] = ev  # the last event of each user is its trigger
+            outputs = inputs = None
+            if model is not None:
+                inputs = build_inputs(model, res.buffers, res.users, exclude_seen=s.exclude_seen)
+                if inputs.users:
+                    outputs = model.run(inputs.items, inputs.types, inputs.gaps, inputs.exclude)
+            t2 = time.perf_counter()
+            recs = recommend(
+                model, res.users, res.buffers, triggers,
+                top_k=s.top_k, because_k=s.because_k, exclude_seen=s.exclude_seen,
+                outputs=outputs, inputs=inputs,
+            )  # fmt: skip
+            payloads = {r.user_id: r.to_json() for r in recs}
+            for r in recs:
+                pending.append(await self._send(s.recs_topic, r.user_id.encode(), payloads[r.user_id]))
+            await self.buffers.store_recs(payloads)
+            await self._wait(pending)
+            t3 = time.perf_counter()
+            # metrics only once the batch is done (a retried batch is counted once)
+            n_new = sum(res.applied)
+            m.events.inc(len(parsed.events))
+            m.events_applied.inc(n_new)
+            m.duplicates.inc(len(parsed.events) - n_new)
+            m.unknown_types.inc(parsed.unknown_types)
+            m.recs.inc(len(recs))
+            m.fallbacks.inc(sum(1 for r in recs if r.payload["fallback"]))
+            m.redis_ms.observe(1000 * (t1 - t0))
+            m.model_ms.observe(1000 * (t2 - t1))
+            m.produce_ms.observe(1000 * (t3 - t2))
+            now = time.time() * 1000
+            for r in recs:
+                m.e2e_ms.observe(max(0.0, now - r.payload["event_ts"]))
+        else:
+            await self._wait(pending)
+        for _, _, reason in parsed.dead:
+            m.dead.labels(reason).inc()
+        m.batch_size.observe(len(records))
+        self.batches += 1
+
+    async def _send(self, topic: str, key: bytes | None, value: bytes) -> Any:
+        try:
+            return await self.send(topic, key, value)
+        except Exception as exc:  # aiokafka errors while enqueuing
+            raise TransientError(f"kafka produce to {topic}: {type(exc).__name__}: {exc}") from exc
+
+    @staticmethod
+    async def _wait(pending: list[Any]) -> None:
+        if not pending:
+            return
+        try:
+            await asyncio.gather(*pending)
+        except Exception as exc:
+            raise TransientError(f"kafka delivery: {type(exc).__name__}: {exc}") from exc
+
+    async def _dead_letter_poison(self, r: RawRecord, exc: BaseException) -> None:
+        msg = f"poison: processing failed {self.s.max_attempts} times: {type(exc).__name__}: {exc}"[:1000]
+        env = dlq_envelope(msg, r.value, r.key, r.topic, r.partition, r.offset, int(time.time() * 1000))
+        log.error("dead-lettering poison event at %s:%d@%d: %s", r.topic, r.partition, r.offset, msg)
+        while True:
+            try:
+                await self._wait([await self._send(self.s.dlq_topic, r.key, env)])
+                break
+            except TransientError as e:
+                log.warning("cannot dead-letter yet: %s", e)
+                await asyncio.sleep(1.0)
+        self.metrics.dead.labels(dlq_reason(msg)).inc()
+
+
+def _where(records: Sequence[RawRecord]) -> str:
+    if not records:
+        return "-"
+    r0, r1 = records[0], records[-1]
+    return f"{r0.topic}:{r0.partition}@{r0.offset}..{r1.partition}@{r1.offset}"
+
+
+def _faust_credentials(s: Settings) -> Any:
+    if s.kafka_security_protocol == "PLAINTEXT":
+        return None
+    ssl_ctx = None
+    if s.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        import ssl
+
+        ssl_ctx = ssl.create_default_context(cafile=str(s.kafka_ssl_cafile) if s.kafka_ssl_cafile else None)
+    if s.kafka_security_protocol.startswith("SASL"):
+        pw = s.kafka_password.get_secret_value() if s.kafka_password else ""
+        if s.kafka_sasl_mechanism == "PLAIN":
+            return faust.SASLCredentials(username=s.kafka_username, password=pw, ssl_context=ssl_ctx)
+        from faust.types.auth import SASLMechanism
+
+        mech = SASLMechanism.SCRAM_SHA_256 if s.kafka_sasl_mechanism == "SCRAM-SHA-256" else SASLMechanism.SCRAM_SHA_512
+        return faust.SASLCredentials(username=s.kafka_username, password=pw, ssl_context=ssl_ctx, mechanism=mech)
+    return faust.SSLCredentials(ssl_ctx)
+
+
+def redis_client(s: Settings) -> aioredis.Redis:
+    return aioredis.Redis.from_url(
+        s.redis_url,
+        username=s.redis_username,
+        password=s.redis_password.get_secret_value() if s.redis_password else None,
+        socket_timeout=s.redis_timeout_s,
+        socket_connect_timeout=s.redis_timeout_s,
+        health_check_interval=10,
+    )
+
+
+def create_app(settings: Settings) -> faust.App:
+    """Build the faust app, its agent and its web views from one settings object."""
+    s = settings
+    app = faust.App(
+        s.group_id,
+        broker=[f"kafka://{h.strip()}" for h in s.kafka_bootstrap.split(",")],
+        broker_credentials=_faust_credentials(s),
+        store="memory://",
+        topic_partitions=s.partitions,
+        topic_disable_leader=True,
+        web_enabled=True,
+        web_host=s.web_host,
+        web_port=s.web_port,
+        web_in_thread=False,
+        key_serializer="raw",
+        value_serializer="raw",
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=1.0,
+        broker_commit_every=1000,
+        producer_linger=0.002,
+        stream_buffer_maxsize=max(4096, 4 * s.batch_size),
+        agent_supervisor="mode.OneForOneSupervisor",
+    )
+    metrics = WorkerMetrics()
+    watcher = ModelWatcher(
+        s.registry_dir,
+        threads=s.ort_threads,
+        poll_s=s.reload_poll_s,
+        on_event=lambda kind, version, why: metrics.reloads.labels(kind).inc(),
+    )
+    buffers = RedisBuffers(
+        redis_client(s), max_len=s.buffer_len, ttl_s=s.buffer_ttl_s, dedupe_window=s.dedupe_window
+    )
+    proc = Processor(s, buffers, metrics, watcher)
+    topics = {name: app.topic(name, partitions=s.partitions, key_type=bytes, value_type=bytes) for name in (s.recs_topic, s.dlq_topic)}
+    clicks = app.topic(s.clicks_topic, partitions=s.partitions, key_type=bytes, value_type=bytes)
+
+    async def send(topic: str, key: bytes | None, value: bytes) -> Any:
+        return await topics[topic].send(key=key, value=value, force=True)
+
+    proc.send = send
+    app.attnrec = proc  # type: ignore[attr-defined]
+    app.attnrec_metrics = metrics  # type: ignore[attr-defined]
+
+    @app.task
+    async def _load_model() -> None:
+        # load off the event loop's hot path; then poll CURRENT in a thread
+        m = await asyncio.get_running_loop().run_in_executor(None, watcher.load_now)
+        if m is not None and proc.model is None:
+            proc.set_model(m)
+        elif m is None:
+            log.warning("no model promoted in %s yet: serving popularity fallbacks", s.registry_dir)
+        watcher.start()
+
+    @app.agent(clicks, concurrency=1)
+    async def score(stream: Any) -> None:
+        async for events in stream.take_events(s.batch_size, within=s.batch_wait_ms / 1000.0):
+            records = [
+                RawRecord(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value, int(e.message.timestamp * 1000))
+                for e in events
+            ]
+            # Finish the batch in hand even when the worker is asked to stop (SIGTERM):
+            # leaving early would let take_events ack unprocessed events.
+            task = asyncio.ensure_future(proc.process(records))
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                log.info("stop requested: finishing the batch in hand (%d events)", len(records))
+                try:
+                    await asyncio.wait_for(task, timeout=30)
+                except Exception:
+                    log.error("batch did not finish within 30 s of stop; exiting without acking it")
+                    import os
+
+                    os._exit(3)
+                raise
+
+    def _authorized(request: Request) -> bool:
+        if s.api_token is None:
+            return True
+        got = request.headers.get("Authorization", "")
+        return got == f"Bearer {s.api_token.get_secret_value()}"
+
+    @app.page("/healthz")
+    class Healthz(View):
+        async def get(self, request: Request) -> Response:
+            return self.json({"ok": True})
+
+    @app.page("/readyz")
+    class Readyz(View):
+        async def get(self, request: Request) -> Response:
+            assigned = len(app.consumer.assignment()) if app.consumer is not None else 0
+            ready = proc.model is not None and assigned > 0
+            body = {"ready": ready, "model_version": proc.model.version if proc.model else None, "assigned_partitions": assigned,
+                    "model_error": watcher.last_error}  # fmt: skip
+            return self.json(body, status=200 if ready else 503)
+
+    @app.page("/metrics")
+    class Metrics(View):
+        async def get(self, request: Request) -> Response:
+            if not _authorized(request):
+                return self.json({"error": "unauthorized"}, status=401)
+            if app.consumer is not None:
+                metrics.assigned.set(len(app.consumer.assignment()))
+            return self.bytes(metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.page("/recs/{user_id}")
+    class Recs(View):
+        async def get(self, request: Request, user_id: str) -> Response:
+            if not _authorized(request):
+                return self.json({"error": "unauthorized"}, status=401)
+            try:
+                raw = await buffers.get_recs(user_id)
+            except AttnrecError as exc:
+                return self.json({"error": str(exc)}, status=503)
+            if raw is None:
+                return self.json({"error": f"no recommendation for user {user_id!r}"}, status=404)
+            return self.bytes(raw, content_type="application/json")
+
+    return app

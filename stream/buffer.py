@@ -1,0 +1,200 @@
+"""Per-user recent-behaviour buffers in Redis, updated idempotently in one Lua call per batch.
+
+Keys (hash-tagged so each user's keys share one Redis Cluster slot):
+
+- ``{u:<user_id>}:recent`` list of entries ``"<ts>|<event_type>|<item_id>"``, newest first,
+  capped at ``max_len``, TTL refreshed on write.
+- ``{u:<user_id>}:ev``     sorted set of the last ``dedupe_window`` applied event_ids
+  (catches a producer's retry, which arrives at a new offset).
+- ``{u:<user_id>}:wm``     hash ``<topic>:<partition>`` -> highest applied offset (catches a
+  redelivery after a crash exactly: one user lives on one partition, so an event at or below
+  the watermark was applied already, however many events the user sent since).
+- ``{u:<user_id>}:recs``   the latest recommendation (JSON), for the lookup API.
+
+An event is applied at most once: both checks and the append happen inside one script, which
+Redis runs atomically; with AOF on, a Redis restart keeps the applied state and the
+watermark together.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Sequence
+
+import redis.asyncio as aioredis
+import redis.exceptions as rexc
+
+from attnrec.errors import TransientError
+from stream.schema import ClickEvent
+
+__all__ = ["BufferEntry", "RedisBuffers", "encode_entry", "decode_entry", "user_keys", "APPLY_LUA"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class BufferEntry:
+    item_id: str
+    event_type: str
+    ts: int
+
+
+def encode_entry(ev: ClickEvent) -> str:
+    # item_id goes last: it may contain '|' and split(maxsplit=2) keeps it whole.
+    return f"{ev.ts}|{ev.event_type}|{ev.item_id}"
+
+
+def decode_entry(raw: str | bytes) -> BufferEntry:
+    s = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    ts, et, item = s.split("|", 2)
+    return BufferEntry(item, et, int(ts))
+
+
+def user_keys(user_id: str) -> tuple[str, str, str, str]:
+    tag = "{u:" + user_id + "}"
+    return tag + ":recent", tag + ":ev", tag + ":wm", tag + ":recs"
+
+
+# KEYS: per event i (1-based): recent, ev, wm at 3i-2, 3i-1, 3i.
+# ARGV: max_len, ttl_s, dedupe_window, return_len, n_events, n_users,
+#       then per event: event_id, wm_field, offset, entry (4 each),
+#       then per distinct user: the 1-based index of one of its events (for its recent key).
+# Returns {applied flags (1/0 per event), {buffer per distinct user (newest first)}}.
+APPLY_LUA = """
+local max_len = tonumber(ARGV[1])
+local ttl = tonumber(ARGV[2])
+local window = tonumber(ARGV[3])
+local ret_len = tonumber(ARGV[4])
+local n = tonumber(ARGV[5])
+local nu = tonumber(ARGV[6])
+local applied = {}
+for i = 1, n do
+  local rk, ek, wk = KEYS[3*i-2], KEYS[3*i-1], KEYS[3*i]
+  local b = 6 + 4*(i-1)
+  local eid, field, off, entry = ARGV[b+1], ARGV[b+2], tonumber(ARGV[b+3]), ARGV[b+4]
+  local dup = false
+  if off >= 0 then
+    local wm = redis.call('HGET', wk, field)
+    if wm and tonumber(wm) >= off then dup = true end
+  end
+  if (not dup) and redis.call('ZSCORE', ek, eid) then dup = true end
+  if dup then
+    applied[i] = 0
+  else
+    redis.call('LPUSH', rk, entry)
+    redis.call('LTRIM', rk, 0, max_len - 1)
+    redis.call('EXPIRE', rk, ttl)
+    local seq = redis.call('HINCRBY', wk, '#seq', 1)
+    redis.call('ZADD', ek, seq, eid)
+    redis.call('ZREMRANGEBYRANK', ek, 0, -(window + 1))
+    redis.call('EXPIRE', ek, ttl)
+    applied[i] = 1
+  end
+  if off >= 0 then
+    local wm = redis.call('HGET', wk, field)
+    if (not wm) or tonumber(wm) < off then redis.call('HSET', wk, field, off) end
+    redis.call('EXPIRE', wk, ttl)
+  end
+end
+local bufs = {}
+local ub = 6 + 4*n
+for j = 1, nu do
+  local i = tonumber(ARGV[ub + j])
+  bufs[j] = redis.call('LRANGE', KEYS[3*i-2], 0, ret_len - 1)
+end
+return {applied, bufs}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """Outcome of one batch: which events were new, and each touched user's buffer."""
+
+    applied: list[bool]
+    users: list[str]
+    buffers: dict[str, list[BufferEntry]]
+
+
+def map_redis_error(exc: BaseException) -> TransientError:
+    return TransientError(f"redis: {type(exc).__name__}: {exc}")
+
+
+_TRANSIENT = (rexc.ConnectionError, rexc.TimeoutError, rexc.BusyLoadingError, rexc.TryAgainError, OSError)
+
+
+class RedisBuffers:
+    """The buffer store. Every Redis failure surfaces as :class:`TransientError`."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        max_len: int = 200,
+        ttl_s: int = 30 * 86400,
+        dedupe_window: int = 512,
+        return_len: int | None = None,
+    ) -> None:
+        self.r = client
+        self.max_len = max_len
+        self.ttl_s = ttl_s
+        self.dedupe_window = dedupe_window
+        self.return_len = return_len or max_len
+        self._script = client.register_script(APPLY_LUA)
+
+    async def apply(self, events: Sequence[tuple[ClickEvent, str, int]]) -> Applied:
+        """Apply ``(event, watermark_field, offset)`` triples in order; offset -1 = none.
+
+        ``watermark_field`` is ``"<topic>:<partition>"``. Returns which events were new and the
+        buffers of the distinct users touched (newest first), read after all were applied.
+        """
+        keys: list[str] = []
+        args: list[str | int] = [self.max_len, self.ttl_s, self.dedupe_window, self.return_len, len(events), 0]
+        first_index: dict[str, int] = {}
+        for i, (ev, field, offset) in enumerate(events, start=1):
+            rk, ek, wk, _ = user_keys(ev.user_id)
+            keys += [rk, ek, wk]
+            args += [ev.event_id, field, offset, encode_entry(ev)]
+            first_index.setdefault(ev.user_id, i)
+        users = list(first_index)
+        args[5] = len(users)
+        args += [first_index[u] for u in users]
+        try:
+            flags, bufs = await self._script(keys=keys, args=args)
+        except _TRANSIENT as exc:
+            raise map_redis_error(exc) from exc
+        except rexc.ResponseError as exc:
+            if "LOADING" in str(exc) or "BUSY" in str(exc):
+                raise map_redis_error(exc) from exc
+            raise
+        return Applied(
+            applied=[bool(f) for f in flags],
+            users=users,
+            buffers={u: [decode_entry(e) for e in b] for u, b in zip(users, bufs)},
+        )
+
+    async def store_recs(self, recs: dict[str, bytes]) -> None:
+        """Write each user's latest recommendation (one pipelined round trip)."""
+        if not recs:
+            return
+        try:
+            async with self.r.pipeline(transaction=False) as p:
+                for user, payload in recs.items():
+                    p.set(user_keys(user)[3], payload, ex=self.ttl_s)
+                await p.execute()
+        except _TRANSIENT as exc:
+            raise map_redis_error(exc) from exc
+
+    async def get_recs(self, user_id: str) -> bytes | None:
+        try:
+            v = await self.r.get(user_keys(user_id)[3])
+        except _TRANSIENT as exc:
+            raise map_redis_error(exc) from exc
+        return v  # type: ignore[no-any-return]
+
+    async def get_buffer(self, user_id: str, n: int | None = None) -> list[BufferEntry]:
+        try:
+            raw = await self.r.lrange(user_keys(user_id)[0], 0, (n or self.max_len) - 1)
+        except _TRANSIENT as exc:
+            raise map_redis_error(exc) from exc
+        return [decode_entry(e) for e in raw]

@@ -1,0 +1,42 @@
+"""Prometheus metrics of a worker, served on ``/metrics``.
+
+Each worker process has its own registry (so tests can run several apps in one process).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+
+__all__ = ["WorkerMetrics"]
+
+_MS_BUCKETS = (0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 50, 75, 100, 200, 500, 1000, 5000)
+
+
+class WorkerMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.events = Counter("attnrec_events_total", "Click events consumed (valid, incl. duplicates)", registry=r)
+        self.events_applied = Counter("attnrec_events_applied_total", "Events newly applied to a buffer", registry=r)
+        self.duplicates = Counter("attnrec_events_duplicate_total", "Events skipped as already applied", registry=r)
+        self.unknown_types = Counter("attnrec_events_unknown_type_total", "Events whose type mapped to 'other'", registry=r)
+        self.recs = Counter("attnrec_recs_total", "Recommendations produced", registry=r)
+        self.fallbacks = Counter("attnrec_recs_fallback_total", "Recommendations from the popularity fallback", registry=r)
+        self.dead = Counter("attnrec_dead_letters_total", "Messages sent to the dead-letter topic", ["reason"], registry=r)
+        self.retries = Counter("attnrec_batch_retries_total", "Batch attempts that failed and were retried", ["kind"], registry=r)
+        self.reloads = Counter("attnrec_model_reloads_total", "Model reload attempts", ["result"], registry=r)
+        self.batch_size = Histogram(
+            "attnrec_batch_size", "Events per batch", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), registry=r
+        )
+        self.redis_ms = Histogram("attnrec_redis_ms", "Redis time per batch (ms)", buckets=_MS_BUCKETS, registry=r)
+        self.model_ms = Histogram("attnrec_model_ms", "Model time per batch (ms)", buckets=_MS_BUCKETS, registry=r)
+        self.produce_ms = Histogram("attnrec_produce_ms", "Produce time per batch (ms)", buckets=_MS_BUCKETS, registry=r)
+        self.e2e_ms = Histogram(
+            "attnrec_e2e_latency_ms", "Event ts to recommendation emitted (ms)", buckets=_MS_BUCKETS, registry=r
+        )
+        self.model_info = Info("attnrec_model", "The model version being served", registry=r)
+        self.model_loaded = Gauge("attnrec_model_loaded", "1 when a model is loaded", registry=r)
+        self.assigned = Gauge("attnrec_assigned_partitions", "Partitions assigned to this worker", registry=r)
+        self.lag = Gauge("attnrec_consumer_lag", "Consumer lag per partition", ["partition"], registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
