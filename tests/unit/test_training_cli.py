@@ -1,0 +1,85 @@
+"""Smoke training + evaluation through the CLI handlers on a tiny synthetic event log (seconds)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from training.cli import add_eval_parser, add_train_parser
+from training.synth import generate
+
+EVAL_KEYS = {"dataset", "protocol", "users", "items", "metrics", "train_seconds", "config"}
+METRIC_KEYS = {"hr@10", "ndcg@10", "hr@20", "ndcg@20", "coverage@10"}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="attnrec")
+    sub = p.add_subparsers(dest="command", required=True)
+    add_train_parser(sub)
+    add_eval_parser(sub)
+    return p
+
+
+def _run(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    return int(args.func(args))
+
+
+@pytest.fixture(scope="module")
+def events(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("clicks")
+    evs = list(generate(80, 60, 2400, seed=11))
+    (d / "part-0.jsonl").write_bytes(b"".join(e.to_json() + b"\n" for e in evs[:1200]))
+    (d / "part-1.jsonl").write_bytes(b"".join(e.to_json() + b"\n" for e in evs[1200:]))
+    return d
+
+
+def test_env_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ATTNREC_EPOCHS", "7")
+    monkeypatch.setenv("ATTNREC_FORMAT", "s3")
+    args = _parser().parse_args(["train", "--data", "x", "--out", "y"])
+    assert args.epochs == 7 and args.format == "s3" and args.max_len is None
+
+
+def test_smoke_train_then_eval(events: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "ckpt"
+    assert _run(["train", "--data", str(events), "--format", "events", "--out", str(out), "--epochs", "3",
+                 "--max-len", "20", "--quiet"]) == 0
+    for name in ("config.json", "model.pt", "vocab.json", "metrics.json", "curve.png", "popularity.json",
+                 "samples.json"):
+        assert (out / name).is_file(), name
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model"]["max_len"] == 20 and cfg["model"]["n_event_types"] == 9 and cfg["model"]["n_gap_buckets"] == 32
+    assert len(cfg["data_fingerprint"]) == 64 and cfg["train"]["epochs"] == 3
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["protocol"] == "loo-full-ranking" and len(metrics["curve"]) == 3
+    assert METRIC_KEYS <= set(metrics["test"]) and METRIC_KEYS <= set(metrics["val"])
+    vocab = json.loads((out / "vocab.json").read_text())
+    assert len(vocab["items"]) + 2 == cfg["model"]["n_items"] and vocab["event_types"][0] == "other"
+    samples = json.loads((out / "samples.json").read_text())
+    assert 0 < len(samples) <= 256 and all(len(s["items"]) == len(s["types"]) == len(s["gaps"]) for s in samples)
+    assert all(0 < len(s["items"]) <= 20 and min(s["items"]) >= 2 for s in samples)
+    assert 0 < len(json.loads((out / "popularity.json").read_text())) <= 100
+
+    from training.checkpoint import load_checkpoint
+
+    model, cfg2, vocab2 = load_checkpoint(out)
+    assert cfg2 == cfg and vocab2 == vocab and not model.training
+    capsys.readouterr()
+
+    res_file = tmp_path / "eval.json"
+    assert _run(["eval", "--model", str(out), "--data", str(events), "--format", "events", "--json",
+                 str(res_file)]) == 0
+    res = json.loads(res_file.read_text())
+    assert EVAL_KEYS <= set(res) and METRIC_KEYS == set(res["metrics"])
+    assert res["protocol"] == "loo-full-ranking" and res["users"] == 80 and res["items"] == len(vocab["items"])
+    assert res["metrics"] == pytest.approx({k: metrics["test"][k] for k in METRIC_KEYS})
+
+    pop_file = tmp_path / "pop.json"
+    assert _run(["eval", "--baseline", "popular", "--data", str(events), "--format", "events", "--json",
+                 str(pop_file)]) == 0
+    pop = json.loads(pop_file.read_text())
+    assert EVAL_KEYS <= set(pop) and pop["config"] == {"baseline": "popular"} and pop["users"] == 80

@@ -1,0 +1,72 @@
+"""The model: final_state parity with forward, masking, attention output, config round trip."""
+
+from __future__ import annotations
+
+import torch
+
+from training.model import AttnRec, ModelConfig
+
+
+def _model(**kw) -> AttnRec:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_items=40, max_len=12, d_model=16, n_blocks=2, n_heads=2, dropout=0.3,
+                      n_event_types=9, n_gap_buckets=32, **kw)
+    return AttnRec(cfg).eval()
+
+
+def _batch(L: int = 10) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    items = torch.randint(2, 40, (5, L), generator=g)
+    for r, pad in enumerate([0, 3, L - 1, L, 5]):  # row 3 fully padded
+        items[r, :pad] = 0
+    types = torch.randint(1, 9, (5, L), generator=g) * (items != 0)
+    gaps = torch.randint(1, 32, (5, L), generator=g) * (items != 0)
+    return items, types, gaps
+
+
+def test_final_state_equals_forward_last_position() -> None:
+    model = _model()
+    items, types, gaps = _batch()
+    with torch.no_grad():
+        full = model(items, types, gaps)  # (B, L, d)
+        h, attn = model.final_state(items, types, gaps)
+    assert full.shape == (5, 10, 16) and h.shape == (5, 16) and attn.shape == (5, 10)
+    torch.testing.assert_close(h, full[:, -1], rtol=1e-5, atol=1e-5)
+    assert torch.isfinite(full).all() and torch.isfinite(attn).all()
+
+
+def test_attention_rows_sum_to_one_over_real_events_and_zero_on_pads() -> None:
+    model = _model()
+    items, types, gaps = _batch()
+    with torch.no_grad():
+        _, attn = model.final_state(items, types, gaps)
+    pad = items == 0
+    assert (attn[pad] == 0).all()
+    sums = attn.sum(1)
+    torch.testing.assert_close(sums[[0, 1, 2, 4]], torch.ones(4))
+    assert sums[3] == 0  # fully padded row: no NaN, all zeros
+
+
+def test_scores_and_shorter_sequences_and_no_future_leak() -> None:
+    model = _model()
+    items, types, gaps = _batch()
+    with torch.no_grad():
+        h, _ = model.final_state(items, types, gaps)
+        assert model.item_scores(h).shape == (5, 40)
+        # left padding does not change the result (position = distance from the end)
+        h_padded, _ = model.final_state(items[1:2], types[1:2], gaps[1:2])  # 3 pads
+        h_unpadded, _ = model.final_state(items[1:2, 3:], types[1:2, 3:], gaps[1:2, 3:])
+        torch.testing.assert_close(h_padded, h_unpadded, rtol=1e-5, atol=1e-5)
+        # causality: changing the newest event does not change earlier positions
+        full = model(items, types, gaps)
+        items2 = items.clone()
+        items2[:, -1] = 7
+        full2 = model(items2, types, gaps)
+    torch.testing.assert_close(full[:, :-1], full2[:, :-1])
+
+
+def test_config_round_trip_and_padding_row() -> None:
+    model = _model()
+    cfg2 = ModelConfig.from_dict(model.cfg.to_dict() | {"unknown_future_key": 1})
+    assert cfg2 == model.cfg
+    assert (model.item_emb.weight[0] == 0).all()

@@ -1,0 +1,385 @@
+"""Datasets, vocabulary and the leave-one-out splits.
+
+Three formats, one typed interface (:class:`Dataset`):
+
+- ``s3``: one user per line, ``user_id item item ...`` in time order (S3-Rec's Beauty.txt).
+  Leave-one-out: last item = test target, second-to-last = validation target, training on the
+  rest.
+- ``gsasrec``: the gSASRec split directory (``train/input.txt``, ``val/input.txt``,
+  ``val/output.txt``, ``test/output.txt``). Training on ``train/input.txt``; validation and
+  test on the validation users (test input = validation input + validation target).
+- ``events``: our click events (JSONL, CSV with header ``user_id,item_id,ts,event_type``,
+  Parquet, or a directory of ``*.jsonl`` files); sorted per user by ts; leave-one-out as s3.
+  Duplicate ``event_id``s (an at-least-once archive) are dropped.
+
+Every user is kept as one full time-ordered sequence (items, event types, time-gap buckets);
+a split case is ``(user, cut)``: input = the first ``cut`` events, target = event ``cut``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from attnrec.errors import DataError, InvalidEventError
+from stream.schema import EVENT_TYPES, ClickEvent, event_from_dict, parse_ts
+
+from .features import OOV, PAD, gap_buckets, type_index
+
+__all__ = ["FORMATS", "Vocab", "UserSeq", "Dataset", "load_dataset", "read_events", "fingerprint"]
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("s3", "gsasrec", "events")
+
+
+@dataclass
+class Vocab:
+    """Item vocabulary: index 0 = PAD, 1 = OOV, ``items[k]`` has index ``k + 2``."""
+
+    items: list[str]
+    event_types: list[str] = field(default_factory=lambda: list(EVENT_TYPES))
+
+    def __post_init__(self) -> None:
+        self._index = {item: i + 2 for i, item in enumerate(self.items)}
+        if len(self._index) != len(self.items):
+            raise DataError("vocabulary has duplicate item ids")
+
+    @property
+    def n_items(self) -> int:
+        """Vocabulary size counting PAD and OOV (``ModelConfig.n_items``)."""
+        return len(self.items) + 2
+
+    def index(self, item_id: str) -> int:
+        return self._index.get(item_id, OOV)
+
+    def item_id(self, index: int) -> str | None:
+        """The item id of a model index; None for PAD / OOV."""
+        return self.items[index - 2] if index >= 2 else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"items": list(self.items), "event_types": list(self.event_types)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Vocab:
+        return cls(items=[str(x) for x in d["items"]], event_types=list(d.get("event_types", EVENT_TYPES)))
+
+
+@dataclass
+class UserSeq:
+    """One user's full time-ordered history, as model indices."""
+
+    user_id: str
+    items: list[int]
+    types: list[int] | None = None  # event-type indices, None when the data has none
+    gaps: list[int] | None = None  # time-gap buckets, None when the data has no timestamps
+    event_ids: list[str] | None = None  # for the attention analysis on synthetic events
+
+
+@dataclass
+class Dataset:
+    name: str
+    fmt: str
+    vocab: Vocab
+    users: list[UserSeq]
+    train_len: list[int]  # per user: events [0, train_len) are training data
+    val: list[tuple[int, int]]  # (user index, cut): input = events[:cut], target = events[cut]
+    test: list[tuple[int, int]]
+    fingerprint: str = ""
+    files: list[str] = field(default_factory=list)
+
+    @property
+    def has_types(self) -> bool:
+        return any(u.types is not None for u in self.users)
+
+    @property
+    def has_time(self) -> bool:
+        return any(u.gaps is not None for u in self.users)
+
+    def split(self, name: str) -> list[tuple[int, int]]:
+        if name not in ("val", "test"):
+            raise ValueError(f"unknown split {name!r}; use 'val' or 'test'")
+        return self.val if name == "val" else self.test
+
+    def stats(self) -> dict[str, Any]:
+        lengths = sorted(len(u.items) for u in self.users)
+        n = len(lengths)
+        return {
+            "users": n,
+            "items": len(self.vocab.items),
+            "interactions": sum(lengths),
+            "mean_len": sum(lengths) / max(n, 1),
+            "p90_len": lengths[int(0.9 * (n - 1))] if n else 0,
+            "val_users": len(self.val),
+            "test_users": len(self.test),
+        }
+
+
+def fingerprint(paths: Sequence[Path]) -> str:
+    """sha256 over the names and bytes of the input files (sorted)."""
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        h.update(p.name.encode())
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _loo(users: list[UserSeq]) -> tuple[list[int], list[tuple[int, int]], list[tuple[int, int]]]:
+    """Leave-one-out: last = test, second-to-last = validation; users shorter than 3 train only."""
+    train_len, val, test = [], [], []
+    for u, s in enumerate(users):
+        n = len(s.items)
+        if n >= 3:
+            train_len.append(n - 2)
+            val.append((u, n - 2))
+            test.append((u, n - 1))
+        else:
+            train_len.append(n)
+    return train_len, val, test
+
+
+def _build_vocab(item_seqs: Iterable[Iterable[str]], numeric: bool) -> Vocab:
+    seen: dict[str, None] = {}
+    for seq in item_seqs:
+        for it in seq:
+            seen.setdefault(it, None)
+    items = list(seen)
+    if numeric:
+        items.sort(key=int)
+    return Vocab(items)
+
+
+# ---------------------------------------------------------------------------------- s3
+
+
+def _read_int_lines(path: Path, min_tokens: int) -> list[list[str]]:
+    rows = []
+    try:
+        f = open(path, encoding="utf-8")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
+    with f:
+        for lineno, line in enumerate(f, 1):
+            toks = line.split()
+            if not toks:
+                continue
+            if len(toks) < min_tokens:
+                raise DataError(f"{path}:{lineno}: expected at least {min_tokens} ids, got {len(toks)}")
+            for t in toks:
+                if not t.isdigit():
+                    raise DataError(f"{path}:{lineno}: id {t[:40]!r} is not a non-negative integer")
+            rows.append(toks)
+    return rows
+
+
+def _load_s3(path: Path, vocab: Vocab | None) -> Dataset:
+    rows = _read_int_lines(path, 2)
+    seen_users: dict[str, int] = {}
+    for i, r in enumerate(rows):
+        if r[0] in seen_users:
+            raise DataError(f"{path}: user {r[0]!r} appears twice (lines {seen_users[r[0]]} and {i + 1})")
+        seen_users[r[0]] = i + 1
+    vocab = vocab or _build_vocab((r[1:] for r in rows), numeric=True)
+    users = [UserSeq(r[0], [vocab.index(t) for t in r[1:]]) for r in rows]
+    tl, val, test = _loo(users)
+    return Dataset(path.stem, "s3", vocab, users, tl, val, test, fingerprint([path]), [str(path)])
+
+
+# ---------------------------------------------------------------------------------- gsasrec
+
+
+def _load_gsasrec(root: Path, vocab: Vocab | None) -> Dataset:
+    p_train, p_vin, p_vout, p_tout = (root / "train/input.txt", root / "val/input.txt",
+                                      root / "val/output.txt", root / "test/output.txt")
+    for p in (p_train, p_vin, p_vout, p_tout):
+        if not p.is_file():
+            raise DataError(f"{root}: not a gsasrec split directory (missing {p.relative_to(root)})")
+    train = _read_int_lines(p_train, 1)
+    vin, vout, tout = _read_int_lines(p_vin, 1), _read_int_lines(p_vout, 1), _read_int_lines(p_tout, 1)
+    if len(vin) != len(vout):
+        raise DataError(f"{p_vout}: {len(vout)} lines but {p_vin} has {len(vin)}")
+    if len(tout) != len(train):
+        raise DataError(f"{p_tout}: {len(tout)} lines but {p_train} has {len(train)}")
+    line_of = {tuple(t): i for i, t in enumerate(train)}
+    vocab = vocab or _build_vocab([*train, *vin, *vout, *tout], numeric=True)
+    full = [list(t) for t in train]
+    train_len = [len(t) for t in train]
+    val, test = [], []
+    for j, (vi, vo) in enumerate(zip(vin, vout)):
+        if len(vo) != 1:
+            raise DataError(f"{p_vout}:{j + 1}: expected one target item, got {len(vo)}")
+        u = line_of.get(tuple(vi[:-1]))
+        if u is None:
+            raise DataError(f"{p_vin}:{j + 1}: input does not extend any line of {p_train}")
+        if len(tout[u]) != 1:
+            raise DataError(f"{p_tout}:{u + 1}: expected one target item, got {len(tout[u])}")
+        full[u] = vi + vo + tout[u]  # training line + 1 input item + val target + test target
+        val.append((u, len(vi)))
+        test.append((u, len(vi) + 1))
+    users = [UserSeq(str(i + 1), [vocab.index(t) for t in s]) for i, s in enumerate(full)]
+    files = [p_train, p_vin, p_vout, p_tout]
+    return Dataset(root.name, "gsasrec", vocab, users, train_len, val, test, fingerprint(files), [str(p) for p in files])
+
+
+# ---------------------------------------------------------------------------------- events
+
+
+def _events_jsonl(path: Path) -> Iterable[ClickEvent]:
+    with open(path, "rb") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield event_from_dict(orjson.loads(line))
+            except orjson.JSONDecodeError as exc:
+                raise DataError(f"{path}:{lineno}: not JSON ({exc})") from None
+            except InvalidEventError as exc:
+                raise DataError(f"{path}:{lineno}: {exc}") from None
+
+
+_CSV_COLUMNS = ("user_id", "item_id", "ts")
+
+
+def _csv_event(path: Path, lineno: int, row: dict[str, Any], n: int) -> ClickEvent:
+    d = {k: row.get(k) for k in (*_CSV_COLUMNS, "event_type", "event_id")}
+    d["event_type"] = d["event_type"] or "click"
+    d["event_id"] = d["event_id"] or f"{path.name}:{n}"
+    ts = d["ts"]
+    if isinstance(ts, str) and ts.strip().lstrip("-").isdigit():
+        d["ts"] = int(ts)
+    try:
+        return event_from_dict(d)
+    except InvalidEventError as exc:
+        raise DataError(f"{path}:{lineno}: {exc}") from None
+
+
+def _events_csv(path: Path) -> Iterable[ClickEvent]:
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in _CSV_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DataError(f"{path}:1: CSV header lacks column(s) {', '.join(missing)}")
+        for n, row in enumerate(reader):
+            if None in row:
+                raise DataError(f"{path}:{reader.line_num}: more fields than the header has")
+            yield _csv_event(path, reader.line_num, row, n)
+
+
+def _events_parquet(path: Path) -> Iterable[ClickEvent]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several types for a bad file
+        raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
+    missing = [c for c in _CSV_COLUMNS if c not in table.column_names]
+    if missing:
+        raise DataError(f"{path}: Parquet file lacks column(s) {', '.join(missing)}")
+    for n, row in enumerate(table.to_pylist()):
+        ts = row.get("ts")
+        if hasattr(ts, "timestamp"):  # a pyarrow timestamp column
+            row["ts"] = int(ts.timestamp() * 1000)
+        yield _csv_event(path, n + 1, {k: (None if v is None else v) for k, v in row.items()}, n)
+
+
+def _event_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in (".jsonl", ".json", ".csv", ".parquet"))
+        if not files:
+            raise DataError(f"{path}: directory holds no *.jsonl, *.csv or *.parquet files")
+        return files
+    if not path.exists():
+        raise DataError(f"{path}: no such file or directory")
+    return [path]
+
+
+def read_events(path: str | Path) -> list[ClickEvent]:
+    """All events of a file or directory (JSONL / CSV / Parquet), duplicates by event_id dropped."""
+    out: list[ClickEvent] = []
+    seen: set[str] = set()
+    dups = 0
+    for p in _event_files(Path(path)):
+        if p.suffix == ".csv":
+            it = _events_csv(p)
+        elif p.suffix == ".parquet":
+            it = _events_parquet(p)
+        else:
+            it = _events_jsonl(p)
+        for ev in it:
+            if ev.event_id in seen:
+                dups += 1
+                continue
+            seen.add(ev.event_id)
+            out.append(ev)
+    if dups:
+        log.info("dropped %d duplicate events (same event_id) from %s", dups, path)
+    return out
+
+
+def users_from_events(events: Iterable[ClickEvent]) -> dict[str, list[ClickEvent]]:
+    """Group by user, each user's events sorted by ts (stable: ties keep input order)."""
+    by_user: dict[str, list[ClickEvent]] = {}
+    for ev in events:
+        by_user.setdefault(ev.user_id, []).append(ev)
+    for evs in by_user.values():
+        evs.sort(key=lambda e: e.ts)
+    return by_user
+
+
+def dataset_from_events(events: Iterable[ClickEvent], name: str, vocab: Vocab | None = None,
+                        fp: str = "", files: list[str] | None = None) -> Dataset:
+    by_user = users_from_events(events)
+    if not by_user:
+        raise DataError(f"{name}: no events")
+    if vocab is None:
+        order: dict[str, None] = {}
+        for evs in by_user.values():
+            for e in evs:
+                order.setdefault(e.item_id, None)
+        vocab = Vocab(list(order))
+    users = []
+    for uid, evs in by_user.items():
+        users.append(UserSeq(
+            uid,
+            [vocab.index(e.item_id) for e in evs],
+            [type_index(e.event_type) for e in evs],
+            gap_buckets([e.ts for e in evs], len(evs)),
+            [e.event_id for e in evs],
+        ))
+    tl, val, test = _loo(users)
+    return Dataset(name, "events", vocab, users, tl, val, test, fp, files or [])
+
+
+def _load_events(path: Path, vocab: Vocab | None) -> Dataset:
+    files = _event_files(path)
+    return dataset_from_events(read_events(path), path.stem or path.name, vocab, fingerprint(files), [str(p) for p in files])
+
+
+def load_dataset(path: str | Path, fmt: str, vocab: Vocab | None = None) -> Dataset:
+    """Load ``path`` in format ``fmt`` (s3 | gsasrec | events). With ``vocab`` (from a
+    checkpoint) item ids are mapped through it, unknown ones to OOV."""
+    p = Path(path)
+    if fmt == "s3":
+        if not p.is_file():
+            raise DataError(f"{p}: no such file")
+        ds = _load_s3(p, vocab)
+    elif fmt == "gsasrec":
+        ds = _load_gsasrec(p, vocab)
+    elif fmt == "events":
+        ds = _load_events(p, vocab)
+    else:
+        raise DataError(f"unknown data format {fmt!r}; use one of {', '.join(FORMATS)}")
+    log.info("loaded %s (%s): %s", p, fmt, ds.stats())
+    return ds
+
+
+assert PAD == 0 and OOV == 1

@@ -1,0 +1,207 @@
+"""Training loop: next-item objective on every position, early stopping on validation NDCG@10.
+
+Losses:
+- ``ce``: full-softmax cross-entropy over the whole catalogue (SASRec+, the default);
+- ``sampled``: softmax over the positive and ``n_negatives`` uniformly sampled items shared by
+  the batch (for catalogues too large for full softmax);
+- ``bce``: the original SASRec recipe, binary cross-entropy with one uniform negative per
+  position (baseline).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data import Dataset
+from .evaluate import evaluate, model_scorer
+from .features import N_EVENT_TYPES, N_GAP_BUCKETS, left_pad
+from .model import AttnRec, ModelConfig
+
+__all__ = ["TrainConfig", "default_configs", "train", "training_arrays"]
+
+log = logging.getLogger(__name__)
+
+LOSSES = ("ce", "sampled", "bce")
+#: Above this catalogue size the default loss is sampled softmax instead of full softmax.
+FULL_SOFTMAX_MAX_ITEMS = 200_000
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 200  # upper bound; early stopping usually ends training much sooner
+    patience: int = 10  # epochs without a better validation NDCG@10 before stopping
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    loss: str = "ce"  # ce | sampled | bce
+    n_negatives: int = 256  # for loss=sampled (bce always uses one)
+    seed: int = 42
+    max_minutes: float = 90.0  # wall-clock budget; training stops after the epoch that crosses it
+    val_max_users: int = 0  # per-epoch validation on a seeded subset (0 = all validation users)
+    threads: int = 2  # torch intra-op threads
+
+    def __post_init__(self) -> None:
+        assert self.loss in LOSSES, f"loss must be one of {LOSSES}, got {self.loss!r}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def default_configs(ds: Dataset) -> tuple[ModelConfig, TrainConfig]:
+    """Defaults chosen by the data: sequence length from the length distribution, depth from
+    the mean length, loss from the catalogue size, side features when the data has them."""
+    st = ds.stats()
+    p90 = st["p90_len"]
+    max_len = int(min(200, max(50, 50 * math.ceil(p90 / 50))))
+    long_seqs = st["mean_len"] >= 50
+    mcfg = ModelConfig(
+        n_items=ds.vocab.n_items,
+        max_len=max_len,
+        d_model=64,
+        n_blocks=2 if long_seqs else 1,
+        n_heads=1,
+        dropout=0.2,
+        n_event_types=N_EVENT_TYPES if ds.has_types else 0,
+        n_gap_buckets=N_GAP_BUCKETS if ds.has_time else 0,
+    )
+    tcfg = TrainConfig(
+        loss="ce" if ds.vocab.n_items <= FULL_SOFTMAX_MAX_ITEMS else "sampled",
+        val_max_users=10_000 if len(ds.val) > 100_000 else 0,
+    )
+    return mcfg, tcfg
+
+
+def training_arrays(ds: Dataset, max_len: int) -> tuple[np.ndarray, ...]:
+    """(items, types, gaps, targets) int64 arrays (U, L): every user's last max_len+1
+    training events, input = all but the newest, target = the next event at each position."""
+    rows: list[list[list[int]]] = [[], [], [], []]
+    for s, n in zip(ds.users, ds.train_len):
+        if n < 2:
+            continue
+        lo = max(0, n - max_len - 1)
+        items = s.items[lo:n]
+        rows[0].append(left_pad(items[:-1], max_len))
+        rows[1].append(left_pad(s.types[lo : n - 1], max_len) if s.types is not None else [0] * max_len)
+        rows[2].append(left_pad(s.gaps[lo : n - 1], max_len) if s.gaps is not None else [0] * max_len)
+        rows[3].append(left_pad(items[1:], max_len))
+    return tuple(np.asarray(r, dtype=np.int64).reshape(-1, max_len) for r in rows)
+
+
+def _loss(model: AttnRec, cfg: TrainConfig, items: torch.Tensor, types: torch.Tensor, gaps: torch.Tensor,
+          targets: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    hidden = model(items, types, gaps)  # (B, L, d)
+    sel = (targets > 1) & (items != 0)  # positions with a real next item
+    h = hidden[sel]  # (N, d)
+    y = targets[sel]  # (N,)
+    emb = model.item_emb.weight  # (n_items, d)
+    n_items = emb.shape[0]
+    if cfg.loss == "ce":
+        logits = h @ emb.t()  # (N, n_items)
+        bias = torch.zeros(n_items, dtype=logits.dtype)
+        bias[:2] = -1e9  # never predict PAD / OOV
+        return F.cross_entropy(logits + bias, y)
+    if cfg.loss == "bce":
+        neg = torch.randint(2, n_items, y.shape, generator=gen)  # (N,)
+        pos_logit = (h * emb[y]).sum(-1)
+        neg_logit = (h * emb[neg]).sum(-1)
+        return F.binary_cross_entropy_with_logits(pos_logit, torch.ones_like(pos_logit)) + \
+            F.binary_cross_entropy_with_logits(neg_logit, torch.zeros_like(neg_logit))
+    neg = torch.randint(2, n_items, (cfg.n_negatives,), generator=gen)  # shared by the batch
+    pos_logit = (h * emb[y]).sum(-1, keepdim=True)  # (N, 1)
+    neg_logit = h @ emb[neg].t()  # (N, K)
+    neg_logit = neg_logit.masked_fill(neg.unsqueeze(0) == y.unsqueeze(1), -1e9)  # accidental hits
+    logits = torch.cat([pos_logit, neg_logit], dim=1)
+    return F.cross_entropy(logits, torch.zeros(len(y), dtype=torch.long))
+
+
+def train(
+    ds: Dataset,
+    mcfg: ModelConfig,
+    tcfg: TrainConfig,
+    progress: bool = False,
+) -> tuple[AttnRec, dict[str, Any]]:
+    """Train on ``ds``; returns the best model (by validation NDCG@10) and the history."""
+    torch.set_num_threads(max(1, tcfg.threads))
+    torch.manual_seed(tcfg.seed)
+    np_rng = np.random.default_rng(tcfg.seed)
+    gen = torch.Generator().manual_seed(tcfg.seed)
+    assert mcfg.n_items == ds.vocab.n_items, f"model n_items {mcfg.n_items} != vocabulary {ds.vocab.n_items}"
+    model = AttnRec(mcfg)
+    opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    arrays = [torch.from_numpy(a) for a in training_arrays(ds, mcfg.max_len)]
+    n = arrays[0].shape[0]
+    if n == 0:
+        from attnrec.errors import ModelError
+
+        raise ModelError(f"{ds.name}: no user has two or more training events")
+    steps = math.ceil(n / tcfg.batch_size)
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] = {"epoch": 0, "ndcg@10": -1.0}
+    best_state = copy.deepcopy(model.state_dict())
+    t0 = time.monotonic()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=tcfg.epochs * steps, unit="batch", dynamic_ncols=True, leave=True)
+    bad = 0
+    stop_reason = "max epochs"
+    for epoch in range(1, tcfg.epochs + 1):
+        model.train()
+        perm = torch.from_numpy(np_rng.permutation(n))
+        total, te = 0.0, time.monotonic()
+        for b in range(steps):
+            idx = perm[b * tcfg.batch_size : (b + 1) * tcfg.batch_size]
+            items, types, gaps, targets = (a[idx] for a in arrays)
+            # trim columns that are padding for the whole batch (short-sequence data trains faster)
+            keep = int((items != 0).any(0).nonzero()[0].item()) if bool((items != 0).any()) else mcfg.max_len - 1
+            items, types, gaps, targets = items[:, keep:], types[:, keep:], gaps[:, keep:], targets[:, keep:]
+            loss = _loss(model, tcfg, items, types, gaps, targets, gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item()
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", best=f"{best['ndcg@10']:.4f}")
+        model.eval()
+        val = evaluate(model_scorer(model), ds, "val", mcfg.max_len, max_users=tcfg.val_max_users, seed=tcfg.seed)
+        rec = {"epoch": epoch, "loss": total / steps, "val_ndcg@10": val["ndcg@10"], "val_hr@10": val["hr@10"],
+               "epoch_seconds": round(time.monotonic() - te, 2), "elapsed_seconds": round(time.monotonic() - t0, 2)}
+        history.append(rec)
+        log.info("epoch %d loss %.4f val ndcg@10 %.4f hr@10 %.4f (%.1fs)", epoch, rec["loss"], val["ndcg@10"],
+                 val["hr@10"], rec["epoch_seconds"])
+        if val["ndcg@10"] > best["ndcg@10"]:
+            best = {"epoch": epoch, "ndcg@10": val["ndcg@10"], "hr@10": val["hr@10"]}
+            best_state = copy.deepcopy(model.state_dict())
+            bad = 0
+        else:
+            bad += 1
+            if bad >= tcfg.patience:
+                stop_reason = f"no validation gain for {tcfg.patience} epochs"
+                break
+        if tcfg.max_minutes and time.monotonic() - t0 > tcfg.max_minutes * 60:
+            stop_reason = f"time budget of {tcfg.max_minutes} min"
+            break
+    if bar is not None:
+        bar.close()
+    model.load_state_dict(best_state)
+    model.eval()
+    info = {"best_epoch": best["epoch"], "epochs_run": len(history), "stop_reason": stop_reason,
+            "curve": history, "train_seconds": round(time.monotonic() - t0, 1), "train_sequences": n}
+    log.info("best epoch %d (val ndcg@10 %.4f), stopped: %s", best["epoch"], best["ndcg@10"], stop_reason)
+    return model, info
