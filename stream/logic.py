@@ -111,7 +111,7 @@ def build_inputs(model: LoadedModel, buffers: dict[str, list[BufferEntry]], user
         if model.uses_gaps and n:
             # the oldest kept event's gap comes from the event before it, when the buffer has it
             older = buffers[u][model.max_len : model.max_len + 1]
-            ts = np.fromiter((e.ts for e in older + window[::-1]), dtype=np.int64)[::-1]  # oldest first
+            ts = np.fromiter((e.ts for e in window[::-1] + older), dtype=np.int64)[::-1]  # (n or n+1,) oldest first
             d = np.diff(ts)
             b = np.searchsorted(model.gap_boundaries_ms, d, side="right") + 1
             b[d < 0] = 0  # clock skew: unknown gap
