@@ -123,7 +123,7 @@ def test_promotion_gate_rejects_worse_model_and_force_overrides(ckpt_dir: Path, 
 
 
 def test_export_rejects_inconsistent_vocab_and_top_k(ckpt_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(ModelError, match="top_k=500 must be between 1 and the 148 real items"):
+    with pytest.raises(ModelError, match=r"top_k=500 must be between 1 and 145 \(148 real items"):
         export_checkpoint(ckpt_dir, tmp_path / "r", top_k=500)
     bad = write_random_checkpoint(tmp_path / "bad", n_items=N_ITEMS, max_len=MAX_LEN, d_model=16)
     vocab = json.loads((bad / "vocab.json").read_text())
