@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -68,6 +69,13 @@ class LocalStack:
     kafka_home: Path | None = None
     redis_password: str | None = None
     kafka_heap: str = "768m"
+    # Optional SASL_PLAINTEXT listener beside the PLAINTEXT one (which the broker keeps for
+    # itself and for the stack's own health checks). ``sasl_users`` maps user -> password;
+    # every user can log in with each of ``sasl_mechanisms`` (SCRAM credentials are written
+    # into the metadata log when the storage is formatted, so they need a fresh data dir).
+    sasl_port: int | None = None
+    sasl_users: dict[str, str] = field(default_factory=dict)
+    sasl_mechanisms: tuple[str, ...] = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
     _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
 
     # ---------------------------------------------------------------- paths
@@ -82,6 +90,12 @@ class LocalStack:
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def sasl_bootstrap(self) -> str:
+        if self.sasl_port is None:
+            raise ConfigError("this stack has no SASL listener (set sasl_port)")
+        return f"127.0.0.1:{self.sasl_port}"
 
     @property
     def redis_url(self) -> str:
@@ -128,10 +142,43 @@ class LocalStack:
         return path
 
     # ---------------------------------------------------------------- kafka
+    def _sasl_lines(self) -> list[str]:
+        """server.properties lines of the optional SASL_PLAINTEXT listener."""
+        if self.sasl_port is None:
+            return []
+        if not self.sasl_users:
+            raise ConfigError("a SASL listener needs at least one user in sasl_users")
+        for user, pw in self.sasl_users.items():
+            if not re.fullmatch(r"[A-Za-z0-9_.@+-]+", user) or not re.fullmatch(r"[A-Za-z0-9_.@+-]+", pw):
+                raise ConfigError(f"SASL user {user!r}: names and passwords may use only letters, digits and _.@+-")
+        unknown = set(self.sasl_mechanisms) - {"PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"}
+        if unknown or not self.sasl_mechanisms:
+            raise ConfigError(f"unsupported SASL mechanisms {sorted(unknown)}")
+        lines = [f"sasl.enabled.mechanisms={','.join(self.sasl_mechanisms)}"]
+        if "PLAIN" in self.sasl_mechanisms:
+            users = " ".join(f'user_{u}="{p}"' for u, p in self.sasl_users.items())
+            lines.append(
+                f"listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required {users};"
+            )
+        for mech in self.sasl_mechanisms:
+            if mech.startswith("SCRAM"):
+                lines.append(
+                    f"listener.name.sasl_plaintext.{mech.lower()}.sasl.jaas.config="
+                    "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+                )
+        return lines
+
     def _write_kafka_config(self) -> Path:
         self.kafka_dir.mkdir(parents=True, exist_ok=True)
         props = self.kafka_dir / "server.properties"
         data = self.kafka_dir / "data"
+        listeners = [f"PLAINTEXT://127.0.0.1:{self.kafka_port}"]
+        protocols = ["PLAINTEXT:PLAINTEXT", "CONTROLLER:PLAINTEXT"]
+        if self.sasl_port is not None:
+            listeners.append(f"SASL_PLAINTEXT://127.0.0.1:{self.sasl_port}")
+            protocols.append("SASL_PLAINTEXT:SASL_PLAINTEXT")
+        props.touch(mode=0o600)  # may hold SASL passwords
+        props.chmod(0o600)
         props.write_text(
             "\n".join(
                 [
@@ -139,11 +186,11 @@ class LocalStack:
                     "process.roles=broker,controller",
                     "node.id=1",
                     f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
-                    f"listeners=PLAINTEXT://127.0.0.1:{self.kafka_port},CONTROLLER://127.0.0.1:{self.controller_port}",
-                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.kafka_port}",
+                    f"listeners={','.join(listeners)},CONTROLLER://127.0.0.1:{self.controller_port}",
+                    f"advertised.listeners={','.join(listeners)}",
                     "controller.listener.names=CONTROLLER",
                     "inter.broker.listener.name=PLAINTEXT",
-                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                    f"listener.security.protocol.map={','.join(protocols)}",
                     f"log.dirs={data}",
                     "num.partitions=8",
                     "offsets.topic.replication.factor=1",
@@ -156,6 +203,7 @@ class LocalStack:
                     "auto.create.topics.enable=true",
                     "log.retention.hours=168",
                     "log.segment.bytes=67108864",
+                    *self._sasl_lines(),
                     "",
                 ]
             )
@@ -163,6 +211,11 @@ class LocalStack:
         if not (data / "meta.properties").exists():
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             cmd = self._java() + ["kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", f"--config={props}"]
+            if self.sasl_port is not None:
+                for mech in self.sasl_mechanisms:
+                    if mech.startswith("SCRAM"):
+                        for user, pw in self.sasl_users.items():
+                            cmd += ["--add-scram", f"{mech}=[name={user},password={pw}]"]
             r = subprocess.run(cmd, capture_output=True, text=True)
             if r.returncode != 0:
                 raise StackError(f"kafka storage format failed: {r.stdout[-1500:]}{r.stderr[-1500:]}")
@@ -185,6 +238,8 @@ class LocalStack:
             return
         if _port_open(self.kafka_port):
             raise StackError(f"port {self.kafka_port} is taken by another process; set ATTNREC_KAFKA_PORT")
+        if self.sasl_port is not None and _port_open(self.sasl_port):
+            raise StackError(f"SASL port {self.sasl_port} is taken by another process")
         props = self._write_kafka_config()
         logf = open(self.root / "kafka.log", "ab")
         proc = subprocess.Popen(
