@@ -92,7 +92,7 @@ def check_contract(session: ort.InferenceSession) -> None:
         want_names = [w["name"] for w in want]
         if got_names != want_names:
             raise ModelCheckError(f"{kind}s are {got_names}, the contract says {want_names}")
-        for g, w in zip(got, want):
+        for g, w in zip(got, want, strict=False):
             dtype = _ORT_DTYPES.get(g.type, g.type)
             if dtype != w["dtype"]:
                 raise ModelCheckError(f"{kind} {g.name!r} is {dtype}, the contract says {w['dtype']}")
@@ -119,7 +119,7 @@ def run_golden(session: ort.InferenceSession, manifest: dict[str, Any], *, atol:
         raise ModelCheckError("golden top_scores are not in descending order")
     if (top_items <= 1).any():
         raise ModelCheckError("golden top_items contain PAD or OOV")
-    for row, excl in zip(top_items, feed["exclude"]):
+    for row, excl in zip(top_items, feed["exclude"], strict=False):
         if np.isin(row, excl[excl > 1]).any():
             raise ModelCheckError("golden top_items contain an excluded item")
     want_items = np.asarray(g["top_items"], dtype=np.int64)
@@ -129,7 +129,7 @@ def run_golden(session: ort.InferenceSession, manifest: dict[str, Any], *, atol:
         raise ModelCheckError(f"golden top_scores differ from the manifest by {diff:.3g} > {atol}")
     if not np.array_equal(top_items, want_items):
         # Items whose scores tie within atol may swap places; anything else is a different model.
-        for got_row, want_row, s_row in zip(top_items, want_items, want_scores):
+        for got_row, want_row, s_row in zip(top_items, want_items, want_scores, strict=False):
             if not np.array_equal(got_row, want_row) and not _ties_explain(got_row, want_row, s_row, atol):
                 raise ModelCheckError(f"golden top_items {got_row.tolist()} != expected {want_row.tolist()}")
 

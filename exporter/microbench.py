@@ -124,7 +124,7 @@ def run(*, checkpoint: str | None = None, quick: bool = False, top_k: int = 10) 
                     t_items = graph(*tfeed)[0].numpy()
                 agree = float((t_items == ref_items).all(axis=1).mean())
                 for (engine, threads), sess in sessions.items():
-                    stats = _time_calls(lambda s=sess: s.run(None, feed), min_iters=min_iters, min_seconds=min_seconds)
+                    stats = _time_calls(lambda s=sess, f=feed: s.run(None, f), min_iters=min_iters, min_seconds=min_seconds)
                     results.append({"engine": engine, "threads": threads, "max_len": L, "batch": B, **stats,
                                     "us_per_event": stats["p50_ms"] * 1e3 / B})
                 for threads in (1, 2):
@@ -140,7 +140,7 @@ def run(*, checkpoint: str | None = None, quick: bool = False, top_k: int = 10) 
                 log.info("max_len %d batch %d done", L, B)
     torch.set_num_threads(torch_threads_before)
     return {
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, "-m", "exporter.microbench", *sys.argv[1:]]),
         "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "loadavg_before_after": None},
         "versions": {"onnxruntime": ort.__version__, "torch": torch.__version__, "numpy": np.__version__,

@@ -175,7 +175,7 @@ def load_items(version_dir: str | os.PathLike[str], manifest: dict[str, Any]) ->
 
 
 def _utcnow() -> _dt.datetime:
-    return _dt.datetime.now(_dt.timezone.utc)
+    return _dt.datetime.now(_dt.UTC)
 
 
 def _fsync_dir(path: Path) -> None:

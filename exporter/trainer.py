@@ -118,7 +118,7 @@ def write_event_file(events_dir: Path, lines: Iterable[bytes]) -> Path | None:
     and a reader never sees a partial file (temp names do not end in .jsonl).
     """
     events_dir.mkdir(parents=True, exist_ok=True)
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S%f")
     final = events_dir / f"clicks-{stamp}.jsonl"
     tmp = events_dir / f".clicks-{stamp}.jsonl.tmp"
     n = 0
@@ -227,7 +227,7 @@ def _warm_state(old_state: dict[str, Any], model: Any) -> dict[str, Any]:
             continue
         if old.shape == new.shape:
             state[name] = old.clone()
-        elif old.dim() == new.dim() and all(o <= n for o, n in zip(old.shape, new.shape)):
+        elif old.dim() == new.dim() and all(o <= n for o, n in zip(old.shape, new.shape, strict=False)):
             grown = new.clone()
             grown[tuple(slice(0, o) for o in old.shape)] = old
             state[name] = grown
@@ -272,7 +272,7 @@ def retrain(cfg: TrainerConfig) -> dict[str, Any]:
                "epochs_run": info["epochs_run"], "stop_reason": info["stop_reason"],
                "train_seconds": info["train_seconds"], "val": val, "test": test, "data": ds.stats(),
                "curve": info["curve"], "warm_start": warm, "parent_version": current}
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S")
     out = save_checkpoint(cfg.work_dir / f"ckpt-{stamp}", model, tcfg, ds, metrics)
     return {"checkpoint": str(out), "warm_start": warm, "items": ds.vocab.n_items - 2,
             "users": len(ds.users), "val_ndcg@10": val["ndcg@10"], "test_ndcg@10": test["ndcg@10"],
@@ -302,7 +302,7 @@ def run_cycle(cfg: TrainerConfig, *, archive: bool = True) -> dict[str, Any]:
     from exporter.export import export_checkpoint
     from exporter.registry import Registry
 
-    summary: dict[str, Any] = {"started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    summary: dict[str, Any] = {"started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
     if archive:
         summary["archive"] = archive_from_kafka(cfg)
     state = _state(cfg)

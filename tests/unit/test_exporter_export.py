@@ -55,7 +55,7 @@ def test_graph_has_dynamic_batch_length_and_exclusion_width(served) -> None:  # 
         assert top_items.dtype == np.int64 and top_scores.dtype == np.float32 and attn.dtype == np.float32
         assert (np.diff(top_scores, axis=1) <= 0).all()
         assert (top_items > 1).all()  # never PAD or OOV
-        for row, excl in zip(top_items, exclude):
+        for row, excl in zip(top_items, exclude, strict=False):
             assert not set(row.tolist()) & set(excl.tolist())
         assert np.allclose(attn.sum(axis=1), 1.0, atol=1e-5)
         assert (attn[items == 0] == 0).all()  # no attention on padding
