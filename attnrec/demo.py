@@ -1,0 +1,188 @@
+"""``attnrec demo``: the main job, end to end, on the local stack.
+
+1. start Kafka (KRaft) + Redis;
+2. generate synthetic click events with planted sequential structure;
+3. train a small attention model on the older events, export it to ONNX, check and promote it;
+4. start a worker, replay the newer events as a live stream and watch recommendations arrive;
+5. meanwhile retrain on more data and promote through the gate: the worker hot-reloads;
+6. print a summary (events in, recs out, latency, model versions, explanations) and stop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from attnrec.errors import AttnrecError, StackError
+from attnrec.settings import Settings
+from attnrec.stack import REPO_ROOT, free_port
+
+__all__ = ["run_demo"]
+
+log = logging.getLogger(__name__)
+
+
+def _say(msg: str) -> None:
+    print(f"\033[1m==>\033[0m {msg}", flush=True)
+
+
+def _train_and_export(data: Path, out: Path, registry: Path, seconds: float, *, force: bool) -> tuple[str, dict[str, Any]]:
+    from attnrec.cli import main as cli_main
+    from exporter.export import export_checkpoint
+    from exporter.registry import Registry
+
+    minutes = max(0.1, seconds / 60.0)
+    rc = cli_main(["--log-level", "WARNING", "train", "--data", str(data), "--format", "events", "--out", str(out),
+                   "--max-minutes", f"{minutes:.2f}", "--max-len", "50", "--patience", "3"])  # fmt: skip
+    if rc != 0:
+        raise AttnrecError(f"training failed (exit {rc})")
+    version = export_checkpoint(out, registry, promote=True, force=force)
+    reg = Registry(registry)
+    return version, reg.read_manifest(version)
+
+
+def _wait_ready(port: int, proc: subprocess.Popen[bytes], logf: Path, timeout: float = 120.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise StackError(f"worker exited with {proc.returncode}; see {logf}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                return dict(json.loads(r.read()))
+        except OSError:
+            time.sleep(0.5)
+    raise StackError(f"worker not ready within {timeout:.0f}s; see {logf}")
+
+
+def run_demo(s: Settings, *, events: int = 6000, rate: float = 500.0, train_seconds: float = 60.0, keep_stack: bool = False) -> int:
+    from tqdm import tqdm
+
+    from attnrec.cli import _stack
+    from attnrec.kafka_util import ensure_topics
+    from attnrec.replay import RecsTracker, produce
+    from training.synth import generate
+
+    t_start = time.monotonic()
+    home = s.home.resolve()
+    work = home / "demo"
+    work.mkdir(parents=True, exist_ok=True)
+    st = _stack(s)
+    _say(f"starting the local stack (Kafka KRaft on {st.bootstrap}, Redis on 127.0.0.1:{st.redis_port}) under {st.root}")
+    st.up()
+    ensure_topics(s)
+
+    # --- data: one synthetic world; train on the past, replay the future ------------------------
+    n_train = 40_000
+    _say(f"generating {n_train + events:,} synthetic click events (planted: a like/cart/purchase/gift predicts a follow-up item)")
+    all_events = list(generate(600, 800, n_train + events, seed=11))
+    past, future = all_events[:n_train], all_events[n_train:]
+    train_file = work / "train.jsonl"
+    with open(train_file, "wb") as f:
+        for ev in past:
+            f.write(ev.to_json() + b"\n")
+
+    registry = s.registry_dir.resolve()
+    _say(f"training an attention model for up to {train_seconds:.0f}s on {len(past):,} events, then export → ONNX → registry")
+    t0 = time.monotonic()
+    v1, man1 = _train_and_export(train_file, work / f"ckpt-{int(time.time())}", registry, train_seconds, force=True)
+    val = (man1.get("metrics") or {}).get("val", {})
+    print(f"    model {v1}: validation NDCG@10 {val.get('ndcg@10', float('nan')):.4f}, HR@10 {val.get('hr@10', float('nan')):.4f} "
+          f"(popularity baseline in docs/BENCHMARKS.md); parity max|Δ| {man1['parity']['max_abs_diff']:.2e}; "
+          f"{time.monotonic() - t0:.0f}s")  # fmt: skip
+
+    # --- the worker ------------------------------------------------------------------------------
+    port = free_port()
+    env = dict(os.environ, ATTNREC_HOME=str(home), ATTNREC_REGISTRY=str(registry), ATTNREC_WEB_PORT=str(port),
+               ATTNREC_KAFKA_BOOTSTRAP=st.bootstrap, ATTNREC_REDIS_URL=st.redis_url, ATTNREC_RELOAD_POLL_S="1")  # fmt: skip
+    logf = work / "worker.log"
+    _say(f"starting the worker (log {logf}, API http://127.0.0.1:{port})")
+    proc = subprocess.Popen([sys.executable, "-m", "attnrec", "worker"], env=env, cwd=REPO_ROOT,
+                            stdout=open(logf, "ab"), stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    retrain_result: dict[str, Any] = {}
+    try:
+        ready = _wait_ready(port, proc, logf)
+        print(f"    ready: model {ready['model_version']}, {ready['assigned_partitions']} partitions")
+
+        # --- replay the future, retrain in the background ------------------------------------
+        tracker = RecsTracker(s).start()
+        half = len(future) // 2
+
+        def retrain() -> None:
+            try:
+                data2 = work / "train2.jsonl"
+                with open(data2, "wb") as f:
+                    for ev in past + future[:half]:
+                        f.write(ev.to_json() + b"\n")
+                v2, man2 = _train_and_export(data2, work / f"ckpt2-{int(time.time())}", registry, min(30.0, train_seconds), force=False)
+                from exporter.registry import Registry
+
+                retrain_result.update(version=v2, promoted=Registry(registry).current_version() == v2, at=time.monotonic())
+            except Exception as exc:  # the demo goes on with the first model
+                retrain_result["error"] = str(exc)
+
+        _say(f"replaying {len(future):,} new events at {rate:.0f}/s; retraining on the first half meanwhile (periodic-trainer step)")
+        bt: threading.Thread | None = None
+        with tqdm(total=len(future), unit="ev", desc="events → recs", mininterval=0.5) as bar:
+            def progress(n: int) -> None:
+                bar.update(n)
+                bar.set_postfix(recs=tracker.received, versions=len(tracker.versions))
+
+            def feed() -> Any:
+                nonlocal bt
+                for i, ev in enumerate(future):
+                    if i == half:
+                        bt = threading.Thread(target=retrain, daemon=True)
+                        bt.start()
+                    yield ev
+
+            sent = produce(s, feed(), rate=rate, tracker=tracker, progress=progress)
+        if bt is not None:
+            bt.join(timeout=max(60.0, 2 * train_seconds))
+        # keep events flowing gently until the new version serves (or give up after a while)
+        if retrain_result.get("promoted"):
+            v2 = retrain_result["version"]
+            deadline = time.monotonic() + 15
+            extra = 0
+            while v2 not in tracker.versions and time.monotonic() < deadline:
+                extra += produce(s, future[extra % len(future): extra % len(future) + 50], rate=200, tracker=tracker)
+            sent += extra
+        time.sleep(2.0)
+        tracker.stop()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        if not keep_stack:
+            st.down()
+
+    lat = np.asarray(tracker.latencies_ms) if tracker.latencies_ms else np.asarray([float("nan")])
+    _say("summary")
+    print(f"    events in          {sent:,}")
+    print(f"    recommendations    {tracker.received:,} (one per user per batch; duplicates {tracker.duplicates})")
+    print(f"    latency produce→rec p50 {np.percentile(lat, 50):.1f} ms, p99 {np.percentile(lat, 99):.1f} ms (n={len(tracker.latencies_ms):,})")
+    print("    model versions     " + ", ".join(f"{v}: {n:,} recs" for v, n in tracker.versions.items()))
+    if "version" in retrain_result:
+        print(f"    retrained model    {retrain_result['version']} ({'promoted, hot-reloaded' if retrain_result['promoted'] else 'not promoted by the gate'})")
+    elif "error" in retrain_result:
+        print(f"    retraining failed  {retrain_result['error']}")
+    for rec in tracker.samples[-3:]:
+        why = "; ".join(f"{b['event_type']} {b['item_id']} (weight {b['weight']:.2f})" for b in rec["because"])
+        top = ", ".join(i["item_id"] for i in rec["items"][:3])
+        print(f"    {rec['user_id']:>6} → {top} … because: {why}")
+    print(f"    total time         {time.monotonic() - t_start:.0f}s" + ("" if keep_stack else "; stack stopped"))
+    ok = tracker.received > 0 and sent > 0
+    return 0 if ok else 1
