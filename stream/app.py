@@ -49,6 +49,8 @@ class Processor:
         self.model: LoadedModel | None = None
         self.send: Any = None  # async (topic, key, value) -> awaitable delivery future
         self.batches = 0
+        self.positions: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset to process
+        self._lag_labels: set[str] = set()
 
     # ------------------------------------------------------------------ model
     def set_model(self, m: LoadedModel | None) -> None:
@@ -149,6 +151,31 @@ class Processor:
             m.dead.labels(reason).inc()
         m.batch_size.observe(len(records))
         self.batches += 1
+        for r in records:
+            key = (r.topic, r.partition)
+            if r.offset + 1 > self.positions.get(key, -1):
+                self.positions[key] = r.offset + 1
+
+    def update_lag(self, assignment: Any, highwater: Any) -> None:
+        """Set ``attnrec_consumer_lag{partition}`` = highwater - next offset to process, for each
+        assigned input partition this worker has processed since it started; drop the others."""
+        live: set[str] = set()
+        for tp in assignment:
+            pos = self.positions.get((tp.topic, tp.partition))
+            if tp.topic != self.s.clicks_topic or pos is None:
+                continue
+            try:
+                hw = highwater(tp)
+            except Exception:  # not assigned any more, or no fetch response yet
+                hw = None
+            if hw is None:
+                continue
+            label = str(tp.partition)
+            live.add(label)
+            self.metrics.lag.labels(label).set(max(0, hw - pos))
+        for label in self._lag_labels - live:
+            self.metrics.lag.remove(label)
+        self._lag_labels = live
 
     async def _send(self, topic: str, key: bytes | None, value: bytes) -> Any:
         try:
@@ -319,7 +346,9 @@ def create_app(settings: Settings) -> faust.App:
             if not _authorized(request):
                 return self.json({"error": "unauthorized"}, status=401)
             if app.consumer is not None:
-                metrics.assigned.set(len(app.consumer.assignment()))
+                assignment = app.consumer.assignment()
+                metrics.assigned.set(len(assignment))
+                proc.update_lag(assignment, app.consumer.highwater)
             return self.bytes(metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.page("/recs/{user_id}")
