@@ -136,7 +136,7 @@ def write_event_file(events_dir: Path, lines: Iterable[bytes]) -> Path | None:
     return final
 
 
-def archive_from_kafka(cfg: TrainerConfig, *, idle_s: float = 2.0) -> dict[str, Any]:
+def archive_from_kafka(cfg: TrainerConfig, *, idle_s: float = 2.0, join_timeout_s: float = 60.0) -> dict[str, Any]:
     """Drain new ``clicks`` into the event log; commit offsets only after the file is durable."""
     import orjson
     from kafka import KafkaConsumer
@@ -156,16 +156,18 @@ def archive_from_kafka(cfg: TrainerConfig, *, idle_s: float = 2.0) -> dict[str, 
     lines: list[bytes] = []
     invalid = 0
     try:
-        idle_since = time.monotonic()
+        idle_since: float | None = None  # set once partitions are assigned
         while len(lines) < cfg.max_events:
             batch = consumer.poll(timeout_ms=500, max_records=5000)
             records = [r for part in batch.values() for r in part]
             if not records:
-                # the first poll also joins the group and gets partitions: give it time
-                if time.monotonic() - idle_since >= idle_s and consumer.assignment():
+                # the first polls join the group; the idle clock starts once partitions are ours
+                if idle_since is None and consumer.assignment():
+                    idle_since = time.monotonic()
+                if idle_since is not None and time.monotonic() - idle_since >= idle_s:
                     break
-                if time.monotonic() - t0 > 60:
-                    break
+                if idle_since is None and time.monotonic() - t0 > join_timeout_s:
+                    raise TransientError(f"no partitions of {cfg.topic} assigned within {join_timeout_s:.0f}s")
                 continue
             idle_since = time.monotonic()
             for rec in records:
