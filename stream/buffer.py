@@ -86,6 +86,7 @@ for i = 1, n do
     redis.call('LTRIM', rk, 0, max_len - 1)
     redis.call('EXPIRE', rk, ttl)
     local seq = redis.call('HINCRBY', wk, '#seq', 1)
+    redis.call('EXPIRE', wk, ttl)
     redis.call('ZADD', ek, seq, eid)
     redis.call('ZREMRANGEBYRANK', ek, 0, -(window + 1))
     redis.call('EXPIRE', ek, ttl)
