@@ -349,7 +349,7 @@ def create_app(settings: Settings) -> faust.App:
                 assignment = app.consumer.assignment()
                 metrics.assigned.set(len(assignment))
                 proc.update_lag(assignment, app.consumer.highwater)
-            return self.bytes(metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8")
+            return self.bytes(metrics.render(), content_type="text/plain; version=0.0.4")
 
     @app.page("/recs/{user_id}")
     class Recs(View):
