@@ -67,14 +67,14 @@ class LocalStack:
     controller_port: int = 9093
     redis_port: int = 6379
     kafka_home: Path | None = None
-    redis_password: str | None = None
+    redis_password: str | None = field(default=None, repr=False)
     kafka_heap: str = "768m"
     # Optional SASL_PLAINTEXT listener beside the PLAINTEXT one (which the broker keeps for
     # itself and for the stack's own health checks). ``sasl_users`` maps user -> password;
     # every user can log in with each of ``sasl_mechanisms`` (SCRAM credentials are written
     # into the metadata log when the storage is formatted, so they need a fresh data dir).
     sasl_port: int | None = None
-    sasl_users: dict[str, str] = field(default_factory=dict)
+    sasl_users: dict[str, str] = field(default_factory=dict, repr=False)
     sasl_mechanisms: tuple[str, ...] = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
     _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
 
