@@ -1,0 +1,335 @@
+"""`attnrec dashboard` end to end, in Debian's headless Chromium.
+
+A worker and the dashboard run as subprocesses against the real stack while events are
+replayed; Chromium loads the page (driven over the DevTools protocol, so one browser makes
+both reads and the screenshot) and the test reads what a person would see: figures, charts,
+the live feed with its explanations and the user lookup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import redis
+
+from attnrec.errors import ConfigError
+from attnrec.kafka_util import ensure_topics, make_producer
+from attnrec.settings import Settings
+from attnrec.stack import free_port
+from exporter.registry import Registry
+from stream.buffer import decode_entry, user_keys
+from stream.schema import ClickEvent
+from tests.helpers import REPO, WorkerProc, env_for, settings_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(170)]
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--hide-scrollbars", "--window-size=1400,1900",
+]  # fmt: skip
+DOCS_IMG = REPO / "docs" / "img" / "dashboard.png"
+
+# What the page shows, read from the DOM the way the test asserts on it.
+READ_JS = """JSON.stringify((() => {
+  const v = (id) => { const e = document.getElementById(id); return e && e.dataset.value !== "" ? Number(e.dataset.value) : null; };
+  return {
+    status: document.getElementById("status").textContent,
+    events_total: v("events-total"), recs_total: v("recs-total"),
+    events_per_s: v("events-per-s"), recs_per_s: v("recs-per-s"),
+    p50: v("latency-p50"), p99: v("latency-p99"), dead_total: v("dead-total"), lag: v("lag-total"),
+    workers: v("workers"),
+    model: document.getElementById("model-current").textContent,
+    history_rows: document.querySelectorAll("#history-table tbody tr").length,
+    charts: document.querySelectorAll(".uplot canvas").length,
+    feed: [...document.querySelectorAll("#feed li.rec")].map((li) => ({
+      user: li.dataset.user, because: [...li.querySelectorAll(".because")].map((e) => e.textContent)})),
+    dead: [...document.querySelectorAll("#dead-table td.err")].map((e) => e.textContent),
+    lookup_user: document.getElementById("lookup").dataset.user,
+    lookup_items: document.querySelectorAll("#lookup-items li").length,
+    lookup_recent: [...document.querySelectorAll("#lookup-recent tbody tr")].map((tr) => tr.children[2].textContent),
+  };
+})())"""
+
+
+class Feeder(threading.Thread):
+    """Produces click events for 20 users at ~`rate`/s (plus one malformed message now and then)."""
+
+    def __init__(self, s: Settings, items: list[str], rate: float = 60.0) -> None:
+        super().__init__(daemon=True)
+        self.s, self.items, self.rate = s, items, rate
+        self.stop = threading.Event()
+        self.sent: dict[str, list[str]] = {}
+        self.n = 0
+
+    def run(self) -> None:
+        p = make_producer(self.s)
+        types = ["view", "click", "cart", "purchase", "like"]
+        try:
+            while not self.stop.is_set():
+                for _ in range(max(1, int(self.rate / 10))):
+                    u = f"dash-user-{self.n % 20}"
+                    item = self.items[(self.n * 7 + self.n // 20) % len(self.items)]
+                    kind = types[(self.n + self.n // 20) % len(types)]
+                    ev = ClickEvent(uuid.uuid4().hex, u, item, kind, int(time.time() * 1000))
+                    p.send(self.s.clicks_topic, key=u.encode(), value=ev.to_json())
+                    self.sent.setdefault(u, []).append(item)
+                    self.n += 1
+                if self.n % 100 < max(1, int(self.rate / 10)):
+                    p.send(self.s.clicks_topic, key=b"broken", value=b"{not json")
+                p.flush()
+                self.stop.wait(0.1)
+        finally:
+            p.close(5)
+
+
+class DashboardProc:
+    """`attnrec dashboard` as a subprocess."""
+
+    def __init__(self, s: Settings, home: Path, *, host: str = "127.0.0.1", extra_env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.log = home / f"dashboard-{self.port}.log"
+        env = env_for(s, home)
+        env.update({"ATTNREC_DASHBOARD_PORT": str(self.port), "ATTNREC_DASHBOARD_HOST": host, "ATTNREC_LATENCY_WINDOW_S": "30"})
+        env.update(extra_env or {})
+        self.proc = subprocess.Popen([sys.executable, "-m", "attnrec", "dashboard"], env=env, cwd=REPO,
+                                     stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+
+    def url(self, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        req = urllib.request.Request(self.url(path), headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    def wait_up(self, timeout: float = 30.0, headers: dict[str, str] | None = None) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"dashboard exited {self.proc.returncode}:\n{self.tail()}"
+            try:
+                if self.get("/healthz", headers)[0] in (200, 401):
+                    return
+            except OSError:
+                pass
+            time.sleep(0.3)
+        raise AssertionError(f"dashboard not up in {timeout}s:\n{self.tail()}")
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+
+
+class Chromium:
+    """Headless Chromium with the DevTools protocol on a free port (one page)."""
+
+    def __init__(self, profile: Path) -> None:
+        profile.mkdir(parents=True, exist_ok=True)
+        self.profile = profile
+        self.log = profile.parent / "chromium.log"
+        self.proc = subprocess.Popen(
+            [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0", "about:blank"],
+            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        self._id = 0
+
+    def _port(self, timeout: float = 60.0) -> int:
+        f = self.profile / "DevToolsActivePort"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"chromium exited {self.proc.returncode}: {self.log.read_text()[-2000:]}"
+            if f.exists() and f.read_text().strip():
+                return int(f.read_text().split()[0])
+            time.sleep(0.2)
+        raise AssertionError("chromium did not open its DevTools port")
+
+    async def connect(self, session: aiohttp.ClientSession) -> None:
+        port = self._port()
+        deadline = time.monotonic() + 30
+        while True:
+            async with session.get(f"http://127.0.0.1:{port}/json/list") as r:
+                pages = [t for t in await r.json(content_type=None) if t.get("type") == "page"]
+            if pages or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        assert pages, "chromium has no page target"
+        self.ws = await session.ws_connect(pages[0]["webSocketDebuggerUrl"], max_msg_size=64 * 2**20)
+
+    async def call(self, method: str, **params: Any) -> dict[str, Any]:
+        self._id += 1
+        my = self._id
+        await self.ws.send_json({"id": my, "method": method, "params": params})
+        while True:
+            msg = await asyncio.wait_for(self.ws.receive_json(), 60)
+            if msg.get("id") == my:
+                assert "error" not in msg, f"{method}: {msg['error']}"
+                return msg.get("result", {})
+
+    async def read(self) -> dict[str, Any] | None:
+        """The page's figures; None while the page is still loading (the script throws)."""
+        r = await self.call("Runtime.evaluate", expression=READ_JS, returnByValue=True)
+        if "exceptionDetails" in r or "value" not in r.get("result", {}):
+            return None
+        return json.loads(r["result"]["value"])  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+
+async def _until(chrome: Chromium, cond: Any, timeout: float, what: str) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    page: dict[str, Any] | None = None
+    while time.monotonic() < deadline:
+        page = await chrome.read()
+        if page is not None and cond(page):
+            return page
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"page never showed {what}; last read: {json.dumps(page)[:3000]}")
+
+
+def _ready(p: dict[str, Any]) -> bool:
+    return bool(
+        p["events_total"] and p["recs_total"] and p["events_per_s"] and p["recs_per_s"] and p["p50"] is not None
+        and p["p99"] and any(f["because"] for f in p["feed"]) and p["lookup_items"] > 0 and p["dead"]
+    )  # fmt: skip
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium not installed (deploy/setup-system.sh installs it)")
+def test_dashboard_in_headless_chromium(stack: Any, names: dict[str, str], registry_with_model: Path, tmp_path: Path) -> None:
+    s = settings_for(stack, names, registry_with_model)
+    ensure_topics(s)
+    reg = Registry(registry_with_model)
+    version = reg.current_version()
+    assert version is not None
+    items = [str(i) for i in reg.read_manifest(version)["popularity"]][:40]
+    w = WorkerProc(s, tmp_path)
+    dash = DashboardProc(s, tmp_path)
+    feeder = Feeder(s, items)
+    chrome: Chromium | None = None
+    try:
+        w.wait_ready()
+        dash.wait_up()
+        feeder.start()
+        target = "dash-user-7"
+        # the lookup needs the user's first recommendation stored; the page polls on its own after that
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and w.get(f"/recs/{target}")[0] != 200:
+            time.sleep(0.5)
+        chrome = Chromium(tmp_path / "chromium-profile")
+
+        async def drive() -> tuple[dict[str, Any], dict[str, Any], bytes]:
+            assert chrome is not None
+            async with aiohttp.ClientSession() as session:
+                await chrome.connect(session)
+                await chrome.call("Page.enable")
+                await chrome.call("Page.navigate", url=dash.url(f"/?user={target}"))
+                first = await _until(chrome, _ready, 75, "non-zero figures, explained recommendations and the lookup")
+                await asyncio.sleep(3.0)
+                second = await _until(
+                    chrome, lambda p: _ready(p) and p["events_total"] > first["events_total"] and p["recs_total"] > first["recs_total"],
+                    20, "figures that change",
+                )  # fmt: skip
+                size = (await chrome.call("Page.getLayoutMetrics"))["cssContentSize"]
+                clip = {"x": 0, "y": 0, "width": size["width"], "height": min(size["height"], 4000), "scale": 1}
+                shot = await chrome.call("Page.captureScreenshot", format="png", captureBeyondViewport=True, clip=clip)
+                await chrome.ws.close()
+                return first, second, base64.b64decode(shot["data"])
+
+        first, second, png = asyncio.run(drive())
+    finally:
+        feeder.stop.set()
+        if chrome is not None:
+            chrome.close()
+        dash.stop()
+        w.terminate()
+    feeder.join(10)
+
+    (tmp_path / "dashboard.png").write_bytes(png)
+    assert png.startswith(b"\x89PNG") and len(png) > 20_000, "screenshot is not a rendered page"
+    DOCS_IMG.parent.mkdir(parents=True, exist_ok=True)
+    DOCS_IMG.write_bytes(png)
+
+    for page in (first, second):
+        assert page["status"].startswith("live"), page["status"]
+        for k in ("events_total", "recs_total", "events_per_s", "recs_per_s", "p99", "workers"):
+            assert page[k] and page[k] > 0, (k, page)
+        assert page["p50"] is not None and page["p50"] >= 0
+        assert page["charts"] >= 4, "uPlot did not draw the four charts"
+        assert page["model"] == version and page["history_rows"] >= 1
+        assert any("not JSON" in e for e in page["dead"]), page["dead"]
+    assert second["events_total"] > first["events_total"] and second["recs_total"] > first["recs_total"]
+    # the live feed: recommendations of the replayed users, explained in words
+    explained = [f for f in second["feed"] if f["because"]]
+    assert explained, second["feed"]
+    for f in explained:
+        assert f["user"].startswith("dash-user-")
+        for line in f["because"]:
+            assert line.startswith("because you ") and " — weight 0." in line, line
+    # the lookup shows the asked-for user, with that user's own recent items (Redis, newest first)
+    assert second["lookup_user"] == target
+    assert second["lookup_recent"] and set(second["lookup_recent"]) <= set(feeder.sent[target])
+    r = redis.Redis.from_url(s.redis_url)
+    newest = [decode_entry(x).item_id for x in r.lrange(user_keys(target)[0], 0, 200)]
+    assert set(second["lookup_recent"]) <= set(newest), "lookup rows are not this user's buffer"
+
+
+def test_dashboard_off_loopback_requires_token(stack: Any, names: dict[str, str], registry_with_model: Path, tmp_path: Path) -> None:
+    s = settings_for(stack, names, registry_with_model)
+    from stream.dashboard.web import create_dashboard_app
+
+    with pytest.raises(ConfigError, match="not loopback"):
+        create_dashboard_app(s, host="0.0.0.0")
+    token = uuid.uuid4().hex
+    dash = DashboardProc(s, tmp_path, host="0.0.0.0", extra_env={"ATTNREC_API_TOKEN": token})
+    try:
+        dash.wait_up()
+        for path in ("/", "/api/summary", "/api/user/u1", "/static/dashboard/dashboard.js", "/healthz"):
+            code, body = dash.get(path)
+            assert code == 401, (path, code, body[:200])
+            assert dash.get(path, {"Authorization": "Bearer wrong"})[0] == 401
+        code, body = dash.get("/api/summary", {"Authorization": f"Bearer {token}"})
+        assert code == 200 and "figures" in json.loads(body)
+        assert dash.get("/", {"Authorization": f"Bearer {token}"})[0] == 200
+        # a browser: /?token=... sets an HttpOnly cookie and redirects to the clean URL
+        req = urllib.request.Request(dash.url(f"/?token={token}&user=u1"))
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+        with opener.open(req, timeout=5) as resp:
+            assert resp.status == 200 and resp.url.endswith("/?user=u1"), resp.url
+        with opener.open(dash.url("/api/summary"), timeout=5) as resp:
+            assert resp.status == 200
+    finally:
+        dash.stop()
+    # no token configured: the command refuses to start off-loopback
+    env = env_for(s, tmp_path)
+    env.pop("ATTNREC_API_TOKEN", None)
+    env.update({"ATTNREC_DASHBOARD_HOST": "0.0.0.0", "ATTNREC_DASHBOARD_PORT": str(free_port())})
+    out = subprocess.run([sys.executable, "-m", "attnrec", "dashboard"], env=env, cwd=REPO, capture_output=True, timeout=60)
+    assert out.returncode == 2 and b"ATTNREC_API_TOKEN" in out.stderr, out.stderr[-2000:]
