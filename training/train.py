@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -157,11 +158,14 @@ def train(
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=tcfg.epochs * steps, unit="batch", dynamic_ncols=True, leave=True)
+        bar = tqdm(total=steps, unit="batch", dynamic_ncols=True, leave=False, file=sys.stderr)
     bad = 0
     stop_reason = "max epochs"
     for epoch in range(1, tcfg.epochs + 1):
         model.train()
+        if bar is not None:
+            bar.reset()
+            bar.set_description(f"epoch {epoch}/{tcfg.epochs}")
         perm = torch.from_numpy(np_rng.permutation(n))
         total, te = 0.0, time.monotonic()
         for b in range(steps):
@@ -177,7 +181,7 @@ def train(
             total += loss.item()
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", best=f"{best['ndcg@10']:.4f}")
+                bar.set_postfix(loss=f"{loss.item():.3f}", best_val_ndcg10=f"{max(best['ndcg@10'], 0):.4f}")
         model.eval()
         val = evaluate(model_scorer(model), ds, "val", mcfg.max_len, max_users=tcfg.val_max_users, seed=tcfg.seed)
         rec = {"epoch": epoch, "loss": total / steps, "val_ndcg@10": val["ndcg@10"], "val_hr@10": val["hr@10"],

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Quality benchmark (`make bench-quality`): our model and the baselines under the published
+# protocol (leave-one-out, full ranking, input items excluded), plus the synthetic attention check.
+#
+#   training/bench_quality.sh [beauty|ml1m|synth|baselines|all]   (default: all)
+#
+# Environment: ATTNREC_DATA_DIR (default ../shared/data from the repo root), BENCH_OUT (default
+# runs/quality), ATTNREC (default: the attnrec on PATH, else .venv/bin/attnrec), PYTHON.
+# Each result is a JSON file in $BENCH_OUT; docs/BENCHMARKS.md (Quality) quotes them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA="${ATTNREC_DATA_DIR:-../shared/data}"
+OUT="${BENCH_OUT:-runs/quality}"
+ATTNREC="${ATTNREC:-$(command -v attnrec || echo .venv/bin/attnrec)}"
+PYTHON="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}"
+what="${1:-all}"
+mkdir -p "$OUT"
+
+run() { echo "+ $*" >&2; "$@"; }
+
+beauty() {
+  run "$ATTNREC" train --data "$DATA/amazon-beauty/Beauty.txt" --format s3 --out "$OUT/beauty" --quiet
+  run "$ATTNREC" eval --model "$OUT/beauty" --data "$DATA/amazon-beauty/Beauty.txt" --format s3 --json "$OUT/beauty.eval.json"
+}
+ml1m() {
+  run "$ATTNREC" train --data "$DATA/ml1m-gsasrec" --format gsasrec --out "$OUT/ml1m" --quiet
+  run "$ATTNREC" eval --model "$OUT/ml1m" --data "$DATA/ml1m-gsasrec" --format gsasrec --json "$OUT/ml1m.eval.json"
+}
+baselines() {
+  run "$ATTNREC" eval --baseline popular --data "$DATA/amazon-beauty/Beauty.txt" --format s3 --json "$OUT/beauty.popular.json"
+  run "$ATTNREC" eval --baseline popular --data "$DATA/ml1m-gsasrec" --format gsasrec --json "$OUT/ml1m.popular.json"
+  # SASRec's original recipe (BCE, one negative); capped at 20 minutes of training per dataset
+  run "$ATTNREC" eval --baseline sasrec-bce --max-minutes 20 --data "$DATA/amazon-beauty/Beauty.txt" --format s3 \
+    --json "$OUT/beauty.sasrec-bce.json" --quiet
+  run "$ATTNREC" eval --baseline sasrec-bce --max-minutes 20 --data "$DATA/ml1m-gsasrec" --format gsasrec \
+    --json "$OUT/ml1m.sasrec-bce.json" --quiet
+}
+synth() {
+  run "$PYTHON" -m training.attention --users 1000 --items 500 --events 60000 --seed 7 --json "$OUT/synth.json"
+}
+
+case "$what" in
+  beauty) beauty ;;
+  ml1m) ml1m ;;
+  synth) synth ;;
+  baselines) baselines ;;
+  all) beauty; ml1m; baselines; synth ;;
+  *) echo "usage: $0 [beauty|ml1m|synth|baselines|all]" >&2; exit 2 ;;
+esac
