@@ -452,15 +452,6 @@ def promote_gated(registry: Registry, version: str, *, force: bool = False, marg
 
 
 # --- the whole path -----------------------------------------------------------------------------
-def _quantize(fp32_path: Path, out_path: Path) -> Path:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        quantize_dynamic(str(fp32_path), str(out_path), weight_type=QuantType.QInt8)
-    return out_path
-
-
 def build_manifest(ckpt: Checkpoint, *, top_k: int, parity: dict[str, Any], golden: dict[str, Any],
                    parent: str | None) -> dict[str, Any]:
     cfg = ckpt.model_config
@@ -524,11 +515,11 @@ def export_checkpoint(checkpoint_dir: str | Path, registry_root: str | Path, *, 
         to_publish = serving
         quant: dict[str, Any] = {"requested": quantize, "applied": False}
         if quantize:
-            from exporter.quantize import evaluate_quantization
+            from exporter.quantize import choose_quantization
 
-            qpath = _quantize(serving, tmp / "model.int8.onnx")
-            quant.update(evaluate_quantization(ckpt, serving, qpath, top_k=top_k))
-            if quant["accepted"]:
+            qpath, report = choose_quantization(ckpt, serving, full, tmp)
+            quant.update(report)
+            if qpath is not None:
                 to_publish, quant["applied"] = qpath, True
             log.info("quantization %s: %s", "applied" if quant["applied"] else "not applied", quant["reason"])
         golden = make_golden(ckpt, to_publish)

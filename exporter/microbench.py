@@ -9,7 +9,8 @@ batch 1, 32 and 256 at max_len 50 and 200, full-length rows (no padding: the wor
 - ``ort``: onnxruntime with the deployed session options (exporter.check.session_options:
   full graph optimisation, sequential, no spinning) at 1 and 2 intra-op threads;
 - ``ort-basic``: the same at optimisation level "basic" (what full optimisation buys);
-- ``ort-int8``: the dynamically int8-quantised graph, 1 thread;
+- ``ort-int8``: the dynamically int8-quantised graph (every MatMul), 1 thread;
+- ``ort-int8enc``: int8 encoder, fp32 scoring MatMul (exporter.quantize variant "encoder");
 - ``torch``: the same ServingGraph module in eager mode (inference_mode), 1 and 2 threads.
 
 The model is AttnRec with DESIGN.md's budget shape (2 blocks, d=64, 1 head, event types
@@ -86,7 +87,8 @@ def run(*, checkpoint: str | None = None, quick: bool = False, top_k: int = 10) 
     import torch
 
     from exporter.check import make_session
-    from exporter.export import ServingGraph, _quantize, export_onnx, load_checkpoint
+    from exporter.export import ServingGraph, export_onnx, load_checkpoint
+    from exporter.quantize import quantize_graph
     from training.model import AttnRec, ModelConfig
 
     min_iters, min_seconds = (5, 0.2) if quick else (20, 1.0)
@@ -107,12 +109,14 @@ def run(*, checkpoint: str | None = None, quick: bool = False, top_k: int = 10) 
                 model = AttnRec(ModelConfig.from_dict(cfg_d)).eval()
             models[L] = {k: cfg_d[k] for k in ("n_items", "d_model", "n_blocks", "n_heads", "max_len")}
             fp32 = export_onnx(model, tmp / f"m{L}.onnx", top_k=top_k, max_len=L)
-            int8 = _quantize(fp32, tmp / f"m{L}.int8.onnx")
+            int8 = quantize_graph(fp32, tmp / f"m{L}.int8.onnx", variant="all")
+            int8_enc = quantize_graph(fp32, tmp / f"m{L}.int8enc.onnx", variant="encoder")
             sessions = {
                 ("ort", 1): make_session(fp32, intra_op_threads=1),
                 ("ort", 2): make_session(fp32, intra_op_threads=2),
                 ("ort-basic", 1): make_session(fp32, intra_op_threads=1, opt_level="basic"),
                 ("ort-int8", 1): make_session(int8, intra_op_threads=1),
+                ("ort-int8enc", 1): make_session(int8_enc, intra_op_threads=1),
             }
             graph = ServingGraph(model, top_k).eval()
             for B in BATCHES:
@@ -156,7 +160,7 @@ def run(*, checkpoint: str | None = None, quick: bool = False, top_k: int = 10) 
 
 def markdown_table(report: dict[str, Any]) -> str:
     """Per-batch p50 latency (ms) and µs/event, one row per (max_len, batch)."""
-    cols = [("ort", 1), ("ort", 2), ("ort-basic", 1), ("ort-int8", 1), ("torch", 1), ("torch", 2)]
+    cols = [("ort", 1), ("ort", 2), ("ort-basic", 1), ("ort-int8", 1), ("ort-int8enc", 1), ("torch", 1), ("torch", 2)]
     idx = {(r["engine"], r["threads"], r["max_len"], r["batch"]): r for r in report["results"]}
     head = "| max_len | batch | " + " | ".join(f"{e} {t}t" for e, t in cols) + " | ORT 1t vs torch 1t |"
     lines = [head, "|" + "---|" * (len(cols) + 3)]

@@ -158,3 +158,16 @@ def test_cli_export_list_promote_rollback(ckpt_dir: Path, tmp_path: Path, capsys
     assert main(["models", "list", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert listed["current"] == first and [h["decision"] for h in listed["history"]][-1] == "rollback"
+
+
+def test_quantize_option_is_measured_and_recorded(ckpt_dir: Path, tmp_path: Path) -> None:
+    """int8 is used only when faster and within 1% NDCG@10; either way the figures are recorded."""
+    version = export_checkpoint(ckpt_dir, tmp_path / "registry", quantize=True)
+    m = Registry(tmp_path / "registry").read_manifest(version)
+    q = m["quantization"]
+    assert q["requested"] is True and q["applied"] is q["accepted"]
+    assert q["latency_ms_b32_fp32"] > 0 and q["latency_ms_b32_int8"] > 0 and q["ndcg_rows"] > 0
+    assert ("faster" in q["reason"]) or ("kept fp32" in q["reason"])
+    if q["applied"]:
+        assert q["rel_ndcg_loss"] < 0.01 and q["speedup"] >= 1.05
+    load_checked(Registry(tmp_path / "registry").version_dir(version))  # golden matches what was published
