@@ -7,6 +7,8 @@ good promotion and a corrupt one.
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -18,10 +20,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from attnrec.kafka_util import ensure_topics, make_consumer, make_producer
 from exporter.registry import Registry
+from stream.metrics import WorkerMetrics
 from stream.schema import ClickEvent
-from tests.helpers import WorkerProc, settings_for
+from tests.helpers import REPO, WorkerProc, settings_for
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(170)]
+pytestmark = pytest.mark.timeout(170)
 
 
 def scrape(w: WorkerProc) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
@@ -72,6 +75,7 @@ def wait_for(w: WorkerProc, cond: Any, what: str, timeout: float = 60.0) -> dict
                          + f"\n{w.tail()}")  # fmt: skip
 
 
+@pytest.mark.integration
 def test_metrics_match_events_sent(stack: Any, names: dict[str, str], registry_with_model: Path, tmp_path: Path) -> None:
     reg_dir = tmp_path / "registry"
     shutil.copytree(registry_with_model, reg_dir)  # this test promotes versions: keep the shared one intact
@@ -160,3 +164,22 @@ def test_metrics_match_events_sent(stack: Any, names: dict[str, str], registry_w
         assert total(m, "attnrec_model_reloads_total", result="success") == 2
     finally:
         w.terminate()
+
+
+def test_grafana_dashboard_queries_real_metrics() -> None:
+    """Every series the Grafana dashboard queries is one a worker exports (no typo'd names)."""
+    dash = json.loads((REPO / "deploy" / "grafana" / "attnrec.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    assert len(exprs) >= 10
+    wm = WorkerMetrics()
+    wm.dead.labels("not_json").inc()
+    wm.retries.labels("transient").inc()
+    wm.reloads.labels("success").inc()
+    wm.lag.labels("0").set(0)
+    wm.model_info.info({"version": "v"})
+    exported = {smp.name for fam in text_string_to_metric_families(wm.render().decode()) for smp in fam.samples}
+    used = {n for e in exprs for n in re.findall(r"\battnrec_[a-z0-9_]+", e)}
+    assert used and used <= exported, sorted(used - exported)
+    titles = " ".join(p["title"] for p in dash["panels"])
+    for figure in ("events in", "recommendations out", "latency", "lag", "dead letters", "model"):
+        assert figure in titles, figure
