@@ -1,0 +1,18 @@
+"""Offline training: datasets and splits, the attention model, the training loop, full-ranking
+evaluation, baselines and the synthetic event generator.
+
+Modules (import them directly; this package imports nothing so that the torch-free parts stay
+torch-free):
+
+- ``training.features``   vocabulary constants and feature encoding (torch-free; the worker uses it)
+- ``training.synth``      synthetic click events with planted causes (torch-free)
+- ``training.cli``        ``attnrec train`` / ``attnrec eval`` parsers (torch imported lazily)
+- ``training.data``       loaders (s3, gsasrec, events), vocabulary, leave-one-out split
+- ``training.model``      ``ModelConfig``, ``AttnRec``
+- ``training.train``      ``TrainConfig``, ``default_configs``, ``train``
+- ``training.evaluate``   ``evaluate`` (one seeded function, parameterised by split), baselines' scorers
+- ``training.checkpoint`` ``save_checkpoint``, ``load_checkpoint``
+- ``training.attention``  planted-cause hit rate and faithfulness of the attention on synthetic data
+"""
+
+__all__: list[str] = []

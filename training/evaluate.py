@@ -103,9 +103,10 @@ def evaluate(
         assert scores.shape == (len(batch), n_items), f"scorer returned {tuple(scores.shape)}"
         scores[:, :2] = -math.inf  # PAD, OOV
         targets = torch.tensor([ds.users[u].items[cut] for u, cut in batch], dtype=torch.long)
-        for r, (u, cut) in enumerate(batch):
-            seen = torch.tensor(ds.users[u].items[:cut], dtype=torch.long)
-            scores[r, seen] = -math.inf  # the user's whole input history, not only the window
+        # the user's whole input history, not only the window (padded with PAD, masked anyway)
+        width = max(cut for _, cut in batch)
+        seen = torch.tensor([ds.users[u].items[:cut] + [0] * (width - cut) for u, cut in batch], dtype=torch.long)
+        scores.scatter_(1, seen, -math.inf)
         t = scores.gather(1, targets.unsqueeze(1))  # (B, 1)
         better = (scores > t) | ((scores == t) & (item_idx.unsqueeze(0) < targets.unsqueeze(1)))
         ranks[b0 : b0 + len(batch)] = better.sum(1).numpy()

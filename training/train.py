@@ -134,14 +134,21 @@ def train(
     mcfg: ModelConfig,
     tcfg: TrainConfig,
     progress: bool = False,
+    init_state: dict[str, torch.Tensor] | None = None,
 ) -> tuple[AttnRec, dict[str, Any]]:
-    """Train on ``ds``; returns the best model (by validation NDCG@10) and the history."""
+    """Train on ``ds``; returns the best model (by validation NDCG@10) and the history.
+
+    ``init_state`` (a state_dict of the same architecture) warm-starts training, e.g. the
+    periodic trainer continuing from the promoted model with a grown vocabulary.
+    """
     torch.set_num_threads(max(1, tcfg.threads))
     torch.manual_seed(tcfg.seed)
     np_rng = np.random.default_rng(tcfg.seed)
     gen = torch.Generator().manual_seed(tcfg.seed)
     assert mcfg.n_items == ds.vocab.n_items, f"model n_items {mcfg.n_items} != vocabulary {ds.vocab.n_items}"
     model = AttnRec(mcfg)
+    if init_state is not None:
+        model.load_state_dict(init_state)
     opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     arrays = [torch.from_numpy(a) for a in training_arrays(ds, mcfg.max_len)]
     n = arrays[0].shape[0]
