@@ -1,0 +1,1183 @@
+"""``attnrec bench``: end-to-end throughput and latency of the streaming worker.
+
+One run::
+
+    generator (this process) --clicks--> worker (subprocess) --recs--> tracker (this process)
+
+The generator produces synthetic click events (users and items drawn from the served
+model's own vocabulary, so every event is scored, none falls back) at ``--rate`` events/s
+for ``--duration`` seconds; ``--rate max`` sends as fast as it can while keeping at most
+``--max-inflight`` events unanswered (a closed loop: the backlog, and so the latency at
+saturation, stays bounded and the figure is the worker's throughput, not the broker's
+disk). A tracker thread consumes ``recs`` (and ``clicks.dlq``) and matches them to events.
+
+Accounting (why a rec "covers" several events). The worker emits one recommendation per
+user per batch, after all that user's events in the batch were applied; its
+``trigger_event_id`` is the user's last event in the batch. Events of one user are
+produced in order to one partition and processed in order, so a rec for user ``u`` whose
+trigger is ``u``'s k-th event reflects events 1..k. The tracker therefore keeps, per user,
+the list of produced events in send order and a pointer to the first uncovered one; a rec
+with trigger k covers every still-uncovered event up to and including k, and each covered
+event's latency is (rec arrival - that event's own produce time). So an event folded into a
+later event's batch is charged its full wait, not the trigger's. A rec whose trigger was
+already seen is a duplicate (DESIGN.md: consumers dedupe by trigger_event_id). A dead
+letter whose raw bytes carry an event_id covers that event too (counted apart). ``lost`` =
+events neither covered nor dead-lettered when the drain timeout expires.
+
+Throughput = measured events / (last cover among them - first produce among them). Events
+produced during ``--warmup`` seconds count for ``lost`` but not for latency or throughput.
+
+The per-event stage breakdown comes from the worker's Prometheus histograms (``/metrics``,
+diffed across the measured window); worker CPU and RSS from psutil; Redis bytes per user
+from ``MEMORY USAGE`` of a sample of the bench users' keys. Users' buffers are pre-filled
+to ``buffer_len`` entries (steady state: the model sees full ``max_len`` windows).
+
+Baselines in the same run (``--baselines``): the same worker with ``ATTNREC_BATCH_SIZE=1``
+(one Lua call and one ONNX run per event), and the worker with a torch-eager scorer (this
+module's :class:`TorchEagerSession` injected in place of the onnxruntime session; the rest
+of the worker is unchanged). ``--sweep`` runs the matrix of ``make bench``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as dt
+import json
+import logging
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from attnrec.errors import AttnrecError, ConfigError
+from attnrec.settings import Settings, env_default, load_settings
+
+__all__ = [
+    "add_bench_parser",
+    "RunConfig",
+    "EventSource",
+    "CoverageTracker",
+    "WorkerHandle",
+    "TorchEagerSession",
+    "run_once",
+    "generator_ceiling",
+    "run_sweep",
+    "torch_worker_main",
+]
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[1]
+SPREAD_WARN = 0.15
+EVENT_TYPES = ("view", "view", "view", "click", "click", "like", "cart", "purchase", "gift", "share")
+
+
+# --------------------------------------------------------------------------------- configuration
+@dataclass(frozen=True)
+class RunConfig:
+    """One measured run. ``rate`` None = max (closed loop bounded by ``max_inflight``)."""
+
+    rate: float | None = 1000.0
+    duration_s: float = 10.0
+    warmup_s: float = 2.0
+    users: int = 5000
+    max_inflight: int = 4000
+    drain_timeout_s: float = 30.0
+    seed: int = 7
+    label: str = ""
+
+
+# --------------------------------------------------------------------------------- events
+class EventSource:
+    """Synthetic click events over a given item vocabulary, pre-serialised in chunks.
+
+    Item popularity is Zipf-like (p ~ 1 / (rank + 10)), users uniform; event ids are unique
+    per source. Yields ``(event_id, user_id, key, value)``.
+    """
+
+    def __init__(self, items: Sequence[str], users: Sequence[str], seed: int = 7, chunk: int = 8192) -> None:
+        self.items = list(items)
+        self.users = list(users)
+        self.rng = np.random.default_rng(seed)
+        w = 1.0 / (np.arange(len(self.items)) + 10.0)
+        self.p = w / w.sum()
+        self.chunk = chunk
+        self.tag = uuid.uuid4().hex[:10]
+        self.n = 0
+
+    def _chunk(self) -> list[tuple[str, str, bytes, bytes]]:
+        k = self.chunk
+        it = self.rng.choice(len(self.items), size=k, p=self.p)
+        us = self.rng.integers(0, len(self.users), size=k)
+        ty = self.rng.integers(0, len(EVENT_TYPES), size=k)
+        now = int(time.time() * 1000)
+        out = []
+        for j in range(k):
+            eid = f"b{self.tag}-{self.n + j}"
+            user = self.users[int(us[j])]
+            value = orjson.dumps({"event_id": eid, "user_id": user, "item_id": self.items[int(it[j])],
+                                  "event_type": EVENT_TYPES[int(ty[j])], "ts": now + j // 50,
+                                  "context": {"session_id": "bench"}})  # fmt: skip
+            out.append((eid, user, user.encode(), value))
+        self.n += k
+        return out
+
+    def __iter__(self) -> Iterator[tuple[str, str, bytes, bytes]]:
+        while True:
+            yield from self._chunk()
+
+
+def bench_users(prefix: str, n: int) -> list[str]:
+    return [f"{prefix}u{i}" for i in range(n)]
+
+
+# --------------------------------------------------------------------------------- tracker
+class CoverageTracker:
+    """Consumes ``recs`` and the dead-letter topic; attributes each rec to the events it covers.
+
+    The producer calls :meth:`sent` just before sending each event. See the module docstring
+    for the accounting.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.s = settings
+        self._lock = threading.Lock()
+        self.by_user: dict[str, list[tuple[str, float, bool]]] = {}  # user -> [(event_id, t_sent, measured)]
+        self.index: dict[str, tuple[str, int]] = {}  # event_id -> (user, position)
+        self.ptr: dict[str, int] = {}
+        self.triggers: set[str] = set()
+        self.latencies: list[float] = []  # ms, measured events only
+        self.n_sent = 0
+        self.n_covered = 0
+        self.n_dead = 0
+        self.duplicates = 0
+        self.unmatched = 0  # recs for triggers we did not send (other traffic)
+        self.stale = 0  # recs whose trigger was already covered by a later rec (should be 0)
+        self.fallbacks = 0
+        self.recs = 0
+        self.first_measured_sent: float | None = None
+        self.last_measured_cover: float | None = None
+        self.n_measured = 0
+        self.n_measured_covered = 0
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._t = threading.Thread(target=self._run, name="bench-tracker", daemon=True)
+
+    # producer side ---------------------------------------------------------------------------
+    def sent(self, event_id: str, user: str, t: float, measured: bool) -> None:
+        lst = self.by_user.get(user)
+        if lst is None:
+            lst = self.by_user[user] = []
+            self.ptr[user] = 0
+        self.index[event_id] = (user, len(lst))
+        lst.append((event_id, t, measured))
+        self.n_sent += 1
+        if measured:
+            self.n_measured += 1
+            if self.first_measured_sent is None:
+                self.first_measured_sent = t
+
+    @property
+    def done(self) -> int:
+        return self.n_covered + self.n_dead
+
+    # consumer side ---------------------------------------------------------------------------
+    def start(self, timeout: float = 60.0) -> CoverageTracker:
+        self._t.start()
+        if not self._ready.wait(timeout):
+            raise AttnrecError("the recs tracker could not join its topics in time")
+        if self._error is not None:
+            raise AttnrecError(f"recs tracker failed: {self._error}")
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._t.join(10)
+
+    def _run(self) -> None:
+        from kafka import TopicPartition
+
+        from attnrec.kafka_util import make_consumer
+
+        try:
+            c = make_consumer(self.s, group_id=None, auto_offset_reset="latest", fetch_max_wait_ms=5, fetch_min_bytes=1)
+            tps = []
+            deadline = time.monotonic() + 30
+            for topic in (self.s.recs_topic, self.s.dlq_topic):
+                parts = None
+                while not parts and time.monotonic() < deadline:
+                    parts = c.partitions_for_topic(topic)
+                    if not parts:
+                        time.sleep(0.2)
+                tps += [TopicPartition(topic, p) for p in sorted(parts or ())]
+            c.assign(tps)
+            c.seek_to_end()
+            for tp in tps:
+                c.position(tp)
+        except BaseException as exc:  # reported by start()
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            while not self._stop.is_set():
+                batch = c.poll(timeout_ms=50, max_records=10000)
+                now = time.perf_counter()
+                for tp, msgs in batch.items():
+                    dead = tp.topic == self.s.dlq_topic
+                    for m in msgs:
+                        if dead:
+                            self._on_dead(m.value)
+                        else:
+                            self._on_rec(orjson.loads(m.value), now)
+        finally:
+            c.close()
+
+    def _on_rec(self, rec: dict[str, Any], now: float) -> None:
+        self.recs += 1
+        trig = rec.get("trigger_event_id")
+        if rec.get("fallback"):
+            self.fallbacks += 1
+        if trig in self.triggers:
+            self.duplicates += 1
+            return
+        self.triggers.add(trig)
+        where = self.index.get(trig)
+        if where is None:
+            self.unmatched += 1
+            return
+        user, k = where
+        lst, start = self.by_user[user], self.ptr[user]
+        if k < start:
+            self.stale += 1
+            return
+        for j in range(start, k + 1):
+            _, t_sent, measured = lst[j]
+            if measured:
+                self.latencies.append(1000.0 * (now - t_sent))
+                self.n_measured_covered += 1
+                self.last_measured_cover = now
+        self.ptr[user] = k + 1
+        self.n_covered += k + 1 - start
+
+    def _on_dead(self, raw_env: bytes) -> None:
+        try:
+            env = orjson.loads(raw_env)
+            ev = orjson.loads(base64.b64decode(env["raw"]))
+            eid = ev["event_id"]
+        except Exception:
+            return
+        if eid in self.index:
+            self.n_dead += 1  # the event is accounted for (not lost); it is not "covered"
+
+    def lost(self) -> int:
+        return max(0, self.n_sent - self.n_covered - self.n_dead)
+
+
+# --------------------------------------------------------------------------------- worker
+def settings_env(s: Settings) -> dict[str, str]:
+    """``ATTNREC_*`` environment reproducing ``s`` in a subprocess."""
+    env: dict[str, str] = {}
+    for name in type(s).model_fields:
+        v = getattr(s, name)
+        if v is None:
+            continue
+        if hasattr(v, "get_secret_value"):
+            v = v.get_secret_value()
+        if isinstance(v, bool):
+            v = "true" if v else "false"
+        env["ATTNREC_" + name.upper()] = str(v)
+    return env
+
+
+class WorkerHandle:
+    """An ``attnrec worker`` subprocess (``scorer="torch"``: with :class:`TorchEagerSession`)."""
+
+    def __init__(self, s: Settings, log_dir: Path, *, scorer: str = "onnx") -> None:
+        from attnrec.stack import free_port
+
+        self.s = s
+        self.scorer = scorer
+        self.port = free_port()
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = log_dir / f"worker-{scorer}-B{s.batch_size}-{self.port}.log"
+        env = dict(os.environ)
+        env.update(settings_env(s))
+        env["ATTNREC_WEB_PORT"] = str(self.port)
+        env["ATTNREC_WEB_HOST"] = "127.0.0.1"
+        if scorer == "onnx":
+            cmd = [sys.executable, "-m", "attnrec", "worker"]
+        elif scorer == "torch":
+            cmd = [sys.executable, "-c", "from attnrec.bench import torch_worker_main; torch_worker_main()"]
+        else:
+            raise ConfigError(f"unknown scorer {scorer!r}: onnx or torch")
+        self.proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def wait_ready(self, timeout: float = 120.0) -> dict[str, Any]:
+        return wait_ready(self.url("/readyz"), timeout, self)
+
+    def tail(self, n: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+
+def wait_ready(url: str, timeout: float, handle: WorkerHandle | None = None) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        if handle is not None and handle.proc.poll() is not None:
+            raise AttnrecError(f"worker exited with {handle.proc.returncode}:\n{handle.tail()}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                body = json.loads(r.read())
+                if r.status == 200:
+                    return body  # type: ignore[no-any-return]
+        except urllib.error.HTTPError as e:
+            last = e.read()
+        except OSError as e:
+            last = e
+        time.sleep(0.3)
+    raise AttnrecError(f"worker at {url} not ready within {timeout:.0f}s (last {last!r})"
+                       + (f":\n{handle.tail()}" if handle else ""))  # fmt: skip
+
+
+def scrape(url: str) -> dict[str, float]:
+    """Unlabelled samples of a Prometheus text page (``name`` -> value), summed over labels."""
+    out: dict[str, float] = {}
+    try:
+        with urllib.request.urlopen(url, timeout=3) as r:
+            text = r.read().decode()
+    except OSError as exc:
+        log.warning("cannot scrape %s: %s", url, exc)
+        return out
+    for line in text.splitlines():
+        if not line or line[0] == "#":
+            continue
+        name, _, val = line.rpartition(" ")
+        name = name.split("{", 1)[0]
+        try:
+            out[name] = out.get(name, 0.0) + float(val)
+        except ValueError:
+            pass
+    return out
+
+
+class TorchEagerSession:
+    """Stands in for an ``onnxruntime.InferenceSession``: the exporter's ``ServingGraph``
+    (model + exclusion + top-K, the very module that was exported) run in torch eager mode."""
+
+    def __init__(self, checkpoint_dir: str | Path, top_k: int, threads: int = 1) -> None:
+        import torch
+
+        from exporter.export import ServingGraph, load_checkpoint
+
+        torch.set_num_threads(threads)
+        self.torch = torch
+        ck = load_checkpoint(checkpoint_dir)
+        self.graph = ServingGraph(ck.model.eval(), top_k).eval()
+
+    def run(self, names: Sequence[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        t = self.torch
+        with t.inference_mode():
+            out = self.graph(*(t.from_numpy(feeds[k]) for k in ("items", "types", "gaps", "exclude")))
+        by = dict(zip(("top_items", "top_scores", "attn"), out, strict=True))
+        return [by[n].numpy() for n in names]
+
+
+def torch_worker_main() -> None:
+    """``attnrec worker`` with torch eager in place of onnxruntime (bench baseline only).
+
+    The model is still loaded and checked from the registry as usual; its session is then
+    replaced by a :class:`TorchEagerSession` over the checkpoint the manifest names.
+    """
+    import stream.model as sm
+
+    original = sm.load_model
+
+    def load_model(vdir: Path, *, threads: int = 1) -> Any:
+        m = original(vdir, threads=threads)
+        ckpt = m.manifest.get("checkpoint")
+        if not ckpt or not Path(ckpt).is_dir():
+            raise sm.ModelCheckError(f"torch scorer: checkpoint {ckpt!r} of {m.version} is not available")
+        m.session = TorchEagerSession(ckpt, m.top_k, threads)
+        log.info("torch-eager scorer in place of onnxruntime for %s", m.version)
+        return m
+
+    sm.load_model = load_model  # type: ignore[assignment]
+    from attnrec.cli import main
+
+    raise SystemExit(main(["worker"]))
+
+
+# --------------------------------------------------------------------------------- models
+def ensure_model(cache: Path, n_items: int, max_len: int, *, d_model: int = 64, n_blocks: int = 2) -> tuple[Path, list[str]]:
+    """A registry holding a promoted random-weight model of this shape (built once, cached)."""
+    root = (cache / "models" / f"n{n_items}-L{max_len}-d{d_model}-b{n_blocks}").resolve()
+    reg = root / "registry"
+    if not (reg / "CURRENT").is_file():
+        from exporter.export import export_checkpoint
+        from exporter.testing import write_random_checkpoint
+
+        t0 = time.monotonic()
+        log.info("building a random-weight model: %d items, max_len %d (cached in %s)", n_items, max_len, root)
+        ckpt = write_random_checkpoint(root / "ckpt", n_items=n_items + 2, max_len=max_len, d_model=d_model,
+                                       n_blocks=n_blocks, n_samples=16)  # fmt: skip
+        export_checkpoint(ckpt, reg, promote=True, force=True)
+        log.info("model ready in %.0fs", time.monotonic() - t0)
+    from exporter.registry import Registry
+
+    r = Registry(reg)
+    v = r.current_version()
+    vocab = json.loads((root / "ckpt" / "vocab.json").read_text())["items"]
+    assert v is not None, f"no promoted version in {reg}"
+    return reg, [str(x) for x in vocab]
+
+
+# --------------------------------------------------------------------------------- redis
+def _redis(s: Settings) -> Any:
+    import redis
+
+    return redis.Redis.from_url(s.redis_url, username=s.redis_username,
+                                password=s.redis_password.get_secret_value() if s.redis_password else None)  # fmt: skip
+
+
+def prefill(s: Settings, users: Sequence[str], items: Sequence[str], length: int, seed: int = 1) -> None:
+    """Fill each user's buffer to ``length`` entries (the worker's encoding), unless it is."""
+    from stream.buffer import user_keys
+
+    r = _redis(s)
+    rng = np.random.default_rng(seed)
+    now = int(time.time() * 1000) - 3_600_000
+    p = r.pipeline(transaction=False)
+    for n, u in enumerate(users, start=1):
+        picks = rng.integers(0, len(items), size=length)
+        entries = [f"{now + j * 1000}|view|{items[int(i)]}" for j, i in enumerate(picks)]
+        key = user_keys(u)[0]
+        p.delete(key)
+        p.lpush(key, *entries)  # newest first after LPUSH of oldest-first entries
+        p.expire(key, s.buffer_ttl_s)
+        if n % 200 == 0:
+            p.execute()
+    p.execute()
+
+
+def redis_bytes_per_user(s: Settings, users: Sequence[str], sample: int = 200) -> float | None:
+    from stream.buffer import user_keys
+
+    r = _redis(s)
+    picked = list(users)[:: max(1, len(users) // sample)][:sample]
+    p = r.pipeline(transaction=False)
+    for u in picked:
+        for k in user_keys(u):
+            p.memory_usage(k, samples=0)
+    try:
+        vals = p.execute()
+    except Exception as exc:
+        log.warning("MEMORY USAGE unavailable: %s", exc)
+        return None
+    return float(sum(v or 0 for v in vals)) / max(1, len(picked))
+
+
+def cleanup_users(s: Settings, prefix: str) -> int:
+    """Delete the bench users' keys (``{u:<prefix>*}``); returns how many."""
+    r = _redis(s)
+    n = 0
+    batch: list[bytes] = []
+    for k in r.scan_iter(match="{u:" + prefix + "*", count=2000):
+        batch.append(k)
+        if len(batch) >= 1000:
+            n += r.unlink(*batch)
+            batch = []
+    if batch:
+        n += r.unlink(*batch)
+    return n
+
+
+# --------------------------------------------------------------------------------- one run
+def _loadavg() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def _pct(xs: np.ndarray, q: float) -> float:
+    return round(float(np.percentile(xs, q)), 2) if len(xs) else 0.0
+
+
+def _cpu_s(proc: Any) -> float:
+    try:
+        t = proc.cpu_times()
+        return float(t.user + t.system + getattr(t, "children_user", 0.0) + getattr(t, "children_system", 0.0))
+    except Exception:
+        return 0.0
+
+
+def run_once(s: Settings, cfg: RunConfig, *, items: Sequence[str], users: Sequence[str], worker_pid: int | None = None,
+             metrics_url: str | None = None, progress: bool = True, model_info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Drive one load level against a worker already consuming ``s.clicks_topic``."""
+    import psutil
+    from tqdm import tqdm
+
+    from attnrec.kafka_util import make_producer
+
+    tracker = CoverageTracker(s).start()
+    wproc = psutil.Process(worker_pid) if worker_pid else None
+    me = psutil.Process()
+    src = iter(EventSource(items, users, seed=cfg.seed))
+    producer = make_producer(s)
+    load_before = _loadavg()
+    m0: dict[str, float] = {}
+    cpu0 = me0 = 0.0
+    rss_max = 0
+    total = int(cfg.rate * (cfg.warmup_s + cfg.duration_s)) if cfg.rate else None
+    bar = tqdm(total=total, unit="ev", desc=cfg.label or "bench", mininterval=0.5, disable=not progress, leave=False)
+    t_start = time.perf_counter()
+    t_measure = t_start + cfg.warmup_s
+    t_end = t_measure + cfg.duration_s
+    measuring = cfg.warmup_s <= 0
+    n = 0
+    try:
+        if measuring:
+            m0 = scrape(metrics_url) if metrics_url else {}
+            cpu0, me0 = (_cpu_s(wproc) if wproc else 0.0), _cpu_s(me)
+        while True:
+            now = time.perf_counter()
+            if now >= t_end:
+                break
+            if not measuring and now >= t_measure:
+                measuring = True
+                m0 = scrape(metrics_url) if metrics_url else {}
+                cpu0, me0 = (_cpu_s(wproc) if wproc else 0.0), _cpu_s(me)
+            if cfg.rate:
+                ahead = (n + 1) / cfg.rate - (now - t_start)
+                if ahead > 0.0005:
+                    time.sleep(ahead)
+            elif n - tracker.done >= cfg.max_inflight:
+                time.sleep(0.001)
+                continue
+            eid, user, key, value = next(src)
+            tracker.sent(eid, user, time.perf_counter(), measuring)
+            producer.send(s.clicks_topic, key=key, value=value)
+            n += 1
+            if n % 200 == 0:
+                bar.update(200)
+                if n % 2000 == 0:
+                    bar.set_postfix(done=tracker.done, refresh=False)
+                    if wproc is not None:
+                        try:
+                            rss_max = max(rss_max, wproc.memory_info().rss)
+                        except psutil.Error:
+                            pass
+        t_sent = time.perf_counter()
+        producer.flush(60)
+        # drain: wait until every event is covered or dead-lettered
+        deadline = time.monotonic() + cfg.drain_timeout_s
+        while tracker.done < tracker.n_sent and time.monotonic() < deadline:
+            if wproc is not None and not wproc.is_running():
+                raise AttnrecError("the worker died during the run")
+            time.sleep(0.02)
+        bar.update(n % 200)
+    finally:
+        bar.close()
+        producer.close(10)
+        tracker.stop()
+    m1 = scrape(metrics_url) if metrics_url else {}
+    cpu1, me1 = (_cpu_s(wproc) if wproc else 0.0), _cpu_s(me)
+    if wproc is not None:
+        try:
+            rss_max = max(rss_max, wproc.memory_info().rss)
+        except psutil.Error:
+            pass
+    lat = np.asarray(tracker.latencies, dtype=np.float64)
+    t0 = tracker.first_measured_sent or t_measure
+    t1 = tracker.last_measured_cover or t0
+    span = max(1e-9, t1 - t0)
+    n_meas = tracker.n_measured_covered
+    d = {k: m1.get(k, 0.0) - m0.get(k, 0.0) for k in set(m1) | set(m0)}
+    ev_done = d.get("attnrec_events_total", 0.0)
+    batches = d.get("attnrec_batch_size_count", 0.0)
+    stages: dict[str, float] | None = None
+    if ev_done > 0:
+        stages = {st: round(1000.0 * d.get(f"attnrec_{st}_ms_sum", 0.0) / ev_done, 1) for st in ("redis", "model", "produce")}
+        if wproc is not None:
+            stages["worker_cpu"] = round(1e6 * (cpu1 - cpu0) / ev_done, 1)
+    window = max(1e-9, (t1 if tracker.last_measured_cover else time.perf_counter()) - t0)
+    res: dict[str, Any] = {
+        "label": cfg.label,
+        "events": n_meas,
+        "duration_s": round(span, 3),
+        "events_per_s": round(n_meas / span, 1) if n_meas else 0.0,
+        "offered_rate": cfg.rate if cfg.rate else round(tracker.n_sent / max(1e-9, t_sent - t_start), 1),
+        "rate_mode": "paced" if cfg.rate else f"max (closed loop, <= {cfg.max_inflight} in flight)",
+        "latency_ms": {"p50": _pct(lat, 50), "p95": _pct(lat, 95), "p99": _pct(lat, 99),
+                       "max": round(float(lat.max()), 2) if len(lat) else 0.0,
+                       "mean": round(float(lat.mean()), 2) if len(lat) else 0.0},  # fmt: skip
+        "catalog_items": (model_info or {}).get("catalog_items"),
+        "max_len": (model_info or {}).get("max_len"),
+        "workers": 1,
+        "lost": tracker.lost(),
+        "duplicates": tracker.duplicates,
+        "produced": tracker.n_sent,
+        "dead_letters": tracker.n_dead,
+        "fallback_recs": tracker.fallbacks,
+        "recs": tracker.recs,
+        "stale_recs": tracker.stale,
+        "unmatched_recs": tracker.unmatched,
+        "batch_size": s.batch_size,
+        "batch_wait_ms": s.batch_wait_ms,
+        "mean_batch": round(ev_done / batches, 1) if batches else None,
+        "stage_us_per_event": stages,
+        "worker_cpu_cores": round((cpu1 - cpu0) / window, 2) if wproc is not None else None,
+        "worker_rss_mb": round(rss_max / 2**20, 1) if rss_max else None,
+        "generator_cpu_cores": round((me1 - me0) / window, 2),
+        "redis_bytes_per_user": redis_bytes_per_user(s, users),
+        "users": len(users),
+        "load_avg_before": load_before,
+        "load_avg_after": _loadavg(),
+        "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    res.update({k: v for k, v in (model_info or {}).items() if k not in res})
+    return res
+
+
+def generator_ceiling(s: Settings, seconds: float = 5.0, items: Sequence[str] | None = None) -> dict[str, Any]:
+    """The load generator alone: events/s it produces (and the broker acks) at max rate."""
+    import psutil
+
+    from attnrec.kafka_util import ensure_topics, make_producer
+
+    topic = f"bench-gen-{uuid.uuid4().hex[:8]}"
+    ensure_topics(s, [topic])
+    src = iter(EventSource(items or [f"item-{i}" for i in range(2, 12_002)], bench_users("gen-", 5000)))
+    p = make_producer(s)
+    me = psutil.Process()
+    c0, t0, n = _cpu_s(me), time.perf_counter(), 0
+    try:
+        while time.perf_counter() - t0 < seconds:
+            for _ in range(500):
+                eid, user, key, value = next(src)
+                p.send(topic, key=key, value=value)
+            n += 500
+        p.flush(60)
+    finally:
+        p.close(10)
+    wall = time.perf_counter() - t0
+    try:
+        from attnrec.kafka_util import admin_client
+
+        a = admin_client(s)
+        a.delete_topics([topic])
+        a.close()
+    except Exception:
+        pass
+    return {"events": n, "seconds": round(wall, 2), "events_per_s": round(n / wall, 1),
+            "cpu_cores": round((_cpu_s(me) - c0) / wall, 2), "load_avg": _loadavg()}  # fmt: skip
+
+
+# --------------------------------------------------------------------------------- a worker session
+@dataclass
+class Session:
+    """A worker (ours or an existing one) plus the settings and users it is benchmarked with."""
+
+    s: Settings
+    items: list[str]
+    users: list[str]
+    prefix: str
+    info: dict[str, Any]
+    worker: WorkerHandle | None = None
+    metrics_url: str | None = None
+    worker_pid: int | None = None
+
+    def close(self, keep_state: bool = False) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+        if not keep_state:
+            try:
+                cleanup_users(self.s, self.prefix)
+            except Exception as exc:
+                log.warning("could not clean up bench keys: %s", exc)
+
+
+def open_session(base: Settings, *, registry: Path, items: list[str], n_users: int, batch_size: int, scorer: str,
+                 log_dir: Path, catalog_items: int, max_len: int, start_worker: bool = True,
+                 metrics_url: str | None = None, worker_pid: int | None = None, prefill_len: int = -1) -> Session:
+    from attnrec.kafka_util import ensure_topics
+
+    tag = uuid.uuid4().hex[:6]
+    if start_worker:
+        s = base.model_copy(update={
+            "clicks_topic": f"bench-{tag}-clicks", "recs_topic": f"bench-{tag}-recs", "dlq_topic": f"bench-{tag}-clicks.dlq",
+            "updates_topic": f"bench-{tag}-model-updates", "group_id": f"attnrec-bench-{tag}",
+            "registry": registry, "batch_size": batch_size,
+        })  # fmt: skip
+    else:
+        s = base
+    ensure_topics(s)
+    prefix = f"bench-{tag}-"
+    users = bench_users(prefix, n_users)
+    t0 = time.monotonic()
+    fill = s.buffer_len if prefill_len < 0 else min(prefill_len, s.buffer_len)
+    if fill:
+        prefill(s, users, items, fill)
+        log.info("pre-filled %d users x %d entries in %.1fs", n_users, fill, time.monotonic() - t0)
+    info = {"catalog_items": catalog_items, "max_len": max_len, "scorer": scorer, "registry": str(registry),
+            "prefill": fill, "buffer_len": s.buffer_len}
+    if not start_worker:
+        return Session(s, items, users, prefix, info, None, metrics_url, worker_pid)
+    w = WorkerHandle(s, log_dir, scorer=scorer)
+    try:
+        ready = w.wait_ready()
+    except BaseException:
+        w.stop()
+        raise
+    info["model_version"] = ready.get("model_version")
+    return Session(s, items, users, prefix, info, w, w.url("/metrics"), w.pid)
+
+
+def run_repeated(sess: Session, cfg: RunConfig, repeats: int, progress: bool) -> list[dict[str, Any]]:
+    out = []
+    for r in range(repeats):
+        c = replace(cfg, seed=cfg.seed + r, label=f"{cfg.label} #{r + 1}")
+        res = run_once(sess.s, c, items=sess.items, users=sess.users, worker_pid=sess.worker_pid,
+                       metrics_url=sess.metrics_url, progress=progress, model_info=sess.info)  # fmt: skip
+        res["repeat"] = r + 1
+        log.info("%s: %.0f ev/s, p50 %.1f p99 %.1f ms, lost %d, dup %d, load %s", c.label, res["events_per_s"],
+                 res["latency_ms"]["p50"], res["latency_ms"]["p99"], res["lost"], res["duplicates"], res["load_avg_after"])
+        out.append(res)
+        if sess.worker is not None and sess.worker.proc.poll() is not None:
+            raise AttnrecError(f"worker exited:\n{sess.worker.tail()}")
+    return out
+
+
+# --------------------------------------------------------------------------------- aggregation
+SUMMARY_KEYS = ("events_per_s", "p50", "p95", "p99", "max")
+
+
+def _get(r: dict[str, Any], k: str) -> float:
+    return float(r["latency_ms"][k] if k in ("p50", "p95", "p99", "max") else r[k])
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median, min, max of each figure over repeats; a warning when the spread exceeds 15%."""
+    out: dict[str, Any] = {"n": len(runs), "warnings": []}
+    for k in SUMMARY_KEYS:
+        xs = [_get(r, k) for r in runs]
+        med = statistics.median(xs)
+        out[k] = {"median": round(med, 2), "min": round(min(xs), 2), "max": round(max(xs), 2)}
+        spread = (max(xs) - min(xs)) / med if med else 0.0
+        out[k]["spread"] = round(spread, 3)
+        if len(xs) > 1 and spread > SPREAD_WARN and k != "max":
+            out["warnings"].append(f"{k} spread {100 * spread:.0f}% > {100 * SPREAD_WARN:.0f}%")
+    for k in ("lost", "duplicates"):
+        out[k] = int(sum(r[k] for r in runs))
+    for k in ("offered_rate", "catalog_items", "max_len", "batch_size", "scorer", "mean_batch", "worker_cpu_cores",
+              "worker_rss_mb", "redis_bytes_per_user", "generator_cpu_cores"):
+        vals = [r.get(k) for r in runs if r.get(k) is not None]
+        if vals:
+            out[k] = statistics.median(vals) if isinstance(vals[0], (int, float)) else vals[0]
+    st = [r["stage_us_per_event"] for r in runs if r.get("stage_us_per_event")]
+    if st:
+        out["stage_us_per_event"] = {k: round(statistics.median(x.get(k, 0.0) for x in st), 1) for k in st[0]}
+    out["load_avg"] = [r["load_avg_after"][0] for r in runs if r.get("load_avg_after")]
+    return out
+
+
+def _fmt(v: dict[str, Any], digits: int = 0) -> str:
+    f = f"{{:.{digits}f}}"
+    return f"{f.format(v['median'])} ({f.format(v['min'])}–{f.format(v['max'])})"
+
+
+def markdown_rows(summaries: list[dict[str, Any]]) -> str:
+    head = ("| scorer | B | items | L | offered ev/s | sustained ev/s | p50 ms | p95 ms | p99 ms | lost | dup | "
+            "batch | worker CPU µs/ev (redis / model / produce) | RSS MB | Redis B/user | load |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")  # fmt: skip
+    lines = []
+    for sm in summaries:
+        st = sm.get("stage_us_per_event") or {}
+        stages = f"{st.get('worker_cpu', 0):.0f} ({st.get('redis', 0):.0f} / {st.get('model', 0):.0f} / {st.get('produce', 0):.0f})" if st else "–"
+        rate = sm.get("rate_label") or sm.get("offered_rate")
+        load = ", ".join(f"{x:.1f}" for x in sm.get("load_avg", []))
+        lines.append(
+            f"| {sm.get('scorer', '')} | {sm.get('batch_size', '')} | {sm.get('catalog_items', ''):,} | {sm.get('max_len', '')} | "
+            f"{rate} | {_fmt(sm['events_per_s'])} | {_fmt(sm['p50'], 1)} | {_fmt(sm['p95'], 1)} | {_fmt(sm['p99'], 1)} | "
+            f"{sm['lost']} | {sm['duplicates']} | {sm.get('mean_batch', '–')} | {stages} | {sm.get('worker_rss_mb', '–')} | "
+            f"{sm.get('redis_bytes_per_user') or 0:,.0f} | {load} |"
+            + (" ⚠ " + "; ".join(sm["warnings"]) if sm.get("warnings") else "")
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------- machine
+def machine_info() -> dict[str, Any]:
+    model = platform.processor() or ""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except (OSError, subprocess.SubprocessError):
+        pass
+    import psutil
+
+    return {"cpu_model": model, "cores": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "python": platform.python_version(), "platform": platform.platform()}  # fmt: skip
+
+
+# --------------------------------------------------------------------------------- sweep
+@dataclass
+class SweepPlan:
+    catalogs: tuple[int, ...] = (3_000, 12_000, 100_000, 1_000_000)
+    lengths: tuple[int, ...] = (50, 200)
+    ladder: tuple[float | None, ...] = (100, 300, 1000, 2000, 3000, None)  # None = max
+    short_ladder: tuple[float | None, ...] = (1000, None)  # other shapes: what fits the time
+    key: tuple[int, int] = (12_000, 50)
+    repeats: int = 3
+    duration_s: float = 8.0
+    warmup_s: float = 2.0
+    baselines: bool = True
+    shapes: list[tuple[int, int]] = field(default_factory=list)
+
+    def all_shapes(self) -> list[tuple[int, int]]:
+        return self.shapes or [(c, L) for c in self.catalogs for L in self.lengths]
+
+
+def _rate_label(rate: float | None) -> str:
+    return "max" if rate is None else f"{rate:g}"
+
+
+def run_sweep(base: Settings, plan: SweepPlan, *, cache: Path, users: int, progress: bool,
+              out_dir: Path) -> dict[str, Any]:  # fmt: skip
+    machine = machine_info()
+    started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    gen = generator_ceiling(base, 5.0)
+    log.info("generator alone: %.0f events/s (%.2f cores)", gen["events_per_s"], gen["cpu_cores"])
+    groups: list[dict[str, Any]] = []
+
+    def session_runs(n_items: int, L: int, scorer: str, B: int, ladder: Sequence[float | None]) -> None:
+        reg, items = ensure_model(cache, n_items, L)
+        sess = open_session(base, registry=reg, items=items, n_users=users, batch_size=B, scorer=scorer,
+                            log_dir=cache / "logs", catalog_items=n_items, max_len=L)  # fmt: skip
+        try:
+            for rate in ladder:
+                cfg = RunConfig(rate=rate, duration_s=plan.duration_s, warmup_s=plan.warmup_s,
+                                label=f"{scorer} B={B} {n_items} L={L} @{_rate_label(rate)}")  # fmt: skip
+                runs = run_repeated(sess, cfg, plan.repeats, progress)
+                sm = summarise(runs)
+                sm["rate_label"] = _rate_label(rate)
+                sm["scorer"], sm["batch_size"], sm["catalog_items"], sm["max_len"] = scorer, B, n_items, L
+                for w in sm["warnings"]:
+                    log.warning("%s: %s", cfg.label, w)
+                groups.append({"summary": sm, "runs": runs})
+                _write_partial(out_dir, machine, gen, groups, started)
+        finally:
+            sess.close()
+
+    key = plan.key
+    session_runs(key[0], key[1], "onnx", 256, plan.ladder)
+    if plan.baselines:
+        session_runs(key[0], key[1], "onnx", 1, plan.short_ladder)
+        session_runs(key[0], key[1], "torch", 256, plan.short_ladder)
+    for n_items, L in plan.all_shapes():
+        if (n_items, L) == key:
+            continue
+        try:
+            session_runs(n_items, L, "onnx", 256, plan.short_ladder)
+        except (AttnrecError, OSError, MemoryError) as exc:
+            log.error("shape %d items, L=%d failed: %s", n_items, L, exc)
+            groups.append({"summary": {"scorer": "onnx", "catalog_items": n_items, "max_len": L, "error": str(exc)}, "runs": []})
+    return _report(machine, gen, groups, started)
+
+
+def _report(machine: dict[str, Any], gen: dict[str, Any], groups: list[dict[str, Any]], started: str) -> dict[str, Any]:
+    # the headline (DESIGN.md's bench --json fields): 12k items, L=50, batched, max rate
+    head = next((g for g in groups if g["summary"].get("rate_label") == "max" and g["summary"].get("scorer") == "onnx"
+                 and g["summary"].get("batch_size") != 1), groups[0] if groups else None)  # fmt: skip
+    rep: dict[str, Any] = {}
+    if head and head["runs"]:
+        sm = head["summary"]
+        med_run = sorted(head["runs"], key=lambda r: r["events_per_s"])[len(head["runs"]) // 2]
+        rep.update({k: med_run[k] for k in ("events", "duration_s", "events_per_s", "offered_rate", "latency_ms",
+                                            "catalog_items", "max_len", "workers")})  # fmt: skip
+        rep["lost"] = sm["lost"]
+        rep["duplicates"] = sm["duplicates"]
+    rep.update({"kind": "sweep", "started_at": started,
+                "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "machine": machine, "generator_alone": gen,
+                "summaries": [g["summary"] for g in groups], "runs": [r for g in groups for r in g["runs"]]})  # fmt: skip
+    return rep
+
+
+def _write_partial(out_dir: Path, machine: dict[str, Any], gen: dict[str, Any], groups: list[dict[str, Any]], started: str) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "bench.partial.json").write_text(json.dumps(_report(machine, gen, groups, started), indent=1))
+
+
+def plot(report: dict[str, Any], path: Path) -> Path | None:
+    """Latency (p50 and p99) against sustained throughput, one line per configuration."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib not installed: no plot")
+        return None
+    series: dict[str, list[dict[str, Any]]] = {}
+    for sm in report.get("summaries", []):
+        if "events_per_s" not in sm:
+            continue
+        name = f"{sm['scorer']} B={sm['batch_size']} {sm['catalog_items']:,} items L={sm['max_len']}"
+        series.setdefault(name, []).append(sm)
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for name, sms in series.items():
+        sms = sorted(sms, key=lambda x: x["events_per_s"]["median"])
+        xs = [x["events_per_s"]["median"] for x in sms]
+        p50 = [x["p50"]["median"] for x in sms]
+        p99 = [x["p99"]["median"] for x in sms]
+        (line,) = ax.plot(xs, p99, marker="o", label=f"{name} p99")
+        ax.plot(xs, p50, marker=".", linestyle="--", color=line.get_color(), label=f"{name} p50")
+        lo = [x["p99"]["min"] for x in sms]
+        hi = [x["p99"]["max"] for x in sms]
+        ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15)
+    ax.set_xlabel("sustained events/s (median of repeats)")
+    ax.set_ylabel("produce → recommendation latency, ms")
+    ax.set_yscale("log")
+    ax.axhline(50, color="grey", linewidth=0.8, linestyle=":")
+    ax.axhline(10, color="grey", linewidth=0.8, linestyle=":")
+    m = report.get("machine", {})
+    ax.set_title(f"attnrec bench — one worker, {m.get('cores')} cores ({m.get('cpu_model', '')}), {report.get('started_at', '')[:10]}")
+    ax.legend(fontsize=7, loc="upper left")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+SECTION = "## End-to-end throughput and latency"
+
+
+def update_benchmarks_md(md: Path, body: str) -> None:
+    """Replace (or append) this module's section of docs/BENCHMARKS.md; other sections stay."""
+    text = md.read_text() if md.exists() else "# Benchmarks\n"
+    block = f"{SECTION}\n\n{body.rstrip()}\n"
+    if SECTION in text:
+        start = text.index(SECTION)
+        nxt = text.find("\n## ", start + len(SECTION))
+        text = text[:start] + block + ("\n" + text[nxt + 1 :] if nxt != -1 else "")
+    else:
+        text = text.rstrip() + "\n\n" + block
+    md.parent.mkdir(parents=True, exist_ok=True)
+    md.write_text(text)
+
+
+# --------------------------------------------------------------------------------- CLI
+def _rate(v: str) -> float | None:
+    if str(v).strip().lower() == "max":
+        return None
+    try:
+        r = float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--rate must be a number or 'max', got {v!r}") from None
+    if r <= 0:
+        raise argparse.ArgumentTypeError("--rate must be positive")
+    return r
+
+
+def add_bench_parser(subparsers: Any) -> None:
+    e = env_default
+    sp = subparsers.add_parser("bench", help="end-to-end throughput/latency benchmark against the stack")
+    sp.add_argument("--rate", type=_rate, default=_rate(str(e("rate", "1000"))), help="offered events/s or 'max' (ATTNREC_RATE, 1000)")
+    sp.add_argument("--duration", type=float, default=e("duration", 10.0), help="measured seconds (ATTNREC_DURATION, 10)")
+    sp.add_argument("--warmup", type=float, default=e("warmup", 2.0), help="unmeasured seconds first (ATTNREC_WARMUP, 2)")
+    sp.add_argument("--repeats", type=int, default=e("repeats", 1), help="runs per figure; median/min/max (ATTNREC_REPEATS, 1; sweep 3)")
+    sp.add_argument("--users", type=int, default=e("users", 5000), help="distinct users, buffers pre-filled (ATTNREC_USERS, 5000)")
+    sp.add_argument("--max-inflight", type=int, default=e("max-inflight", 4000), help="backlog bound at --rate max (ATTNREC_MAX_INFLIGHT)")
+    sp.add_argument("--drain-timeout", type=float, default=e("drain-timeout", 30.0), help="wait for late recs (ATTNREC_DRAIN_TIMEOUT)")
+    sp.add_argument("--prefill", type=int, default=e("prefill", -1),
+                    help="entries pre-filled per user buffer; -1 = the worker's buffer_len (steady state) (ATTNREC_PREFILL)")
+    sp.add_argument("--catalog", type=int, default=e("catalog", 12_000), help="items of the random-weight model (ATTNREC_CATALOG, 12000)")
+    sp.add_argument("--max-len", type=int, default=e("max-len", 50), help="model max_len (ATTNREC_MAX_LEN, 50)")
+    sp.add_argument("--d-model", type=int, default=e("d-model", 64), help="random model width (ATTNREC_D_MODEL, 64)")
+    sp.add_argument("--blocks", type=int, default=e("blocks", 2), help="random model blocks (ATTNREC_BLOCKS, 2)")
+    sp.add_argument("--model", choices=["random", "registry"], default=e("model", "random"),
+                    help="random: a cached random-weight model of --catalog/--max-len; registry: the settings' registry (ATTNREC_MODEL)")
+    sp.add_argument("--batch-size", type=int, default=e("batch-size", 256), help="worker batch size B (ATTNREC_BATCH_SIZE, 256)")
+    sp.add_argument("--scorer", choices=["onnx", "torch"], default=e("scorer", "onnx"), help="worker scorer (ATTNREC_SCORER, onnx)")
+    sp.add_argument("--baselines", action="store_true", default=e("baselines", False),
+                    help="also run B=1 and the torch-eager scorer at the same rate (ATTNREC_BASELINES)")
+    sp.add_argument("--no-worker", action="store_true", default=e("no-worker", False),
+                    help="use a running worker on the settings' topics (ATTNREC_NO_WORKER)")
+    sp.add_argument("--metrics-url", default=e("metrics-url", None), help="with --no-worker: its /metrics URL (ATTNREC_METRICS_URL)")
+    sp.add_argument("--worker-pid", type=int, default=e("worker-pid", 0) or None, help="with --no-worker: its pid for CPU/RSS (ATTNREC_WORKER_PID)")
+    sp.add_argument("--start-stack", action="store_true", default=e("start-stack", False), help="start the local stack (and stop it after) (ATTNREC_START_STACK)")
+    sp.add_argument("--generator-only", action="store_true", default=e("generator-only", False), help="measure the load generator alone (ATTNREC_GENERATOR_ONLY)")
+    sp.add_argument("--sweep", action="store_true", default=e("sweep", False), help="the make-bench matrix (ATTNREC_SWEEP)")
+    sp.add_argument("--sweep-shapes", default=e("sweep-shapes", ""), help="sweep only these ITEMSxL, e.g. 3000x50,100000x50 (ATTNREC_SWEEP_SHAPES)")
+    sp.add_argument("--no-baselines-in-sweep", action="store_true", default=e("no-baselines-in-sweep", False), help="(ATTNREC_NO_BASELINES_IN_SWEEP)")
+    sp.add_argument("--out-dir", type=Path, default=Path(e("out-dir", "docs/bench")), help="PNG/JSON dir of --sweep (ATTNREC_OUT_DIR)")
+    sp.add_argument("--benchmarks-md", type=Path, default=Path(e("benchmarks-md", "docs/BENCHMARKS.md")), help="(ATTNREC_BENCHMARKS_MD)")
+    sp.add_argument("--cache", type=Path, default=None, help="models and logs (ATTNREC_CACHE, HOME/bench)")
+    sp.add_argument("--keep-state", action="store_true", default=e("keep-state", False), help="keep the bench users' Redis keys")
+    sp.add_argument("--json", type=Path, default=e("json", None), help="write the report here (ATTNREC_JSON)")
+    sp.add_argument("--quiet", action="store_true", default=e("quiet", False), help="no progress bar")
+    sp.add_argument("--home", type=Path, default=None)
+    sp.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    s = load_settings(home=args.home)
+    stack = None
+    if args.start_stack:
+        from attnrec.cli import _stack
+
+        stack = _stack(s)
+        stack.up()
+        s = s.model_copy(update={"kafka_bootstrap": stack.bootstrap, "redis_url": stack.redis_url})
+    cache = (args.cache or Path(os.environ.get("ATTNREC_CACHE", s.home / "bench"))).resolve()
+    try:
+        report = _bench(args, s, cache)
+    finally:
+        if stack is not None:
+            stack.down()
+    text = json.dumps(report, indent=1)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(text)
+    print(_headline(report))
+    return 0
+
+
+def _headline(rep: dict[str, Any]) -> str:
+    if "generator_alone" in rep and "events_per_s" not in rep:
+        g = rep["generator_alone"]
+        return f"generator alone: {g['events_per_s']:.0f} events/s ({g['cpu_cores']} cores)"
+    lat = rep.get("latency_ms", {})
+    return (f"{rep.get('events_per_s', 0):.0f} events/s sustained (offered {rep.get('offered_rate')}), latency p50 "
+            f"{lat.get('p50')} p95 {lat.get('p95')} p99 {lat.get('p99')} max {lat.get('max')} ms, lost {rep.get('lost')}, "
+            f"duplicates {rep.get('duplicates')}")  # fmt: skip
+
+
+def _bench(args: argparse.Namespace, s: Settings, cache: Path) -> dict[str, Any]:
+    progress = not args.quiet and sys.stderr.isatty()
+    if args.generator_only:
+        return {"generator_alone": generator_ceiling(s, args.duration), "machine": machine_info()}
+    if args.sweep:
+        plan = SweepPlan(repeats=max(3, args.repeats), duration_s=args.duration, warmup_s=args.warmup,
+                         baselines=not args.no_baselines_in_sweep)  # fmt: skip
+        if args.sweep_shapes:
+            plan.shapes = [(int(a), int(b)) for a, b in (x.lower().split("x") for x in args.sweep_shapes.split(","))]
+        rep = run_sweep(s, plan, cache=cache, users=args.users, progress=progress, out_dir=args.out_dir)
+        png = plot(rep, args.out_dir / "latency_vs_load.png")
+        rep["plot"] = str(png) if png else None
+        (args.out_dir / "bench.json").write_text(json.dumps(rep, indent=1))
+        update_benchmarks_md(args.benchmarks_md, benchmarks_section(rep, " ".join(["attnrec"] + sys.argv[1:])))
+        return rep
+    # one configuration (plus its baselines), repeated
+    if args.model == "registry" or args.no_worker:
+        from stream.model import read_current
+
+        reg = s.registry_dir
+        v = read_current(reg)
+        if v is None:
+            raise ConfigError(f"no promoted model in {reg}")
+        from exporter.registry import load_items
+
+        man = json.loads((reg / v / "manifest.json").read_text())
+        items, n_items, L = [str(x) for x in load_items(reg / v, man)], int(man["n_items"]) - 2, int(man["max_len"])
+    else:
+        reg, items = ensure_model(cache, args.catalog, args.max_len, d_model=args.d_model, n_blocks=args.blocks)
+        n_items, L = args.catalog, args.max_len
+    cfg = RunConfig(rate=args.rate, duration_s=args.duration, warmup_s=args.warmup, users=args.users,
+                    max_inflight=args.max_inflight, drain_timeout_s=args.drain_timeout)  # fmt: skip
+    variants = [(args.scorer, args.batch_size)]
+    if args.baselines:
+        variants += [v for v in (("onnx", 1), ("torch", args.batch_size)) if v not in variants]
+    groups = []
+    for scorer, B in variants:
+        sess = open_session(s, registry=reg, items=items, n_users=args.users, batch_size=B, scorer=scorer,
+                            log_dir=cache / "logs", catalog_items=n_items, max_len=L, start_worker=not args.no_worker,
+                            metrics_url=args.metrics_url, worker_pid=args.worker_pid, prefill_len=args.prefill)  # fmt: skip
+        try:
+            c = replace(cfg, label=f"{scorer} B={B} @{_rate_label(args.rate)}")
+            runs = run_repeated(sess, c, args.repeats, progress)
+        finally:
+            sess.close(args.keep_state)
+        sm = summarise(runs)
+        sm["rate_label"] = _rate_label(args.rate)
+        groups.append({"summary": sm, "runs": runs})
+    head = groups[0]
+    med = sorted(head["runs"], key=lambda r: r["events_per_s"])[len(head["runs"]) // 2]
+    rep = dict(med)
+    rep["lost"] = head["summary"]["lost"]
+    rep["duplicates"] = head["summary"]["duplicates"]
+    rep["machine"] = machine_info()
+    rep["summaries"] = [g["summary"] for g in groups]
+    rep["runs"] = [r for g in groups for r in g["runs"]]
+    if len(groups) > 1:
+        base_eps = head["summary"]["events_per_s"]["median"]
+        rep["ratios"] = {f"{g['summary']['scorer']} B={g['summary']['batch_size']}":
+                         round(base_eps / max(1e-9, g["summary"]["events_per_s"]["median"]), 2) for g in groups[1:]}  # fmt: skip
+    for w in head["summary"]["warnings"]:
+        log.warning("%s", w)
+    return rep
+
+
+def benchmarks_section(rep: dict[str, Any], command: str) -> str:
+    m = rep.get("machine", {})
+    g = rep.get("generator_alone", {})
+    sums = [x for x in rep.get("summaries", []) if "events_per_s" in x]
+    errs = [x for x in rep.get("summaries", []) if "error" in x]
+    lines = [
+        f"Measured {rep.get('started_at', '')} → {rep.get('finished_at', '')} (UTC) on {m.get('cores')} cores "
+        f"({m.get('cpu_model')}), {m.get('memory_gb')} GB; Kafka, Redis, the worker and the load generator on the "
+        f"same box. Command: `{command}`. Raw data: `docs/bench/bench.json`; plot: `docs/bench/latency_vs_load.png`.",
+        "",
+        f"Load generator alone: {g.get('events_per_s', 0):,.0f} events/s ({g.get('cpu_cores')} cores).",
+        "",
+        "Each figure: median (min–max) of the repeats; ⚠ marks a spread above 15%. `load` is the 1-minute load",
+        "average after each repeat (the box is shared).",
+        "",
+        markdown_rows(sums),
+    ]
+    if errs:
+        lines.append("Not measured: " + "; ".join(f"{e['catalog_items']:,} items L={e['max_len']}: {e['error']}" for e in errs))
+    return "\n".join(lines)
