@@ -35,19 +35,19 @@ def test_cycles_train_export_promote_and_skip(tmp_path: Path) -> None:
     from training.synth import generate
 
     cfg = TrainerConfig(registry=tmp_path / "registry", home=tmp_path, epochs=2, min_new_events=100)
-    events = [orjson.dumps(e.to_dict()) for e in generate(60, 40, 3000, seed=3)]
-    write_event_file(cfg.event_log, events[:2000])
+    events = [orjson.dumps(e.to_dict()) for e in generate(40, 30, 1500, seed=3)]
+    write_event_file(cfg.event_log, events[:1000])
     first = run_cycle(cfg, archive=False)
     reg = Registry(cfg.registry)
     assert first["decision"] == "promoted" and reg.current_version() == first["version"]
-    assert first["new_events"] == 2000 and first["train"]["items"] <= 40
+    assert first["new_events"] == 1000 and first["train"]["items"] <= 30
 
     skipped = run_cycle(cfg, archive=False)
     assert skipped["decision"] == "skipped" and "0 new events" in skipped["reason"]
 
-    write_event_file(cfg.event_log, events[2000:])
+    write_event_file(cfg.event_log, events[1000:])
     second = run_cycle(cfg, archive=False)
-    assert second["new_events"] == 1000 and second["decision"] in ("promoted", "rejected")
+    assert second["new_events"] == 500 and second["decision"] in ("promoted", "rejected")
     assert second["figures"]["current"] == first["version"]
     manifest = reg.read_manifest(second["version"])
     assert manifest["parent"] == first["version"] and manifest["parity"]["passed"]
