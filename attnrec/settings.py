@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     batch_wait_ms: float = Field(5.0, ge=0, description="ATTNREC_BATCH_WAIT_MS: max wait to fill a batch (W)")
     top_k: int = Field(10, ge=1, description="ATTNREC_TOP_K: items per recommendation")
     exclude_seen: bool = Field(True, description="ATTNREC_EXCLUDE_SEEN: never recommend items in the buffer")
+    exclude_window: int = Field(
+        50, ge=0, description="ATTNREC_EXCLUDE_WINDOW: items among the user's last N events are never recommended (up to BUFFER_LEN; each extra event costs a lookup per batch)"
+    )
     because_k: int = Field(3, ge=0, description="ATTNREC_BECAUSE_K: past events listed in `because`")
     buffer_len: int = Field(200, ge=1, description="ATTNREC_BUFFER_LEN: events kept per user in Redis")
     buffer_ttl_s: int = Field(30 * 86400, ge=1, description="ATTNREC_BUFFER_TTL_S: buffer TTL, refreshed on write")

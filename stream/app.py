@@ -107,23 +107,27 @@ class Processor:
             pending.append(await self._send(s.dlq_topic, key, env))
         if parsed.events:
             t0 = time.perf_counter()
-            res = await self.buffers.apply(parsed.events)
-            t1 = time.perf_counter()
-            self.maybe_swap()
+            self.maybe_swap()  # between batches: this whole batch is scored by one version
             model = self.model
+            window = model.max_len + 1 if model is not None else 0
+            ret = max(window, s.exclude_window if s.exclude_seen else 0)
+            res = await self.buffers.apply(parsed.events, decode_len=window, return_len=ret)
+            t1 = time.perf_counter()
             triggers: dict[str, ClickEvent] = {}
             for ev, _, _ in parsed.events:
                 triggers[ev.user_id] = ev  # the last event of each user is its trigger
             outputs = inputs = None
             if model is not None:
-                inputs = build_inputs(model, res.buffers, res.users, exclude_seen=s.exclude_seen)
+                inputs = build_inputs(
+                    model, res.buffers, res.users, exclude_seen=s.exclude_seen, seen=res.seen, exclude_window=s.exclude_window
+                )
                 if inputs.users:
                     outputs = model.run(inputs.items, inputs.types, inputs.gaps, inputs.exclude)
             t2 = time.perf_counter()
             recs = recommend(
                 model, res.users, res.buffers, triggers,
                 top_k=s.top_k, because_k=s.because_k, exclude_seen=s.exclude_seen,
-                outputs=outputs, inputs=inputs,
+                outputs=outputs, inputs=inputs, seen=res.seen,
             )  # fmt: skip
             payloads = {r.user_id: r.to_json() for r in recs}
             for r in recs:

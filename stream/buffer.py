@@ -19,7 +19,7 @@ watermark together.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import redis.asyncio as aioredis
@@ -110,11 +110,18 @@ return {applied, bufs}
 
 @dataclass(frozen=True, slots=True)
 class Applied:
-    """Outcome of one batch: which events were new, and each touched user's buffer."""
+    """Outcome of one batch: which events were new, and each touched user's buffer.
+
+    ``buffers`` holds the newest ``decode_len`` entries decoded (what the model reads);
+    ``seen`` holds the item ids of the newest ``return_len`` entries (for seen-item
+    exclusion), extracted without building an object per entry — decoding all 200 entries
+    of every user in a batch cost more than the model (docs/BENCHMARKS.md).
+    """
 
     applied: list[bool]
     users: list[str]
     buffers: dict[str, list[BufferEntry]]
+    seen: dict[str, list[str]] = field(default_factory=dict)
 
 
 def map_redis_error(exc: BaseException) -> TransientError:
@@ -143,19 +150,26 @@ class RedisBuffers:
         self.return_len = return_len or max_len
         self._script = client.register_script(APPLY_LUA)
 
-    async def apply(self, events: Sequence[tuple[ClickEvent, str, int]]) -> Applied:
+    async def apply(
+        self,
+        events: Sequence[tuple[ClickEvent, str, int]],
+        *,
+        decode_len: int | None = None,
+        return_len: int | None = None,
+    ) -> Applied:
         """Apply ``(event, watermark_field, offset)`` triples in order; offset -1 = none.
 
         ``watermark_field`` is ``"<topic>:<partition>"``. Returns which events were new and the
         buffers of the distinct users touched (newest first), read after all were applied.
         """
         keys: list[str] = []
-        args: list[str | int] = [self.max_len, self.ttl_s, self.dedupe_window, self.return_len, len(events), 0]
+        ret = self.return_len if return_len is None else max(1, return_len)
+        args: list[str | int] = [self.max_len, self.ttl_s, self.dedupe_window, ret, len(events), 0]
         first_index: dict[str, int] = {}
-        for i, (ev, field, offset) in enumerate(events, start=1):
+        for i, (ev, wm_field, offset) in enumerate(events, start=1):
             rk, ek, wk, _ = user_keys(ev.user_id)
             keys += [rk, ek, wk]
-            args += [ev.event_id, field, offset, encode_entry(ev)]
+            args += [ev.event_id, wm_field, offset, encode_entry(ev)]
             first_index.setdefault(ev.user_id, i)
         users = list(first_index)
         args[5] = len(users)
@@ -168,11 +182,14 @@ class RedisBuffers:
             if "LOADING" in str(exc) or "BUSY" in str(exc):
                 raise map_redis_error(exc) from exc
             raise
-        return Applied(
-            applied=[bool(f) for f in flags],
-            users=users,
-            buffers={u: [decode_entry(e) for e in b] for u, b in zip(users, bufs)},
-        )
+        n_dec = ret if decode_len is None else decode_len
+        buffers: dict[str, list[BufferEntry]] = {}
+        seen: dict[str, list[str]] = {}
+        for u, b in zip(users, bufs, strict=True):
+            texts = [e.decode("utf-8") for e in b]
+            buffers[u] = [decode_entry(t) for t in texts[:n_dec]]
+            seen[u] = [t.split("|", 2)[2] for t in texts]
+        return Applied(applied=[bool(f) for f in flags], users=users, buffers=buffers, seen=seen)
 
     async def store_recs(self, recs: dict[str, bytes]) -> None:
         """Write each user's latest recommendation (one pipelined round trip)."""

@@ -7,6 +7,7 @@ input, what a recommendation says — is made here and unit-tested without servi
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -86,7 +87,15 @@ class ModelInputs:
     users: list[str]  # row -> user
 
 
-def build_inputs(model: LoadedModel, buffers: dict[str, list[BufferEntry]], users: Sequence[str], *, exclude_seen: bool = True) -> ModelInputs:
+def build_inputs(
+    model: LoadedModel,
+    buffers: dict[str, list[BufferEntry]],
+    users: Sequence[str],
+    *,
+    exclude_seen: bool = True,
+    seen: dict[str, list[str]] | None = None,
+    exclude_window: int | None = None,
+) -> ModelInputs:
     """Turn newest-first buffers into left-padded index arrays for the users that have a
     usable history (at least one item the model knows)."""
     rows: list[tuple[str, list[BufferEntry], list[int]]] = []
@@ -117,15 +126,22 @@ def build_inputs(model: LoadedModel, buffers: dict[str, list[BufferEntry]], user
             b[d < 0] = 0  # clock skew: unknown gap
             gaps[r, L - n :] = b[-n:] if older else np.concatenate(([0], b))
         if exclude_seen:
-            seen = {model.item_index.get(e.item_id, OOV) for e in buffers[u]}
-            seen.discard(OOV)
-            ex_lists.append(sorted(seen))
+            # the model window's items are already mapped (they are row r of `items`); only
+            # older events inside the exclusion window need a vocabulary lookup
+            ids = seen[u] if seen is not None and u in seen else [e.item_id for e in buffers[u]]
+            older_ids = ids[n : exclude_window if exclude_window is not None else len(ids)]
+            ex_lists.append([model.item_index.get(i, OOV) for i in older_ids])
         else:
             ex_lists.append([])
-    E = max((len(x) for x in ex_lists), default=0) or 1
-    exclude = np.zeros((B, E), dtype=np.int64)
-    for r, x in enumerate(ex_lists):
-        exclude[r, : len(x)] = x
+    E = max((len(x) for x in ex_lists), default=0)
+    if exclude_seen:
+        # (B, L + E): the window's items plus older seen items; PAD/OOV entries are harmless
+        exclude = np.zeros((B, L + E), dtype=np.int64)
+        exclude[:, :L] = items
+        for r, x in enumerate(ex_lists):
+            exclude[r, L : L + len(x)] = x
+    else:
+        exclude = np.zeros((B, 1), dtype=np.int64)
     return ModelInputs(items, types, gaps, exclude, [w for _, w, _ in rows], [u for u, _, _ in rows])
 
 
@@ -138,17 +154,20 @@ class Recommendation:
         return orjson.dumps(self.payload)
 
 
-def _because(window: list[BufferEntry], attn_row: np.ndarray, k: int) -> list[dict[str, Any]]:
-    n = len(window)
-    if n == 0 or k == 0:
-        return []
-    w = attn_row[-n:]  # positions of the real events (left padding before them)
-    order = np.argsort(-w, kind="stable")[:k]
-    return [
-        {"item_id": window[i].item_id, "event_type": window[i].event_type, "weight": round(float(w[i]), 4)}
-        for i in order
-        if w[i] > 0
-    ]
+def _because(window: list[BufferEntry], attn_row: list[float], order: list[int], k: int) -> list[dict[str, Any]]:
+    """The top-``k`` past events by attention. ``order`` ranks the row's positions by weight;
+    padding positions carry zero weight and are skipped."""
+    n, L = len(window), len(attn_row)
+    out: list[dict[str, Any]] = []
+    for p in order:
+        if len(out) >= k:
+            break
+        i = p - (L - n)  # position -> index in the window (left padding before it)
+        w = attn_row[p]
+        if i >= 0 and w > 0:
+            e = window[i]
+            out.append({"item_id": e.item_id, "event_type": e.event_type, "weight": round(w, 4)})
+    return out
 
 
 def recommend(
@@ -164,6 +183,7 @@ def recommend(
     now_ms: int | None = None,
     outputs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     inputs: ModelInputs | None = None,
+    seen: dict[str, list[str]] | None = None,
 ) -> list[Recommendation]:
     """One recommendation per user. ``outputs`` are the model's (top_items, top_scores, attn)
     for the rows of ``inputs``; users without a row get the popularity fallback."""
@@ -171,22 +191,31 @@ def recommend(
     version = model.version if model is not None else None
     pop = list(model.popularity) if model is not None and model.popularity else list(popularity)
     row_of = {u: r for r, u in enumerate(inputs.users)} if inputs is not None else {}
+    if outputs is not None and inputs is not None and inputs.users:
+        # one conversion per batch, not per element: numpy scalars are slow in Python loops
+        top_l, scores_l, attn_l = outputs[0].tolist(), outputs[1].tolist(), outputs[2].tolist()
+        order_l = np.argsort(-outputs[2], axis=1, kind="stable")[:, : max(because_k, 1) + 8].tolist()
     recs: list[Recommendation] = []
     for u in users:
         trig = triggers[u]
         r = row_of.get(u)
         if model is not None and outputs is not None and inputs is not None and r is not None:
-            top, scores, attn = outputs
+            ids = model.item_ids
             items = [
-                {"item_id": model.item_ids[int(i)], "score": round(float(s), 4)}
-                for i, s in zip(top[r], scores[r])
-                if int(i) > OOV and np.isfinite(s)
+                {"item_id": ids[i], "score": round(sc, 4)}
+                for i, sc in zip(top_l[r], scores_l[r], strict=True)
+                if i > OOV and math.isfinite(sc)
             ][:top_k]
-            because = _because(inputs.used[r], attn[r], because_k)
+            because = _because(inputs.used[r], attn_l[r], order_l[r], because_k)
             fallback = False
         else:
-            seen = {e.item_id for e in buffers.get(u, [])} if exclude_seen else set()
-            items = [{"item_id": it, "score": 0.0} for it in pop if it not in seen][:top_k]
+            if not exclude_seen:
+                seen_u: set[str] = set()
+            elif seen is not None and u in seen:
+                seen_u = set(seen[u])
+            else:
+                seen_u = {e.item_id for e in buffers.get(u, [])}
+            items = [{"item_id": it, "score": 0.0} for it in pop if it not in seen_u][:top_k]
             because = []
             fallback = True
         recs.append(
