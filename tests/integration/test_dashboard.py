@@ -36,7 +36,7 @@ from stream.buffer import decode_entry, user_keys
 from stream.schema import ClickEvent
 from tests.helpers import REPO, WorkerProc, env_for, settings_for
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(170)]
+pytestmark = pytest.mark.timeout(170)
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
@@ -55,6 +55,7 @@ READ_JS = """JSON.stringify((() => {
     p50: v("latency-p50"), p99: v("latency-p99"), dead_total: v("dead-total"), lag: v("lag-total"),
     workers: v("workers"),
     model: document.getElementById("model-current").textContent,
+    serving: document.getElementById("model-serving").textContent,
     history_rows: document.querySelectorAll("#history-table tbody tr").length,
     charts: document.querySelectorAll(".uplot canvas").length,
     feed: [...document.querySelectorAll("#feed li.rec")].map((li) => ({
@@ -222,11 +223,14 @@ def _ready(p: dict[str, Any]) -> bool:
     )  # fmt: skip
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium not installed (deploy/setup-system.sh installs it)")
 def test_dashboard_in_headless_chromium(stack: Any, names: dict[str, str], registry_with_model: Path, tmp_path: Path) -> None:
-    s = settings_for(stack, names, registry_with_model)
+    reg_dir = tmp_path / "registry"
+    shutil.copytree(registry_with_model, reg_dir)  # the test promotes a second version
+    s = settings_for(stack, names, reg_dir, reload_poll_s=0.3)
     ensure_topics(s)
-    reg = Registry(registry_with_model)
+    reg = Registry(reg_dir)
     version = reg.current_version()
     assert version is not None
     items = [str(i) for i in reg.read_manifest(version)["popularity"]][:40]
@@ -252,10 +256,15 @@ def test_dashboard_in_headless_chromium(stack: Any, names: dict[str, str], regis
                 await chrome.call("Page.enable")
                 await chrome.call("Page.navigate", url=dash.url(f"/?user={target}"))
                 first = await _until(chrome, _ready, 75, "non-zero figures, explained recommendations and the lookup")
-                await asyncio.sleep(3.0)
+                # promote a new version (same weights) while the page is open: workers hot-reload it
+                manifest = reg.read_manifest(version)
+                v2 = reg.publish(reg.version_dir(version) / "model.onnx", {k: x for k, x in manifest.items() if k != "version"}, check=False)
+                reg.promote(v2, reason="test: hot reload while the dashboard is open")
                 second = await _until(
-                    chrome, lambda p: _ready(p) and p["events_total"] > first["events_total"] and p["recs_total"] > first["recs_total"],
-                    20, "figures that change",
+                    chrome,
+                    lambda p: _ready(p) and p["events_total"] > first["events_total"] and p["recs_total"] > first["recs_total"]
+                    and p["model"] == v2 and p["history_rows"] >= 2 and v2 in p["serving"],
+                    40, "figures that change and the new model serving",
                 )  # fmt: skip
                 size = (await chrome.call("Page.getLayoutMetrics"))["cssContentSize"]
                 clip = {"x": 0, "y": 0, "width": size["width"], "height": min(size["height"], 4000), "scale": 1}
@@ -264,6 +273,7 @@ def test_dashboard_in_headless_chromium(stack: Any, names: dict[str, str], regis
                 return first, second, base64.b64decode(shot["data"])
 
         first, second, png = asyncio.run(drive())
+        v2 = reg.current_version()
     finally:
         feeder.stop.set()
         if chrome is not None:
@@ -283,9 +293,10 @@ def test_dashboard_in_headless_chromium(stack: Any, names: dict[str, str], regis
             assert page[k] and page[k] > 0, (k, page)
         assert page["p50"] is not None and page["p50"] >= 0
         assert page["charts"] >= 4, "uPlot did not draw the four charts"
-        assert page["model"] == version and page["history_rows"] >= 1
+        assert page["history_rows"] >= 1 and page["model"] in (version, v2)
         assert any("not JSON" in e for e in page["dead"]), page["dead"]
     assert second["events_total"] > first["events_total"] and second["recs_total"] > first["recs_total"]
+    assert first["model"] == version and second["model"] == v2 != version and second["history_rows"] >= 2
     # the live feed: recommendations of the replayed users, explained in words
     explained = [f for f in second["feed"] if f["because"]]
     assert explained, second["feed"]
@@ -301,6 +312,7 @@ def test_dashboard_in_headless_chromium(stack: Any, names: dict[str, str], regis
     assert set(second["lookup_recent"]) <= set(newest), "lookup rows are not this user's buffer"
 
 
+@pytest.mark.integration
 def test_dashboard_off_loopback_requires_token(stack: Any, names: dict[str, str], registry_with_model: Path, tmp_path: Path) -> None:
     s = settings_for(stack, names, registry_with_model)
     from stream.dashboard.web import create_dashboard_app
@@ -333,3 +345,15 @@ def test_dashboard_off_loopback_requires_token(stack: Any, names: dict[str, str]
     env.update({"ATTNREC_DASHBOARD_HOST": "0.0.0.0", "ATTNREC_DASHBOARD_PORT": str(free_port())})
     out = subprocess.run([sys.executable, "-m", "attnrec", "dashboard"], env=env, cwd=REPO, capture_output=True, timeout=60)
     assert out.returncode == 2 and b"ATTNREC_API_TOKEN" in out.stderr, out.stderr[-2000:]
+
+
+def test_explanations_and_percentiles() -> None:
+    from stream.dashboard.collector import explain, percentile
+
+    assert explain([{"item_id": "X", "event_type": "purchase", "weight": 0.4123}, {"item_id": "Y", "event_type": "other", "weight": 0.2}]) == [
+        "because you bought X — weight 0.41",
+        "because you interacted with Y — weight 0.20",
+    ]
+    assert percentile([], 50) is None
+    vals = [float(i) for i in range(1, 101)]
+    assert percentile(vals, 50) == 50.0 and percentile(vals, 99) == 99.0 and percentile(vals, 100) == 100.0

@@ -125,14 +125,16 @@
   }
 
   // ---------------------------------------------------------------- lookup
-  async function lookup(user) {
+  let looked = "";  // the user on show; refreshed every few seconds
+  async function lookup(user, quiet) {
     const box = $("lookup");
-    box.dataset.user = "";
-    if (!user) return;
-    box.innerHTML = '<p class="muted">looking up ' + esc(user) + "…</p>";
+    looked = user || "";
+    if (!user) { box.dataset.user = ""; return; }
+    if (!quiet) { box.dataset.user = ""; box.innerHTML = '<p class="muted">looking up ' + esc(user) + "…</p>"; }
     try {
       const r = await fetch("/api/user/" + encodeURIComponent(user), {credentials: "same-origin"});
       const d = await r.json();
+      if (user !== looked) return;  // another lookup started meanwhile
       if (!r.ok) { box.innerHTML = '<p class="err">' + esc(d.error || r.status) + "</p>"; return; }
       box.dataset.user = d.user_id;
       box.dataset.found = d.found ? "1" : "0";
@@ -166,10 +168,11 @@
   });
 
   // ---------------------------------------------------------------- loop
-  let busy = false;
+  let busy = false, ticks = 0;
   async function tick() {
     if (busy) return;
     busy = true;
+    if (looked && ++ticks % 5 === 0) lookup(looked, true);
     try {
       const r = await fetch("/api/summary", {credentials: "same-origin", cache: "no-store"});
       if (r.ok) render(await r.json());
