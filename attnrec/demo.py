@@ -37,14 +37,14 @@ def _say(msg: str) -> None:
     print(f"\033[1m==>\033[0m {msg}", flush=True)
 
 
-def _train_and_export(data: Path, out: Path, registry: Path, seconds: float, *, force: bool) -> tuple[str, dict[str, Any]]:
+def _train_and_export(data: Path, out: Path, registry: Path, seconds: float, *, force: bool, threads: int = 2, quiet: bool = False) -> tuple[str, dict[str, Any]]:
     from attnrec.cli import main as cli_main
     from exporter.export import export_checkpoint
     from exporter.registry import Registry
 
     minutes = max(0.1, seconds / 60.0)
     rc = cli_main(["--log-level", "WARNING", "train", "--data", str(data), "--format", "events", "--out", str(out),
-                   "--max-minutes", f"{minutes:.2f}", "--max-len", "50", "--patience", "3"])  # fmt: skip
+                   "--max-minutes", f"{minutes:.2f}", "--max-len", "50", "--threads", str(threads)] + (["--quiet"] if quiet else []))  # fmt: skip
     if rc != 0:
         raise AttnrecError(f"training failed (exit {rc})")
     version = export_checkpoint(out, registry, promote=True, force=force)
@@ -98,7 +98,7 @@ def run_demo(s: Settings, *, events: int = 6000, rate: float = 500.0, train_seco
     v1, man1 = _train_and_export(train_file, work / f"ckpt-{int(time.time())}", registry, train_seconds, force=True)
     val = (man1.get("metrics") or {}).get("val", {})
     print(f"    model {v1}: validation NDCG@10 {val.get('ndcg@10', float('nan')):.4f}, HR@10 {val.get('hr@10', float('nan')):.4f} "
-          f"(popularity baseline in docs/BENCHMARKS.md); parity max|Δ| {man1['parity']['max_abs_diff']:.2e}; "
+          f"; parity max|Δ| {man1['parity']['max_abs_diff']:.2e}; "
           f"{time.monotonic() - t0:.0f}s")  # fmt: skip
 
     # --- the worker ------------------------------------------------------------------------------
@@ -124,7 +124,7 @@ def run_demo(s: Settings, *, events: int = 6000, rate: float = 500.0, train_seco
                 with open(data2, "wb") as f:
                     for ev in past + future[:half]:
                         f.write(ev.to_json() + b"\n")
-                v2, man2 = _train_and_export(data2, work / f"ckpt2-{int(time.time())}", registry, min(30.0, train_seconds), force=False)
+                v2, man2 = _train_and_export(data2, work / f"ckpt2-{int(time.time())}", registry, min(30.0, train_seconds), force=False, threads=1, quiet=True)
                 from exporter.registry import Registry
 
                 retrain_result.update(version=v2, promoted=Registry(registry).current_version() == v2, at=time.monotonic())
