@@ -14,9 +14,10 @@ One cycle:
 2. **Retrain** when at least ``--min-new-events`` events arrived since the last training
    (or there is no model yet), on the whole event log with the ``events`` loader. The item
    vocabulary is the current model's, grown by appending new items, so old items keep their
-   indices; when ``training.train.train`` accepts an initial state the model is warm-started
-   from the current one (item embeddings of new items start fresh), else it trains from
-   scratch (reported in the cycle summary as ``warm_start: false``).
+   indices, and the model is warm-started from the current one through
+   ``training.train.train(init_state=...)`` (old rows copied into the grown item table, new
+   items' rows start fresh). With no current model (or its checkpoint directory gone) it
+   trains from scratch; the cycle summary says which (``warm_start``).
 3. **Evaluate** (leave-one-out full ranking, validation and test), write a checkpoint under
    ``$ATTNREC_HOME/trainer/ckpt-<time>``.
 4. **Export and promote** through :func:`exporter.export.export_checkpoint` with

@@ -48,6 +48,7 @@ def test_cycles_train_export_promote_and_skip(tmp_path: Path) -> None:
     write_event_file(cfg.event_log, events[1000:])
     second = run_cycle(cfg, archive=False)
     assert second["new_events"] == 500 and second["decision"] in ("promoted", "rejected")
+    assert first["train"]["warm_start"] is False and second["train"]["warm_start"] is True
     assert second["figures"]["current"] == first["version"]
     manifest = reg.read_manifest(second["version"])
     assert manifest["parent"] == first["version"] and manifest["parity"]["passed"]
