@@ -478,7 +478,7 @@ def build_manifest(ckpt: Checkpoint, *, top_k: int, parity: dict[str, Any], gold
         "parity": parity,
         "golden": golden,
         "parent": parent,
-        "checkpoint": str(ckpt.path),
+        "checkpoint": str(ckpt.path.resolve()),
     }
 
 
