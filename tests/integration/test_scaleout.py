@@ -1,0 +1,166 @@
+"""Scale-out on one machine: `attnrec worker` processes in one consumer group split the partitions.
+
+Two workers share an 8-partition topic; a third joins while events flow; one of the first two
+is stopped (SIGTERM) while events still flow. Afterwards every user's Redis buffer must hold
+exactly the events sent to it — none lost, none applied twice — in the order they were sent,
+and each user's latest recommendation must be triggered by its last event.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from attnrec.kafka_util import ensure_topics, make_producer
+from stream.buffer import decode_entry, user_keys
+from stream.schema import ClickEvent
+from tests.helpers import WorkerProc, settings_for
+
+pytestmark = pytest.mark.integration
+
+PARTITIONS = 8
+USERS = 240
+RATE = 250.0  # events/s offered while workers join and leave
+T0 = 1_764_300_000_000
+
+
+class Producer(threading.Thread):
+    """Sends click events round-robin over USERS at RATE until stopped; remembers what it sent."""
+
+    def __init__(self, s: Any) -> None:
+        super().__init__(daemon=True)
+        self.s = s
+        self.stop_flag = threading.Event()
+        self.sent: dict[str, list[ClickEvent]] = defaultdict(list)
+        self.count = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            p = make_producer(self.s)
+            start = time.monotonic()
+            while not self.stop_flag.is_set():
+                due = int((time.monotonic() - start) * RATE)
+                while self.count < due:
+                    n = self.count
+                    u = f"so-{n % USERS}"
+                    seq = n // USERS
+                    ev = ClickEvent(f"{u}-{seq}", u, f"item-{(seq * 7 + n) % 90}", "click", T0 + seq)
+                    p.send(self.s.clicks_topic, key=u.encode(), value=ev.to_json())
+                    self.sent[u].append(ev)
+                    self.count += 1
+                time.sleep(0.01)
+            p.flush()
+            p.close()
+        except BaseException as exc:  # surfaced by the test
+            self.error = exc
+
+
+def assignments(workers: list[WorkerProc]) -> list[int]:
+    out = []
+    for w in workers:
+        try:
+            code, body = w.get("/readyz")
+            out.append(int(json.loads(body)["assigned_partitions"]))
+        except (OSError, ValueError, KeyError):
+            out.append(-1)
+    return out
+
+
+def wait_split(workers: list[WorkerProc], timeout: float = 60.0) -> list[int]:
+    """Wait until the live workers together own all partitions, each at least one."""
+    deadline = time.monotonic() + timeout
+    got: list[int] = []
+    while time.monotonic() < deadline:
+        got = assignments(workers)
+        if sum(got) == PARTITIONS and all(n > 0 for n in got):
+            return got
+        time.sleep(0.5)
+    tails = "\n".join(w.tail(1500) for w in workers)
+    raise AssertionError(f"partitions not split across {len(workers)} workers in {timeout}s: {got}\n{tails}")
+
+
+def test_workers_join_and_leave_under_load(
+    stack: Any, names: dict[str, str], registry_with_model: Path, tmp_path: Path
+) -> None:
+    s = settings_for(stack, names, registry_with_model, partitions=PARTITIONS, buffer_len=1000)
+    ensure_topics(s)
+    r = redis.Redis.from_url(s.redis_url)
+    started = time.monotonic()
+    w1, w2 = WorkerProc(s, tmp_path, "w1"), WorkerProc(s, tmp_path, "w2")
+    workers = [w1, w2]
+    prod = Producer(s)
+    try:
+        w1.wait_ready()
+        w2.wait_ready()
+        split2 = wait_split([w1, w2])
+        prod.start()
+        time.sleep(5)
+        w3 = WorkerProc(s, tmp_path, "w3")  # joins under load
+        workers.append(w3)
+        w3.wait_ready()
+        split3 = wait_split([w1, w2, w3])
+        time.sleep(4)
+        assert w1.terminate() == 0, w1.tail()  # leaves under load: finishes its batch, hands over
+        split_after = wait_split([w2, w3])
+        time.sleep(4)
+        prod.stop_flag.set()
+        prod.join(30)
+        assert prod.error is None, prod.error
+        sent = prod.sent
+        total = prod.count
+        assert total > 2000, total
+
+        # wait until the remaining workers have applied everything
+        deadline = time.monotonic() + 60
+        applied = 0
+        while time.monotonic() < deadline:
+            pipe = r.pipeline(transaction=False)
+            for u in sent:
+                pipe.llen(user_keys(u)[0])
+            applied = sum(pipe.execute())
+            if applied >= total:
+                break
+            time.sleep(0.5)
+        time.sleep(1.0)  # a late duplicate would show up now
+
+        lost, dup, misordered = [], [], []
+        for u, evs in sent.items():
+            got = [decode_entry(x).ts for x in r.lrange(user_keys(u)[0], 0, -1)][::-1]  # oldest first
+            want = [e.ts for e in evs]
+            if len(got) != len(set(got)):
+                dup.append(u)
+            if set(want) - set(got):
+                lost.append(u)
+            if got != want:
+                misordered.append(u)
+        tails = "\n".join(w.tail(2000) for w in workers)
+        assert not lost and not dup, f"lost: {lost[:5]} duplicated: {dup[:5]} (applied {applied}/{total})\n{tails}"
+        assert not misordered, f"per-user order broken for {misordered[:5]}"
+
+        # each user's latest recommendation was triggered by its last event
+        deadline = time.monotonic() + 20
+        stale: list[str] = []
+        while time.monotonic() < deadline:
+            stale = []
+            for u, evs in sent.items():
+                raw = r.get(user_keys(u)[3])
+                if raw is None or json.loads(raw)["trigger_event_id"] != evs[-1].event_id:
+                    stale.append(u)
+            if not stale:
+                break
+            time.sleep(0.5)
+        assert not stale, f"latest recommendation not from the last event for {stale[:5]}"
+        assert time.monotonic() - started < 150, "scale-out test took too long"
+        print(f"scale-out: {total} events, splits {split2} -> {split3} -> {split_after}")
+    finally:
+        prod.stop_flag.set()
+        for w in workers:
+            w.terminate(timeout=30)

@@ -1,0 +1,207 @@
+"""Secure connections: Kafka SASL (PLAIN, SCRAM), Redis AUTH and ACL users, the API bearer token.
+
+One extra broker + Redis for this module (a second :class:`LocalStack` with a SASL_PLAINTEXT
+listener and ``requirepass``). The worker gets every credential from its environment, never
+on the command line, and none of them may appear in its log or on its web endpoints.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis
+
+from attnrec.errors import ConfigError
+from attnrec.kafka_util import ensure_topics, make_consumer, make_producer
+from attnrec.settings import Settings
+from stream.buffer import decode_entry, user_keys
+from stream.schema import ClickEvent
+from tests.helpers import WorkerProc
+
+KAFKA_USER = "attnrec"
+
+
+@pytest.fixture(scope="module")
+def secure_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A broker with a SASL listener (PLAIN, SCRAM-SHA-256/512) and a Redis with a password."""
+    from attnrec.stack import LocalStack, free_port
+
+    st = LocalStack(
+        tmp_path_factory.mktemp("secure-stack"),
+        kafka_port=free_port(),
+        controller_port=free_port(),
+        redis_port=free_port(),
+        sasl_port=free_port(),
+        sasl_users={KAFKA_USER: "k-" + secrets.token_urlsafe(18)},
+        redis_password="r-" + secrets.token_urlsafe(18),
+        kafka_heap="256m",
+    )
+    st.up()
+    try:
+        yield st
+    finally:
+        st.down()
+
+
+def _admin_redis(st: Any) -> redis.Redis:
+    return redis.Redis(host="127.0.0.1", port=st.redis_port, password=st.redis_password, socket_timeout=5)
+
+
+# ------------------------------------------------------------------------------ no services
+
+
+def test_non_loopback_bind_requires_a_token() -> None:
+    with pytest.raises(ConfigError, match="ATTNREC_API_TOKEN"):
+        Settings(web_host="0.0.0.0")
+    s = Settings(web_host="0.0.0.0", api_token="t0ken-value")
+    assert s.web_host == "0.0.0.0"
+
+
+def test_secrets_are_not_in_the_settings_repr() -> None:
+    s = Settings(
+        kafka_security_protocol="SASL_SSL", kafka_username="u", kafka_password="kafka-pw-123",
+        redis_password="redis-pw-456", api_token="token-789",
+    )  # fmt: skip
+    text = repr(s) + str(s) + s.model_dump_json()
+    for secret in ("kafka-pw-123", "redis-pw-456", "token-789"):
+        assert secret not in text
+
+
+def test_sasl_needs_a_username() -> None:
+    with pytest.raises(ConfigError, match="ATTNREC_KAFKA_USERNAME"):
+        Settings(kafka_security_protocol="SASL_PLAINTEXT")
+
+
+# ------------------------------------------------------------------------------ services
+
+
+@pytest.mark.integration
+def test_services_refuse_clients_without_credentials(secure_stack: Any) -> None:
+    st = secure_stack
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        redis.Redis(host="127.0.0.1", port=st.redis_port, socket_timeout=5).ping()
+    with pytest.raises((redis.exceptions.AuthenticationError, redis.exceptions.ResponseError)):
+        redis.Redis(host="127.0.0.1", port=st.redis_port, password="wrong", socket_timeout=5).ping()
+    assert _admin_redis(st).ping()
+
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    good = st.sasl_users[KAFKA_USER]
+    for mech in ("PLAIN", "SCRAM-SHA-512"):
+        a = KafkaAdminClient(bootstrap_servers=st.sasl_bootstrap, security_protocol="SASL_PLAINTEXT", sasl_mechanism=mech,
+                             sasl_plain_username=KAFKA_USER, sasl_plain_password=good, request_timeout_ms=5000)  # fmt: skip
+        a.list_topics()
+        a.close()
+    with pytest.raises(KafkaError):  # authentication fails: the client never bootstraps
+        KafkaAdminClient(bootstrap_servers=st.sasl_bootstrap, security_protocol="SASL_PLAINTEXT",
+                         sasl_mechanism="SCRAM-SHA-256", sasl_plain_username=KAFKA_USER, sasl_plain_password="wrong",
+                         request_timeout_ms=3000, bootstrap_timeout_ms=4000).list_topics()  # fmt: skip
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "mechanism,redis_acl_user",
+    [("PLAIN", None), ("SCRAM-SHA-256", "attnrec-worker")],
+    ids=["sasl-plain+requirepass", "sasl-scram+redis-acl-user"],
+)
+def test_worker_connects_with_credentials_from_the_environment(
+    secure_stack: Any,
+    names: dict[str, str],
+    registry_with_model: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    mechanism: str,
+    redis_acl_user: str | None,
+) -> None:
+    st = secure_stack
+    kafka_pw = st.sasl_users[KAFKA_USER]
+    redis_pw = st.redis_password
+    token = "tok-" + secrets.token_urlsafe(24)
+    if redis_acl_user is not None:  # a least-privilege ACL user instead of the default user
+        redis_pw = "acl-" + secrets.token_urlsafe(18)
+        _admin_redis(st).execute_command(
+            "ACL", "SETUSER", redis_acl_user, "reset", "on", f">{redis_pw}", "~{u:*", "+@all", "-@dangerous"
+        )
+        monkeypatch.setenv("ATTNREC_REDIS_USERNAME", redis_acl_user)
+    # every secret comes from the environment (WorkerProc copies os.environ)
+    monkeypatch.setenv("ATTNREC_KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
+    monkeypatch.setenv("ATTNREC_KAFKA_SASL_MECHANISM", mechanism)
+    monkeypatch.setenv("ATTNREC_KAFKA_USERNAME", KAFKA_USER)
+    monkeypatch.setenv("ATTNREC_KAFKA_PASSWORD", kafka_pw)
+    monkeypatch.setenv("ATTNREC_REDIS_PASSWORD", redis_pw)
+    monkeypatch.setenv("ATTNREC_API_TOKEN", token)
+    monkeypatch.setenv("ATTNREC_LOG_LEVEL", "DEBUG")
+    s = Settings(
+        kafka_bootstrap=st.sasl_bootstrap,
+        redis_url=f"redis://127.0.0.1:{st.redis_port}/0",  # no password in the URL
+        registry=registry_with_model,
+        partitions=2,
+        **names,
+    )
+    assert s.kafka_password is not None and s.kafka_password.get_secret_value() == kafka_pw
+    ensure_topics(s)
+    w = WorkerProc(s, tmp_path)
+    try:
+        w.wait_ready()
+        users = [f"sec-{i}" for i in range(6)]
+        sent = [ClickEvent(f"s-{r}-{i}", u, f"item-{r}", "click", 1_764_300_000_000 + 10 * r + i)
+                for r in range(3) for i, u in enumerate(users)]  # fmt: skip
+        p = make_producer(s)
+        for ev in sent:
+            p.send(s.clicks_topic, key=ev.user_id.encode(), value=ev.to_json())
+        p.flush()
+        p.close()
+
+        # recommendations arrive on the SASL listener
+        c = make_consumer(s, s.recs_topic, group_id=None)
+        last = {u: [e for e in sent if e.user_id == u][-1].event_id for u in users}
+        got: dict[str, str] = {}
+        deadline = time.monotonic() + 60
+        try:
+            while time.monotonic() < deadline and any(got.get(u) != last[u] for u in users):
+                for msgs in c.poll(timeout_ms=300).values():
+                    for m in msgs:
+                        rec = orjson.loads(m.value)
+                        got[rec["user_id"]] = rec["trigger_event_id"]
+        finally:
+            c.close()
+        assert got == last, f"recommendations missing: {got}\n{w.tail()}"
+
+        # the buffers were written through the authenticated Redis connection
+        r = _admin_redis(st)
+        for u in users:
+            entries = [decode_entry(x) for x in r.lrange(user_keys(u)[0], 0, -1)]
+            assert [e.ts for e in entries] == [e.ts for e in sent if e.user_id == u][::-1]
+
+        # the API refuses a request without the bearer token (or with a wrong one)
+        auth = {"Authorization": f"Bearer {token}"}
+        for path in ("/metrics", f"/recs/{users[0]}"):
+            assert w.get(path)[0] == 401, path
+            assert w.get(path, headers={"Authorization": "Bearer nope"})[0] == 401, path
+            assert w.get(path, headers={"Authorization": token})[0] == 401, path  # scheme required
+            code, body = w.get(path, headers=auth)
+            assert code == 200, (path, body)
+            for secret in (kafka_pw, redis_pw, token):
+                assert secret.encode() not in body
+        code, body = w.get(f"/recs/{users[0]}", headers=auth)
+        assert orjson.loads(body)["trigger_event_id"] == last[users[0]]
+        # probes stay open for the orchestrator, and say nothing secret
+        for path in ("/healthz", "/readyz"):
+            code, body = w.get(path)
+            assert code == 200, (path, body)
+            for secret in (kafka_pw, redis_pw, token):
+                assert secret.encode() not in body
+    finally:
+        rc = w.terminate()
+    log = w.tail(10_000_000)
+    assert "worker starting" in log, log[-3000:]
+    for what, secret in (("kafka password", kafka_pw), ("redis password", redis_pw), ("api token", token)):
+        assert secret not in log, f"the {what} appears in the worker log"
+    assert rc == 0, log[-3000:]
