@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from attnrec.errors import ModelError, ParityError
+from attnrec.errors import ModelError, ParityError, RegistryError
 from exporter.registry import INPUTS, OUTPUTS, Registry, _validation_ndcg
 
 __all__ = [
@@ -437,7 +437,12 @@ def promote_gated(registry: Registry, version: str, *, force: bool = False, marg
     """
     new = registry.read_manifest(version)
     current = registry.current_version()
-    cur_ndcg = _validation_ndcg(registry.read_manifest(current).get("metrics", {})) if current else None
+    cur_ndcg = None
+    if current:
+        try:
+            cur_ndcg = _validation_ndcg(registry.read_manifest(current).get("metrics", {}))
+        except RegistryError:  # CURRENT names a version whose directory is gone: nothing to compare
+            log.warning("CURRENT %s has no readable manifest; gating %s without a comparison", current, version)
     new_ndcg = _validation_ndcg(new.get("metrics", {}))
     ok, reason = gate_decision(new_ndcg, cur_ndcg, margin)
     figures = {"new_ndcg@10": new_ndcg, "current_ndcg@10": cur_ndcg, "current": current, "margin": margin}
