@@ -65,7 +65,11 @@ def test_parse_records_keeps_order_and_watermark_field() -> None:
     recs = [rec(ev_json(event_id=f"e{i}", item_id=f"i{i}"), offset=10 + i) for i in range(3)]
     p = parse_records(recs, now_ms=NOW)
     assert not p.dead
-    assert [(e.event_id, f, o) for e, f, o in p.events] == [("e0", "clicks:3", 10), ("e1", "clicks:3", 11), ("e2", "clicks:3", 12)]
+    assert [(e.event_id, f, o) for e, f, o in p.events] == [
+        ("e0", "clicks:3", 10),
+        ("e1", "clicks:3", 11),
+        ("e2", "clicks:3", 12),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -108,7 +112,7 @@ def test_parse_records_maps_unknown_event_type_to_other() -> None:
 
 def test_parse_records_accepts_rfc3339_and_id_at_limit() -> None:
     p = parse_records([rec(ev_json(ts="2025-11-28T03:20:00.123Z", item_id="é" * 128))], now_ms=NOW)
-    (e, _, _), = p.events
+    ((e, _, _),) = p.events
     assert e.ts == 1764300000123 and len(e.item_id.encode()) == 256
 
 
@@ -216,10 +220,15 @@ def test_recommend_from_model_outputs_with_because() -> None:
     top = np.array([[idx["e"], idx["d"], OOV, 0]], dtype=np.int64)
     scores = np.array([[5.0, 4.0, 3.0, -np.inf]], dtype=np.float32)
     attn = np.array([[0.2, 0.7, 0.1]], dtype=np.float32)  # over a, b, c
-    (r,) = recommend(m, ["u"], bufs, {"u": trig("u")}, top_k=10, because_k=2, outputs=(top, scores, attn), inputs=x, now_ms=NOW)
+    (r,) = recommend(
+        m, ["u"], bufs, {"u": trig("u")}, top_k=10, because_k=2, outputs=(top, scores, attn), inputs=x, now_ms=NOW
+    )
     p = r.payload
     assert p["items"] == [{"item_id": "e", "score": 5.0}, {"item_id": "d", "score": 4.0}], "OOV/PAD and -inf dropped"
-    assert p["because"] == [{"item_id": "b", "event_type": "view", "weight": 0.7}, {"item_id": "a", "event_type": "click", "weight": 0.2}]
+    assert p["because"] == [
+        {"item_id": "b", "event_type": "view", "weight": 0.7},
+        {"item_id": "a", "event_type": "click", "weight": 0.2},
+    ]
     assert p["fallback"] is False and p["model_version"] == "v-test"
     assert (p["trigger_event_id"], p["event_ts"], p["emitted_ts"]) == ("t1", NOW - 5, NOW)
     assert orjson.loads(r.to_json()) == p

@@ -1,0 +1,754 @@
+"""Fault tests: the worker under kill -9, Redis and Kafka restarts, a lost group member and
+hostile input, against the real local stack.
+
+Every event has a unique ``event_id`` and a unique ``ts`` (the buffer entry is
+``<ts>|<type>|<item>``, so the ts names the event in Redis). Each test compares what the
+broker acknowledged to the producer with every user's Redis buffer — each acknowledged event
+exactly once, nothing else, newest first — and reads the ``recs`` topic to see that
+recommendations resume after the fault. Measurements (events sent, lost, duplicated in
+state, recovery time) go to ``<pytest basetemp>/reliability.json`` (or the file named by
+``ATTNREC_RELIABILITY_JSON``) and are printed (``-s``); docs/RELIABILITY.md copies them.
+
+Faust reads ``BROKER_SESSION_TIMEOUT`` / ``BROKER_HEARTBEAT_INTERVAL`` from the environment:
+the tests use 10 s / 1 s so that a SIGKILLed group member is evicted in ~10 s instead of
+faust's default 60 s (the recovery time of the kill tests is that timeout, by design).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis
+
+from attnrec.kafka_util import ensure_topics, make_consumer, make_producer
+from stream.buffer import RedisBuffers, decode_entry, user_keys
+from stream.schema import ClickEvent
+from tests.helpers import WorkerProc, settings_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
+
+T0 = 1_764_300_000_000
+TYPES = ("view", "click", "like", "cart", "purchase", "gift", "share")
+SESSION_TIMEOUT_S = 10
+
+
+# ----------------------------------------------------------------------------- fixtures
+@pytest.fixture(autouse=True)
+def _fast_group_eviction(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BROKER_SESSION_TIMEOUT", str(SESSION_TIMEOUT_S))
+    monkeypatch.setenv("BROKER_HEARTBEAT_INTERVAL", "1")
+
+
+@pytest.fixture(scope="session")
+def report(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Collects each scenario's measurements; written once at the end of the session."""
+    out: dict[str, Any] = {}
+    yield out
+    if out:
+        path = Path(os.environ.get("ATTNREC_RELIABILITY_JSON") or tmp_path_factory.getbasetemp() / "reliability.json")
+        path.write_text(json.dumps(out, indent=2, sort_keys=True))
+        print(f"\nreliability measurements -> {path}\n{json.dumps(out, indent=2, sort_keys=True)}")
+
+
+@pytest.fixture(scope="session")
+def known_items(registry_with_model: Path) -> list[str]:
+    from exporter.registry import Registry
+
+    reg = Registry(registry_with_model)
+    return [str(i) for i in reg.read_manifest(reg.current_version())["popularity"]][:50]
+
+
+def rclient(s: Any) -> redis.Redis:
+    return redis.Redis.from_url(s.redis_url, socket_timeout=5)
+
+
+# ----------------------------------------------------------------------------- producing
+@dataclass
+class Feeder:
+    """Produces events keyed by user at a steady rate from a thread; remembers which ones the
+    broker acknowledged (acks=all, idempotent producer, retried across a broker restart)."""
+
+    s: Any
+    known: list[str]
+    n_users: int = 40
+    tag: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
+    events: dict[str, ClickEvent] = field(default_factory=dict)
+    sent_at: dict[str, float] = field(default_factory=dict)
+    acked: set[str] = field(default_factory=set)
+    failed: dict[str, str] = field(default_factory=dict)
+    seq: int = 0
+
+    def __post_init__(self) -> None:
+        self.lock = threading.Lock()
+        self.producer = make_producer(
+            self.s, retries=2**31 - 1, reconnect_backoff_max_ms=1000, request_timeout_ms=10_000,
+            delivery_timeout_ms=180_000, max_block_ms=180_000,
+        )  # fmt: skip
+        self.thread: threading.Thread | None = None
+
+    def user(self, i: int) -> str:
+        return f"{self.tag}-u{i}"
+
+    def make(self) -> ClickEvent:
+        k = self.seq
+        self.seq += 1
+        return ClickEvent(f"{self.tag}-e{k}", self.user(k % self.n_users), self.known[(k * 7) % len(self.known)],
+                          TYPES[k % len(TYPES)], T0 + k)  # fmt: skip
+
+    def send(self, ev: ClickEvent, value: bytes | None = None) -> None:
+        eid = ev.event_id
+        with self.lock:
+            self.events[eid] = ev
+            self.sent_at.setdefault(eid, time.time())
+        fut = self.producer.send(self.s.clicks_topic, key=ev.user_id.encode(), value=value or ev.to_json())
+
+        def ok(_: Any) -> None:
+            with self.lock:
+                self.acked.add(eid)
+
+        def bad(exc: BaseException) -> None:
+            with self.lock:
+                self.failed[eid] = repr(exc)
+
+        fut.add_callback(ok)
+        fut.add_errback(bad)
+
+    def _run(self, n: int, rate: float) -> None:
+        t0 = time.monotonic()
+        for i in range(n):
+            self.send(self.make())
+            ahead = t0 + (i + 1) / rate - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+        self.producer.flush(timeout=180)
+
+    def start(self, n: int, rate: float) -> None:
+        self.thread = threading.Thread(target=self._run, args=(n, rate), name="feeder", daemon=True)
+        self.thread.start()
+
+    def join(self, timeout: float = 240) -> None:
+        assert self.thread is not None
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "producer did not finish in time"
+
+    def close(self) -> None:
+        self.producer.close(timeout=10)
+
+    def expected(self) -> dict[str, list[ClickEvent]]:
+        """Acknowledged events per user, in send order."""
+        out: dict[str, list[ClickEvent]] = {}
+        with self.lock:
+            for eid, ev in self.events.items():
+                if eid in self.acked:
+                    out.setdefault(ev.user_id, []).append(ev)
+        return out
+
+
+# ----------------------------------------------------------------------------- checking
+def buffers_of(r: redis.Redis, users: list[str]) -> dict[str, list[Any]]:
+    p = r.pipeline(transaction=False)
+    for u in users:
+        p.lrange(user_keys(u)[0], 0, -1)
+    return {u: [decode_entry(x) for x in raw] for u, raw in zip(users, p.execute(), strict=True)}
+
+
+def wait_applied(r: redis.Redis, want: dict[str, int], timeout: float) -> float:
+    """Wait until each user's buffer holds at least ``want[u]`` entries; returns when."""
+    deadline = time.monotonic() + timeout
+    users = list(want)
+    while True:
+        try:
+            p = r.pipeline(transaction=False)
+            for u in users:
+                p.llen(user_keys(u)[0])
+            if all(n >= want[u] for u, n in zip(users, p.execute(), strict=True)):
+                return time.time()
+        except redis.exceptions.ConnectionError:
+            pass
+        if time.monotonic() > deadline:
+            return -1.0
+        time.sleep(0.2)
+
+
+def check_state(r: redis.Redis, feeder: Feeder, *, cap: int | None = None) -> dict[str, Any]:
+    """Compare the acknowledged events with the buffers: lost, duplicated, unknown, order."""
+    expected = feeder.expected()
+    users = sorted({ev.user_id for ev in feeder.events.values()})
+    bufs = buffers_of(r, users)
+    all_ts = {u: set() for u in users}
+    for ev in feeder.events.values():
+        all_ts[ev.user_id].add(ev.ts)
+    lost = dup = unknown = misordered = 0
+    examples: list[str] = []
+    for u in users:
+        got = [e.ts for e in bufs[u]]
+        counts = Counter(got)
+        d = sum(c - 1 for c in counts.values())
+        want = [e.ts for e in expected.get(u, [])]
+        if cap is not None:
+            want = sorted(want)[-cap:]
+        missing = set(want) - set(counts)
+        extra = set(counts) - all_ts[u]
+        lost += len(missing)
+        dup += d
+        unknown += len(extra)
+        if got != sorted(got, reverse=True):
+            misordered += 1
+        if (missing or d or extra) and len(examples) < 5:
+            examples.append(
+                f"{u}: missing {sorted(missing)[:5]} dup {[t for t, c in counts.items() if c > 1][:5]} extra {sorted(extra)[:5]}"
+            )
+    return {
+        "sent": len(feeder.events),
+        "acked": len(feeder.acked),
+        "unacked": len(feeder.events) - len(feeder.acked),
+        "in_state": sum(len(b) for b in bufs.values()),
+        "lost": lost,
+        "duplicated_in_state": dup,
+        "unknown_in_state": unknown,
+        "users_misordered": misordered,
+        "examples": examples,
+    }
+
+
+def read_topic(s: Any, topic: str, done: Callable[[list[Any]], bool], timeout: float) -> list[Any]:
+    """Every record of ``topic`` from the start, until ``done(records)`` or the timeout."""
+    c = make_consumer(s, topic, group_id=None)
+    out: list[Any] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            for recs in c.poll(timeout_ms=300, max_records=10_000).values():
+                out.extend(recs)
+            if done(out):
+                break
+    finally:
+        c.close()
+    return out
+
+
+def check_recs(s: Any, feeder: Feeder, fault_at: float, timeout: float = 60) -> dict[str, Any]:
+    """Every user's last acknowledged event triggered a recommendation (so recommendations
+    resumed after the fault); recovery = first recommendation for an event sent after it."""
+    expected = feeder.expected()
+    last = {u: evs[-1].event_id for u, evs in expected.items()}
+
+    def done(recs: list[Any]) -> bool:
+        got = {orjson.loads(m.value)["trigger_event_id"] for m in recs}
+        return all(e in got for e in last.values())
+
+    recs = [orjson.loads(m.value) for m in read_topic(s, s.recs_topic, done, timeout)]
+    triggers = Counter(p["trigger_event_id"] for p in recs)
+    after = [p["emitted_ts"] / 1000 for p in recs if feeder.sent_at.get(p["trigger_event_id"], 0) > fault_at]
+    return {
+        "recs": len(recs),
+        "recs_repeated": sum(c - 1 for c in triggers.values()),
+        "users_without_final_rec": sum(1 for e in last.values() if e not in triggers),
+        "recovery_s": round(min(after) - fault_at, 2) if after else None,
+        "personalised": sum(1 for p in recs if not p["fallback"]),
+    }
+
+
+def metric(w: WorkerProc, name: str) -> float:
+    try:
+        code, body = w.get("/metrics", timeout=5)
+    except OSError:
+        return float("nan")
+    total = 0.0
+    for line in body.decode().splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def wait_progress(r: redis.Redis, feeder: Feeder, sent: int, timeout: float = 90) -> None:
+    """Wait until ``sent`` events were produced and the worker has applied some of them, so
+    the fault lands in the middle of the stream."""
+    deadline = time.monotonic() + timeout
+    users = [feeder.user(i) for i in range(feeder.n_users)]
+    while time.monotonic() < deadline:
+        p = r.pipeline(transaction=False)
+        for u in users:
+            p.llen(user_keys(u)[0])
+        if feeder.seq >= sent and sum(p.execute()) >= 100:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no progress before the fault: {feeder.seq} sent")
+
+
+def finish(
+    name: str, report: dict[str, Any], state: dict[str, Any], recs: dict[str, Any], **extra: Any
+) -> dict[str, Any]:
+    row = {**state, **recs, **extra}
+    report[name] = row
+    print(f"\n{name}: {json.dumps(row, sort_keys=True)}")
+    return row
+
+
+def assert_exact(row: dict[str, Any], logs: str) -> None:
+    assert row["lost"] == 0 and row["duplicated_in_state"] == 0 and row["unknown_in_state"] == 0, f"{row}\n{logs}"
+    assert row["users_misordered"] == 0, f"buffers not newest first: {row}"
+    assert row["users_without_final_rec"] == 0, f"recommendations did not resume: {row}\n{logs}"
+    assert row["recovery_s"] is not None
+
+
+# ----------------------------------------------------------------------------- 1. kill -9 worker
+@pytest.mark.timeout(300)
+def test_worker_sigkill_and_restart(stack: Any, names: dict[str, str], registry_with_model: Path, known_items: list[str],
+                                    tmp_path: Path, report: dict[str, Any]) -> None:  # fmt: skip
+    s = settings_for(stack, names, registry_with_model, buffer_len=4000)
+    ensure_topics(s)
+    r = rclient(s)
+    started = time.time()
+    w1 = WorkerProc(s, tmp_path, "w1")
+    w2: WorkerProc | None = None
+    feeder = Feeder(s, known_items)
+    try:
+        w1.wait_ready()
+        cold_start_s = time.time() - started
+        feeder.start(n=3000, rate=200)
+        wait_progress(r, feeder, 1000)
+        fault_at = time.time()
+        w1.kill()
+        w2 = WorkerProc(s, tmp_path, "w2")
+        w2.wait_ready()
+        ready_s = time.time() - fault_at
+        feeder.join()
+        caught = wait_applied(r, {u: len(v) for u, v in feeder.expected().items()}, timeout=120)
+        time.sleep(1.0)  # anything applied twice would show up now
+        row = finish("worker_sigkill", report, check_state(r, feeder), check_recs(s, feeder, fault_at),
+                     cold_start_s=round(cold_start_s, 2), restart_ready_s=round(ready_s, 2), caught_up_s=round(caught - fault_at, 2) if caught > 0 else None,
+                     redelivered_deduped=metric(w2, "attnrec_events_duplicate_total"))  # fmt: skip
+        assert_exact(row, w2.tail())
+        assert row["acked"] == row["sent"]
+    finally:
+        feeder.close()
+        w1.kill()
+        if w2 is not None:
+            w2.terminate()
+
+
+@pytest.mark.timeout(300)
+def test_worker_sigterm_and_restart(stack: Any, names: dict[str, str], registry_with_model: Path, known_items: list[str],
+                                    tmp_path: Path, report: dict[str, Any]) -> None:  # fmt: skip
+    """SIGTERM mid-stream: the worker finishes the batch in hand, commits and leaves the group,
+    so its successor starts at once and (almost) nothing is redelivered."""
+    s = settings_for(stack, names, registry_with_model, buffer_len=4000)
+    ensure_topics(s)
+    r = rclient(s)
+    started = time.time()
+    w1 = WorkerProc(s, tmp_path, "w1")
+    w2: WorkerProc | None = None
+    feeder = Feeder(s, known_items)
+    try:
+        w1.wait_ready()
+        cold_start_s = time.time() - started
+        feeder.start(n=3000, rate=200)
+        wait_progress(r, feeder, 1000)
+        fault_at = time.time()
+        rc = w1.terminate(timeout=60)
+        stop_s = time.time() - fault_at
+        w2 = WorkerProc(s, tmp_path, "w2")
+        w2.wait_ready()
+        ready_s = time.time() - fault_at
+        feeder.join()
+        caught = wait_applied(r, {u: len(v) for u, v in feeder.expected().items()}, timeout=120)
+        time.sleep(1.0)
+        row = finish("worker_sigterm", report, check_state(r, feeder), check_recs(s, feeder, fault_at),
+                     exit_code=rc, stop_s=round(stop_s, 2), cold_start_s=round(cold_start_s, 2), restart_ready_s=round(ready_s, 2),
+                     caught_up_s=round(caught - fault_at, 2) if caught > 0 else None,
+                     redelivered_deduped=metric(w2, "attnrec_events_duplicate_total"))  # fmt: skip
+        assert_exact(row, w1.tail())
+        assert rc == 0, f"worker exited {rc} on SIGTERM:\n{w1.tail()}"
+    finally:
+        feeder.close()
+        w1.kill()
+        if w2 is not None:
+            w2.terminate()
+
+
+# ----------------------------------------------------------------------------- 2. Redis restarts
+def _redis_restart(stack: Any, s: Any, registry: Path, known: list[str], tmp_path: Path, *, kill: bool,
+                   fsync: str, down_s: float = 2.0) -> tuple[dict[str, Any], WorkerProc]:  # fmt: skip
+    r = rclient(s)
+    r.config_set("appendfsync", fsync)
+    w = WorkerProc(s, tmp_path, "w")
+    feeder = Feeder(s, known)
+    try:
+        w.wait_ready()
+        feeder.start(n=2500, rate=200)
+        wait_progress(r, feeder, 1000)
+        fault_at = time.time()
+        stack.stop_redis(kill=kill)
+        time.sleep(down_s)  # Redis is down: the worker must pause, not drop
+        stack.start_redis()
+        back_s = time.time() - fault_at
+        r = rclient(s)
+        r.config_set("appendfsync", fsync)
+        feeder.join()
+        caught = wait_applied(r, {u: len(v) for u, v in feeder.expected().items()}, timeout=120)
+        time.sleep(1.0)
+        row = {**check_state(r, feeder), **check_recs(s, feeder, fault_at), "redis_down_s": round(back_s, 2),
+               "caught_up_s": round(caught - fault_at, 2) if caught > 0 else None,
+               "transient_retries": metric(w, "attnrec_batch_retries_total")}  # fmt: skip
+        return row, w
+    except BaseException:
+        w.terminate()
+        raise
+    finally:
+        feeder.close()
+        try:
+            rclient(s).config_set("appendfsync", "everysec")
+        except redis.exceptions.RedisError:
+            pass
+
+
+@pytest.mark.timeout(300)
+def test_redis_sigterm_restart(stack: Any, names: dict[str, str], registry_with_model: Path, known_items: list[str],
+                               tmp_path: Path, report: dict[str, Any]) -> None:  # fmt: skip
+    """Clean Redis restart (SIGTERM flushes and fsyncs the AOF), appendfsync everysec."""
+    s = settings_for(stack, names, registry_with_model, buffer_len=4000)
+    ensure_topics(s)
+    row, w = _redis_restart(stack, s, registry_with_model, known_items, tmp_path, kill=False, fsync="everysec")
+    try:
+        finish("redis_sigterm_everysec", report, row, {})
+        assert_exact(row, w.tail())
+        assert row["transient_retries"] > 0, "the worker never saw Redis down?"
+    finally:
+        w.terminate()
+
+
+@pytest.mark.timeout(300)
+def test_redis_sigkill_restart_fsync_always(stack: Any, names: dict[str, str], registry_with_model: Path,
+                                            known_items: list[str], tmp_path: Path, report: dict[str, Any]) -> None:  # fmt: skip
+    """kill -9 of Redis with ``appendfsync always``: every acknowledged write is on disk."""
+    s = settings_for(stack, names, registry_with_model, buffer_len=4000)
+    ensure_topics(s)
+    row, w = _redis_restart(stack, s, registry_with_model, known_items, tmp_path, kill=True, fsync="always")
+    try:
+        finish("redis_sigkill_always", report, row, {})
+        assert_exact(row, w.tail())
+    finally:
+        w.terminate()
+
+
+@pytest.mark.timeout(300)
+def test_redis_sigkill_restart_fsync_everysec(stack: Any, names: dict[str, str], registry_with_model: Path,
+                                              known_items: list[str], tmp_path: Path, report: dict[str, Any]) -> None:  # fmt: skip
+    """kill -9 of Redis with ``appendfsync everysec`` (the stack's default). A killed process
+    loses nothing the kernel already has (Redis write()s the AOF before replying), so loss is
+    only possible when Redis had postponed that write behind a slow fsync, or on a machine
+    crash. Measured and reported; duplicates are never acceptable; loss is asserted zero
+    here as well, since a process kill cannot drop page-cache data in the common case."""
+    s = settings_for(stack, names, registry_with_model, buffer_len=4000)
+    ensure_topics(s)
+    row, w = _redis_restart(stack, s, registry_with_model, known_items, tmp_path, kill=True, fsync="everysec")
+    try:
+        finish("redis_sigkill_everysec", report, row, {})
+        assert row["duplicated_in_state"] == 0 and row["unknown_in_state"] == 0, row
+        assert_exact(row, w.tail())
+    finally:
+        w.terminate()
+
+
+# ----------------------------------------------------------------------------- 3. Kafka restart
+@pytest.mark.timeout(360)
+def test_kafka_broker_restart(stack: Any, names: dict[str, str], registry_with_model: Path, known_items: list[str],
+                              tmp_path: Path, report: dict[str, Any]) -> None:  # fmt: skip
+    """kill -9 the broker (KRaft, single node) mid-stream and start it again in place; the
+    worker must carry on by itself. The producer keeps sending through the outage."""
+    s = settings_for(stack, names, registry_with_model, buffer_len=4000)
+    ensure_topics(s)
+    r = rclient(s)
+    w = WorkerProc(s, tmp_path, "w")
+    feeder = Feeder(s, known_items)
+    try:
+        w.wait_ready()
+        feeder.start(n=3000, rate=200)
+        wait_progress(r, feeder, 1000)
+        fault_at = time.time()
+        try:
+            stack.stop_kafka(kill=True)
+            time.sleep(2.0)
+        finally:
+            stack.start_kafka(timeout=120)  # the session's broker must come back whatever happens
+        back_s = time.time() - fault_at
+        feeder.join()
+        caught = wait_applied(r, {u: len(v) for u, v in feeder.expected().items()}, timeout=150)
+        time.sleep(1.0)
+        assert w.proc.poll() is None, f"worker died with the broker:\n{w.tail()}"
+        row = finish("kafka_sigkill_restart", report, check_state(r, feeder), check_recs(s, feeder, fault_at, timeout=90),
+                     broker_down_s=round(back_s, 2), caught_up_s=round(caught - fault_at, 2) if caught > 0 else None)  # fmt: skip
+        assert_exact(row, w.tail())
+    finally:
+        feeder.close()
+        w.terminate()
+
+
+# ----------------------------------------------------------------------------- 4. group failover
+@pytest.mark.timeout(300)
+def test_two_workers_one_sigkilled(stack: Any, names: dict[str, str], registry_with_model: Path, known_items: list[str],
+                                   tmp_path: Path, report: dict[str, Any]) -> None:  # fmt: skip
+    s = settings_for(stack, names, registry_with_model, buffer_len=4000, partitions=8)
+    ensure_topics(s)
+    r = rclient(s)
+    a = WorkerProc(s, tmp_path, "a")
+    b = WorkerProc(s, tmp_path, "b")
+    feeder = Feeder(s, known_items)
+    try:
+        a.wait_ready()
+        b.wait_ready()
+        deadline = time.monotonic() + 60  # both members hold partitions before the load starts
+        while time.monotonic() < deadline:
+            pa, pb = (json.loads(x.get("/readyz")[1])["assigned_partitions"] for x in (a, b))
+            if pa and pb and pa + pb == 8:
+                break
+            time.sleep(0.5)
+        assert pa and pb, f"partitions not split: a={pa} b={pb}"
+        feeder.start(n=3000, rate=200)
+        wait_progress(r, feeder, 1000)
+        fault_at = time.time()
+        a.kill()
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and json.loads(b.get("/readyz")[1])["assigned_partitions"] != 8:
+            time.sleep(0.3)
+        takeover_s = time.time() - fault_at
+        feeder.join()
+        caught = wait_applied(r, {u: len(v) for u, v in feeder.expected().items()}, timeout=120)
+        time.sleep(1.0)
+        row = finish("group_member_sigkill", report, check_state(r, feeder), check_recs(s, feeder, fault_at),
+                     partitions_before={"a": pa, "b": pb}, takeover_s=round(takeover_s, 2),
+                     caught_up_s=round(caught - fault_at, 2) if caught > 0 else None,
+                     redelivered_deduped=metric(b, "attnrec_events_duplicate_total"))  # fmt: skip
+        assert_exact(row, b.tail())
+    finally:
+        feeder.close()
+        a.kill()
+        b.terminate()
+
+
+# ----------------------------------------------------------------------------- 5. hostile input
+@pytest.mark.timeout(300)
+def test_poison_and_hostile_input(stack: Any, names: dict[str, str], registry_with_model: Path, known_items: list[str],
+                                  tmp_path: Path, report: dict[str, Any]) -> None:  # fmt: skip
+    cap = 50
+    s = settings_for(stack, names, registry_with_model, buffer_len=cap)
+    ensure_topics(s)
+    r = rclient(s)
+    w = WorkerProc(s, tmp_path, "w")
+    feeder = Feeder(s, known_items, n_users=20)
+    base = {"event_type": "click", "ts": T0}
+    bad: list[tuple[bytes, str]] = [  # (value, expected error) — each must be dead-lettered
+        (b"{not json", "not JSON"),
+        (b"\xff\xfe\x00garbage", "not JSON"),
+        (b"[]", "expected a JSON object"),
+        (b"", "not JSON"),
+        (orjson.dumps({"event_id": "x1", "user_id": "u", "item_id": "i", "event_type": "click"}), "missing field 'ts'"),
+        (orjson.dumps({"user_id": "u", "item_id": "i", **base}), "missing field 'event_id'"),
+        (orjson.dumps({"event_id": "x2", "user_id": 5, "item_id": "i", **base}), "must be a string"),
+        (
+            orjson.dumps({"event_id": "x3", "user_id": "u", "item_id": "i", "event_type": "click", "ts": "soon"}),
+            "RFC 3339",
+        ),
+        (orjson.dumps({"event_id": "x4", "user_id": "u", "item_id": "i" * 300, **base}), "longer than 256 bytes"),
+        (orjson.dumps({"event_id": "x5", "user_id": "u" * 300, "item_id": "i", **base}), "longer than 256 bytes"),
+        (
+            orjson.dumps({"event_id": "x6", "user_id": "u", "item_id": "i", **base, "context": {"x": "y" * 70_000}}),
+            "exceeds 65536",
+        ),
+        (b" " * 70_000 + b"{}", "exceeds 65536"),
+        (
+            orjson.dumps({"event_id": "x7", "user_id": "u", "item_id": "i", **base, "context": {"x": "y" * 5000}}),
+            "'context' larger",
+        ),
+    ]
+    try:
+        w.wait_ready()
+        t_start = time.time()
+        # ordinary traffic, with every kind of bad message and oddity in the middle of it
+        for _ in range(300):
+            feeder.send(feeder.make())
+        for i, (value, _) in enumerate(bad):
+            feeder.producer.send(s.clicks_topic, key=f"bad-{i}".encode(), value=value)
+        feeder.producer.send(s.clicks_topic, key=b"null-value", value=None)
+        odd: list[ClickEvent] = []
+        for i in range(20):  # valid but odd: unknown type -> 'other'; unknown and 256-byte item ids
+            ev = feeder.make()
+            item = ("x" * 250 + f"{i:06d}") if i % 2 else f"never-seen-{i}|with|pipes"
+            ev = ClickEvent(ev.event_id, ev.user_id, item, "teleport" if i % 3 == 0 else ev.event_type, ev.ts)
+            odd.append(ev)
+            feeder.send(ev)
+        cold = ClickEvent(f"{feeder.tag}-cold", f"{feeder.tag}-cold-user", "never-seen-item", "view", T0 + 10**8)
+        feeder.send(cold)  # a user with no usable history: popularity fallback
+        dups = [feeder.events[f"{feeder.tag}-e{k}"] for k in range(0, 300, 15)]
+        for ev in dups:  # the producer "retries": same event_id again, at a new offset
+            feeder.send(ev)
+        heavy = f"{feeder.tag}-heavy"
+        for k in range(10_000):  # one user floods the stream
+            feeder.send(
+                ClickEvent(f"{feeder.tag}-h{k}", heavy, known_items[k % len(known_items)], "view", T0 + 10**7 + k)
+            )
+        for _ in range(300):  # and the stream keeps flowing after all of it
+            feeder.send(feeder.make())
+        feeder.producer.flush(timeout=60)
+        assert not feeder.failed, list(feeder.failed.items())[:3]
+
+        want = {u: min(cap, len(v)) for u, v in feeder.expected().items()}
+        caught = wait_applied(r, want, timeout=150)
+        assert caught > 0, f"the stream stalled:\n{w.tail()}"
+        time.sleep(1.0)
+        state = check_state(r, feeder, cap=cap)
+        assert w.proc.poll() is None, w.tail()
+
+        # the flood: capped at exactly the newest `cap`, dedupe memory bounded
+        hb = buffers_of(r, [heavy])[heavy]
+        assert [e.ts for e in hb] == [T0 + 10**7 + k for k in range(9_999, 9_999 - cap, -1)]
+        assert r.zcard(user_keys(heavy)[1]) == s.dedupe_window
+        # odd events are stored as sent (unknown type as 'other')
+        odd_bufs = buffers_of(r, sorted({e.user_id for e in odd}))
+        stored = {e.ts: e for b in odd_bufs.values() for e in b}
+        for ev in odd:
+            got = stored[ev.ts]
+            assert (got.item_id, got.event_type) == (
+                ev.item_id,
+                "other" if ev.event_type == "teleport" else ev.event_type,
+            )
+
+        dead = read_topic(s, s.dlq_topic, lambda m: len(m) >= len(bad) + 1, timeout=60)
+        envs = [orjson.loads(m.value) for m in dead]
+        assert len(envs) == len(bad) + 1, [e["error"] for e in envs]
+        by_key = {e["key"]: e for e in envs}
+        import base64
+
+        for i, (value, error) in enumerate(bad):
+            env = by_key[base64.b64encode(f"bad-{i}".encode()).decode()]
+            assert error in env["error"], (i, env["error"])
+            assert base64.b64decode(env["raw"]) == value and env["topic"] == s.clicks_topic
+        assert "empty message" in by_key[base64.b64encode(b"null-value").decode()]["error"]
+
+        last = {u: evs[-1].event_id for u, evs in feeder.expected().items()}
+        recs = [orjson.loads(m.value) for m in read_topic(
+            s, s.recs_topic, lambda ms: {orjson.loads(m.value)["trigger_event_id"] for m in ms} >= set(last.values()), 60)]  # fmt: skip
+        trig = {p["trigger_event_id"]: p for p in recs}
+        missing = [e for e in last.values() if e not in trig]
+        assert not missing, missing[:5]
+        assert trig[cold.event_id]["fallback"] is True and trig[cold.event_id]["items"]
+        assert all(len(p["items"]) <= s.top_k for p in recs)
+        row = finish("hostile_input", report, state, {"recs": len(recs)},
+                     dead_letters=len(envs), flood_user_events=10_000, flood_buffer_len=len(hb),
+                     produced_twice=len(dups), unknown_types=metric(w, "attnrec_events_unknown_type_total"),
+                     drain_s=round(caught - t_start, 2))  # fmt: skip
+        assert state["lost"] == 0 and state["duplicated_in_state"] == 0 and state["unknown_in_state"] == 0, row
+        assert metric(w, "attnrec_events_duplicate_total") >= len(dups)
+    finally:
+        feeder.close()
+        w.terminate()
+
+
+# ----------------------------------------------------------------------------- 6. dedupe
+@pytest.mark.timeout(60)
+async def test_same_event_twice_changes_nothing(stack: Any) -> None:
+    """At the buffer level against real Redis: a redelivery (same offset) and a producer
+    retry (same event_id, new offset) are both no-ops, alone or inside one batch."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(stack.redis_url)
+    buf = RedisBuffers(client, max_len=10, dedupe_window=4)
+    u = f"dedupe-{uuid.uuid4().hex[:8]}"
+    rk, ek, wk, _ = user_keys(u)
+    evs = [ClickEvent(f"{u}-e{k}", u, f"item-{k}", "click", T0 + k) for k in range(6)]
+
+    async def snapshot() -> tuple[Any, ...]:
+        return (
+            await client.lrange(rk, 0, -1),
+            await client.zrange(ek, 0, -1, withscores=True),
+            await client.hgetall(wk),
+        )
+
+    try:
+        res = await buf.apply([(evs[0], "clicks:0", 10), (evs[1], "clicks:0", 11)])
+        assert res.applied == [True, True]
+        before = await snapshot()
+        res = await buf.apply([(evs[1], "clicks:0", 11)])  # redelivery after a crash
+        assert res.applied == [False] and await snapshot() == before
+        res = await buf.apply([(evs[0], "clicks:0", 12)])  # producer retry: new offset, same event_id
+        assert res.applied == [False]
+        after = await snapshot()
+        assert after[0] == before[0] and after[1] == before[1], "buffer and event-id memory unchanged"
+        # within one batch: the second copy is skipped, the new event still applied
+        res = await buf.apply([(evs[2], "clicks:0", 13), (evs[2], "clicks:0", 14), (evs[3], "clicks:0", 15)])
+        assert res.applied == [True, False, True]
+        assert [x.item_id for x in res.buffers[u]] == ["item-3", "item-2", "item-1", "item-0"]
+        # a redelivered older offset is skipped even when its event_id fell out of the window
+        for k in (4, 5):
+            await buf.apply([(evs[k], "clicks:0", 15 + k)])
+        assert await client.zcard(ek) == 4
+        res = await buf.apply([(evs[0], "clicks:0", 10)])
+        assert res.applied == [False] and len(await client.lrange(rk, 0, -1)) == 6
+        # without an offset (-1), only the event_id check applies; every key still expires
+        v = u + "-nooffset"
+        res = await buf.apply([(ClickEvent(f"{v}-x", v, "i", "view", T0), "", -1)] * 2)
+        assert res.applied == [True, False]
+        for k in user_keys(v)[:3] + (rk, ek, wk):
+            assert 0 < await client.ttl(k) <= buf.ttl_s, k
+    finally:
+        await client.delete(rk, ek, wk, *user_keys(u + "-nooffset"))
+        await client.aclose()
+
+
+# ----------------------------------------------------------------------------- 7. AOF policy
+@pytest.mark.timeout(120)
+async def test_redis_aof_policy_cost_and_kill9(tmp_path: Path, report: dict[str, Any]) -> None:
+    """On a private Redis (AOF on): the cost of ``appendfsync always`` against ``everysec``
+    for the worker's one-Lua-call-per-batch writes, and what a kill -9 right after the last
+    acknowledged batch loses under each policy (nothing: a killed process cannot take back
+    what it already write()s to the kernel; only a machine crash can, and only with everysec)."""
+    import redis.asyncio as aioredis
+
+    from attnrec.stack import LocalStack, free_port
+
+    st = LocalStack(tmp_path / "stack", redis_port=free_port())
+    st.root.mkdir(parents=True)
+    st.start_redis()
+    out: dict[str, Any] = {}
+    try:
+        for policy in ("everysec", "always"):
+            client = aioredis.Redis.from_url(st.redis_url)
+            await client.config_set("appendfsync", policy)
+            buf = RedisBuffers(client, max_len=200)
+            tag = f"aof-{policy}"
+            n_batches, per_batch, n_users = 40, 256, 64
+            t0 = time.perf_counter()
+            for b in range(n_batches):
+                batch = [
+                    (ClickEvent(f"{tag}-{b}-{i}", f"{tag}-u{i % n_users}", f"it{i}", "view", T0 + b * per_batch + i), "clicks:0", b * per_batch + i)
+                    for i in range(per_batch)
+                ]  # fmt: skip
+                await buf.apply(batch)
+            dt = time.perf_counter() - t0
+            await client.aclose()
+            st.stop_redis(kill=True)  # immediately after the last acknowledged batch
+            st.start_redis()
+            r = redis.Redis.from_url(st.redis_url)
+            kept = sum(r.llen(user_keys(f"{tag}-u{i}")[0]) for i in range(n_users))
+            want = n_users * min(200, n_batches * per_batch // n_users)
+            out[policy] = {"batches": n_batches, "events_per_batch": per_batch, "ms_per_batch": round(1000 * dt / n_batches, 3),
+                           "us_per_event": round(1e6 * dt / (n_batches * per_batch), 2),
+                           "kill9_entries_expected": want, "kill9_entries_kept": kept}  # fmt: skip
+    finally:
+        st.stop_redis()
+    report["redis_aof_policy"] = out
+    print(f"\nredis_aof_policy: {json.dumps(out, sort_keys=True)}")
+    for policy, row in out.items():
+        assert row["kill9_entries_kept"] == row["kill9_entries_expected"], (policy, row)
