@@ -106,7 +106,7 @@ def attention_report(model: torch.nn.Module, ds: Dataset, causes: dict[str, tupl
 
 
 def synthetic_benchmark(n_users: int, n_items: int, n_events: int, seed: int, threads: int = 2,
-                        progress: bool = False) -> dict[str, Any]:
+                        progress: bool = False, max_minutes: float = 15.0) -> dict[str, Any]:
     """Generate synthetic events, train with the data defaults, compare with popularity, analyse attention."""
     from .synth import generate_planted
     from .train import default_configs, train
@@ -121,7 +121,7 @@ def synthetic_benchmark(n_users: int, n_items: int, n_events: int, seed: int, th
     gen_s = time.monotonic() - t0
     ds = dataset_from_events(events, f"synth-u{n_users}-i{n_items}-e{n_events}-s{seed}")
     mcfg, tcfg = default_configs(ds)
-    tcfg.seed = seed
+    tcfg.seed, tcfg.threads, tcfg.max_minutes = seed, threads, max_minutes
     model, info = train(ds, mcfg, tcfg, progress=progress)
     test = evaluate(model_scorer(model), ds, "test", mcfg.max_len)
     pop = evaluate(popularity_scorer(ds), ds, "test", mcfg.max_len)
@@ -129,7 +129,8 @@ def synthetic_benchmark(n_users: int, n_items: int, n_events: int, seed: int, th
     return {
         "dataset": ds.name, "protocol": PROTOCOL, "seed": seed, "generate_seconds": round(gen_s, 2),
         "data": ds.stats(), "model": mcfg.to_dict(), "train_seconds": info["train_seconds"],
-        "best_epoch": info["best_epoch"], "test": {k: test[k] for k in keys},
+        "best_epoch": info["best_epoch"], "epochs_run": info["epochs_run"], "stop_reason": info["stop_reason"],
+        "train": tcfg.to_dict(), "test": {k: test[k] for k in keys},
         "popular_test": {k: pop[k] for k in keys},
         "attention": attention_report(model, ds, causes, seed=seed),
     }
@@ -143,9 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--events", type=int, default=60_000)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--max-minutes", type=float, default=15.0, help="training budget")
     p.add_argument("--json", default="-")
     a = p.parse_args(argv)
-    res = synthetic_benchmark(a.users, a.items, a.events, a.seed, a.threads, progress=True)
+    res = synthetic_benchmark(a.users, a.items, a.events, a.seed, a.threads, progress=True, max_minutes=a.max_minutes)
     text = json.dumps(res, indent=1)
     if a.json != "-":
         with open(a.json, "w") as f:

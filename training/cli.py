@@ -159,12 +159,25 @@ def _load(args: argparse.Namespace, vocab: Any = None) -> Any:
     return load_dataset(args.data, args.format, vocab)
 
 
+def _sigterm_stops_training() -> None:
+    """SIGTERM behaves like Ctrl-C: training stops and the best epoch so far is saved."""
+    import signal
+    import threading
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+
+
 def run_train(args: argparse.Namespace) -> int:
     import torch
 
     from .checkpoint import save_checkpoint
 
     _require(args, "data", "out")
+    _sigterm_stops_training()
     torch.set_num_threads(max(1, args.threads))
     ds = _load(args)
     model, tcfg, metrics = _fit(args, ds)

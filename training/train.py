@@ -48,6 +48,7 @@ class TrainConfig:
     seed: int = 42
     max_minutes: float = 90.0  # wall-clock budget; training stops after the epoch that crosses it
     val_max_users: int = 0  # per-epoch validation on a seeded subset (0 = all validation users)
+    all_windows: bool = False  # train on every max_len window of long histories, not only the newest
     threads: int = 2  # torch intra-op threads
 
     def __post_init__(self) -> None:
@@ -67,7 +68,10 @@ def default_configs(ds: Dataset) -> tuple[ModelConfig, TrainConfig]:
     the mean length, loss from the catalogue size, side features when the data has them."""
     st = ds.stats()
     p90 = st["p90_len"]
-    max_len = int(min(200, max(50, 50 * math.ceil(p90 / 50))))
+    if ds.fmt == "events":
+        max_len = 50  # our own click streams: the serving latency budget (DESIGN.md) is measured at L=50
+    else:  # published benchmarks: cover most histories (Beauty -> 50, ML-1M -> 200)
+        max_len = int(min(200, max(50, 50 * math.ceil(p90 / 50))))
     long_seqs = st["mean_len"] >= 50
     mcfg = ModelConfig(
         n_items=ds.vocab.n_items,
@@ -82,23 +86,29 @@ def default_configs(ds: Dataset) -> tuple[ModelConfig, TrainConfig]:
     tcfg = TrainConfig(
         loss="ce" if ds.vocab.n_items <= FULL_SOFTMAX_MAX_ITEMS else "sampled",
         val_max_users=10_000 if len(ds.val) > 100_000 else 0,
+        # histories longer than the window on average: use all of them, not only the newest L+1
+        all_windows=st["mean_len"] > max_len,
     )
     return mcfg, tcfg
 
 
-def training_arrays(ds: Dataset, max_len: int) -> tuple[np.ndarray, ...]:
-    """(items, types, gaps, targets) int64 arrays (U, L): every user's last max_len+1
-    training events, input = all but the newest, target = the next event at each position."""
+def training_arrays(ds: Dataset, max_len: int, all_windows: bool = False) -> tuple[np.ndarray, ...]:
+    """(items, types, gaps, targets) int64 arrays (R, L): every user's last max_len+1 training
+    events (and, with ``all_windows``, the earlier non-overlapping windows too); input = all but
+    the newest, target = the next event at each position."""
     rows: list[list[list[int]]] = [[], [], [], []]
-    for s, n in zip(ds.users, ds.train_len):
-        if n < 2:
-            continue
-        lo = max(0, n - max_len - 1)
-        items = s.items[lo:n]
-        rows[0].append(left_pad(items[:-1], max_len))
-        rows[1].append(left_pad(s.types[lo : n - 1], max_len) if s.types is not None else [0] * max_len)
-        rows[2].append(left_pad(s.gaps[lo : n - 1], max_len) if s.gaps is not None else [0] * max_len)
-        rows[3].append(left_pad(items[1:], max_len))
+    for s, n_train in zip(ds.users, ds.train_len):
+        n = n_train
+        while n >= 2:
+            lo = max(0, n - max_len - 1)
+            items = s.items[lo:n]
+            rows[0].append(left_pad(items[:-1], max_len))
+            rows[1].append(left_pad(s.types[lo : n - 1], max_len) if s.types is not None else [0] * max_len)
+            rows[2].append(left_pad(s.gaps[lo : n - 1], max_len) if s.gaps is not None else [0] * max_len)
+            rows[3].append(left_pad(items[1:], max_len))
+            if not all_windows:
+                break
+            n = lo + 1  # the next window ends where this one's inputs start
     return tuple(np.asarray(r, dtype=np.int64).reshape(-1, max_len) for r in rows)
 
 
@@ -111,10 +121,8 @@ def _loss(model: AttnRec, cfg: TrainConfig, items: torch.Tensor, types: torch.Te
     emb = model.item_emb.weight  # (n_items, d)
     n_items = emb.shape[0]
     if cfg.loss == "ce":
-        logits = h @ emb.t()  # (N, n_items)
-        bias = torch.zeros(n_items, dtype=logits.dtype)
-        bias[:2] = -1e9  # never predict PAD / OOV
-        return F.cross_entropy(logits + bias, y)
+        logits = h @ emb[2:].t()  # (N, n_items - 2): PAD and OOV are never predicted
+        return F.cross_entropy(logits, y - 2)
     if cfg.loss == "bce":
         neg = torch.randint(2, n_items, y.shape, generator=gen)  # (N,)
         pos_logit = (h * emb[y]).sum(-1)
@@ -127,6 +135,27 @@ def _loss(model: AttnRec, cfg: TrainConfig, items: torch.Tensor, types: torch.Te
     neg_logit = neg_logit.masked_fill(neg.unsqueeze(0) == y.unsqueeze(1), -1e9)  # accidental hits
     logits = torch.cat([pos_logit, neg_logit], dim=1)
     return F.cross_entropy(logits, torch.zeros(len(y), dtype=torch.long))
+
+
+def _epoch(model: AttnRec, opt: torch.optim.Optimizer, tcfg: TrainConfig, arrays: list[torch.Tensor],
+           perm: torch.Tensor, steps: int, gen: torch.Generator, bar: Any, best: dict[str, Any]) -> float:
+    """One pass over the training rows in ``perm`` order; returns the summed batch loss."""
+    total = 0.0
+    for b in range(steps):
+        idx = perm[b * tcfg.batch_size : (b + 1) * tcfg.batch_size]
+        items, types, gaps, targets = (a[idx] for a in arrays)
+        # drop columns that are padding for the whole batch (short-history data trains faster)
+        keep = int((items != 0).any(0).nonzero()[0].item())
+        items, types, gaps, targets = items[:, keep:], types[:, keep:], gaps[:, keep:], targets[:, keep:]
+        loss = _loss(model, tcfg, items, types, gaps, targets, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += loss.item()
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", best_val_ndcg10=f"{max(best['ndcg@10'], 0):.4f}")
+    return total
 
 
 def train(
@@ -150,7 +179,7 @@ def train(
     if init_state is not None:
         model.load_state_dict(init_state)
     opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
-    arrays = [torch.from_numpy(a) for a in training_arrays(ds, mcfg.max_len)]
+    arrays = [torch.from_numpy(a) for a in training_arrays(ds, mcfg.max_len, tcfg.all_windows)]
     n = arrays[0].shape[0]
     if n == 0:
         from attnrec.errors import ModelError
@@ -175,22 +204,14 @@ def train(
             bar.set_description(f"epoch {epoch}/{tcfg.epochs}")
         perm = torch.from_numpy(np_rng.permutation(n))
         total, te = 0.0, time.monotonic()
-        for b in range(steps):
-            idx = perm[b * tcfg.batch_size : (b + 1) * tcfg.batch_size]
-            items, types, gaps, targets = (a[idx] for a in arrays)
-            # trim columns that are padding for the whole batch (short-sequence data trains faster)
-            keep = int((items != 0).any(0).nonzero()[0].item()) if bool((items != 0).any()) else mcfg.max_len - 1
-            items, types, gaps, targets = items[:, keep:], types[:, keep:], gaps[:, keep:], targets[:, keep:]
-            loss = _loss(model, tcfg, items, types, gaps, targets, gen)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item()
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}", best_val_ndcg10=f"{max(best['ndcg@10'], 0):.4f}")
-        model.eval()
-        val = evaluate(model_scorer(model), ds, "val", mcfg.max_len, max_users=tcfg.val_max_users, seed=tcfg.seed)
+        try:
+            total = _epoch(model, opt, tcfg, arrays, perm, steps, gen, bar, best)
+            model.eval()
+            val = evaluate(model_scorer(model), ds, "val", mcfg.max_len, max_users=tcfg.val_max_users, seed=tcfg.seed)
+        except KeyboardInterrupt:  # Ctrl-C / SIGTERM: keep the best epoch so far and finish
+            stop_reason = "interrupted"
+            log.warning("training interrupted in epoch %d; keeping the best epoch so far (%d)", epoch, best["epoch"])
+            break
         rec = {"epoch": epoch, "loss": total / steps, "val_ndcg@10": val["ndcg@10"], "val_hr@10": val["hr@10"],
                "epoch_seconds": round(time.monotonic() - te, 2), "elapsed_seconds": round(time.monotonic() - t0, 2)}
         history.append(rec)

@@ -203,3 +203,12 @@ def test_synth_deterministic_ordered_unique_and_planted_causes_are_past_events()
     assert all(e.item_id.startswith("sku-") and e.user_id.startswith("u") for e, _ in a)
     ds = dataset_from_events((e for e, _ in a), "synth")
     assert ds.has_types and ds.has_time and np.mean([len(u.items) for u in ds.users]) == 60
+
+
+def test_all_windows_cover_every_training_target_once(tmp_path: Path) -> None:
+    ds = load_dataset(_s3(tmp_path, "1 " + " ".join(str(i) for i in range(10, 33)) + "\n2 5 6 7 8\n"), "s3")
+    items, _, _, targets = training_arrays(ds, 5, all_windows=True)
+    got = sorted(int(t) for row in targets for t in row if t)
+    want = sorted(x for s, n in zip(ds.users, ds.train_len) for x in s.items[1:n])
+    assert got == want and items.shape[1] == 5
+    assert len(training_arrays(ds, 5)[0]) == 2  # default: only the newest window per user
