@@ -8,6 +8,8 @@ on the command line, and none of them may appear in its log or on its web endpoi
 from __future__ import annotations
 
 import secrets
+import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,8 +51,83 @@ def secure_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         st.down()
 
 
+@pytest.fixture(scope="module")
+def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A Redis that speaks only TLS (certificate from a throw-away CA) and requires a password."""
+    from attnrec.stack import LocalStack, free_port
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl not installed: cannot make a test certificate")
+    d = tmp_path_factory.mktemp("tls-redis")
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], cwd=d, check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=attnrec-test-ca",
+        "-keyout", "ca.key", "-out", "ca.crt")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key", "-out", "server.csr")
+    (d / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "1",
+        "-extfile", "san.cnf", "-out", "server.crt")  # fmt: skip
+    port = free_port()
+    password = "t-" + secrets.token_urlsafe(18)
+    proc = subprocess.Popen(
+        [LocalStack.redis_binary(), "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+         "--tls-cert-file", "server.crt", "--tls-key-file", "server.key", "--tls-ca-cert-file", "ca.crt",
+         "--tls-auth-clients", "no", "--requirepass", password, "--save", "", "--appendonly", "no", "--dir", str(d)],
+        cwd=d, stdout=open(d / "redis.log", "ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={d / 'ca.crt'}"
+    client = redis.Redis.from_url(url, password=password, socket_timeout=5)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.exceptions.ConnectionError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.2)
+        yield {"url": url, "password": password, "client": client, "ca": d / "ca.crt", "port": port}
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def _admin_redis(st: Any) -> redis.Redis:
     return redis.Redis(host="127.0.0.1", port=st.redis_port, password=st.redis_password, socket_timeout=5)
+
+
+def send_and_wait_for_recs(s: Settings, w: WorkerProc, r: redis.Redis, tag: str = "sec") -> tuple[list[str], dict[str, str]]:
+    """Produce a few events per user through ``s``'s Kafka connection, wait for each user's last
+    recommendation, and check the Redis buffers (read with ``r``) hold exactly what was sent."""
+    users = [f"{tag}-{i}" for i in range(6)]
+    sent = [ClickEvent(f"{tag}-{n}-{i}", u, f"item-{n}", "click", 1_764_300_000_000 + 10 * n + i)
+            for n in range(3) for i, u in enumerate(users)]  # fmt: skip
+    p = make_producer(s)
+    for ev in sent:
+        p.send(s.clicks_topic, key=ev.user_id.encode(), value=ev.to_json())
+    p.flush()
+    p.close()
+    c = make_consumer(s, s.recs_topic, group_id=None)
+    last = {u: [e for e in sent if e.user_id == u][-1].event_id for u in users}
+    got: dict[str, str] = {}
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline and any(got.get(u) != last[u] for u in users):
+            for msgs in c.poll(timeout_ms=300).values():
+                for m in msgs:
+                    rec = orjson.loads(m.value)
+                    got[rec["user_id"]] = rec["trigger_event_id"]
+    finally:
+        c.close()
+    assert got == last, f"recommendations missing: {got}\n{w.tail()}"
+    for u in users:
+        entries = [decode_entry(x) for x in r.lrange(user_keys(u)[0], 0, -1)]
+        assert [e.ts for e in entries] == [e.ts for e in sent if e.user_id == u][::-1]
+    return users, last
 
 
 # ------------------------------------------------------------------------------ no services
@@ -150,36 +227,7 @@ def test_worker_connects_with_credentials_from_the_environment(
     w = WorkerProc(s, tmp_path)
     try:
         w.wait_ready()
-        users = [f"sec-{i}" for i in range(6)]
-        sent = [ClickEvent(f"s-{r}-{i}", u, f"item-{r}", "click", 1_764_300_000_000 + 10 * r + i)
-                for r in range(3) for i, u in enumerate(users)]  # fmt: skip
-        p = make_producer(s)
-        for ev in sent:
-            p.send(s.clicks_topic, key=ev.user_id.encode(), value=ev.to_json())
-        p.flush()
-        p.close()
-
-        # recommendations arrive on the SASL listener
-        c = make_consumer(s, s.recs_topic, group_id=None)
-        last = {u: [e for e in sent if e.user_id == u][-1].event_id for u in users}
-        got: dict[str, str] = {}
-        deadline = time.monotonic() + 60
-        try:
-            while time.monotonic() < deadline and any(got.get(u) != last[u] for u in users):
-                for msgs in c.poll(timeout_ms=300).values():
-                    for m in msgs:
-                        rec = orjson.loads(m.value)
-                        got[rec["user_id"]] = rec["trigger_event_id"]
-        finally:
-            c.close()
-        assert got == last, f"recommendations missing: {got}\n{w.tail()}"
-
-        # the buffers were written through the authenticated Redis connection
-        r = _admin_redis(st)
-        for u in users:
-            entries = [decode_entry(x) for x in r.lrange(user_keys(u)[0], 0, -1)]
-            assert [e.ts for e in entries] == [e.ts for e in sent if e.user_id == u][::-1]
-
+        users, last = send_and_wait_for_recs(s, w, _admin_redis(st))
         # the API refuses a request without the bearer token (or with a wrong one)
         auth = {"Authorization": f"Bearer {token}"}
         for path in ("/metrics", f"/recs/{users[0]}"):
@@ -204,4 +252,78 @@ def test_worker_connects_with_credentials_from_the_environment(
     assert "worker starting" in log, log[-3000:]
     for what, secret in (("kafka password", kafka_pw), ("redis password", redis_pw), ("api token", token)):
         assert secret not in log, f"the {what} appears in the worker log"
+    assert rc == 0, log[-3000:]
+
+
+@pytest.mark.integration
+def test_a_refused_worker_logs_no_secret(
+    secure_stack: Any, names: dict[str, str], registry_with_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Wrong credentials: the worker fails to connect, says so, and still logs no secret."""
+    st = secure_stack
+    wrong_kafka = "wk-" + secrets.token_urlsafe(18)
+    wrong_redis = "wr-" + secrets.token_urlsafe(18)
+    monkeypatch.setenv("ATTNREC_KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
+    monkeypatch.setenv("ATTNREC_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
+    monkeypatch.setenv("ATTNREC_KAFKA_USERNAME", KAFKA_USER)
+    monkeypatch.setenv("ATTNREC_KAFKA_PASSWORD", wrong_kafka)
+    monkeypatch.setenv("ATTNREC_REDIS_PASSWORD", wrong_redis)
+    monkeypatch.setenv("ATTNREC_LOG_LEVEL", "DEBUG")
+    s = Settings(
+        kafka_bootstrap=st.sasl_bootstrap,
+        redis_url=f"redis://127.0.0.1:{st.redis_port}/0",
+        registry=registry_with_model,
+        partitions=2,
+        **names,
+    )
+    w = WorkerProc(s, tmp_path)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and w.proc.poll() is None:
+            time.sleep(0.5)
+    finally:
+        w.kill()
+    log = w.tail(10_000_000)
+    assert log.strip(), "the worker logged nothing"
+    assert w.proc.returncode != 0
+    assert wrong_kafka not in log and wrong_redis not in log, "a password appears in the worker log"
+    assert st.sasl_users[KAFKA_USER] not in log and st.redis_password not in log
+
+
+@pytest.mark.integration
+def test_worker_over_redis_tls(
+    secure_stack: Any,
+    tls_redis: dict[str, Any],
+    names: dict[str, str],
+    registry_with_model: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """rediss:// with a private CA (``ssl_ca_certs`` in the URL) + AUTH, Kafka over SASL."""
+    with pytest.raises(redis.exceptions.ConnectionError):  # plain TCP is not served
+        redis.Redis(host="127.0.0.1", port=tls_redis["port"], password=tls_redis["password"], socket_timeout=3).ping()
+    with pytest.raises(redis.exceptions.ConnectionError):  # an unknown CA is refused by the client
+        redis.Redis.from_url(f"rediss://127.0.0.1:{tls_redis['port']}/0", password=tls_redis["password"], socket_timeout=3).ping()
+    kafka_pw = secure_stack.sasl_users[KAFKA_USER]
+    monkeypatch.setenv("ATTNREC_KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
+    monkeypatch.setenv("ATTNREC_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
+    monkeypatch.setenv("ATTNREC_KAFKA_USERNAME", KAFKA_USER)
+    monkeypatch.setenv("ATTNREC_KAFKA_PASSWORD", kafka_pw)
+    monkeypatch.setenv("ATTNREC_REDIS_PASSWORD", tls_redis["password"])
+    s = Settings(
+        kafka_bootstrap=secure_stack.sasl_bootstrap,
+        redis_url=tls_redis["url"],
+        registry=registry_with_model,
+        partitions=2,
+        **names,
+    )
+    ensure_topics(s)
+    w = WorkerProc(s, tmp_path)
+    try:
+        w.wait_ready()
+        send_and_wait_for_recs(s, w, tls_redis["client"], tag="tls")
+    finally:
+        rc = w.terminate()
+    log = w.tail(10_000_000)
+    assert tls_redis["password"] not in log and kafka_pw not in log
     assert rc == 0, log[-3000:]

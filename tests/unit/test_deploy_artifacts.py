@@ -275,6 +275,10 @@ def test_worker_deployment_probes_resources_and_registry() -> None:
             for cont in doc["spec"]["template"]["spec"]["containers"]:
                 req = cont["resources"]["requests"]
                 assert "cpu" in req and "memory" in req, f"{doc['metadata']['name']}: resource requests"
+                if cont.get("securityContext", {}).get("readOnlyRootFilesystem"):
+                    # faust writes its data dir into the working directory (ATTNREC_HOME)
+                    writable = {m["mountPath"] for m in cont["volumeMounts"] if not m.get("readOnly")}
+                    assert data["ATTNREC_HOME"] in writable, f"{doc['metadata']['name']}: ATTNREC_HOME not writable"
 
 
 def test_autoscaling_is_tied_to_consumer_lag_and_bounded_by_partitions() -> None:
