@@ -94,9 +94,10 @@ class RunConfig:
     rate: float | None = 1000.0
     duration_s: float = 10.0
     warmup_s: float = 2.0
-    users: int = 5000
-    max_inflight: int = 4000
-    drain_timeout_s: float = 30.0
+    users: int = 2000
+    max_inflight: int = 2000
+    drain_timeout_s: float = 120.0
+    drain_stall_s: float = 15.0
     seed: int = 7
     label: str = ""
 
@@ -336,7 +337,7 @@ class WorkerHandle:
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 
-    def wait_ready(self, timeout: float = 120.0) -> dict[str, Any]:
+    def wait_ready(self, timeout: float = 300.0) -> dict[str, Any]:
         return wait_ready(self.url("/readyz"), timeout, self)
 
     def tail(self, n: int = 3000) -> str:
@@ -571,6 +572,8 @@ def run_once(s: Settings, cfg: RunConfig, *, items: Sequence[str], users: Sequen
     t_measure = t_start + cfg.warmup_s
     t_end = t_measure + cfg.duration_s
     measuring = cfg.warmup_s <= 0
+    overloaded = False
+    backlog_cap = max(cfg.max_inflight, int(2 * (cfg.rate or 0)))  # paced: stop once 2 s behind
     n = 0
     try:
         if measuring:
@@ -585,6 +588,9 @@ def run_once(s: Settings, cfg: RunConfig, *, items: Sequence[str], users: Sequen
                 m0 = scrape(metrics_url) if metrics_url else {}
                 cpu0, me0 = (_cpu_s(wproc) if wproc else 0.0), _cpu_s(me)
             if cfg.rate:
+                if n - tracker.done > backlog_cap:
+                    overloaded = True  # far beyond capacity: stop offering, the point is saturated
+                    break
                 ahead = (n + 1) / cfg.rate - (now - t_start)
                 if ahead > 0.0005:
                     time.sleep(ahead)
@@ -606,12 +612,18 @@ def run_once(s: Settings, cfg: RunConfig, *, items: Sequence[str], users: Sequen
                             pass
         t_sent = time.perf_counter()
         producer.flush(60)
-        # drain: wait until every event is covered or dead-lettered
+        # drain: wait until every event is covered or dead-lettered, as long as the worker
+        # makes progress (no new answer for drain_stall_s, or drain_timeout_s in all: stop)
         deadline = time.monotonic() + cfg.drain_timeout_s
+        last_done, last_change = tracker.done, time.monotonic()
         while tracker.done < tracker.n_sent and time.monotonic() < deadline:
             if wproc is not None and not wproc.is_running():
                 raise AttnrecError("the worker died during the run")
             time.sleep(0.02)
+            if tracker.done != last_done:
+                last_done, last_change = tracker.done, time.monotonic()
+            elif time.monotonic() - last_change > cfg.drain_stall_s:
+                break
         bar.update(n % 200)
     finally:
         bar.close()
@@ -645,6 +657,8 @@ def run_once(s: Settings, cfg: RunConfig, *, items: Sequence[str], users: Sequen
         "events_per_s": round(n_meas / span, 1) if n_meas else 0.0,
         "offered_rate": cfg.rate if cfg.rate else round(tracker.n_sent / max(1e-9, t_sent - t_start), 1),
         "rate_mode": "paced" if cfg.rate else f"max (closed loop, <= {cfg.max_inflight} in flight)",
+        "saturated": bool(overloaded or (cfg.rate is not None and n_meas / span < 0.9 * cfg.rate)),
+        "overloaded_stop": overloaded,
         "latency_ms": {"p50": _pct(lat, 50), "p95": _pct(lat, 95), "p99": _pct(lat, 99),
                        "max": round(float(lat.max()), 2) if len(lat) else 0.0,
                        "mean": round(float(lat.mean()), 2) if len(lat) else 0.0},  # fmt: skip
@@ -661,6 +675,8 @@ def run_once(s: Settings, cfg: RunConfig, *, items: Sequence[str], users: Sequen
         "unmatched_recs": tracker.unmatched,
         "batch_size": s.batch_size,
         "batch_wait_ms": s.batch_wait_ms,
+        "worker_settings": {k: getattr(s, k) for k in ("batch_size", "batch_wait_ms", "buffer_len", "redis_timeout_s",
+                                                       "ort_threads", "partitions", "top_k", "exclude_seen")},
         "mean_batch": round(ev_done / batches, 1) if batches else None,
         "stage_us_per_event": stages,
         "worker_cpu_cores": round((cpu1 - cpu0) / window, 2) if wproc is not None else None,
@@ -708,6 +724,82 @@ def generator_ceiling(s: Settings, seconds: float = 5.0, items: Sequence[str] | 
         pass
     return {"events": n, "seconds": round(wall, 2), "events_per_s": round(n / wall, 1),
             "cpu_cores": round((_cpu_s(me) - c0) / wall, 2), "load_avg": _loadavg()}  # fmt: skip
+
+
+# --------------------------------------------------------------------------------- stage profile
+def stage_profile(s: Settings, registry: Path, items: Sequence[str], users: Sequence[str], *, batch_size: int,
+                  events: int = 4096, scorer: str = "onnx") -> dict[str, Any]:  # fmt: skip
+    """Where the time goes per event, in process: the worker's own steps, in the worker's
+    order (``stream.app.Processor._process_once``: parse -> one Lua call -> build inputs ->
+    one model run -> recommendations -> JSON -> store latest recs), each timed apart, against
+    the real Redis and model. Kafka consume/produce are not in it (see the end-to-end runs).
+    """
+    import asyncio
+
+    from stream.app import redis_client
+    from stream.buffer import RedisBuffers
+    from stream.logic import RawRecord, build_inputs, parse_records, recommend
+    from stream.model import load_model, read_current
+
+    v = read_current(registry)
+    assert v is not None, f"no promoted model in {registry}"
+    model = load_model(registry / v, threads=s.ort_threads)
+    if scorer == "torch":
+        model.session = TorchEagerSession(model.manifest["checkpoint"], model.top_k, s.ort_threads)  # type: ignore[assignment]
+    src = iter(EventSource(items, users, seed=11))
+    recs = []
+    for off in range(events + batch_size):
+        _, user, key, value = next(src)
+        recs.append(RawRecord(s.clicks_topic, hash(user) % s.partitions, off, key, value))
+    batches = [recs[i : i + batch_size] for i in range(0, len(recs), batch_size)]
+    names = ("parse", "redis", "inputs", "model", "recommend", "serialize", "store_recs")
+    acc = dict.fromkeys(names, 0.0)
+    cpu_acc = dict.fromkeys(names, 0.0)
+
+    async def go() -> int:
+        bufs = RedisBuffers(redis_client(s.model_copy(update={"redis_timeout_s": 120.0})), max_len=s.buffer_len, ttl_s=s.buffer_ttl_s, dedupe_window=s.dedupe_window)
+        n = 0
+        for bi, batch in enumerate(batches):
+            t, c = [time.perf_counter()], [time.thread_time()]
+
+            def mark(t: list[float] = t, c: list[float] = c) -> None:
+                t.append(time.perf_counter())
+                c.append(time.thread_time())
+
+            parsed = parse_records(batch)
+            mark()
+            res = await bufs.apply(parsed.events)
+            mark()
+            triggers = {ev.user_id: ev for ev, _, _ in parsed.events}
+            inputs = build_inputs(model, res.buffers, res.users, exclude_seen=s.exclude_seen)
+            mark()
+            outputs = model.run(inputs.items, inputs.types, inputs.gaps, inputs.exclude) if inputs.users else None
+            mark()
+            out = recommend(model, res.users, res.buffers, triggers, top_k=s.top_k, because_k=s.because_k,
+                            exclude_seen=s.exclude_seen, outputs=outputs, inputs=inputs)  # fmt: skip
+            mark()
+            payloads = {r.user_id: r.to_json() for r in out}
+            mark()
+            await bufs.store_recs(payloads)
+            mark()
+            if bi == 0:
+                continue  # warm-up batch
+            n += len(batch)
+            for k, name in enumerate(names):
+                acc[name] += t[k + 1] - t[k]
+                cpu_acc[name] += c[k + 1] - c[k]
+        await bufs.r.aclose()
+        return n
+
+    c0 = time.process_time()
+    n = asyncio.run(go())
+    cpu = time.process_time() - c0
+    per = {k: round(1e6 * v / max(1, n), 1) for k, v in acc.items()}
+    per["total"] = round(sum(per.values()), 1)
+    cpu_per = {k: round(1e6 * v / max(1, n), 1) for k, v in cpu_acc.items()}
+    cpu_per["total"] = round(sum(cpu_per.values()), 1)
+    return {"batch_size": batch_size, "scorer": scorer, "events": n, "us_per_event": per, "cpu_us_per_event": cpu_per,
+            "process_cpu_us_per_event": round(1e6 * cpu / max(1, n), 1), "load_avg": _loadavg()}  # fmt: skip
 
 
 # --------------------------------------------------------------------------------- a worker session
@@ -770,13 +862,35 @@ def open_session(base: Settings, *, registry: Path, items: list[str], n_users: i
     return Session(s, items, users, prefix, info, w, w.url("/metrics"), w.pid)
 
 
+def quiesce(metrics_url: str | None, timeout: float = 120.0) -> float:
+    """Wait until the worker has no backlog (lag 0 and no events processed for 2 s), so one
+    run's leftovers do not queue in front of the next run's events. Returns the seconds waited."""
+    if not metrics_url:
+        return 0.0
+    t0 = time.monotonic()
+    last, stable_since = None, time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        m = scrape(metrics_url)
+        done = m.get("attnrec_events_total")
+        if done != last:
+            last, stable_since = done, time.monotonic()
+        elif m.get("attnrec_consumer_lag", 0.0) <= 0 and time.monotonic() - stable_since >= 2.0:
+            break
+        time.sleep(0.5)
+    return round(time.monotonic() - t0, 1)
+
+
 def run_repeated(sess: Session, cfg: RunConfig, repeats: int, progress: bool) -> list[dict[str, Any]]:
     out = []
     for r in range(repeats):
+        waited = quiesce(sess.metrics_url)
+        if waited > 5:
+            log.info("waited %.0fs for the worker to finish the previous run's backlog", waited)
         c = replace(cfg, seed=cfg.seed + r, label=f"{cfg.label} #{r + 1}")
         res = run_once(sess.s, c, items=sess.items, users=sess.users, worker_pid=sess.worker_pid,
                        metrics_url=sess.metrics_url, progress=progress, model_info=sess.info)  # fmt: skip
         res["repeat"] = r + 1
+        res["quiesce_wait_s"] = waited
         log.info("%s: %.0f ev/s, p50 %.1f p99 %.1f ms, lost %d, dup %d, load %s", c.label, res["events_per_s"],
                  res["latency_ms"]["p50"], res["latency_ms"]["p99"], res["lost"], res["duplicates"], res["load_avg_after"])
         out.append(res)
@@ -806,6 +920,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
             out["warnings"].append(f"{k} spread {100 * spread:.0f}% > {100 * SPREAD_WARN:.0f}%")
     for k in ("lost", "duplicates"):
         out[k] = int(sum(r[k] for r in runs))
+    out["saturated"] = any(r.get("saturated") for r in runs)
     for k in ("offered_rate", "catalog_items", "max_len", "batch_size", "scorer", "mean_batch", "worker_cpu_cores",
               "worker_rss_mb", "redis_bytes_per_user", "generator_cpu_cores"):
         vals = [r.get(k) for r in runs if r.get(k) is not None]
@@ -825,20 +940,23 @@ def _fmt(v: dict[str, Any], digits: int = 0) -> str:
 
 def markdown_rows(summaries: list[dict[str, Any]]) -> str:
     head = ("| scorer | B | items | L | offered ev/s | sustained ev/s | p50 ms | p95 ms | p99 ms | lost | dup | "
-            "batch | worker CPU µs/ev (redis / model / produce) | RSS MB | Redis B/user | load |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")  # fmt: skip
+            "mean batch | worker CPU µs/ev | worker wall µs/ev redis / model / produce | RSS MB | Redis B/user | load | notes |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")  # fmt: skip
     lines = []
     for sm in summaries:
         st = sm.get("stage_us_per_event") or {}
-        stages = f"{st.get('worker_cpu', 0):.0f} ({st.get('redis', 0):.0f} / {st.get('model', 0):.0f} / {st.get('produce', 0):.0f})" if st else "–"
+        stages = (f"{st.get('worker_cpu', 0):.0f} | {st.get('redis', 0):.0f} / {st.get('model', 0):.0f} / "
+                  f"{st.get('produce', 0):.0f}") if st else "– | –"
+        notes = list(sm.get("warnings", []))
+        if sm.get("saturated"):
+            notes.insert(0, "saturated")
         rate = sm.get("rate_label") or sm.get("offered_rate")
         load = ", ".join(f"{x:.1f}" for x in sm.get("load_avg", []))
         lines.append(
             f"| {sm.get('scorer', '')} | {sm.get('batch_size', '')} | {sm.get('catalog_items', ''):,} | {sm.get('max_len', '')} | "
             f"{rate} | {_fmt(sm['events_per_s'])} | {_fmt(sm['p50'], 1)} | {_fmt(sm['p95'], 1)} | {_fmt(sm['p99'], 1)} | "
             f"{sm['lost']} | {sm['duplicates']} | {sm.get('mean_batch', '–')} | {stages} | {sm.get('worker_rss_mb', '–')} | "
-            f"{sm.get('redis_bytes_per_user') or 0:,.0f} | {load} |"
-            + (" ⚠ " + "; ".join(sm["warnings"]) if sm.get("warnings") else "")
+            f"{sm.get('redis_bytes_per_user') or 0:,.0f} | {load} | {'; '.join(notes)} |"
         )
     return head + "\n".join(lines) + "\n"
 
@@ -872,6 +990,8 @@ class SweepPlan:
     duration_s: float = 8.0
     warmup_s: float = 2.0
     baselines: bool = True
+    drain_timeout_s: float = 60.0
+    stages: bool = True
     shapes: list[tuple[int, int]] = field(default_factory=list)
 
     def all_shapes(self) -> list[tuple[int, int]]:
@@ -897,7 +1017,7 @@ def run_sweep(base: Settings, plan: SweepPlan, *, cache: Path, users: int, progr
         try:
             for rate in ladder:
                 cfg = RunConfig(rate=rate, duration_s=plan.duration_s, warmup_s=plan.warmup_s,
-                                label=f"{scorer} B={B} {n_items} L={L} @{_rate_label(rate)}")  # fmt: skip
+                                drain_timeout_s=plan.drain_timeout_s, label=f"{scorer} B={B} {n_items} L={L} @{_rate_label(rate)}")  # fmt: skip
                 runs = run_repeated(sess, cfg, plan.repeats, progress)
                 sm = summarise(runs)
                 sm["rate_label"] = _rate_label(rate)
@@ -910,6 +1030,31 @@ def run_sweep(base: Settings, plan: SweepPlan, *, cache: Path, users: int, progr
             sess.close()
 
     key = plan.key
+    stages: list[dict[str, Any]] = []
+    if plan.stages:
+        reg, items = ensure_model(cache, *key)
+        us = bench_users("bench-stages-", users)
+        prefill(base, us, items, base.buffer_len)
+        try:
+            for scorer, B in (("onnx", 256), ("onnx", 1), ("torch", 256)):
+                sp = stage_profile(base, reg, items, us, batch_size=B, events=4096 if B > 1 else 512, scorer=scorer)
+                sp.update({"catalog_items": key[0], "max_len": key[1]})
+                log.info("stage profile %s B=%d: %s", scorer, B, sp["us_per_event"])
+                stages.append(sp)
+            for n_items, L in plan.all_shapes():  # how the cost grows with catalogue and length
+                if (n_items, L) == key:
+                    continue
+                try:
+                    reg, items = ensure_model(cache, n_items, L)
+                    sp = stage_profile(base, reg, items, us, batch_size=256, events=2048)
+                except (AttnrecError, OSError, MemoryError, AssertionError) as exc:
+                    log.error("stage profile of %d items, L=%d failed: %s", n_items, L, exc)
+                    continue
+                sp.update({"catalog_items": n_items, "max_len": L})
+                log.info("stage profile onnx %d items L=%d: %s", n_items, L, sp["us_per_event"])
+                stages.append(sp)
+        finally:
+            cleanup_users(base, "bench-stages-")
     session_runs(key[0], key[1], "onnx", 256, plan.ladder)
     if plan.baselines:
         session_runs(key[0], key[1], "onnx", 1, plan.short_ladder)
@@ -922,7 +1067,9 @@ def run_sweep(base: Settings, plan: SweepPlan, *, cache: Path, users: int, progr
         except (AttnrecError, OSError, MemoryError) as exc:
             log.error("shape %d items, L=%d failed: %s", n_items, L, exc)
             groups.append({"summary": {"scorer": "onnx", "catalog_items": n_items, "max_len": L, "error": str(exc)}, "runs": []})
-    return _report(machine, gen, groups, started)
+    rep = _report(machine, gen, groups, started)
+    rep["stage_profiles"] = stages
+    return rep
 
 
 def _report(machine: dict[str, Any], gen: dict[str, Any], groups: list[dict[str, Any]], started: str) -> dict[str, Any]:
@@ -1029,9 +1176,10 @@ def add_bench_parser(subparsers: Any) -> None:
     sp.add_argument("--duration", type=float, default=e("duration", 10.0), help="measured seconds (ATTNREC_DURATION, 10)")
     sp.add_argument("--warmup", type=float, default=e("warmup", 2.0), help="unmeasured seconds first (ATTNREC_WARMUP, 2)")
     sp.add_argument("--repeats", type=int, default=e("repeats", 1), help="runs per figure; median/min/max (ATTNREC_REPEATS, 1; sweep 3)")
-    sp.add_argument("--users", type=int, default=e("users", 5000), help="distinct users, buffers pre-filled (ATTNREC_USERS, 5000)")
-    sp.add_argument("--max-inflight", type=int, default=e("max-inflight", 4000), help="backlog bound at --rate max (ATTNREC_MAX_INFLIGHT)")
-    sp.add_argument("--drain-timeout", type=float, default=e("drain-timeout", 30.0), help="wait for late recs (ATTNREC_DRAIN_TIMEOUT)")
+    sp.add_argument("--users", type=int, default=e("users", 2000), help="distinct users, buffers pre-filled (ATTNREC_USERS, 2000)")
+    sp.add_argument("--max-inflight", type=int, default=e("max-inflight", 2000), help="backlog bound at --rate max (ATTNREC_MAX_INFLIGHT)")
+    sp.add_argument("--drain-timeout", type=float, default=e("drain-timeout", 120.0),
+                    help="max wait for late recs; stops earlier after 15 s without progress (ATTNREC_DRAIN_TIMEOUT)")
     sp.add_argument("--prefill", type=int, default=e("prefill", -1),
                     help="entries pre-filled per user buffer; -1 = the worker's buffer_len (steady state) (ATTNREC_PREFILL)")
     sp.add_argument("--catalog", type=int, default=e("catalog", 12_000), help="items of the random-weight model (ATTNREC_CATALOG, 12000)")
@@ -1052,6 +1200,11 @@ def add_bench_parser(subparsers: Any) -> None:
     sp.add_argument("--generator-only", action="store_true", default=e("generator-only", False), help="measure the load generator alone (ATTNREC_GENERATOR_ONLY)")
     sp.add_argument("--sweep", action="store_true", default=e("sweep", False), help="the make-bench matrix (ATTNREC_SWEEP)")
     sp.add_argument("--sweep-shapes", default=e("sweep-shapes", ""), help="sweep only these ITEMSxL, e.g. 3000x50,100000x50 (ATTNREC_SWEEP_SHAPES)")
+    sp.add_argument("--sweep-ladder", default=e("sweep-ladder", "100,300,1000,2000,3000,max"),
+                    help="offered rates for the key shape (ATTNREC_SWEEP_LADDER)")
+    sp.add_argument("--sweep-short-ladder", default=e("sweep-short-ladder", "1000,max"),
+                    help="offered rates for baselines and other shapes (ATTNREC_SWEEP_SHORT_LADDER)")
+    sp.add_argument("--no-stages", action="store_true", default=e("no-stages", False), help="skip the in-process stage profile")
     sp.add_argument("--no-baselines-in-sweep", action="store_true", default=e("no-baselines-in-sweep", False), help="(ATTNREC_NO_BASELINES_IN_SWEEP)")
     sp.add_argument("--out-dir", type=Path, default=Path(e("out-dir", "docs/bench")), help="PNG/JSON dir of --sweep (ATTNREC_OUT_DIR)")
     sp.add_argument("--benchmarks-md", type=Path, default=Path(e("benchmarks-md", "docs/BENCHMARKS.md")), help="(ATTNREC_BENCHMARKS_MD)")
@@ -1102,7 +1255,10 @@ def _bench(args: argparse.Namespace, s: Settings, cache: Path) -> dict[str, Any]
         return {"generator_alone": generator_ceiling(s, args.duration), "machine": machine_info()}
     if args.sweep:
         plan = SweepPlan(repeats=max(3, args.repeats), duration_s=args.duration, warmup_s=args.warmup,
-                         baselines=not args.no_baselines_in_sweep)  # fmt: skip
+                         baselines=not args.no_baselines_in_sweep, stages=not args.no_stages,
+                         ladder=tuple(_rate(x) for x in args.sweep_ladder.split(",")),
+                         short_ladder=tuple(_rate(x) for x in args.sweep_short_ladder.split(",")),
+                         drain_timeout_s=args.drain_timeout)  # fmt: skip
         if args.sweep_shapes:
             plan.shapes = [(int(a), int(b)) for a, b in (x.lower().split("x") for x in args.sweep_shapes.split(","))]
         rep = run_sweep(s, plan, cache=cache, users=args.users, progress=progress, out_dir=args.out_dir)
@@ -1178,6 +1334,19 @@ def benchmarks_section(rep: dict[str, Any], command: str) -> str:
         "",
         markdown_rows(sums),
     ]
+    if rep.get("stage_profiles"):
+        lines += ["Where the time goes, per event, in process — the worker's own steps in its order against the real Redis",
+                  "and model, Kafka excluded (`stage_profile`). Each cell: CPU µs of this thread (robust to a busy box) / wall µs",
+                  "(includes waiting for Redis and for the CPU):", "",
+                  "| scorer | B | items | L | parse | redis (1 Lua call) | build inputs | model | recommend | JSON | store recs | total | load |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for sp in rep["stage_profiles"]:
+            u, c = sp["us_per_event"], sp.get("cpu_us_per_event", {})
+            cells = " | ".join(f"{c.get(k, 0):.0f} / {u[k]:.0f}" for k in ("parse", "redis", "inputs", "model", "recommend",
+                                                                          "serialize", "store_recs", "total"))  # fmt: skip
+            lines.append(f"| {sp['scorer']} | {sp['batch_size']} | {sp['catalog_items']:,} | {sp['max_len']} | {cells} | "
+                         f"{sp['load_avg'][0] if sp['load_avg'] else ''} |")  # fmt: skip
+        lines.append("")
     if errs:
         lines.append("Not measured: " + "; ".join(f"{e['catalog_items']:,} items L={e['max_len']}: {e['error']}" for e in errs))
     return "\n".join(lines)

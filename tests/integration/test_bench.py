@@ -23,7 +23,7 @@ def test_bench_json(stack: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("ATTNREC_PARTITIONS", "4")
     out = tmp_path / "bench.json"
     rc = cli_main([
-        "bench", "--rate", "50", "--duration", "4", "--warmup", "1", "--users", "40", "--prefill", "20",
+        "bench", "--rate", "50", "--duration", "3", "--warmup", "0.5", "--users", "40", "--prefill", "20",
         "--catalog", "300", "--max-len", "20", "--d-model", "32", "--blocks", "1",
         "--cache", str(tmp_path / "cache"), "--drain-timeout", "30", "--quiet", "--json", str(out),
     ])  # fmt: skip
@@ -33,7 +33,7 @@ def test_bench_json(stack: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert {"p50", "p95", "p99", "max"} <= set(rep["latency_ms"])
     assert rep["lost"] == 0 and rep["duplicates"] == 0, rep
     assert rep["catalog_items"] == 300 and rep["max_len"] == 20 and rep["workers"] == 1
-    assert rep["events"] >= 100, rep  # ~4 s x 50/s measured
+    assert rep["events"] >= 60, rep  # ~3 s x 50/s measured
     assert rep["events_per_s"] > 0 and rep["offered_rate"] == 50
     lat = rep["latency_ms"]
     assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"], lat
