@@ -1030,8 +1030,21 @@ def run_sweep(base: Settings, plan: SweepPlan, *, cache: Path, users: int, progr
             sess.close()
 
     key = plan.key
+    session_runs(key[0], key[1], "onnx", 256, plan.ladder)
+    if plan.baselines:
+        session_runs(key[0], key[1], "onnx", 1, plan.short_ladder)
+        session_runs(key[0], key[1], "torch", 256, plan.short_ladder)
+    for n_items, L in plan.all_shapes():
+        if (n_items, L) == key:
+            continue
+        try:
+            session_runs(n_items, L, "onnx", 256, plan.short_ladder)
+        except (AttnrecError, OSError, MemoryError) as exc:
+            log.error("shape %d items, L=%d failed: %s", n_items, L, exc)
+            groups.append({"summary": {"scorer": "onnx", "catalog_items": n_items, "max_len": L, "error": str(exc)}, "runs": []})
     stages: list[dict[str, Any]] = []
-    if plan.stages:
+
+    def profile_stages() -> None:
         reg, items = ensure_model(cache, *key)
         us = bench_users("bench-stages-", users)
         prefill(base, us, items, base.buffer_len)
@@ -1055,18 +1068,8 @@ def run_sweep(base: Settings, plan: SweepPlan, *, cache: Path, users: int, progr
                 stages.append(sp)
         finally:
             cleanup_users(base, "bench-stages-")
-    session_runs(key[0], key[1], "onnx", 256, plan.ladder)
-    if plan.baselines:
-        session_runs(key[0], key[1], "onnx", 1, plan.short_ladder)
-        session_runs(key[0], key[1], "torch", 256, plan.short_ladder)
-    for n_items, L in plan.all_shapes():
-        if (n_items, L) == key:
-            continue
-        try:
-            session_runs(n_items, L, "onnx", 256, plan.short_ladder)
-        except (AttnrecError, OSError, MemoryError) as exc:
-            log.error("shape %d items, L=%d failed: %s", n_items, L, exc)
-            groups.append({"summary": {"scorer": "onnx", "catalog_items": n_items, "max_len": L, "error": str(exc)}, "runs": []})
+    if plan.stages:  # last: it needs every shape's model, and it is the cheap part
+        profile_stages()
     rep = _report(machine, gen, groups, started)
     rep["stage_profiles"] = stages
     return rep
@@ -1204,6 +1207,7 @@ def add_bench_parser(subparsers: Any) -> None:
                     help="offered rates for the key shape (ATTNREC_SWEEP_LADDER)")
     sp.add_argument("--sweep-short-ladder", default=e("sweep-short-ladder", "1000,max"),
                     help="offered rates for baselines and other shapes (ATTNREC_SWEEP_SHORT_LADDER)")
+    sp.add_argument("--no-md", action="store_true", default=e("no-md", False), help="sweep: do not touch BENCHMARKS.md")
     sp.add_argument("--no-stages", action="store_true", default=e("no-stages", False), help="skip the in-process stage profile")
     sp.add_argument("--no-baselines-in-sweep", action="store_true", default=e("no-baselines-in-sweep", False), help="(ATTNREC_NO_BASELINES_IN_SWEEP)")
     sp.add_argument("--out-dir", type=Path, default=Path(e("out-dir", "docs/bench")), help="PNG/JSON dir of --sweep (ATTNREC_OUT_DIR)")
@@ -1211,6 +1215,8 @@ def add_bench_parser(subparsers: Any) -> None:
     sp.add_argument("--cache", type=Path, default=None, help="models and logs (ATTNREC_CACHE, HOME/bench)")
     sp.add_argument("--keep-state", action="store_true", default=e("keep-state", False), help="keep the bench users' Redis keys")
     sp.add_argument("--json", type=Path, default=e("json", None), help="write the report here (ATTNREC_JSON)")
+    sp.add_argument("--render", type=Path, default=None, help="re-render the plot and the BENCHMARKS.md section from a sweep JSON")
+    sp.add_argument("--render-key", type=Path, default=None, help="with --render: a later sweep JSON shown as the key figures")
     sp.add_argument("--quiet", action="store_true", default=e("quiet", False), help="no progress bar")
     sp.add_argument("--home", type=Path, default=None)
     sp.set_defaults(func=cmd_bench)
@@ -1253,6 +1259,13 @@ def _bench(args: argparse.Namespace, s: Settings, cache: Path) -> dict[str, Any]
     progress = not args.quiet and sys.stderr.isatty()
     if args.generator_only:
         return {"generator_alone": generator_ceiling(s, args.duration), "machine": machine_info()}
+    if args.render:
+        rep = json.loads(args.render.read_text())
+        key = json.loads(args.render_key.read_text()) if args.render_key else None
+        png = plot(rep, args.out_dir / "latency_vs_load.png")
+        rep["plot"] = str(png) if png else None
+        update_benchmarks_md(args.benchmarks_md, benchmarks_section(rep, rep.get("command", ""), key))
+        return rep
     if args.sweep:
         plan = SweepPlan(repeats=max(3, args.repeats), duration_s=args.duration, warmup_s=args.warmup,
                          baselines=not args.no_baselines_in_sweep, stages=not args.no_stages,
@@ -1262,10 +1275,12 @@ def _bench(args: argparse.Namespace, s: Settings, cache: Path) -> dict[str, Any]
         if args.sweep_shapes:
             plan.shapes = [(int(a), int(b)) for a, b in (x.lower().split("x") for x in args.sweep_shapes.split(","))]
         rep = run_sweep(s, plan, cache=cache, users=args.users, progress=progress, out_dir=args.out_dir)
+        rep["command"] = " ".join(["attnrec"] + sys.argv[1:])
         png = plot(rep, args.out_dir / "latency_vs_load.png")
         rep["plot"] = str(png) if png else None
         (args.out_dir / "bench.json").write_text(json.dumps(rep, indent=1))
-        update_benchmarks_md(args.benchmarks_md, benchmarks_section(rep, " ".join(["attnrec"] + sys.argv[1:])))
+        if not args.no_md:
+            update_benchmarks_md(args.benchmarks_md, benchmarks_section(rep, rep["command"]))
         return rep
     # one configuration (plus its baselines), repeated
     if args.model == "registry" or args.no_worker:
@@ -1317,20 +1332,72 @@ def _bench(args: argparse.Namespace, s: Settings, cache: Path) -> dict[str, Any]
     return rep
 
 
-def benchmarks_section(rep: dict[str, Any], command: str) -> str:
+METHOD_MD = """\
+How it is measured (`attnrec/bench.py`; rerun with `make bench`):
+
+- One worker (`attnrec worker` as a subprocess, B=256, W=5 ms unless stated), Kafka (KRaft, one broker) and Redis
+  (AOF everysec) as local processes, and the load generator + recommendation tracker (one Python process, kafka-python)
+  all on the same 2-core box. Models are random-weight AttnRec (2 blocks, d=64, 1 head, event types and time gaps)
+  exported through the normal exporter path (parity gate, registry, load checks); speed does not depend on the weights.
+- Events: users drawn uniformly from `--users` (2,000), items Zipf-like from the model's own vocabulary (so every
+  event is scored; `fallback_recs` is 0). Every user's buffer is pre-filled to `buffer_len` (200) entries first: the
+  steady state of an active user, where the model sees full `max_len` windows.
+- Offered rate: paced (`--rate N`), or `max` = closed loop keeping at most `--max-inflight` events unanswered
+  (so the figure is the worker's throughput and the latency at saturation stays bounded). A paced run that falls
+  2 s behind stops offering and is marked *saturated*.
+- Latency = produce time of an event -> arrival of the recommendation that covers it at a `recs` consumer.
+  The worker emits one recommendation per user per batch (trigger = the user's last event in the batch); a rec
+  with trigger = the user's k-th event covers all of that user's still-uncovered events up to k, and each is charged
+  its own wait. A rec whose trigger was already seen is a duplicate. `lost` = events with neither a covering rec nor a
+  dead letter when the drain ends (no progress for 15 s, or `--drain-timeout`); in a saturated run these are
+  backlog the worker had not reached yet, not dropped messages.
+- Sustained events/s = measured events / (last covering rec - first produce). The first `--warmup` s are not measured.
+- Per-stage worker time comes from the worker's own Prometheus histograms (diffed over the run); worker CPU and RSS
+  from psutil; Redis bytes/user from `MEMORY USAGE` of the bench users' four keys.
+- Baselines in the same sweep: B=1 (one Lua call, one ONNX run and one awaited produce per event) and a torch-eager
+  scorer (the exporter's `ServingGraph` in `torch.inference_mode`, injected in place of the onnxruntime session).
+"""
+
+
+def _key_table(key: dict[str, Any]) -> list[str]:
+    m = key.get("machine", {})
+    sums = [x for x in key.get("summaries", []) if "events_per_s" in x]
+    out = [f"### Key figures, measured last ({key.get('started_at', '')} → {key.get('finished_at', '')} UTC)", "",
+           f"Command: `{key.get('command', '')}`; {m.get('cores')} cores ({m.get('cpu_model')}). "
+           f"Load generator alone: {key.get('generator_alone', {}).get('events_per_s', 0):,.0f} events/s.", "",
+           markdown_rows(sums)]  # fmt: skip
+    ratios = []
+    by = {(x["scorer"], x["batch_size"], x.get("rate_label")): x for x in sums}
+    for rate in ("max", "1000"):
+        base = by.get(("onnx", 256, rate))
+        for other in (("onnx", 1, rate), ("torch", 256, rate)):
+            o = by.get(other)
+            if base and o and o["events_per_s"]["median"] > 0:
+                ratios.append(f"at {rate}: ONNX B=256 / {other[0]} B={other[1]} = "
+                              f"{base['events_per_s']['median'] / o['events_per_s']['median']:.1f}x events/s")  # fmt: skip
+    if ratios:
+        out += ["Ratios (same run, same box): " + "; ".join(ratios) + ".", ""]
+    return out
+
+
+def benchmarks_section(rep: dict[str, Any], command: str, key: dict[str, Any] | None = None) -> str:
     m = rep.get("machine", {})
     g = rep.get("generator_alone", {})
     sums = [x for x in rep.get("summaries", []) if "events_per_s" in x]
     errs = [x for x in rep.get("summaries", []) if "error" in x]
-    lines = [
-        f"Measured {rep.get('started_at', '')} → {rep.get('finished_at', '')} (UTC) on {m.get('cores')} cores "
-        f"({m.get('cpu_model')}), {m.get('memory_gb')} GB; Kafka, Redis, the worker and the load generator on the "
-        f"same box. Command: `{command}`. Raw data: `docs/bench/bench.json`; plot: `docs/bench/latency_vs_load.png`.",
+    lines = [METHOD_MD]
+    if key:
+        lines += _key_table(key)
+    lines += [
+        f"### Sweep ({rep.get('started_at', '')} → {rep.get('finished_at', '')} UTC)",
         "",
-        f"Load generator alone: {g.get('events_per_s', 0):,.0f} events/s ({g.get('cpu_cores')} cores).",
+        f"{m.get('cores')} cores ({m.get('cpu_model')}), {m.get('memory_gb')} GB. Command: `{command}`. "
+        "Raw data: `docs/bench/bench.json`; plot: `docs/bench/latency_vs_load.png`.",
         "",
-        "Each figure: median (min–max) of the repeats; ⚠ marks a spread above 15%. `load` is the 1-minute load",
-        "average after each repeat (the box is shared).",
+        f"Load generator alone at the start: {g.get('events_per_s', 0):,.0f} events/s ({g.get('cpu_cores')} cores).",
+        "",
+        "Each figure: median (min–max) of the repeats; notes flag a spread above 15%. `load` is the 1-minute load",
+        "average after each repeat: the box is shared, so a load far above 2 means every figure of that row is contended.",
         "",
         markdown_rows(sums),
     ]
