@@ -76,6 +76,10 @@ class LocalStack:
     sasl_port: int | None = None
     sasl_users: dict[str, str] = field(default_factory=dict, repr=False)
     sasl_mechanisms: tuple[str, ...] = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+    # Optional SASL_SSL listener (same users and mechanisms, over TLS). ``ssl_keystore`` is one
+    # PEM file holding the server's unencrypted PKCS#8 private key and its certificate chain.
+    sasl_ssl_port: int | None = None
+    ssl_keystore: Path | None = None
     _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
 
     # ---------------------------------------------------------------- paths
@@ -96,6 +100,12 @@ class LocalStack:
         if self.sasl_port is None:
             raise ConfigError("this stack has no SASL listener (set sasl_port)")
         return f"127.0.0.1:{self.sasl_port}"
+
+    @property
+    def sasl_ssl_bootstrap(self) -> str:
+        if self.sasl_ssl_port is None:
+            raise ConfigError("this stack has no SASL_SSL listener (set sasl_ssl_port)")
+        return f"127.0.0.1:{self.sasl_ssl_port}"
 
     @property
     def redis_url(self) -> str:
@@ -142,9 +152,18 @@ class LocalStack:
         return path
 
     # ---------------------------------------------------------------- kafka
+    def _sasl_listener_names(self) -> list[str]:
+        names = []
+        if self.sasl_port is not None:
+            names.append("sasl_plaintext")
+        if self.sasl_ssl_port is not None:
+            names.append("sasl_ssl")
+        return names
+
     def _sasl_lines(self) -> list[str]:
-        """server.properties lines of the optional SASL_PLAINTEXT listener."""
-        if self.sasl_port is None:
+        """server.properties lines of the optional SASL_PLAINTEXT / SASL_SSL listeners."""
+        names = self._sasl_listener_names()
+        if not names:
             return []
         if not self.sasl_users:
             raise ConfigError("a SASL listener needs at least one user in sasl_users")
@@ -155,17 +174,26 @@ class LocalStack:
         if unknown or not self.sasl_mechanisms:
             raise ConfigError(f"unsupported SASL mechanisms {sorted(unknown)}")
         lines = [f"sasl.enabled.mechanisms={','.join(self.sasl_mechanisms)}"]
-        if "PLAIN" in self.sasl_mechanisms:
-            users = " ".join(f'user_{u}="{p}"' for u, p in self.sasl_users.items())
-            lines.append(
-                f"listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required {users};"
-            )
-        for mech in self.sasl_mechanisms:
-            if mech.startswith("SCRAM"):
+        for listener in names:
+            if "PLAIN" in self.sasl_mechanisms:
+                users = " ".join(f'user_{u}="{p}"' for u, p in self.sasl_users.items())
                 lines.append(
-                    f"listener.name.sasl_plaintext.{mech.lower()}.sasl.jaas.config="
-                    "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+                    f"listener.name.{listener}.plain.sasl.jaas.config="
+                    f"org.apache.kafka.common.security.plain.PlainLoginModule required {users};"
                 )
+            for mech in self.sasl_mechanisms:
+                if mech.startswith("SCRAM"):
+                    lines.append(
+                        f"listener.name.{listener}.{mech.lower()}.sasl.jaas.config="
+                        "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+                    )
+        if self.sasl_ssl_port is not None:
+            if self.ssl_keystore is None or not Path(self.ssl_keystore).is_file():
+                raise ConfigError("a SASL_SSL listener needs ssl_keystore: a PEM file with the key and certificate chain")
+            lines += [
+                "listener.name.sasl_ssl.ssl.keystore.type=PEM",
+                f"listener.name.sasl_ssl.ssl.keystore.location={self.ssl_keystore}",
+            ]
         return lines
 
     def _write_kafka_config(self) -> Path:
@@ -177,6 +205,9 @@ class LocalStack:
         if self.sasl_port is not None:
             listeners.append(f"SASL_PLAINTEXT://127.0.0.1:{self.sasl_port}")
             protocols.append("SASL_PLAINTEXT:SASL_PLAINTEXT")
+        if self.sasl_ssl_port is not None:
+            listeners.append(f"SASL_SSL://127.0.0.1:{self.sasl_ssl_port}")
+            protocols.append("SASL_SSL:SASL_SSL")
         props.touch(mode=0o600)  # may hold SASL passwords
         props.chmod(0o600)
         props.write_text(
@@ -211,7 +242,7 @@ class LocalStack:
         if not (data / "meta.properties").exists():
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             cmd = self._java() + ["kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", f"--config={props}"]
-            if self.sasl_port is not None:
+            if self._sasl_listener_names():
                 for mech in self.sasl_mechanisms:
                     if mech.startswith("SCRAM"):
                         for user, pw in self.sasl_users.items():
@@ -238,8 +269,9 @@ class LocalStack:
             return
         if _port_open(self.kafka_port):
             raise StackError(f"port {self.kafka_port} is taken by another process; set ATTNREC_KAFKA_PORT")
-        if self.sasl_port is not None and _port_open(self.sasl_port):
-            raise StackError(f"SASL port {self.sasl_port} is taken by another process")
+        for extra in (self.sasl_port, self.sasl_ssl_port):
+            if extra is not None and _port_open(extra):
+                raise StackError(f"SASL port {extra} is taken by another process")
         props = self._write_kafka_config()
         logf = open(self.root / "kafka.log", "ab")
         proc = subprocess.Popen(

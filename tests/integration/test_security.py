@@ -1,7 +1,8 @@
-"""Secure connections: Kafka SASL (PLAIN, SCRAM), Redis AUTH and ACL users, the API bearer token.
+"""Secure connections: Kafka SASL (PLAIN, SCRAM) and TLS, Redis AUTH, ACL users and TLS, the API token.
 
-One extra broker + Redis for this module (a second :class:`LocalStack` with a SASL_PLAINTEXT
-listener and ``requirepass``). The worker gets every credential from its environment, never
+One extra broker + Redis for this module (a second :class:`LocalStack` with SASL_PLAINTEXT and
+SASL_SSL listeners and ``requirepass``), plus a TLS-only Redis; certificates come from a
+throw-away CA made with openssl. The worker gets every credential from its environment, never
 on the command line, and none of them may appear in its log or on its web endpoints.
 """
 
@@ -30,8 +31,31 @@ KAFKA_USER = "attnrec"
 
 
 @pytest.fixture(scope="module")
-def secure_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """A broker with a SASL listener (PLAIN, SCRAM-SHA-256/512) and a Redis with a password."""
+def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path] | None:
+    """A throw-away CA and a server certificate for 127.0.0.1 (None without openssl)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        return None
+    d = tmp_path_factory.mktemp("certs")
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], cwd=d, check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=attnrec-test-ca",
+        "-keyout", "ca.key", "-out", "ca.crt")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key", "-out", "server.csr")
+    (d / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "1",
+        "-extfile", "san.cnf", "-out", "server.crt")
+    run("pkcs8", "-topk8", "-nocrypt", "-in", "server.key", "-out", "server.pk8")  # fmt: skip
+    (d / "server.pem").write_text((d / "server.pk8").read_text() + (d / "server.crt").read_text())
+    return {"ca": d / "ca.crt", "cert": d / "server.crt", "key": d / "server.key", "pem": d / "server.pem", "dir": d}
+
+
+@pytest.fixture(scope="module")
+def secure_stack(tmp_path_factory: pytest.TempPathFactory, certs: dict[str, Path] | None) -> Iterator[Any]:
+    """A broker with SASL_PLAINTEXT and (with openssl) SASL_SSL listeners — PLAIN, SCRAM-SHA-256/512 —
+    and a Redis with a password."""
     from attnrec.stack import LocalStack, free_port
 
     st = LocalStack(
@@ -40,6 +64,8 @@ def secure_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         controller_port=free_port(),
         redis_port=free_port(),
         sasl_port=free_port(),
+        sasl_ssl_port=free_port() if certs else None,
+        ssl_keystore=certs["pem"] if certs else None,
         sasl_users={KAFKA_USER: "k-" + secrets.token_urlsafe(18)},
         redis_password="r-" + secrets.token_urlsafe(18),
         kafka_heap="256m",
@@ -52,24 +78,13 @@ def secure_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def tls_redis(certs: dict[str, Path] | None) -> Iterator[dict[str, Any]]:
     """A Redis that speaks only TLS (certificate from a throw-away CA) and requires a password."""
     from attnrec.stack import LocalStack, free_port
 
-    openssl = shutil.which("openssl")
-    if openssl is None:
+    if certs is None:
         pytest.skip("openssl not installed: cannot make a test certificate")
-    d = tmp_path_factory.mktemp("tls-redis")
-
-    def run(*args: str) -> None:
-        subprocess.run([openssl, *args], cwd=d, check=True, capture_output=True)
-
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=attnrec-test-ca",
-        "-keyout", "ca.key", "-out", "ca.crt")
-    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key", "-out", "server.csr")
-    (d / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "1",
-        "-extfile", "san.cnf", "-out", "server.crt")  # fmt: skip
+    d = certs["dir"]
     port = free_port()
     password = "t-" + secrets.token_urlsafe(18)
     proc = subprocess.Popen(
@@ -291,7 +306,7 @@ def test_a_refused_worker_logs_no_secret(
 
 
 @pytest.mark.integration
-def test_worker_over_redis_tls(
+def test_worker_over_tls(
     secure_stack: Any,
     tls_redis: dict[str, Any],
     names: dict[str, str],
@@ -299,19 +314,21 @@ def test_worker_over_redis_tls(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """rediss:// with a private CA (``ssl_ca_certs`` in the URL) + AUTH, Kafka over SASL."""
+    """Kafka over SASL_SSL (SCRAM-SHA-512, ATTNREC_KAFKA_SSL_CAFILE) and Redis over TLS (rediss:// with
+    a private CA as ``ssl_ca_certs`` in the URL) + AUTH: every connection of the worker is encrypted."""
     with pytest.raises(redis.exceptions.ConnectionError):  # plain TCP is not served
         redis.Redis(host="127.0.0.1", port=tls_redis["port"], password=tls_redis["password"], socket_timeout=3).ping()
     with pytest.raises(redis.exceptions.ConnectionError):  # an unknown CA is refused by the client
         redis.Redis.from_url(f"rediss://127.0.0.1:{tls_redis['port']}/0", password=tls_redis["password"], socket_timeout=3).ping()
     kafka_pw = secure_stack.sasl_users[KAFKA_USER]
-    monkeypatch.setenv("ATTNREC_KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
+    monkeypatch.setenv("ATTNREC_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
     monkeypatch.setenv("ATTNREC_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
     monkeypatch.setenv("ATTNREC_KAFKA_USERNAME", KAFKA_USER)
     monkeypatch.setenv("ATTNREC_KAFKA_PASSWORD", kafka_pw)
+    monkeypatch.setenv("ATTNREC_KAFKA_SSL_CAFILE", str(tls_redis["ca"]))
     monkeypatch.setenv("ATTNREC_REDIS_PASSWORD", tls_redis["password"])
     s = Settings(
-        kafka_bootstrap=secure_stack.sasl_bootstrap,
+        kafka_bootstrap=secure_stack.sasl_ssl_bootstrap,
         redis_url=tls_redis["url"],
         registry=registry_with_model,
         partitions=2,
