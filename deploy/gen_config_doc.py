@@ -65,7 +65,7 @@ NOTES = {
     "kafka_sasl_mechanism": "SASL mechanism with a SASL protocol: `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.",
     "kafka_username": "Required with a SASL protocol.",
     "kafka_ssl_cafile": "Used with `SSL`/`SASL_SSL`; unset means the system trust store.",
-    "redis_url": "`rediss://` connects with TLS. Keep the password out of the URL: use ATTNREC_REDIS_PASSWORD.",
+    "redis_url": "`rediss://` connects with TLS; a private CA goes in the query: `rediss://host:6379/0?ssl_ca_certs=/path/ca.crt`. Keep the password out of the URL: use ATTNREC_REDIS_PASSWORD.",
     "redis_username": "Unset means Redis' `default` user.",
     "batch_size": "Larger batches amortise the Redis round trip and the model call at high load.",
     "batch_wait_ms": "Bounds the latency added by batching at low load.",
