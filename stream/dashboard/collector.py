@@ -327,7 +327,7 @@ class Collector:
                 if t[0] == self.s.clicks_topic:
                     parts.extend(t[1])
             members.append({
-                "client": f"{m.get('client_id')}@{str(m.get('client_host', '')).lstrip('/')}",
+                "client": f"{m.get('client_id')}@{str(m.get('client_host', '')).lstrip('/')}#{str(m.get('member_id', ''))[-6:]}",
                 "member_id": m.get("member_id"),
                 "partitions": sorted(parts),
             })  # fmt: skip

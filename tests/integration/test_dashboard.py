@@ -61,6 +61,7 @@ READ_JS = """JSON.stringify((() => {
     feed: [...document.querySelectorAll("#feed li.rec")].map((li) => ({
       user: li.dataset.user, because: [...li.querySelectorAll(".because")].map((e) => e.textContent)})),
     dead: [...document.querySelectorAll("#dead-table td.err")].map((e) => e.textContent),
+    owners: [...document.querySelectorAll("#lag-table tbody tr")].map((tr) => tr.children[4] ? tr.children[4].textContent : ""),
     lookup_user: document.getElementById("lookup").dataset.user,
     lookup_items: document.querySelectorAll("#lookup-items li").length,
     lookup_recent: [...document.querySelectorAll("#lookup-recent tbody tr")].map((tr) => tr.children[2].textContent),
@@ -235,17 +236,19 @@ def test_dashboard_in_headless_chromium(stack: Any, names: dict[str, str], regis
     assert version is not None
     items = [str(i) for i in reg.read_manifest(version)["popularity"]][:40]
     w = WorkerProc(s, tmp_path)
+    w2 = WorkerProc(s, tmp_path, name="worker2")  # the page is built from Kafka, so it shows both
     dash = DashboardProc(s, tmp_path)
     feeder = Feeder(s, items)
     chrome: Chromium | None = None
     try:
         w.wait_ready()
+        w2.wait_ready()
         dash.wait_up()
         feeder.start()
         target = "dash-user-7"
         # the lookup needs the user's first recommendation stored; the page polls on its own after that
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and w.get(f"/recs/{target}")[0] != 200:
+        while time.monotonic() < deadline and not redis.Redis.from_url(s.redis_url).exists(user_keys(target)[3]):
             time.sleep(0.5)
         chrome = Chromium(tmp_path / "chromium-profile")
 
@@ -263,7 +266,8 @@ def test_dashboard_in_headless_chromium(stack: Any, names: dict[str, str], regis
                 second = await _until(
                     chrome,
                     lambda p: _ready(p) and p["events_total"] > first["events_total"] and p["recs_total"] > first["recs_total"]
-                    and p["model"] == v2 and p["history_rows"] >= 2 and v2 in p["serving"],
+                    and p["model"] == v2 and p["history_rows"] >= 2 and v2 in p["serving"]
+                    and p["workers"] == 2 and len(set(p["owners"])) == 2,
                     40, "figures that change and the new model serving",
                 )  # fmt: skip
                 size = (await chrome.call("Page.getLayoutMetrics"))["cssContentSize"]
@@ -279,6 +283,7 @@ def test_dashboard_in_headless_chromium(stack: Any, names: dict[str, str], regis
         if chrome is not None:
             chrome.close()
         dash.stop()
+        w2.terminate()
         w.terminate()
     feeder.join(10)
 
