@@ -130,6 +130,20 @@ def map_redis_error(exc: BaseException) -> TransientError:
 
 _TRANSIENT = (rexc.ConnectionError, rexc.TimeoutError, rexc.BusyLoadingError, rexc.TryAgainError, OSError)
 
+#: Error replies by which a healthy Redis refuses a command for a while: out of memory under
+#: ``noeviction``, a replica during failover, a failed AOF/RDB write, a busy script, cluster
+#: resharding. They say nothing about the event, so they must pause the worker (retry), never
+#: count towards dead-lettering it as poison.
+_TRANSIENT_REPLIES = ("OOM", "READONLY", "MISCONF", "MASTERDOWN", "NOREPLICAS", "CLUSTERDOWN", "TRYAGAIN", "LOADING", "BUSY")
+
+
+def _transient_reply(exc: rexc.ResponseError) -> bool:
+    msg = str(exc)
+    # a script's error reply may carry the code after a prefix ("Error running script ...: OOM ...")
+    return isinstance(exc, (rexc.OutOfMemoryError, rexc.ReadOnlyError)) or any(
+        msg.startswith(code) or f": {code} " in msg or f" -{code} " in msg for code in _TRANSIENT_REPLIES
+    )
+
 
 class RedisBuffers:
     """The buffer store. Every Redis failure surfaces as :class:`TransientError`."""
@@ -179,7 +193,7 @@ class RedisBuffers:
         except _TRANSIENT as exc:
             raise map_redis_error(exc) from exc
         except rexc.ResponseError as exc:
-            if "LOADING" in str(exc) or "BUSY" in str(exc):
+            if _transient_reply(exc):
                 raise map_redis_error(exc) from exc
             raise
         n_dec = ret if decode_len is None else decode_len
@@ -202,12 +216,20 @@ class RedisBuffers:
                 await p.execute()
         except _TRANSIENT as exc:
             raise map_redis_error(exc) from exc
+        except rexc.ResponseError as exc:
+            if _transient_reply(exc):
+                raise map_redis_error(exc) from exc
+            raise
 
     async def get_recs(self, user_id: str) -> bytes | None:
         try:
             v = await self.r.get(user_keys(user_id)[3])
         except _TRANSIENT as exc:
             raise map_redis_error(exc) from exc
+        except rexc.ResponseError as exc:
+            if _transient_reply(exc):
+                raise map_redis_error(exc) from exc
+            raise
         return v  # type: ignore[no-any-return]
 
     async def get_buffer(self, user_id: str, n: int | None = None) -> list[BufferEntry]:
@@ -215,4 +237,8 @@ class RedisBuffers:
             raw = await self.r.lrange(user_keys(user_id)[0], 0, (n or self.max_len) - 1)
         except _TRANSIENT as exc:
             raise map_redis_error(exc) from exc
+        except rexc.ResponseError as exc:
+            if _transient_reply(exc):
+                raise map_redis_error(exc) from exc
+            raise
         return [decode_entry(e) for e in raw]

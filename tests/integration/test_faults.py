@@ -41,6 +41,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.faults]
 T0 = 1_764_300_000_000
 TYPES = ("view", "click", "like", "cart", "purchase", "gift", "share")
 SESSION_TIMEOUT_S = 10
+REFUSE_S = 6.0  # longer than max_attempts x backoff (~1.5 s): a poison path would dead-letter
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -459,6 +460,44 @@ def test_redis_sigkill_restart_fsync_everysec(stack: Any, names: dict[str, str],
         assert row["duplicated_in_state"] == 0 and row["unknown_in_state"] == 0, row
         assert_exact(row, w.tail())
     finally:
+        w.terminate()
+
+
+@pytest.mark.timeout(300)
+def test_redis_refuses_writes(stack: Any, names: dict[str, str], registry_with_model: Path, known_items: list[str],
+                              tmp_path: Path, report: dict[str, Any]) -> None:  # fmt: skip
+    """Redis up but refusing writes for a few seconds (OOM under ``maxmemory`` with
+    ``noeviction``; the same class of reply as READONLY during a failover or MISCONF on a
+    full disk): the worker must pause and retry, not dead-letter the events as poison."""
+    s = settings_for(stack, names, registry_with_model, buffer_len=4000)
+    ensure_topics(s)
+    r = rclient(s)
+    w = WorkerProc(s, tmp_path, "w")
+    feeder = Feeder(s, known_items)
+    policy = r.config_get("maxmemory-policy")["maxmemory-policy"]
+    try:
+        w.wait_ready()
+        feeder.start(n=2500, rate=200)
+        wait_progress(r, feeder, 1000)
+        fault_at = time.time()
+        r.config_set("maxmemory-policy", "noeviction")
+        r.config_set("maxmemory", "1")
+        time.sleep(REFUSE_S)
+        r.config_set("maxmemory", "0")
+        r.config_set("maxmemory-policy", policy)
+        feeder.join()
+        caught = wait_applied(r, {u: len(v) for u, v in feeder.expected().items()}, timeout=120)
+        time.sleep(1.0)
+        dead = read_topic(s, s.dlq_topic, lambda m: False, timeout=3)
+        row = finish("redis_refuses_writes_oom", report, check_state(r, feeder), check_recs(s, feeder, fault_at),
+                     refused_s=REFUSE_S, caught_up_s=round(caught - fault_at, 2) if caught > 0 else None,
+                     dead_letters=len(dead), retries=metric(w, "attnrec_batch_retries_total"))  # fmt: skip
+        assert not dead, [orjson.loads(m.value)["error"] for m in dead[:3]]
+        assert_exact(row, w.tail())
+    finally:
+        r.config_set("maxmemory", "0")
+        r.config_set("maxmemory-policy", policy)
+        feeder.close()
         w.terminate()
 
 
