@@ -20,7 +20,7 @@ from stream.buffer import BufferEntry
 from stream.model import OOV, PAD, LoadedModel
 from stream.schema import ClickEvent, dlq_envelope, parse_event
 
-__all__ = ["RawRecord", "Parsed", "parse_records", "ModelInputs", "build_inputs", "recommend", "Recommendation"]
+__all__ = ["MAX_DLQ_RAW", "RawRecord", "Parsed", "parse_records", "ModelInputs", "build_inputs", "recommend", "Recommendation"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +59,11 @@ def dlq_reason(error: str) -> str:
     return "invalid_field"
 
 
+#: Most original bytes a dead letter carries: base64 (4/3) of this plus the envelope stays
+#: well under the default 1 MB producer request / broker message limits.
+MAX_DLQ_RAW = 256 * 1024
+
+
 def parse_records(records: Sequence[RawRecord], now_ms: int | None = None) -> Parsed:
     """Validate a batch in order; invalid records become dead-letter envelopes."""
     now = now_ms if now_ms is not None else int(time.time() * 1000)
@@ -68,7 +73,13 @@ def parse_records(records: Sequence[RawRecord], now_ms: int | None = None) -> Pa
             ev = parse_event(r.value)
         except InvalidEventError as exc:
             msg = str(exc)
-            env = dlq_envelope(msg, r.value, r.key, r.topic, r.partition, r.offset, now)
+            raw = r.value
+            if raw is not None and len(raw) > MAX_DLQ_RAW:
+                # base64 of the whole message would not fit in a dead letter (the producer's
+                # 1 MB request limit): a permanent produce error the worker would retry forever
+                msg += f" (raw holds the first {MAX_DLQ_RAW} of {len(raw)} bytes)"
+                raw = raw[:MAX_DLQ_RAW]
+            env = dlq_envelope(msg, raw, r.key, r.topic, r.partition, r.offset, now)
             out.dead.append((r.key, env, dlq_reason(msg)))
             continue
         if ev.unknown_type:

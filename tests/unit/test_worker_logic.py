@@ -286,3 +286,17 @@ def test_recommend_one_per_user_in_given_order() -> None:
     bufs = {"u1": [], "u2": []}
     recs = recommend(None, ["u2", "u1"], bufs, {"u1": trig("u1", "a"), "u2": trig("u2", "b")})
     assert [(r.user_id, r.payload["trigger_event_id"]) for r in recs] == [("u2", "b"), ("u1", "a")]
+
+
+def test_parse_records_cuts_huge_raw_to_fit_a_dead_letter() -> None:
+    """A message near the broker's 1 MB limit: its base64 envelope would exceed the
+    producer's request size, a permanent error the worker would retry forever."""
+    from stream.logic import MAX_DLQ_RAW
+
+    value = b'{"pad": "' + b"x" * 900_000 + b'"}'
+    p = parse_records([rec(value, offset=5)], now_ms=NOW)
+    ((_, env, why),) = p.dead
+    assert why == "oversize" and len(env) < 512 * 1024
+    d = orjson.loads(env)
+    assert base64.b64decode(d["raw"]) == value[:MAX_DLQ_RAW]
+    assert f"first {MAX_DLQ_RAW} of {len(value)} bytes" in d["error"] and "exceeds 65536" in d["error"]
