@@ -111,6 +111,7 @@ class Collector:
         self._dead_seen = 0
         self._errors: dict[str, str] = {}
         self._last_ok: float | None = None
+        self._missing: list[str] = []
         # consumer-thread only
         self._clicks_ts = _Bounded(self.cfg.join_size)
         self._pending = _Bounded(self.cfg.join_size)
@@ -152,6 +153,9 @@ class Collector:
                 now = time.monotonic()
                 if now >= next_meta:
                     want = {TopicPartition(t, p) for t in topics for p in (consumer.partitions_for_topic(t) or ())}
+                    missing = sorted(set(topics) - {tp.topic for tp in want})
+                    with self._lock:
+                        self._missing = missing
                     if want != assigned:
                         self._assign(consumer, want, assigned)
                         assigned = want
@@ -367,6 +371,7 @@ class Collector:
 
     # ------------------------------------------------------------------ reading
     def snapshot(self) -> dict[str, Any]:
+        out: dict[str, Any]
         with self._lock:
             samples = list(self._samples)
             last = samples[-1] if samples else None
@@ -376,6 +381,9 @@ class Collector:
                 versions[v] = versions.get(v, 0) + 1
                 fallbacks += fb
             n_recent = len(self._recent_recs)
+            errors = dict(self._errors)
+            if self._missing:
+                errors["topics"] = "not in Kafka (yet): " + ", ".join(self._missing)
             out = {
                 "now": time.time(),
                 "started_at": self.started_at,
@@ -405,7 +413,7 @@ class Collector:
                 "dead_letters": list(self._dead),
                 "feed": list(self._feed),
                 "serving": versions,
-                "errors": dict(self._errors),
+                "errors": errors,
             }
         return out
 
@@ -420,12 +428,12 @@ def _assignment_topics(asg: Any) -> list[tuple[str, list[int]]]:
         parts = getattr(asg, "assigned_partitions", None) or getattr(asg, "partitions", None) or []
         if callable(getattr(asg, "to_dict", None)) and not parts:
             return _assignment_topics(asg.to_dict())
-    out = []
+    out: list[tuple[str, list[int]]] = []
     for t in parts:
         if isinstance(t, dict):
-            out.append((t.get("topic"), list(t.get("partitions") or [])))
+            out.append((str(t.get("topic")), [int(p) for p in t.get("partitions") or []]))
         elif isinstance(t, (tuple, list)) and len(t) == 2:
-            out.append((t[0], list(t[1])))
+            out.append((str(t[0]), [int(p) for p in t[1]]))
         else:
-            out.append((getattr(t, "topic", None), list(getattr(t, "partitions", []) or [])))
+            out.append((str(getattr(t, "topic", None)), [int(p) for p in getattr(t, "partitions", []) or []]))
     return out
