@@ -730,7 +730,7 @@ def generator_ceiling(s: Settings, seconds: float = 5.0, items: Sequence[str] | 
 def stage_profile(s: Settings, registry: Path, items: Sequence[str], users: Sequence[str], *, batch_size: int,
                   events: int = 4096, scorer: str = "onnx") -> dict[str, Any]:  # fmt: skip
     """Where the time goes per event, in process: the worker's own steps, in the worker's
-    order (``stream.app.Processor._process_once``: parse -> one Lua call -> build inputs ->
+    order (``stream.app.Processor._process_once`` as of this commit: parse -> one Lua call -> build inputs ->
     one model run -> recommendations -> JSON -> store latest recs), each timed apart, against
     the real Redis and model. Kafka consume/produce are not in it (see the end-to-end runs).
     """
@@ -753,6 +753,8 @@ def stage_profile(s: Settings, registry: Path, items: Sequence[str], users: Sequ
         recs.append(RawRecord(s.clicks_topic, hash(user) % s.partitions, off, key, value))
     batches = [recs[i : i + batch_size] for i in range(0, len(recs), batch_size)]
     names = ("parse", "redis", "inputs", "model", "recommend", "serialize", "store_recs")
+    window = model.max_len + 1  # what the worker asks Redis for (stream/app.py)
+    ret = max(window, s.exclude_window if s.exclude_seen else 0)
     acc = dict.fromkeys(names, 0.0)
     cpu_acc = dict.fromkeys(names, 0.0)
 
@@ -768,15 +770,16 @@ def stage_profile(s: Settings, registry: Path, items: Sequence[str], users: Sequ
 
             parsed = parse_records(batch)
             mark()
-            res = await bufs.apply(parsed.events)
+            res = await bufs.apply(parsed.events, decode_len=window, return_len=ret)
             mark()
             triggers = {ev.user_id: ev for ev, _, _ in parsed.events}
-            inputs = build_inputs(model, res.buffers, res.users, exclude_seen=s.exclude_seen)
+            inputs = build_inputs(model, res.buffers, res.users, exclude_seen=s.exclude_seen, seen=res.seen,
+                                  exclude_window=s.exclude_window)  # fmt: skip
             mark()
             outputs = model.run(inputs.items, inputs.types, inputs.gaps, inputs.exclude) if inputs.users else None
             mark()
             out = recommend(model, res.users, res.buffers, triggers, top_k=s.top_k, because_k=s.because_k,
-                            exclude_seen=s.exclude_seen, outputs=outputs, inputs=inputs)  # fmt: skip
+                            exclude_seen=s.exclude_seen, outputs=outputs, inputs=inputs, seen=res.seen)  # fmt: skip
             mark()
             payloads = {r.user_id: r.to_json() for r in out}
             mark()
@@ -974,7 +977,16 @@ def machine_info() -> dict[str, Any]:
         pass
     import psutil
 
-    return {"cpu_model": model, "cores": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+    commit = ""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                                timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "stream", "attnrec"], cwd=REPO, capture_output=True,
+                               text=True, timeout=5).stdout.strip()
+        commit += " (stream/ or attnrec/ modified)" if dirty else ""
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"cpu_model": model, "cores": os.cpu_count(), "git": commit, "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
             "python": platform.python_version(), "platform": platform.platform()}  # fmt: skip
 
 
