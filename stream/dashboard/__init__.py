@@ -22,7 +22,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
     s = load_settings(home=args.home, registry=args.registry, group_id=args.group_id, kafka_bootstrap=args.kafka_bootstrap,
                       redis_url=args.redis_url)  # fmt: skip
-    cfg = CollectorConfig(window_s=args.latency_window_s, backfill=args.feed_backfill)
+    cfg = CollectorConfig(window_s=args.latency_window_s, backfill=args.feed_backfill, join_clicks=args.latency_join)
     run_dashboard(s, host=args.dashboard_host, port=args.dashboard_port, config=cfg)
     return 0
 
@@ -59,6 +59,9 @@ def add_dashboard_parser(subparsers: Any) -> None:
         default=env_default("feed-backfill", 20),
         help="recommendations read back per partition at start (ATTNREC_FEED_BACKFILL, 20)",
     )
+    sp.add_argument("--latency-join", action=argparse.BooleanOptionalAction, default=env_default("latency-join", True),
+                    help="read clicks to measure produce->rec latency by event_id (ATTNREC_LATENCY_JOIN, on); "
+                         "off: emitted_ts - event_ts from the recs alone, cheaper at high rates")  # fmt: skip
     sp.add_argument("--group-id", default=None, help="the workers' consumer group (ATTNREC_GROUP_ID, attnrec-worker)")
     sp.add_argument("--kafka-bootstrap", default=None, help="host:port[,host:port] (ATTNREC_KAFKA_BOOTSTRAP)")
     sp.add_argument("--redis-url", default=None, help="redis:// URL (ATTNREC_REDIS_URL)")

@@ -8,6 +8,7 @@ group or commits anything) and an admin client. It
 - tails ``clicks`` from its end and joins each recommendation to its trigger event by
   ``event_id``: produce-to-recommendation latency = the rec record's Kafka timestamp minus the
   click record's Kafka timestamp (both producer CreateTimes, whatever ``ts`` the event carries);
+  with ``join_clicks=False`` it reads no clicks and uses the rec's ``emitted_ts - event_ts``;
 - tails ``clicks.dlq`` for the latest errors;
 - samples once a second the end offsets of the three topics (events in/s, recs out/s and dead
   letters/min are differences of those, so they count every worker's output) and the workers'
@@ -75,6 +76,10 @@ class CollectorConfig:
     dlq_size: int = 20  # latest dead letters kept
     backfill: int = 20  # recs read back per partition at start (feed not empty on a quiet stream)
     join_size: int = 200_000  # event_id -> produce time entries kept for the latency join
+    # Read clicks to join on event_id (true produce->rec latency). False saves the dashboard's CPU
+    # at high rates: latency is then the rec's emitted_ts - event_ts (right when producers stamp
+    # events with the current time; replayed history is ignored).
+    join_clicks: bool = True
 
 
 class _Bounded(OrderedDict[str, int]):
@@ -180,6 +185,8 @@ class Collector:
 
     def _assign(self, consumer: Any, want: set[TopicPartition], had: set[TopicPartition]) -> None:
         consumer.assign(sorted(want))
+        if not self.cfg.join_clicks:  # keep them assigned for end offsets, but fetch nothing
+            consumer.pause(*[tp for tp in want if tp.topic == self.s.clicks_topic])
         new = sorted(want - had)
         if not new:
             return
@@ -218,6 +225,7 @@ class Collector:
 
     def _on_recs(self, records: list[Any]) -> None:
         wall = time.time()
+        since_ms = (wall - self.cfg.window_s) * 1000  # older records (the start-up backfill) feed only the feed
         lats = []
         items = []
         for m in records:
@@ -227,7 +235,14 @@ class Collector:
                 continue
             trig = rec.get("trigger_event_id")
             latency = None
-            if isinstance(trig, str):
+            if m.timestamp < since_ms:
+                pass
+            elif not self.cfg.join_clicks:
+                ev_ts, em_ts = rec.get("event_ts"), rec.get("emitted_ts")
+                if isinstance(ev_ts, int) and isinstance(em_ts, int) and 0 <= em_ts - ev_ts < 3_600_000:
+                    latency = float(em_ts - ev_ts)
+                    lats.append(latency)
+            elif isinstance(trig, str):
                 ts = self._clicks_ts.pop(trig, None)
                 if ts is not None:
                     latency = max(0.0, float(m.timestamp - ts))
@@ -255,7 +270,8 @@ class Collector:
             self._lat.extend((wall, x) for x in lats)
             for it in items:
                 self._feed.appendleft(it)
-                self._recent_recs.append((wall, str(it["model_version"]), it["fallback"]))
+                if it["kafka_ts"] >= since_ms:
+                    self._recent_recs.append((wall, str(it["model_version"]), it["fallback"]))
 
     def _on_dead(self, records: list[Any]) -> None:
         rows = []
