@@ -75,6 +75,20 @@ def _token_middleware(token: str) -> Any:
     return check
 
 
+_LOCAL_NAMES = ("localhost", "127.0.0.1", "[::1]", "::1")
+
+
+@web.middleware
+async def _loopback_host_only(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bound to loopback there is no token, so refuse requests for any other host name: a web
+    page elsewhere cannot DNS-rebind its own name to 127.0.0.1 and read the dashboard."""
+    host = (request.host or "").lower()
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    if name not in _LOCAL_NAMES and host not in _LOCAL_NAMES:
+        return web.json_response({"error": f"host {host!r} refused: the dashboard answers loopback names only"}, status=403)
+    return await handler(request)
+
+
 class _RegistryView:
     """Serving version, published versions and promotion history, re-read every few seconds."""
 
@@ -127,11 +141,13 @@ def create_dashboard_app(settings: Settings, *, host: str = "127.0.0.1", collect
                          config: CollectorConfig | None = None) -> web.Application:  # fmt: skip
     """The app; starts its collector and Redis client on startup, stops them on cleanup."""
     token = settings.api_token.get_secret_value() if settings.api_token else None
-    if not is_loopback(host) and not token:
-        raise ConfigError(
-            f"dashboard host {host} is not loopback: set ATTNREC_API_TOKEN so the page requires a bearer token"
-        )
-    middlewares = [_token_middleware(token)] if (token and not is_loopback(host)) else []
+    middlewares: list[Any]
+    if is_loopback(host):
+        middlewares = [_loopback_host_only]
+    elif token:
+        middlewares = [_token_middleware(token)]
+    else:
+        raise ConfigError(f"dashboard host {host} is not loopback: set ATTNREC_API_TOKEN so the page requires a bearer token")
     app = web.Application(middlewares=middlewares)
     coll = collector or Collector(settings, config)
     registry = _RegistryView(settings.registry_dir)

@@ -244,6 +244,7 @@ def test_dashboard_in_headless_chromium(stack: Any, names: dict[str, str], regis
         w.wait_ready()
         w2.wait_ready()
         dash.wait_up()
+        assert dash.get("/api/summary", {"Host": "rebound.example:80"})[0] == 403, "loopback dashboard answered a foreign Host"
         feeder.start()
         target = "dash-user-7"
         # the lookup needs the user's first recommendation stored; the page polls on its own after that
