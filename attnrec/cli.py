@@ -43,6 +43,7 @@ def _stack(settings: Any) -> Any:
         redis_port=settings.redis_port,
         kafka_home=settings.kafka_home,
         redis_password=settings.redis_password.get_secret_value() if settings.redis_password else None,
+        redis_appendfsync=settings.redis_appendfsync,
     )
 
 

@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     updates_topic: str = Field("model-updates", description="ATTNREC_UPDATES_TOPIC: registry notifications")
     partitions: int = Field(8, ge=1, description="ATTNREC_PARTITIONS: partitions when we create topics")
     group_id: str = Field("attnrec-worker", description="ATTNREC_GROUP_ID: consumer group of the workers")
+    kafka_session_timeout_s: float = Field(
+        10.0, gt=0, description="ATTNREC_KAFKA_SESSION_TIMEOUT_S: a dead worker's partitions move after this long"
+    )
+    kafka_heartbeat_s: float = Field(3.0, gt=0, description="ATTNREC_KAFKA_HEARTBEAT_S: consumer heartbeat interval")
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         "PLAINTEXT", description="ATTNREC_KAFKA_SECURITY_PROTOCOL"
     )
@@ -72,6 +76,9 @@ class Settings(BaseSettings):
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="ATTNREC_REDIS_URL: redis:// or rediss:// URL")
     redis_username: str | None = Field(None, description="ATTNREC_REDIS_USERNAME: ACL user")
     redis_password: SecretStr | None = Field(None, description="ATTNREC_REDIS_PASSWORD: AUTH password (never logged)")
+    redis_appendfsync: Literal["everysec", "always"] = Field(
+        "everysec", description="ATTNREC_REDIS_APPENDFSYNC: AOF fsync policy of the local stack's Redis (always survives a machine crash, ~12% slower)"
+    )
     redis_timeout_s: float = Field(2.0, gt=0, description="ATTNREC_REDIS_TIMEOUT_S: socket timeout")
 
     # --- the worker ----------------------------------------------------------------------------

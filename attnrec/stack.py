@@ -69,6 +69,7 @@ class LocalStack:
     kafka_home: Path | None = None
     redis_password: str | None = field(default=None, repr=False)
     kafka_heap: str = "768m"
+    redis_appendfsync: str = "everysec"
     # Optional SASL_PLAINTEXT listener beside the PLAINTEXT one (which the broker keeps for
     # itself and for the stack's own health checks). ``sasl_users`` maps user -> password;
     # every user can log in with each of ``sasl_mechanisms`` (SCRAM credentials are written
@@ -332,7 +333,7 @@ class LocalStack:
             "--bind", "127.0.0.1",
             "--dir", str(self.redis_dir),
             "--appendonly", "yes",
-            "--appendfsync", "everysec",
+            "--appendfsync", self.redis_appendfsync,
             "--save", "",
             "--daemonize", "no",
             "--protected-mode", "yes",

@@ -265,6 +265,8 @@ def create_app(settings: Settings) -> faust.App:
         value_serializer="raw",
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=1.0,
+        broker_session_timeout=s.kafka_session_timeout_s,
+        broker_heartbeat_interval=s.kafka_heartbeat_s,
         broker_commit_every=1000,
         producer_linger=0.002,
         stream_buffer_maxsize=max(4096, 4 * s.batch_size),
