@@ -164,3 +164,60 @@ def test_workers_join_and_leave_under_load(
         prod.stop_flag.set()
         for w in workers:
             w.terminate(timeout=30)
+
+
+def test_redis_memory_per_user_for_sizing(stack: Any) -> None:
+    """The per-user Redis figure of docs/DEPLOY.md ("Sizing"), re-measured: a user at steady state
+    (buffer full at 200, dedupe set full at 512) with the default settings and a stored recommendation.
+
+    Run ``pytest -s tests/integration/test_scaleout.py -k memory`` to print the figures.
+    """
+    import asyncio
+    import uuid
+
+    import redis.asyncio as aioredis
+
+    from attnrec.settings import Settings
+    from stream.buffer import RedisBuffers
+
+    d = Settings()
+    tag = uuid.uuid4().hex[:8]
+    rec = json.dumps({
+        "user_id": "u", "items": [{"item_id": f"sku-{1000 + i}", "score": 7.123456} for i in range(10)],
+        "model_version": "20261128T0930-ab12cd", "fallback": False, "trigger_event_id": uuid.uuid4().hex,
+        "event_ts": T0, "emitted_ts": T0 + 18, "because": [{"item_id": "sku-42", "event_type": "purchase", "weight": 0.41}] * 3,
+    }).encode()  # fmt: skip
+    n_users = 60
+
+    async def fill(per_user: int) -> list[str]:
+        client = aioredis.Redis.from_url(stack.redis_url)
+        b = RedisBuffers(client, max_len=d.buffer_len, ttl_s=d.buffer_ttl_s, dedupe_window=d.dedupe_window)
+        users = [f"mem-{tag}-{per_user}-{u:05d}" for u in range(n_users)]
+        batch: list[Any] = []
+        off = 0
+        for u, uid in enumerate(users):
+            for k in range(per_user):
+                off += 1
+                ev = ClickEvent(uuid.uuid4().hex, uid, f"sku-{(u * 31 + k) % 50000}", "click", T0 + k)
+                batch.append((ev, f"clicks-{tag}:{u % 8}", off))
+                if len(batch) == 256:
+                    await b.apply(batch)
+                    batch = []
+        if batch:
+            await b.apply(batch)
+        await b.store_recs({uid: rec for uid in users})
+        await client.aclose()
+        return users
+
+    r = redis.Redis.from_url(stack.redis_url)
+    figures = {}
+    for per_user in (20, 200, 600):
+        users = asyncio.run(fill(per_user))
+        total = sum(r.memory_usage(k, samples=0) or 0 for uid in users for k in user_keys(uid))
+        figures[per_user] = total / n_users / 1024
+        r.delete(*[k for uid in users for k in user_keys(uid)])
+    print("redis KiB per user (MEMORY USAGE of the user's keys):", {k: round(v, 1) for k, v in figures.items()})
+    # docs/DEPLOY.md: 2.6 / 34.5 / 78.6 KiB (per-key) and 3.4 / 37.1 / 83.6 KiB (used_memory delta)
+    assert 1.5 < figures[20] < 5
+    assert 25 < figures[200] < 45
+    assert 60 < figures[600] < 100, "the steady-state figure moved: update docs/DEPLOY.md (Sizing)"
