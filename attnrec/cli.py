@@ -11,8 +11,9 @@ import importlib
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from attnrec import __version__
 from attnrec.errors import AttnrecError

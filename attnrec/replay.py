@@ -12,9 +12,9 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import orjson
 
@@ -43,7 +43,7 @@ def _diginetica(path: Path) -> Iterator[ClickEvent]:
             if len(row) < 5:
                 raise DataError(f"{path}:{n}: expected 5 fields, got {len(row)}")
             sid, uid, item, frame, date = row[:5]
-            day = dt.datetime.fromisoformat(date).replace(tzinfo=dt.timezone.utc)
+            day = dt.datetime.fromisoformat(date).replace(tzinfo=dt.UTC)
             ts = int(day.timestamp() * 1000) + int(frame or 0)
             user = uid if uid and uid != "NA" else f"s{sid}"
             yield ClickEvent(f"dg-{sid}-{n}", user, f"dg{item}", "view", ts, {"session_id": sid})
@@ -134,7 +134,7 @@ class RecsTracker:
         self._lock = threading.Lock()
         self._t = threading.Thread(target=self._run, name="recs-tracker", daemon=True)
 
-    def start(self) -> "RecsTracker":
+    def start(self) -> RecsTracker:
         self._t.start()
         self._ready.wait(30)
         return self

@@ -109,7 +109,7 @@ class Settings(BaseSettings):
     kafka_home: Path | None = Field(None, description="KAFKA_HOME or ATTNREC_KAFKA_HOME: use an installed Kafka")
 
     @model_validator(mode="after")
-    def _check(self) -> "Settings":
+    def _check(self) -> Settings:
         if self.kafka_security_protocol.startswith("SASL") and not self.kafka_username:
             raise ConfigError("ATTNREC_KAFKA_USERNAME is required with a SASL security protocol")
         if self.web_host not in ("127.0.0.1", "localhost", "::1") and self.api_token is None:

@@ -18,9 +18,10 @@ watermark together.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
@@ -137,6 +138,21 @@ _TRANSIENT = (rexc.ConnectionError, rexc.TimeoutError, rexc.BusyLoadingError, re
 _TRANSIENT_REPLIES = ("OOM", "READONLY", "MISCONF", "MASTERDOWN", "NOREPLICAS", "CLUSTERDOWN", "TRYAGAIN", "LOADING", "BUSY")
 
 
+@contextlib.contextmanager
+def _redis_errors() -> Iterator[None]:
+    """The boundary where redis-py errors become ours: connection trouble and replies of a
+    Redis that is up but refusing writes are :class:`TransientError` (retry, never
+    dead-letter); any other reply error propagates."""
+    try:
+        yield
+    except _TRANSIENT as exc:
+        raise map_redis_error(exc) from exc
+    except rexc.ResponseError as exc:
+        if _transient_reply(exc):
+            raise map_redis_error(exc) from exc
+        raise
+
+
 def _transient_reply(exc: rexc.ResponseError) -> bool:
     msg = str(exc)
     # a script's error reply may carry the code after a prefix ("Error running script ...: OOM ...")
@@ -188,14 +204,8 @@ class RedisBuffers:
         users = list(first_index)
         args[5] = len(users)
         args += [first_index[u] for u in users]
-        try:
+        with _redis_errors():
             flags, bufs = await self._script(keys=keys, args=args)
-        except _TRANSIENT as exc:
-            raise map_redis_error(exc) from exc
-        except rexc.ResponseError as exc:
-            if _transient_reply(exc):
-                raise map_redis_error(exc) from exc
-            raise
         n_dec = ret if decode_len is None else decode_len
         buffers: dict[str, list[BufferEntry]] = {}
         seen: dict[str, list[str]] = {}
@@ -209,36 +219,18 @@ class RedisBuffers:
         """Write each user's latest recommendation (one pipelined round trip)."""
         if not recs:
             return
-        try:
+        with _redis_errors():
             async with self.r.pipeline(transaction=False) as p:
                 for user, payload in recs.items():
                     p.set(user_keys(user)[3], payload, ex=self.ttl_s)
                 await p.execute()
-        except _TRANSIENT as exc:
-            raise map_redis_error(exc) from exc
-        except rexc.ResponseError as exc:
-            if _transient_reply(exc):
-                raise map_redis_error(exc) from exc
-            raise
 
     async def get_recs(self, user_id: str) -> bytes | None:
-        try:
+        with _redis_errors():
             v = await self.r.get(user_keys(user_id)[3])
-        except _TRANSIENT as exc:
-            raise map_redis_error(exc) from exc
-        except rexc.ResponseError as exc:
-            if _transient_reply(exc):
-                raise map_redis_error(exc) from exc
-            raise
         return v  # type: ignore[no-any-return]
 
     async def get_buffer(self, user_id: str, n: int | None = None) -> list[BufferEntry]:
-        try:
+        with _redis_errors():
             raw = await self.r.lrange(user_keys(user_id)[0], 0, (n or self.max_len) - 1)
-        except _TRANSIENT as exc:
-            raise map_redis_error(exc) from exc
-        except rexc.ResponseError as exc:
-            if _transient_reply(exc):
-                raise map_redis_error(exc) from exc
-            raise
         return [decode_entry(e) for e in raw]

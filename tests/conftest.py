@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -18,7 +18,7 @@ def data_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator["object"]:
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """One Kafka broker and one Redis server for the whole test session."""
     from attnrec.stack import LocalStack, free_port
 

@@ -68,7 +68,7 @@ class Flow:
                         self.arrivals.append((now, v))
         c.close()
 
-    def start(self) -> "Flow":
+    def start(self) -> Flow:
         self.t_cons.start()
         assert self.ready.wait(30)
         self.t_prod.start()

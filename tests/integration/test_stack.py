@@ -25,7 +25,7 @@ def test_up_twice_is_harmless_and_down_leaves_nothing(tmp_path: Path) -> None:
         st.down()
     status = st.status()
     assert not status["kafka"]["running"] and not status["redis"]["running"]
-    for pid, marker in zip(pids, ("kafka.Kafka", "redis-server")):
+    for pid, marker in zip(pids, ("kafka.Kafka", "redis-server"), strict=True):
         assert pid is not None and not _pid_alive(int(pid), marker)
     st.down()  # idempotent
 

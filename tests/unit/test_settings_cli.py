@@ -16,8 +16,10 @@ def test_environment_and_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ATTNREC_CLICKS_TOPIC", "events")
     s = load_settings(batch_wait_ms=2.5)
     assert (s.batch_size, s.clicks_topic, s.batch_wait_ms) == (64, "events", 2.5)
-    with pytest.raises(Exception):
-        s.batch_size = 3  # type: ignore[misc]  # frozen
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="frozen"):
+        s.batch_size = 3  # type: ignore[misc]
 
 
 def test_invalid_settings_raise_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
