@@ -24,8 +24,10 @@ already seen is a duplicate (DESIGN.md: consumers dedupe by trigger_event_id). A
 letter whose raw bytes carry an event_id covers that event too (counted apart). ``lost`` =
 events neither covered nor dead-lettered when the drain timeout expires.
 
-Throughput = measured events / (last cover among them - first produce among them). Events
-produced during ``--warmup`` seconds count for ``lost`` but not for latency or throughput.
+Throughput = events covered inside the measured window (whoever produced them: at saturation
+the worker is still working through warm-up events) / (window opening -> last covering rec).
+Events produced during ``--warmup`` seconds count for ``lost`` but not for latency. The worker's
+own count (``attnrec_events_total`` over the window) is reported beside it.
 
 The per-event stage breakdown comes from the worker's Prometheus histograms (``/metrics``,
 diffed across the measured window); worker CPU and RSS from psutil; Redis bytes per user
@@ -174,6 +176,9 @@ class CoverageTracker:
         self.last_measured_cover: float | None = None
         self.n_measured = 0
         self.n_measured_covered = 0
+        self.t_measure: float | None = None  # set by the producer when the measured window opens
+        self.window_covered = 0  # events (measured or not) covered at or after t_measure
+        self.last_cover: float | None = None
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -275,6 +280,9 @@ class CoverageTracker:
                 self.last_measured_cover = now
         self.ptr[user] = k + 1
         self.n_covered += k + 1 - start
+        if self.t_measure is not None and now >= self.t_measure:
+            self.window_covered += k + 1 - start
+            self.last_cover = now
 
     def _on_dead(self, raw_env: bytes) -> None:
         try:
@@ -573,10 +581,12 @@ def run_once(s: Settings, cfg: RunConfig, *, items: Sequence[str], users: Sequen
     t_end = t_measure + cfg.duration_s
     measuring = cfg.warmup_s <= 0
     overloaded = False
+    tm0 = t_measure
     backlog_cap = max(cfg.max_inflight, int(2 * (cfg.rate or 0)))  # paced: stop once 2 s behind
     n = 0
     try:
         if measuring:
+            tracker.t_measure = tm0 = time.perf_counter()
             m0 = scrape(metrics_url) if metrics_url else {}
             cpu0, me0 = (_cpu_s(wproc) if wproc else 0.0), _cpu_s(me)
         while True:
@@ -585,6 +595,7 @@ def run_once(s: Settings, cfg: RunConfig, *, items: Sequence[str], users: Sequen
                 break
             if not measuring and now >= t_measure:
                 measuring = True
+                tracker.t_measure = tm0 = time.perf_counter()
                 m0 = scrape(metrics_url) if metrics_url else {}
                 cpu0, me0 = (_cpu_s(wproc) if wproc else 0.0), _cpu_s(me)
             if cfg.rate:
@@ -630,6 +641,7 @@ def run_once(s: Settings, cfg: RunConfig, *, items: Sequence[str], users: Sequen
         producer.close(10)
         tracker.stop()
     m1 = scrape(metrics_url) if metrics_url else {}
+    tm1 = time.perf_counter()
     cpu1, me1 = (_cpu_s(wproc) if wproc else 0.0), _cpu_s(me)
     if wproc is not None:
         try:
@@ -637,10 +649,13 @@ def run_once(s: Settings, cfg: RunConfig, *, items: Sequence[str], users: Sequen
         except psutil.Error:
             pass
     lat = np.asarray(tracker.latencies, dtype=np.float64)
-    t0 = tracker.first_measured_sent or t_measure
-    t1 = tracker.last_measured_cover or t0
+    # throughput: every event covered inside the measured window (the worker's rate, whoever
+    # produced the event) over the window from its opening to the last covering rec
+    t0 = tracker.t_measure or tm0
+    t1 = tracker.last_cover or t0
     span = max(1e-9, t1 - t0)
     n_meas = tracker.n_measured_covered
+    n_win = tracker.window_covered
     d = {k: m1.get(k, 0.0) - m0.get(k, 0.0) for k in set(m1) | set(m0)}
     ev_done = d.get("attnrec_events_total", 0.0)
     batches = d.get("attnrec_batch_size_count", 0.0)
@@ -649,15 +664,17 @@ def run_once(s: Settings, cfg: RunConfig, *, items: Sequence[str], users: Sequen
         stages = {st: round(1000.0 * d.get(f"attnrec_{st}_ms_sum", 0.0) / ev_done, 1) for st in ("redis", "model", "produce")}
         if wproc is not None:
             stages["worker_cpu"] = round(1e6 * (cpu1 - cpu0) / ev_done, 1)
-    window = max(1e-9, (t1 if tracker.last_measured_cover else time.perf_counter()) - t0)
+    window = max(1e-9, tm1 - tm0)  # between the two /metrics scrapes
     res: dict[str, Any] = {
         "label": cfg.label,
         "events": n_meas,
         "duration_s": round(span, 3),
-        "events_per_s": round(n_meas / span, 1) if n_meas else 0.0,
+        "events_per_s": round(n_win / span, 1) if n_win else 0.0,
+        "events_covered_in_window": n_win,
+        "worker_events_per_s": round(ev_done / window, 1) if ev_done else None,
         "offered_rate": cfg.rate if cfg.rate else round(tracker.n_sent / max(1e-9, t_sent - t_start), 1),
         "rate_mode": "paced" if cfg.rate else f"max (closed loop, <= {cfg.max_inflight} in flight)",
-        "saturated": bool(overloaded or (cfg.rate is not None and n_meas / span < 0.9 * cfg.rate)),
+        "saturated": bool(overloaded or (cfg.rate is not None and n_win / span < 0.9 * cfg.rate)),
         "overloaded_stop": overloaded,
         "latency_ms": {"p50": _pct(lat, 50), "p95": _pct(lat, 95), "p99": _pct(lat, 99),
                        "max": round(float(lat.max()), 2) if len(lat) else 0.0,
@@ -910,6 +927,16 @@ def _get(r: dict[str, Any], k: str) -> float:
     return float(r["latency_ms"][k] if k in ("p50", "p95", "p99", "max") else r[k])
 
 
+def _worker_eps(r: dict[str, Any]) -> float | None:
+    """The worker's own events/s; for older JSON derived from its CPU cores / CPU per event."""
+    if r.get("worker_events_per_s"):
+        return float(r["worker_events_per_s"])
+    st = r.get("stage_us_per_event") or {}
+    if r.get("worker_cpu_cores") and st.get("worker_cpu"):
+        return 1e6 * float(r["worker_cpu_cores"]) / float(st["worker_cpu"])
+    return None
+
+
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Median, min, max of each figure over repeats; a warning when the spread exceeds 15%."""
     out: dict[str, Any] = {"n": len(runs), "warnings": []}
@@ -924,6 +951,10 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for k in ("lost", "duplicates"):
         out[k] = int(sum(r[k] for r in runs))
     out["saturated"] = any(r.get("saturated") for r in runs)
+    wev = [_worker_eps(r) for r in runs]
+    wev = [x for x in wev if x]
+    if wev:
+        out["worker_events_per_s"] = round(statistics.median(wev), 1)
     for k in ("offered_rate", "catalog_items", "max_len", "batch_size", "scorer", "mean_batch", "worker_cpu_cores",
               "worker_rss_mb", "redis_bytes_per_user", "generator_cpu_cores"):
         vals = [r.get(k) for r in runs if r.get(k) is not None]
@@ -936,15 +967,35 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def resummarise(rep: dict[str, Any]) -> dict[str, Any]:
+    """Recompute the summaries of a report from its runs (grouped by label without ``#n``)."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rep.get("runs", []):
+        groups.setdefault(r["label"].rsplit(" #", 1)[0], []).append(r)
+    if not groups:
+        return rep
+    sums = []
+    for label, runs in groups.items():
+        sm = summarise(runs)
+        sm["label"] = label
+        sm["rate_label"] = label.rsplit("@", 1)[-1]
+        sm["scorer"] = runs[0].get("scorer", sm.get("scorer"))
+        for k in ("batch_size", "catalog_items", "max_len"):
+            sm[k] = runs[0].get(k)
+        sums.append(sm)
+    sums += [x for x in rep.get("summaries", []) if "error" in x]
+    return {**rep, "summaries": sums}
+
+
 def _fmt(v: dict[str, Any], digits: int = 0) -> str:
     f = f"{{:.{digits}f}}"
     return f"{f.format(v['median'])} ({f.format(v['min'])}–{f.format(v['max'])})"
 
 
 def markdown_rows(summaries: list[dict[str, Any]]) -> str:
-    head = ("| scorer | B | items | L | offered ev/s | sustained ev/s | p50 ms | p95 ms | p99 ms | lost | dup | "
+    head = ("| scorer | B | items | L | offered ev/s | sustained ev/s | worker ev/s | p50 ms | p95 ms | p99 ms | lost | dup | "
             "mean batch | worker CPU µs/ev | worker wall µs/ev redis / model / produce | RSS MB | Redis B/user | load | notes |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")  # fmt: skip
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")  # fmt: skip
     lines = []
     for sm in summaries:
         st = sm.get("stage_us_per_event") or {}
@@ -957,7 +1008,7 @@ def markdown_rows(summaries: list[dict[str, Any]]) -> str:
         load = ", ".join(f"{x:.1f}" for x in sm.get("load_avg", []))
         lines.append(
             f"| {sm.get('scorer', '')} | {sm.get('batch_size', '')} | {sm.get('catalog_items', ''):,} | {sm.get('max_len', '')} | "
-            f"{rate} | {_fmt(sm['events_per_s'])} | {_fmt(sm['p50'], 1)} | {_fmt(sm['p95'], 1)} | {_fmt(sm['p99'], 1)} | "
+            f"{rate} | {_fmt(sm['events_per_s'])} | {sm.get('worker_events_per_s') or 0:.0f} | {_fmt(sm['p50'], 1)} | {_fmt(sm['p95'], 1)} | {_fmt(sm['p99'], 1)} | "
             f"{sm['lost']} | {sm['duplicates']} | {sm.get('mean_batch', '–')} | {stages} | {sm.get('worker_rss_mb', '–')} | "
             f"{sm.get('redis_bytes_per_user') or 0:,.0f} | {load} | {'; '.join(notes)} |"
         )
@@ -1272,11 +1323,15 @@ def _bench(args: argparse.Namespace, s: Settings, cache: Path) -> dict[str, Any]
     if args.generator_only:
         return {"generator_alone": generator_ceiling(s, args.duration), "machine": machine_info()}
     if args.render:
-        rep = json.loads(args.render.read_text())
-        key = json.loads(args.render_key.read_text()) if args.render_key else None
+        rep = resummarise(json.loads(args.render.read_text()))
+        key = resummarise(json.loads(args.render_key.read_text())) if args.render_key else None
         png = plot(rep, args.out_dir / "latency_vs_load.png")
         rep["plot"] = str(png) if png else None
-        update_benchmarks_md(args.benchmarks_md, benchmarks_section(rep, rep.get("command", ""), key))
+        notes = args.out_dir / "notes.md"  # hand-written findings, kept next to the data
+        body = benchmarks_section(rep, rep.get("command", ""), key)
+        if notes.is_file():
+            body += "\n" + notes.read_text()
+        update_benchmarks_md(args.benchmarks_md, body)
         return rep
     if args.sweep:
         plan = SweepPlan(repeats=max(3, args.repeats), duration_s=args.duration, warmup_s=args.warmup,
@@ -1363,7 +1418,8 @@ How it is measured (`attnrec/bench.py`; rerun with `make bench`):
   its own wait. A rec whose trigger was already seen is a duplicate. `lost` = events with neither a covering rec nor a
   dead letter when the drain ends (no progress for 15 s, or `--drain-timeout`); in a saturated run these are
   backlog the worker had not reached yet, not dropped messages.
-- Sustained events/s = measured events / (last covering rec - first produce). The first `--warmup` s are not measured.
+- Sustained events/s = events covered in the measured window / (window opening -> last covering rec); `worker ev/s`
+  is the worker's own count over the same window (`attnrec_events_total`). The first `--warmup` s are not measured.
 - Per-stage worker time comes from the worker's own Prometheus histograms (diffed over the run); worker CPU and RSS
   from psutil; Redis bytes/user from `MEMORY USAGE` of the bench users' four keys.
 - Baselines in the same sweep: B=1 (one Lua call, one ONNX run and one awaited produce per event) and a torch-eager
