@@ -146,7 +146,8 @@ class Collector:
         from attnrec.kafka_util import admin_client, make_consumer
 
         s = self.s
-        consumer = make_consumer(s, group_id=None, enable_auto_commit=False, auto_offset_reset="latest")
+        # 15 s, not kafka-python's 305 s: end_offsets blocks that long when the broker is gone
+        consumer = make_consumer(s, group_id=None, enable_auto_commit=False, auto_offset_reset="latest", request_timeout_ms=15000)
         admin = admin_client(s, timeout_s=10.0)
         topics = (s.clicks_topic, s.recs_topic, s.dlq_topic)
         assigned: set[TopicPartition] = set()
