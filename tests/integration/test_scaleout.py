@@ -189,10 +189,10 @@ def test_redis_memory_per_user_for_sizing(stack: Any) -> None:
     }).encode()  # fmt: skip
     n_users = 60
 
-    async def fill(per_user: int) -> list[str]:
+    async def fill(per_user: int, window: int) -> list[str]:
         client = aioredis.Redis.from_url(stack.redis_url)
-        b = RedisBuffers(client, max_len=d.buffer_len, ttl_s=d.buffer_ttl_s, dedupe_window=d.dedupe_window)
-        users = [f"mem-{tag}-{per_user}-{u:05d}" for u in range(n_users)]
+        b = RedisBuffers(client, max_len=d.buffer_len, ttl_s=d.buffer_ttl_s, dedupe_window=window)
+        users = [f"mem-{tag}-{per_user}-{window}-{u:05d}" for u in range(n_users)]
         batch: list[Any] = []
         off = 0
         for u, uid in enumerate(users):
@@ -211,13 +211,16 @@ def test_redis_memory_per_user_for_sizing(stack: Any) -> None:
 
     r = redis.Redis.from_url(stack.redis_url)
     figures = {}
-    for per_user in (20, 200, 600):
-        users = asyncio.run(fill(per_user))
+    for per_user, window in ((20, d.dedupe_window), (200, d.dedupe_window), (600, d.dedupe_window), (600, 64)):
+        users = asyncio.run(fill(per_user, window))
         total = sum(r.memory_usage(k, samples=0) or 0 for uid in users for k in user_keys(uid))
-        figures[per_user] = total / n_users / 1024
+        figures[(per_user, window)] = total / n_users / 1024
         r.delete(*[k for uid in users for k in user_keys(uid)])
-    print("redis KiB per user (MEMORY USAGE of the user's keys):", {k: round(v, 1) for k, v in figures.items()})
-    # docs/DEPLOY.md: 2.6 / 34.5 / 78.6 KiB (per-key) and 3.4 / 37.1 / 83.6 KiB (used_memory delta)
-    assert 1.5 < figures[20] < 5
-    assert 25 < figures[200] < 45
-    assert 60 < figures[600] < 100, "the steady-state figure moved: update docs/DEPLOY.md (Sizing)"
+    print("redis KiB per user (MEMORY USAGE of the user's keys) by (events, dedupe window):",
+          {k: round(v, 1) for k, v in figures.items()})  # fmt: skip
+    # docs/DEPLOY.md, Sizing: 2.6 / 34.5 / 78.6 KiB per key sum, and the window-64 user far below
+    moved = "the figure moved: update docs/DEPLOY.md (Sizing)"
+    assert 1.5 < figures[(20, d.dedupe_window)] < 5, moved
+    assert 25 < figures[(200, d.dedupe_window)] < 45, moved
+    assert 60 < figures[(600, d.dedupe_window)] < 100, moved
+    assert figures[(600, 64)] < 16, moved
