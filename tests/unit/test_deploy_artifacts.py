@@ -350,3 +350,25 @@ def test_dockerfile_is_multi_stage_non_root_and_the_worker_has_no_torch() -> Non
     ignore = (DOCKERFILE.parent / "Dockerfile.dockerignore").read_text().split()
     for pkg in ("attnrec/", "stream/", "training/", "exporter/"):
         assert f"!{pkg}" in ignore
+
+
+def test_the_worker_image_commands_work_without_torch() -> None:
+    """What the worker image runs (worker, dashboard, models) imports with the train extra absent."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "for m in ('torch', 'onnx', 'onnxscript', 'matplotlib', 'pyarrow'): sys.modules[m] = None\n"
+        "from attnrec.cli import build_parser\n"
+        "p = build_parser()\n"
+        "sub = next(a for a in p._actions if a.__class__.__name__ == '_SubParsersAction')\n"
+        "missing = {'worker', 'dashboard', 'models', 'replay'} - set(sub.choices)\n"
+        "assert not missing, missing\n"
+        "from attnrec.settings import Settings\n"
+        "from stream.app import create_app\n"
+        "create_app(Settings())\n"
+        "print('ok')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
