@@ -16,6 +16,7 @@ with backoff until they succeed (a Redis outage pauses consumption), and an even
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import time
 from collections.abc import Sequence
@@ -256,6 +257,7 @@ def create_app(settings: Settings) -> faust.App:
         broker=[f"kafka://{h.strip()}" for h in s.kafka_bootstrap.split(",")],
         broker_credentials=_faust_credentials(s),
         store="memory://",
+        datadir=str(s.home / "faust" / "{appid}-data"),
         topic_partitions=s.partitions,
         topic_disable_leader=True,
         web_enabled=True,
@@ -331,7 +333,7 @@ def create_app(settings: Settings) -> faust.App:
         if s.api_token is None:
             return True
         got = request.headers.get("Authorization", "")
-        return got == f"Bearer {s.api_token.get_secret_value()}"
+        return hmac.compare_digest(got.encode(), f"Bearer {s.api_token.get_secret_value()}".encode())
 
     @app.page("/healthz")
     class Healthz(View):

@@ -135,7 +135,11 @@ _TRANSIENT = (rexc.ConnectionError, rexc.TimeoutError, rexc.BusyLoadingError, re
 #: ``noeviction``, a replica during failover, a failed AOF/RDB write, a busy script, cluster
 #: resharding. They say nothing about the event, so they must pause the worker (retry), never
 #: count towards dead-lettering it as poison.
-_TRANSIENT_REPLIES = ("OOM", "READONLY", "MISCONF", "MASTERDOWN", "NOREPLICAS", "CLUSTERDOWN", "TRYAGAIN", "LOADING", "BUSY")
+# Replies of a Redis that is up but will not take this write now. NOPERM/NOAUTH/WRONGPASS are
+# misconfiguration rather than passing trouble, but pausing until an operator fixes the ACL
+# is right: dead-lettering valid events as poison would lose them.
+_TRANSIENT_REPLIES = ("OOM", "READONLY", "MISCONF", "MASTERDOWN", "NOREPLICAS", "CLUSTERDOWN", "TRYAGAIN", "LOADING", "BUSY",
+                      "NOPERM", "NOAUTH", "WRONGPASS")  # fmt: skip
 
 
 @contextlib.contextmanager

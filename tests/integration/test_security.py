@@ -155,13 +155,8 @@ def test_non_loopback_bind_requires_a_token() -> None:
     assert s.web_host == "0.0.0.0"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="attnrec/settings.py accepts an empty ATTNREC_API_TOKEN (e.g. an empty Secret key) as satisfying the "
-    "off-loopback guard; reject empty secrets in Settings, then drop this marker",
-)
 def test_an_empty_token_is_refused() -> None:
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="empty"):
         Settings(web_host="0.0.0.0", api_token="")
 
 
