@@ -213,7 +213,36 @@ def export_onnx(model: nn.Module, path: str | Path, *, top_k: int, max_len: int,
         except Exception as exc:
             raise ModelError(f"ONNX export failed: {type(exc).__name__}: {exc}") from exc
     _rewrite_reverse_ranges(path)
+    _restore_unused_inputs(path)
     return path
+
+
+def _restore_unused_inputs(path: Path) -> list[str]:
+    """Put back contract inputs the tracer pruned, in contract order; returns their names.
+
+    A model without event types or time gaps never reads ``types``/``gaps``, and the exporter
+    drops unused inputs. The contract has all four always, so the worker feeds the same
+    names whatever the model uses: an input no node reads costs nothing at run time.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(path))
+    present = {i.name: i for i in model.graph.input}
+    missing = [i["name"] for i in INPUTS if i["name"] not in present]
+    if not missing:
+        return []
+    ordered = []
+    for spec in INPUTS:
+        if spec["name"] in present:
+            ordered.append(present[spec["name"]])
+        else:
+            ordered.append(helper.make_tensor_value_info(spec["name"], TensorProto.INT64, spec["shape"]))
+    del model.graph.input[:]
+    model.graph.input.extend(ordered)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return missing
 
 
 def _rewrite_reverse_ranges(path: Path) -> int:

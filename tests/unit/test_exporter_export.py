@@ -173,3 +173,14 @@ def test_quantize_option_is_measured_and_recorded(ckpt_dir: Path, tmp_path: Path
     if q["applied"]:
         assert q["rel_ndcg_loss"] < 0.01 and q["speedup"] >= 1.05
     load_checked(Registry(tmp_path / "registry").version_dir(version))  # golden matches what was published
+
+
+def test_model_without_types_and_gaps_keeps_the_four_input_contract(tmp_path: Path) -> None:
+    """Beauty-style data has neither; the tracer would drop the unused inputs."""
+    ckpt = write_random_checkpoint(tmp_path / "plain", n_items=80, max_len=10, d_model=16,
+                                   n_event_types=0, n_gap_buckets=0)
+    version = export_checkpoint(ckpt, tmp_path / "registry")
+    loaded = load_checked(Registry(tmp_path / "registry").version_dir(version))
+    assert [i.name for i in loaded.session.get_inputs()] == ["items", "types", "gaps", "exclude"]
+    m = loaded.manifest
+    assert not m["uses_types"] and not m["uses_gaps"] and m["parity"]["passed"]
