@@ -317,7 +317,7 @@ def settings_env(s: Settings) -> dict[str, str]:
 class WorkerHandle:
     """An ``attnrec worker`` subprocess (``scorer="torch"``: with :class:`TorchEagerSession`)."""
 
-    def __init__(self, s: Settings, log_dir: Path, *, scorer: str = "onnx") -> None:
+    def __init__(self, s: Settings, log_dir: Path, *, scorer: str = "onnx", src: Path | None = None) -> None:
         from attnrec.stack import free_port
 
         self.s = s
@@ -329,13 +329,15 @@ class WorkerHandle:
         env.update(settings_env(s))
         env["ATTNREC_WEB_PORT"] = str(self.port)
         env["ATTNREC_WEB_HOST"] = "127.0.0.1"
+        if src is not None:  # run the worker from another source tree (e.g. a `git archive` of a commit)
+            env["PYTHONPATH"] = str(src)
         if scorer == "onnx":
             cmd = [sys.executable, "-m", "attnrec", "worker"]
         elif scorer == "torch":
             cmd = [sys.executable, "-c", "from attnrec.bench import torch_worker_main; torch_worker_main()"]
         else:
             raise ConfigError(f"unknown scorer {scorer!r}: onnx or torch")
-        self.proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen(cmd, env=env, cwd=src or REPO, stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
 
     @property
@@ -848,7 +850,8 @@ class Session:
 
 def open_session(base: Settings, *, registry: Path, items: list[str], n_users: int, batch_size: int, scorer: str,
                  log_dir: Path, catalog_items: int, max_len: int, start_worker: bool = True,
-                 metrics_url: str | None = None, worker_pid: int | None = None, prefill_len: int = -1) -> Session:
+                 metrics_url: str | None = None, worker_pid: int | None = None, prefill_len: int = -1,
+                 worker_src: Path | None = None) -> Session:
     from attnrec.kafka_util import ensure_topics
 
     tag = uuid.uuid4().hex[:6]
@@ -872,7 +875,9 @@ def open_session(base: Settings, *, registry: Path, items: list[str], n_users: i
             "prefill": fill, "buffer_len": s.buffer_len}
     if not start_worker:
         return Session(s, items, users, prefix, info, None, metrics_url, worker_pid)
-    w = WorkerHandle(s, log_dir, scorer=scorer)
+    w = WorkerHandle(s, log_dir, scorer=scorer, src=worker_src)
+    if worker_src is not None:
+        info["worker_src"] = str(worker_src)
     try:
         ready = w.wait_ready()
     except BaseException:
@@ -1055,6 +1060,7 @@ class SweepPlan:
     baselines: bool = True
     drain_timeout_s: float = 60.0
     stages: bool = True
+    key_runs: bool = True  # False: only the other shapes (e.g. to fill in what a sweep could not run)
     shapes: list[tuple[int, int]] = field(default_factory=list)
 
     def all_shapes(self) -> list[tuple[int, int]]:
@@ -1066,7 +1072,7 @@ def _rate_label(rate: float | None) -> str:
 
 
 def run_sweep(base: Settings, plan: SweepPlan, *, cache: Path, users: int, progress: bool,
-              out_dir: Path) -> dict[str, Any]:  # fmt: skip
+              out_dir: Path, worker_src: Path | None = None) -> dict[str, Any]:  # fmt: skip
     machine = machine_info()
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     gen = generator_ceiling(base, 5.0)
@@ -1076,7 +1082,7 @@ def run_sweep(base: Settings, plan: SweepPlan, *, cache: Path, users: int, progr
     def session_runs(n_items: int, L: int, scorer: str, B: int, ladder: Sequence[float | None]) -> None:
         reg, items = ensure_model(cache, n_items, L)
         sess = open_session(base, registry=reg, items=items, n_users=users, batch_size=B, scorer=scorer,
-                            log_dir=cache / "logs", catalog_items=n_items, max_len=L)  # fmt: skip
+                            log_dir=cache / "logs", catalog_items=n_items, max_len=L, worker_src=worker_src)  # fmt: skip
         try:
             for rate in ladder:
                 cfg = RunConfig(rate=rate, duration_s=plan.duration_s, warmup_s=plan.warmup_s,
@@ -1093,8 +1099,9 @@ def run_sweep(base: Settings, plan: SweepPlan, *, cache: Path, users: int, progr
             sess.close()
 
     key = plan.key
-    session_runs(key[0], key[1], "onnx", 256, plan.ladder)
-    if plan.baselines:
+    if plan.key_runs:
+        session_runs(key[0], key[1], "onnx", 256, plan.ladder)
+    if plan.baselines and plan.key_runs:
         session_runs(key[0], key[1], "onnx", 1, plan.short_ladder)
         session_runs(key[0], key[1], "torch", 256, plan.short_ladder)
     for n_items, L in plan.all_shapes():
@@ -1104,7 +1111,7 @@ def run_sweep(base: Settings, plan: SweepPlan, *, cache: Path, users: int, progr
             session_runs(n_items, L, "onnx", 256, plan.short_ladder)
         except (AttnrecError, OSError, MemoryError) as exc:
             log.error("shape %d items, L=%d failed: %s", n_items, L, exc)
-            groups.append({"summary": {"scorer": "onnx", "catalog_items": n_items, "max_len": L, "error": str(exc)}, "runs": []})
+            groups.append({"summary": {"scorer": "onnx", "catalog_items": n_items, "max_len": L, "error": _short(exc)}, "runs": []})
     stages: list[dict[str, Any]] = []
 
     def profile_stages() -> None:
@@ -1136,6 +1143,12 @@ def run_sweep(base: Settings, plan: SweepPlan, *, cache: Path, users: int, progr
     rep = _report(machine, gen, groups, started)
     rep["stage_profiles"] = stages
     return rep
+
+
+def _short(exc: BaseException) -> str:
+    """The last meaningful line of an error (a worker's traceback tail ends with the cause)."""
+    lines = [x.strip() for x in str(exc).splitlines() if x.strip()]
+    return (lines[0] if len(lines) == 1 else f"{lines[0][:80]} ... {lines[-1]}")[:300] if lines else type(exc).__name__
 
 
 def _report(machine: dict[str, Any], gen: dict[str, Any], groups: list[dict[str, Any]], started: str) -> dict[str, Any]:
@@ -1262,6 +1275,8 @@ def add_bench_parser(subparsers: Any) -> None:
                     help="use a running worker on the settings' topics (ATTNREC_NO_WORKER)")
     sp.add_argument("--metrics-url", default=e("metrics-url", None), help="with --no-worker: its /metrics URL (ATTNREC_METRICS_URL)")
     sp.add_argument("--worker-pid", type=int, default=e("worker-pid", 0) or None, help="with --no-worker: its pid for CPU/RSS (ATTNREC_WORKER_PID)")
+    sp.add_argument("--worker-src", type=Path, default=e("worker-src", None),
+                    help="run the worker from this source tree, e.g. a `git archive` of a commit (ATTNREC_WORKER_SRC)")
     sp.add_argument("--start-stack", action="store_true", default=e("start-stack", False), help="start the local stack (and stop it after) (ATTNREC_START_STACK)")
     sp.add_argument("--generator-only", action="store_true", default=e("generator-only", False), help="measure the load generator alone (ATTNREC_GENERATOR_ONLY)")
     sp.add_argument("--sweep", action="store_true", default=e("sweep", False), help="the make-bench matrix (ATTNREC_SWEEP)")
@@ -1271,6 +1286,8 @@ def add_bench_parser(subparsers: Any) -> None:
     sp.add_argument("--sweep-short-ladder", default=e("sweep-short-ladder", "1000,max"),
                     help="offered rates for baselines and other shapes (ATTNREC_SWEEP_SHORT_LADDER)")
     sp.add_argument("--no-md", action="store_true", default=e("no-md", False), help="sweep: do not touch BENCHMARKS.md")
+    sp.add_argument("--shapes-only", action="store_true", default=e("shapes-only", False),
+                    help="sweep: only the --sweep-shapes other than 12000x50, no key ladder or baselines (ATTNREC_SHAPES_ONLY)")
     sp.add_argument("--no-stages", action="store_true", default=e("no-stages", False), help="skip the in-process stage profile")
     sp.add_argument("--no-baselines-in-sweep", action="store_true", default=e("no-baselines-in-sweep", False), help="(ATTNREC_NO_BASELINES_IN_SWEEP)")
     sp.add_argument("--out-dir", type=Path, default=Path(e("out-dir", "docs/bench")), help="PNG/JSON dir of --sweep (ATTNREC_OUT_DIR)")
@@ -1338,10 +1355,11 @@ def _bench(args: argparse.Namespace, s: Settings, cache: Path) -> dict[str, Any]
                          baselines=not args.no_baselines_in_sweep, stages=not args.no_stages,
                          ladder=tuple(_rate(x) for x in args.sweep_ladder.split(",")),
                          short_ladder=tuple(_rate(x) for x in args.sweep_short_ladder.split(",")),
-                         drain_timeout_s=args.drain_timeout)  # fmt: skip
+                         drain_timeout_s=args.drain_timeout, key_runs=not args.shapes_only)  # fmt: skip
         if args.sweep_shapes:
             plan.shapes = [(int(a), int(b)) for a, b in (x.lower().split("x") for x in args.sweep_shapes.split(","))]
-        rep = run_sweep(s, plan, cache=cache, users=args.users, progress=progress, out_dir=args.out_dir)
+        rep = run_sweep(s, plan, cache=cache, users=args.users, progress=progress, out_dir=args.out_dir,
+                        worker_src=args.worker_src)  # fmt: skip
         rep["command"] = " ".join(["attnrec"] + sys.argv[1:])
         png = plot(rep, args.out_dir / "latency_vs_load.png")
         rep["plot"] = str(png) if png else None
@@ -1373,7 +1391,8 @@ def _bench(args: argparse.Namespace, s: Settings, cache: Path) -> dict[str, Any]
     for scorer, B in variants:
         sess = open_session(s, registry=reg, items=items, n_users=args.users, batch_size=B, scorer=scorer,
                             log_dir=cache / "logs", catalog_items=n_items, max_len=L, start_worker=not args.no_worker,
-                            metrics_url=args.metrics_url, worker_pid=args.worker_pid, prefill_len=args.prefill)  # fmt: skip
+                            metrics_url=args.metrics_url, worker_pid=args.worker_pid, prefill_len=args.prefill,
+                            worker_src=args.worker_src)  # fmt: skip
         try:
             c = replace(cfg, label=f"{scorer} B={B} @{_rate_label(args.rate)}")
             runs = run_repeated(sess, c, args.repeats, progress)
@@ -1483,5 +1502,6 @@ def benchmarks_section(rep: dict[str, Any], command: str, key: dict[str, Any] | 
                          f"{sp['load_avg'][0] if sp['load_avg'] else ''} |")  # fmt: skip
         lines.append("")
     if errs:
-        lines.append("Not measured: " + "; ".join(f"{e['catalog_items']:,} items L={e['max_len']}: {e['error']}" for e in errs))
+        lines.append("Not measured end to end: " + "; ".join(
+            f"{e['catalog_items']:,} items L={e['max_len']}: {_short(Exception(e['error']))}" for e in errs) + ".")
     return "\n".join(lines)
