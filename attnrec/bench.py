@@ -972,6 +972,23 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def merge_reports(reps: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several sweep reports as one: runs and stage profiles concatenated; an error row is dropped
+    when a later report measured that shape."""
+    if len(reps) == 1:
+        return reps[0]
+    out = dict(reps[0])
+    out["runs"] = [r for rep in reps for r in rep.get("runs", [])]
+    out["stage_profiles"] = [sp for rep in reps for sp in rep.get("stage_profiles", [])]
+    measured = {(r.get("catalog_items"), r.get("max_len")) for r in out["runs"]}
+    out["summaries"] = [x for rep in reps for x in rep.get("summaries", [])
+                        if "error" not in x or (x.get("catalog_items"), x.get("max_len")) not in measured]  # fmt: skip
+    out["finished_at"] = max(rep.get("finished_at", "") for rep in reps)
+    out["command"] = " ; ".join(rep.get("command", "") for rep in reps if rep.get("command"))
+    out["parts"] = [{k: rep.get(k) for k in ("started_at", "finished_at", "command", "generator_alone")} for rep in reps]
+    return out
+
+
 def resummarise(rep: dict[str, Any]) -> dict[str, Any]:
     """Recompute the summaries of a report from its runs (grouped by label without ``#n``)."""
     groups: dict[str, list[dict[str, Any]]] = {}
@@ -1060,6 +1077,7 @@ class SweepPlan:
     baselines: bool = True
     drain_timeout_s: float = 60.0
     stages: bool = True
+    stages_only: bool = False
     key_runs: bool = True  # False: only the other shapes (e.g. to fill in what a sweep could not run)
     shapes: list[tuple[int, int]] = field(default_factory=list)
 
@@ -1099,13 +1117,15 @@ def run_sweep(base: Settings, plan: SweepPlan, *, cache: Path, users: int, progr
             sess.close()
 
     key = plan.key
+    if plan.stages_only:
+        plan.key_runs = plan.baselines = False
     if plan.key_runs:
         session_runs(key[0], key[1], "onnx", 256, plan.ladder)
     if plan.baselines and plan.key_runs:
         session_runs(key[0], key[1], "onnx", 1, plan.short_ladder)
         session_runs(key[0], key[1], "torch", 256, plan.short_ladder)
     for n_items, L in plan.all_shapes():
-        if (n_items, L) == key:
+        if (n_items, L) == key or plan.stages_only:
             continue
         try:
             session_runs(n_items, L, "onnx", 256, plan.short_ladder)
@@ -1288,6 +1308,8 @@ def add_bench_parser(subparsers: Any) -> None:
     sp.add_argument("--no-md", action="store_true", default=e("no-md", False), help="sweep: do not touch BENCHMARKS.md")
     sp.add_argument("--shapes-only", action="store_true", default=e("shapes-only", False),
                     help="sweep: only the --sweep-shapes other than 12000x50, no key ladder or baselines (ATTNREC_SHAPES_ONLY)")
+    sp.add_argument("--stages-only", action="store_true", default=e("stages-only", False),
+                    help="sweep: only the in-process stage profiles (ATTNREC_STAGES_ONLY)")
     sp.add_argument("--no-stages", action="store_true", default=e("no-stages", False), help="skip the in-process stage profile")
     sp.add_argument("--no-baselines-in-sweep", action="store_true", default=e("no-baselines-in-sweep", False), help="(ATTNREC_NO_BASELINES_IN_SWEEP)")
     sp.add_argument("--out-dir", type=Path, default=Path(e("out-dir", "docs/bench")), help="PNG/JSON dir of --sweep (ATTNREC_OUT_DIR)")
@@ -1295,7 +1317,8 @@ def add_bench_parser(subparsers: Any) -> None:
     sp.add_argument("--cache", type=Path, default=None, help="models and logs (ATTNREC_CACHE, HOME/bench)")
     sp.add_argument("--keep-state", action="store_true", default=e("keep-state", False), help="keep the bench users' Redis keys")
     sp.add_argument("--json", type=Path, default=e("json", None), help="write the report here (ATTNREC_JSON)")
-    sp.add_argument("--render", type=Path, default=None, help="re-render the plot and the BENCHMARKS.md section from a sweep JSON")
+    sp.add_argument("--render", type=Path, nargs="+", default=None,
+                    help="re-render the plot and the BENCHMARKS.md section from sweep JSONs (runs merged, first file's machine)")
     sp.add_argument("--render-key", type=Path, default=None, help="with --render: a later sweep JSON shown as the key figures")
     sp.add_argument("--quiet", action="store_true", default=e("quiet", False), help="no progress bar")
     sp.add_argument("--home", type=Path, default=None)
@@ -1340,7 +1363,7 @@ def _bench(args: argparse.Namespace, s: Settings, cache: Path) -> dict[str, Any]
     if args.generator_only:
         return {"generator_alone": generator_ceiling(s, args.duration), "machine": machine_info()}
     if args.render:
-        rep = resummarise(json.loads(args.render.read_text()))
+        rep = resummarise(merge_reports([json.loads(p.read_text()) for p in args.render]))
         key = resummarise(json.loads(args.render_key.read_text())) if args.render_key else None
         png = plot(rep, args.out_dir / "latency_vs_load.png")
         rep["plot"] = str(png) if png else None
@@ -1355,7 +1378,8 @@ def _bench(args: argparse.Namespace, s: Settings, cache: Path) -> dict[str, Any]
                          baselines=not args.no_baselines_in_sweep, stages=not args.no_stages,
                          ladder=tuple(_rate(x) for x in args.sweep_ladder.split(",")),
                          short_ladder=tuple(_rate(x) for x in args.sweep_short_ladder.split(",")),
-                         drain_timeout_s=args.drain_timeout, key_runs=not args.shapes_only)  # fmt: skip
+                         drain_timeout_s=args.drain_timeout, key_runs=not args.shapes_only,
+                         stages_only=args.stages_only)  # fmt: skip
         if args.sweep_shapes:
             plan.shapes = [(int(a), int(b)) for a, b in (x.lower().split("x") for x in args.sweep_shapes.split(","))]
         rep = run_sweep(s, plan, cache=cache, users=args.users, progress=progress, out_dir=args.out_dir,
@@ -1478,11 +1502,19 @@ def benchmarks_section(rep: dict[str, Any], command: str, key: dict[str, Any] | 
     lines += [
         f"### Sweep ({rep.get('started_at', '')} → {rep.get('finished_at', '')} UTC)",
         "",
-        f"{m.get('cores')} cores ({m.get('cpu_model')}), {m.get('memory_gb')} GB. Command: `{command}`. "
+        f"{m.get('cores')} cores ({m.get('cpu_model')}), {m.get('memory_gb')} GB. Command: "
+        f"`{(rep.get('parts') or [{}])[0].get('command') or command}`. "
         "Raw data: `docs/bench/bench.json`; plot: `docs/bench/latency_vs_load.png`.",
         "",
-        f"Load generator alone at the start: {g.get('events_per_s', 0):,.0f} events/s ({g.get('cpu_cores')} cores).",
+        f"Load generator alone at the start: {g.get('events_per_s', 0):,.0f} events/s ({g.get('cpu_cores')} cores, "
+        f"load {', '.join(str(x) for x in g.get('load_avg', []))}).",
         "",
+    ]
+    for part in rep.get("parts", [])[1:]:
+        pg = part.get("generator_alone") or {}
+        lines += [f"Plus `{part.get('command', '')}` ({part.get('started_at', '')} → {part.get('finished_at', '')}); "
+                  f"generator alone then: {pg.get('events_per_s', 0):,.0f} events/s.", ""]  # fmt: skip
+    lines += [
         "Each figure: median (min–max) of the repeats; notes flag a spread above 15%. `load` is the 1-minute load",
         "average after each repeat: the box is shared, so a load far above 2 means every figure of that row is contended.",
         "",
