@@ -70,9 +70,11 @@ class ServingGraph(nn.Module):
     top-K; the parity check exports that variant to compare every score, not only the top.
     """
 
+    special: torch.Tensor  # (1, 2): PAD, OOV -- always excluded
+
     def __init__(self, model: nn.Module, top_k: int, *, full_scores: bool = False) -> None:
         super().__init__()
-        self.model = model
+        self.model: Any = model  # AttnRec: final_state / item_scores
         self.top_k = top_k
         self.full_scores = full_scores
         self.register_buffer("special", torch.tensor([_SPECIAL], dtype=torch.long), persistent=False)  # (1, 2)
@@ -156,19 +158,9 @@ def load_checkpoint(checkpoint_dir: str | Path) -> Checkpoint:
     path = Path(checkpoint_dir)
     if not path.is_dir():
         raise ModelError(f"checkpoint directory {path} does not exist")
-    try:
-        from training.checkpoint import load_checkpoint as _load
-    except ImportError:  # the training package without its loader: read the documented files
-        _load = None
-    if _load is not None:
-        model, config, vocab = _load(path)
-    else:
-        from training.model import AttnRec, ModelConfig
+    from training.checkpoint import load_checkpoint as _load
 
-        config = _read_json(path / "config.json")
-        vocab = _read_json(path / "vocab.json")
-        model = AttnRec(ModelConfig.from_dict(config["model"]))
-        model.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
+    model, config, vocab = _load(path)
     model.eval()
     metrics = _read_json(path / "metrics.json", default={})
     pop_raw = _read_json(path / "popularity.json", default=[])
@@ -407,7 +399,7 @@ def parity_check(ckpt: Checkpoint, serving_onnx: Path, full_onnx: Path, *, top_k
         worst = max(worst, case_diff)
         cases.append({"case": name, "rows": int(len(ok_rows)), "max_abs_diff": case_diff,
                       "top10_agreement": float(ok_rows.mean())})
-    report = {
+    report: dict[str, Any] = {
         "max_abs_diff": worst,
         "top10_agreement": agree / rows if rows else 0.0,
         "top10_exact_agreement": exact / rows if rows else 0.0,
