@@ -36,6 +36,7 @@ import torch.nn as nn
 
 from attnrec.errors import ModelError, ParityError, RegistryError
 from exporter.registry import INPUTS, OUTPUTS, Registry, _validation_ndcg
+from training.features import N_GAP_BUCKETS, gap_boundaries_ms
 
 __all__ = [
     "OPSET",
@@ -495,6 +496,8 @@ def build_manifest(ckpt: Checkpoint, *, top_k: int, parity: dict[str, Any], gold
         "n_items": int(cfg["n_items"]),
         "uses_types": bool(cfg.get("n_event_types", 0)),
         "uses_gaps": bool(cfg.get("n_gap_buckets", 0)),
+        # the serving side buckets time gaps with exactly these boundaries (training/features.py)
+        "gap_boundaries_ms": gap_boundaries_ms(int(cfg.get("n_gap_buckets", 0) or N_GAP_BUCKETS)),
         "event_types": list(ckpt.vocab.get("event_types", [])),
         "popularity": ckpt.popularity[:200],
         "data_fingerprint": data_fp,

@@ -29,6 +29,7 @@ __all__ = [
     "N_GAP_BUCKETS",
     "type_index",
     "gap_bucket",
+    "gap_boundaries_ms",
     "gap_buckets",
     "left_pad",
     "encode_events",
@@ -56,6 +57,12 @@ def gap_bucket(gap_ms: int | float | None) -> int:
         return 0
     b = int(math.log2(1.0 + gap_ms / 1000.0))
     return 1 + min(b, N_GAP_BUCKETS - 2)
+
+
+def gap_boundaries_ms(n_buckets: int = N_GAP_BUCKETS) -> list[int]:
+    """The gap (ms) at which each bucket above 1 starts: bucket(g) = 1 + #boundaries <= g.
+    Written into the model manifest so the online worker needs no training code."""
+    return [(2**k - 1) * 1000 for k in range(1, n_buckets - 1)]
 
 
 def gap_buckets(ts_ms: Sequence[int] | None, n: int) -> list[int]:
