@@ -979,7 +979,11 @@ def merge_reports(reps: list[dict[str, Any]]) -> dict[str, Any]:
         return reps[0]
     out = dict(reps[0])
     out["runs"] = [r for rep in reps for r in rep.get("runs", [])]
-    out["stage_profiles"] = [sp for rep in reps for sp in rep.get("stage_profiles", [])]
+    latest: dict[tuple[Any, ...], dict[str, Any]] = {}  # a later profile of the same step replaces an earlier one
+    for rep in reps:
+        for sp in rep.get("stage_profiles", []):
+            latest[(sp["scorer"], sp["batch_size"], sp.get("catalog_items"), sp.get("max_len"))] = sp
+    out["stage_profiles"] = list(latest.values())
     measured = {(r.get("catalog_items"), r.get("max_len")) for r in out["runs"]}
     out["summaries"] = [x for rep in reps for x in rep.get("summaries", [])
                         if "error" not in x or (x.get("catalog_items"), x.get("max_len")) not in measured]  # fmt: skip
@@ -1196,7 +1200,8 @@ def _write_partial(out_dir: Path, machine: dict[str, Any], gen: dict[str, Any], 
 
 
 def plot(report: dict[str, Any], path: Path) -> Path | None:
-    """Latency (p50 and p99) against sustained throughput, one line per configuration."""
+    """Left: p50 (dashed) and p99 latency against offered load, one line per configuration.
+    Right: the worker's throughput at ``--rate max`` per configuration (median, min-max bars)."""
     try:
         import matplotlib
 
@@ -1209,31 +1214,49 @@ def plot(report: dict[str, Any], path: Path) -> Path | None:
     for sm in report.get("summaries", []):
         if "events_per_s" not in sm:
             continue
-        name = f"{sm['scorer']} B={sm['batch_size']} {sm['catalog_items']:,} items L={sm['max_len']}"
+        name = f"{sm['scorer']} B={sm['batch_size']} {sm['catalog_items'] // 1000:,}k L={sm['max_len']}"
         series.setdefault(name, []).append(sm)
-    fig, ax = plt.subplots(figsize=(9, 5.5))
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(14, 6), gridspec_kw={"width_ratios": [3, 2]})
     for name, sms in series.items():
-        sms = sorted(sms, key=lambda x: x["events_per_s"]["median"])
-        xs = [x["events_per_s"]["median"] for x in sms]
-        p50 = [x["p50"]["median"] for x in sms]
-        p99 = [x["p99"]["median"] for x in sms]
-        (line,) = ax.plot(xs, p99, marker="o", label=f"{name} p99")
-        ax.plot(xs, p50, marker=".", linestyle="--", color=line.get_color(), label=f"{name} p50")
-        lo = [x["p99"]["min"] for x in sms]
-        hi = [x["p99"]["max"] for x in sms]
-        ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15)
-    ax.set_xlabel("sustained events/s (median of repeats)")
-    ax.set_ylabel("produce → recommendation latency, ms")
+        sms = sorted(sms, key=lambda x: float(x.get("offered_rate") or 0))
+        xs = [float(x.get("offered_rate") or 0) for x in sms]
+        (line,) = ax.plot(xs, [x["p99"]["median"] for x in sms], marker="o", label=name)
+        ax.plot(xs, [x["p50"]["median"] for x in sms], marker=".", linestyle="--", color=line.get_color())
+        ax.fill_between(xs, [x["p99"]["min"] for x in sms], [x["p99"]["max"] for x in sms], color=line.get_color(), alpha=0.12)
+    ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.set_xlabel("offered events/s (paced; for 'max' the rate the closed loop achieved)")
+    ax.set_ylabel("produce → recommendation latency, ms (p99 solid, p50 dashed)")
     ax.axhline(50, color="grey", linewidth=0.8, linestyle=":")
     ax.axhline(10, color="grey", linewidth=0.8, linestyle=":")
-    m = report.get("machine", {})
-    ax.set_title(f"attnrec bench — one worker, {m.get('cores')} cores ({m.get('cpu_model', '')}), {report.get('started_at', '')[:10]}")
-    ax.legend(fontsize=7, loc="upper left")
     ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    names, med, lo, hi = [], [], [], []
+    for name, sms in series.items():
+        top = [x for x in sms if x.get("rate_label") == "max"]
+        if not top:
+            continue
+        runs = [r for r in report.get("runs", []) if r.get("label", "").rsplit(" #", 1)[0] == top[0].get("label")]
+        vals = [v for v in (_worker_eps(r) for r in runs) if v] or [top[0]["events_per_s"]["median"]]
+        la = top[0].get("load_avg") or []
+        names.append(f"{name}  (load {statistics.median(la):.0f})" if la else name)
+        med.append(statistics.median(vals))
+        lo.append(statistics.median(vals) - min(vals))
+        hi.append(max(vals) - statistics.median(vals))
+    bx.barh(range(len(names)), med, xerr=[lo, hi], color="tab:blue", alpha=0.7)
+    bx.set_yticks(range(len(names)))
+    bx.set_yticklabels(names, fontsize=8)
+    bx.invert_yaxis()
+    bx.set_xlabel("worker events/s at --rate max (median, min–max)")
+    bx.grid(True, axis="x", alpha=0.3)
+    m = report.get("machine", {})
+    loads = [x for sm in report.get("summaries", []) for x in sm.get("load_avg", [])]
+    load = f", load avg {min(loads):.0f}–{max(loads):.0f}" if loads else ""
+    fig.suptitle(f"attnrec bench — one worker, Kafka + Redis + generator on {m.get('cores')} cores ({m.get('cpu_model', '')}), "
+                 f"{report.get('started_at', '')[:16]} UTC{load}", fontsize=10)  # fmt: skip
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
