@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     # --- the worker ----------------------------------------------------------------------------
     batch_size: int = Field(256, ge=1, description="ATTNREC_BATCH_SIZE: max events per batch (B)")
     batch_wait_ms: float = Field(5.0, ge=0, description="ATTNREC_BATCH_WAIT_MS: max wait to fill a batch (W)")
+    max_inflight: int = Field(
+        4, ge=1, description="ATTNREC_MAX_INFLIGHT: batches whose output may await broker delivery while the next ones are processed"
+    )
     top_k: int = Field(10, ge=1, description="ATTNREC_TOP_K: items per recommendation")
     exclude_seen: bool = Field(True, description="ATTNREC_EXCLUDE_SEEN: never recommend items in the buffer")
     exclude_window: int = Field(

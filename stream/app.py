@@ -19,7 +19,9 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 from typing import Any
 
 import faust
@@ -40,6 +42,99 @@ __all__ = ["Processor", "create_app"]
 log = logging.getLogger(__name__)
 
 
+SendFn = Callable[[str, "bytes | None", bytes], Awaitable["asyncio.Future[Any]"]]
+
+
+@dataclass
+class Outbox:
+    """The records one batch produced, and the broker's delivery futures for them."""
+
+    records: list[tuple[str, bytes | None, bytes]] = dc_field(default_factory=list)
+    futures: list[asyncio.Future[Any]] = dc_field(default_factory=list)
+    enqueue_ms: float = 0.0
+    event_ts: list[int] = dc_field(default_factory=list)
+
+    async def send(self, send: SendFn, topic: str, key: bytes | None, value: bytes) -> None:
+        try:
+            fut = await send(topic, key, value)
+        except Exception as exc:  # aiokafka errors while enqueuing (broker down, buffer full…)
+            raise TransientError(f"kafka produce to {topic}: {type(exc).__name__}: {exc}") from exc
+        self.records.append((topic, key, value))
+        self.futures.append(fut)
+
+    async def wait(self) -> list[int]:
+        """Indices of the records whose delivery failed."""
+        if not self.futures:
+            return []
+        results = await asyncio.gather(*self.futures, return_exceptions=True)
+        return [i for i, r in enumerate(results) if isinstance(r, BaseException)]
+
+    async def resend(self, send: SendFn, indices: list[int]) -> None:
+        for i in indices:
+            topic, key, value = self.records[i]
+            try:
+                self.futures[i] = await send(topic, key, value)
+            except Exception as exc:
+                raise TransientError(f"kafka produce to {topic}: {type(exc).__name__}: {exc}") from exc
+
+    def extend(self, other: Outbox) -> None:
+        self.records += other.records
+        self.futures += other.futures
+        self.enqueue_ms += other.enqueue_ms
+        self.event_ts += other.event_ts
+
+
+class KafkaSender:
+    """Our own aiokafka producer for ``recs`` and ``clicks.dlq``: faust's ``topic.send`` cost
+    ~5x more CPU per record here (docs/BENCHMARKS.md). Started on first use; key-hash
+    partitioning is Kafka's default (murmur2), so a user's recommendations stay in order."""
+
+    def __init__(self, s: Settings) -> None:
+        self.s = s
+        self._p: Any = None
+        self._lock = asyncio.Lock()
+
+    async def _producer(self) -> Any:
+        if self._p is None:
+            async with self._lock:
+                if self._p is None:
+                    from aiokafka import AIOKafkaProducer
+
+                    p = AIOKafkaProducer(
+                        bootstrap_servers=self.s.kafka_bootstrap,
+                        acks="all",
+                        linger_ms=2,
+                        max_batch_size=512 * 1024,
+                        request_timeout_ms=30000,
+                        **_aiokafka_security(self.s),
+                    )
+                    try:
+                        await p.start()
+                    except Exception:
+                        await p.stop()
+                        raise
+                    self._p = p
+        return self._p
+
+    async def send(self, topic: str, key: bytes | None, value: bytes) -> asyncio.Future[Any]:
+        p = await self._producer()
+        return await p.send(topic, value=value, key=key)  # type: ignore[no-any-return]
+
+    async def stop(self) -> None:
+        if self._p is not None:
+            p, self._p = self._p, None
+            await p.stop()
+
+
+def _aiokafka_security(s: Settings) -> dict[str, Any]:
+    kw = s.kafka_client_kwargs()
+    if s.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        import ssl
+
+        kw["ssl_context"] = ssl.create_default_context(cafile=str(s.kafka_ssl_cafile) if s.kafka_ssl_cafile else None)
+    return kw
+
+
 class Processor:
     """Everything a batch needs, independent of faust (the agent feeds it RawRecords)."""
 
@@ -49,7 +144,7 @@ class Processor:
         self.metrics = metrics
         self.watcher = watcher
         self.model: LoadedModel | None = None
-        self.send: Any = None  # async (topic, key, value) -> awaitable delivery future
+        self.send: SendFn | None = None  # async (topic, key, value) -> delivery future
         self.batches = 0
         self.positions: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset to process
         self._lag_labels: set[str] = set()
@@ -70,14 +165,15 @@ class Processor:
             log.info("model swapped between batches: %s -> %s", old, m.version)
 
     # ------------------------------------------------------------------ batch
-    async def process(self, records: Sequence[RawRecord]) -> None:
-        """Process one batch to completion. Never raises except on cancellation."""
+    async def process(self, records: Sequence[RawRecord]) -> Outbox:
+        """Apply one batch to Redis, score it and enqueue its output records. Never raises
+        except on cancellation. The returned :class:`Outbox` still has to be delivered
+        (:meth:`deliver`) before the batch's input offsets may be acknowledged."""
         attempt = 0
         while True:
             attempt += 1
             try:
-                await self._process_once(records)
-                return
+                return await self._process_once(records)
             except TransientError as exc:
                 self.metrics.retries.labels("transient").inc()
                 delay = min(self.s.retry_max_s, 0.05 * 2 ** min(attempt, 10))
@@ -94,19 +190,20 @@ class Processor:
                 if attempt >= self.s.max_attempts:
                     if len(records) == 1:
                         await self._dead_letter_poison(records[0], exc)
-                        return
+                        return Outbox()
+                    merged = Outbox()
                     for r in records:  # isolate the poison: one event at a time
-                        await self.process([r])
-                    return
+                        merged.extend(await self.process([r]))
+                    return merged
                 await asyncio.sleep(min(self.s.retry_max_s, 0.05 * 2**attempt))
 
-    async def _process_once(self, records: Sequence[RawRecord]) -> None:
+    async def _process_once(self, records: Sequence[RawRecord]) -> Outbox:
         s, m = self.s, self.metrics
         parsed = parse_records(records)
-        pending: list[Any] = []
+        out = Outbox()
         for key, env, reason in parsed.dead:
             log.warning("dead letter (%s): %s", reason, orjson.loads(env)["error"])
-            pending.append(await self._send(s.dlq_topic, key, env))
+            await out.send(self.send, s.dlq_topic, key, env)
         if parsed.events:
             t0 = time.perf_counter()
             self.maybe_swap()  # between batches: this whole batch is scored by one version
@@ -133,9 +230,8 @@ class Processor:
             )  # fmt: skip
             payloads = {r.user_id: r.to_json() for r in recs}
             for r in recs:
-                pending.append(await self._send(s.recs_topic, r.user_id.encode(), payloads[r.user_id]))
+                await out.send(self.send, s.recs_topic, r.user_id.encode(), payloads[r.user_id])
             await self.buffers.store_recs(payloads)
-            await self._wait(pending)
             t3 = time.perf_counter()
             # metrics only once the batch is done (a retried batch is counted once)
             n_new = sum(res.applied)
@@ -147,12 +243,8 @@ class Processor:
             m.fallbacks.inc(sum(1 for r in recs if r.payload["fallback"]))
             m.redis_ms.observe(1000 * (t1 - t0))
             m.model_ms.observe(1000 * (t2 - t1))
-            m.produce_ms.observe(1000 * (t3 - t2))
-            now = time.time() * 1000
-            for r in recs:
-                m.e2e_ms.observe(max(0.0, now - r.payload["event_ts"]))
-        else:
-            await self._wait(pending)
+            out.enqueue_ms = 1000 * (t3 - t2)
+            out.event_ts = [r.payload["event_ts"] for r in recs]
         for _, _, reason in parsed.dead:
             m.dead.labels(reason).inc()
         m.batch_size.observe(len(records))
@@ -161,6 +253,31 @@ class Processor:
             key = (r.topic, r.partition)
             if r.offset + 1 > self.positions.get(key, -1):
                 self.positions[key] = r.offset + 1
+        return out
+
+    async def deliver(self, out: Outbox) -> None:
+        """Wait until the broker has every record of ``out``; re-send what failed, with
+        backoff, until it is delivered. Never raises except on cancellation."""
+        t0 = time.perf_counter()
+        attempt = 0
+        while True:
+            failed = await out.wait()
+            if not failed:
+                break
+            attempt += 1
+            self.metrics.retries.labels("transient").inc()
+            delay = min(self.s.retry_max_s, 0.05 * 2 ** min(attempt, 10))
+            log.warning("%d of %d produced records not delivered (attempt %d); re-sending in %.2fs",
+                        len(failed), len(out.records), attempt, delay)  # fmt: skip
+            await asyncio.sleep(delay)
+            try:
+                await out.resend(self.send, failed)
+            except TransientError as exc:
+                log.warning("re-send failed: %s", exc)
+        self.metrics.produce_ms.observe(out.enqueue_ms + 1000 * (time.perf_counter() - t0))
+        now = time.time() * 1000
+        for ts in out.event_ts:
+            self.metrics.e2e_ms.observe(max(0.0, now - ts))
 
     def update_lag(self, assignment: Any, highwater: Any) -> None:
         """Set ``attnrec_consumer_lag{partition}`` = highwater - next offset to process, for each
@@ -183,33 +300,32 @@ class Processor:
             self.metrics.lag.remove(label)
         self._lag_labels = live
 
-    async def _send(self, topic: str, key: bytes | None, value: bytes) -> Any:
-        try:
-            return await self.send(topic, key, value)
-        except Exception as exc:  # aiokafka errors while enqueuing
-            raise TransientError(f"kafka produce to {topic}: {type(exc).__name__}: {exc}") from exc
-
-    @staticmethod
-    async def _wait(pending: list[Any]) -> None:
-        if not pending:
-            return
-        try:
-            await asyncio.gather(*pending)
-        except Exception as exc:
-            raise TransientError(f"kafka delivery: {type(exc).__name__}: {exc}") from exc
-
     async def _dead_letter_poison(self, r: RawRecord, exc: BaseException) -> None:
         msg = f"poison: processing failed {self.s.max_attempts} times: {type(exc).__name__}: {exc}"[:1000]
         env = dlq_envelope(msg, r.value, r.key, r.topic, r.partition, r.offset, int(time.time() * 1000))
         log.error("dead-lettering poison event at %s:%d@%d: %s", r.topic, r.partition, r.offset, msg)
+        out = Outbox()
         while True:
             try:
-                await self._wait([await self._send(self.s.dlq_topic, r.key, env)])
+                await out.send(self.send, self.s.dlq_topic, r.key, env)
                 break
             except TransientError as e:
                 log.warning("cannot dead-letter yet: %s", e)
                 await asyncio.sleep(1.0)
+        await self.deliver(out)
         self.metrics.dead.labels(dlq_reason(msg)).inc()
+
+
+async def _finish_or_exit(task: asyncio.Future[Outbox]) -> Outbox:
+    """Wait for a shielded batch after a stop request; exit hard if it cannot finish, so its
+    events stay unacked and are redelivered to the next worker."""
+    try:
+        return await asyncio.wait_for(task, timeout=30)
+    except Exception:
+        log.error("batch did not finish within 30 s of stop; exiting without acking it")
+        import os
+
+        os._exit(3)
 
 
 def _where(records: Sequence[RawRecord]) -> str:
@@ -252,12 +368,13 @@ def redis_client(s: Settings) -> aioredis.Redis:
 def create_app(settings: Settings) -> faust.App:
     """Build the faust app, its agent and its web views from one settings object."""
     s = settings
+    (s.home / "faust").mkdir(parents=True, exist_ok=True)  # faust creates only the last level
     app = faust.App(
         s.group_id,
         broker=[f"kafka://{h.strip()}" for h in s.kafka_bootstrap.split(",")],
         broker_credentials=_faust_credentials(s),
         store="memory://",
-        datadir=str(s.home / "faust" / "{appid}-data"),
+        datadir=str(s.home / "faust" / f"{s.group_id}-data"),
         topic_partitions=s.partitions,
         topic_disable_leader=True,
         web_enabled=True,
@@ -286,13 +403,9 @@ def create_app(settings: Settings) -> faust.App:
         redis_client(s), max_len=s.buffer_len, ttl_s=s.buffer_ttl_s, dedupe_window=s.dedupe_window
     )
     proc = Processor(s, buffers, metrics, watcher)
-    topics = {name: app.topic(name, partitions=s.partitions, key_type=bytes, value_type=bytes) for name in (s.recs_topic, s.dlq_topic)}
     clicks = app.topic(s.clicks_topic, partitions=s.partitions, key_type=bytes, value_type=bytes)
-
-    async def send(topic: str, key: bytes | None, value: bytes) -> Any:
-        return await topics[topic].send(key=key, value=value, force=True)
-
-    proc.send = send
+    sender = KafkaSender(s)
+    proc.send = sender.send
     app.attnrec = proc  # type: ignore[attr-defined]
     app.attnrec_metrics = metrics  # type: ignore[attr-defined]
 
@@ -308,26 +421,52 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.agent(clicks, concurrency=1)
     async def score(stream: Any) -> None:
-        async for events in stream.take_events(s.batch_size, within=s.batch_wait_ms / 1000.0):
-            records = [
-                RawRecord(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value, int(e.message.timestamp * 1000))
-                for e in events
-            ]
-            # Finish the batch in hand even when the worker is asked to stop (SIGTERM):
-            # leaving early would let take_events ack unprocessed events.
-            task = asyncio.ensure_future(proc.process(records))
-            try:
-                await asyncio.shield(task)
-            except asyncio.CancelledError:
-                log.info("stop requested: finishing the batch in hand (%d events)", len(records))
+        """Batches in, one at a time; deliveries overlap with the next batches.
+
+        ``noack_take`` leaves acking to us: a batch's input events are acked only after the
+        broker confirmed every record it produced, in a task of its own, so the next batch
+        need not wait for the round trip. At most ``max_inflight`` batches await delivery;
+        faust commits the highest offset below the first unacked one, so an out-of-order
+        ack never commits past unfinished work.
+        """
+        inflight: set[asyncio.Task[None]] = set()
+
+        async def deliver_then_ack(out: Outbox, events: list[Any]) -> None:
+            await proc.deliver(out)
+            for e in events:
+                await stream.ack(e)
+
+        try:
+            async for events in stream.noack_take(s.batch_size, within=s.batch_wait_ms / 1000.0):
+                records = [
+                    RawRecord(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value,
+                              int(e.message.timestamp * 1000))
+                    for e in events
+                ]  # fmt: skip
+                # Finish the batch in hand even when asked to stop (SIGTERM).
+                task = asyncio.ensure_future(proc.process(records))
                 try:
-                    await asyncio.wait_for(task, timeout=30)
-                except Exception:
-                    log.error("batch did not finish within 30 s of stop; exiting without acking it")
+                    out = await asyncio.shield(task)
+                except asyncio.CancelledError:
+                    log.info("stop requested: finishing the batch in hand (%d events)", len(records))
+                    out = await _finish_or_exit(task)
+                    inflight.add(asyncio.ensure_future(deliver_then_ack(out, list(events))))
+                    raise
+                t = asyncio.ensure_future(deliver_then_ack(out, list(events)))
+                inflight.add(t)
+                t.add_done_callback(inflight.discard)
+                if len(inflight) >= s.max_inflight:  # backpressure: a slow broker slows consumption
+                    await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if inflight:
+                log.info("waiting for %d batches' deliveries before stopping", len(inflight))
+                done, pending = await asyncio.wait(inflight, timeout=30)
+                if pending:
+                    log.error("deliveries did not finish within 30 s of stop; exiting without acking them")
                     import os
 
                     os._exit(3)
-                raise
+            await sender.stop()
 
     def _authorized(request: Request) -> bool:
         if s.api_token is None:
