@@ -49,7 +49,7 @@ def _write_json(path: Path, obj: Any) -> None:
 def popularity(ds: Dataset, k: int = 100) -> list[str]:
     """Top-k item ids by training-event count (ties: vocabulary order)."""
     c: Counter[int] = Counter()
-    for s, n in zip(ds.users, ds.train_len):
+    for s, n in zip(ds.users, ds.train_len, strict=True):
         c.update(s.items[:n])
     ranked = sorted((i for i in c if i >= 2), key=lambda i: (-c[i], i))
     return [ds.vocab.items[i - 2] for i in ranked[:k]]
@@ -104,7 +104,7 @@ def save_checkpoint(
         "format": ds.fmt,
         "data_fingerprint": ds.fingerprint,
         "data_files": ds.files,
-        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     _write_json(d / "config.json", cfg)
     tmp = d / "model.pt.tmp"

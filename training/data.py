@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 
 from attnrec.errors import DataError, InvalidEventError
-from stream.schema import EVENT_TYPES, ClickEvent, event_from_dict, parse_ts
+from stream.schema import EVENT_TYPES, ClickEvent, event_from_dict
 
 from .features import OOV, PAD, gap_buckets, type_index
 
@@ -214,7 +214,7 @@ def _load_gsasrec(root: Path, vocab: Vocab | None) -> Dataset:
     full = [list(t) for t in train]
     train_len = [len(t) for t in train]
     val, test = [], []
-    for j, (vi, vo) in enumerate(zip(vin, vout)):
+    for j, (vi, vo) in enumerate(zip(vin, vout, strict=True)):
         if len(vo) != 1:
             raise DataError(f"{p_vout}:{j + 1}: expected one target item, got {len(vo)}")
         u = line_of.get(tuple(vi[:-1]))

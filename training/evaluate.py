@@ -60,7 +60,7 @@ def model_scorer(model: torch.nn.Module) -> Scorer:
 def popularity_scorer(ds: Dataset) -> Scorer:
     """Most-popular baseline: training-event counts (ties: lower index first)."""
     counts = np.zeros(ds.vocab.n_items, dtype=np.float64)
-    for s, n in zip(ds.users, ds.train_len):
+    for s, n in zip(ds.users, ds.train_len, strict=True):
         np.add.at(counts, np.asarray(s.items[:n], dtype=np.int64), 1.0)
     pop = torch.tensor(counts, dtype=torch.float32)
 

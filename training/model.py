@@ -26,7 +26,6 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 __all__ = ["ModelConfig", "AttnRec", "MASK_VALUE"]
 

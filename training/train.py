@@ -97,7 +97,7 @@ def training_arrays(ds: Dataset, max_len: int, all_windows: bool = False) -> tup
     events (and, with ``all_windows``, the earlier non-overlapping windows too); input = all but
     the newest, target = the next event at each position."""
     rows: list[list[list[int]]] = [[], [], [], []]
-    for s, n_train in zip(ds.users, ds.train_len):
+    for s, n_train in zip(ds.users, ds.train_len, strict=True):
         n = n_train
         while n >= 2:
             lo = max(0, n - max_len - 1)

@@ -114,7 +114,7 @@ def test_features_are_torch_free_and_consistent() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
     assert gap_bucket(None) == 0 and gap_bucket(-5) == 0 and gap_bucket(0) == 1 and gap_bucket(999) == 1
     assert gap_bucket(1000) == 2 and gap_bucket(10**15) == N_GAP_BUCKETS - 1
-    assert all(gap_bucket(a) <= gap_bucket(b) for a, b in zip(range(0, 10**7, 7919), range(7919, 10**7, 7919)))
+    assert all(gap_bucket(a) <= gap_bucket(b) for a, b in zip(range(0, 10**7, 7919), range(7919, 10**7, 7919), strict=False))
     assert type_index("other") == 1 and type_index("purchase") == 6 and type_index("weird") == 1
     assert left_pad([1, 2, 3], 5) == [PAD, PAD, 1, 2, 3] and left_pad([1, 2, 3], 2) == [2, 3]
     items, types, gaps = encode_events(["a", "zz"], ["view", "cart"], [0, 5000], {"a": 2}, 4)
@@ -132,8 +132,8 @@ def _check_no_leakage(ds) -> None:  # type: ignore[no-untyped-def]
             assert ds.train_len[u] <= val[u], "training data reaches a validation/test target"
     items, _, _, targets = training_arrays(ds, 50)
     # every training row is a prefix of the user's training events only
-    rows = [s.items[: n] for s, n in zip(ds.users, ds.train_len) if n >= 2]
-    for r, full in zip(range(len(items)), rows):
+    rows = [s.items[: n] for s, n in zip(ds.users, ds.train_len, strict=True) if n >= 2]
+    for r, full in zip(range(len(items)), rows, strict=True):
         seq = [x for x in items[r] if x] + [int(targets[r][-1])]
         assert seq == full[-len(seq):]
 
@@ -209,6 +209,6 @@ def test_all_windows_cover_every_training_target_once(tmp_path: Path) -> None:
     ds = load_dataset(_s3(tmp_path, "1 " + " ".join(str(i) for i in range(10, 33)) + "\n2 5 6 7 8\n"), "s3")
     items, _, _, targets = training_arrays(ds, 5, all_windows=True)
     got = sorted(int(t) for row in targets for t in row if t)
-    want = sorted(x for s, n in zip(ds.users, ds.train_len) for x in s.items[1:n])
+    want = sorted(x for s, n in zip(ds.users, ds.train_len, strict=True) for x in s.items[1:n])
     assert got == want and items.shape[1] == 5
     assert len(training_arrays(ds, 5)[0]) == 2  # default: only the newest window per user
