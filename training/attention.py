@@ -28,6 +28,7 @@ import torch
 from .data import Dataset, dataset_from_events
 from .evaluate import PROTOCOL, evaluate, model_scorer, popularity_scorer
 from .features import left_pad
+from .model import AttnRec
 
 __all__ = ["attention_report", "synthetic_benchmark"]
 
@@ -41,12 +42,12 @@ def _window(ds: Dataset, u: int, cut: int, L: int) -> tuple[list[int], list[int]
     return (s.items[lo:cut], (s.types or [0] * len(s.items))[lo:cut], (s.gaps or [0] * len(s.items))[lo:cut], list(ids))
 
 
-def _tensors(rows: list[tuple[list[int], list[int], list[int]]], L: int) -> tuple[torch.Tensor, ...]:
+def _tensors(rows: list[tuple[list[int], ...]], L: int) -> tuple[torch.Tensor, ...]:
     return tuple(torch.tensor([left_pad(r[j], L) for r in rows], dtype=torch.long) for j in range(3))
 
 
 @torch.no_grad()
-def attention_report(model: torch.nn.Module, ds: Dataset, causes: dict[str, tuple[str, ...]], seed: int = 0,
+def attention_report(model: AttnRec, ds: Dataset, causes: dict[str, tuple[str, ...]], seed: int = 0,
                      batch_size: int = 256) -> dict[str, Any]:
     """Planted-hit rate and faithfulness over the val+test cases with a planted cause in the window."""
     L = model.cfg.max_len
@@ -61,19 +62,25 @@ def attention_report(model: torch.nn.Module, ds: Dataset, causes: dict[str, tupl
             cases.append((u, cut, items, types, gaps, ids, planted))
     if not cases:
         return {"cases": 0}
-    hits, rand_rate, last_hits = [], [], []
-    drop_top, drop_rand, flip_top, flip_rand = [], [], [], []
+    hits: list[bool] = []
+    rand_rate: list[float] = []
+    last_hits: list[bool] = []
+    drop_top: list[float] = []
+    drop_rand: list[float] = []
+    flip_top: list[bool] = []
+    flip_rand: list[bool] = []
     for b0 in range(0, len(cases), batch_size):
         batch = cases[b0 : b0 + batch_size]
-        items, types, gaps = _tensors([(c[2], c[3], c[4]) for c in batch], L)
-        h, att = model.final_state(items, types, gaps)  # (B, d), (B, L)
+        it, ty, ga = _tensors([(c[2], c[3], c[4]) for c in batch], L)
+        h, att = model.final_state(it, ty, ga)  # (B, d), (B, L)
         scores = model.item_scores(h)  # (B, n_items)
         scores[:, :2] = -math.inf
         for r, c in enumerate(batch):
             scores[r, torch.tensor(ds.users[c[0]].items[: c[1]])] = -math.inf
         best = scores.argmax(1)  # (B,) top recommendation
         s0 = scores.gather(1, best.unsqueeze(1))[:, 0]
-        removed_top, removed_rand = [], []
+        removed_top: list[tuple[list[int], ...]] = []
+        removed_rand: list[tuple[list[int], ...]] = []
         for r, c in enumerate(batch):
             n = len(c[2])
             off = L - n  # left padding

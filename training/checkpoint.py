@@ -79,7 +79,7 @@ def _samples(ds: Dataset, max_len: int, n: int = 256, seed: int = 0) -> list[dic
     """Up to n real training inputs, oldest first, unpadded: [{"items", "types", "gaps"}]."""
     items, types, gaps, _ = training_arrays(ds, max_len)
     rng = np.random.default_rng(seed)
-    pick = np.sort(rng.choice(len(items), size=min(n, len(items)), replace=False)) if len(items) else []
+    pick: Any = np.sort(rng.choice(len(items), size=min(n, len(items)), replace=False)) if len(items) else []
     out = []
     for i in pick:
         keep = items[i] != 0

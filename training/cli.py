@@ -201,6 +201,7 @@ def run_eval(args: argparse.Namespace) -> int:
     _require(args, "data")
     torch.set_num_threads(max(1, args.threads))
     t0 = time.monotonic()
+    config: dict[str, Any]
     if args.baseline == "popular":
         ds = _load(args)
         res = evaluate(popularity_scorer(ds), ds, args.split, 50, seed=args.seed)

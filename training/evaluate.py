@@ -18,6 +18,7 @@ import torch
 
 from .data import Dataset
 from .features import left_pad
+from .model import AttnRec
 
 __all__ = ["PROTOCOL", "rank_metrics", "case_tensors", "evaluate", "model_scorer", "popularity_scorer"]
 
@@ -49,7 +50,7 @@ def case_tensors(ds: Dataset, cases: Sequence[tuple[int, int]], max_len: int) ->
     return tuple(torch.tensor(x, dtype=torch.long) for x in (items, types, gaps))
 
 
-def model_scorer(model: torch.nn.Module) -> Scorer:
+def model_scorer(model: AttnRec) -> Scorer:
     def score(items: torch.Tensor, types: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
         h, _ = model.final_state(items, types, gaps)
         return model.item_scores(h)
