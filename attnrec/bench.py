@@ -221,7 +221,8 @@ class CoverageTracker:
         from attnrec.kafka_util import make_consumer
 
         try:
-            c = make_consumer(self.s, group_id=None, auto_offset_reset="latest", fetch_max_wait_ms=5, fetch_min_bytes=1)
+            # min_bytes=1: a fetch returns as soon as a rec exists; max_wait only paces idle polling
+            c = make_consumer(self.s, group_id=None, auto_offset_reset="latest", fetch_max_wait_ms=100, fetch_min_bytes=1)
             tps = []
             deadline = time.monotonic() + 30
             for topic in (self.s.recs_topic, self.s.dlq_topic):
@@ -559,6 +560,20 @@ def _cpu_s(proc: Any) -> float:
         return 0.0
 
 
+def stack_procs(s: Settings) -> dict[str, Any]:
+    """psutil handles of the local stack's Kafka and Redis (from their pid files), when running here."""
+    import psutil
+
+    out: dict[str, Any] = {}
+    for name in ("kafka", "redis"):
+        try:
+            pid = int((s.stack_dir / f"{name}.pid").read_text().strip())
+            out[name] = psutil.Process(pid)
+        except (OSError, ValueError, psutil.Error):
+            pass
+    return out
+
+
 def run_once(s: Settings, cfg: RunConfig, *, items: Sequence[str], users: Sequence[str], worker_pid: int | None = None,
              metrics_url: str | None = None, progress: bool = True, model_info: dict[str, Any] | None = None) -> dict[str, Any]:
     """Drive one load level against a worker already consuming ``s.clicks_topic``."""
@@ -569,6 +584,8 @@ def run_once(s: Settings, cfg: RunConfig, *, items: Sequence[str], users: Sequen
 
     tracker = CoverageTracker(s).start()
     wproc = psutil.Process(worker_pid) if worker_pid else None
+    others = stack_procs(s)
+    oc0: dict[str, float] = {}
     me = psutil.Process()
     src = iter(EventSource(items, users, seed=cfg.seed))
     producer = make_producer(s)
@@ -591,6 +608,7 @@ def run_once(s: Settings, cfg: RunConfig, *, items: Sequence[str], users: Sequen
             tracker.t_measure = tm0 = time.perf_counter()
             m0 = scrape(metrics_url) if metrics_url else {}
             cpu0, me0 = (_cpu_s(wproc) if wproc else 0.0), _cpu_s(me)
+            oc0 = {k: _cpu_s(p) for k, p in others.items()}
         while True:
             now = time.perf_counter()
             if now >= t_end:
@@ -600,6 +618,7 @@ def run_once(s: Settings, cfg: RunConfig, *, items: Sequence[str], users: Sequen
                 tracker.t_measure = tm0 = time.perf_counter()
                 m0 = scrape(metrics_url) if metrics_url else {}
                 cpu0, me0 = (_cpu_s(wproc) if wproc else 0.0), _cpu_s(me)
+                oc0 = {k: _cpu_s(p) for k, p in others.items()}
             if cfg.rate:
                 if n - tracker.done > backlog_cap:
                     overloaded = True  # far beyond capacity: stop offering, the point is saturated
@@ -645,6 +664,7 @@ def run_once(s: Settings, cfg: RunConfig, *, items: Sequence[str], users: Sequen
     m1 = scrape(metrics_url) if metrics_url else {}
     tm1 = time.perf_counter()
     cpu1, me1 = (_cpu_s(wproc) if wproc else 0.0), _cpu_s(me)
+    oc1 = {k: _cpu_s(p) for k, p in others.items()}
     if wproc is not None:
         try:
             rss_max = max(rss_max, wproc.memory_info().rss)
@@ -701,6 +721,10 @@ def run_once(s: Settings, cfg: RunConfig, *, items: Sequence[str], users: Sequen
         "worker_cpu_cores": round((cpu1 - cpu0) / window, 2) if wproc is not None else None,
         "worker_rss_mb": round(rss_max / 2**20, 1) if rss_max else None,
         "generator_cpu_cores": round((me1 - me0) / window, 2),
+        # CPU per event of everything on the box that serves this run (worker, Kafka, Redis, generator+tracker)
+        "cpu_us_per_event": ({"worker": round(1e6 * (cpu1 - cpu0) / ev_done, 1) if wproc is not None else None,
+                              **{k: round(1e6 * (oc1[k] - oc0.get(k, oc1[k])) / ev_done, 1) for k in oc1},
+                              "generator": round(1e6 * (me1 - me0) / ev_done, 1)} if ev_done else None),  # fmt: skip
         "redis_bytes_per_user": redis_bytes_per_user(s, users),
         "users": len(users),
         "load_avg_before": load_before,
@@ -965,6 +989,10 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         vals = [r.get(k) for r in runs if r.get(k) is not None]
         if vals:
             out[k] = statistics.median(vals) if isinstance(vals[0], (int, float)) else vals[0]
+    cu = [r["cpu_us_per_event"] for r in runs if r.get("cpu_us_per_event")]
+    if cu:
+        out["cpu_us_per_event"] = {k: round(statistics.median(x[k] for x in cu if x.get(k) is not None), 1)
+                                   for k in cu[0] if any(x.get(k) is not None for x in cu)}  # fmt: skip
     st = [r["stage_us_per_event"] for r in runs if r.get("stage_us_per_event")]
     if st:
         out["stage_us_per_event"] = {k: round(statistics.median(x.get(k, 0.0) for x in st), 1) for k in st[0]}
@@ -1020,13 +1048,16 @@ def _fmt(v: dict[str, Any], digits: int = 0) -> str:
 
 def markdown_rows(summaries: list[dict[str, Any]]) -> str:
     head = ("| scorer | B | items | L | offered ev/s | sustained ev/s | worker ev/s | p50 ms | p95 ms | p99 ms | lost | dup | "
-            "mean batch | worker CPU µs/ev | worker wall µs/ev redis / model / produce | RSS MB | Redis B/user | load | notes |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")  # fmt: skip
+            "mean batch | worker CPU µs/ev | worker wall µs/ev redis / model / produce | box CPU µs/ev kafka / redis / generator | "
+            "RSS MB | Redis B/user | load | notes |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")  # fmt: skip
     lines = []
     for sm in summaries:
         st = sm.get("stage_us_per_event") or {}
         stages = (f"{st.get('worker_cpu', 0):.0f} | {st.get('redis', 0):.0f} / {st.get('model', 0):.0f} / "
                   f"{st.get('produce', 0):.0f}") if st else "– | –"
+        cu = sm.get("cpu_us_per_event") or {}
+        box = " / ".join(f"{cu[k]:.0f}" if cu.get(k) is not None else "–" for k in ("kafka", "redis", "generator")) if cu else "–"
         notes = list(sm.get("warnings", []))
         if sm.get("saturated"):
             notes.insert(0, "saturated")
@@ -1035,7 +1066,7 @@ def markdown_rows(summaries: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {sm.get('scorer', '')} | {sm.get('batch_size', '')} | {sm.get('catalog_items', ''):,} | {sm.get('max_len', '')} | "
             f"{rate} | {_fmt(sm['events_per_s'])} | {sm.get('worker_events_per_s') or 0:.0f} | {_fmt(sm['p50'], 1)} | {_fmt(sm['p95'], 1)} | {_fmt(sm['p99'], 1)} | "
-            f"{sm['lost']} | {sm['duplicates']} | {sm.get('mean_batch', '–')} | {stages} | {sm.get('worker_rss_mb', '–')} | "
+            f"{sm['lost']} | {sm['duplicates']} | {sm.get('mean_batch', '–')} | {stages} | {box} | {sm.get('worker_rss_mb', '–')} | "
             f"{sm.get('redis_bytes_per_user') or 0:,.0f} | {load} | {'; '.join(notes)} |"
         )
     return head + "\n".join(lines) + "\n"
