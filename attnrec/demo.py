@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -65,6 +66,14 @@ def _wait_ready(port: int, proc: subprocess.Popen[bytes], logf: Path, timeout: f
     raise StackError(f"worker not ready within {timeout:.0f}s; see {logf}")
 
 
+def _drained(tracker: Any, events: list[Any]) -> bool:
+    """Every user's last event of ``events`` has triggered a recommendation."""
+    last: dict[str, str] = {}
+    for ev in events:
+        last[ev.user_id] = ev.event_id
+    return all(eid in tracker.triggers_seen for eid in last.values())
+
+
 def run_demo(s: Settings, *, events: int = 6000, rate: float = 500.0, train_seconds: float = 60.0, keep_stack: bool = False) -> int:
     from tqdm import tqdm
 
@@ -95,7 +104,7 @@ def run_demo(s: Settings, *, events: int = 6000, rate: float = 500.0, train_seco
     registry = s.registry_dir.resolve()
     _say(f"training an attention model for up to {train_seconds:.0f}s on {len(past):,} events, then export → ONNX → registry")
     t0 = time.monotonic()
-    v1, man1 = _train_and_export(train_file, work / f"ckpt-{int(time.time())}", registry, train_seconds, force=True)
+    v1, man1 = _train_and_export(train_file, work / f"ckpt-{int(time.time())}", registry, train_seconds, force=True, threads=1)
     val = (man1.get("metrics") or {}).get("val", {})
     print(f"    model {v1}: validation NDCG@10 {val.get('ndcg@10', float('nan')):.4f}, HR@10 {val.get('hr@10', float('nan')):.4f} "
           f"; parity max|Δ| {man1['parity']['max_abs_diff']:.2e}; "
@@ -117,46 +126,74 @@ def run_demo(s: Settings, *, events: int = 6000, rate: float = 500.0, train_seco
         # --- replay the future, retrain in the background ------------------------------------
         tracker = RecsTracker(s).start()
         half = len(future) // 2
+        lat1: list[float] = []
+        lat2: list[float] = []
 
         def retrain() -> None:
+            """One cycle of the periodic trainer (`attnrec trainer`): archive what arrived on
+            `clicks`, retrain warm-started from the serving model, export, gated promote."""
             try:
-                data2 = work / "train2.jsonl"
-                with open(data2, "wb") as f:
-                    for ev in past + future[:half]:
+                import shutil
+
+                from exporter.trainer import TrainerConfig, run_cycle
+
+                events_dir = work / "events"
+                events_dir.mkdir(exist_ok=True)
+                shutil.copy(train_file, events_dir / "0000-history.jsonl")  # the offline history
+                with open(events_dir / "0001-phase1.jsonl", "wb") as f:  # what the trainer's archive step
+                    for ev in future[:half]:  # would have read from `clicks` (kept out of the demo's time)
                         f.write(ev.to_json() + b"\n")
-                v2, man2 = _train_and_export(data2, work / f"ckpt2-{int(time.time())}", registry, min(30.0, train_seconds), force=False, threads=1, quiet=True)
-                from exporter.registry import Registry
-
-                retrain_result.update(version=v2, promoted=Registry(registry).current_version() == v2, at=time.monotonic())
+                cfg = TrainerConfig(
+                    registry=registry, home=work, events_dir=events_dir, bootstrap=st.bootstrap,
+                    topic=s.clicks_topic, group_id=f"attnrec-demo-trainer-{int(time.time())}",
+                    min_new_events=1, epochs=30, max_minutes=min(30.0, train_seconds) / 60.0, threads=1,
+                )  # fmt: skip
+                summary = run_cycle(cfg, archive=False)
+                retrain_result.update(version=summary.get("version"), promoted=summary.get("decision") in ("promoted", "forced"),
+                                      reason=summary.get("reason"), warm=summary.get("train", {}).get("warm_start"))  # fmt: skip
             except Exception as exc:  # the demo goes on with the first model
-                retrain_result["error"] = str(exc)
+                retrain_result["error"] = f"{type(exc).__name__}: {exc}"
 
-        _say(f"replaying {len(future):,} new events at {rate:.0f}/s; retraining on the first half meanwhile (periodic-trainer step)")
-        bt: threading.Thread | None = None
-        with tqdm(total=len(future), unit="ev", desc="events → recs", mininterval=0.5) as bar:
-            def progress(n: int) -> None:
-                bar.update(n)
-                bar.set_postfix(recs=tracker.received, versions=len(tracker.versions))
+        def replay_phase(events: list[Any], label: str) -> int:
+            with tqdm(total=len(events), unit="ev", desc=label, mininterval=0.5) as bar:
+                def progress(n: int) -> None:
+                    bar.update(n)
+                    bar.set_postfix(recs=tracker.received, versions=len(tracker.versions))
 
-            def feed() -> Any:
-                nonlocal bt
-                for i, ev in enumerate(future):
-                    if i == half:
-                        bt = threading.Thread(target=retrain, daemon=True)
-                        bt.start()
-                    yield ev
+                n = produce(s, events, rate=rate, tracker=tracker, progress=progress)
+            # let the worker drain before the next phase
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and not _drained(tracker, events):
+                time.sleep(0.2)
+            return n
 
-            sent = produce(s, feed(), rate=rate, tracker=tracker, progress=progress)
-        if bt is not None:
-            bt.join(timeout=max(60.0, 2 * train_seconds))
-        # keep events flowing gently until the new version serves (or give up after a while)
+        _say(f"phase 1: replaying {half:,} new events at {rate:.0f}/s with model {v1}")
+        sent = replay_phase(future[:half], "events → recs (v1)")
+        lat1 = list(tracker.latencies_ms)
+
+        _say("one periodic-trainer cycle on history + phase 1: retrain warm-started, export, gated promote; events keep flowing")
+        bt = threading.Thread(target=retrain, daemon=True)
+        bt.start()
+        trickle = iter(future[half : half + 600])
+        while bt.is_alive():  # ~20 events/s keep flowing during training and the swap
+            batch = list(itertools.islice(trickle, 10))
+            if batch:
+                sent += produce(s, batch, rate=20, tracker=tracker)
+            else:
+                time.sleep(0.5)
         if retrain_result.get("promoted"):
             v2 = retrain_result["version"]
             deadline = time.monotonic() + 15
-            extra = 0
             while v2 not in tracker.versions and time.monotonic() < deadline:
-                extra += produce(s, future[extra % len(future): extra % len(future) + 50], rate=200, tracker=tracker)
-            sent += extra
+                sent += produce(s, list(itertools.islice(trickle, 10)) or future[half : half + 10], rate=20, tracker=tracker)
+            print(f"    {v2} promoted by the gate and serving (hot reload, no restart)")
+        else:
+            print(f"    retrained model not promoted: {retrain_result.get('error') or retrain_result.get('reason')}")
+        rest = list(future[half + 600 :])
+        _say(f"phase 2: replaying {len(rest):,} more events at {rate:.0f}/s")
+        t_phase2 = len(tracker.latencies_ms)
+        sent += replay_phase(rest, "events → recs (v2)")
+        lat2 = tracker.latencies_ms[t_phase2:]
         time.sleep(2.0)
         tracker.stop()
     finally:
@@ -169,14 +206,16 @@ def run_demo(s: Settings, *, events: int = 6000, rate: float = 500.0, train_seco
         if not keep_stack:
             st.down()
 
-    lat = np.asarray(tracker.latencies_ms) if tracker.latencies_ms else np.asarray([float("nan")])
+    lat = np.asarray(lat1 + lat2) if lat1 or lat2 else np.asarray([float("nan")])
     _say("summary")
     print(f"    events in          {sent:,}")
     print(f"    recommendations    {tracker.received:,} (one per user per batch; duplicates {tracker.duplicates})")
-    print(f"    latency produce→rec p50 {np.percentile(lat, 50):.1f} ms, p99 {np.percentile(lat, 99):.1f} ms (n={len(tracker.latencies_ms):,})")
+    print(f"    latency produce→rec p50 {np.percentile(lat, 50):.1f} ms, p99 {np.percentile(lat, 99):.1f} ms "
+          f"(n={len(lat):,}, replay phases at {rate:.0f} events/s; the recommendation of each batch's last event per user)")
     print("    model versions     " + ", ".join(f"{v}: {n:,} recs" for v, n in tracker.versions.items()))
     if "version" in retrain_result:
-        print(f"    retrained model    {retrain_result['version']} ({'promoted, hot-reloaded' if retrain_result['promoted'] else 'not promoted by the gate'})")
+        how = "warm-started, " if retrain_result.get("warm") else ""
+        print(f"    retrained model    {retrain_result['version']} ({how}{'promoted, hot-reloaded' if retrain_result['promoted'] else 'not promoted by the gate'})")
     elif "error" in retrain_result:
         print(f"    retraining failed  {retrain_result['error']}")
     for rec in tracker.samples[-3:]:
