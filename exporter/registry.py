@@ -178,7 +178,8 @@ def _utcnow() -> _dt.datetime:
     return _dt.datetime.now(_dt.UTC)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a directory's entries (a rename, a new file) durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -337,9 +338,9 @@ class Registry:
                 from exporter.check import check_model  # lazy: onnxruntime only when checking
 
                 check_model(tmp, m)
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             os.rename(tmp, self.root / version)
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -360,7 +361,7 @@ class Registry:
         tmp = self.root / f".CURRENT.{uuid.uuid4().hex}"
         _write_file(tmp, (version + "\n").encode())
         os.replace(tmp, self.root / CURRENT_FILE)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     def record(self, version: str, *, decision: str, reason: str, figures: dict[str, Any] | None = None,
                previous: str | None = None) -> dict[str, Any]:

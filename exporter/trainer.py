@@ -46,6 +46,7 @@ from typing import Any
 
 from attnrec.errors import ConfigError, DataError, InvalidEventError, TransientError
 from attnrec.settings import env_default
+from exporter.registry import fsync_dir
 
 __all__ = [
     "parse_duration",
@@ -104,14 +105,6 @@ class TrainerConfig:
 
 
 # --- 1. archive ---------------------------------------------------------------------------------
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_event_file(events_dir: Path, lines: Iterable[bytes]) -> Path | None:
     """Durably write JSONL lines as a new event-log file; returns its path (None if no lines).
 
@@ -133,7 +126,7 @@ def write_event_file(events_dir: Path, lines: Iterable[bytes]) -> Path | None:
         tmp.unlink()
         return None
     os.rename(tmp, final)
-    _fsync_dir(events_dir)
+    fsync_dir(events_dir)
     return final
 
 
