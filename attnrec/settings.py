@@ -79,7 +79,9 @@ class Settings(BaseSettings):
     redis_appendfsync: Literal["everysec", "always"] = Field(
         "everysec", description="ATTNREC_REDIS_APPENDFSYNC: AOF fsync policy of the local stack's Redis (always survives a machine crash, ~12% slower)"
     )
-    redis_timeout_s: float = Field(2.0, gt=0, description="ATTNREC_REDIS_TIMEOUT_S: socket timeout")
+    redis_timeout_s: float = Field(
+        5.0, gt=0, description="ATTNREC_REDIS_TIMEOUT_S: socket timeout; a batch's Lua call on a saturated box took 3.6-7 s (docs/BENCHMARKS.md)"
+    )
 
     # --- the worker ----------------------------------------------------------------------------
     batch_size: int = Field(256, ge=1, description="ATTNREC_BATCH_SIZE: max events per batch (B)")
