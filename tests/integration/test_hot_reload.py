@@ -85,8 +85,9 @@ class Flow:
 
     def finish(self) -> None:
         self.stop.set()
-        self.t_prod.join(10)
-        self.t_cons.join(10)
+        for t in (self.t_prod, self.t_cons):
+            if t.is_alive():
+                t.join(10)
 
 
 def test_promote_reject_and_rollback_while_events_flow(stack: Any, names: dict[str, str], registry_with_model: Path, tmp_path: Path) -> None:
@@ -100,6 +101,15 @@ def test_promote_reject_and_rollback_while_events_flow(stack: Any, names: dict[s
     ensure_topics(s)
     w = WorkerProc(s, tmp_path)
     flow = Flow(s, items)
+    try:
+        _exercise(w, flow, reg, reg_root, v1, tmp_path, s)
+    finally:  # never leave a worker behind, whatever failed
+        flow.finish()
+        if w.proc.poll() is None:
+            w.terminate()
+
+
+def _exercise(w: WorkerProc, flow: Flow, reg: Registry, reg_root: Path, v1: str, tmp_path: Path, s: Any) -> None:
     try:
         assert w.wait_ready()["model_version"] == v1
         flow.start()
