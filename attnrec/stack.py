@@ -9,6 +9,7 @@ Central with ``deploy/kafka/pom.xml`` (or taken from ``$KAFKA_HOME/libs``); Redi
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 import os
 import re
@@ -128,8 +129,6 @@ class LocalStack:
             raise ConfigError("java not found: install Java 17+ (Debian: apt-get install openjdk-17-jre-headless)")
         cache = Path(os.environ.get("ATTNREC_KAFKA_LIBS", Path.home() / ".cache" / "attnrec" / "kafka-libs"))
         stamp = cache / ".pom-sha"
-        import hashlib
-
         pom_sha = hashlib.sha256(_POM.read_bytes()).hexdigest()
         if not (stamp.exists() and stamp.read_text() == pom_sha):
             if shutil.which("mvn") is None:

@@ -4,6 +4,7 @@
 set -euo pipefail
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)  # test certificates for the TLS tests
 if [[ "${ATTNREC_SKIP_CHROMIUM:-0}" != "1" ]]; then
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
 fi

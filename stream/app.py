@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -323,8 +324,6 @@ async def _finish_or_exit(task: asyncio.Future[Outbox]) -> Outbox:
         return await asyncio.wait_for(task, timeout=30)
     except Exception:
         log.error("batch did not finish within 30 s of stop; exiting without acking it")
-        import os
-
         os._exit(3)
 
 
@@ -463,8 +462,6 @@ def create_app(settings: Settings) -> faust.App:
                 done, pending = await asyncio.wait(inflight, timeout=30)
                 if pending:
                     log.error("deliveries did not finish within 30 s of stop; exiting without acking them")
-                    import os
-
                     os._exit(3)
             await sender.stop()
 

@@ -18,7 +18,7 @@ import orjson
 
 from attnrec.errors import InvalidEventError
 from stream.buffer import BufferEntry
-from stream.model import OOV, PAD, LoadedModel
+from stream.model import OOV, LoadedModel
 from stream.schema import ClickEvent, dlq_envelope, parse_event
 
 __all__ = ["MAX_DLQ_RAW", "RawRecord", "Parsed", "parse_records", "ModelInputs", "build_inputs", "recommend", "Recommendation"]
@@ -247,5 +247,3 @@ def recommend(
         )
     return recs
 
-
-_ = PAD  # re-exported index constant

@@ -1,11 +1,14 @@
 """In-process per-stage cost of the worker hot path, no Kafka: parse, Redis Lua apply, build
 inputs, ONNX, recommend, JSON, store recs, for B events per batch (argument; default 256),
-against a private redis-server. Creates a random-weight 12k-item, L=50 model in /tmp/prof/reg.
+against a private redis-server. Creates a random-weight 12k-item, L=50 model in $ATTNREC_BENCH_WORK/reg (default /tmp/attnrec-bench-work).
 
     .venv/bin/python docs/bench/stages_inprocess.py 256
 """
-import asyncio, time, subprocess, sys, random
+import asyncio, os, time, subprocess, sys, random
 from pathlib import Path
+
+WORK = Path(os.environ.get("ATTNREC_BENCH_WORK", "/tmp/attnrec-bench-work"))
+WORK.mkdir(parents=True, exist_ok=True)
 import numpy as np
 import redis.asyncio as aioredis
 from exporter.testing import write_random_checkpoint
@@ -14,7 +17,7 @@ from stream.model import load_model
 from stream.buffer import RedisBuffers
 from stream.logic import RawRecord, parse_records, build_inputs, recommend
 from stream.schema import ClickEvent
-root = Path("/tmp/prof")
+root = WORK
 reg = root / "reg"
 if not (reg / "CURRENT").exists():
     ck = write_random_checkpoint(root / "ck", n_items=12000, max_len=50, d_model=64, n_blocks=2)
@@ -22,7 +25,7 @@ if not (reg / "CURRENT").exists():
 v = (reg / "CURRENT").read_text().strip()
 m = load_model(reg / v, threads=1)
 port = 56379
-rp = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--appendonly", "yes", "--appendfsync", "everysec", "--dir", "/tmp/prof"], stdout=subprocess.DEVNULL)
+rp = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(WORK)], stdout=subprocess.DEVNULL)
 time.sleep(0.5)
 async def main():
     r = aioredis.Redis(port=port)

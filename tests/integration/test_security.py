@@ -83,7 +83,7 @@ def tls_redis(certs: dict[str, Path] | None) -> Iterator[dict[str, Any]]:
     from attnrec.stack import LocalStack, free_port
 
     if certs is None:
-        pytest.skip("openssl not installed: cannot make a test certificate")
+        pytest.fail("openssl not installed (deploy/setup-system.sh installs it): cannot make a test certificate")
     d = certs["dir"]
     port = free_port()
     password = "t-" + secrets.token_urlsafe(18)

@@ -148,8 +148,7 @@ def test_loo_split_has_no_leakage(tmp_path: Path) -> None:
 
 def test_beauty_split_has_no_leakage() -> None:
     path = DATA_DIR / "amazon-beauty" / "Beauty.txt"
-    if not path.is_file():
-        pytest.skip(f"{path} not present")
+    assert path.is_file(), f"{path} not present: set ATTNREC_DATA_DIR to the shared data directory"
     ds = load_dataset(path, "s3")
     assert ds.stats()["users"] == 22363 and len(ds.vocab.items) == 12101
     _check_no_leakage(ds)
