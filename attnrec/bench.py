@@ -813,16 +813,15 @@ def stage_profile(s: Settings, registry: Path, items: Sequence[str], users: Sequ
 
             parsed = parse_records(batch)
             mark()
-            res = await bufs.apply(parsed.events, decode_len=window, return_len=ret)
+            res = await bufs.apply(parsed.events, return_len=ret)
             mark()
             triggers = {ev.user_id: ev for ev, _, _ in parsed.events}
-            inputs = build_inputs(model, res.buffers, res.users, exclude_seen=s.exclude_seen, seen=res.seen,
-                                  exclude_window=s.exclude_window)  # fmt: skip
+            inputs = build_inputs(model, res.raw, res.users, exclude_seen=s.exclude_seen, exclude_window=s.exclude_window)
             mark()
             outputs = model.run(inputs.items, inputs.types, inputs.gaps, inputs.exclude) if inputs.users else None
             mark()
-            out = recommend(model, res.users, res.buffers, triggers, top_k=s.top_k, because_k=s.because_k,
-                            exclude_seen=s.exclude_seen, outputs=outputs, inputs=inputs, seen=res.seen)  # fmt: skip
+            out = recommend(model, res.users, res.raw, triggers, top_k=s.top_k, because_k=s.because_k,
+                            exclude_seen=s.exclude_seen, outputs=outputs, inputs=inputs)  # fmt: skip
             mark()
             payloads = {r.user_id: r.to_json() for r in out}
             mark()

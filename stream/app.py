@@ -1,13 +1,14 @@
 """The Faust worker: a thin agent over :mod:`stream.logic`.
 
-One agent, concurrency 1, consumes ``clicks`` in batches (``take_events(B, within=W)``). For
-each batch: parse and validate (bad messages to ``clicks.dlq``), apply to the Redis buffers
-in one Lua call, run the model once, produce one recommendation per user, store it for the
-lookup API, and wait until every produced record is acknowledged by the broker. Only then
-does the batch end and its offsets become committable.
+One agent, concurrency 1, consumes ``clicks`` (``noack_take(B, within=W)``) into a
+:class:`Batcher`, whose task processes batches of up to B events one at a time. For each
+batch: parse and validate (bad messages to ``clicks.dlq``), apply to the Redis buffers in one
+Lua call, run the model once (in a thread, so the event loop keeps consuming), produce one
+recommendation per user and store it for the lookup API. The batch's input events are acked,
+and so become committable, only once the broker has acknowledged every record it produced.
 
-faust-streaming acks every event of a ``take_events`` batch when the loop body leaves,
-even by an exception, so the body never raises on purpose: transient failures are retried
+Processing a batch never raises on purpose (faust-streaming's ``take_events`` would ack the
+events of a failed batch; a crashed agent stops consuming): transient failures are retried
 with backoff until they succeed (a Redis outage pauses consumption), and an event that fails
 ``max_attempts`` times on its own is dead-lettered as poison. The whole batch is idempotent
 (Redis dedupes by offset watermark and event_id), so a retry re-runs it from the start.
@@ -21,6 +22,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from dataclasses import field as dc_field
 from typing import Any
@@ -148,6 +150,7 @@ class Processor:
         self.send: SendFn | None = None  # async (topic, key, value) -> delivery future
         self.batches = 0
         self.positions: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset to process
+        self._scorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer")  # one model run at a time
         self._lag_labels: set[str] = set()
 
     # ------------------------------------------------------------------ model
@@ -209,25 +212,27 @@ class Processor:
             t0 = time.perf_counter()
             self.maybe_swap()  # between batches: this whole batch is scored by one version
             model = self.model
-            window = model.max_len + 1 if model is not None else 0
+            window = model.max_len + 1 if model is not None else 0  # +1: the oldest kept event's time gap
             ret = max(window, s.exclude_window if s.exclude_seen else 0)
-            res = await self.buffers.apply(parsed.events, decode_len=window, return_len=ret)
+            res = await self.buffers.apply(parsed.events, return_len=ret)
             t1 = time.perf_counter()
             triggers: dict[str, ClickEvent] = {}
             for ev, _, _ in parsed.events:
                 triggers[ev.user_id] = ev  # the last event of each user is its trigger
             outputs = inputs = None
             if model is not None:
-                inputs = build_inputs(
-                    model, res.buffers, res.users, exclude_seen=s.exclude_seen, seen=res.seen, exclude_window=s.exclude_window
-                )
+                inputs = build_inputs(model, res.raw, res.users, exclude_seen=s.exclude_seen, exclude_window=s.exclude_window)
                 if inputs.users:
-                    outputs = model.run(inputs.items, inputs.types, inputs.gaps, inputs.exclude)
+                    # onnxruntime releases the GIL: scoring in a thread lets the event loop
+                    # fetch, deliver and ack other batches meanwhile
+                    outputs = await asyncio.get_running_loop().run_in_executor(
+                        self._scorer, model.run, inputs.items, inputs.types, inputs.gaps, inputs.exclude
+                    )
             t2 = time.perf_counter()
             recs = recommend(
-                model, res.users, res.buffers, triggers,
+                model, res.users, res.raw, triggers,
                 top_k=s.top_k, because_k=s.because_k, exclude_seen=s.exclude_seen,
-                outputs=outputs, inputs=inputs, seen=res.seen,
+                outputs=outputs, inputs=inputs,
             )  # fmt: skip
             payloads = {r.user_id: r.to_json() for r in recs}
             for r in recs:
@@ -317,14 +322,90 @@ class Processor:
         self.metrics.dead.labels(dlq_reason(msg)).inc()
 
 
-async def _finish_or_exit(task: asyncio.Future[Outbox]) -> Outbox:
-    """Wait for a shielded batch after a stop request; exit hard if it cannot finish, so its
-    events stay unacked and are redelivered to the next worker."""
-    try:
-        return await asyncio.wait_for(task, timeout=30)
-    except Exception:
-        log.error("batch did not finish within 30 s of stop; exiting without acking it")
-        os._exit(3)
+class Batcher:
+    """Batches for one agent: a FIFO of taken events and one task that processes them.
+
+    The agent hands over (:meth:`put`) what faust's take yields and goes straight back to taking; the
+    task takes up to ``batch_size`` pending events at a time, so under load a batch is
+    everything that arrived while the previous one was scored (adaptive batching), and at low
+    load it is the few events of the last take window. Batches are processed one at a time in
+    arrival order (per-user order); their deliveries overlap with the next batches, at most
+    ``max_inflight`` at once, and each batch's events are acked only once delivered.
+    ``put`` blocks while ``max_pending`` events wait (backpressure on the consumer).
+    """
+
+    def __init__(self, proc: Processor, ack: Callable[[Any], Awaitable[Any]], batch_size: int, max_inflight: int,
+                 max_pending: int) -> None:  # fmt: skip
+        self.proc = proc
+        self.ack = ack
+        self.batch_size = batch_size
+        self.max_inflight = max_inflight
+        self.max_pending = max_pending
+        self._pending: list[Any] = []
+        self._have = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._stopping = False
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._task = asyncio.ensure_future(self._run())
+
+    async def put(self, events: Sequence[Any]) -> None:
+        if self._task.done():  # the batch task died: surface it, so the supervisor restarts the agent
+            self._task.result()
+            raise RuntimeError("batch task ended")
+        self._pending.extend(events)
+        self._have.set()
+        while len(self._pending) >= self.max_pending and not self._task.done():
+            self._room.clear()
+            await self._room.wait()
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            await self._have.wait()
+            if self._stopping:
+                break
+            events = self._pending[: self.batch_size]
+            del self._pending[: self.batch_size]
+            if not self._pending:
+                self._have.clear()
+            if len(self._pending) < self.max_pending:
+                self._room.set()
+            records = [
+                RawRecord(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value,
+                          int(e.message.timestamp * 1000))
+                for e in events
+            ]  # fmt: skip
+            out = await self.proc.process(records)
+            t = asyncio.ensure_future(self._deliver_then_ack(out, events))
+            self._inflight.add(t)
+            t.add_done_callback(self._inflight.discard)
+            if len(self._inflight) >= self.max_inflight:  # a slow broker slows consumption
+                await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
+
+    async def _deliver_then_ack(self, out: Outbox, events: list[Any]) -> None:
+        await self.proc.deliver(out)
+        for e in events:
+            await self.ack(e)
+
+    async def close(self) -> None:
+        """Finish the batch in hand and its deliveries (a stop request, e.g. SIGTERM); events
+        still pending stay unacked and are redelivered to whoever owns the partition next.
+        Exits the process hard if that cannot happen within 30 s each."""
+        self._stopping = True
+        self._have.set()
+        if not self._task.done():
+            log.info("stop requested: finishing the batch in hand (%d more events pending stay unacked)", len(self._pending))
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout=30)
+            except TimeoutError:
+                log.error("batch did not finish within 30 s of stop; exiting without acking it")
+                os._exit(3)
+        if self._inflight:
+            log.info("waiting for %d batches' deliveries before stopping", len(self._inflight))
+            _, pending = await asyncio.wait(self._inflight, timeout=30)
+            if pending:
+                log.error("deliveries did not finish within 30 s of stop; exiting without acking them")
+                os._exit(3)
 
 
 def _where(records: Sequence[RawRecord]) -> str:
@@ -420,49 +501,20 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.agent(clicks, concurrency=1)
     async def score(stream: Any) -> None:
-        """Batches in, one at a time; deliveries overlap with the next batches.
+        """Events in, handed to the :class:`Batcher`; the agent itself never waits for a batch.
 
-        ``noack_take`` leaves acking to us: a batch's input events are acked only after the
-        broker confirmed every record it produced, in a task of its own, so the next batch
-        need not wait for the round trip. At most ``max_inflight`` batches await delivery;
-        faust commits the highest offset below the first unacked one, so an out-of-order
-        ack never commits past unfinished work.
+        ``noack_take`` leaves acking to us (a batch's input events are acked only after the
+        broker confirmed every record it produced). faust moves events into a take buffer only
+        while the agent is not inside its loop body, so the body just queues them: the take
+        buffer keeps filling while a batch is scored, and the next batch is whatever arrived
+        meanwhile, up to B (docs/BENCHMARKS.md).
         """
-        inflight: set[asyncio.Task[None]] = set()
-
-        async def deliver_then_ack(out: Outbox, events: list[Any]) -> None:
-            await proc.deliver(out)
-            for e in events:
-                await stream.ack(e)
-
+        batcher = Batcher(proc, stream.ack, s.batch_size, s.max_inflight, max_pending=4 * s.batch_size)
         try:
             async for events in stream.noack_take(s.batch_size, within=s.batch_wait_ms / 1000.0):
-                records = [
-                    RawRecord(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value,
-                              int(e.message.timestamp * 1000))
-                    for e in events
-                ]  # fmt: skip
-                # Finish the batch in hand even when asked to stop (SIGTERM).
-                task = asyncio.ensure_future(proc.process(records))
-                try:
-                    out = await asyncio.shield(task)
-                except asyncio.CancelledError:
-                    log.info("stop requested: finishing the batch in hand (%d events)", len(records))
-                    out = await _finish_or_exit(task)
-                    inflight.add(asyncio.ensure_future(deliver_then_ack(out, list(events))))
-                    raise
-                t = asyncio.ensure_future(deliver_then_ack(out, list(events)))
-                inflight.add(t)
-                t.add_done_callback(inflight.discard)
-                if len(inflight) >= s.max_inflight:  # backpressure: a slow broker slows consumption
-                    await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+                await batcher.put(events)
         finally:
-            if inflight:
-                log.info("waiting for %d batches' deliveries before stopping", len(inflight))
-                done, pending = await asyncio.wait(inflight, timeout=30)
-                if pending:
-                    log.error("deliveries did not finish within 30 s of stop; exiting without acking them")
-                    os._exit(3)
+            await batcher.close()
             await sender.stop()
 
     def _authorized(request: Request) -> bool:

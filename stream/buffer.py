@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
@@ -29,7 +29,7 @@ import redis.exceptions as rexc
 from attnrec.errors import TransientError
 from stream.schema import ClickEvent
 
-__all__ = ["BufferEntry", "RedisBuffers", "encode_entry", "decode_entry", "user_keys", "APPLY_LUA"]
+__all__ = ["BufferEntry", "RedisBuffers", "Applied", "encode_entry", "decode_entry", "entry_item", "user_keys", "APPLY_LUA"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,11 @@ def decode_entry(raw: str | bytes) -> BufferEntry:
     s = raw.decode("utf-8") if isinstance(raw, bytes) else raw
     ts, et, item = s.split("|", 2)
     return BufferEntry(item, et, int(ts))
+
+
+def entry_item(raw: bytes) -> str:
+    """The item id of a raw entry, without building a :class:`BufferEntry`."""
+    return raw.split(b"|", 2)[2].decode("utf-8")
 
 
 def user_keys(user_id: str) -> tuple[str, str, str, str]:
@@ -109,20 +114,34 @@ return {applied, bufs}
 """
 
 
+# KEYS: the recs key of each user; ARGV: ttl_s, then one payload per key.
+STORE_RECS_LUA = """
+local ttl = ARGV[1]
+for i = 1, #KEYS do
+  redis.call('SET', KEYS[i], ARGV[i + 1], 'EX', ttl)
+end
+return #KEYS
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class Applied:
     """Outcome of one batch: which events were new, and each touched user's buffer.
 
-    ``buffers`` holds the newest ``decode_len`` entries decoded (what the model reads);
-    ``seen`` holds the item ids of the newest ``return_len`` entries (for seen-item
-    exclusion), extracted without building an object per entry — decoding all 200 entries
-    of every user in a batch cost more than the model (docs/BENCHMARKS.md).
+    ``raw`` holds each distinct user's newest ``return_len`` entries as Redis returned them
+    (bytes, newest first). The hot path parses them through a memo
+    (:class:`stream.logic.EntryTable`), because splitting every entry of every window on every
+    batch cost more than the model (docs/BENCHMARKS.md); :attr:`buffers` decodes them all, for
+    tests and tools.
     """
 
     applied: list[bool]
     users: list[str]
-    buffers: dict[str, list[BufferEntry]]
-    seen: dict[str, list[str]] = field(default_factory=dict)
+    raw: dict[str, list[bytes]]
+
+    @property
+    def buffers(self) -> dict[str, list[BufferEntry]]:
+        return {u: [decode_entry(e) for e in entries] for u, entries in self.raw.items()}
 
 
 def map_redis_error(exc: BaseException) -> TransientError:
@@ -183,18 +202,19 @@ class RedisBuffers:
         self.dedupe_window = dedupe_window
         self.return_len = return_len or max_len
         self._script = client.register_script(APPLY_LUA)
+        self._store_script = client.register_script(STORE_RECS_LUA)
 
     async def apply(
         self,
         events: Sequence[tuple[ClickEvent, str, int]],
         *,
-        decode_len: int | None = None,
         return_len: int | None = None,
     ) -> Applied:
         """Apply ``(event, watermark_field, offset)`` triples in order; offset -1 = none.
 
         ``watermark_field`` is ``"<topic>:<partition>"``. Returns which events were new and the
-        buffers of the distinct users touched (newest first), read after all were applied.
+        newest ``return_len`` entries of each distinct user touched (newest first), read after
+        all were applied.
         """
         keys: list[str] = []
         ret = self.return_len if return_len is None else max(1, return_len)
@@ -210,24 +230,16 @@ class RedisBuffers:
         args += [first_index[u] for u in users]
         with _redis_errors():
             flags, bufs = await self._script(keys=keys, args=args)
-        n_dec = ret if decode_len is None else decode_len
-        buffers: dict[str, list[BufferEntry]] = {}
-        seen: dict[str, list[str]] = {}
-        for u, b in zip(users, bufs, strict=True):
-            texts = [e.decode("utf-8") for e in b]
-            buffers[u] = [decode_entry(t) for t in texts[:n_dec]]
-            seen[u] = [t.split("|", 2)[2] for t in texts]
-        return Applied(applied=[bool(f) for f in flags], users=users, buffers=buffers, seen=seen)
+        return Applied(applied=[bool(f) for f in flags], users=users, raw=dict(zip(users, bufs, strict=True)))
 
     async def store_recs(self, recs: dict[str, bytes]) -> None:
-        """Write each user's latest recommendation (one pipelined round trip)."""
+        """Write each user's latest recommendation, with the buffer TTL, in one script call
+        (a pipeline of one SET per user cost ~5x more client CPU)."""
         if not recs:
             return
+        keys = [user_keys(u)[3] for u in recs]
         with _redis_errors():
-            async with self.r.pipeline(transaction=False) as p:
-                for user, payload in recs.items():
-                    p.set(user_keys(user)[3], payload, ex=self.ttl_s)
-                await p.execute()
+            await self._store_script(keys=keys, args=[self.ttl_s, *recs.values()])
 
     async def get_recs(self, user_id: str) -> bytes | None:
         with _redis_errors():

@@ -7,9 +7,8 @@ input, what a recommendation says — is made here and unit-tested without servi
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,11 +16,11 @@ import numpy as np
 import orjson
 
 from attnrec.errors import InvalidEventError
-from stream.buffer import BufferEntry
+from stream.buffer import entry_item
 from stream.model import OOV, LoadedModel
 from stream.schema import ClickEvent, dlq_envelope, parse_event
 
-__all__ = ["MAX_DLQ_RAW", "RawRecord", "Parsed", "parse_records", "ModelInputs", "build_inputs", "recommend", "Recommendation"]
+__all__ = ["MAX_DLQ_RAW", "RawRecord", "Parsed", "parse_records", "EntryTable", "ModelInputs", "build_inputs", "recommend", "Recommendation"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,72 +88,141 @@ def parse_records(records: Sequence[RawRecord], now_ms: int | None = None) -> Pa
     return out
 
 
+class EntryTable:
+    """Parsed buffer entries, memoised for one model version: raw entry bytes -> a row of
+    (item index, event-type index, ts) columns.
+
+    Every batch re-reads each user's whole window from Redis, so almost every entry was seen
+    in an earlier batch; splitting and looking it up again cost ~0.6 µs per entry (30 µs per
+    event at L=50), more than the model. A row lookup is one dict probe. Bounded: the table
+    starts over when ``capacity`` rows are used (≈ the windows of ``capacity / 51`` users).
+    """
+
+    def __init__(self, model: LoadedModel, capacity: int = 1 << 19) -> None:
+        self.item_index = model.item_index
+        self.type_index = model.event_type_index
+        self.capacity = capacity
+        self._row: dict[bytes, int] = {}
+        self.cols = np.zeros((3, capacity), dtype=np.int64)  # item index, event-type index, ts
+
+    @classmethod
+    def of(cls, model: LoadedModel) -> EntryTable:
+        if model.entry_table is None:
+            model.entry_table = cls(model)
+        return model.entry_table  # type: ignore[no-any-return]
+
+    def rows(self, entries: Sequence[bytes]) -> np.ndarray:
+        """Row numbers (int64 array) of ``entries``, parsing the ones not seen before."""
+        rows = list(map(self._row.get, entries))
+        if None in rows:
+            if len(self._row) + len(entries) > self.capacity:
+                self._row.clear()
+                rows = [None] * len(entries)
+            for i, r in enumerate(rows):
+                if r is None:
+                    e = entries[i]
+                    r = self._row.get(e)
+                    if r is None:
+                        r = self._add(e)
+                    rows[i] = r
+        return np.array(rows, dtype=np.int64)
+
+    def _add(self, e: bytes) -> int:
+        try:
+            ts, et, item = e.split(b"|", 2)
+            t = int(ts)
+        except ValueError:
+            raise ValueError(f"malformed buffer entry in Redis: {e[:200]!r}") from None
+        r = len(self._row)
+        self.cols[0, r] = self.item_index.get(item, OOV)
+        self.cols[1, r] = self.type_index.get(et, 1)
+        self.cols[2, r] = t
+        self._row[e] = r
+        return r
+
+
 @dataclass
 class ModelInputs:
     items: np.ndarray  # (B, L) int64, left-padded, newest at L-1
     types: np.ndarray  # (B, L) int64
     gaps: np.ndarray  # (B, L) int64
     exclude: np.ndarray  # (B, E) int64
-    used: list[list[BufferEntry]]  # per row: the entries at positions L-n..L-1, oldest first
+    windows: list[Sequence[bytes]]  # per row: the raw entries at positions L-1, L-2, … (newest first)
     users: list[str]  # row -> user
+
+
+def _scatter(values: np.ndarray, starts: np.ndarray, counts: np.ndarray, width: int, right: bool) -> np.ndarray:
+    """(U, width) int64: row u gets ``values[starts[u] : starts[u] + counts[u]]`` (newest first)
+    written from the last column leftwards (``right``) or from the first column rightwards."""
+    out = np.zeros((len(counts), width), dtype=np.int64)
+    total = int(counts.sum())
+    if total:
+        row = np.repeat(np.arange(len(counts)), counts)
+        j = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)  # rank within the row
+        out[row, width - 1 - j if right else j] = values[np.repeat(starts, counts) + j]
+    return out
 
 
 def build_inputs(
     model: LoadedModel,
-    buffers: dict[str, list[BufferEntry]],
+    raw: Mapping[str, Sequence[bytes]],
     users: Sequence[str],
     *,
     exclude_seen: bool = True,
-    seen: dict[str, list[str]] | None = None,
     exclude_window: int | None = None,
 ) -> ModelInputs:
-    """Turn newest-first buffers into left-padded index arrays for the users that have a
-    usable history (at least one item the model knows)."""
-    rows: list[tuple[str, list[BufferEntry], list[int]]] = []
+    """Turn newest-first raw buffers into left-padded index arrays for the users that have a
+    usable history (at least one item the model knows). Excluded from the recommendations:
+    the items of the model window and of the newest ``exclude_window`` entries (all returned
+    entries when None)."""
+    L_model, with_gaps = model.max_len, model.uses_gaps
+    flat: list[bytes] = []
+    starts, n_win, n_excl, n_parsed = [], [], [], []
     for u in users:
-        buf = buffers.get(u) or []
-        window = buf[: model.max_len][::-1]  # oldest -> newest
-        idx = [model.item_index.get(e.item_id, OOV) for e in window]
-        if not any(i > OOV for i in idx):
-            continue  # no usable history: fallback
-        rows.append((u, window, idx))
-    B = len(rows)
-    L = max((len(w) for _, w, _ in rows), default=1)
-    items = np.zeros((B, L), dtype=np.int64)
-    types = np.zeros((B, L), dtype=np.int64)
-    gaps = np.zeros((B, L), dtype=np.int64)
-    ex_lists: list[list[int]] = []
-    for r, (u, window, idx) in enumerate(rows):
-        n = len(window)
-        items[r, L - n :] = idx
-        if model.uses_types:
-            types[r, L - n :] = [model.event_type_index.get(e.event_type, 1) for e in window]
-        if model.uses_gaps and n:
-            # the oldest kept event's gap comes from the event before it, when the buffer has it
-            older = buffers[u][model.max_len : model.max_len + 1]
-            ts = np.fromiter((e.ts for e in window[::-1] + older), dtype=np.int64)[::-1]  # (n or n+1,) oldest first
-            d = np.diff(ts)
-            b = np.searchsorted(model.gap_boundaries_ms, d, side="right") + 1
-            b[d < 0] = 0  # clock skew: unknown gap
-            gaps[r, L - n :] = b[-n:] if older else np.concatenate(([0], b))
-        if exclude_seen:
-            # the model window's items are already mapped (they are row r of `items`); only
-            # older events inside the exclusion window need a vocabulary lookup
-            ids = seen[u] if seen is not None and u in seen else [e.item_id for e in buffers[u]]
-            older_ids = ids[n : exclude_window if exclude_window is not None else len(ids)]
-            ex_lists.append([model.item_index.get(i, OOV) for i in older_ids])
-        else:
-            ex_lists.append([])
-    E = max((len(x) for x in ex_lists), default=0)
-    if exclude_seen:
-        # (B, L + E): the window's items plus older seen items; PAD/OOV entries are harmless
-        exclude = np.zeros((B, L + E), dtype=np.int64)
-        exclude[:, :L] = items
-        for r, x in enumerate(ex_lists):
-            exclude[r, L : L + len(x)] = x
+        ents = raw.get(u) or ()
+        n = min(len(ents), L_model)
+        e = max(n, min(len(ents), len(ents) if exclude_window is None else exclude_window)) if exclude_seen else n
+        k = max(e, min(len(ents), n + 1) if with_gaps else n)  # the gap of the oldest kept event needs one more
+        starts.append(len(flat))
+        flat.extend(ents[:k])
+        n_win.append(n)
+        n_excl.append(e)
+        n_parsed.append(k)
+    table = EntryTable.of(model)
+    rows = table.rows(flat)
+    item_f = table.cols[0][rows]
+    st, nw = np.asarray(starts, dtype=np.int64), np.asarray(n_win, dtype=np.int64)
+    width = int(nw.max(initial=0)) or 1
+    items = _scatter(item_f, st, nw, width, right=True)
+    sel = np.flatnonzero((items > OOV).any(axis=1))  # rows with no known item: fallback
+    L = int(nw[sel].max(initial=0)) or 1
+    items = items[sel, width - L :]
+    st, nw = st[sel], nw[sel]
+    if model.uses_types:
+        types = _scatter(table.cols[1][rows], st, nw, L, right=True)
     else:
-        exclude = np.zeros((B, 1), dtype=np.int64)
-    return ModelInputs(items, types, gaps, exclude, [w for _, w, _ in rows], [u for u, _, _ in rows])
+        types = np.zeros_like(items)
+    if with_gaps:
+        ts = table.cols[2][rows]
+        newer = np.arange(len(flat))
+        older = np.minimum(newer + 1, max(len(flat) - 1, 0))
+        diff = ts[newer] - ts[older] if len(flat) else ts
+        gap = np.searchsorted(model.gap_boundaries_ms, diff, side="right") + 1
+        gap[diff < 0] = 0  # clock skew: unknown gap
+        # an entry's older neighbour must be of the same user: the last parsed entry has none
+        last = np.asarray(starts, dtype=np.int64) + np.asarray(n_parsed, dtype=np.int64) - 1
+        gap[last[np.asarray(n_parsed) > 0]] = 0
+        gaps = _scatter(gap, st, nw, L, right=True)
+    else:
+        gaps = np.zeros_like(items)
+    if exclude_seen:
+        ne = np.asarray(n_excl, dtype=np.int64)[sel]
+        exclude = _scatter(item_f, st, ne, int(ne.max(initial=0)) or 1, right=False)
+    else:
+        exclude = np.zeros((len(sel), 1), dtype=np.int64)
+    sel_users = [users[i] for i in sel.tolist()]
+    windows = [(raw.get(u) or ())[:n] for u, n in zip(sel_users, nw.tolist(), strict=True)]
+    return ModelInputs(items, types, gaps, exclude, windows, sel_users)
 
 
 @dataclass
@@ -166,26 +234,28 @@ class Recommendation:
         return orjson.dumps(self.payload)
 
 
-def _because(window: list[BufferEntry], attn_row: list[float], order: list[int], k: int) -> list[dict[str, Any]]:
-    """The top-``k`` past events by attention. ``order`` ranks the row's positions by weight;
-    padding positions carry zero weight and are skipped."""
-    n, L = len(window), len(attn_row)
+def _because(window: Sequence[bytes], L: int, attn_row: list[float], order: list[int], k: int) -> list[dict[str, Any]]:
+    """The top-``k`` past events by attention. ``window`` holds the row's raw entries newest
+    first (position L-1 is ``window[0]``); ``attn_row`` the weights rounded to 4 places;
+    ``order`` ranks the row's positions by weight; padding positions carry zero weight and are
+    skipped."""
     out: list[dict[str, Any]] = []
+    n = len(window)
     for p in order:
         if len(out) >= k:
             break
-        i = p - (L - n)  # position -> index in the window (left padding before it)
+        j = L - 1 - p  # position -> newest-first index in the window
         w = attn_row[p]
-        if i >= 0 and w > 0:
-            e = window[i]
-            out.append({"item_id": e.item_id, "event_type": e.event_type, "weight": round(w, 4)})
+        if j < n and w > 0:
+            _, et, item = window[j].split(b"|", 2)
+            out.append({"item_id": item.decode(), "event_type": et.decode(), "weight": w})
     return out
 
 
 def recommend(
     model: LoadedModel | None,
     users: Sequence[str],
-    buffers: dict[str, list[BufferEntry]],
+    raw: Mapping[str, Sequence[bytes]],
     triggers: dict[str, ClickEvent],
     *,
     top_k: int = 10,
@@ -195,7 +265,6 @@ def recommend(
     now_ms: int | None = None,
     outputs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     inputs: ModelInputs | None = None,
-    seen: dict[str, list[str]] | None = None,
 ) -> list[Recommendation]:
     """One recommendation per user. ``outputs`` are the model's (top_items, top_scores, attn)
     for the rows of ``inputs``; users without a row get the popularity fallback."""
@@ -204,29 +273,30 @@ def recommend(
     pop = list(model.popularity) if model is not None and model.popularity else list(popularity)
     row_of = {u: r for r, u in enumerate(inputs.users)} if inputs is not None else {}
     if outputs is not None and inputs is not None and inputs.users:
-        # one conversion per batch, not per element: numpy scalars are slow in Python loops
-        top_l, scores_l, attn_l = outputs[0].tolist(), outputs[1].tolist(), outputs[2].tolist()
+        # one conversion per batch, not per element: numpy scalars and round() are slow in
+        # Python loops; PAD/OOV and -inf (excluded) candidates are dropped here, in numpy
+        top, scores = outputs[0], outputs[1].astype(np.float64)
+        ok = (top > OOV) & np.isfinite(scores)
+        top_l, scores_l = top.tolist(), np.round(np.where(ok, scores, 0.0), 4).tolist()
+        ok_rows = ok.all(axis=1).tolist()
+        ok_l = ok.tolist()
+        attn_l = np.round(outputs[2].astype(np.float64), 4).tolist()
         order_l = np.argsort(-outputs[2], axis=1, kind="stable")[:, : max(because_k, 1) + 8].tolist()
+        L = outputs[2].shape[1]
+    ids = model.item_ids if model is not None else []
     recs: list[Recommendation] = []
     for u in users:
         trig = triggers[u]
         r = row_of.get(u)
         if model is not None and outputs is not None and inputs is not None and r is not None:
-            ids = model.item_ids
-            items = [
-                {"item_id": ids[i], "score": round(sc, 4)}
-                for i, sc in zip(top_l[r], scores_l[r], strict=True)
-                if i > OOV and math.isfinite(sc)
-            ][:top_k]
-            because = _because(inputs.used[r], attn_l[r], order_l[r], because_k)
+            pairs = zip(top_l[r], scores_l[r], strict=True)
+            if not ok_rows[r]:
+                pairs = ((i, sc) for (i, sc), k in zip(pairs, ok_l[r], strict=True) if k)
+            items = [{"item_id": ids[i], "score": sc} for i, sc in pairs][:top_k]
+            because = _because(inputs.windows[r], L, attn_l[r], order_l[r], because_k)
             fallback = False
         else:
-            if not exclude_seen:
-                seen_u: set[str] = set()
-            elif seen is not None and u in seen:
-                seen_u = set(seen[u])
-            else:
-                seen_u = {e.item_id for e in buffers.get(u, [])}
+            seen_u = {entry_item(e) for e in raw.get(u) or ()} if exclude_seen else set()
             items = [{"item_id": it, "score": 0.0} for it in pop if it not in seen_u][:top_k]
             because = []
             fallback = True

@@ -40,8 +40,8 @@ class LoadedModel:
     manifest: dict[str, Any]
     session: ort.InferenceSession
     item_ids: list[str]  # index -> item_id (indices 0 and 1 are PAD and OOV)
-    item_index: dict[str, int]
-    event_type_index: dict[str, int]
+    item_index: dict[bytes, int]  # UTF-8 item id, as stored in the Redis buffers -> index
+    event_type_index: dict[bytes, int]  # UTF-8 event type -> index (0 = PAD)
     gap_boundaries_ms: np.ndarray
     max_len: int
     top_k: int
@@ -49,6 +49,8 @@ class LoadedModel:
     uses_gaps: bool
     popularity: list[str]
     loaded_at: float = field(default_factory=time.time)
+    #: stream.logic.EntryTable memo of parsed buffer entries; its indices belong to this version
+    entry_table: Any = field(default=None, repr=False, compare=False)
 
     def run(self, items: np.ndarray, types: np.ndarray, gaps: np.ndarray, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Score a batch: arrays (B, L) int64 and (B, E) int64 -> top_items, top_scores, attn."""
@@ -73,8 +75,8 @@ def load_model(vdir: Path, *, threads: int = 1) -> LoadedModel:
         manifest=manifest,
         session=checked.session,
         item_ids=item_ids,
-        item_index={it: i for i, it in enumerate(item_ids) if i >= 2},
-        event_type_index={t: i + 1 for i, t in enumerate(event_types)},
+        item_index={it.encode(): i for i, it in enumerate(item_ids) if i >= 2},
+        event_type_index={t.encode(): i + 1 for i, t in enumerate(event_types)},
         gap_boundaries_ms=np.asarray(manifest.get("gap_boundaries_ms") or LOG2S_BOUNDARIES_MS, dtype=np.int64),
         max_len=int(manifest.get("max_len", 50)),
         top_k=int(manifest.get("top_k", 10)),

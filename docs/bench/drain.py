@@ -32,7 +32,7 @@ try:
     reg_items = json.load(open(sorted((WORK / "reg").glob("*/items.json"))[0])) if list((WORK / "reg").glob("*/items.json")) else [f"item-{i}" for i in range(2,12000)]
     items = reg_items["items"] if isinstance(reg_items, dict) else reg_items
     rng = random.Random(1)
-    N = 20000
+    N = int(os.environ.get("DRAIN_EVENTS", "20000"))
     evs = [ClickEvent(f"x{i}", f"u{rng.randrange(5000)}", rng.choice(items), "click", 1764300000000+i) for i in range(N)]
     t0 = time.time(); produce(s, evs, rate=None); tp = time.time()-t0
     print(f"produced {N} in {tp:.2f}s ({N/tp:.0f}/s)")

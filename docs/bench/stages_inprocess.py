@@ -44,11 +44,11 @@ async def main():
             ev = ClickEvent(f"e{seq}", u, rng.choice(items), "click", 1764300000000+seq)
             recs.append(RawRecord("clicks", 0, seq, u.encode(), ev.to_json())); seq+=1
         t0=time.perf_counter(); p = parse_records(recs); t1=time.perf_counter()
-        res = await buf.apply(p.events, decode_len=m.max_len+1, return_len=m.max_len+1); t2=time.perf_counter()
-        inp = build_inputs(m, res.buffers, res.users, seen=res.seen, exclude_window=50); t3=time.perf_counter()
+        res = await buf.apply(p.events, return_len=m.max_len+1); t2=time.perf_counter()
+        inp = build_inputs(m, res.raw, res.users, exclude_window=50); t3=time.perf_counter()
         out = m.run(inp.items, inp.types, inp.gaps, inp.exclude); t4=time.perf_counter()
         trig = {ev.user_id: ev for ev,_,_ in p.events}
-        rs = recommend(m, res.users, res.buffers, trig, outputs=out, inputs=inp, seen=res.seen); t5=time.perf_counter()
+        rs = recommend(m, res.users, res.raw, trig, outputs=out, inputs=inp); t5=time.perf_counter()
         pay = {x.user_id: x.to_json() for x in rs}; t6=time.perf_counter()
         await buf.store_recs(pay); t7=time.perf_counter()
         if it >= 20:

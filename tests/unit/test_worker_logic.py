@@ -30,8 +30,8 @@ def make_model(items: list[str], *, max_len: int = 4, uses_types: bool = True, u
         manifest={},
         session=None,  # type: ignore[arg-type]
         item_ids=item_ids,
-        item_index={it: i for i, it in enumerate(item_ids) if i >= 2},
-        event_type_index={t: i + 1 for i, t in enumerate(types)},
+        item_index={it.encode(): i for i, it in enumerate(item_ids) if i >= 2},
+        event_type_index={t.encode(): i + 1 for i, t in enumerate(types)},
         gap_boundaries_ms=np.asarray(LOG2S_BOUNDARIES_MS, dtype=np.int64),
         max_len=max_len,
         top_k=10,
@@ -51,9 +51,13 @@ def ev_json(**kw: object) -> bytes:
     return orjson.dumps({k: v for k, v in d.items() if v is not None})
 
 
-def entries(*spec: tuple[str, str, int]) -> list[BufferEntry]:
-    """Buffer entries newest first, as Redis returns them."""
-    return [BufferEntry(item, et, ts) for item, et, ts in spec]
+def entries(*spec: tuple[str, str, int]) -> list[bytes]:
+    """Raw buffer entries newest first, as Redis returns them."""
+    return [encode_entry(ClickEvent("e", "u", item, et, ts)).encode() for item, et, ts in spec]
+
+
+def ix(m: LoadedModel, item: str) -> int:
+    return m.item_index[item.encode()]
 
 
 def bucket(gap_ms: int) -> int:
@@ -137,20 +141,20 @@ def test_build_inputs_left_pads_oldest_first_and_maps_unknown_items_to_oov() -> 
     }
     x = build_inputs(m, bufs, ["u1", "u2"])
     assert x.users == ["u1", "u2"]
-    a, b, c = (m.item_index[i] for i in "abc")
+    a, b, c = (ix(m, i) for i in "abc")
     # L is the longest window in the batch; newest at the last position
     assert x.items.tolist() == [[a, OOV, c], [0, 0, b]]
-    t = m.event_type_index
+    t = {k.decode(): v for k, v in m.event_type_index.items()}
     assert x.types.tolist() == [[t["click"], t["view"], t["purchase"]], [0, 0, t["like"]]]
     assert x.items.dtype == np.int64 and x.types.dtype == np.int64 and x.gaps.dtype == np.int64
-    assert [[e.item_id for e in w] for w in x.used] == [["a", "zzz", "c"], ["b"]]
+    assert [[decode_entry(e).item_id for e in w] for w in x.windows] == [["c", "zzz", "a"], ["b"]], "newest first"
 
 
 def test_build_inputs_truncates_to_max_len_keeping_the_newest() -> None:
     m = make_model([f"i{k}" for k in range(10)], max_len=3, uses_gaps=False)
     buf = entries(*[(f"i{k}", "view", 1000 * k) for k in range(9, -1, -1)])  # newest (i9) first
     x = build_inputs(m, {"u": buf}, ["u"])
-    assert x.items.tolist() == [[m.item_index["i7"], m.item_index["i8"], m.item_index["i9"]]]
+    assert x.items.tolist() == [[ix(m, "i7"), ix(m, "i8"), ix(m, "i9")]]
 
 
 def test_build_inputs_skips_users_without_usable_history() -> None:
@@ -176,7 +180,7 @@ def test_build_inputs_gaps_use_the_event_before_the_window() -> None:
     # oldest first: a@0, b@+1 s, c@+3 s, d@+10 s; buffer newest first
     buf = entries(("d", "view", 10_000), ("c", "view", 3_000), ("b", "view", 1_000), ("a", "view", 0))
     x = build_inputs(m, {"u": buf}, ["u"])
-    assert x.items.tolist() == [[m.item_index["b"], m.item_index["c"], m.item_index["d"]]]
+    assert x.items.tolist() == [[ix(m, "b"), ix(m, "c"), ix(m, "d")]]
     assert x.gaps.tolist() == [[bucket(1_000), bucket(2_000), bucket(7_000)]]
     # and the same window without the older event: first gap unknown, the others unchanged
     y = build_inputs(m, {"u": buf[:3]}, ["u"])
@@ -197,7 +201,7 @@ def test_build_inputs_exclusion_lists_every_known_seen_item() -> None:
         "u2": entries(("b", "view", 1), ("b", "view", 0)),
     }
     x = build_inputs(m, bufs, ["u1", "u2"])
-    ia, ib, ic = (m.item_index[i] for i in "abc")
+    ia, ib, ic = (ix(m, i) for i in "abc")
     rows = [set(r) - {PAD, OOV} for r in x.exclude.tolist()]  # PAD/OOV filler is harmless
     assert rows == [{ia, ic}, {ib}]
     # a narrower exclusion window drops the older item 'a' (the model window is always excluded)
@@ -205,6 +209,72 @@ def test_build_inputs_exclusion_lists_every_known_seen_item() -> None:
     assert [set(r) - {PAD, OOV} for r in y.exclude.tolist()] == [{ic}, {ib}]
     off = build_inputs(m, bufs, ["u1", "u2"], exclude_seen=False)
     assert off.exclude.tolist() == [[0], [0]]
+
+
+def reference_inputs(m: LoadedModel, raw: dict[str, list[bytes]], users: list[str], exclude_window: int | None):
+    """The per-user, per-entry definition that the vectorised build_inputs must match."""
+    rows = []
+    for u in users:
+        buf = [decode_entry(e) for e in raw.get(u) or []]
+        window = buf[: m.max_len][::-1]  # oldest first
+        idx = [m.item_index.get(e.item_id.encode(), OOV) for e in window]
+        if not any(i > OOV for i in idx):
+            continue
+        types = [m.event_type_index.get(e.event_type.encode(), 1) for e in window]
+        gaps = []
+        for k, e in enumerate(window):
+            older = window[k - 1] if k > 0 else (buf[m.max_len] if len(buf) > m.max_len else None)
+            d = None if older is None else e.ts - older.ts
+            gaps.append(0 if d is None or d < 0 else bucket(d))
+        n_ex = len(buf) if exclude_window is None else exclude_window
+        excl = {m.item_index.get(e.item_id.encode(), OOV) for e in buf[: max(len(window), n_ex)]}
+        rows.append((u, idx, types, gaps, excl))
+    return rows
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_build_inputs_matches_the_per_entry_definition_on_random_batches(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    m = make_model([f"i{k}" for k in range(30)], max_len=int(rng.integers(1, 8)))
+    names = [f"i{k}" for k in range(40)]  # i30..i39 are unknown to the model
+    raw: dict[str, list[bytes]] = {}
+    for u in range(int(rng.integers(1, 12))):
+        n = int(rng.integers(0, 15))
+        ts = np.sort(rng.integers(0, 10**7, size=n))[::-1]  # newest first
+        ts[rng.random(n) < 0.1] += 10**6  # some clock skew
+        raw[f"u{u}"] = entries(*[(str(rng.choice(names)), str(rng.choice(["view", "click", "gift", "odd"])), int(t))
+                                 for t in ts])  # fmt: skip
+    users = list(raw) + ["absent"]
+    ew = None if seed % 3 == 0 else int(rng.integers(0, 12))
+    x = build_inputs(m, raw, users, exclude_window=ew)
+    want = reference_inputs(m, raw, users, ew)
+    assert x.users == [u for u, *_ in want]
+    L = x.items.shape[1]
+    for r, (_, idx, types, gaps, excl) in enumerate(want):
+        pad = [0] * (L - len(idx))
+        assert x.items[r].tolist() == pad + idx
+        assert x.types[r].tolist() == pad + types
+        assert x.gaps[r].tolist() == pad + gaps
+        assert set(x.exclude[r].tolist()) - {PAD, OOV} == excl - {PAD, OOV}
+    # the memo gives the same answer the second time (rows come from the table, not a parse)
+    y = build_inputs(m, raw, users, exclude_window=ew)
+    assert all((a == b).all() for a, b in zip((x.items, x.types, x.gaps, x.exclude), (y.items, y.types, y.gaps, y.exclude), strict=True))
+
+
+def test_entry_table_starts_over_when_full_and_names_malformed_entries() -> None:
+    from stream.logic import EntryTable
+
+    m = make_model(["a", "b", "c"])
+    t = EntryTable(m, capacity=4)
+    e = entries(("a", "view", 1), ("b", "click", 2), ("c", "gift", 3))
+    rows = t.rows(e)
+    assert t.cols[0][rows].tolist() == [ix(m, "a"), ix(m, "b"), ix(m, "c")] and t.cols[2][rows].tolist() == [1, 2, 3]
+    more = entries(("c", "view", 4), ("a", "view", 5))  # 5 rows > capacity 4: the table starts over
+    rows2 = t.rows(more)
+    assert t.cols[0][rows2].tolist() == [ix(m, "c"), ix(m, "a")] and t.cols[2][rows2].tolist() == [4, 5]
+    assert t.cols[0][t.rows(e[:1])].tolist() == [ix(m, "a")]
+    with pytest.raises(ValueError, match="malformed buffer entry"):
+        t.rows([b"no-pipes-here"])
 
 
 # ----------------------------------------------------------------------------- recommend
@@ -216,8 +286,7 @@ def test_recommend_from_model_outputs_with_because() -> None:
     m = make_model(["a", "b", "c", "d", "e"], max_len=4, uses_gaps=False)
     bufs = {"u": entries(("c", "purchase", 3), ("b", "view", 2), ("a", "click", 1))}
     x = build_inputs(m, bufs, ["u"])
-    idx = m.item_index
-    top = np.array([[idx["e"], idx["d"], OOV, 0]], dtype=np.int64)
+    top = np.array([[ix(m, "e"), ix(m, "d"), OOV, 0]], dtype=np.int64)
     scores = np.array([[5.0, 4.0, 3.0, -np.inf]], dtype=np.float32)
     attn = np.array([[0.2, 0.7, 0.1]], dtype=np.float32)  # over a, b, c
     (r,) = recommend(
@@ -238,7 +307,7 @@ def test_recommend_because_ignores_left_padding() -> None:
     m = make_model(["a", "b", "c"], max_len=4, uses_gaps=False)
     bufs = {"long": entries(("c", "view", 3), ("b", "view", 2), ("a", "view", 1)), "short": entries(("a", "like", 1))}
     x = build_inputs(m, bufs, ["long", "short"])
-    top = np.full((2, 1), m.item_index["b"], dtype=np.int64)
+    top = np.full((2, 1), ix(m, "b"), dtype=np.int64)
     scores = np.ones((2, 1), dtype=np.float32)
     attn = np.array([[0.1, 0.3, 0.6], [0.0, 0.0, 1.0]], dtype=np.float32)
     r = {x.user_id: x for x in recommend(m, ["long", "short"], bufs, {"long": trig("long"), "short": trig("short")},
@@ -251,7 +320,7 @@ def test_recommend_top_k_truncates() -> None:
     m = make_model(["a", "b", "c", "d"], uses_gaps=False)
     bufs = {"u": entries(("a", "view", 1))}
     x = build_inputs(m, bufs, ["u"])
-    top = np.array([[m.item_index[i] for i in "bcd"]], dtype=np.int64)
+    top = np.array([[ix(m, i) for i in "bcd"]], dtype=np.int64)
     scores = np.array([[3.0, 2.0, 1.0]], dtype=np.float32)
     (r,) = recommend(m, ["u"], bufs, {"u": trig("u")}, top_k=2, outputs=(top, scores, np.ones((1, 1))), inputs=x)
     assert [i["item_id"] for i in r.payload["items"]] == ["b", "c"]
@@ -262,7 +331,7 @@ def test_recommend_fallback_for_users_without_history_excludes_seen() -> None:
     bufs = {"cold": entries(("nope", "view", 1)), "warm": entries(("a", "view", 1))}
     x = build_inputs(m, bufs, ["cold", "warm"])
     assert x.users == ["warm"]
-    top = np.array([[m.item_index["b"]]], dtype=np.int64)
+    top = np.array([[ix(m, "b")]], dtype=np.int64)
     out = (top, np.ones((1, 1), dtype=np.float32), np.ones((1, 1), dtype=np.float32))
     r = {x.user_id: x.payload for x in recommend(m, ["cold", "warm"], bufs, {"cold": trig("cold", "c1"), "warm": trig("warm", "w1")},
                                                  top_k=2, outputs=out, inputs=x)}  # fmt: skip
