@@ -45,6 +45,10 @@ __all__ = ["Processor", "create_app"]
 log = logging.getLogger(__name__)
 
 
+#: Batches with at most this many users to score run the model on the event loop; larger ones
+#: in the scorer thread (a thread hand-over costs more than scoring a few rows).
+INLINE_SCORING_MAX_ROWS = 16
+
 SendFn = Callable[[str, "bytes | None", bytes], Awaitable["asyncio.Future[Any]"]]
 
 
@@ -222,12 +226,14 @@ class Processor:
             outputs = inputs = None
             if model is not None:
                 inputs = build_inputs(model, res.raw, res.users, exclude_seen=s.exclude_seen, exclude_window=s.exclude_window)
-                if inputs.users:
-                    # onnxruntime releases the GIL: scoring in a thread lets the event loop
-                    # fetch, deliver and ack other batches meanwhile
+                if len(inputs.users) > INLINE_SCORING_MAX_ROWS:
+                    # onnxruntime releases the GIL: scoring a large batch in a thread lets the
+                    # event loop fetch, deliver and ack other batches meanwhile
                     outputs = await asyncio.get_running_loop().run_in_executor(
                         self._scorer, model.run, inputs.items, inputs.types, inputs.gaps, inputs.exclude
                     )
+                elif inputs.users:  # a small batch scores in well under a millisecond: no hand-over
+                    outputs = model.run(inputs.items, inputs.types, inputs.gaps, inputs.exclude)
             t2 = time.perf_counter()
             recs = recommend(
                 model, res.users, res.raw, triggers,
