@@ -50,6 +50,7 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     _add(p, "--blocks", "transformer blocks", type=int)
     _add(p, "--heads", "attention heads", type=int)
     _add(p, "--dropout", "dropout", type=float)
+    _add(p, "--block", "transformer block layout", choices=("pre_ln", "sasrec"))
     _add(p, "--epochs", "max epochs", type=int)
     _add(p, "--patience", "early-stopping patience (epochs without validation NDCG@10 gain)", type=int)
     _add(p, "--batch-size", "batch size", type=int)
@@ -57,7 +58,10 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     _add(p, "--weight-decay", "Adam weight decay", type=float)
     _add(p, "--loss", "training loss: full softmax, sampled softmax, or SASRec's BCE", choices=("ce", "sampled", "bce"))
     _add(p, "--negatives", "negatives for --loss sampled", type=int)
+    _add(p, "--negatives-per", "--loss sampled: draw negatives per position, per training row or per batch",
+         choices=("position", "row", "batch"))
     _add(p, "--max-minutes", "wall-clock training budget in minutes (0 = none)", type=float)
+    _add_bool(p, "--no-bucket", "random batches instead of batches of rows of similar length")
     _add_bool(p, "--no-types", "ignore event types even when the data has them")
     _add_bool(p, "--no-gaps", "ignore time gaps even when the data has timestamps")
 
@@ -103,9 +107,10 @@ def _configs(args: argparse.Namespace, ds: Any) -> tuple[Any, Any]:
 
     mcfg, tcfg = default_configs(ds)
     over_m = {"max_len": args.max_len, "d_model": args.d_model, "n_blocks": args.blocks, "n_heads": args.heads,
-              "dropout": args.dropout}
+              "dropout": args.dropout, "block": args.block}
     over_t = {"epochs": args.epochs, "patience": args.patience, "batch_size": args.batch_size, "lr": args.lr,
               "weight_decay": args.weight_decay, "loss": args.loss, "n_negatives": args.negatives,
+              "negatives_per": args.negatives_per,
               "max_minutes": args.max_minutes}
     for k, v in over_m.items():
         if v is not None:
@@ -113,6 +118,8 @@ def _configs(args: argparse.Namespace, ds: Any) -> tuple[Any, Any]:
     for k, v in over_t.items():
         if v is not None:
             setattr(tcfg, k, v)
+    if args.no_bucket:
+        tcfg.bucket_batches = False
     if args.no_types:
         mcfg.n_event_types = 0
     if args.no_gaps:
@@ -148,7 +155,8 @@ def _fit(args: argparse.Namespace, ds: Any, force_loss: str | None = None) -> tu
     test = evaluate(scorer, ds, "test", mcfg.max_len, seed=tcfg.seed)
     metrics = {"protocol": PROTOCOL, "dataset": ds.name, "best_epoch": info["best_epoch"],
                "epochs_run": info["epochs_run"], "stop_reason": info["stop_reason"],
-               "train_seconds": info["train_seconds"], "eval_seconds": round(time.monotonic() - t0, 1),
+               "train_seconds": info["train_seconds"], "train_cpu_seconds": info["train_cpu_seconds"],
+               "eval_seconds": round(time.monotonic() - t0, 1),
                "val": val, "test": test, "data": ds.stats(), "curve": info["curve"]}
     return model, tcfg, metrics
 
@@ -183,7 +191,8 @@ def run_train(args: argparse.Namespace) -> int:
     model, tcfg, metrics = _fit(args, ds)
     save_checkpoint(args.out, model, tcfg, ds, metrics)
     summary = {"out": str(args.out), "dataset": ds.name, "best_epoch": metrics["best_epoch"],
-               "train_seconds": metrics["train_seconds"], "val": metrics["val"], "test": metrics["test"]}
+               "train_seconds": metrics["train_seconds"], "train_cpu_seconds": metrics["train_cpu_seconds"],
+               "val": metrics["val"], "test": metrics["test"]}
     sys.stdout.write(json.dumps(summary) + "\n")
     return 0
 
@@ -212,7 +221,8 @@ def run_eval(args: argparse.Namespace) -> int:
         res = metrics[args.split]
         train_seconds, model_name = metrics["train_seconds"], "baseline:sasrec-bce"
         config = {"baseline": "sasrec-bce", "model": model.cfg.to_dict(), "train": tcfg.to_dict(),
-                  "best_epoch": metrics["best_epoch"], "val": _metrics(metrics["val"])}
+                  "best_epoch": metrics["best_epoch"], "train_cpu_seconds": metrics["train_cpu_seconds"],
+                  "val": _metrics(metrics["val"])}
     else:
         _require(args, "model")
         from .checkpoint import load_checkpoint

@@ -8,10 +8,16 @@ position L-1 (see ``training/features.py`` for the vocabularies):
     gaps   time-gap bucket   (0 = PAD / unknown / not used)
 
 Embedding of position i = item + position(distance from the end, newest = 0) [+ type] [+ gap].
-Blocks are pre-LayerNorm transformer blocks with hand-written masked attention (a large finite
-negative instead of -inf, so fully padded rows never produce NaN and the graph exports to ONNX
-with dynamic batch and sequence length). Scores are the final hidden state dotted with the
-(tied) item embeddings.
+Blocks use hand-written masked attention (a large finite negative instead of -inf, so fully
+padded rows never produce NaN and the graph exports to ONNX with dynamic batch and sequence
+length) in one of two layouts (``ModelConfig.block``):
+
+    "pre_ln":  x = x + Attn(LN1(x) -> LN1(x));    x = x + FFN(LN2(x))           (GELU FFN)
+    "sasrec":  q = LN1(x); x = q + Attn(q -> x);  f = LN2(x); x = f + FFN(f)    (ReLU FFN)
+
+"sasrec" is the block of the SASRec authors' code (and of RecTools' SASRec): the query is
+normalised, keys and values are not, and the residuals start from the normalised tensors.
+Scores are the final hidden state dotted with the (tied) item embeddings.
 
     hidden = model(items, types, gaps)            # (B, L, d), training: every position
     h, attn = model.final_state(items, types, gaps)  # (B, d), (B, L): inference, newest only
@@ -27,10 +33,12 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-__all__ = ["ModelConfig", "AttnRec", "MASK_VALUE"]
+__all__ = ["ModelConfig", "AttnRec", "MASK_VALUE", "BLOCKS"]
 
 #: Added to masked attention logits. Finite so a fully masked row gives zeros, not NaN.
 MASK_VALUE = -1e9
+#: Block layouts, see the module docstring.
+BLOCKS = ("pre_ln", "sasrec")
 
 
 @dataclass
@@ -44,11 +52,13 @@ class ModelConfig:
     d_ff: int = 0  # feed-forward hidden width; 0 = d_model (SASRec's point-wise FFN)
     n_event_types: int = 0  # event-type vocabulary incl. PAD; 0 = not used
     n_gap_buckets: int = 0  # time-gap vocabulary incl. PAD; 0 = not used
+    block: str = "pre_ln"  # block layout: "pre_ln" or "sasrec" (see the module docstring)
 
     def __post_init__(self) -> None:
         assert self.n_items >= 3, f"n_items={self.n_items} must count PAD, OOV and at least one item"
         assert self.d_model % self.n_heads == 0, f"d_model={self.d_model} not divisible by n_heads={self.n_heads}"
         assert self.max_len >= 1 and self.n_blocks >= 1, "max_len and n_blocks must be positive"
+        assert self.block in BLOCKS, f"block must be one of {BLOCKS}, got {self.block!r}"
 
     @property
     def ff_width(self) -> int:
@@ -99,12 +109,13 @@ class SelfAttention(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        self.sasrec = cfg.block == "sasrec"
         self.ln1 = nn.LayerNorm(cfg.d_model)
         self.attn = SelfAttention(cfg)
         self.ln2 = nn.LayerNorm(cfg.d_model)
         self.ff = nn.Sequential(
             nn.Linear(cfg.d_model, cfg.ff_width),
-            nn.GELU(),
+            nn.ReLU() if self.sasrec else nn.GELU(),
             nn.Dropout(cfg.dropout),
             nn.Linear(cfg.ff_width, cfg.d_model),
             nn.Dropout(cfg.dropout),
@@ -115,13 +126,17 @@ class Block(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, L, d) -> (B, L, d), or (B, 1, d) for the newest position only when last_only."""
         h = self.ln1(x)  # (B, L, d)
+        kv = x if self.sasrec else h  # the SASRec block attends to un-normalised keys and values
         if last_only:
             x = x[:, -1:, :]  # (B, 1, d)
             hq = h[:, -1:, :]  # (B, 1, d)
             allowed = allowed[:, -1:, :]  # (B, 1, L)
         else:
             hq = h
-        a, att = self.attn(hq, h, allowed)
+        a, att = self.attn(hq, kv, allowed)
+        if self.sasrec:
+            f = self.ln2(hq + a)
+            return f + self.ff(f), att
         x = x + a
         x = x + self.ff(self.ln2(x))
         return x, att

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from training.model import AttnRec, ModelConfig
+from training.model import BLOCKS, AttnRec, ModelConfig
 
 
 def _model(**kw) -> AttnRec:  # type: ignore[no-untyped-def]
@@ -24,8 +25,9 @@ def _batch(L: int = 10) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return items, types, gaps
 
 
-def test_final_state_equals_forward_last_position() -> None:
-    model = _model()
+@pytest.mark.parametrize("block", BLOCKS)
+def test_final_state_equals_forward_last_position(block: str) -> None:
+    model = _model(block=block)
     items, types, gaps = _batch()
     with torch.no_grad():
         full = model(items, types, gaps)  # (B, L, d)
@@ -35,8 +37,9 @@ def test_final_state_equals_forward_last_position() -> None:
     assert torch.isfinite(full).all() and torch.isfinite(attn).all()
 
 
-def test_attention_rows_sum_to_one_over_real_events_and_zero_on_pads() -> None:
-    model = _model()
+@pytest.mark.parametrize("block", BLOCKS)
+def test_attention_rows_sum_to_one_over_real_events_and_zero_on_pads(block: str) -> None:
+    model = _model(block=block)
     items, types, gaps = _batch()
     with torch.no_grad():
         _, attn = model.final_state(items, types, gaps)
@@ -47,8 +50,9 @@ def test_attention_rows_sum_to_one_over_real_events_and_zero_on_pads() -> None:
     assert sums[3] == 0  # fully padded row: no NaN, all zeros
 
 
-def test_scores_and_shorter_sequences_and_no_future_leak() -> None:
-    model = _model()
+@pytest.mark.parametrize("block", BLOCKS)
+def test_scores_and_shorter_sequences_and_no_future_leak(block: str) -> None:
+    model = _model(block=block)
     items, types, gaps = _batch()
     with torch.no_grad():
         h, _ = model.final_state(items, types, gaps)
@@ -70,3 +74,35 @@ def test_config_round_trip_and_padding_row() -> None:
     cfg2 = ModelConfig.from_dict(model.cfg.to_dict() | {"unknown_future_key": 1})
     assert cfg2 == model.cfg
     assert (model.item_emb.weight[0] == 0).all()
+
+
+def test_block_layouts_differ_and_old_configs_load_as_pre_ln() -> None:
+    items, types, gaps = _batch()
+    with torch.no_grad():
+        h_pre, _ = _model(block="pre_ln").final_state(items, types, gaps)
+        h_sas, _ = _model(block="sasrec").final_state(items, types, gaps)
+    assert not torch.allclose(h_pre, h_sas)
+    old = {k: v for k, v in _model().cfg.to_dict().items() if k != "block"}  # a checkpoint from before the option
+    assert ModelConfig.from_dict(old).block == "pre_ln"
+    with pytest.raises(AssertionError):
+        ModelConfig(n_items=40, block="post_ln")
+
+
+def test_sasrec_block_exports_and_passes_the_parity_gate(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Both layouts have the same parameters; the exported graph keeps its contract."""
+    import json
+
+    from exporter.check import load_checked
+    from exporter.export import export_checkpoint
+    from exporter.registry import Registry
+    from exporter.testing import write_random_checkpoint
+
+    ckpt = write_random_checkpoint(tmp_path / "c", n_items=80, max_len=10, d_model=16, n_blocks=2,
+                                   n_event_types=0, n_gap_buckets=0)
+    config = json.loads((ckpt / "config.json").read_text())
+    config["model"]["block"] = "sasrec"
+    (ckpt / "config.json").write_text(json.dumps(config))
+    version = export_checkpoint(ckpt, tmp_path / "registry")
+    loaded = load_checked(Registry(tmp_path / "registry").version_dir(version))
+    assert [i.name for i in loaded.session.get_inputs()] == ["items", "types", "gaps", "exclude"]
+    assert loaded.manifest["parity"]["passed"]
