@@ -3,11 +3,11 @@
 - ``GET /``                  the page (``?user=<id>`` opens the lookup for that user)
 - ``GET /api/summary``       everything the page shows except the lookup (see :class:`Collector`)
 - ``GET /api/user/{user_id}`` a user's recent buffer (Redis) and latest recommendation
-- ``GET /healthz``           liveness
+- ``GET /healthz``           liveness (open even with a token: orchestrator probes carry none)
 - ``/static/...``            the page's JS/CSS and the vendored uPlot (no internet needed)
 
 Bound to loopback, it is open. Bound anywhere else it requires ``ATTNREC_API_TOKEN`` on every
-request: ``Authorization: Bearer <token>``, or the ``attnrec_token`` cookie that
+request but ``/healthz``: ``Authorization: Bearer <token>``, or the ``attnrec_token`` cookie that
 ``/?token=<token>`` sets once (HttpOnly, SameSite=Strict) so a browser can use the page.
 """
 
@@ -61,8 +61,8 @@ def _token_middleware(token: str) -> Any:
         bearer = got[7:].encode() if got.startswith("Bearer ") else b""
         cookie = request.cookies.get(COOKIE, "").encode()
         query = request.query.get("token", "").encode()
-        if hmac.compare_digest(bearer, want) or hmac.compare_digest(cookie, want):
-            return await handler(request)
+        if request.path == "/healthz" or hmac.compare_digest(bearer, want) or hmac.compare_digest(cookie, want):
+            return await handler(request)  # /healthz stays open: probes carry no token, and it tells nothing
         if query and hmac.compare_digest(query, want) and request.path == "/":
             # a browser's first visit: keep the token in a cookie and drop it from the URL
             rest = {k: v for k, v in request.query.items() if k != "token"}
@@ -205,8 +205,10 @@ def create_dashboard_app(settings: Settings, *, host: str = "127.0.0.1", collect
         )
 
     async def healthz(request: web.Request) -> web.StreamResponse:
+        # liveness only, and public (orchestrator probes carry no token): no sampled data or
+        # error texts here — those are on /api/summary, behind the token
         snap = coll.snapshot()
-        return web.json_response({"ok": True, "last_sample": snap["last_sample"], "errors": snap["errors"]})
+        return web.json_response({"ok": True, "last_sample": snap["last_sample"]})
 
     app.router.add_get("/", index)
     app.router.add_get("/api/summary", summary)

@@ -330,10 +330,13 @@ def test_dashboard_off_loopback_requires_token(stack: Any, names: dict[str, str]
     dash = DashboardProc(s, tmp_path, host="0.0.0.0", extra_env={"ATTNREC_API_TOKEN": token})
     try:
         dash.wait_up()
-        for path in ("/", "/api/summary", "/api/user/u1", "/static/dashboard/dashboard.js", "/healthz"):
+        for path in ("/", "/api/summary", "/api/user/u1", "/static/dashboard/dashboard.js"):
             code, body = dash.get(path)
             assert code == 401, (path, code, body[:200])
             assert dash.get(path, {"Authorization": "Bearer wrong"})[0] == 401
+        # liveness stays open for orchestrator probes, and says nothing but that it is alive
+        code, body = dash.get("/healthz")
+        assert code == 200 and set(json.loads(body)) == {"ok", "last_sample"}, body[:200]
         code, body = dash.get("/api/summary", {"Authorization": f"Bearer {token}"})
         assert code == 200 and "figures" in json.loads(body)
         assert dash.get("/", {"Authorization": f"Bearer {token}"})[0] == 200

@@ -281,6 +281,16 @@ def test_worker_deployment_probes_resources_and_registry() -> None:
                     assert data["ATTNREC_HOME"] in writable, f"{doc['metadata']['name']}: ATTNREC_HOME not writable"
 
 
+def test_dashboard_is_probed_on_its_open_health_path(compose: dict[str, Any]) -> None:
+    """The dashboard needs a token off loopback, except /healthz, which its probes use."""
+    (c,) = by_kind("Deployment", "attnrec-dashboard")["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert c[probe]["httpGet"]["path"] == "/healthz" and ports[c[probe]["httpGet"]["port"]] == 6080
+    hc = compose["services"]["dashboard"]["healthcheck"]["test"]
+    assert any("6080/healthz" in part for part in hc)
+
+
 def test_autoscaling_is_tied_to_consumer_lag_and_bounded_by_partitions() -> None:
     hpa = by_kind("HorizontalPodAutoscaler", "attnrec-worker")
     assert hpa["spec"]["scaleTargetRef"]["name"] == "attnrec-worker"
