@@ -1,10 +1,10 @@
 """The Faust worker: a thin agent over :mod:`stream.logic`.
 
 One agent, concurrency 1, consumes ``clicks`` (``noack_take(B, within=W)``) into a
-:class:`Batcher`, whose task processes batches of up to B events one at a time. For each
-batch: parse and validate (bad messages to ``clicks.dlq``), apply to the Redis buffers in one
-Lua call, run the model once (in a thread, so the event loop keeps consuming), produce one
-recommendation per user and store it for the lookup API. The batch's input events are acked,
+:class:`Batcher`, whose task processes batches of up to B events in order. For each batch:
+parse and validate (bad messages to ``clicks.dlq``), apply to the Redis buffers in one Lua
+call, run the model once (in a thread for large batches, while the next batch is applied),
+produce one recommendation per user and store it for the lookup API. The batch's input events are acked,
 and so become committable, only once the broker has acknowledged every record it produced.
 
 Processing a batch never raises on purpose (faust-streaming's ``take_events`` would ack the
@@ -34,8 +34,8 @@ from faust.web import Request, Response, View
 
 from attnrec.errors import AttnrecError, TransientError
 from attnrec.settings import Settings
-from stream.buffer import RedisBuffers
-from stream.logic import RawRecord, build_inputs, dlq_reason, parse_records, recommend
+from stream.buffer import Applied, RedisBuffers
+from stream.logic import ModelInputs, Parsed, RawRecord, build_inputs, dlq_reason, parse_records, recommend
 from stream.metrics import WorkerMetrics
 from stream.model import LoadedModel, ModelWatcher
 from stream.schema import ClickEvent, dlq_envelope
@@ -89,6 +89,21 @@ class Outbox:
         self.futures += other.futures
         self.enqueue_ms += other.enqueue_ms
         self.event_ts += other.event_ts
+
+
+@dataclass
+class Prepared:
+    """A batch between :meth:`Processor.prepare` and :meth:`Processor.finish`."""
+
+    records: Sequence[RawRecord]
+    parsed: Parsed
+    t0: float
+    t1: float = 0.0
+    model: LoadedModel | None = None
+    res: Applied | None = None
+    inputs: ModelInputs | None = None
+    scoring: asyncio.Future[Any] | None = None  # the model run in the scorer thread
+    outputs: Any = None  # or its result, when scored inline
 
 
 class KafkaSender:
@@ -206,39 +221,58 @@ class Processor:
                 await asyncio.sleep(min(self.s.retry_max_s, 0.05 * 2**attempt))
 
     async def _process_once(self, records: Sequence[RawRecord]) -> Outbox:
-        s, m = self.s, self.metrics
+        return await self.finish(await self.prepare(records))
+
+    async def prepare(self, records: Sequence[RawRecord]) -> Prepared:
+        """First half of a batch: parse, apply to Redis, build the model inputs and start the
+        model run (in the scorer thread for large batches). Raises on failure; the batch's
+        Redis writes are idempotent, so it can be re-run from the start."""
+        s = self.s
+        t0 = time.perf_counter()
         parsed = parse_records(records)
+        prep = Prepared(records=records, parsed=parsed, t0=t0)
+        if not parsed.events:
+            return prep
+        self.maybe_swap()  # between batches: this whole batch is scored by one version
+        model = prep.model = self.model
+        window = model.max_len + 1 if model is not None else 0  # +1: the oldest kept event's time gap
+        ret = max(window, s.exclude_window if s.exclude_seen else 0)
+        res = prep.res = await self.buffers.apply(parsed.events, return_len=ret)
+        prep.t1 = time.perf_counter()
+        if model is not None:
+            inputs = prep.inputs = build_inputs(model, res.raw, res.users, exclude_seen=s.exclude_seen,
+                                                exclude_window=s.exclude_window)  # fmt: skip
+            if len(inputs.users) > INLINE_SCORING_MAX_ROWS:
+                # onnxruntime releases the GIL: a large batch is scored in a thread while the
+                # event loop prepares the next batch and consumes
+                prep.scoring = asyncio.get_running_loop().run_in_executor(
+                    self._scorer, model.run, inputs.items, inputs.types, inputs.gaps, inputs.exclude
+                )
+            elif inputs.users:  # a small batch scores in well under a millisecond: no hand-over
+                prep.outputs = model.run(inputs.items, inputs.types, inputs.gaps, inputs.exclude)
+        return prep
+
+    async def finish(self, prep: Prepared) -> Outbox:
+        """Second half: wait for the scores, build one recommendation per user, hand them and
+        the dead letters to the producer and store the latest recommendations. Raises on
+        failure. The returned :class:`Outbox` still has to be delivered."""
+        s, m, parsed = self.s, self.metrics, prep.parsed
         out = Outbox()
         for key, env, reason in parsed.dead:
             log.warning("dead letter (%s): %s", reason, orjson.loads(env)["error"])
             await out.send(self.send, s.dlq_topic, key, env)
         if parsed.events:
-            t0 = time.perf_counter()
-            self.maybe_swap()  # between batches: this whole batch is scored by one version
-            model = self.model
-            window = model.max_len + 1 if model is not None else 0  # +1: the oldest kept event's time gap
-            ret = max(window, s.exclude_window if s.exclude_seen else 0)
-            res = await self.buffers.apply(parsed.events, return_len=ret)
-            t1 = time.perf_counter()
+            res = prep.res
+            assert res is not None
+            outputs = await prep.scoring if prep.scoring is not None else prep.outputs
+            t2 = time.perf_counter()
             triggers: dict[str, ClickEvent] = {}
             for ev, _, _ in parsed.events:
                 triggers[ev.user_id] = ev  # the last event of each user is its trigger
-            outputs = inputs = None
-            if model is not None:
-                inputs = build_inputs(model, res.raw, res.users, exclude_seen=s.exclude_seen, exclude_window=s.exclude_window)
-                if len(inputs.users) > INLINE_SCORING_MAX_ROWS:
-                    # onnxruntime releases the GIL: scoring a large batch in a thread lets the
-                    # event loop fetch, deliver and ack other batches meanwhile
-                    outputs = await asyncio.get_running_loop().run_in_executor(
-                        self._scorer, model.run, inputs.items, inputs.types, inputs.gaps, inputs.exclude
-                    )
-                elif inputs.users:  # a small batch scores in well under a millisecond: no hand-over
-                    outputs = model.run(inputs.items, inputs.types, inputs.gaps, inputs.exclude)
-            t2 = time.perf_counter()
             recs = recommend(
-                model, res.users, res.raw, triggers,
+                prep.model, res.users, res.raw, triggers,
                 top_k=s.top_k, because_k=s.because_k, exclude_seen=s.exclude_seen,
-                outputs=outputs, inputs=inputs,
+                outputs=outputs, inputs=prep.inputs,
             )  # fmt: skip
             payloads = {r.user_id: r.to_json() for r in recs}
             for r in recs:
@@ -253,15 +287,15 @@ class Processor:
             m.unknown_types.inc(parsed.unknown_types)
             m.recs.inc(len(recs))
             m.fallbacks.inc(sum(1 for r in recs if r.payload["fallback"]))
-            m.redis_ms.observe(1000 * (t1 - t0))
-            m.model_ms.observe(1000 * (t2 - t1))
+            m.redis_ms.observe(1000 * (prep.t1 - prep.t0))
+            m.model_ms.observe(1000 * (t2 - prep.t1))  # inputs + scoring, overlapped with other work
             out.enqueue_ms = 1000 * (t3 - t2)
             out.event_ts = [r.payload["event_ts"] for r in recs]
         for _, _, reason in parsed.dead:
             m.dead.labels(reason).inc()
-        m.batch_size.observe(len(records))
+        m.batch_size.observe(len(prep.records))
         self.batches += 1
-        for r in records:
+        for r in prep.records:
             key = (r.topic, r.partition)
             if r.offset + 1 > self.positions.get(key, -1):
                 self.positions[key] = r.offset + 1
@@ -334,8 +368,9 @@ class Batcher:
     The agent hands over (:meth:`put`) what faust's take yields and goes straight back to taking; the
     task takes up to ``batch_size`` pending events at a time, so under load a batch is
     everything that arrived while the previous one was scored (adaptive batching), and at low
-    load it is the few events of the last take window. Batches are processed one at a time in
-    arrival order (per-user order); their deliveries overlap with the next batches, at most
+    load it is the few events of the last take window. Batches go through a two-stage pipeline
+    in arrival order (:meth:`_run`: Redis applies and recommendations in batch order, so
+    per-user order holds); their deliveries overlap with the next batches, at most
     ``max_inflight`` at once, and each batch's events are acked only once delivered.
     ``put`` blocks while ``max_pending`` events wait (backpressure on the consumer).
     """
@@ -366,27 +401,73 @@ class Batcher:
             await self._room.wait()
 
     async def _run(self) -> None:
-        while not self._stopping:
-            await self._have.wait()
+        """Under a backlog, two batches in flight: while batch N is scored in the scorer
+        thread, batch N+1 (a full one) is parsed, applied to Redis and its inputs built on the
+        event loop; then N is finished (recommendations, produce). Redis applies and recommendations stay in batch order.
+        A batch whose fast path fails at any step is re-run whole by :meth:`Processor.process`
+        (retries, backoff, poison isolation) before anything after it is applied."""
+        prev: tuple[list[Any], list[RawRecord], Prepared | None] | None = None
+        while True:
+            if prev is not None and (self._stopping or len(self._pending) < self.batch_size):
+                # overlap only with a full batch: a partial one would only shrink the batches
+                # (it grows while this one finishes), and with them the amortisation
+                await self._complete(*prev)
+                prev = None
+                continue
             if self._stopping:
                 break
-            events = self._pending[: self.batch_size]
-            del self._pending[: self.batch_size]
-            if not self._pending:
-                self._have.clear()
-            if len(self._pending) < self.max_pending:
-                self._room.set()
+            if prev is None:
+                await self._have.wait()
+                if self._stopping or not self._pending:
+                    continue
+            events = self._take()
             records = [
                 RawRecord(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value,
                           int(e.message.timestamp * 1000))
                 for e in events
             ]  # fmt: skip
-            out = await self.proc.process(records)
-            t = asyncio.ensure_future(self._deliver_then_ack(out, events))
-            self._inflight.add(t)
-            t.add_done_callback(self._inflight.discard)
-            if len(self._inflight) >= self.max_inflight:  # a slow broker slows consumption
-                await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
+            try:
+                prep: Prepared | None = await self.proc.prepare(records)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("batch of %d (%s) failed on the fast path (%s: %s); re-running it on its own",
+                            len(records), _where(records), type(exc).__name__, exc)  # fmt: skip
+                prep = None
+            if prev is not None:
+                await self._complete(*prev)
+                prev = None
+            if prep is None:
+                await self._complete(events, records, None)
+            else:
+                prev = (events, records, prep)
+
+    def _take(self) -> list[Any]:
+        events = self._pending[: self.batch_size]
+        del self._pending[: self.batch_size]
+        if not self._pending:
+            self._have.clear()
+        if len(self._pending) < self.max_pending:
+            self._room.set()
+        return events
+
+    async def _complete(self, events: list[Any], records: list[RawRecord], prep: Prepared | None) -> None:
+        out: Outbox | None = None
+        if prep is not None:
+            try:
+                out = await self.proc.finish(prep)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("batch of %d (%s) failed on the fast path (%s: %s); re-running it on its own",
+                            len(records), _where(records), type(exc).__name__, exc)  # fmt: skip
+        if out is None:
+            out = await self.proc.process(records)  # never raises except on cancellation
+        t = asyncio.ensure_future(self._deliver_then_ack(out, events))
+        self._inflight.add(t)
+        t.add_done_callback(self._inflight.discard)
+        if len(self._inflight) >= self.max_inflight:  # a slow broker slows consumption
+            await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
 
     async def _deliver_then_ack(self, out: Outbox, events: list[Any]) -> None:
         await self.proc.deliver(out)
