@@ -55,11 +55,11 @@ def test_batches_cover_every_row_once(bucket: bool) -> None:
 
 
 
-def test_default_recipe_item_sequences_use_the_sasrec_block_and_full_softmax(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_default_recipe_for_item_sequences_is_pre_ln_full_softmax_bucketed(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from training.data import load_dataset
     from training.train import default_configs
 
     p = tmp_path / "s3.txt"
     p.write_text("".join(f"{u} " + " ".join(str(1 + (u * 7 + k) % 300) for k in range(6)) + "\n" for u in range(1, 90)))
     m, t = default_configs(load_dataset(p, "s3"))
-    assert (t.loss, m.block, t.bucket_batches) == ("ce", "sasrec", True)
+    assert (t.loss, m.block, t.bucket_batches) == ("ce", "pre_ln", True)
