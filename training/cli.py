@@ -61,7 +61,7 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     _add(p, "--negatives-per", "--loss sampled: draw negatives per position, per training row or per batch",
          choices=("position", "row", "batch"))
     _add(p, "--max-minutes", "wall-clock training budget in minutes (0 = none)", type=float)
-    _add_bool(p, "--no-bucket", "random batches instead of batches of rows of similar length")
+    _add_bool(p, "--bucket", "batches of rows of similar length (less padding, cheaper epochs) instead of random batches")
     _add_bool(p, "--no-types", "ignore event types even when the data has them")
     _add_bool(p, "--no-gaps", "ignore time gaps even when the data has timestamps")
 
@@ -118,8 +118,8 @@ def _configs(args: argparse.Namespace, ds: Any) -> tuple[Any, Any]:
     for k, v in over_t.items():
         if v is not None:
             setattr(tcfg, k, v)
-    if args.no_bucket:
-        tcfg.bucket_batches = False
+    if args.bucket:
+        tcfg.bucket_batches = True
     if args.no_types:
         mcfg.n_event_types = 0
     if args.no_gaps:

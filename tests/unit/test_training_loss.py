@@ -62,4 +62,4 @@ def test_default_recipe_for_item_sequences_is_pre_ln_full_softmax_bucketed(tmp_p
     p = tmp_path / "s3.txt"
     p.write_text("".join(f"{u} " + " ".join(str(1 + (u * 7 + k) % 300) for k in range(6)) + "\n" for u in range(1, 90)))
     m, t = default_configs(load_dataset(p, "s3"))
-    assert (t.loss, m.block, t.bucket_batches) == ("ce", "pre_ln", True)
+    assert (t.loss, m.block, t.bucket_batches) == ("ce", "pre_ln", False)
