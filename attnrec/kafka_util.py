@@ -41,8 +41,15 @@ def admin_client(s: Settings, timeout_s: float = 30.0) -> KafkaAdminClient:
             time.sleep(0.5)
 
 
-def ensure_topics(s: Settings, names: Iterable[str] | None = None, partitions: int | None = None) -> None:
-    """Create the product's topics when missing (idempotent)."""
+def ensure_topics(s: Settings, names: Iterable[str] | None = None, partitions: int | None = None,
+                  ready_timeout_s: float = 60.0) -> None:  # fmt: skip
+    """Create the product's topics when missing (idempotent), then wait until the broker
+    describes every partition of each with a leader.
+
+    The wait matters: faust subscribes once at start-up, and a topic missing from its first
+    metadata is ignored for good ("Ignoring missing topic"), leaving a worker that never gets
+    a partition. A broker under load published a just-created topic's metadata seconds late.
+    """
     names = list(names or (s.clicks_topic, s.recs_topic, s.dlq_topic, s.updates_topic))
     n = partitions or s.partitions
     admin = admin_client(s)
@@ -55,8 +62,22 @@ def ensure_topics(s: Settings, names: Iterable[str] | None = None, partitions: i
                 log.info("created topics %s", ", ".join(t.name for t in new))
             except TopicAlreadyExistsError:
                 pass
+        deadline = time.monotonic() + ready_timeout_s
+        while True:
+            pending = [t["name"] for t in admin.describe_topics(names) if not _topic_ready(t)]
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise TransientError(f"kafka {s.kafka_bootstrap}: topics {', '.join(pending)} have no leader "
+                                     f"for every partition after {ready_timeout_s:.0f} s")  # fmt: skip
+            time.sleep(0.2)
     finally:
         admin.close()
+
+
+def _topic_ready(desc: dict[str, Any]) -> bool:
+    parts = desc.get("partitions") or []
+    return desc.get("error_code") == 0 and bool(parts) and all(p.get("error_code") == 0 and p.get("leader_id", -1) >= 0 for p in parts)
 
 
 def make_producer(s: Settings, **kw: Any) -> KafkaProducer:
