@@ -365,8 +365,8 @@ class Processor:
 class Batcher:
     """Batches for one agent: a FIFO of taken events and one task that processes them.
 
-    The agent hands over (:meth:`put`) what faust's take yields and goes straight back to taking; the
-    task takes up to ``batch_size`` pending events at a time, so under load a batch is
+    The agent hands over (:meth:`put`) what faust's take yields and goes straight back to
+    taking; the task takes up to ``batch_size`` pending events at a time, so under load a batch is
     everything that arrived while the previous one was scored (adaptive batching), and at low
     load it is the few events of the last take window. Batches go through a two-stage pipeline
     in arrival order (:meth:`_run`: Redis applies and recommendations in batch order, so
@@ -403,9 +403,10 @@ class Batcher:
     async def _run(self) -> None:
         """Under a backlog, two batches in flight: while batch N is scored in the scorer
         thread, batch N+1 (a full one) is parsed, applied to Redis and its inputs built on the
-        event loop; then N is finished (recommendations, produce). Redis applies and recommendations stay in batch order.
-        A batch whose fast path fails at any step is re-run whole by :meth:`Processor.process`
-        (retries, backoff, poison isolation) before anything after it is applied."""
+        event loop; then N is finished (recommendations, produce). Redis applies and
+        recommendations stay in batch order. A batch whose fast path fails at any step is
+        re-run whole by :meth:`Processor.process` (retries, backoff, poison isolation) before
+        anything after it is applied."""
         prev: tuple[list[Any], list[RawRecord], Prepared | None] | None = None
         while True:
             if prev is not None and (self._stopping or len(self._pending) < self.batch_size):
