@@ -78,7 +78,9 @@ def default_configs(ds: Dataset) -> tuple[ModelConfig, TrainConfig]:
     softmax, against 0.066 after ~28 epochs for pre-LN), so it is an option, not the default.
     Loss: full softmax up to ``FULL_SOFTMAX_MAX_ITEMS``; on Beauty it reached a higher
     validation NDCG@10 (0.066) than sampled softmax with 256 uniform negatives per row (0.048
-    pre-LN, 0.057 SASRec block), although each epoch costs ~4x more CPU."""
+    pre-LN, 0.057 SASRec block), although each epoch costs ~4x more CPU. (The SASRec-block and
+    sampled-softmax figures were measured with ``bucket_batches``, which cost full softmax
+    ~0.01 there; see docs/BENCHMARKS.md, Quality.)"""
     st = ds.stats()
     p90 = st["p90_len"]
     if ds.fmt == "events":
