@@ -17,6 +17,7 @@ with backoff until they succeed (a Redis outage pauses consumption), and an even
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import os
@@ -376,8 +377,11 @@ class Batcher:
     """
 
     def __init__(self, proc: Processor, ack: Callable[[Any], Awaitable[Any]], batch_size: int, max_inflight: int,
-                 max_pending: int) -> None:  # fmt: skip
+                 max_pending: int, wait_s: float = 0.0) -> None:  # fmt: skip
         self.proc = proc
+        self.wait_s = wait_s  # a partial batch waits this long (from its first event) to fill
+        self._first_t = 0.0
+        self._full = asyncio.Event()
         self.ack = ack
         self.batch_size = batch_size
         self.max_inflight = max_inflight
@@ -394,8 +398,12 @@ class Batcher:
         if self._task.done():  # the batch task died: surface it, so the supervisor restarts the agent
             self._task.result()
             raise RuntimeError("batch task ended")
+        if not self._pending:
+            self._first_t = time.monotonic()
         self._pending.extend(events)
         self._have.set()
+        if len(self._pending) >= self.batch_size:
+            self._full.set()
         while len(self._pending) >= self.max_pending and not self._task.done():
             self._room.clear()
             await self._room.wait()
@@ -421,6 +429,13 @@ class Batcher:
                 await self._have.wait()
                 if self._stopping or not self._pending:
                     continue
+                linger = self._first_t + self.wait_s - time.monotonic()
+                if linger > 0 and len(self._pending) < self.batch_size:
+                    # up to B events or W after the first: a batch of a few events pays the
+                    # whole per-batch cost (two Lua calls, a model run, a delivery), which
+                    # near saturation costs more latency than the wait
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._full.wait(), linger)
             events = self._take()
             records = [
                 RawRecord(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value,
@@ -446,6 +461,9 @@ class Batcher:
     def _take(self) -> list[Any]:
         events = self._pending[: self.batch_size]
         del self._pending[: self.batch_size]
+        self._first_t = time.monotonic()  # leftovers (more than B were pending) start a new wait
+        if len(self._pending) < self.batch_size:
+            self._full.clear()
         if not self._pending:
             self._have.clear()
         if len(self._pending) < self.max_pending:
@@ -597,7 +615,8 @@ def create_app(settings: Settings) -> faust.App:
         buffer keeps filling while a batch is scored, and the next batch is whatever arrived
         meanwhile, up to B (docs/BENCHMARKS.md).
         """
-        batcher = Batcher(proc, stream.ack, s.batch_size, s.max_inflight, max_pending=4 * s.batch_size)
+        batcher = Batcher(proc, stream.ack, s.batch_size, s.max_inflight, max_pending=4 * s.batch_size,
+                          wait_s=s.batch_wait_ms / 1000.0)
         try:
             async for events in stream.noack_take(s.batch_size, within=s.batch_wait_ms / 1000.0):
                 await batcher.put(events)
