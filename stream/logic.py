@@ -16,7 +16,7 @@ import numpy as np
 import orjson
 
 from attnrec.errors import InvalidEventError
-from stream.buffer import entry_item
+from stream.buffer import entry_item, split_entry
 from stream.model import OOV, LoadedModel
 from stream.schema import ClickEvent, dlq_envelope, parse_event
 
@@ -129,7 +129,7 @@ class EntryTable:
 
     def _add(self, e: bytes) -> int:
         try:
-            ts, et, item = e.split(b"|", 2)
+            ts, et, item = split_entry(e)
             t = int(ts)
         except ValueError:
             raise ValueError(f"malformed buffer entry in Redis: {e[:200]!r}") from None
@@ -203,15 +203,13 @@ def build_inputs(
     else:
         types = np.zeros_like(items)
     if with_gaps:
-        ts = table.cols[2][rows]
-        newer = np.arange(len(flat))
-        older = np.minimum(newer + 1, max(len(flat) - 1, 0))
-        diff = ts[newer] - ts[older] if len(flat) else ts
+        ts = table.cols[2][rows]  # newest first per user: entry i's older neighbour is i + 1
+        diff = ts - ts[np.minimum(np.arange(len(ts)) + 1, max(len(ts) - 1, 0))]
         gap = np.searchsorted(model.gap_boundaries_ms, diff, side="right") + 1
         gap[diff < 0] = 0  # clock skew: unknown gap
         # an entry's older neighbour must be of the same user: the last parsed entry has none
-        last = np.asarray(starts, dtype=np.int64) + np.asarray(n_parsed, dtype=np.int64) - 1
-        gap[last[np.asarray(n_parsed) > 0]] = 0
+        parsed = np.asarray(n_parsed, dtype=np.int64)
+        gap[(np.asarray(starts, dtype=np.int64) + parsed - 1)[parsed > 0]] = 0
         gaps = _scatter(gap, st, nw, L, right=True)
     else:
         gaps = np.zeros_like(items)
@@ -247,7 +245,7 @@ def _because(window: Sequence[bytes], L: int, attn_row: list[float], order: list
         j = L - 1 - p  # position -> newest-first index in the window
         w = attn_row[p]
         if j < n and w > 0:
-            _, et, item = window[j].split(b"|", 2)
+            _, et, item = split_entry(window[j])
             out.append({"item_id": item.decode(), "event_type": et.decode(), "weight": w})
     return out
 

@@ -1,33 +1,20 @@
 """Where produce->recommendation latency goes, hop by hop, at 100 events/s: a fresh local
 stack, one worker (ATTNREC_* overrides as KEY=VALUE arguments), 1,000 events from a
 kafka-python producer (GL=<linger ms>, default 5, like the bench) and a kafka-python consumer
-of `recs`. Splits each event's latency at the worker's `emitted_ts`. Needs a promoted model in
-$ATTNREC_BENCH_WORK/reg (docs/bench/stages_inprocess.py creates one: 12k items, L=50).
+of `recs`. Splits each event's latency at the worker's `emitted_ts`. Serves the bench's random 12k-item,
+L=50 model, built on first use under $ATTNREC_BENCH_WORK (docs/bench/_local.py).
 
     .venv/bin/python docs/bench/latency_hops.py [ATTNREC_BATCH_WAIT_MS=1]
 """
-import os, sys, time, subprocess, json, urllib.request, random, threading
+import os, sys, time, random, threading
 from pathlib import Path
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root
-from attnrec.stack import LocalStack, free_port
-from attnrec.settings import Settings
-from attnrec.kafka_util import ensure_topics, make_producer, make_consumer
-import orjson
-WORK = Path(os.environ.get("ATTNREC_BENCH_WORK", "/tmp/attnrec-bench-work"))
-root = WORK / "lat"; root.mkdir(parents=True, exist_ok=True)
-st = LocalStack(root/"stack", kafka_port=free_port(), controller_port=free_port(), redis_port=free_port()); st.up()
-s = Settings(kafka_bootstrap=st.bootstrap, redis_url=st.redis_url, registry=WORK / "reg", home=root)
-ensure_topics(s)
-port = free_port()
-env = dict(os.environ, ATTNREC_KAFKA_BOOTSTRAP=st.bootstrap, ATTNREC_REDIS_URL=st.redis_url, ATTNREC_REGISTRY=str(WORK / "reg"), ATTNREC_HOME=str(root), ATTNREC_WEB_PORT=str(port), **{k: v for k, v in (a.split("=",1) for a in sys.argv[1:])})
-w = subprocess.Popen([sys.executable, "-m", "attnrec", "worker"], env=env, stdout=open(root/"w.log","ab"), stderr=subprocess.STDOUT, start_new_session=True)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _local import start, stop as stop_stack  # noqa: E402
+from attnrec.kafka_util import make_producer, make_consumer  # noqa: E402
+import orjson  # noqa: E402
+
+st, s, w, port, items = start("lat", sys.argv[1:])
 try:
-    for _ in range(120):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1); break
-        except Exception: time.sleep(0.5)
-    items = json.load(open(sorted((WORK / "reg").glob("*/items.json"))[0]))
-    items = items["items"] if isinstance(items, dict) else items
     sent = {}
     res = []
     stop = threading.Event()
@@ -60,4 +47,4 @@ try:
     print("worker emits -> consumer  ", q(a[:,4]-a[:,2]))
     print("end to end                ", q(a[:,4]-a[:,0]))
 finally:
-    os.killpg(w.pid, 15); w.wait(30); st.down()
+    stop_stack(st, w)
