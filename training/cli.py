@@ -55,6 +55,9 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     _add(p, "--patience", "early-stopping patience (epochs without validation NDCG@10 gain)", type=int)
     _add(p, "--batch-size", "batch size", type=int)
     _add(p, "--lr", "Adam learning rate", type=float)
+    _add(p, "--lr-decay", "multiply the learning rate by this after --lr-patience epochs without a validation gain "
+         "(1 = constant)", type=float)
+    _add(p, "--lr-patience", "epochs without a validation gain before each learning-rate decay", type=int)
     _add(p, "--weight-decay", "Adam weight decay", type=float)
     _add(p, "--loss", "training loss: full softmax, sampled softmax, or SASRec's BCE", choices=("ce", "sampled", "bce"))
     _add(p, "--negatives", "negatives for --loss sampled", type=int)
@@ -109,6 +112,7 @@ def _configs(args: argparse.Namespace, ds: Any) -> tuple[Any, Any]:
     over_m = {"max_len": args.max_len, "d_model": args.d_model, "n_blocks": args.blocks, "n_heads": args.heads,
               "dropout": args.dropout, "block": args.block}
     over_t = {"epochs": args.epochs, "patience": args.patience, "batch_size": args.batch_size, "lr": args.lr,
+              "lr_decay": args.lr_decay, "lr_patience": args.lr_patience,
               "weight_decay": args.weight_decay, "loss": args.loss, "n_negatives": args.negatives,
               "negatives_per": args.negatives_per,
               "max_minutes": args.max_minutes}

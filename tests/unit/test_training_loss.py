@@ -55,7 +55,7 @@ def test_batches_cover_every_row_once(bucket: bool) -> None:
 
 
 
-def test_default_recipe_for_item_sequences_is_pre_ln_full_softmax_bucketed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_default_recipe_for_short_item_sequences_is_pre_ln_full_softmax_random_batches(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from training.data import load_dataset
     from training.train import default_configs
 
@@ -63,3 +63,39 @@ def test_default_recipe_for_item_sequences_is_pre_ln_full_softmax_bucketed(tmp_p
     p.write_text("".join(f"{u} " + " ".join(str(1 + (u * 7 + k) % 300) for k in range(6)) + "\n" for u in range(1, 90)))
     m, t = default_configs(load_dataset(p, "s3"))
     assert (t.loss, m.block, t.bucket_batches) == ("ce", "pre_ln", False)
+
+
+def test_default_recipe_for_long_item_sequences_is_sampled_bucketed_patient(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from training.data import load_dataset
+    from training.train import default_configs
+
+    p = tmp_path / "long.txt"  # 40 users with 120 events each: L=150 (ML-1M-like), 40 validation users
+    p.write_text("".join(f"{u} " + " ".join(str(1 + (u * 7 + k) % 300) for k in range(120)) + "\n" for u in range(1, 41)))
+    m, t = default_configs(load_dataset(p, "s3"))
+    assert m.max_len == 150 and m.n_blocks == 2
+    assert (t.loss, t.negatives_per, t.bucket_batches, t.patience) == ("sampled", "row", True, 20)
+
+
+def test_learning_rate_decays_only_after_lr_patience_epochs_without_gain(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from training.data import load_dataset
+    from training.model import ModelConfig
+    from training.train import train
+
+    p = tmp_path / "s3.txt"
+    rng = __import__("random").Random(3)
+    p.write_text("".join(f"{u} " + " ".join(str(rng.randint(1, 60)) for _ in range(8)) + "\n" for u in range(1, 120)))
+    ds = load_dataset(p, "s3")
+    P = 1  # decay after every epoch without a gain (seeded noise data: some epochs gain nothing)
+    tcfg = TrainConfig(epochs=10, patience=100, lr=1e-2, lr_decay=0.5, lr_patience=P, threads=1, max_minutes=0)
+    _, info = train(ds, ModelConfig(n_items=ds.vocab.n_items, max_len=10), tcfg)
+    best, bad, lr = -1.0, 0, 1e-2
+    for rec in info["curve"]:  # the lr printed for an epoch is the one it trained with
+        assert rec["lr"] == pytest.approx(lr)
+        if rec["val_ndcg@10"] > best:
+            best, bad = rec["val_ndcg@10"], 0
+        else:
+            bad += 1
+            if bad % P == 0:
+                lr *= 0.5
+    assert len(info["curve"]) == 10 and lr < 1e-2  # the data is seeded: at least one decay happens
+
