@@ -58,13 +58,18 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     _add(p, "--lr-decay", "multiply the learning rate by this after --lr-patience epochs without a validation gain "
          "(1 = constant)", type=float)
     _add(p, "--lr-patience", "epochs without a validation gain before each learning-rate decay", type=int)
+    _add(p, "--output-dropout", "dropout on the item embeddings when they score (the output layer), training only",
+         type=float)
+    _add(p, "--ema", "validate and keep an exponential moving average of the weights, decay per step (0 = off)",
+         type=float)
     _add(p, "--weight-decay", "Adam weight decay", type=float)
     _add(p, "--loss", "training loss: full softmax, sampled softmax, or SASRec's BCE", choices=("ce", "sampled", "bce"))
     _add(p, "--negatives", "negatives for --loss sampled", type=int)
     _add(p, "--negatives-per", "--loss sampled: draw negatives per position, per training row or per batch",
          choices=("position", "row", "batch"))
     _add(p, "--max-minutes", "wall-clock training budget in minutes (0 = none)", type=float)
-    _add_bool(p, "--bucket", "batches of rows of similar length (less padding, cheaper epochs) instead of random batches")
+    _add(p, "--bucket", "batches of rows of similar length (less padding, cheaper epochs) instead of random batches; "
+         "--no-bucket for random batches", action=argparse.BooleanOptionalAction)
     _add_bool(p, "--no-types", "ignore event types even when the data has them")
     _add_bool(p, "--no-gaps", "ignore time gaps even when the data has timestamps")
 
@@ -112,7 +117,7 @@ def _configs(args: argparse.Namespace, ds: Any) -> tuple[Any, Any]:
     over_m = {"max_len": args.max_len, "d_model": args.d_model, "n_blocks": args.blocks, "n_heads": args.heads,
               "dropout": args.dropout, "block": args.block}
     over_t = {"epochs": args.epochs, "patience": args.patience, "batch_size": args.batch_size, "lr": args.lr,
-              "lr_decay": args.lr_decay, "lr_patience": args.lr_patience,
+              "lr_decay": args.lr_decay, "ema": args.ema, "output_dropout": args.output_dropout, "lr_patience": args.lr_patience,
               "weight_decay": args.weight_decay, "loss": args.loss, "n_negatives": args.negatives,
               "negatives_per": args.negatives_per,
               "max_minutes": args.max_minutes}
@@ -122,8 +127,8 @@ def _configs(args: argparse.Namespace, ds: Any) -> tuple[Any, Any]:
     for k, v in over_t.items():
         if v is not None:
             setattr(tcfg, k, v)
-    if args.bucket:
-        tcfg.bucket_batches = True
+    if args.bucket is not None:
+        tcfg.bucket_batches = _bool(args.bucket)
     if args.no_types:
         mcfg.n_event_types = 0
     if args.no_gaps:

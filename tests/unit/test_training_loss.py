@@ -65,15 +65,15 @@ def test_default_recipe_for_short_item_sequences_is_pre_ln_full_softmax_random_b
     assert (t.loss, m.block, t.bucket_batches) == ("ce", "pre_ln", False)
 
 
-def test_default_recipe_for_long_item_sequences_is_sampled_bucketed_patient(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_default_recipe_for_long_item_sequences_is_full_softmax_random_batches_patient(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from training.data import load_dataset
     from training.train import default_configs
 
     p = tmp_path / "long.txt"  # 40 users with 120 events each: L=150 (ML-1M-like), 40 validation users
     p.write_text("".join(f"{u} " + " ".join(str(1 + (u * 7 + k) % 300) for k in range(120)) + "\n" for u in range(1, 41)))
     m, t = default_configs(load_dataset(p, "s3"))
-    assert m.max_len == 150 and m.n_blocks == 2
-    assert (t.loss, t.negatives_per, t.bucket_batches, t.patience) == ("sampled", "row", True, 20)
+    assert (m.max_len, m.n_blocks, m.dropout) == (150, 2, 0.1)
+    assert (t.loss, t.bucket_batches, t.patience) == ("ce", False, 20)
 
 
 def test_learning_rate_decays_only_after_lr_patience_epochs_without_gain(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -99,3 +99,40 @@ def test_learning_rate_decays_only_after_lr_patience_epochs_without_gain(tmp_pat
                 lr *= 0.5
     assert len(info["curve"]) == 10 and lr < 1e-2  # the data is seeded: at least one decay happens
 
+
+
+def test_weight_average_follows_the_live_weights_and_swaps_back() -> None:
+    from training.train import _Ema
+
+    torch.manual_seed(0)
+    model = AttnRec(ModelConfig(n_items=20, max_len=5))
+    ema = _Ema(model, decay=0.9)
+    start = [p.detach().clone() for p in model.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    ema.update()  # first step: warm-up decay min(0.9, 1/10) = 0.1 -> avg = start + 0.9
+    for a, s in zip(ema.avg, start, strict=True):
+        assert torch.allclose(a, s + 0.9, atol=1e-6)
+    live = [p.detach().clone() for p in model.parameters()]
+    ema.swap()
+    assert all(torch.allclose(p, a0 + 0.9, atol=1e-6) for p, a0 in zip(model.parameters(), start, strict=True))
+    ema.swap()
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), live, strict=True))
+
+
+@pytest.mark.parametrize("all_windows", [False, True])
+def test_default_weight_average_spans_a_few_epochs_of_steps(tmp_path, all_windows: bool) -> None:  # type: ignore[no-untyped-def]
+    import math
+
+    from training.data import load_dataset
+    from training.train import EMA_EPOCHS, _n_rows, default_configs, training_arrays
+
+    p = tmp_path / "s3.txt"
+    p.write_text("".join(f"{u} " + " ".join(str(1 + (u + k) % 90) for k in range(3 + u % 140)) + "\n" for u in range(1, 400)))
+    ds = load_dataset(p, "s3")
+    m, t = default_configs(ds)
+    rows = training_arrays(ds, m.max_len, all_windows)[0].shape[0]
+    assert sum(_n_rows(n, m.max_len, all_windows) for n in ds.train_len) == rows
+    rows = training_arrays(ds, m.max_len, t.all_windows)[0].shape[0]
+    assert t.ema == pytest.approx(1 - 1 / (EMA_EPOCHS * math.ceil(rows / t.batch_size)), abs=1e-6)
