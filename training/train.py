@@ -80,8 +80,9 @@ class TrainConfig:
 
 
 def default_configs(ds: Dataset) -> tuple[ModelConfig, TrainConfig]:
-    """Defaults chosen by the data: sequence length from the length distribution, depth from
-    the mean length, loss from the catalogue size, side features when the data has them.
+    """Defaults chosen by the data: sequence length from the length distribution, depth and
+    dropout from the mean length, loss from the catalogue size, side features when the data has
+    them, the weight-average decay from the steps per epoch (docs/BENCHMARKS.md, Quality).
 
     Block: pre-LN. The SASRec authors' block (``block="sasrec"``) converged about twice as
     fast per epoch on Beauty but peaked lower (validation NDCG@10 0.060 at epoch 9 with full
