@@ -178,7 +178,11 @@ class Collector:
                 if now >= next_sample and assigned:
                     self._sample(consumer, admin, assigned, describe=now >= next_group)
                     if now >= next_group:
-                        next_group = now + 5.0
+                        # a group that is not Stable (empty, joining, rebalancing) changes within
+                        # seconds: look again after 1 s instead of 5 so the page catches up promptly
+                        with self._lock:
+                            stable = self._group.get("state") == "Stable"
+                        next_group = now + (5.0 if stable else 1.0)
                     next_sample = now + self.cfg.sample_s
         finally:
             consumer.close()

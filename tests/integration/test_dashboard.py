@@ -221,6 +221,7 @@ def _ready(p: dict[str, Any]) -> bool:
     return bool(
         p["events_total"] and p["recs_total"] and p["events_per_s"] and p["recs_per_s"] and p["p50"] is not None
         and p["p99"] and any(f["because"] for f in p["feed"]) and p["lookup_items"] > 0 and p["dead"]
+        and p["workers"]  # the group is described every 1-5 s: the first look may predate the workers' join
     )  # fmt: skip
 
 
