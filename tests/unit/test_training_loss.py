@@ -55,14 +55,14 @@ def test_batches_cover_every_row_once(bucket: bool) -> None:
 
 
 
-def test_default_recipe_for_short_item_sequences_is_pre_ln_full_softmax_random_batches(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_default_recipe_for_short_item_sequences_is_sasrec_block_full_softmax_random_batches(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from training.data import load_dataset
     from training.train import default_configs
 
     p = tmp_path / "s3.txt"
     p.write_text("".join(f"{u} " + " ".join(str(1 + (u * 7 + k) % 300) for k in range(6)) + "\n" for u in range(1, 90)))
     m, t = default_configs(load_dataset(p, "s3"))
-    assert (t.loss, m.block, t.bucket_batches) == ("ce", "pre_ln", False)
+    assert (t.loss, m.block, t.bucket_batches, m.d_model) == ("ce", "sasrec", False, 128)
 
 
 def test_default_recipe_for_long_item_sequences_is_full_softmax_random_batches_patient(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -72,7 +72,7 @@ def test_default_recipe_for_long_item_sequences_is_full_softmax_random_batches_p
     p = tmp_path / "long.txt"  # 40 users with 120 events each: L=150 (ML-1M-like), 40 validation users
     p.write_text("".join(f"{u} " + " ".join(str(1 + (u * 7 + k) % 300) for k in range(120)) + "\n" for u in range(1, 41)))
     m, t = default_configs(load_dataset(p, "s3"))
-    assert (m.max_len, m.n_blocks, m.dropout) == (150, 2, 0.1)
+    assert (m.max_len, m.n_blocks, m.dropout, m.block, m.d_model) == (150, 2, 0.1, "pre_ln", 64)
     assert (t.loss, t.bucket_batches, t.patience) == ("ce", False, 20)
 
 
@@ -136,3 +136,17 @@ def test_default_weight_average_spans_a_few_epochs_of_steps(tmp_path, all_window
     assert sum(_n_rows(n, m.max_len, all_windows) for n in ds.train_len) == rows
     rows = training_arrays(ds, m.max_len, t.all_windows)[0].shape[0]
     assert t.ema == pytest.approx(1 - 1 / (EMA_EPOCHS * math.ceil(rows / t.batch_size)), abs=1e-6)
+
+
+def test_default_width_for_event_streams_stays_at_the_serving_budget(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from training.data import load_dataset
+    from training.train import default_configs
+
+    p = tmp_path / "ev.jsonl"  # short histories, as Beauty's, but our own click events: d=64 (serving budget)
+    rows = [{"event_id": f"e{u}-{k}", "user_id": f"u{u}", "item_id": f"i{(u * 7 + k) % 300}", "event_type": "click",
+             "ts": 1_700_000_000 + 60 * k} for u in range(90) for k in range(6)]
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    m, _ = default_configs(load_dataset(p, "events"))
+    assert (m.d_model, m.block, m.max_len) == (64, "sasrec", 50)
