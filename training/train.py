@@ -235,17 +235,23 @@ class _Ema:
             a.copy_(tmp)
 
 
+def batch_tensors(
+    arrays: list[torch.Tensor], idx: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(items, types, gaps, targets) of the rows ``idx``, without the columns that are padding
+    for the whole batch (short-history data trains faster)."""
+    items, types, gaps, targets = (a[idx] for a in arrays)
+    keep = int((items != 0).any(0).nonzero()[0].item())
+    return items[:, keep:], types[:, keep:], gaps[:, keep:], targets[:, keep:]
+
+
 def _epoch(model: AttnRec, opt: torch.optim.Optimizer, tcfg: TrainConfig, arrays: list[torch.Tensor],
            batches: list[torch.Tensor], gen: torch.Generator, bar: Any, best: dict[str, Any],
            ema: _Ema | None = None) -> float:
     """One pass over the training rows, batch by batch; returns the summed batch loss."""
     total = 0.0
     for idx in batches:
-        items, types, gaps, targets = (a[idx] for a in arrays)
-        # drop columns that are padding for the whole batch (short-history data trains faster)
-        keep = int((items != 0).any(0).nonzero()[0].item())
-        items, types, gaps, targets = items[:, keep:], types[:, keep:], gaps[:, keep:], targets[:, keep:]
-        loss = _loss(model, tcfg, items, types, gaps, targets, gen)
+        loss = _loss(model, tcfg, *batch_tensors(arrays, idx), gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

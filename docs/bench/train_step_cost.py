@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
 
 from training.data import load_dataset
 from training.model import AttnRec, ModelConfig
-from training.train import TrainConfig, _loss, default_configs, training_arrays
+from training.train import TrainConfig, _loss, batch_tensors, default_configs, training_arrays
 
 
 def step_seconds(arrays: list[torch.Tensor], mcfg: ModelConfig, tcfg: TrainConfig, steps: int) -> float:
@@ -27,12 +28,9 @@ def step_seconds(arrays: list[torch.Tensor], mcfg: ModelConfig, tcfg: TrainConfi
     n = arrays[0].shape[0]
     times = []
     for _ in range(steps + 2):
-        idx = torch.randint(0, n, (tcfg.batch_size,), generator=gen)
-        items, types, gaps, targets = (a[idx] for a in arrays)
-        keep = int((items != 0).any(0).nonzero()[0].item())  # as training does: drop all-pad columns
-        items, types, gaps, targets = items[:, keep:], types[:, keep:], gaps[:, keep:], targets[:, keep:]
+        batch = batch_tensors(arrays, torch.randint(0, n, (tcfg.batch_size,), generator=gen))
         t0 = time.perf_counter()
-        loss = _loss(model, tcfg, items, types, gaps, targets, gen)
+        loss = _loss(model, tcfg, *batch, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -56,14 +54,14 @@ def main() -> None:
     print(f"{ds.name}: {arrays[0].shape[0]} rows, L={mcfg.max_len}, {a.threads} thread(s)")
     for r in a.recipes:
         loss, d = r.split(":")
-        m = ModelConfig(**{**mcfg.to_dict(), "d_model": int(d)})
-        t = TrainConfig(**{**tcfg.to_dict(), "loss": "ce"})
+        m = replace(mcfg, d_model=int(d))
+        t = replace(tcfg, loss="ce")
         if loss.startswith("sampled-"):
             per = loss.removeprefix("sampled-")
             k = 256
             if per.startswith("batch"):
                 per, k = "batch", int(per.removeprefix("batch") or 256)
-            t = TrainConfig(**{**tcfg.to_dict(), "loss": "sampled", "negatives_per": per, "n_negatives": k})
+            t = replace(tcfg, loss="sampled", negatives_per=per, n_negatives=k)
         s = step_seconds(arrays, m, t, a.steps)
         epoch = s * arrays[0].shape[0] / t.batch_size
         print(f"{r:24s} {s:7.3f} s/step   ~{epoch:6.0f} s/epoch of training steps", flush=True)
