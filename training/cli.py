@@ -63,6 +63,7 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     _add(p, "--ema", "validate and keep an exponential moving average of the weights, decay per step (0 = off)",
          type=float)
     _add(p, "--weight-decay", "Adam weight decay", type=float)
+    _add(p, "--label-smoothing", "--loss ce: label smoothing, the share of the target's weight spread over all items (0 = off)", type=float)
     _add(p, "--loss", "training loss: full softmax, sampled softmax, or SASRec's BCE", choices=("ce", "sampled", "bce"))
     _add(p, "--negatives", "negatives for --loss sampled", type=int)
     _add(p, "--negatives-per", "--loss sampled: draw negatives per position, per training row or per batch",
@@ -118,7 +119,7 @@ def _configs(args: argparse.Namespace, ds: Any) -> tuple[Any, Any]:
               "dropout": args.dropout, "block": args.block}
     over_t = {"epochs": args.epochs, "patience": args.patience, "batch_size": args.batch_size, "lr": args.lr,
               "lr_decay": args.lr_decay, "ema": args.ema, "output_dropout": args.output_dropout, "lr_patience": args.lr_patience,
-              "weight_decay": args.weight_decay, "loss": args.loss, "n_negatives": args.negatives,
+              "weight_decay": args.weight_decay, "label_smoothing": args.label_smoothing, "loss": args.loss, "n_negatives": args.negatives,
               "negatives_per": args.negatives_per,
               "max_minutes": args.max_minutes}
     for k, v in over_m.items():

@@ -37,6 +37,24 @@ def test_bad_negatives_mode_is_rejected() -> None:
         TrainConfig(loss="sampled", negatives_per="user")
 
 
+def test_label_smoothing_matches_its_definition_and_needs_full_softmax() -> None:
+    torch.manual_seed(0)
+    model = AttnRec(ModelConfig(n_items=30, max_len=8, d_model=16)).eval()  # eval: no dropout, same logits twice
+    batch = _batch()
+    plain = _loss(model, TrainConfig(loss="ce"), *batch, torch.Generator())
+    smooth = _loss(model, TrainConfig(loss="ce", label_smoothing=0.1), *batch, torch.Generator())
+    # by hand: (1 - eps) * NLL(target) + eps * mean over the 28 scorable items of -log p
+    items, _, _, targets = batch
+    sel = (targets > 1) & (items != 0)
+    with torch.no_grad():
+        logp = torch.log_softmax(model(*batch[:3])[sel] @ model.item_emb.weight[2:].t(), dim=-1)
+    expected = 0.9 * plain + 0.1 * (-logp.mean(-1)).mean()
+    assert smooth.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert smooth.item() != pytest.approx(plain.item(), rel=1e-3)
+    with pytest.raises(AssertionError, match="label_smoothing"):
+        TrainConfig(loss="sampled", label_smoothing=0.1)
+
+
 @pytest.mark.parametrize("bucket", [True, False])
 def test_batches_cover_every_row_once(bucket: bool) -> None:
     import numpy as np
@@ -63,6 +81,7 @@ def test_default_recipe_for_short_item_sequences_is_sasrec_block_full_softmax_ra
     p.write_text("".join(f"{u} " + " ".join(str(1 + (u * 7 + k) % 300) for k in range(6)) + "\n" for u in range(1, 90)))
     m, t = default_configs(load_dataset(p, "s3"))
     assert (t.loss, m.block, t.bucket_batches, m.d_model) == ("ce", "sasrec", False, 128)
+    assert (t.lr, t.label_smoothing) == (5e-4, 0.1)
 
 
 def test_default_recipe_for_long_item_sequences_is_full_softmax_random_batches_patient(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -74,6 +93,7 @@ def test_default_recipe_for_long_item_sequences_is_full_softmax_random_batches_p
     m, t = default_configs(load_dataset(p, "s3"))
     assert (m.max_len, m.n_blocks, m.dropout, m.block, m.d_model) == (150, 2, 0.1, "pre_ln", 64)
     assert (t.loss, t.bucket_batches, t.patience) == ("ce", False, 20)
+    assert (t.lr, t.label_smoothing) == (1e-3, 0.0)
 
 
 def test_learning_rate_decays_only_after_lr_patience_epochs_without_gain(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -148,5 +168,6 @@ def test_default_width_for_event_streams_stays_at_the_serving_budget(tmp_path) -
     rows = [{"event_id": f"e{u}-{k}", "user_id": f"u{u}", "item_id": f"i{(u * 7 + k) % 300}", "event_type": "click",
              "ts": 1_700_000_000 + 60 * k} for u in range(90) for k in range(6)]
     p.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    m, _ = default_configs(load_dataset(p, "events"))
+    m, t = default_configs(load_dataset(p, "events"))
     assert (m.d_model, m.block, m.max_len) == (64, "sasrec", 50)
+    assert (t.lr, t.label_smoothing) == (1e-3, 0.0)  # the retrainer's capped runs keep the fast start
