@@ -185,8 +185,8 @@ def _loss(model: AttnRec, cfg: TrainConfig, items: torch.Tensor, types: torch.Te
         loss = F.cross_entropy(logits, y - 2)
         if cfg.label_smoothing:
             # (1 - eps) * NLL + eps * mean_j(-log p_j) = NLL + eps * (z_y - mean_j z_j), and mean_j z_j
-            # = h . mean_j e_j: the same value as F.cross_entropy(label_smoothing=eps) with one pass
-            # less over the (N, n_items) logits
+            # = h . mean_j e_j: the same value as F.cross_entropy(label_smoothing=eps) (a unit test
+            # checks it against that definition)
             z_y = logits.gather(1, (y - 2).unsqueeze(1)).squeeze(1)  # (N,)
             z_mean = h @ emb[2:].mean(0)  # (N,)
             loss = loss + cfg.label_smoothing * (z_y - z_mean).mean()
