@@ -4,7 +4,7 @@ arrays, 2 warm-up steps, median of the rest.
 
     python docs/bench/train_step_cost.py --data ../shared/data/ml1m-gsasrec --format gsasrec --threads 1
     python docs/bench/train_step_cost.py --data ../shared/data/amazon-beauty/Beauty.txt --format s3 \
-        --recipes ce:64 ce:128 ce:256 sampled-row:256 sampled-position:256 sampled-batch4096:256
+        --recipes ce:64 ce:128 ce-ls:128 ce:256 sampled-row:256 sampled-position:256 sampled-batch4096:256
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--recipes", nargs="+", default=["ce:64", "sampled-row:64", "ce:128"],
-                   help="LOSS:D with LOSS one of ce, sampled-row, sampled-position, sampled-batch<K>")
+                   help="LOSS:D with LOSS one of ce, ce-ls, sampled-row, sampled-position, sampled-batch<K>")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     ds = load_dataset(a.data, a.format)
@@ -55,13 +55,15 @@ def main() -> None:
     for r in a.recipes:
         loss, d = r.split(":")
         m = replace(mcfg, d_model=int(d))
-        t = replace(tcfg, loss="ce")
-        if loss.startswith("sampled-"):
+        t = replace(tcfg, loss="ce", label_smoothing=0.0)
+        if loss == "ce-ls":  # full softmax with label smoothing 0.1 (the short-history default)
+            t = replace(t, label_smoothing=0.1)
+        elif loss.startswith("sampled-"):
             per = loss.removeprefix("sampled-")
             k = 256
             if per.startswith("batch"):
                 per, k = "batch", int(per.removeprefix("batch") or 256)
-            t = replace(tcfg, loss="sampled", negatives_per=per, n_negatives=k)
+            t = replace(t, loss="sampled", negatives_per=per, n_negatives=k)
         s = step_seconds(arrays, m, t, a.steps)
         epoch = s * arrays[0].shape[0] / t.batch_size
         print(f"{r:24s} {s:7.3f} s/step   ~{epoch:6.0f} s/epoch of training steps", flush=True)
