@@ -182,15 +182,7 @@ def _loss(model: AttnRec, cfg: TrainConfig, items: torch.Tensor, types: torch.Te
     n_items = emb.shape[0]
     if cfg.loss == "ce":
         logits = h @ emb[2:].t()  # (N, n_items - 2): PAD and OOV are never predicted
-        loss = F.cross_entropy(logits, y - 2)
-        if cfg.label_smoothing:
-            # (1 - eps) * NLL + eps * mean_j(-log p_j) = NLL + eps * (z_y - mean_j z_j), and mean_j z_j
-            # = h . mean_j e_j: the same value as F.cross_entropy(label_smoothing=eps) (a unit test
-            # checks it against that definition)
-            z_y = logits.gather(1, (y - 2).unsqueeze(1)).squeeze(1)  # (N,)
-            z_mean = h @ emb[2:].mean(0)  # (N,)
-            loss = loss + cfg.label_smoothing * (z_y - z_mean).mean()
-        return loss
+        return F.cross_entropy(logits, y - 2, label_smoothing=cfg.label_smoothing)
     if cfg.loss == "bce":
         neg = torch.randint(2, n_items, y.shape, generator=gen)  # (N,)
         pos_logit = (h * emb[y]).sum(-1)
