@@ -1,3 +1,3 @@
-from attnrec.cli import main
+from apps.cli import main
 
 raise SystemExit(main())

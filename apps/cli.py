@@ -1,6 +1,11 @@
-"""The ``attnrec`` command line: one entry point, every flag also from ``ATTNREC_<FLAG>``.
+"""The ``attnrec`` command line: one entry point; every flag is a :class:`Settings` field.
 
-Sub-commands whose code needs torch (train, eval, export, trainer) import it only when run,
+Each command lists the settings it exposes as flags (:data:`COMMANDS`); a flag's type, help
+and default come from the field, and its value overrides the field's ``ATTNREC_*`` variable.
+Settings are built and checked once, before a command runs: a bad value ends the command with
+one line naming the variable (and flag), the value and what is expected, exit status 2.
+
+Commands whose code needs torch (train, eval, export, trainer, bench) import it only when run,
 so ``attnrec worker`` works in an image without torch.
 """
 
@@ -11,17 +16,94 @@ import importlib
 import json
 import logging
 import sys
+import types
+import typing
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 from attnrec import __version__
-from attnrec.errors import AttnrecError
-from attnrec.settings import env_default, load_settings
+from attnrec.errors import AttnrecError, ConfigError, ModelError
+from attnrec.settings import Settings, env_name, load_settings
 
-__all__ = ["main", "setup_logging"]
+__all__ = ["COMMANDS", "Command", "build_parser", "main", "setup_logging"]
 
 log = logging.getLogger("attnrec")
+
+Handler = Callable[[Settings, argparse.Namespace], int]
+
+
+@dataclass(frozen=True)
+class Command:
+    """A sub-command: its handler (``module:function``, imported when it runs) and its flags
+    as ``(flag, settings field)`` pairs; ``alias`` flags are extra spellings of a flag."""
+
+    name: str
+    help: str
+    handler: str
+    flags: tuple[tuple[str, str], ...] = ()
+    aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    positionals: tuple[tuple[str, dict[str, Any]], ...] = ()
+    subcommands: tuple[Command, ...] = ()
+
+
+_HOME = (("--home", "home"),)
+_REGISTRY = (("--registry", "registry"),)
+_GATE = (("--force", "force"), ("--margin", "margin"))
+_DATA = (("--data", "data"), ("--format", "data_format"), ("--threads", "train_threads"), ("--seed", "train_seed"),
+         ("--quiet", "quiet"))
+_MODEL = tuple((f"--{name}", f"train_{name.replace('-', '_')}") for name in (
+    "max-len", "d-model", "blocks", "heads", "dropout", "block", "epochs", "patience", "batch-size", "lr", "lr-decay",
+    "lr-patience", "output-dropout", "ema", "weight-decay", "label-smoothing", "loss", "negatives", "negatives-per",
+    "max-minutes", "bucket", "no-types", "no-gaps"))
+
+COMMANDS: tuple[Command, ...] = (
+    Command("stack", "local Kafka (KRaft) + Redis: up | down | status", "apps.stack:cmd_stack", _HOME,
+            positionals=(("action", {"choices": ["up", "down", "status"]}),)),
+    Command("worker", "run the streaming worker (faust)", "apps.cli:cmd_worker",
+            (("--batch-size", "batch_size"), ("--batch-wait-ms", "batch_wait_ms"), ("--web-port", "web_port"),
+             ("--web-host", "web_host"), ("--group-id", "group_id"), ("--scorer", "scorer"), *_REGISTRY, *_HOME)),
+    Command("replay", "produce click events to the clicks topic", "apps.replay:cmd_replay",
+            (("--data", "replay_data"), ("--synthetic", "replay_synthetic"), ("--rate", "replay_rate"),
+             ("--count", "replay_count"), ("--seed", "replay_seed"), ("--topic", "replay_topic"), *_HOME)),
+    Command("demo", "the main job, end to end on the local stack", "apps.demo:cmd_demo",
+            (("--events", "demo_events"), ("--rate", "demo_rate"), ("--train-seconds", "demo_train_seconds"),
+             ("--keep-stack", "demo_keep_stack"), *_HOME)),
+    Command("train", "train a model (defaults chosen from the data; early stopping on validation NDCG@10)",
+            "training.cli:cmd_train", (*_DATA, ("--out", "train_out"), *_MODEL)),
+    Command("eval", "leave-one-out full-ranking evaluation of a checkpoint or a baseline", "training.cli:cmd_eval",
+            (*_DATA, ("--model", "eval_model"), ("--baseline", "eval_baseline"), ("--split", "eval_split"),
+             ("--json", "eval_json"), *_MODEL)),
+    Command("export", "export a checkpoint to ONNX, check it and publish it to the registry", "exporter.cli:cmd_export",
+            (("--checkpoint", "checkpoint"), *_REGISTRY, ("--promote", "promote"), *_GATE, ("--top-k", "top_k"),
+             ("--quantize", "quantize"), *_HOME)),
+    Command("models", "list, promote or roll back registry versions", "", subcommands=(
+        Command("list", "versions, newest first; * marks CURRENT", "exporter.cli:cmd_models_list",
+                (*_REGISTRY, ("--json", "models_json"), *_HOME)),
+        Command("promote", "promote a published version through the NDCG@10 gate", "exporter.cli:cmd_models_promote",
+                (*_REGISTRY, *_GATE, *_HOME), positionals=(("version", {}),)),
+        Command("rollback", "make the previously promoted version CURRENT again", "exporter.cli:cmd_models_rollback",
+                (*_REGISTRY, ("--reason", "rollback_reason"), *_HOME)),
+    )),
+    Command("trainer", "periodic archive -> retrain -> export -> gated promote", "exporter.trainer:cmd_trainer",
+            (("--every", "trainer_every"), ("--once", "trainer_once"), ("--events-dir", "events_dir"),
+             ("--kafka-bootstrap", "kafka_bootstrap"), ("--clicks-topic", "clicks_topic"),
+             ("--trainer-group", "trainer_group"), ("--min-new-events", "min_new_events"), ("--epochs", "trainer_epochs"),
+             ("--max-minutes", "trainer_max_minutes"), ("--threads", "trainer_threads"), ("--top-k", "top_k"),
+             *_REGISTRY, *_GATE, *_HOME)),
+    Command("bench", "end-to-end throughput/latency benchmark against the stack", "apps.bench.cli:cmd_bench",
+            tuple((f"--{f.removeprefix('bench_').replace('_', '-')}", f) for f in Settings.model_fields
+                  if f.startswith("bench_") and f not in ("bench_md",))
+            + (("--benchmarks-md", "bench_md"), ("--batch-size", "batch_size"), ("--scorer", "scorer"), ("--quiet", "quiet"),
+               *_HOME)),
+    Command("dashboard", "ops dashboard web page (throughput, latency, lag, dead letters, models, live feed)",
+            "stream.dashboard:cmd_dashboard",
+            (("--dashboard-host", "dashboard_host"), ("--dashboard-port", "dashboard_port"),
+             ("--latency-window-s", "latency_window_s"), ("--feed-backfill", "feed_backfill"),
+             ("--latency-join", "latency_join"), ("--group-id", "group_id"), ("--kafka-bootstrap", "kafka_bootstrap"),
+             ("--redis-url", "redis_url"), *_REGISTRY, *_HOME),
+            aliases={"--dashboard-host": ("--host",), "--dashboard-port": ("--port",)}),
+)
 
 
 def setup_logging(level: str = "INFO") -> None:
@@ -34,143 +116,120 @@ def setup_logging(level: str = "INFO") -> None:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
-def _stack(settings: Any) -> Any:
-    from attnrec.stack import LocalStack
-
-    return LocalStack(
-        settings.stack_dir,
-        kafka_port=settings.kafka_port,
-        controller_port=settings.kafka_controller_port,
-        redis_port=settings.redis_port,
-        kafka_home=settings.kafka_home,
-        redis_password=settings.redis_password.get_secret_value() if settings.redis_password else None,
-        redis_appendfsync=settings.redis_appendfsync,
-    )
+# ------------------------------------------------------------------------------------- parser
+def _is_bool(annotation: Any) -> bool:
+    return annotation is bool or (typing.get_origin(annotation) in (typing.Union, types.UnionType)
+                                  and bool in typing.get_args(annotation))
 
 
-def cmd_stack(args: argparse.Namespace) -> int:
-    s = load_settings(home=args.home)
-    st = _stack(s)
-    if args.action == "up":
-        st.up()
-        print(f"kafka  {st.bootstrap}\nredis  {st.redis_url.split('@')[-1]}\ndata   {st.root}")
-    elif args.action == "down":
-        st.down()
-        print("stack stopped")
-    else:
-        status = st.status()
-        for name, info in status.items():
-            state = f"running (pid {info['pid']})" if info["running"] else "stopped"
-            print(f"{name:6} {state:22} {info['address']:22} log {info['log']}")
-        return 0 if all(i["running"] for i in status.values()) else 3
-    return 0
+def _choices(annotation: Any) -> list[str] | None:
+    for a in (annotation, *typing.get_args(annotation)):
+        if typing.get_origin(a) is typing.Literal:
+            return [str(x) for x in typing.get_args(a)]
+    return None
 
 
-def cmd_worker(args: argparse.Namespace) -> int:
-    from stream.runner import run_worker
+def _add_flag(p: argparse.ArgumentParser, flag: str, name: str, aliases: tuple[str, ...] = ()) -> None:
+    """One flag for a settings field: its value stays a string (``Settings`` converts and checks
+    it, so a bad flag gets the same message as a bad variable); default None = unset."""
+    f = Settings.model_fields[name]
+    desc = (f.description or "").split(": ", 1)[-1] if ": " in (f.description or "") else ""
+    default = "unset" if f.default is None else f.default
+    text = f"{desc} ({env_name(name)}; default {default})".strip().replace("%", "%%")
+    kw: dict[str, Any] = {"dest": name, "default": None, "help": text}
+    if _is_bool(f.annotation):
+        if flag.startswith("--no-"):
+            p.add_argument(flag, *aliases, action="store_const", const=True, **kw)
+        else:
+            p.add_argument(flag, *aliases, action=argparse.BooleanOptionalAction, **kw)
+        return
+    if typing.get_origin(f.annotation) is list or list in [typing.get_origin(a) for a in typing.get_args(f.annotation)]:
+        kw["nargs"] = "+"
+    choices = _choices(f.annotation)
+    if choices:
+        kw["choices"] = choices
+    p.add_argument(flag, *aliases, metavar=name.upper() if not choices else None, **kw)
 
-    overrides = {k: getattr(args, k) for k in ("batch_size", "batch_wait_ms", "web_port", "web_host", "group_id", "registry", "home")}
-    run_worker(load_settings(**overrides))
-    return 0
 
-
-def cmd_replay(args: argparse.Namespace) -> int:
-    from attnrec.replay import replay
-
-    s = load_settings(home=args.home)
-    n = replay(s, data=args.data, synthetic=args.synthetic, rate=args.rate, count=args.count, seed=args.seed, topic=args.topic)
-    print(json.dumps({"produced": n, "topic": args.topic or s.clicks_topic}))
-    return 0
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from attnrec.demo import run_demo
-
-    return run_demo(load_settings(home=args.home), events=args.events, rate=args.rate, train_seconds=args.train_seconds, keep_stack=args.keep_stack)
-
-
-def _optional(module: str, adder: str) -> Callable[[Any], None] | None:
-    """A sub-command registration function from a module that may not be importable."""
-    try:
-        mod = importlib.import_module(module)
-    except ImportError as exc:
-        log.debug("sub-commands of %s unavailable: %s", module, exc)
-        return None
-    fn = getattr(mod, adder, None)
-    return fn if callable(fn) else None
+def _add_command(sub: Any, cmd: Command) -> None:
+    p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+    if cmd.subcommands:
+        inner = p.add_subparsers(dest=f"{cmd.name}_command", required=True, metavar="COMMAND")
+        for c in cmd.subcommands:
+            _add_command(inner, c)
+        return
+    for name, kw in cmd.positionals:
+        p.add_argument(name, **kw)
+    for flag, name in cmd.flags:
+        _add_flag(p, flag, name, cmd.aliases.get(flag, ()))
+    p.set_defaults(_handler=cmd.handler, _flags=dict((n, f) for f, n in cmd.flags))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="attnrec", description="Real-time attention-based recommendations over event streams.")
+    p = argparse.ArgumentParser(prog="attnrec", description="Real-time attention-based recommendations over event streams. "
+                                "Every flag also reads its ATTNREC_* variable (see docs/CONFIGURATION.md).")
     p.add_argument("--version", action="version", version=f"attnrec {__version__}")
-    p.add_argument("--log-level", default=env_default("log-level", "INFO"), help="logging level (ATTNREC_LOG_LEVEL)")
+    _add_flag(p, "--log-level", "log_level")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    sp = sub.add_parser("stack", help="local Kafka (KRaft) + Redis: up | down | status")
-    sp.add_argument("action", choices=["up", "down", "status"])
-    sp.add_argument("--home", type=Path, default=None, help="data dir (ATTNREC_HOME, default .attnrec)")
-    sp.set_defaults(func=cmd_stack)
-
-    sp = sub.add_parser("worker", help="run the streaming worker (faust)")
-    sp.add_argument("--batch-size", type=int, default=None, help="max events per batch (ATTNREC_BATCH_SIZE, 256)")
-    sp.add_argument("--batch-wait-ms", type=float, default=None, help="max wait to fill a batch (ATTNREC_BATCH_WAIT_MS, 5)")
-    sp.add_argument("--web-port", type=int, default=None, help="lookup/health/metrics port (ATTNREC_WEB_PORT, 6066)")
-    sp.add_argument("--web-host", default=None, help="bind address (ATTNREC_WEB_HOST, 127.0.0.1)")
-    sp.add_argument("--group-id", default=None, help="consumer group (ATTNREC_GROUP_ID, attnrec-worker)")
-    sp.add_argument("--registry", type=Path, default=None, help="model registry (ATTNREC_REGISTRY)")
-    sp.add_argument("--home", type=Path, default=None, help="data dir (ATTNREC_HOME)")
-    sp.set_defaults(func=cmd_worker)
-
-    sp = sub.add_parser("replay", help="produce click events to the clicks topic")
-    src = sp.add_mutually_exclusive_group(required=True)
-    src.add_argument("--data", type=Path, help="JSONL/CSV file of click events, or a DIGINETICA item-views CSV")
-    src.add_argument("--synthetic", action="store_true", help="synthetic events with planted structure")
-    sp.add_argument("--rate", default=env_default("rate", "1000"), help="events/s, or 'max' (ATTNREC_RATE)")
-    sp.add_argument("--count", type=int, default=env_default("count", 10000), help="events to send (ATTNREC_COUNT)")
-    sp.add_argument("--seed", type=int, default=env_default("seed", 7), help="synthetic seed (ATTNREC_SEED)")
-    sp.add_argument("--topic", default=None, help="target topic (default ATTNREC_CLICKS_TOPIC)")
-    sp.add_argument("--home", type=Path, default=None)
-    sp.set_defaults(func=cmd_replay)
-
-    sp = sub.add_parser("demo", help="the main job, end to end on the local stack")
-    sp.add_argument("--events", type=int, default=env_default("demo-events", 6000), help="events to replay (ATTNREC_DEMO_EVENTS)")
-    sp.add_argument("--rate", type=float, default=env_default("demo-rate", 500.0), help="replay rate events/s (ATTNREC_DEMO_RATE)")
-    sp.add_argument("--train-seconds", type=float, default=env_default("demo-train-seconds", 60.0), help="training budget (ATTNREC_DEMO_TRAIN_SECONDS)")
-    sp.add_argument("--keep-stack", action="store_true", default=env_default("keep-stack", False), help="leave Kafka/Redis running")
-    sp.add_argument("--home", type=Path, default=None)
-    sp.set_defaults(func=cmd_demo)
-
-    for module, adder in (
-        ("training.cli", "add_train_parser"),
-        ("training.cli", "add_eval_parser"),
-        ("exporter.cli", "add_export_parser"),
-        ("exporter.cli", "add_models_parser"),
-        ("exporter.cli", "add_trainer_parser"),
-        ("attnrec.bench", "add_bench_parser"),
-        ("stream.dashboard", "add_dashboard_parser"),
-    ):
-        fn = _optional(module, adder)
-        if fn is not None:
-            try:
-                fn(sub)
-            except ImportError as exc:  # a part of the product not installed in this image
-                log.debug("%s.%s unavailable: %s", module, adder, exc)
+    for cmd in COMMANDS:
+        _add_command(sub, cmd)
     return p
+
+
+def _resolve(handler: str) -> Handler:
+    module, _, fn = handler.partition(":")
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as exc:
+        raise ConfigError(f"this command needs a part of attnrec that is not installed ({exc.name}); "
+                          "install the training extra: pip install 'attnrec[train]'") from None
+    return getattr(mod, fn)  # type: ignore[no-any-return]
+
+
+# ------------------------------------------------------------------------------------- commands run here
+def cmd_worker(s: Settings, args: argparse.Namespace) -> int:
+    """``attnrec worker``: create missing topics, then serve until SIGTERM/SIGINT."""
+    from stream.runner import run_worker
+
+    factory = None
+    if s.scorer == "torch":
+        from exporter.eager import torch_session_factory  # needs torch: the benchmark's baseline only
+
+        factory = torch_session_factory(s.ort_threads)
+    run_worker(s, session_factory=factory)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(args.log_level)
+    flags = dict(args._flags)
+    flags["log_level"] = "--log-level"
+    overrides = {name: getattr(args, name) for name in flags if getattr(args, name, None) is not None}
     try:
-        rc = args.func(args)
+        s = load_settings(flags={name: flags[name] for name in overrides}, **overrides)
+    except ConfigError as exc:
+        print(f"attnrec: error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(s.log_level)
+    try:
+        rc = _resolve(args._handler)(s, args)
+    except ConfigError as exc:
+        print(f"attnrec: error: {exc}", file=sys.stderr)
+        return 2
     except AttnrecError as exc:
         log.error("%s", exc)
-        return 2
+        return 1 if isinstance(exc, ModelError) else 2
     except KeyboardInterrupt:
         return 130
     return int(rc or 0)
 
 
+def print_json(obj: Any) -> None:
+    """A command's machine-readable result on stdout."""
+    sys.stdout.write(json.dumps(obj, indent=1, default=str) + "\n")
+
+
 if __name__ == "__main__":
     raise SystemExit(main())
+

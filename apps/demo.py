@@ -25,11 +25,14 @@ from typing import Any
 
 import numpy as np
 
-from attnrec.errors import AttnrecError, StackError
+from apps.replay import RecsTracker, produce
+from apps.stack import REPO_ROOT, free_port, local_stack
+from attnrec.errors import StackError
+from attnrec.kafka_util import ensure_topics
+from attnrec.registry import Registry
 from attnrec.settings import Settings
-from attnrec.stack import REPO_ROOT, free_port
 
-__all__ = ["run_demo"]
+__all__ = ["run_demo", "cmd_demo"]
 
 log = logging.getLogger(__name__)
 
@@ -38,19 +41,16 @@ def _say(msg: str) -> None:
     print(f"\033[1m==>\033[0m {msg}", flush=True)
 
 
-def _train_and_export(data: Path, out: Path, registry: Path, seconds: float, *, force: bool, threads: int = 2, quiet: bool = False) -> tuple[str, dict[str, Any]]:
-    from attnrec.cli import main as cli_main
+def _train_and_export(s: Settings, data: Path, out: Path, registry: Path, *, force: bool) -> tuple[str, dict[str, Any]]:
+    """The training pipeline of ``attnrec train`` on the demo's events, then export and promote."""
     from exporter.export import export_checkpoint
-    from exporter.registry import Registry
+    from training.cli import train_checkpoint
 
-    minutes = max(0.1, seconds / 60.0)
-    rc = cli_main(["--log-level", "WARNING", "train", "--data", str(data), "--format", "events", "--out", str(out),
-                   "--max-minutes", f"{minutes:.2f}", "--max-len", "50", "--threads", str(threads)] + (["--quiet"] if quiet else []))  # fmt: skip
-    if rc != 0:
-        raise AttnrecError(f"training failed (exit {rc})")
+    minutes = max(0.1, s.demo_train_seconds / 60.0)
+    train_checkpoint(s.model_copy(update={"data": data, "data_format": "events", "train_out": out,
+                                          "train_max_minutes": minutes, "train_max_len": 50, "train_threads": 1}))
     version = export_checkpoint(out, registry, promote=True, force=force)
-    reg = Registry(registry)
-    return version, reg.read_manifest(version)
+    return version, Registry(registry).read_manifest(version)
 
 
 def _wait_ready(port: int, proc: subprocess.Popen[bytes], logf: Path, timeout: float = 120.0) -> dict[str, Any]:
@@ -74,19 +74,22 @@ def _drained(tracker: Any, events: list[Any]) -> bool:
     return all(eid in tracker.triggers_seen for eid in last.values())
 
 
-def run_demo(s: Settings, *, events: int = 6000, rate: float = 500.0, train_seconds: float = 60.0, keep_stack: bool = False) -> int:
+def cmd_demo(s: Settings, args: Any) -> int:
+    """``attnrec demo``: exit 0 when events went in and recommendations came out."""
+    return run_demo(s)
+
+
+def run_demo(s: Settings) -> int:
     from tqdm import tqdm
 
-    from attnrec.cli import _stack
-    from attnrec.kafka_util import ensure_topics
-    from attnrec.replay import RecsTracker, produce
     from training.synth import generate
 
+    events, rate, train_seconds, keep_stack = s.demo_events, s.demo_rate, s.demo_train_seconds, s.demo_keep_stack
     t_start = time.monotonic()
     home = s.home.resolve()
     work = home / "demo"
     work.mkdir(parents=True, exist_ok=True)
-    st = _stack(s)
+    st = local_stack(s)
     _say(f"starting the local stack (Kafka KRaft on {st.bootstrap}, Redis on 127.0.0.1:{st.redis_port}) under {st.root}")
     st.up()
     ensure_topics(s)
@@ -104,7 +107,7 @@ def run_demo(s: Settings, *, events: int = 6000, rate: float = 500.0, train_seco
     registry = s.registry_dir.resolve()
     _say(f"training an attention model for up to {train_seconds:.0f}s on {len(past):,} events, then export → ONNX → registry")
     t0 = time.monotonic()
-    v1, man1 = _train_and_export(train_file, work / f"ckpt-{int(time.time())}", registry, train_seconds, force=True, threads=1)
+    v1, man1 = _train_and_export(s, train_file, work / f"ckpt-{int(time.time())}", registry, force=True)
     val = (man1.get("metrics") or {}).get("val", {})
     print(f"    model {v1}: validation NDCG@10 {val.get('ndcg@10', float('nan')):.4f}, HR@10 {val.get('hr@10', float('nan')):.4f} "
           f"; parity max|Δ| {man1['parity']['max_abs_diff']:.2e}; "
@@ -116,7 +119,7 @@ def run_demo(s: Settings, *, events: int = 6000, rate: float = 500.0, train_seco
                ATTNREC_KAFKA_BOOTSTRAP=st.bootstrap, ATTNREC_REDIS_URL=st.redis_url, ATTNREC_RELOAD_POLL_S="1")  # fmt: skip
     logf = work / "worker.log"
     _say(f"starting the worker (log {logf}, API http://127.0.0.1:{port})")
-    proc = subprocess.Popen([sys.executable, "-m", "attnrec", "worker"], env=env, cwd=REPO_ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "apps", "worker"], env=env, cwd=REPO_ROOT,
                             stdout=open(logf, "ab"), stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     retrain_result: dict[str, Any] = {}
     try:
@@ -135,7 +138,7 @@ def run_demo(s: Settings, *, events: int = 6000, rate: float = 500.0, train_seco
             try:
                 import shutil
 
-                from exporter.trainer import TrainerConfig, run_cycle
+                from exporter.trainer import run_cycle
 
                 events_dir = work / "events"
                 events_dir.mkdir(exist_ok=True)
@@ -143,11 +146,11 @@ def run_demo(s: Settings, *, events: int = 6000, rate: float = 500.0, train_seco
                 with open(events_dir / "0001-phase1.jsonl", "wb") as f:  # what the trainer's archive step
                     for ev in future[:half]:  # would have read from `clicks` (kept out of the demo's time)
                         f.write(ev.to_json() + b"\n")
-                cfg = TrainerConfig(
-                    registry=registry, home=work, events_dir=events_dir, bootstrap=st.bootstrap,
-                    topic=s.clicks_topic, group_id=f"attnrec-demo-trainer-{int(time.time())}",
-                    min_new_events=1, epochs=30, max_minutes=min(30.0, train_seconds) / 60.0, threads=1,
-                )  # fmt: skip
+                cfg = s.model_copy(update={
+                    "registry": registry, "home": work, "events_dir": events_dir, "kafka_bootstrap": st.bootstrap,
+                    "trainer_group": f"attnrec-demo-trainer-{int(time.time())}", "min_new_events": 1,
+                    "trainer_epochs": 30, "trainer_max_minutes": min(30.0, train_seconds) / 60.0, "trainer_threads": 1,
+                })  # fmt: skip
                 summary = run_cycle(cfg, archive=False)
                 retrain_result.update(version=summary.get("version"), promoted=summary.get("decision") in ("promoted", "forced"),
                                       reason=summary.get("reason"), warm=summary.get("train", {}).get("warm_start"))  # fmt: skip

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import json
 import logging
 import threading
 import time
@@ -15,15 +16,16 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 
-from attnrec.errors import DataError
-from attnrec.kafka_util import make_consumer, make_producer
-from attnrec.settings import Settings
-from stream.schema import ClickEvent, parse_event
+from attnrec.errors import ConfigError, DataError
+from attnrec.events import ClickEvent, parse_event
+from attnrec.kafka_util import ensure_topics, make_consumer, make_producer
+from attnrec.settings import Settings, parse_rate
 
-__all__ = ["iter_file_events", "iter_synthetic", "Pacer", "produce", "replay", "RecsTracker"]
+__all__ = ["iter_file_events", "iter_synthetic", "Pacer", "produce", "replay", "cmd_replay", "RecsTracker"]
 
 log = logging.getLogger(__name__)
 
@@ -214,24 +216,33 @@ def produce(
     return n
 
 
-def replay(settings: Settings, *, data: Path | None, synthetic: bool, rate: str | float, count: int, seed: int = 7, topic: str | None = None) -> int:
-    from attnrec.kafka_util import ensure_topics
+def replay(s: Settings) -> int:
+    """Produce ``REPLAY_COUNT`` events from ``REPLAY_DATA`` or the synthetic generator to
+    ``REPLAY_TOPIC`` (default the clicks topic) at ``REPLAY_RATE``; returns how many were sent."""
+    import itertools
 
-    ensure_topics(settings)
-    r = None if str(rate) == "max" else float(rate)
-    if synthetic:
-        events: Iterable[ClickEvent] = iter_synthetic(count, seed=seed)
-    else:
-        assert data is not None
-        import itertools
-
-        events = itertools.islice(iter_file_events(data), count) if count else iter_file_events(data)
     from tqdm import tqdm
 
-    with tqdm(total=count or None, unit="ev", desc="replay", mininterval=0.5) as bar:
-        n = produce(settings, events, rate=r, topic=topic, progress=bar.update)
-    log.info("produced %d events to %s", n, topic or settings.clicks_topic)
+    if (s.replay_data is None) == (not s.replay_synthetic):
+        raise ConfigError("give either --data FILE (ATTNREC_REPLAY_DATA) or --synthetic (ATTNREC_REPLAY_SYNTHETIC)")
+    ensure_topics(s)
+    count = s.replay_count
+    if s.replay_synthetic:
+        events: Iterable[ClickEvent] = iter_synthetic(count, seed=s.replay_seed)
+    else:
+        assert s.replay_data is not None
+        events = itertools.islice(iter_file_events(s.replay_data), count) if count else iter_file_events(s.replay_data)
+    with tqdm(total=count or None, unit="ev", desc="replay", mininterval=0.5, disable=s.quiet) as bar:
+        n = produce(s, events, rate=parse_rate(s.replay_rate), topic=s.replay_topic, progress=bar.update)
+    log.info("produced %d events to %s", n, s.replay_topic or s.clicks_topic)
     return n
+
+
+def cmd_replay(s: Settings, args: Any) -> int:
+    """``attnrec replay``: prints ``{"produced": N, "topic": T}``."""
+    n = replay(s)
+    print(json.dumps({"produced": n, "topic": s.replay_topic or s.clicks_topic}))
+    return 0
 
 
 def new_event_id() -> str:

@@ -21,10 +21,12 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from attnrec.errors import ConfigError, StackError
+from attnrec.settings import Settings
 
-__all__ = ["LocalStack", "free_port", "REPO_ROOT"]
+__all__ = ["LocalStack", "local_stack", "cmd_stack", "free_port", "REPO_ROOT"]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,7 @@ class LocalStack:
     controller_port: int = 9093
     redis_port: int = 6379
     kafka_home: Path | None = None
+    kafka_libs: Path = field(default_factory=lambda: Path.home() / ".cache" / "attnrec" / "kafka-libs")
     redis_password: str | None = field(default=None, repr=False)
     kafka_heap: str = "768m"
     redis_appendfsync: str = "everysec"
@@ -127,7 +130,7 @@ class LocalStack:
             return f"{libs}/*"
         if shutil.which("java") is None:
             raise ConfigError("java not found: install Java 17+ (Debian: apt-get install openjdk-17-jre-headless)")
-        cache = Path(os.environ.get("ATTNREC_KAFKA_LIBS", Path.home() / ".cache" / "attnrec" / "kafka-libs"))
+        cache = Path(self.kafka_libs)
         stamp = cache / ".pom-sha"
         pom_sha = hashlib.sha256(_POM.read_bytes()).hexdigest()
         if not (stamp.exists() and stamp.read_text() == pom_sha):
@@ -424,3 +427,35 @@ class LocalStack:
                 proc.wait(10)
         self._pidfile(name).unlink(missing_ok=True)
         log.info("%s stopped", name)
+
+
+def local_stack(s: Settings) -> LocalStack:
+    """The local stack these settings describe (under HOME/stack, on the configured ports)."""
+    return LocalStack(
+        s.stack_dir,
+        kafka_port=s.kafka_port,
+        controller_port=s.kafka_controller_port,
+        redis_port=s.redis_port,
+        kafka_home=s.kafka_home,
+        kafka_libs=s.kafka_libs,
+        redis_password=s.redis_password.get_secret_value() if s.redis_password else None,
+        redis_appendfsync=s.redis_appendfsync,
+    )
+
+
+def cmd_stack(s: Settings, args: Any) -> int:
+    """``attnrec stack up|down|status``; status exits 3 when a part is not running."""
+    st = local_stack(s)
+    if args.action == "up":
+        st.up()
+        print(f"kafka  {st.bootstrap}\nredis  {st.redis_url.split('@')[-1]}\ndata   {st.root}")
+    elif args.action == "down":
+        st.down()
+        print("stack stopped")
+    else:
+        status = st.status()
+        for name, info in status.items():
+            state = f"running (pid {info['pid']})" if info["running"] else "stopped"
+            print(f"{name:6} {state:22} {info['address']:22} log {info['log']}")
+        return 0 if all(i["running"] for i in status.values()) else 3
+    return 0

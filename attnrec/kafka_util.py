@@ -1,7 +1,10 @@
-"""Small Kafka helpers on kafka-python: topic creation and a plain producer/consumer.
+"""Kafka connection settings for every client we use, and small kafka-python helpers.
 
-Used by the CLI (replay, demo, bench), the dashboard and the tests; the worker itself talks
-to Kafka through faust/aiokafka.
+The security options (TLS, SASL) are derived from :class:`Settings` here and only here, in
+the form each client library takes: kafka-python (replay, trainer, dashboard, bench, tests),
+aiokafka (the worker's producer) and faust (the worker's consumer). The helpers below create
+topics and plain producers/consumers with kafka-python; the worker itself talks to Kafka
+through faust/aiokafka.
 """
 
 from __future__ import annotations
@@ -18,23 +21,66 @@ from kafka.errors import TopicAlreadyExistsError
 from attnrec.errors import TransientError
 from attnrec.settings import Settings
 
-__all__ = ["ensure_topics", "make_producer", "make_consumer", "admin_client"]
+__all__ = ["kafka_python_security", "aiokafka_security", "faust_credentials", "ensure_topics", "make_producer",
+           "make_consumer", "admin_client"]
 
 log = logging.getLogger(__name__)
 
 
-def _security(s: Settings) -> dict[str, Any]:
-    kw = s.kafka_client_kwargs()
+def _sasl(s: Settings) -> dict[str, Any]:
+    kw: dict[str, Any] = {"security_protocol": s.kafka_security_protocol}
+    if s.kafka_security_protocol.startswith("SASL"):
+        kw["sasl_mechanism"] = s.kafka_sasl_mechanism
+        kw["sasl_plain_username"] = s.kafka_username
+        kw["sasl_plain_password"] = s.kafka_password.get_secret_value() if s.kafka_password else ""
+    return kw
+
+
+def _ssl_context(s: Settings) -> Any:
+    import ssl
+
+    return ssl.create_default_context(cafile=str(s.kafka_ssl_cafile) if s.kafka_ssl_cafile else None)
+
+
+def kafka_python_security(s: Settings) -> dict[str, Any]:
+    """Security keyword arguments for kafka-python clients."""
+    kw = _sasl(s)
     if s.kafka_ssl_cafile:
         kw["ssl_cafile"] = str(s.kafka_ssl_cafile)
     return kw
+
+
+def aiokafka_security(s: Settings) -> dict[str, Any]:
+    """Security keyword arguments for aiokafka clients (TLS through an ``ssl_context``)."""
+    kw = _sasl(s)
+    if s.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        kw["ssl_context"] = _ssl_context(s)
+    return kw
+
+
+def faust_credentials(s: Settings) -> Any:
+    """faust's ``broker_credentials`` for these settings (None for PLAINTEXT)."""
+    if s.kafka_security_protocol == "PLAINTEXT":
+        return None
+    import faust
+
+    ssl_ctx = _ssl_context(s) if s.kafka_security_protocol in ("SSL", "SASL_SSL") else None
+    if s.kafka_security_protocol.startswith("SASL"):
+        pw = s.kafka_password.get_secret_value() if s.kafka_password else ""
+        if s.kafka_sasl_mechanism == "PLAIN":
+            return faust.SASLCredentials(username=s.kafka_username, password=pw, ssl_context=ssl_ctx)
+        from faust.types.auth import SASLMechanism
+
+        mech = SASLMechanism.SCRAM_SHA_256 if s.kafka_sasl_mechanism == "SCRAM-SHA-256" else SASLMechanism.SCRAM_SHA_512
+        return faust.SASLCredentials(username=s.kafka_username, password=pw, ssl_context=ssl_ctx, mechanism=mech)
+    return faust.SSLCredentials(ssl_ctx)
 
 
 def admin_client(s: Settings, timeout_s: float = 30.0) -> KafkaAdminClient:
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            return KafkaAdminClient(bootstrap_servers=s.kafka_bootstrap, request_timeout_ms=10000, **_security(s))
+            return KafkaAdminClient(bootstrap_servers=s.kafka_bootstrap, request_timeout_ms=10000, **kafka_python_security(s))
         except Exception as exc:
             if time.monotonic() > deadline:
                 raise TransientError(f"kafka at {s.kafka_bootstrap} does not answer: {exc}") from exc
@@ -88,7 +134,7 @@ def make_producer(s: Settings, **kw: Any) -> KafkaProducer:
         batch_size=256 * 1024,
         max_in_flight_requests_per_connection=5,
         retries=10,
-        **_security(s),
+        **kafka_python_security(s),
     )
     opts.update(kw)
     return KafkaProducer(**opts)
@@ -101,7 +147,7 @@ def make_consumer(s: Settings, *topics: str, group_id: str | None = None, **kw: 
         auto_offset_reset="earliest",
         enable_auto_commit=group_id is not None,
         consumer_timeout_ms=1000,
-        **_security(s),
+        **kafka_python_security(s),
     )
     opts.update(kw)
     return KafkaConsumer(*topics, **opts)

@@ -32,11 +32,11 @@ import numpy as np
 import onnxruntime as ort
 
 from attnrec.errors import ModelCheckError
-from exporter.registry import INPUTS, MANIFEST_FILE, OUTPUTS, load_items, validate_manifest, verify_files
+from attnrec.manifest import INPUTS, OUTPUTS, load_items, read_manifest, validate_manifest, verify_files
 
 __all__ = [
     "GOLDEN_ATOL",
-    "LoadedModel",
+    "CheckedModel",
     "session_options",
     "make_session",
     "check_contract",
@@ -150,12 +150,7 @@ def check_model(version_dir: str | os.PathLike[str], manifest: dict[str, Any] | 
     """Every load-time check; returns the ready session. Raises ModelCheckError."""
     vdir = Path(version_dir)
     if manifest is None:
-        import json
-
-        try:
-            manifest = json.loads((vdir / MANIFEST_FILE).read_text())
-        except (OSError, ValueError) as exc:
-            raise ModelCheckError(f"cannot read {vdir / MANIFEST_FILE}: {exc}") from None
+        manifest = read_manifest(vdir)
     validate_manifest(manifest)
     verify_files(vdir, manifest)
     session = make_session(vdir / manifest["model_file"], intra_op_threads=intra_op_threads)
@@ -165,8 +160,9 @@ def check_model(version_dir: str | os.PathLike[str], manifest: dict[str, Any] | 
 
 
 @dataclass(frozen=True)
-class LoadedModel:
-    """A checked model, ready to serve: ``items[i - 2]`` is the id of model index ``i``."""
+class CheckedModel:
+    """A version that passed every check: ``items[i - 2]`` is the id of model index ``i``.
+    The worker wraps it in :class:`stream.model.LoadedModel` with its lookup tables."""
 
     version: str
     path: Path
@@ -174,22 +170,12 @@ class LoadedModel:
     session: ort.InferenceSession
     items: list[str]
 
-    @property
-    def item_index(self) -> dict[str, int]:
-        """item_id -> model index (2..); build once and keep it, this is O(n_items)."""
-        return {item: i + 2 for i, item in enumerate(self.items)}
 
-
-def load_checked(version_dir: str | os.PathLike[str], *, intra_op_threads: int = 1) -> LoadedModel:
+def load_checked(version_dir: str | os.PathLike[str], *, intra_op_threads: int = 1) -> CheckedModel:
     """Load a version for serving: :func:`check_model` plus the item vocabulary."""
-    import json
-
     vdir = Path(version_dir)
-    try:
-        manifest = json.loads((vdir / MANIFEST_FILE).read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelCheckError(f"cannot read {vdir / MANIFEST_FILE}: {exc}") from None
+    manifest = read_manifest(vdir)
     session = check_model(vdir, manifest, intra_op_threads=intra_op_threads)
     items = load_items(vdir, manifest)
     log.info("model %s passed its checks (%d items, top_k %d)", manifest["version"], len(items), manifest["top_k"])
-    return LoadedModel(version=manifest["version"], path=vdir, manifest=manifest, session=session, items=items)
+    return CheckedModel(version=manifest["version"], path=vdir, manifest=manifest, session=session, items=items)

@@ -21,8 +21,9 @@ manifest that is read on every poll.
 Version names are ``YYYYMMDDTHHMM-<first 6 hex of model sha256>`` (UTC); a same-minute
 re-publication of an identical file gets ``-2``, ``-3``... appended.
 
-Publishing copies files into ``<root>/.tmp-<random>/``, fsyncs them, optionally runs the
-load-time checks of :mod:`exporter.check` on that directory, and renames it into place, so a
+What a version directory must hold is :mod:`attnrec.manifest`'s; this module owns the
+directory of versions. Publishing copies files into ``<root>/.tmp-<random>/``, fsyncs them,
+optionally runs the load-time checks of :mod:`attnrec.modelcheck` on that directory, and renames it into place, so a
 reader never sees a half-written version. Promotion rewrites ``CURRENT`` through a temp file
 and ``os.replace``; a reader sees the old or the new name, never a torn one.
 """
@@ -36,143 +37,31 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from attnrec.errors import ModelCheckError, RegistryError
+from attnrec.errors import RegistryError
+from attnrec.manifest import (
+    ITEMS_FILE,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    sha256_file,
+    validate_manifest,
+    validation_ndcg,
+    verify_files,
+)
 
-__all__ = [
-    "DEFAULT_ROOT",
-    "MANIFEST_FILE",
-    "MODEL_FILE",
-    "ITEMS_FILE",
-    "REQUIRED_FIELDS",
-    "INPUTS",
-    "OUTPUTS",
-    "Registry",
-    "sha256_file",
-    "verify_files",
-    "validate_manifest",
-    "load_items",
-]
+__all__ = ["DEFAULT_ROOT", "CURRENT_FILE", "HISTORY_FILE", "Registry", "fsync_dir"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ROOT = Path(".attnrec/registry")
-MANIFEST_FILE = "manifest.json"
-MODEL_FILE = "model.onnx"
-ITEMS_FILE = "items.json"
 CURRENT_FILE = "CURRENT"
 HISTORY_FILE = "HISTORY.jsonl"
 _LOCK_FILE = ".lock"
-_VERSION_RE = re.compile(r"^\d{8}T\d{4}-[0-9a-f]{6}(-\d+)?$")
-
-#: The ONNX graph contract the worker codes against: name -> (dtype, symbolic shape).
-INPUTS: list[dict[str, Any]] = [
-    {"name": "items", "dtype": "int64", "shape": ["B", "L"]},
-    {"name": "types", "dtype": "int64", "shape": ["B", "L"]},
-    {"name": "gaps", "dtype": "int64", "shape": ["B", "L"]},
-    {"name": "exclude", "dtype": "int64", "shape": ["B", "E"]},
-]
-OUTPUTS: list[dict[str, Any]] = [
-    {"name": "top_items", "dtype": "int64", "shape": ["B", "K"]},
-    {"name": "top_scores", "dtype": "float32", "shape": ["B", "K"]},
-    {"name": "attn", "dtype": "float32", "shape": ["B", "L"]},
-]
-
-REQUIRED_FIELDS: tuple[str, ...] = (
-    "version",
-    "created_at",
-    "model_file",
-    "model_sha256",
-    "inputs",
-    "outputs",
-    "max_len",
-    "top_k",
-    "pad_index",
-    "oov_index",
-    "n_items",
-    "items_file",
-    "items_sha256",
-    "uses_types",
-    "uses_gaps",
-    "event_types",
-    "popularity",
-    "golden",
-)
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def validate_manifest(manifest: dict[str, Any]) -> None:
-    """Raise :class:`ModelCheckError` naming the first missing or malformed field."""
-    if not isinstance(manifest, dict):
-        raise ModelCheckError(f"manifest is a {type(manifest).__name__}, not an object")
-    missing = [f for f in REQUIRED_FIELDS if f not in manifest]
-    if missing:
-        raise ModelCheckError(f"manifest lacks field(s) {', '.join(missing)}")
-    for key in ("max_len", "top_k", "n_items"):
-        if not isinstance(manifest[key], int) or manifest[key] < 1:
-            raise ModelCheckError(f"manifest {key}={manifest[key]!r} is not a positive integer")
-    if manifest["pad_index"] != 0 or manifest["oov_index"] != 1:
-        raise ModelCheckError("manifest pad_index/oov_index must be 0/1")
-    names_in = [i.get("name") for i in manifest["inputs"]]
-    names_out = [o.get("name") for o in manifest["outputs"]]
-    if names_in != [i["name"] for i in INPUTS] or names_out != [o["name"] for o in OUTPUTS]:
-        raise ModelCheckError(f"manifest contract is inputs={names_in} outputs={names_out}, expected "
-                              f"{[i['name'] for i in INPUTS]} -> {[o['name'] for o in OUTPUTS]}")
-    golden = manifest["golden"]
-    for key in ("items", "types", "gaps", "exclude", "top_items", "top_scores"):
-        if key not in golden:
-            raise ModelCheckError(f"manifest golden block lacks {key!r}")
-
-
-def verify_files(version_dir: str | os.PathLike[str], manifest: dict[str, Any]) -> None:
-    """Check that model.onnx and items.json exist and match the manifest's sha256.
-
-    Raises :class:`ModelCheckError` naming the file and both digests.
-    """
-    vdir = Path(version_dir)
-    for fname, expected in ((manifest.get("model_file", MODEL_FILE), manifest.get("model_sha256")),
-                            (manifest.get("items_file", ITEMS_FILE), manifest.get("items_sha256"))):
-        path = vdir / fname
-        if not path.is_file():
-            raise ModelCheckError(f"{path} is missing")
-        got = sha256_file(path)
-        if got != expected:
-            raise ModelCheckError(f"sha256 mismatch for {path}: manifest says {expected}, file is {got}")
-
-
-def load_items(version_dir: str | os.PathLike[str], manifest: dict[str, Any]) -> list[str]:
-    """The item vocabulary: ``items[i]`` is the item id of model index ``i + 2``.
-
-    Verifies the sidecar's sha256 and that it covers ``n_items - 2`` items.
-    """
-    path = Path(version_dir) / manifest.get("items_file", ITEMS_FILE)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ModelCheckError(f"cannot read item vocabulary {path}: {exc}") from None
-    got = hashlib.sha256(raw).hexdigest()
-    if got != manifest.get("items_sha256"):
-        raise ModelCheckError(f"sha256 mismatch for {path}: manifest says {manifest.get('items_sha256')}, file is {got}")
-    items = json.loads(raw)
-    if not isinstance(items, list) or len(items) != manifest["n_items"] - 2:
-        raise ModelCheckError(f"{path} has {len(items) if isinstance(items, list) else '?'} items, "
-                              f"manifest n_items={manifest['n_items']} implies {manifest['n_items'] - 2}")
-    return [str(i) for i in items]
-
 
 def _utcnow() -> _dt.datetime:
     return _dt.datetime.now(_dt.UTC)
@@ -254,7 +143,7 @@ class Registry:
                 "created_at": m.get("created_at"),
                 "current": vdir.name == current,
                 "parent": m.get("parent"),
-                "ndcg@10": _validation_ndcg(metrics),
+                "ndcg@10": validation_ndcg(metrics),
                 "n_items": m.get("n_items"),
                 "max_len": m.get("max_len"),
                 "top_k": m.get("top_k"),
@@ -295,7 +184,7 @@ class Registry:
         (when ``items`` is given) items_file / items_sha256. When ``items`` is None the
         manifest must already describe an ``items.json`` next to the model file. With
         ``check`` (the default) the version is loaded with onnxruntime and its golden input
-        run before the rename (see :func:`exporter.check.check_model`); a version that
+        run before the rename (see :func:`attnrec.modelcheck.check_model`); a version that
         fails is deleted and the error re-raised.
         """
         src = Path(model_onnx_path)
@@ -335,7 +224,7 @@ class Registry:
             validate_manifest(m)
             _write_file(tmp / MANIFEST_FILE, _dumps(m))
             if check:
-                from exporter.check import check_model  # lazy: onnxruntime only when checking
+                from attnrec.modelcheck import check_model  # onnxruntime is imported only to check
 
                 check_model(tmp, m)
             fsync_dir(tmp)
@@ -427,17 +316,3 @@ class Registry:
             self.record(target, decision="rollback", reason=reason, previous=current)
         log.warning("rolled back CURRENT %s -> %s (%s)", current, target, reason)
         return target
-
-
-def _validation_ndcg(metrics: dict[str, Any]) -> float | None:
-    """Validation NDCG@10 from a metrics block, whichever of the known layouts it uses."""
-    if not isinstance(metrics, dict):
-        return None
-    for key in ("validation", "valid", "val"):
-        block = metrics.get(key)
-        if isinstance(block, dict):
-            inner = block.get("metrics", block)
-            if isinstance(inner, dict) and isinstance(inner.get("ndcg@10"), (int, float)):
-                return float(inner["ndcg@10"])
-    value = metrics.get("ndcg@10")
-    return float(value) if isinstance(value, (int, float)) else None

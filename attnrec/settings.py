@@ -1,54 +1,105 @@
-"""Typed, frozen settings read from the environment (``ATTNREC_<NAME>``).
+"""One typed, frozen settings object per process, read from the environment (``ATTNREC_<NAME>``).
 
-One settings object per process. Every field names its environment variable in its
-description; command-line flags override the environment (the CLI passes them as
-keyword arguments). See ``docs/CONFIGURATION.md`` for the full list with defaults.
+Every option of every command is a field here: a field ``name`` is the variable
+``ATTNREC_`` + ``name`` in capitals (each description starts with it), and a command-line flag, where a command
+has one, overrides the environment (:mod:`apps.cli` maps flags onto fields). The
+fields are grouped in sections (:data:`SECTIONS`); ``docs/CONFIGURATION.md`` is generated from
+this class (``python deploy/gen_config_doc.py``).
+
+Everything is validated when the object is built: a bad value raises :class:`ConfigError`
+with one line naming the variable (and the flag it came from), the value and what is
+expected. Secrets are :class:`SecretStr` (never printed); they can also come from files in
+``ATTNREC_SECRETS_DIR``.
 """
 
 from __future__ import annotations
 
+import difflib
+import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from attnrec.errors import ConfigError
 
-__all__ = ["Settings", "load_settings", "env_default"]
+__all__ = ["Settings", "SECTIONS", "ENV_PREFIX", "OTHER_VARIABLES", "env_name", "load_settings", "parse_duration", "parse_rate", "section_of"]
+
+ENV_PREFIX = "ATTNREC_"
+#: ``ATTNREC_*`` variables read outside :class:`Settings` (docs/CONFIGURATION.md lists them too).
+OTHER_VARIABLES: dict[str, str] = {
+    "ATTNREC_SECRETS_DIR": "a directory of files named after settings' variables, each holding that setting's value (Docker/Kubernetes secret mounts); the environment wins when both are set",
+    "ATTNREC_IMAGE_TAG": "docker compose: the tag of the attnrec images (deploy/compose)",
+    "ATTNREC_SKIP_CHROMIUM": "1: make's system set-up does not install Chromium (only the dashboard's browser test needs it)",
+    "ATTNREC_RELIABILITY_JSON": "the fault tests write their figures (docs/RELIABILITY.md) to this file",
+    "ATTNREC_UPDATE_DOCS": "1: the dashboard's browser test refreshes docs/img/dashboard.png",
+}
+log = logging.getLogger(__name__)
+
+#: Section headings of ``docs/CONFIGURATION.md``, keyed by the first field of each section.
+SECTIONS: dict[str, str] = {
+    "home": "Where things live",
+    "kafka_bootstrap": "Kafka",
+    "redis_url": "Redis",
+    "batch_size": "The worker",
+    "web_host": "Web API and logging",
+    "kafka_port": "Local stack (`attnrec stack`)",
+    "replay_data": "Replay (`attnrec replay`)",
+    "demo_events": "Demo (`attnrec demo`)",
+    "data": "Training and evaluation (`attnrec train`, `attnrec eval`)",
+    "checkpoint": "Export and the registry (`attnrec export`, `attnrec models`)",
+    "trainer_every": "Periodic trainer (`attnrec trainer`)",
+    "dashboard_host": "Dashboard (`attnrec dashboard`)",
+    "bench_rate": "Benchmark (`attnrec bench`)",
+}
+
+_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
-def env_default(flag: str, default: Any) -> Any:
-    """Default for a CLI flag: ``ATTNREC_<FLAG>`` from the environment, else ``default``.
+def env_name(field: str) -> str:
+    """The environment variable of a settings field."""
+    return ENV_PREFIX + field.upper()
 
-    ``flag`` is the flag name without dashes (``batch-size`` -> ``ATTNREC_BATCH_SIZE``).
-    The value is converted to the type of ``default`` when that is int/float/bool.
-    """
-    name = "ATTNREC_" + flag.replace("-", "_").upper()
-    raw = os.environ.get(name)
-    if raw is None:
-        return default
+
+def parse_duration(text: str | float) -> float:
+    """'10m' -> 600.0; '30s', '1.5h', '250ms', '2d' and bare seconds work too."""
+    if isinstance(text, (int, float)):
+        return float(text)
+    m = _DURATION.match(text)
+    if not m:
+        raise ValueError(f"expected a duration such as 30s, 10m or 1h, got {text!r}")
+    value, unit = float(m.group(1)), m.group(2) or "s"
+    return value * {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}[unit]
+
+
+def parse_rate(text: str | float | None) -> float | None:
+    """Events per second: a positive number, or 'max' (None: as fast as possible)."""
+    if text is None or str(text).strip().lower() == "max":
+        return None
     try:
-        if isinstance(default, bool):
-            return raw.strip().lower() in ("1", "true", "yes", "on")
-        if isinstance(default, int):
-            return int(raw)
-        if isinstance(default, float):
-            return float(raw)
+        r = float(text)
     except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a valid {type(default).__name__}") from None
-    return raw
+        raise ValueError(f"expected a positive number of events/s or 'max', got {text!r}") from None
+    if not r > 0:
+        raise ValueError(f"expected a positive number of events/s or 'max', got {text!r}")
+    return r
 
 
 class Settings(BaseSettings):
-    """Everything a worker, producer, dashboard or the stack manager needs."""
+    """Everything a worker, dashboard, trainer, tool or the stack manager needs."""
 
-    model_config = SettingsConfigDict(env_prefix="ATTNREC_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid", validate_default=True)
 
     # --- where things live -------------------------------------------------------------------
-    home: Path = Field(Path(".attnrec"), description="ATTNREC_HOME: data dir (stack, registry, event log)")
+    home: Path = Field(Path(".attnrec"), description="ATTNREC_HOME: data dir (stack, registry, event log, bench cache)")
     registry: Path | None = Field(None, description="ATTNREC_REGISTRY: model registry dir (default HOME/registry)")
+    data_dir: Path = Field(Path("../shared/data"), description="ATTNREC_DATA_DIR: the public datasets (Beauty, ML-1M) for tests and make bench-quality")
 
     # --- Kafka ---------------------------------------------------------------------------------
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="ATTNREC_KAFKA_BOOTSTRAP: host:port[,host:port]")
@@ -57,7 +108,7 @@ class Settings(BaseSettings):
     dlq_topic: str = Field("clicks.dlq", description="ATTNREC_DLQ_TOPIC: dead-letter topic")
     updates_topic: str = Field("model-updates", description="ATTNREC_UPDATES_TOPIC: registry notifications")
     partitions: int = Field(8, ge=1, description="ATTNREC_PARTITIONS: partitions when we create topics")
-    group_id: str = Field("attnrec-worker", description="ATTNREC_GROUP_ID: consumer group of the workers")
+    group_id: str = Field("attnrec-worker", min_length=1, description="ATTNREC_GROUP_ID: consumer group of the workers")
     kafka_session_timeout_s: float = Field(
         10.0, gt=0, description="ATTNREC_KAFKA_SESSION_TIMEOUT_S: a dead worker's partitions move after this long"
     )
@@ -73,7 +124,7 @@ class Settings(BaseSettings):
     kafka_ssl_cafile: Path | None = Field(None, description="ATTNREC_KAFKA_SSL_CAFILE: CA bundle for TLS")
 
     # --- Redis ---------------------------------------------------------------------------------
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="ATTNREC_REDIS_URL: redis:// or rediss:// URL")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="ATTNREC_REDIS_URL: redis://, rediss:// or unix:// URL")
     redis_username: str | None = Field(None, description="ATTNREC_REDIS_USERNAME: ACL user")
     redis_password: SecretStr | None = Field(None, description="ATTNREC_REDIS_PASSWORD: AUTH password (never logged)")
     redis_appendfsync: Literal["everysec", "always"] = Field(
@@ -89,7 +140,7 @@ class Settings(BaseSettings):
     max_inflight: int = Field(
         4, ge=1, description="ATTNREC_MAX_INFLIGHT: batches whose output may await broker delivery while the next ones are processed"
     )
-    top_k: int = Field(10, ge=1, description="ATTNREC_TOP_K: items per recommendation")
+    top_k: int = Field(10, ge=1, description="ATTNREC_TOP_K: items per recommendation (and K of an exported graph's top-K)")
     exclude_seen: bool = Field(True, description="ATTNREC_EXCLUDE_SEEN: never recommend items in the buffer")
     exclude_window: int = Field(
         50, ge=0, description="ATTNREC_EXCLUDE_WINDOW: items among the user's last N events are never recommended (up to BUFFER_LEN; each extra event costs a lookup per batch)"
@@ -103,24 +154,214 @@ class Settings(BaseSettings):
     max_attempts: int = Field(5, ge=1, description="ATTNREC_MAX_ATTEMPTS: tries of a failing batch before isolating poison events")
     retry_max_s: float = Field(5.0, gt=0, description="ATTNREC_RETRY_MAX_S: cap of the exponential backoff")
     ort_threads: int = Field(1, ge=1, description="ATTNREC_ORT_THREADS: onnxruntime intra-op threads")
+    scorer: Literal["onnx", "torch"] = Field(
+        "onnx", description="ATTNREC_SCORER: onnx (onnxruntime, the product) or torch (the exported graph in torch eager mode over the manifest's checkpoint; a benchmark baseline, needs torch)"
+    )
     reload_poll_s: float = Field(1.0, gt=0, description="ATTNREC_RELOAD_POLL_S: how often to look at CURRENT")
-    web_host: str = Field("127.0.0.1", description="ATTNREC_WEB_HOST: worker web bind address")
-    web_port: int = Field(6066, ge=0, description="ATTNREC_WEB_PORT: worker web port (lookup, health, metrics)")
+
+    # --- web API and logging -------------------------------------------------------------------
+    web_host: str = Field("127.0.0.1", min_length=1, description="ATTNREC_WEB_HOST: worker web bind address")
+    web_port: int = Field(6066, ge=1, le=65535, description="ATTNREC_WEB_PORT: worker web port (lookup, health, metrics)")
     api_token: SecretStr | None = Field(None, description="ATTNREC_API_TOKEN: bearer token required off-loopback")
-    log_level: str = Field("INFO", description="ATTNREC_LOG_LEVEL")
+    log_level: str = Field("INFO", description="ATTNREC_LOG_LEVEL: DEBUG, INFO, WARNING, ERROR or CRITICAL")
 
     # --- local stack ---------------------------------------------------------------------------
-    kafka_port: int = Field(9092, description="ATTNREC_KAFKA_PORT: local broker port (stack up)")
-    kafka_controller_port: int = Field(9093, description="ATTNREC_KAFKA_CONTROLLER_PORT: local KRaft controller port")
-    redis_port: int = Field(6379, description="ATTNREC_REDIS_PORT: local Redis port (stack up)")
-    kafka_home: Path | None = Field(None, description="KAFKA_HOME or ATTNREC_KAFKA_HOME: use an installed Kafka")
+    kafka_port: int = Field(9092, ge=1, le=65535, description="ATTNREC_KAFKA_PORT: local broker port (stack up)")
+    kafka_controller_port: int = Field(9093, ge=1, le=65535, description="ATTNREC_KAFKA_CONTROLLER_PORT: local KRaft controller port")
+    redis_port: int = Field(6379, ge=1, le=65535, description="ATTNREC_REDIS_PORT: local Redis port (stack up)")
+    kafka_home: Path | None = Field(None, description="ATTNREC_KAFKA_HOME (or KAFKA_HOME): use an installed Kafka")
+    kafka_libs: Path = Field(
+        Path.home() / ".cache" / "attnrec" / "kafka-libs", description="ATTNREC_KAFKA_LIBS: where Maven puts the Kafka jars the stack runs"
+    )
+
+    # --- attnrec replay ------------------------------------------------------------------------
+    replay_data: Path | None = Field(None, description="ATTNREC_REPLAY_DATA: JSONL/CSV file of click events, or a DIGINETICA item-views CSV")
+    replay_synthetic: bool = Field(False, description="ATTNREC_REPLAY_SYNTHETIC: synthetic events with planted structure instead of a file")
+    replay_rate: str = Field("1000", description="ATTNREC_REPLAY_RATE: events/s, or max")
+    replay_count: int = Field(10_000, ge=0, description="ATTNREC_REPLAY_COUNT: events to send (0 = the whole file)")
+    replay_seed: int = Field(7, description="ATTNREC_REPLAY_SEED: seed of the synthetic events")
+    replay_topic: str | None = Field(None, description="ATTNREC_REPLAY_TOPIC: target topic (default CLICKS_TOPIC)")
+
+    # --- attnrec demo --------------------------------------------------------------------------
+    demo_events: int = Field(6000, ge=100, description="ATTNREC_DEMO_EVENTS: events replayed live")
+    demo_rate: float = Field(500.0, gt=0, description="ATTNREC_DEMO_RATE: replay rate, events/s")
+    demo_train_seconds: float = Field(60.0, gt=0, description="ATTNREC_DEMO_TRAIN_SECONDS: training budget of each model")
+    demo_keep_stack: bool = Field(False, description="ATTNREC_DEMO_KEEP_STACK: leave Kafka and Redis running afterwards")
+
+    # --- attnrec train / eval ------------------------------------------------------------------
+    data: Path | None = Field(None, description="ATTNREC_DATA: dataset: a file, a gsasrec split directory, or a directory of *.jsonl events")
+    data_format: Literal["s3", "gsasrec", "events"] = Field("events", description="ATTNREC_DATA_FORMAT: s3, gsasrec or events")
+    train_out: Path | None = Field(None, description="ATTNREC_TRAIN_OUT: checkpoint directory to write")
+    train_threads: int = Field(2, ge=1, description="ATTNREC_TRAIN_THREADS: torch intra-op threads")
+    train_seed: int = Field(42, description="ATTNREC_TRAIN_SEED: random seed")
+    quiet: bool = Field(False, description="ATTNREC_QUIET: no progress bars")
+    train_max_len: int | None = Field(None, ge=1, description="ATTNREC_TRAIN_MAX_LEN: sequence length L (unset: chosen from the data)")
+    train_d_model: int | None = Field(None, ge=1, description="ATTNREC_TRAIN_D_MODEL: embedding width (unset: from the data)")
+    train_blocks: int | None = Field(None, ge=1, description="ATTNREC_TRAIN_BLOCKS: transformer blocks (unset: from the data)")
+    train_heads: int | None = Field(None, ge=1, description="ATTNREC_TRAIN_HEADS: attention heads (unset: from the data)")
+    train_dropout: float | None = Field(None, ge=0, lt=1, description="ATTNREC_TRAIN_DROPOUT: dropout (unset: from the data)")
+    train_block: Literal["pre_ln", "sasrec"] | None = Field(None, description="ATTNREC_TRAIN_BLOCK: transformer block layout (unset: from the data)")
+    train_epochs: int | None = Field(None, ge=1, description="ATTNREC_TRAIN_EPOCHS: max epochs")
+    train_patience: int | None = Field(None, ge=1, description="ATTNREC_TRAIN_PATIENCE: epochs without a validation NDCG@10 gain before stopping")
+    train_batch_size: int | None = Field(None, ge=1, description="ATTNREC_TRAIN_BATCH_SIZE: training batch size")
+    train_lr: float | None = Field(None, gt=0, description="ATTNREC_TRAIN_LR: Adam learning rate")
+    train_lr_decay: float | None = Field(None, gt=0, le=1, description="ATTNREC_TRAIN_LR_DECAY: multiply the learning rate by this after LR_PATIENCE epochs without a gain (1 = constant)")
+    train_lr_patience: int | None = Field(None, ge=1, description="ATTNREC_TRAIN_LR_PATIENCE: epochs without a validation gain before each learning-rate decay")
+    train_output_dropout: float | None = Field(None, ge=0, lt=1, description="ATTNREC_TRAIN_OUTPUT_DROPOUT: dropout on the item embeddings when they score (training only)")
+    train_ema: float | None = Field(None, ge=0, lt=1, description="ATTNREC_TRAIN_EMA: decay per step of the weight average that is validated and kept (0 = off)")
+    train_weight_decay: float | None = Field(None, ge=0, description="ATTNREC_TRAIN_WEIGHT_DECAY: Adam weight decay")
+    train_label_smoothing: float | None = Field(None, ge=0, lt=1, description="ATTNREC_TRAIN_LABEL_SMOOTHING: with loss ce, the share of the target's weight spread over all items (0 = off)")
+    train_loss: Literal["ce", "sampled", "bce"] | None = Field(None, description="ATTNREC_TRAIN_LOSS: full softmax, sampled softmax, or SASRec's BCE")
+    train_negatives: int | None = Field(None, ge=1, description="ATTNREC_TRAIN_NEGATIVES: negatives for loss sampled")
+    train_negatives_per: Literal["position", "row", "batch"] | None = Field(None, description="ATTNREC_TRAIN_NEGATIVES_PER: loss sampled draws negatives per position, training row or batch")
+    train_max_minutes: float | None = Field(None, ge=0, description="ATTNREC_TRAIN_MAX_MINUTES: wall-clock training budget in minutes (0 = none)")
+    train_bucket: bool | None = Field(None, description="ATTNREC_TRAIN_BUCKET: batches of rows of similar length instead of random batches")
+    train_no_types: bool = Field(False, description="ATTNREC_TRAIN_NO_TYPES: ignore event types even when the data has them")
+    train_no_gaps: bool = Field(False, description="ATTNREC_TRAIN_NO_GAPS: ignore time gaps even when the data has timestamps")
+    eval_model: Path | None = Field(None, description="ATTNREC_EVAL_MODEL: checkpoint directory to evaluate (from attnrec train)")
+    eval_baseline: Literal["popular", "sasrec-bce"] | None = Field(None, description="ATTNREC_EVAL_BASELINE: evaluate a baseline instead of a model")
+    eval_split: Literal["test", "val"] = Field("test", description="ATTNREC_EVAL_SPLIT: which split to report")
+    eval_json: str = Field("-", description="ATTNREC_EVAL_JSON: write the result JSON to this file (- = stdout only)")
+
+    # --- attnrec export / models ---------------------------------------------------------------
+    checkpoint: Path | None = Field(None, description="ATTNREC_CHECKPOINT: training checkpoint directory to export")
+    promote: bool = Field(False, description="ATTNREC_PROMOTE: promote through the NDCG@10 gate after publishing")
+    force: bool = Field(False, description="ATTNREC_FORCE: promote even when the NDCG@10 gate says no")
+    margin: float = Field(0.02, ge=0, lt=1, description="ATTNREC_MARGIN: largest tolerated relative drop of validation NDCG@10 at promotion")
+    quantize: bool = Field(False, description="ATTNREC_QUANTIZE: try dynamic int8; kept only if faster here and < 1% relative NDCG@10 loss")
+    models_json: bool = Field(False, description="ATTNREC_MODELS_JSON: attnrec models list prints versions and history as JSON")
+    rollback_reason: str = Field("manual rollback", description="ATTNREC_ROLLBACK_REASON: recorded in HISTORY.jsonl by attnrec models rollback")
+
+    # --- attnrec trainer -----------------------------------------------------------------------
+    trainer_every: str = Field("10m", description="ATTNREC_TRAINER_EVERY: time between cycles (30s, 10m, 1h, ...)")
+    trainer_once: bool = Field(False, description="ATTNREC_TRAINER_ONCE: one cycle, then exit")
+    events_dir: Path | None = Field(None, description="ATTNREC_EVENTS_DIR: event log directory (default HOME/events)")
+    trainer_group: str = Field("attnrec-trainer", min_length=1, description="ATTNREC_TRAINER_GROUP: consumer group of the archiver")
+    min_new_events: int = Field(100, ge=0, description="ATTNREC_MIN_NEW_EVENTS: retrain only after this many new events")
+    trainer_epochs: int = Field(30, ge=1, description="ATTNREC_TRAINER_EPOCHS: max epochs per retrain")
+    trainer_max_minutes: float = Field(5.0, gt=0, description="ATTNREC_TRAINER_MAX_MINUTES: training time budget per cycle")
+    trainer_threads: int = Field(1, ge=1, description="ATTNREC_TRAINER_THREADS: torch threads (the trainer shares the box with the worker)")
+
+    # --- attnrec dashboard ---------------------------------------------------------------------
+    dashboard_host: str = Field("127.0.0.1", min_length=1, description="ATTNREC_DASHBOARD_HOST: bind address; off-loopback requires ATTNREC_API_TOKEN")
+    dashboard_port: int = Field(6080, ge=1, le=65535, description="ATTNREC_DASHBOARD_PORT: dashboard port")
+    latency_window_s: float = Field(60.0, gt=0, description="ATTNREC_LATENCY_WINDOW_S: rolling window of latency percentiles, serving versions, dead letters/min")
+    feed_backfill: int = Field(20, ge=0, description="ATTNREC_FEED_BACKFILL: recommendations read back per partition at start")
+    latency_join: bool = Field(True, description="ATTNREC_LATENCY_JOIN: read clicks to measure produce->rec latency by event_id; off: emitted_ts - event_ts from the recs alone, cheaper at high rates")
+
+    # --- attnrec bench -------------------------------------------------------------------------
+    bench_rate: str = Field("1000", description="ATTNREC_BENCH_RATE: offered events/s, or max (closed loop)")
+    bench_duration: float = Field(10.0, gt=0, description="ATTNREC_BENCH_DURATION: measured seconds per run")
+    bench_warmup: float = Field(2.0, ge=0, description="ATTNREC_BENCH_WARMUP: unmeasured seconds first")
+    bench_repeats: int = Field(1, ge=1, description="ATTNREC_BENCH_REPEATS: runs per figure (median, min, max); a sweep runs at least 3")
+    bench_users: int = Field(2000, ge=1, description="ATTNREC_BENCH_USERS: distinct users, buffers pre-filled")
+    bench_max_inflight: int = Field(2000, ge=1, description="ATTNREC_BENCH_MAX_INFLIGHT: events unanswered at most at rate max (the closed loop's bound)")
+    bench_drain_timeout: float = Field(120.0, gt=0, description="ATTNREC_BENCH_DRAIN_TIMEOUT: max wait for late recs; stops earlier after 15 s without progress")
+    bench_prefill: int = Field(-1, ge=-1, description="ATTNREC_BENCH_PREFILL: entries pre-filled per user buffer; -1 = BUFFER_LEN (steady state)")
+    bench_catalog: int = Field(12_000, ge=10, description="ATTNREC_BENCH_CATALOG: items of the random-weight model")
+    bench_max_len: int = Field(50, ge=1, description="ATTNREC_BENCH_MAX_LEN: max_len of the random-weight model")
+    bench_d_model: int = Field(64, ge=1, description="ATTNREC_BENCH_D_MODEL: width of the random-weight model")
+    bench_blocks: int = Field(2, ge=1, description="ATTNREC_BENCH_BLOCKS: blocks of the random-weight model")
+    bench_model: Literal["random", "registry"] = Field("random", description="ATTNREC_BENCH_MODEL: random (a cached random-weight model of CATALOG x MAX_LEN) or registry (the promoted model)")
+    bench_baselines: bool = Field(False, description="ATTNREC_BENCH_BASELINES: also run one event at a time (B=1) and the torch-eager scorer at the same rate")
+    bench_no_worker: bool = Field(False, description="ATTNREC_BENCH_NO_WORKER: measure a running worker on the settings' topics")
+    bench_metrics_url: str | None = Field(None, description="ATTNREC_BENCH_METRICS_URL: with NO_WORKER, its /metrics URL")
+    bench_worker_pid: int | None = Field(None, ge=1, description="ATTNREC_BENCH_WORKER_PID: with NO_WORKER, its pid for CPU and RSS")
+    bench_worker_src: Path | None = Field(None, description="ATTNREC_BENCH_WORKER_SRC: run the worker from this source tree (e.g. a git archive of another commit)")
+    bench_start_stack: bool = Field(False, description="ATTNREC_BENCH_START_STACK: start the local stack (and stop it after)")
+    bench_generator_only: bool = Field(False, description="ATTNREC_BENCH_GENERATOR_ONLY: measure the load generator alone")
+    bench_sweep: bool = Field(False, description="ATTNREC_BENCH_SWEEP: the make-bench matrix of shapes, rates and baselines")
+    bench_sweep_shapes: str | None = Field(None, description="ATTNREC_BENCH_SWEEP_SHAPES: sweep only these ITEMSxL, e.g. 3000x50,100000x50")
+    bench_sweep_ladder: str = Field("100,300,1000,2000,3000,max", description="ATTNREC_BENCH_SWEEP_LADDER: offered rates of the key shape")
+    bench_sweep_short_ladder: str = Field("1000,max", description="ATTNREC_BENCH_SWEEP_SHORT_LADDER: offered rates of the baselines and other shapes")
+    bench_no_md: bool = Field(False, description="ATTNREC_BENCH_NO_MD: a sweep leaves docs/BENCHMARKS.md alone")
+    bench_shapes_only: bool = Field(False, description="ATTNREC_BENCH_SHAPES_ONLY: sweep only the SWEEP_SHAPES other than the key shape")
+    bench_stages_only: bool = Field(False, description="ATTNREC_BENCH_STAGES_ONLY: sweep only the in-process stage profiles")
+    bench_no_stages: bool = Field(False, description="ATTNREC_BENCH_NO_STAGES: skip the in-process stage profiles")
+    bench_no_baselines_in_sweep: bool = Field(False, description="ATTNREC_BENCH_NO_BASELINES_IN_SWEEP: a sweep without the B=1 and torch baselines")
+    bench_out_dir: Path = Field(Path("docs/bench"), description="ATTNREC_BENCH_OUT_DIR: where a sweep writes its JSON and plot")
+    bench_md: Path = Field(Path("docs/BENCHMARKS.md"), description="ATTNREC_BENCH_MD: the document a sweep updates")
+    bench_cache: Path | None = Field(None, description="ATTNREC_BENCH_CACHE: random-weight models and worker logs (default HOME/bench)")
+    bench_keep_state: bool = Field(False, description="ATTNREC_BENCH_KEEP_STATE: keep the bench users' Redis keys")
+    bench_json: Path | None = Field(None, description="ATTNREC_BENCH_JSON: write the report here")
+    bench_render: list[Path] | None = Field(None, description="ATTNREC_BENCH_RENDER: re-render the plot and the BENCHMARKS.md section from these sweep JSONs")
+    bench_render_key: Path | None = Field(None, description="ATTNREC_BENCH_RENDER_KEY: with RENDER, a later sweep JSON shown as the key figures")
+
+    # ------------------------------------------------------------------------------ validation
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap(cls, v: str) -> str:
+        hosts = [h.strip() for h in v.split(",")]
+        for h in hosts:
+            host, _, port = h.rpartition(":")
+            if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise ValueError("expected host:port[,host:port] with ports 1-65535")
+        return ",".join(hosts)
+
+    @field_validator("clicks_topic", "recs_topic", "dlq_topic", "updates_topic")
+    @classmethod
+    def _topic(cls, v: str) -> str:
+        if not _TOPIC.match(v) or v in (".", ".."):
+            raise ValueError("expected a Kafka topic name: 1-249 of the characters a-z A-Z 0-9 . _ -")
+        return v
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, v: str) -> str:
+        u = urlsplit(v)
+        if u.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("expected a redis://, rediss:// or unix:// URL")
+        if u.scheme != "unix" and not u.hostname:
+            raise ValueError(f"expected a host in the {u.scheme}:// URL")
+        if u.scheme == "unix" and not u.path:
+            raise ValueError("expected a socket path in the unix:// URL")
+        try:
+            if u.port is not None and not 1 <= u.port <= 65535:
+                raise ValueError
+        except ValueError:
+            raise ValueError("expected a port 1-65535 in the URL") from None
+        return v
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, v: str) -> str:
+        if v.upper() not in _LOG_LEVELS:
+            raise ValueError(f"expected one of {', '.join(_LOG_LEVELS)}")
+        return v.upper()
+
+    @field_validator("replay_rate", "bench_rate")
+    @classmethod
+    def _rate(cls, v: str) -> str:
+        parse_rate(v)
+        return v.strip().lower()
+
+    @field_validator("trainer_every")
+    @classmethod
+    def _every(cls, v: str) -> str:
+        if parse_duration(v) <= 0:
+            raise ValueError("expected a positive duration")
+        return v
+
+    @field_validator("bench_sweep_ladder", "bench_sweep_short_ladder")
+    @classmethod
+    def _ladder(cls, v: str) -> str:
+        for x in v.split(","):
+            parse_rate(x)
+        return v
+
+    @field_validator("bench_sweep_shapes")
+    @classmethod
+    def _shapes(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"\s*\d+[xX]\d+\s*(,\s*\d+[xX]\d+\s*)*", v):
+            raise ValueError("expected ITEMSxL[,ITEMSxL], e.g. 3000x50,100000x50")
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
         for name in ("api_token", "kafka_password", "redis_password"):
             secret = getattr(self, name)
             if secret is not None and not secret.get_secret_value().strip():
-                raise ConfigError(f"ATTNREC_{name.upper()} is set but empty (an empty secret is never a credential)")
+                raise ConfigError(f"{env_name(name)} is set but empty (an empty secret is never a credential)")
         if self.kafka_security_protocol.startswith("SASL") and not self.kafka_username:
             raise ConfigError("ATTNREC_KAFKA_USERNAME is required with a SASL security protocol")
         if self.web_host not in ("127.0.0.1", "localhost", "::1") and self.api_token is None:
@@ -129,6 +370,7 @@ class Settings(BaseSettings):
             )
         return self
 
+    # ------------------------------------------------------------------------------ derived
     @property
     def registry_dir(self) -> Path:
         return self.registry if self.registry is not None else self.home / "registry"
@@ -137,34 +379,77 @@ class Settings(BaseSettings):
     def stack_dir(self) -> Path:
         return self.home / "stack"
 
-    def kafka_client_kwargs(self) -> dict[str, Any]:
-        """Connection settings in aiokafka/kafka-python keyword form."""
-        kw: dict[str, Any] = {"security_protocol": self.kafka_security_protocol}
-        if self.kafka_security_protocol.startswith("SASL"):
-            kw["sasl_mechanism"] = self.kafka_sasl_mechanism
-            kw["sasl_plain_username"] = self.kafka_username
-            kw["sasl_plain_password"] = self.kafka_password.get_secret_value() if self.kafka_password else ""
-        return kw
+    @property
+    def event_log(self) -> Path:
+        return self.events_dir if self.events_dir is not None else self.home / "events"
+
+    @property
+    def bench_cache_dir(self) -> Path:
+        return self.bench_cache if self.bench_cache is not None else self.home / "bench"
 
 
-def load_settings(**overrides: Any) -> Settings:
-    """Settings from the environment, with CLI overrides (``None`` values are ignored).
+def section_of(field: str) -> str:
+    """The :data:`SECTIONS` heading a settings field is listed under."""
+    heading = ""
+    for name in Settings.model_fields:
+        heading = SECTIONS.get(name, heading)
+        if name == field:
+            return heading
+    raise KeyError(field)
 
-    Secrets can also come from files: with ``ATTNREC_SECRETS_DIR=/run/secrets`` a file named
-    ``ATTNREC_KAFKA_PASSWORD`` (or any other setting's variable) there supplies that value
-    (Docker/Kubernetes secret mounts); the environment wins when both are set.
+
+def _describe(err: dict[str, Any], flags: dict[str, str]) -> str:
+    """One error of a ValidationError as ``VARIABLE (--flag)='value': what is expected``."""
+    field = str(err["loc"][0]) if err.get("loc") else ""
+    where = env_name(field) if field else "settings"
+    if field in flags:
+        where += f" ({flags[field]})"
+    value = err.get("input")
+    shown = "(secret)" if field in ("api_token", "kafka_password", "redis_password") else repr(value)
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    kind, ctx = err.get("type", ""), err.get("ctx") or {}
+    if kind == "extra_forbidden":
+        return f"{field!r} is not a setting"
+    expected = {
+        "int_parsing": "an integer", "int_from_float": "an integer", "float_parsing": "a number",
+        "bool_parsing": "true or false (also 1/0, yes/no, on/off)",
+        "greater_than_equal": f"a number >= {ctx.get('ge')}", "greater_than": f"a number > {ctx.get('gt')}",
+        "less_than_equal": f"a number <= {ctx.get('le')}", "less_than": f"a number < {ctx.get('lt')}",
+        "string_too_short": "a non-empty value", "literal_error": f"one of {ctx.get('expected', '')}".replace("'", ""),
+    }.get(kind)
+    if expected is None:
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ").removeprefix("Input should be ")
+        expected = msg.removeprefix("expected ")
+    return f"{where}={shown}: expected {expected}"
+
+
+def load_settings(flags: dict[str, str] | None = None, **overrides: Any) -> Settings:
+    """Settings from the environment, with command-line overrides (``None`` values are ignored).
+
+    ``flags`` names the flag each override came from (field -> ``--flag``), for the error
+    message. Secrets can also come from files: with ``ATTNREC_SECRETS_DIR=/run/secrets`` a file
+    named ``ATTNREC_KAFKA_PASSWORD`` (or any other setting's variable) there supplies that
+    value (Docker/Kubernetes secret mounts); the environment wins when both are set.
     """
     clean: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
     secrets_dir = os.environ.get("ATTNREC_SECRETS_DIR")
     if secrets_dir:
         if not Path(secrets_dir).is_dir():
-            raise ConfigError(f"ATTNREC_SECRETS_DIR={secrets_dir} is not a directory")
+            raise ConfigError(f"ATTNREC_SECRETS_DIR={secrets_dir!r}: expected a directory")
         clean["_secrets_dir"] = secrets_dir
+    _warn_unknown(os.environ)
     if "kafka_home" not in clean and os.environ.get("KAFKA_HOME") and not os.environ.get("ATTNREC_KAFKA_HOME"):
         clean["kafka_home"] = Path(os.environ["KAFKA_HOME"])
     try:
         return Settings(**clean)
-    except ConfigError:
-        raise
-    except Exception as exc:  # pydantic.ValidationError: make it one of ours
-        raise ConfigError(f"invalid settings: {exc}") from None
+    except ValidationError as exc:
+        raise ConfigError("; ".join(_describe(e, flags or {}) for e in exc.errors())) from None
+
+
+def _warn_unknown(environ: Any) -> None:
+    """Log each ``ATTNREC_*`` variable that is no setting (a typo would otherwise be ignored)."""
+    known = {env_name(f) for f in Settings.model_fields} | set(OTHER_VARIABLES)
+    for name in sorted(n for n in environ if n.startswith(ENV_PREFIX) and n not in known):
+        close = difflib.get_close_matches(name, known, n=1)
+        log.warning("%s is not an attnrec setting%s; it is ignored", name, f" (did you mean {close[0]}?)" if close else "")

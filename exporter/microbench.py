@@ -6,7 +6,7 @@ Per-batch latency of one scoring call (the serving graph: model + exclusion + to
 batch 1, 32 and 256 at max_len 50 and 200, full-length rows (no padding: the worst case),
 ``exclude`` = the row's own items. Engines, all in the same process and run:
 
-- ``ort``: onnxruntime with the deployed session options (exporter.check.session_options:
+- ``ort``: onnxruntime with the deployed session options (attnrec.modelcheck.session_options:
   full graph optimisation, sequential, no spinning) at 1 and 2 intra-op threads;
 - ``ort-basic``: the same at optimisation level "basic" (what full optimisation buys);
 - ``ort-int8``: the dynamically int8-quantised graph (every MatMul), 1 thread;
@@ -97,8 +97,9 @@ def run(*, checkpoint: str | None = None, quick: bool = False, top_k: int = 10) 
     import onnxruntime as ort
     import torch
 
-    from exporter.check import make_session
-    from exporter.export import ServingGraph, export_onnx, load_checkpoint
+    from attnrec.modelcheck import make_session
+    from exporter.checkpoint import load_checkpoint
+    from exporter.graph import ServingGraph, export_onnx
     from exporter.quantize import quantize_graph
     from training.model import AttnRec, ModelConfig
 

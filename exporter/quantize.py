@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from exporter.samples import pad_batch, random_seqs
+
 __all__ = ["MAX_REL_NDCG_LOSS", "MIN_SPEEDUP", "VARIANTS", "quantize_graph", "sample_ndcg", "median_latency_ms",
            "evaluate_quantization", "choose_quantization"]
 
@@ -68,12 +70,10 @@ def quantize_graph(fp32_path: Path, out_path: Path, *, variant: str = "all") -> 
 
 
 def _loo_batch(samples: list[dict[str, list[int]]], max_len: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    from exporter.export import _pad_batch
-
     usable = [s for s in samples if len(s["items"]) >= 2]
     inputs = [{k: v[:-1] for k, v in s.items()} for s in usable]
     targets = np.array([s["items"][-1] for s in usable], dtype=np.int64)
-    return _pad_batch(inputs, max_len), targets
+    return pad_batch(inputs, max_len), targets
 
 
 def sample_ndcg(session: Any, samples: list[dict[str, list[int]]], max_len: int, k: int = 10) -> float:
@@ -119,7 +119,7 @@ def protocol_ndcg(ckpt: Any, full_fp32: Path, full_int8: Path) -> tuple[float, f
     None when the checkpoint's data is not available (or has changed since training)."""
     import torch
 
-    from exporter.check import make_session
+    from attnrec.modelcheck import make_session
     from training.data import Vocab, load_dataset
     from training.evaluate import evaluate
 
@@ -151,14 +151,12 @@ def evaluate_quantization(ckpt: Any, fp32_path: Path, int8_path: Path, *, varian
 
     ``full_fp32`` (the full-score graph) enables the protocol NDCG@10 comparison.
     """
-    from exporter.check import make_session
-    from exporter.export import _pad_batch, _random_seqs
-
+    from attnrec.modelcheck import make_session
     max_len = int(ckpt.model_config["max_len"])
     fp32, int8 = make_session(fp32_path), make_session(int8_path)
     rng = np.random.default_rng(0)
-    seqs = ckpt.samples[:32] if len(ckpt.samples) >= 32 else _random_seqs(rng, 32, max_len, ckpt.model_config)
-    batch = _pad_batch(seqs, max_len)
+    seqs = ckpt.samples[:32] if len(ckpt.samples) >= 32 else random_seqs(rng, 32, max_len, ckpt.model_config)
+    batch = pad_batch(seqs, max_len)
     lat32, lat8 = median_latency_ms(fp32, batch), median_latency_ms(int8, batch)
     proto = None
     if full_fp32 is not None:

@@ -2,7 +2,8 @@
 
 Keys (hash-tagged so each user's keys share one Redis Cluster slot):
 
-- ``{u:<user_id>}:recent`` list of entries ``"<ts>|<event_type>|<item_id>"``, newest first,
+- ``{u:<user_id>}:recent`` list of entries ``"<ts>|<event_type>|<item_id>"`` (the format is
+  :mod:`stream.logic`'s: ``encode_entry`` / ``split_entry``), newest first,
   capped at ``max_len``, TTL refreshed on write.
 - ``{u:<user_id>}:ev``     sorted set of the last ``dedupe_window`` applied event_ids
   (catches a producer's retry, which arrives at a new offset).
@@ -27,41 +28,12 @@ import redis.asyncio as aioredis
 import redis.exceptions as rexc
 
 from attnrec.errors import TransientError
-from stream.schema import ClickEvent
+from attnrec.events import ClickEvent
+from stream.logic import BufferEntry, decode_entry, encode_entry
 
-__all__ = ["BufferEntry", "RedisBuffers", "Applied", "encode_entry", "decode_entry", "entry_item", "split_entry", "user_keys", "APPLY_LUA"]
+__all__ = ["RedisBuffers", "Applied", "user_keys", "APPLY_LUA"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class BufferEntry:
-    item_id: str
-    event_type: str
-    ts: int
-
-
-def encode_entry(ev: ClickEvent) -> str:
-    # item_id goes last: it may contain '|' and split(maxsplit=2) keeps it whole.
-    return f"{ev.ts}|{ev.event_type}|{ev.item_id}"
-
-
-def decode_entry(raw: str | bytes) -> BufferEntry:
-    s = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-    ts, et, item = s.split("|", 2)
-    return BufferEntry(item, et, int(ts))
-
-
-def split_entry(raw: bytes) -> tuple[bytes, bytes, bytes]:
-    """``(ts, event_type, item_id)`` of a raw entry, still bytes (the hot path's parse).
-    Raises ValueError on a malformed entry."""
-    ts, et, item = raw.split(b"|", 2)
-    return ts, et, item
-
-
-def entry_item(raw: bytes) -> str:
-    """The item id of a raw entry, without building a :class:`BufferEntry`."""
-    return split_entry(raw)[2].decode("utf-8")
 
 
 def user_keys(user_id: str) -> tuple[str, str, str, str]:

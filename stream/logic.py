@@ -16,13 +16,52 @@ import numpy as np
 import orjson
 
 from attnrec.errors import InvalidEventError
-from stream.buffer import entry_item, split_entry
-from stream.model import OOV, LoadedModel
-from stream.schema import ClickEvent, dlq_envelope, parse_event
+from attnrec.events import ClickEvent, dlq_envelope, parse_event
+from attnrec.manifest import OOV
+from stream.model import LoadedModel
 
-__all__ = ["MAX_DLQ_RAW", "RawRecord", "Parsed", "parse_records", "EntryTable", "ModelInputs", "build_inputs", "recommend", "Recommendation"]
+__all__ = ["BufferEntry", "format_entry", "encode_entry", "decode_entry", "split_entry", "entry_item", "MAX_DLQ_RAW", "RawRecord", "Parsed", "parse_records", "EntryTable", "ModelInputs", "build_inputs", "recommend", "Recommendation"]
 
 
+# --- the buffer-entry format (Redis ``{u:<id>}:recent`` lists hold these strings) ---------------
+@dataclass(frozen=True, slots=True)
+class BufferEntry:
+    item_id: str
+    event_type: str
+    ts: int
+
+
+def format_entry(ts: int, event_type: str, item_id: str) -> str:
+    """A buffer entry ``"<ts>|<event_type>|<item_id>"``. The item id goes last: it may contain
+    ``|``, and ``split(maxsplit=2)`` keeps it whole."""
+    return f"{ts}|{event_type}|{item_id}"
+
+
+def encode_entry(ev: ClickEvent) -> str:
+    """The buffer entry of an event."""
+    return format_entry(ev.ts, ev.event_type, ev.item_id)
+
+
+def decode_entry(raw: str | bytes) -> BufferEntry:
+    s = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    ts, et, item = s.split("|", 2)
+    return BufferEntry(item, et, int(ts))
+
+
+def split_entry(raw: bytes) -> tuple[bytes, bytes, bytes]:
+    """``(ts, event_type, item_id)`` of a raw entry, still bytes (the hot path's parse).
+    Raises ValueError on a malformed entry."""
+    ts, et, item = raw.split(b"|", 2)
+    return ts, et, item
+
+
+def entry_item(raw: bytes) -> str:
+    """The item id of a raw entry, without building a :class:`BufferEntry`."""
+    return split_entry(raw)[2].decode("utf-8")
+
+
+
+# --- records in, decisions out -------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class RawRecord:
     """A Kafka record as the agent received it."""

@@ -14,22 +14,29 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
-import onnxruntime as ort
 
 from attnrec.errors import ModelCheckError, RegistryError
+from attnrec.manifest import gap_boundaries_ms
+from attnrec.modelcheck import load_checked
+from attnrec.registry import Registry
 
-__all__ = ["LoadedModel", "load_model", "ModelWatcher", "read_current", "PAD", "OOV"]
+__all__ = ["LoadedModel", "Session", "SessionFactory", "load_model", "ModelWatcher"]
 
 log = logging.getLogger(__name__)
 
-PAD, OOV = 0, 1
-#: Gap-bucket boundaries of the "log2s" encoding (training/features.py): bucket =
-#: 1 + #boundaries <= gap, i.e. 1 + min(floor(log2(1 + gap_s)), 30). Used when a manifest
-#: does not carry ``gap_boundaries_ms`` itself.
-LOG2S_BOUNDARIES_MS = [(2**k - 1) * 1000 for k in range(1, 31)]
+
+class Session(Protocol):
+    """What the worker needs of a scoring session: ``onnxruntime.InferenceSession.run``."""
+
+    def run(self, output_names: Any, input_feed: dict[str, np.ndarray]) -> list[np.ndarray]: ...
+
+
+#: Replaces a checked model's onnxruntime session by another scorer of the same contract
+#: (``ATTNREC_SCORER``; the apps layer supplies the torch-eager one for the benchmark).
+SessionFactory = Callable[["LoadedModel"], Session]
 
 
 @dataclass
@@ -38,7 +45,7 @@ class LoadedModel:
 
     version: str
     manifest: dict[str, Any]
-    session: ort.InferenceSession
+    session: Session
     item_ids: list[str]  # index -> item_id (indices 0 and 1 are PAD and OOV)
     item_index: dict[bytes, int]  # UTF-8 item id, as stored in the Redis buffers -> index
     event_type_index: dict[bytes, int]  # UTF-8 event type -> index (0 = PAD)
@@ -61,38 +68,31 @@ class LoadedModel:
         return out[0], out[1], out[2]
 
 
-def load_model(vdir: Path, *, threads: int = 1) -> LoadedModel:
-    """Load one registry version and run every load-time check (``exporter.check``: manifest
-    fields, sha256, contract, golden input). Raises :class:`ModelCheckError`."""
-    from exporter.check import load_checked
-
+def load_model(vdir: Path, *, threads: int = 1, session_factory: SessionFactory | None = None) -> LoadedModel:
+    """Load one registry version and run every load-time check (``attnrec.modelcheck``: manifest
+    fields, sha256, contract, golden input). Raises :class:`ModelCheckError`. With
+    ``session_factory`` the checked onnxruntime session is then replaced by its scorer."""
     checked = load_checked(Path(vdir), intra_op_threads=threads)
     manifest = checked.manifest
     item_ids = ["<pad>", "<oov>"] + [str(i) for i in checked.items]
     event_types = list(manifest.get("event_types") or [])
-    return LoadedModel(
+    model = LoadedModel(
         version=checked.version,
         manifest=manifest,
         session=checked.session,
         item_ids=item_ids,
         item_index={it.encode(): i for i, it in enumerate(item_ids) if i >= 2},
         event_type_index={t.encode(): i + 1 for i, t in enumerate(event_types)},
-        gap_boundaries_ms=np.asarray(manifest.get("gap_boundaries_ms") or LOG2S_BOUNDARIES_MS, dtype=np.int64),
+        gap_boundaries_ms=np.asarray(manifest.get("gap_boundaries_ms") or gap_boundaries_ms(), dtype=np.int64),
         max_len=int(manifest.get("max_len", 50)),
         top_k=int(manifest.get("top_k", 10)),
         uses_types=bool(manifest.get("uses_types", False)),
         uses_gaps=bool(manifest.get("uses_gaps", False)),
         popularity=[str(p) for p in manifest.get("popularity") or []],
     )
-
-
-def read_current(registry: Path) -> str | None:
-    """The promoted version's name, or None when nothing is promoted yet."""
-    try:
-        v = (Path(registry) / "CURRENT").read_text().strip()
-    except FileNotFoundError:
-        return None
-    return v or None
+    if session_factory is not None:
+        model.session = session_factory(model)
+    return model
 
 
 class ModelWatcher:
@@ -110,8 +110,10 @@ class ModelWatcher:
         threads: int = 1,
         poll_s: float = 1.0,
         on_event: Callable[[str, str, str], None] | None = None,
+        session_factory: SessionFactory | None = None,
     ) -> None:
-        self.registry = Path(registry)
+        self.registry = Registry(registry)
+        self.session_factory = session_factory
         self.threads = threads
         self.poll_s = poll_s
         self.on_event = on_event or (lambda kind, version, why: None)
@@ -124,12 +126,12 @@ class ModelWatcher:
 
     def load_now(self) -> LoadedModel | None:
         """Synchronously load CURRENT (used at start-up). None when nothing is promoted."""
-        v = read_current(self.registry)
+        v = self.registry.current_version()
         self._seen = v
         if v is None:
             return None
         try:
-            m = load_model(self.registry / v, threads=self.threads)
+            m = self._load(v)
         except ModelCheckError as exc:
             self.last_error = str(exc)
             log.error("model %s rejected at start-up: %s", v, exc)
@@ -140,16 +142,16 @@ class ModelWatcher:
 
     def poll_once(self) -> None:
         try:
-            v = read_current(self.registry)
+            v = self.registry.current_version()
         except OSError as exc:
-            log.warning("cannot read %s/CURRENT: %s", self.registry, exc)
+            log.warning("cannot read %s/CURRENT: %s", self.registry.root, exc)
             return
         if v is None or v == self._seen:
             return
         self._seen = v
         t0 = time.monotonic()
         try:
-            m = load_model(self.registry / v, threads=self.threads)
+            m = self._load(v)
         except (ModelCheckError, RegistryError) as exc:
             self.last_error = str(exc)
             log.error("new model %s rejected, keeping the current one: %s", v, exc)
@@ -159,6 +161,9 @@ class ModelWatcher:
             self._pending = m
         log.info("model %s loaded and checked in %.0f ms; swapping at the next batch", v, 1000 * (time.monotonic() - t0))
         self.on_event("success", v, "")
+
+    def _load(self, version: str) -> LoadedModel:
+        return load_model(self.registry.root / version, threads=self.threads, session_factory=self.session_factory)
 
     def take_pending(self) -> LoadedModel | None:
         with self._lock:

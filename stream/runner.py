@@ -6,20 +6,22 @@ import logging
 
 from attnrec.kafka_util import ensure_topics
 from attnrec.settings import Settings
+from stream.model import SessionFactory
 
 __all__ = ["run_worker"]
 
 log = logging.getLogger(__name__)
 
 
-def run_worker(settings: Settings) -> None:
-    """Create missing topics, build the app and run it until SIGTERM/SIGINT."""
+def run_worker(settings: Settings, *, session_factory: SessionFactory | None = None) -> None:
+    """Create missing topics, build the app and run it until SIGTERM/SIGINT.
+    ``session_factory``: see :func:`stream.app.create_app`."""
     import faust
 
     from stream.app import create_app
 
     ensure_topics(settings)
-    app = create_app(settings)
+    app = create_app(settings, session_factory=session_factory)
     log.info(
         "worker starting: kafka=%s redis=%s registry=%s group=%s B=%d W=%.1fms web=%s:%d",
         settings.kafka_bootstrap, _safe_url(settings.redis_url), settings.registry_dir, settings.group_id,

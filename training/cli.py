@@ -1,8 +1,9 @@
-"""``attnrec train`` and ``attnrec eval`` sub-commands.
+"""``attnrec train`` and ``attnrec eval``: the commands over the training pipeline.
 
-Importing this module does not import torch: the handlers import it when they run. Every flag's
-default can come from the environment as ``ATTNREC_<FLAG>`` (``--max-len`` -> ``ATTNREC_MAX_LEN``).
-Model/training flags left unset are chosen from the data (``training.train.default_configs``).
+Importing this module does not import torch: the commands import it when they run. Options
+come from :class:`attnrec.settings.Settings` (``ATTNREC_DATA``, ``ATTNREC_TRAIN_*``,
+``ATTNREC_EVAL_*``; flags in ``attnrec train --help``). Model and training options left unset
+are chosen from the data (``training.train.default_configs``).
 
     attnrec train --data PATH --format s3|gsasrec|events --out DIR
     attnrec eval  --model DIR --data PATH --format ... --json FILE
@@ -11,170 +12,75 @@ Model/training flags left unset are chosen from the data (``training.train.defau
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
-__all__ = ["add_train_parser", "add_eval_parser", "run_train", "run_eval"]
+from attnrec.errors import ConfigError
+from attnrec.settings import Settings
+
+__all__ = ["configs", "train_checkpoint", "cmd_train", "cmd_eval"]
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("s3", "gsasrec", "events")  # = training.data.FORMATS, repeated to keep torch out
+#: Settings field -> ModelConfig field, TrainConfig field (None = left to the data defaults).
+_MODEL_FIELDS = {"train_max_len": "max_len", "train_d_model": "d_model", "train_blocks": "n_blocks",
+                 "train_heads": "n_heads", "train_dropout": "dropout", "train_block": "block"}
+_TRAIN_FIELDS = {"train_epochs": "epochs", "train_patience": "patience", "train_batch_size": "batch_size",
+                 "train_lr": "lr", "train_lr_decay": "lr_decay", "train_lr_patience": "lr_patience",
+                 "train_output_dropout": "output_dropout", "train_ema": "ema", "train_weight_decay": "weight_decay",
+                 "train_label_smoothing": "label_smoothing", "train_loss": "loss", "train_negatives": "n_negatives",
+                 "train_negatives_per": "negatives_per", "train_max_minutes": "max_minutes",
+                 "train_bucket": "bucket_batches"}
 
 
-def _env(flag: str, default: Any = None) -> Any:
-    """Default of ``--flag``: env ATTNREC_FLAG if set (argparse applies ``type`` to it)."""
-    return os.environ.get("ATTNREC_" + flag.lstrip("-").replace("-", "_").upper(), default)
-
-
-def _add(p: argparse.ArgumentParser, flag: str, help: str, default: Any = None, **kw: Any) -> None:
-    env = "ATTNREC_" + flag.lstrip("-").replace("-", "_").upper()
-    shown = "chosen from the data" if default is None else default
-    p.add_argument(flag, default=_env(flag, default), help=f"{help} (env {env}; default: {shown})", **kw)
-
-
-def _add_data_flags(p: argparse.ArgumentParser, required_data: bool = True) -> None:
-    _add(p, "--data", "dataset path: file, or directory for gsasrec / a directory of *.jsonl events")
-    _add(p, "--format", "data format", default="events", choices=FORMATS)
-    _add(p, "--threads", "torch intra-op threads", default=2, type=int)
-    _add(p, "--seed", "random seed", default=42, type=int)
-
-
-def _add_model_flags(p: argparse.ArgumentParser) -> None:
-    _add(p, "--max-len", "sequence length L", type=int)
-    _add(p, "--d-model", "embedding width", type=int)
-    _add(p, "--blocks", "transformer blocks", type=int)
-    _add(p, "--heads", "attention heads", type=int)
-    _add(p, "--dropout", "dropout", type=float)
-    _add(p, "--block", "transformer block layout", choices=("pre_ln", "sasrec"))
-    _add(p, "--epochs", "max epochs", type=int)
-    _add(p, "--patience", "early-stopping patience (epochs without validation NDCG@10 gain)", type=int)
-    _add(p, "--batch-size", "batch size", type=int)
-    _add(p, "--lr", "Adam learning rate", type=float)
-    _add(p, "--lr-decay", "multiply the learning rate by this after --lr-patience epochs without a validation gain "
-         "(1 = constant)", type=float)
-    _add(p, "--lr-patience", "epochs without a validation gain before each learning-rate decay", type=int)
-    _add(p, "--output-dropout", "dropout on the item embeddings when they score (the output layer), training only",
-         type=float)
-    _add(p, "--ema", "validate and keep an exponential moving average of the weights, decay per step (0 = off)",
-         type=float)
-    _add(p, "--weight-decay", "Adam weight decay", type=float)
-    _add(p, "--label-smoothing", "--loss ce: label smoothing, the share of the target's weight spread over all items (0 = off)", type=float)
-    _add(p, "--loss", "training loss: full softmax, sampled softmax, or SASRec's BCE", choices=("ce", "sampled", "bce"))
-    _add(p, "--negatives", "negatives for --loss sampled", type=int)
-    _add(p, "--negatives-per", "--loss sampled: draw negatives per position, per training row or per batch",
-         choices=("position", "row", "batch"))
-    _add(p, "--max-minutes", "wall-clock training budget in minutes (0 = none)", type=float)
-    _add(p, "--bucket", "batches of rows of similar length (less padding, cheaper epochs) instead of random batches; "
-         "--no-bucket for random batches", action=argparse.BooleanOptionalAction)
-    _add_bool(p, "--no-types", "ignore event types even when the data has them")
-    _add_bool(p, "--no-gaps", "ignore time gaps even when the data has timestamps")
-
-
-def _add_bool(p: argparse.ArgumentParser, flag: str, help: str) -> None:
-    env = "ATTNREC_" + flag.lstrip("-").replace("-", "_").upper()
-    p.add_argument(flag, action="store_true", default=_bool(_env(flag, "0")), help=f"{help} (env {env}=1)")
-
-
-def _bool(s: str | bool) -> bool:
-    if isinstance(s, bool):
-        return s
-    return s.strip().lower() in ("1", "true", "yes", "on")
-
-
-def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("train", help="train a model", description="Train an attention model; "
-                              "early stopping on validation NDCG@10; writes a checkpoint directory.")
-    _add_data_flags(p)
-    _add(p, "--out", "checkpoint directory to write")
-    _add_model_flags(p)
-    _add_bool(p, "--quiet", "no progress bar")
-    p.set_defaults(func=run_train)
-    return p
-
-
-def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("eval", help="full-ranking evaluation", description="Leave-one-out full-ranking "
-                              "evaluation of a checkpoint, or of a baseline trained/computed in the same harness.")
-    _add_data_flags(p)
-    _add(p, "--model", "checkpoint directory (from attnrec train)")
-    _add(p, "--baseline", "evaluate a baseline instead of --model", choices=("popular", "sasrec-bce"))
-    _add(p, "--split", "which split to report", default="test", choices=("test", "val"))
-    _add(p, "--json", "write the result JSON to this file ('-' = stdout only)", default="-")
-    _add_model_flags(p)  # used by --baseline sasrec-bce
-    _add_bool(p, "--quiet", "no progress bar")
-    p.set_defaults(func=run_eval)
-    return p
-
-
-def _configs(args: argparse.Namespace, ds: Any) -> tuple[Any, Any]:
+def configs(s: Settings, ds: Any, *, loss: str | None = None) -> tuple[Any, Any]:
+    """The data's default configurations with every ``ATTNREC_TRAIN_*`` setting that is set
+    applied on top (``loss``: the loss when the settings leave it unset)."""
     from .train import default_configs
 
     mcfg, tcfg = default_configs(ds)
-    over_m = {"max_len": args.max_len, "d_model": args.d_model, "n_blocks": args.blocks, "n_heads": args.heads,
-              "dropout": args.dropout, "block": args.block}
-    over_t = {"epochs": args.epochs, "patience": args.patience, "batch_size": args.batch_size, "lr": args.lr,
-              "lr_decay": args.lr_decay, "ema": args.ema, "output_dropout": args.output_dropout, "lr_patience": args.lr_patience,
-              "weight_decay": args.weight_decay, "label_smoothing": args.label_smoothing, "loss": args.loss, "n_negatives": args.negatives,
-              "negatives_per": args.negatives_per,
-              "max_minutes": args.max_minutes}
-    for k, v in over_m.items():
-        if v is not None:
-            setattr(mcfg, k, v)
-    for k, v in over_t.items():
-        if v is not None:
-            setattr(tcfg, k, v)
-    if args.bucket is not None:
-        tcfg.bucket_batches = _bool(args.bucket)
-    if args.no_types:
+    for src, dst in _MODEL_FIELDS.items():
+        if getattr(s, src) is not None:
+            setattr(mcfg, dst, getattr(s, src))
+    if loss is not None and s.train_loss is None:
+        tcfg.loss = loss
+    for src, dst in _TRAIN_FIELDS.items():
+        if getattr(s, src) is not None:
+            setattr(tcfg, dst, getattr(s, src))
+    if s.train_no_types:
         mcfg.n_event_types = 0
-    if args.no_gaps:
+    if s.train_no_gaps:
         mcfg.n_gap_buckets = 0
-    tcfg.seed, tcfg.threads = args.seed, args.threads
-    mcfg.__post_init__()
-    tcfg.__post_init__()
+    tcfg.seed, tcfg.threads = s.train_seed, s.train_threads
+    try:
+        mcfg.__post_init__()
+        tcfg.__post_init__()
+    except AssertionError as exc:
+        raise ConfigError(f"inconsistent training settings: {exc}") from None
     return mcfg, tcfg
 
 
-def _require(args: argparse.Namespace, *names: str) -> None:
-    from attnrec.errors import ConfigError
-
-    for n in names:
-        if not getattr(args, n):
-            raise ConfigError(f"--{n.replace('_', '-')} is required (or set ATTNREC_{n.upper()})")
-
-
-def _fit(args: argparse.Namespace, ds: Any, force_loss: str | None = None) -> tuple[Any, Any, dict[str, Any]]:
-    """Train with data defaults + flags; returns (model, tcfg, metrics with val and test)."""
-    from .evaluate import PROTOCOL, evaluate, model_scorer
-    from .train import train
-
-    if force_loss:
-        args.loss = args.loss or force_loss
-    mcfg, tcfg = _configs(args, ds)
-    log.info("model %s", mcfg)
-    log.info("train %s", tcfg)
-    model, info = train(ds, mcfg, tcfg, progress=not args.quiet)
-    scorer = model_scorer(model)
-    t0 = time.monotonic()
-    val = evaluate(scorer, ds, "val", mcfg.max_len, seed=tcfg.seed)
-    test = evaluate(scorer, ds, "test", mcfg.max_len, seed=tcfg.seed)
-    metrics = {"protocol": PROTOCOL, "dataset": ds.name, "best_epoch": info["best_epoch"],
-               "epochs_run": info["epochs_run"], "stop_reason": info["stop_reason"],
-               "train_seconds": info["train_seconds"], "train_cpu_seconds": info["train_cpu_seconds"],
-               "eval_seconds": round(time.monotonic() - t0, 1),
-               "val": val, "test": test, "data": ds.stats(), "curve": info["curve"]}
-    return model, tcfg, metrics
-
-
-def _load(args: argparse.Namespace, vocab: Any = None) -> Any:
+def _dataset(s: Settings, vocab: Any = None) -> Any:
     from .data import load_dataset
 
-    return load_dataset(args.data, args.format, vocab)
+    if s.data is None:
+        raise ConfigError("--data is required (or set ATTNREC_DATA)")
+    return load_dataset(s.data, s.data_format, vocab)
+
+
+def _fit(s: Settings, ds: Any, loss: str | None = None) -> tuple[Any, Any, dict[str, Any]]:
+    """Train with the data defaults and the settings; returns (model, tcfg, metrics)."""
+    from .train import fit_and_evaluate
+
+    mcfg, tcfg = configs(s, ds, loss=loss)
+    log.info("model %s", mcfg)
+    log.info("train %s", tcfg)
+    model, metrics = fit_and_evaluate(ds, mcfg, tcfg, progress=not s.quiet)
+    return model, tcfg, metrics
 
 
 def _sigterm_stops_training() -> None:
@@ -189,18 +95,27 @@ def _sigterm_stops_training() -> None:
         signal.signal(signal.SIGTERM, handler)
 
 
-def run_train(args: argparse.Namespace) -> int:
+def train_checkpoint(s: Settings) -> tuple[Path, dict[str, Any]]:
+    """Load ``ATTNREC_DATA``, train, evaluate and write the checkpoint to ``ATTNREC_TRAIN_OUT``;
+    returns its path and metrics (the demo trains through this too)."""
     import torch
 
     from .checkpoint import save_checkpoint
 
-    _require(args, "data", "out")
+    if s.train_out is None:
+        raise ConfigError("--out is required (or set ATTNREC_TRAIN_OUT)")
+    torch.set_num_threads(s.train_threads)
+    ds = _dataset(s)
+    model, tcfg, metrics = _fit(s, ds)
+    save_checkpoint(s.train_out, model, tcfg, ds, metrics)
+    return Path(s.train_out), metrics
+
+
+def cmd_train(s: Settings, args: Any) -> int:
+    """``attnrec train``: prints a one-line JSON summary."""
     _sigterm_stops_training()
-    torch.set_num_threads(max(1, args.threads))
-    ds = _load(args)
-    model, tcfg, metrics = _fit(args, ds)
-    save_checkpoint(args.out, model, tcfg, ds, metrics)
-    summary = {"out": str(args.out), "dataset": ds.name, "best_epoch": metrics["best_epoch"],
+    out, metrics = train_checkpoint(s)
+    summary = {"out": str(out), "dataset": metrics["dataset"], "best_epoch": metrics["best_epoch"],
                "train_seconds": metrics["train_seconds"], "train_cpu_seconds": metrics["train_cpu_seconds"],
                "val": metrics["val"], "test": metrics["test"]}
     sys.stdout.write(json.dumps(summary) + "\n")
@@ -211,68 +126,53 @@ def _metrics(m: dict[str, Any]) -> dict[str, float]:
     return {k: m[k] for k in ("hr@10", "ndcg@10", "hr@20", "ndcg@20", "coverage@10")}
 
 
-def run_eval(args: argparse.Namespace) -> int:
+def cmd_eval(s: Settings, args: Any) -> int:
+    """``attnrec eval``: the result JSON on stdout, and in ``ATTNREC_EVAL_JSON`` unless ``-``."""
     import torch
 
     from .data import Vocab
     from .evaluate import PROTOCOL, evaluate, model_scorer, popularity_scorer
 
-    _require(args, "data")
-    torch.set_num_threads(max(1, args.threads))
+    torch.set_num_threads(s.train_threads)
     t0 = time.monotonic()
     config: dict[str, Any]
-    if args.baseline == "popular":
-        ds = _load(args)
-        res = evaluate(popularity_scorer(ds), ds, args.split, 50, seed=args.seed)
+    if s.eval_baseline == "popular":
+        ds = _dataset(s)
+        res = evaluate(popularity_scorer(ds), ds, s.eval_split, 50, seed=s.train_seed)
         train_seconds, config, model_name = 0.0, {"baseline": "popular"}, "baseline:popular"
-    elif args.baseline == "sasrec-bce":
-        ds = _load(args)
-        model, tcfg, metrics = _fit(args, ds, force_loss="bce")
-        res = metrics[args.split]
+    elif s.eval_baseline == "sasrec-bce":
+        ds = _dataset(s)
+        model, tcfg, metrics = _fit(s, ds, loss="bce")
+        res = metrics[s.eval_split]
         train_seconds, model_name = metrics["train_seconds"], "baseline:sasrec-bce"
         config = {"baseline": "sasrec-bce", "model": model.cfg.to_dict(), "train": tcfg.to_dict(),
                   "best_epoch": metrics["best_epoch"], "train_cpu_seconds": metrics["train_cpu_seconds"],
                   "val": _metrics(metrics["val"])}
     else:
-        _require(args, "model")
+        if s.eval_model is None:
+            raise ConfigError("--model DIR or --baseline is required (or set ATTNREC_EVAL_MODEL / ATTNREC_EVAL_BASELINE)")
         from .checkpoint import load_checkpoint
 
-        model, config, vocab = load_checkpoint(args.model)
-        ds = _load(args, Vocab.from_dict(vocab))
+        model, config, vocab = load_checkpoint(s.eval_model)
+        ds = _dataset(s, Vocab.from_dict(vocab))
         if config.get("data_fingerprint") and config["data_fingerprint"] != ds.fingerprint:
             log.warning("evaluating on data that differs from the training data (fingerprint mismatch)")
-        res = evaluate(model_scorer(model), ds, args.split, model.cfg.max_len, seed=args.seed)
-        train_seconds, model_name = _train_seconds(args.model), str(args.model)
-    out = {"dataset": ds.name, "protocol": PROTOCOL, "split": args.split, "users": res["users"],
+        res = evaluate(model_scorer(model), ds, s.eval_split, model.cfg.max_len, seed=s.train_seed)
+        train_seconds, model_name = _train_seconds(s.eval_model), str(s.eval_model)
+    out = {"dataset": ds.name, "protocol": PROTOCOL, "split": s.eval_split, "users": res["users"],
            "items": len(ds.vocab.items), "metrics": _metrics(res), "train_seconds": train_seconds,
            "eval_seconds": round(time.monotonic() - t0, 1), "config": config, "model": model_name,
            "data_fingerprint": ds.fingerprint}
     text = json.dumps(out, indent=1)
-    if args.json and args.json != "-":
-        with open(args.json, "w") as f:
+    if s.eval_json and s.eval_json != "-":
+        with open(s.eval_json, "w") as f:
             f.write(text + "\n")
     sys.stdout.write(text + "\n")
     return 0
 
 
-def _train_seconds(model_dir: str) -> float:
+def _train_seconds(model_dir: Path) -> float:
     try:
-        with open(os.path.join(model_dir, "metrics.json")) as f:
-            return float(json.load(f).get("train_seconds", 0.0))
+        return float(json.loads((Path(model_dir) / "metrics.json").read_text()).get("train_seconds", 0.0))
     except (OSError, ValueError):
         return 0.0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (``python -m training.cli train ...``) until ``attnrec/cli.py`` wires it."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    parser = argparse.ArgumentParser(prog="attnrec")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_train_parser(sub)
-    add_eval_parser(sub)
-    args = parser.parse_args(argv)
-    return int(args.func(args))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 
 from attnrec.errors import DataError, InvalidEventError
-from stream.schema import EVENT_TYPES, ClickEvent, event_from_dict
+from attnrec.events import EVENT_TYPES, ClickEvent, event_from_dict
 
 from .features import OOV, PAD, gap_buckets, type_index
 

@@ -1,9 +1,8 @@
 """Model input features, computed the same way offline (training) and online (the worker).
 
-Torch-free and numpy-free on purpose: the online worker imports this module to turn a user's
-recent events into the three index sequences the model reads.
-
-Vocabularies (the contract of DESIGN.md):
+Torch-free and numpy-free. The vocabularies and gap buckets are the model contract of
+:mod:`attnrec.manifest`, which the worker reads too; this module encodes training data with
+them:
 
 - items: index 0 = PAD, 1 = OOV (an item the model has never seen), real items 2..n_items-1.
 - event types: index 0 = PAD, ``EVENT_TYPES.index(t) + 1`` otherwise (unknown types -> ``other``).
@@ -20,7 +19,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from stream.schema import EVENT_TYPES
+from attnrec.events import EVENT_TYPES
+from attnrec.manifest import N_GAP_BUCKETS, OOV, PAD, gap_boundaries_ms
 
 __all__ = [
     "PAD",
@@ -35,12 +35,8 @@ __all__ = [
     "encode_events",
 ]
 
-PAD = 0
-OOV = 1
 #: Size of the event-type vocabulary including PAD.
 N_EVENT_TYPES = len(EVENT_TYPES) + 1
-#: Size of the time-gap vocabulary including PAD: 0 = unknown, 1 = gap < 1 s, ... 31 = ~2^30 s+.
-N_GAP_BUCKETS = 32
 
 _TYPE_INDEX = {t: i + 1 for i, t in enumerate(EVENT_TYPES)}
 _OTHER = _TYPE_INDEX["other"]
@@ -57,12 +53,6 @@ def gap_bucket(gap_ms: int | float | None) -> int:
         return 0
     b = int(math.log2(1.0 + gap_ms / 1000.0))
     return 1 + min(b, N_GAP_BUCKETS - 2)
-
-
-def gap_boundaries_ms(n_buckets: int = N_GAP_BUCKETS) -> list[int]:
-    """The gap (ms) at which each bucket above 1 starts: bucket(g) = 1 + #boundaries <= g.
-    Written into the model manifest so the online worker needs no training code."""
-    return [(2**k - 1) * 1000 for k in range(1, n_buckets - 1)]
 
 
 def gap_buckets(ts_ms: Sequence[int] | None, n: int) -> list[int]:

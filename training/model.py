@@ -33,7 +33,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-__all__ = ["ModelConfig", "AttnRec", "MASK_VALUE", "BLOCKS"]
+__all__ = ["ConfigDict", "ModelConfig", "AttnRec", "MASK_VALUE", "BLOCKS"]
 
 #: Added to masked attention logits. Finite so a fully masked row gives zeros, not NaN.
 MASK_VALUE = -1e9
@@ -41,8 +41,21 @@ MASK_VALUE = -1e9
 BLOCKS = ("pre_ln", "sasrec")
 
 
+class ConfigDict:
+    """``to_dict`` / ``from_dict`` of a config dataclass (unknown keys of an older or newer
+    checkpoint are ignored)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Any:
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
 @dataclass
-class ModelConfig:
+class ModelConfig(ConfigDict):
     n_items: int  # item vocabulary size, counting PAD (0) and OOV (1)
     max_len: int = 50  # longest sequence the position embedding covers
     d_model: int = 64  # embedding / hidden width
@@ -64,13 +77,6 @@ class ModelConfig:
     def ff_width(self) -> int:
         return self.d_ff or self.d_model
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 class SelfAttention(nn.Module):

@@ -26,7 +26,7 @@ import itertools
 import random
 from collections.abc import Iterator
 
-from stream.schema import ClickEvent
+from attnrec.events import ClickEvent
 
 __all__ = ["generate", "generate_planted", "WINDOW", "P_RULE", "HIGH_INTENT"]
 
@@ -147,13 +147,8 @@ def generate_planted(
         yield ev, causes
 
 
-def generate(
-    n_users: int,
-    n_items: int,
-    n_events: int,
-    seed: int = 0,
-    start_ts_ms: int = START_TS_MS,
-) -> Iterator[ClickEvent]:
+def generate(n_users: int, n_items: int, n_events: int, seed: int = 0,
+             start_ts_ms: int = START_TS_MS) -> Iterator[ClickEvent]:
     """``n_events`` synthetic click events in global time order (see :func:`generate_planted`)."""
     for ev, _ in generate_planted(n_users, n_items, n_events, seed, start_ts_ms):
         yield ev

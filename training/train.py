@@ -17,7 +17,7 @@ import logging
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,11 +25,11 @@ import torch
 import torch.nn.functional as F
 
 from .data import Dataset
-from .evaluate import evaluate, model_scorer
+from .evaluate import PROTOCOL, evaluate, model_scorer
 from .features import N_EVENT_TYPES, N_GAP_BUCKETS, left_pad
-from .model import AttnRec, ModelConfig
+from .model import AttnRec, ConfigDict, ModelConfig
 
-__all__ = ["TrainConfig", "default_configs", "train", "training_arrays"]
+__all__ = ["TrainConfig", "default_configs", "train", "fit_and_evaluate", "training_arrays"]
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ FULL_SOFTMAX_MAX_ITEMS = 200_000
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(ConfigDict):
     epochs: int = 200  # upper bound; early stopping usually ends training much sooner
     patience: int = 10  # epochs without a better validation NDCG@10 before stopping
     batch_size: int = 128
@@ -73,13 +73,6 @@ class TrainConfig:
         assert 0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}"
         assert self.label_smoothing == 0 or self.loss == "ce", "label_smoothing needs loss='ce'"
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 def default_configs(ds: Dataset) -> tuple[ModelConfig, TrainConfig]:
@@ -367,3 +360,24 @@ def train(
             "train_cpu_seconds": round(time.process_time() - c0, 1), "train_sequences": n}
     log.info("best epoch %d (val ndcg@10 %.4f), stopped: %s", best["epoch"], best["ndcg@10"], stop_reason)
     return model, info
+
+
+def fit_and_evaluate(ds: Dataset, mcfg: ModelConfig, tcfg: TrainConfig, *, progress: bool = False,
+                     init_state: dict[str, torch.Tensor] | None = None) -> tuple[AttnRec, dict[str, Any]]:
+    """The training pipeline every caller uses (``attnrec train``, the periodic trainer, the
+    demo): :func:`train`, then the one seeded evaluation on validation and test.
+
+    Returns the best model and its metrics (``metrics.json`` of a checkpoint): protocol,
+    dataset, best epoch, stop reason, wall and CPU seconds, val and test figures, data
+    statistics and the learning curve."""
+    model, info = train(ds, mcfg, tcfg, progress=progress, init_state=init_state)
+    scorer = model_scorer(model)
+    t0 = time.monotonic()
+    val = evaluate(scorer, ds, "val", mcfg.max_len, seed=tcfg.seed)
+    test = evaluate(scorer, ds, "test", mcfg.max_len, seed=tcfg.seed)
+    metrics = {"protocol": PROTOCOL, "dataset": ds.name, "best_epoch": info["best_epoch"],
+               "epochs_run": info["epochs_run"], "stop_reason": info["stop_reason"],
+               "train_seconds": info["train_seconds"], "train_cpu_seconds": info["train_cpu_seconds"],
+               "eval_seconds": round(time.monotonic() - t0, 1),
+               "val": val, "test": test, "data": ds.stats(), "curve": info["curve"]}
+    return model, metrics

@@ -1,42 +1,54 @@
-"""Shared start-up of the docs/bench scripts: a fresh local stack, one worker subprocess
-(ATTNREC_* overrides as KEY=VALUE command-line arguments) serving the bench's cached random
-12k-item, L=50 model (`attnrec.bench.ensure_model`), ready before it returns."""
-import os, sys, subprocess, time, urllib.request
+"""Shared start-up of the scripts in docs/bench: a fresh local stack on free ports and one
+worker subprocess serving the benchmark's cached random-weight model (12k items, L=50).
+
+Everything lives under ``$ATTNREC_HOME/bench-scripts/<name>`` (default ``.attnrec``); the
+worker's settings come from the environment like any attnrec process, plus the
+``ATTNREC_*=value`` overrides given on the script's command line.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root
-from attnrec.bench import ensure_model
-from attnrec.kafka_util import ensure_topics
-from attnrec.settings import Settings
-from attnrec.stack import LocalStack, free_port
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
 
-WORK = Path(os.environ.get("ATTNREC_BENCH_WORK", "/tmp/attnrec-bench-work"))
+from apps.bench.models import ensure_model  # noqa: E402
+from apps.bench.worker import WorkerHandle  # noqa: E402
+from apps.stack import LocalStack, free_port  # noqa: E402
+from attnrec.kafka_util import ensure_topics  # noqa: E402
+from attnrec.settings import Settings, load_settings  # noqa: E402
+
+CATALOG, MAX_LEN = 12_000, 50
 
 
-def start(name: str, overrides: list[str]):
-    """(stack, settings, worker process, web port, item ids of the model)."""
-    root = WORK / name
-    root.mkdir(parents=True, exist_ok=True)
-    reg, items = ensure_model(WORK, 12000, 50)
-    st = LocalStack(root / "stack", kafka_port=free_port(), controller_port=free_port(), redis_port=free_port())
-    st.up()
-    s = Settings(kafka_bootstrap=st.bootstrap, redis_url=st.redis_url, registry=reg, home=root)
+@dataclass
+class Bench:
+    """A running stack, the worker's settings, the worker and the model's item ids."""
+
+    stack: LocalStack
+    s: Settings
+    worker: WorkerHandle
+    items: list[str]
+
+    def close(self) -> None:
+        self.worker.terminate()
+        self.stack.down()
+
+
+def start(name: str, overrides: list[str]) -> Bench:
+    """Start the stack and a ready worker; ``overrides`` are ``ATTNREC_<SETTING>=value`` strings."""
+    base = load_settings()
+    root = (base.home / "bench-scripts" / name).resolve()
+    registry, items = ensure_model(base.bench_cache_dir, CATALOG, MAX_LEN)
+    stack = LocalStack(root / "stack", kafka_port=free_port(), controller_port=free_port(), redis_port=free_port(),
+                       kafka_libs=base.kafka_libs)
+    stack.up()
+    extra = dict(arg.split("=", 1) for arg in overrides)
+    s = load_settings(home=root, registry=registry, kafka_bootstrap=stack.bootstrap, redis_url=stack.redis_url,
+                      **{k.removeprefix("ATTNREC_").lower(): v for k, v in extra.items()})
     ensure_topics(s)
-    port = free_port()
-    env = dict(os.environ, ATTNREC_KAFKA_BOOTSTRAP=st.bootstrap, ATTNREC_REDIS_URL=st.redis_url, ATTNREC_REGISTRY=str(reg),
-               ATTNREC_HOME=str(root), ATTNREC_WEB_PORT=str(port), **dict(a.split("=", 1) for a in overrides))
-    w = subprocess.Popen([sys.executable, "-m", "attnrec", "worker"], env=env, stdout=open(root / "w.log", "ab"),
-                         stderr=subprocess.STDOUT, start_new_session=True)
-    for _ in range(240):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1)
-            break
-        except Exception:
-            time.sleep(0.5)
-    return st, s, w, port, items
-
-
-def stop(st, w) -> None:
-    os.killpg(w.pid, 15)
-    w.wait(30)
-    st.down()
+    worker = WorkerHandle(s, root, name="worker")
+    worker.wait_ready()
+    return Bench(stack, s, worker, items)

@@ -1,35 +1,59 @@
-"""Backlog drain: produce N events at max rate to a fresh local stack, then watch one worker
-(ATTNREC_* overrides as KEY=VALUE arguments) drain them via its /metrics. Serves the bench's
-random 12k-item, L=50 model, built on first use under $ATTNREC_BENCH_WORK (docs/bench/_local.py).
+"""Backlog drain: produce N events as fast as possible to a fresh local stack, then watch one
+worker work through them on its ``/metrics``.
 
-    .venv/bin/python docs/bench/drain.py [ATTNREC_BATCH_WAIT_MS=25]
+    .venv/bin/python docs/bench/drain.py [--events 20000] [ATTNREC_BATCH_WAIT_MS=25 ...]
+
+Prints the producer's rate, the worker's progress every 2 s, and the mean batch size and
+per-batch Redis/model/produce times from its histograms.
 """
-import os, sys, time, urllib.request, re
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _local import start, stop as stop_stack  # noqa: E402
-from attnrec.replay import produce  # noqa: E402
-from stream.schema import ClickEvent  # noqa: E402
-import random  # noqa: E402
+from __future__ import annotations
 
-st, s, w, port, items = start("e2e", sys.argv[1:])
-try:
-    rng = random.Random(1)
-    N = int(os.environ.get("DRAIN_EVENTS", "20000"))
-    evs = [ClickEvent(f"x{i}", f"u{rng.randrange(5000)}", rng.choice(items), "click", 1764300000000+i) for i in range(N)]
-    t0 = time.time(); produce(s, evs, rate=None); tp = time.time()-t0
-    print(f"produced {N} in {tp:.2f}s ({N/tp:.0f}/s)")
-    def count():
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r: txt = r.read().decode()
-        m = re.search(r"^attnrec_events_total (\S+)", txt, re.M); return float(m.group(1)) if m else 0.0
-    c0 = count(); t0 = time.time()
-    while True:
-        time.sleep(2); c = count(); print(f"t={time.time()-t0:.0f}s processed={c:.0f} rate={(c-c0)/(time.time()-t0):.0f}/s")
-        if c >= N or time.time()-t0 > 60: break
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r: txt = r.read().decode()
-    for name in ("attnrec_batch_size", "attnrec_redis_ms", "attnrec_model_ms", "attnrec_produce_ms"):
-        s_ = float(re.search(rf"^{name}_sum (\S+)", txt, re.M).group(1)); n_ = float(re.search(rf"^{name}_count (\S+)", txt, re.M).group(1))
-        print(name, "mean", round(s_/max(n_,1),2), "count", n_)
-finally:
-    stop_stack(st, w)
+import argparse
+import random
+import time
+
+from _local import start
+
+from apps.bench.worker import scrape
+from apps.replay import produce
+from attnrec.events import ClickEvent
+
+T0_MS = 1_764_300_000_000
+HISTOGRAMS = ("attnrec_batch_size", "attnrec_redis_ms", "attnrec_model_ms", "attnrec_produce_ms")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--events", type=int, default=20_000)
+    p.add_argument("--timeout", type=float, default=60.0, help="stop watching after this many seconds")
+    p.add_argument("overrides", nargs="*", help="ATTNREC_<SETTING>=value settings of the worker")
+    a = p.parse_args()
+    bench = start("drain", a.overrides)
+    try:
+        rng = random.Random(1)
+        events = [ClickEvent(f"x{i}", f"u{rng.randrange(5000)}", rng.choice(bench.items), "click", T0_MS + i)
+                  for i in range(a.events)]
+        t0 = time.monotonic()
+        produce(bench.s, events, rate=None)
+        took = time.monotonic() - t0
+        print(f"produced {a.events} events in {took:.2f} s ({a.events / took:,.0f}/s)")
+        metrics = bench.worker.url("/metrics")
+        start_count, t0 = scrape(metrics).get("attnrec_events_total", 0.0), time.monotonic()
+        while True:
+            time.sleep(2)
+            done = scrape(metrics).get("attnrec_events_total", 0.0)
+            elapsed = time.monotonic() - t0
+            print(f"t={elapsed:3.0f}s processed={done:,.0f} rate={(done - start_count) / elapsed:,.0f}/s")
+            if done >= a.events or elapsed > a.timeout:
+                break
+        m = scrape(metrics)
+        for name in HISTOGRAMS:
+            n = m.get(f"{name}_count", 0.0)
+            print(f"{name}: mean {m.get(f'{name}_sum', 0.0) / max(n, 1):.2f} over {n:.0f} batches")
+    finally:
+        bench.close()
+
+
+if __name__ == "__main__":
+    main()

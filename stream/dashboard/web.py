@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 from aiohttp import web
 
 from attnrec.errors import AttnrecError, ConfigError
+from attnrec.redis_util import redis_client
 from attnrec.settings import Settings
 from stream.buffer import RedisBuffers
 from stream.dashboard.collector import Collector, CollectorConfig, explain
@@ -93,7 +93,7 @@ class _RegistryView:
     """Serving version, published versions and promotion history, re-read every few seconds."""
 
     def __init__(self, root: Path) -> None:
-        from exporter.registry import Registry
+        from attnrec.registry import Registry
 
         self.reg = Registry(root)
         self._at = 0.0
@@ -155,13 +155,7 @@ def create_dashboard_app(settings: Settings, *, host: str = "127.0.0.1", collect
 
     async def on_startup(app: web.Application) -> None:
         coll.start()
-        client = aioredis.Redis.from_url(
-            settings.redis_url,
-            username=settings.redis_username,
-            password=settings.redis_password.get_secret_value() if settings.redis_password else None,
-            socket_timeout=settings.redis_timeout_s,
-            socket_connect_timeout=settings.redis_timeout_s,
-        )
+        client = redis_client(settings)
         state["redis"] = client
         state["buffers"] = RedisBuffers(client, max_len=settings.buffer_len)
 

@@ -1,0 +1,175 @@
+"""``attnrec bench``: what one invocation does, from its settings.
+
+Every option is a :class:`~attnrec.settings.Settings` field (``bench_*``, plus the worker's own
+``batch_size`` and ``scorer``); the flags are generated from them by :mod:`apps.cli`.
+One invocation is one of: the generator alone (``bench_generator_only``); re-rendering saved
+sweeps (``bench_render``); the sweep (``bench_sweep``); or one configuration, repeated, with its
+baselines (``bench_baselines``: the same worker with B=1, and with the torch-eager scorer).
+``bench_start_stack`` brings the local stack up first and down after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+from dataclasses import replace
+from typing import Any
+
+from attnrec.settings import Settings, parse_rate
+
+from .load import generator_ceiling
+from .models import ensure_model, registry_model
+from .report import benchmarks_section, machine_info, merge_reports, plot, resummarise, update_benchmarks_md
+from .run import RunConfig, rate_label, run_repeated, summarise
+from .sweep import SweepPlan, run_sweep
+from .worker import open_session
+
+__all__ = ["cmd_bench", "headline"]
+
+log = logging.getLogger(__name__)
+
+
+def cmd_bench(s: Settings, args: argparse.Namespace) -> int:
+    """Run the bench the settings describe; print its headline, write ``bench_json`` if set."""
+    stack = None
+    if s.bench_start_stack:
+        from apps.stack import local_stack
+
+        stack = local_stack(s)
+        stack.up()
+        s = s.model_copy(update={"kafka_bootstrap": stack.bootstrap, "redis_url": stack.redis_url})
+    try:
+        report = bench(s)
+    finally:
+        if stack is not None:
+            stack.down()
+    if s.bench_json:
+        s.bench_json.parent.mkdir(parents=True, exist_ok=True)
+        s.bench_json.write_text(json.dumps(report, indent=1))
+    print(headline(report))
+    return 0
+
+
+def headline(rep: dict[str, Any]) -> str:
+    """One line: the report's key figures."""
+    if "generator_alone" in rep and "events_per_s" not in rep:
+        g = rep["generator_alone"]
+        return f"generator alone: {g['events_per_s']:.0f} events/s ({g['cpu_cores']} cores)"
+    lat = rep.get("latency_ms", {})
+    return (f"{rep.get('events_per_s', 0):.0f} events/s sustained (offered {rep.get('offered_rate')}), latency p50 "
+            f"{lat.get('p50')} p95 {lat.get('p95')} p99 {lat.get('p99')} max {lat.get('max')} ms, "
+            f"lost {rep.get('lost')}, duplicates {rep.get('duplicates')}")  # fmt: skip
+
+
+def bench(s: Settings) -> dict[str, Any]:
+    """The report of the bench ``s`` describes (see the module docstring)."""
+    if s.bench_generator_only:
+        return {"generator_alone": generator_ceiling(s, s.bench_duration), "machine": machine_info()}
+    if s.bench_render:
+        return render(s)
+    if s.bench_sweep:
+        return sweep(s)
+    return single(s)
+
+
+def render(s: Settings) -> dict[str, Any]:
+    """Re-render the plot and the BENCHMARKS.md section from saved sweep JSONs (runs merged, the
+    first file's machine); ``docs/bench/notes.md``-style hand-written findings are appended."""
+    assert s.bench_render
+    rep = resummarise(merge_reports([json.loads(p.read_text()) for p in s.bench_render]))
+    key = resummarise(json.loads(s.bench_render_key.read_text())) if s.bench_render_key else None
+    png = plot(rep, s.bench_out_dir / "latency_vs_load.png")
+    rep["plot"] = str(png) if png else None
+    notes = s.bench_out_dir / "notes.md"  # hand-written findings, kept next to the data
+    body = benchmarks_section(rep, rep.get("command", ""), key)
+    if notes.is_file():
+        body += "\n" + notes.read_text()
+    update_benchmarks_md(s.bench_md, body)
+    return rep
+
+
+def _shapes(text: str) -> list[tuple[int, int]]:
+    """``"3000x50,100000x50"`` -> ``[(3000, 50), (100000, 50)]``."""
+    return [(int(a), int(b)) for a, b in (re.split("[xX]", x.strip()) for x in text.split(","))]
+
+
+def sweep(s: Settings) -> dict[str, Any]:
+    """The ``make bench`` matrix; writes ``bench.json`` and the plot to ``bench_out_dir`` and,
+    unless ``bench_no_md``, the section of ``bench_md``."""
+    plan = SweepPlan(repeats=max(3, s.bench_repeats), duration_s=s.bench_duration, warmup_s=s.bench_warmup,
+                     baselines=not s.bench_no_baselines_in_sweep, stages=not s.bench_no_stages,
+                     ladder=tuple(parse_rate(x) for x in s.bench_sweep_ladder.split(",")),
+                     short_ladder=tuple(parse_rate(x) for x in s.bench_sweep_short_ladder.split(",")),
+                     drain_timeout_s=s.bench_drain_timeout, key_runs=not s.bench_shapes_only,
+                     stages_only=s.bench_stages_only)  # fmt: skip
+    if s.bench_sweep_shapes:
+        plan.shapes = _shapes(s.bench_sweep_shapes)
+    out_dir = s.bench_out_dir
+    rep = run_sweep(s, plan, cache=s.bench_cache_dir.resolve(), users=s.bench_users, progress=_progress(s),
+                    out_dir=out_dir, worker_src=s.bench_worker_src)  # fmt: skip
+    rep["command"] = " ".join(["attnrec"] + sys.argv[1:])
+    png = plot(rep, out_dir / "latency_vs_load.png")
+    rep["plot"] = str(png) if png else None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "bench.json").write_text(json.dumps(rep, indent=1))
+    if not s.bench_no_md:
+        update_benchmarks_md(s.bench_md, benchmarks_section(rep, rep["command"]))
+    return rep
+
+
+def single(s: Settings) -> dict[str, Any]:
+    """One configuration (``batch_size``, ``scorer``) at ``bench_rate``, ``bench_repeats`` times,
+    plus its baselines; the report is the median run's, with every run and summary."""
+    cache = s.bench_cache_dir.resolve()
+    if s.bench_model == "registry" or s.bench_no_worker:
+        reg, items, n_items, L = registry_model(s.registry_dir)
+    else:
+        reg, items = ensure_model(cache, s.bench_catalog, s.bench_max_len, d_model=s.bench_d_model,
+                                  n_blocks=s.bench_blocks)  # fmt: skip
+        n_items, L = s.bench_catalog, s.bench_max_len
+    rate = parse_rate(s.bench_rate)
+    cfg = RunConfig(rate=rate, duration_s=s.bench_duration, warmup_s=s.bench_warmup, users=s.bench_users,
+                    max_inflight=s.bench_max_inflight, drain_timeout_s=s.bench_drain_timeout)  # fmt: skip
+    variants = [s]
+    if s.bench_baselines:
+        for upd in ({"scorer": "onnx", "batch_size": 1}, {"scorer": "torch"}):  # one event at a time; torch eager
+            v = s.model_copy(update=upd)
+            if all((v.scorer, v.batch_size) != (x.scorer, x.batch_size) for x in variants):
+                variants.append(v)
+    groups: list[dict[str, Any]] = []
+    for v in variants:
+        sess = open_session(v, registry=reg, items=items, n_users=s.bench_users, log_dir=cache / "logs",
+                            catalog_items=n_items, max_len=L, start_worker=not s.bench_no_worker,
+                            metrics_url=s.bench_metrics_url, worker_pid=s.bench_worker_pid, prefill_len=s.bench_prefill,
+                            worker_src=s.bench_worker_src)  # fmt: skip
+        try:
+            c = replace(cfg, label=f"{v.scorer} B={v.batch_size} @{rate_label(rate)}")
+            runs = run_repeated(sess, c, s.bench_repeats, _progress(s))
+        finally:
+            sess.close(s.bench_keep_state)
+        sm = summarise(runs)
+        sm["rate_label"] = rate_label(rate)
+        groups.append({"summary": sm, "runs": runs})
+    head = groups[0]
+    med = sorted(head["runs"], key=lambda r: r["events_per_s"])[len(head["runs"]) // 2]
+    rep = dict(med)
+    rep["lost"] = head["summary"]["lost"]
+    rep["duplicates"] = head["summary"]["duplicates"]
+    rep["machine"] = machine_info()
+    rep["summaries"] = [g["summary"] for g in groups]
+    rep["runs"] = [r for g in groups for r in g["runs"]]
+    if len(groups) > 1:
+        base_eps = head["summary"]["events_per_s"]["median"]
+        rep["ratios"] = {f"{g['summary']['scorer']} B={g['summary']['batch_size']}":
+                         round(base_eps / max(1e-9, g["summary"]["events_per_s"]["median"]), 2)
+                         for g in groups[1:]}  # fmt: skip
+    for w in head["summary"]["warnings"]:
+        log.warning("%s", w)
+    return rep
+
+
+def _progress(s: Settings) -> bool:
+    return not s.quiet and sys.stderr.isatty()

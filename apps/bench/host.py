@@ -1,0 +1,50 @@
+"""What the box is doing while the bench runs: load average, CPU seconds of a process, and the
+local stack's own processes.
+
+The bench shares a small box with Kafka, Redis and the worker, so every figure is reported
+beside the 1-minute load average, and CPU is charged per process (worker, Kafka, Redis, the
+generator) rather than inferred from wall time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from attnrec.settings import Settings
+
+__all__ = ["loadavg", "cpu_seconds", "stack_procs"]
+
+log = logging.getLogger(__name__)
+
+
+def loadavg() -> list[float]:
+    """The 1, 5 and 15-minute load averages (empty where the platform has none)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def cpu_seconds(proc: Any) -> float:
+    """User + system CPU seconds of a ``psutil.Process`` and its reaped children; 0 when gone."""
+    try:
+        t = proc.cpu_times()
+        return float(t.user + t.system + getattr(t, "children_user", 0.0) + getattr(t, "children_system", 0.0))
+    except Exception:
+        return 0.0
+
+
+def stack_procs(s: Settings) -> dict[str, Any]:
+    """psutil handles of the local stack's Kafka and Redis (from their pid files), when running here."""
+    import psutil
+
+    out: dict[str, Any] = {}
+    for name in ("kafka", "redis"):
+        try:
+            pid = int((s.stack_dir / f"{name}.pid").read_text().strip())
+            out[name] = psutil.Process(pid)
+        except (OSError, ValueError, psutil.Error):
+            pass
+    return out

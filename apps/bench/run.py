@@ -1,0 +1,308 @@
+"""One measured run of the worker under load, its repeats, and their summary.
+
+The generator produces events at ``rate`` events/s for ``duration_s`` seconds after
+``warmup_s`` unmeasured ones; ``rate`` None ("max") sends as fast as it can while keeping at
+most ``max_inflight`` events unanswered: a closed loop, so the backlog, and with it the latency
+at saturation, stays bounded and the figure is the worker's throughput, not the broker's disk.
+A paced run that falls 2 s behind stops offering and is marked saturated. The
+:class:`~apps.bench.tracker.CoverageTracker` matches recommendations to events.
+
+Throughput = events covered inside the measured window (whoever produced them: at saturation
+the worker is still working through warm-up events) / (window opening -> last covering rec).
+Events produced during the warm-up count for ``lost`` but not for latency. The worker's own
+count (``attnrec_events_total`` over the window) is reported beside it. The per-event stage
+times come from the worker's Prometheus histograms (``/metrics``, diffed across the window);
+worker CPU and RSS from psutil; Redis bytes per user from ``MEMORY USAGE`` of a sample of the
+bench users' keys.
+
+Each figure is the median of repeats with their min and max (:func:`summarise`); a spread above
+15% is flagged, because the box is shared and one noisy run should not pass for the figure.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from attnrec.errors import AttnrecError
+from attnrec.settings import Settings
+
+from .host import cpu_seconds, loadavg, stack_procs
+from .load import EventSource, redis_bytes_per_user
+from .tracker import CoverageTracker
+from .worker import Session, api_token, quiesce, scrape
+
+__all__ = ["RunConfig", "run_once", "run_repeated", "summarise", "worker_eps", "rate_label", "SUMMARY_KEYS",
+           "SPREAD_WARN"]
+
+log = logging.getLogger(__name__)
+
+#: A repeat spread (max - min) / median above this is flagged in the summary's warnings.
+SPREAD_WARN = 0.15
+SUMMARY_KEYS = ("events_per_s", "p50", "p95", "p99", "max")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One measured run. ``rate`` None = max (closed loop bounded by ``max_inflight``)."""
+
+    rate: float | None = 1000.0
+    duration_s: float = 10.0
+    warmup_s: float = 2.0
+    users: int = 2000
+    max_inflight: int = 2000
+    drain_timeout_s: float = 120.0
+    drain_stall_s: float = 15.0
+    seed: int = 7
+    label: str = ""
+
+
+def rate_label(rate: float | None) -> str:
+    return "max" if rate is None else f"{rate:g}"
+
+
+def _pct(xs: np.ndarray, q: float) -> float:
+    return round(float(np.percentile(xs, q)), 2) if len(xs) else 0.0
+
+
+def run_once(s: Settings, cfg: RunConfig, *, items: Sequence[str], users: Sequence[str], worker_pid: int | None = None,
+             metrics_url: str | None = None, progress: bool = True,
+             model_info: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Drive one load level against a worker already consuming ``s.clicks_topic``."""
+    import psutil
+    from tqdm import tqdm
+
+    from attnrec.kafka_util import make_producer
+
+    token = api_token(s)
+    tracker = CoverageTracker(s).start()
+    wproc = psutil.Process(worker_pid) if worker_pid else None
+    others = stack_procs(s)
+    oc0: dict[str, float] = {}
+    me = psutil.Process()
+    src = iter(EventSource(items, users, seed=cfg.seed))
+    producer = make_producer(s)
+    load_before = loadavg()
+    m0: dict[str, float] = {}
+    cpu0 = me0 = 0.0
+    rss_max = 0
+    total = int(cfg.rate * (cfg.warmup_s + cfg.duration_s)) if cfg.rate else None
+    bar = tqdm(total=total, unit="ev", desc=cfg.label or "bench", mininterval=0.5, disable=not progress, leave=False)
+    t_start = time.perf_counter()
+    t_measure = t_start + cfg.warmup_s
+    t_end = t_measure + cfg.duration_s
+    measuring = cfg.warmup_s <= 0
+    overloaded = False
+    tm0 = t_measure
+    backlog_cap = max(cfg.max_inflight, int(2 * (cfg.rate or 0)))  # paced: stop once 2 s behind
+    n = 0
+
+    def open_window() -> None:
+        nonlocal tm0, m0, cpu0, me0, oc0
+        tracker.t_measure = tm0 = time.perf_counter()
+        m0 = scrape(metrics_url, token) if metrics_url else {}
+        cpu0, me0 = (cpu_seconds(wproc) if wproc else 0.0), cpu_seconds(me)
+        oc0 = {k: cpu_seconds(p) for k, p in others.items()}
+
+    try:
+        if measuring:
+            open_window()
+        while True:
+            now = time.perf_counter()
+            if now >= t_end:
+                break
+            if not measuring and now >= t_measure:
+                measuring = True
+                open_window()
+            if cfg.rate:
+                if n - tracker.done > backlog_cap:
+                    overloaded = True  # far beyond capacity: stop offering, the point is saturated
+                    break
+                ahead = (n + 1) / cfg.rate - (now - t_start)
+                if ahead > 0.0005:
+                    time.sleep(ahead)
+            elif n - tracker.done >= cfg.max_inflight:
+                time.sleep(0.001)
+                continue
+            eid, user, key, value = next(src)
+            tracker.sent(eid, user, time.perf_counter(), measuring)
+            producer.send(s.clicks_topic, key=key, value=value)
+            n += 1
+            if n % 200 == 0:
+                bar.update(200)
+                if n % 2000 == 0:
+                    bar.set_postfix(done=tracker.done, refresh=False)
+                    if wproc is not None:
+                        try:
+                            rss_max = max(rss_max, wproc.memory_info().rss)
+                        except psutil.Error:
+                            pass
+        t_sent = time.perf_counter()
+        producer.flush(60)
+        # drain: wait until every event is covered or dead-lettered, as long as the worker
+        # makes progress (no new answer for drain_stall_s, or drain_timeout_s in all: stop)
+        deadline = time.monotonic() + cfg.drain_timeout_s
+        last_done, last_change = tracker.done, time.monotonic()
+        while tracker.done < tracker.n_sent and time.monotonic() < deadline:
+            if wproc is not None and not wproc.is_running():
+                raise AttnrecError("the worker died during the run")
+            time.sleep(0.02)
+            if tracker.done != last_done:
+                last_done, last_change = tracker.done, time.monotonic()
+            elif time.monotonic() - last_change > cfg.drain_stall_s:
+                break
+        bar.update(n % 200)
+    finally:
+        bar.close()
+        producer.close(10)
+        tracker.stop()
+    m1 = scrape(metrics_url, token) if metrics_url else {}
+    tm1 = time.perf_counter()
+    cpu1, me1 = (cpu_seconds(wproc) if wproc else 0.0), cpu_seconds(me)
+    oc1 = {k: cpu_seconds(p) for k, p in others.items()}
+    if wproc is not None:
+        try:
+            rss_max = max(rss_max, wproc.memory_info().rss)
+        except psutil.Error:
+            pass
+    lat = np.asarray(tracker.latencies, dtype=np.float64)
+    # throughput: every event covered inside the measured window (the worker's rate, whoever
+    # produced the event) over the window from its opening to the last covering rec
+    t0 = tracker.t_measure or tm0
+    t1 = tracker.last_cover or t0
+    span = max(1e-9, t1 - t0)
+    n_meas = tracker.n_measured_covered
+    n_win = tracker.window_covered
+    d = {k: m1.get(k, 0.0) - m0.get(k, 0.0) for k in set(m1) | set(m0)}
+    ev_done = d.get("attnrec_events_total", 0.0)
+    batches = d.get("attnrec_batch_size_count", 0.0)
+    stages: dict[str, float] | None = None
+    if ev_done > 0:
+        stages = {st: round(1000.0 * d.get(f"attnrec_{st}_ms_sum", 0.0) / ev_done, 1)
+                  for st in ("redis", "model", "produce")}  # fmt: skip
+        if wproc is not None:
+            stages["worker_cpu"] = round(1e6 * (cpu1 - cpu0) / ev_done, 1)
+    window = max(1e-9, tm1 - tm0)  # between the two /metrics scrapes
+    res: dict[str, Any] = {
+        "label": cfg.label,
+        "events": n_meas,
+        "duration_s": round(span, 3),
+        "events_per_s": round(n_win / span, 1) if n_win else 0.0,
+        "events_covered_in_window": n_win,
+        "worker_events_per_s": round(ev_done / window, 1) if ev_done else None,
+        "offered_rate": cfg.rate if cfg.rate else round(tracker.n_sent / max(1e-9, t_sent - t_start), 1),
+        "rate_mode": "paced" if cfg.rate else f"max (closed loop, <= {cfg.max_inflight} in flight)",
+        "saturated": bool(overloaded or (cfg.rate is not None and n_win / span < 0.9 * cfg.rate)),
+        "overloaded_stop": overloaded,
+        "latency_ms": {"p50": _pct(lat, 50), "p95": _pct(lat, 95), "p99": _pct(lat, 99),
+                       "max": round(float(lat.max()), 2) if len(lat) else 0.0,
+                       "mean": round(float(lat.mean()), 2) if len(lat) else 0.0},  # fmt: skip
+        "catalog_items": (model_info or {}).get("catalog_items"),
+        "max_len": (model_info or {}).get("max_len"),
+        "workers": 1,
+        "lost": tracker.lost(),
+        "duplicates": tracker.duplicates,
+        "produced": tracker.n_sent,
+        "dead_letters": tracker.n_dead,
+        "fallback_recs": tracker.fallbacks,
+        "recs": tracker.recs,
+        "stale_recs": tracker.stale,
+        "unmatched_recs": tracker.unmatched,
+        "batch_size": s.batch_size,
+        "batch_wait_ms": s.batch_wait_ms,
+        "worker_settings": {k: getattr(s, k) for k in ("batch_size", "batch_wait_ms", "buffer_len", "redis_timeout_s",
+                                                       "ort_threads", "partitions", "top_k", "exclude_seen")},
+        "mean_batch": round(ev_done / batches, 1) if batches else None,
+        "stage_us_per_event": stages,
+        "worker_cpu_cores": round((cpu1 - cpu0) / window, 2) if wproc is not None else None,
+        "worker_rss_mb": round(rss_max / 2**20, 1) if rss_max else None,
+        "generator_cpu_cores": round((me1 - me0) / window, 2),
+        # CPU per event of everything on the box that serves this run (worker, Kafka, Redis, generator+tracker)
+        "cpu_us_per_event": ({"worker": round(1e6 * (cpu1 - cpu0) / ev_done, 1) if wproc is not None else None,
+                              **{k: round(1e6 * (oc1[k] - oc0.get(k, oc1[k])) / ev_done, 1) for k in oc1},
+                              "generator": round(1e6 * (me1 - me0) / ev_done, 1)} if ev_done else None),  # fmt: skip
+        "redis_bytes_per_user": redis_bytes_per_user(s, users),
+        "users": len(users),
+        "load_avg_before": load_before,
+        "load_avg_after": loadavg(),
+        "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    res.update({k: v for k, v in (model_info or {}).items() if k not in res})
+    return res
+
+
+def run_repeated(sess: Session, cfg: RunConfig, repeats: int, progress: bool) -> list[dict[str, Any]]:
+    """``repeats`` runs of ``cfg`` (seeds ``cfg.seed``, +1, ...), each after the worker's backlog
+    of the previous one is gone."""
+    out = []
+    for r in range(repeats):
+        waited = quiesce(sess.metrics_url, token=api_token(sess.s))
+        if waited > 5:
+            log.info("waited %.0fs for the worker to finish the previous run's backlog", waited)
+        c = replace(cfg, seed=cfg.seed + r, label=f"{cfg.label} #{r + 1}")
+        res = run_once(sess.s, c, items=sess.items, users=sess.users, worker_pid=sess.worker_pid,
+                       metrics_url=sess.metrics_url, progress=progress, model_info=sess.info)  # fmt: skip
+        res["repeat"] = r + 1
+        res["quiesce_wait_s"] = waited
+        log.info("%s: %.0f ev/s, p50 %.1f p99 %.1f ms, lost %d, dup %d, load %s", c.label, res["events_per_s"],
+                 res["latency_ms"]["p50"], res["latency_ms"]["p99"], res["lost"], res["duplicates"],
+                 res["load_avg_after"])  # fmt: skip
+        out.append(res)
+        if sess.worker is not None and sess.worker.proc.poll() is not None:
+            raise AttnrecError(f"worker exited:\n{sess.worker.tail()}")
+    return out
+
+
+# --------------------------------------------------------------------------------- aggregation
+def _get(r: dict[str, Any], k: str) -> float:
+    return float(r["latency_ms"][k] if k in ("p50", "p95", "p99", "max") else r[k])
+
+
+def worker_eps(r: dict[str, Any]) -> float | None:
+    """The worker's own events/s; for older JSON derived from its CPU cores / CPU per event."""
+    if r.get("worker_events_per_s"):
+        return float(r["worker_events_per_s"])
+    st = r.get("stage_us_per_event") or {}
+    if r.get("worker_cpu_cores") and st.get("worker_cpu"):
+        return 1e6 * float(r["worker_cpu_cores"]) / float(st["worker_cpu"])
+    return None
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median, min, max of each figure over repeats; a warning when the spread exceeds 15%."""
+    out: dict[str, Any] = {"n": len(runs), "warnings": []}
+    for k in SUMMARY_KEYS:
+        xs = [_get(r, k) for r in runs]
+        med = statistics.median(xs)
+        out[k] = {"median": round(med, 2), "min": round(min(xs), 2), "max": round(max(xs), 2)}
+        spread = (max(xs) - min(xs)) / med if med else 0.0
+        out[k]["spread"] = round(spread, 3)
+        if len(xs) > 1 and spread > SPREAD_WARN and k != "max":
+            out["warnings"].append(f"{k} spread {100 * spread:.0f}% > {100 * SPREAD_WARN:.0f}%")
+    for k in ("lost", "duplicates"):
+        out[k] = int(sum(r[k] for r in runs))
+    out["saturated"] = any(r.get("saturated") for r in runs)
+    wev = [x for x in (worker_eps(r) for r in runs) if x]
+    if wev:
+        out["worker_events_per_s"] = round(statistics.median(wev), 1)
+    for k in ("offered_rate", "catalog_items", "max_len", "batch_size", "scorer", "mean_batch", "worker_cpu_cores",
+              "worker_rss_mb", "redis_bytes_per_user", "generator_cpu_cores"):
+        vals = [r[k] for r in runs if r.get(k) is not None]
+        if vals:
+            out[k] = statistics.median(vals) if isinstance(vals[0], (int, float)) else vals[0]
+    cu = [r["cpu_us_per_event"] for r in runs if r.get("cpu_us_per_event")]
+    if cu:
+        out["cpu_us_per_event"] = {k: round(statistics.median(x[k] for x in cu if x.get(k) is not None), 1)
+                                   for k in cu[0] if any(x.get(k) is not None for x in cu)}  # fmt: skip
+    st = [r["stage_us_per_event"] for r in runs if r.get("stage_us_per_event")]
+    if st:
+        out["stage_us_per_event"] = {k: round(statistics.median(x.get(k, 0.0) for x in st), 1) for k in st[0]}
+    out["load_avg"] = [r["load_avg_after"][0] for r in runs if r.get("load_avg_after")]
+    return out

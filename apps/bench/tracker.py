@@ -1,0 +1,186 @@
+"""Which events each recommendation answers, and how long each event waited for it.
+
+One run::
+
+    generator (this process) --clicks--> worker (subprocess) --recs--> tracker (this process)
+
+Accounting (why a rec "covers" several events). The worker emits one recommendation per user
+per batch, after all that user's events in the batch were applied; its ``trigger_event_id`` is
+the user's last event in the batch. Events of one user are produced in order to one partition
+and processed in order, so a rec for user ``u`` whose trigger is ``u``'s k-th event reflects
+events 1..k. The tracker therefore keeps, per user, the list of produced events in send order
+and a pointer to the first uncovered one; a rec with trigger k covers every still-uncovered
+event up to and including k, and each covered event's latency is (rec arrival - that event's
+own produce time). So an event folded into a later event's batch is charged its full wait, not
+the trigger's. A rec whose trigger was already seen is a duplicate (DESIGN.md: consumers dedupe
+by trigger_event_id). A dead letter whose raw bytes carry an event_id accounts for that event
+too (counted apart). ``lost`` = events neither covered nor dead-lettered when the drain ends.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import threading
+import time
+from typing import Any
+
+import orjson
+
+from attnrec.errors import AttnrecError
+from attnrec.settings import Settings
+
+__all__ = ["CoverageTracker"]
+
+log = logging.getLogger(__name__)
+
+
+class CoverageTracker:
+    """Consumes ``recs`` and the dead-letter topic; attributes each rec to the events it covers.
+
+    The producer calls :meth:`sent` just before sending each event. See the module docstring
+    for the accounting.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.s = settings
+        self._lock = threading.Lock()
+        self.by_user: dict[str, list[tuple[str, float, bool]]] = {}  # user -> [(event_id, t_sent, measured)]
+        self.index: dict[str, tuple[str, int]] = {}  # event_id -> (user, position)
+        self.ptr: dict[str, int] = {}
+        self.triggers: set[str] = set()
+        self.latencies: list[float] = []  # ms, measured events only
+        self.n_sent = 0
+        self.n_covered = 0
+        self.n_dead = 0
+        self.duplicates = 0
+        self.unmatched = 0  # recs for triggers we did not send (other traffic)
+        self.stale = 0  # recs whose trigger was already covered by a later rec (should be 0)
+        self.fallbacks = 0
+        self.recs = 0
+        self.first_measured_sent: float | None = None
+        self.last_measured_cover: float | None = None
+        self.n_measured = 0
+        self.n_measured_covered = 0
+        self.t_measure: float | None = None  # set by the producer when the measured window opens
+        self.window_covered = 0  # events (measured or not) covered at or after t_measure
+        self.last_cover: float | None = None
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._t = threading.Thread(target=self._run, name="bench-tracker", daemon=True)
+
+    # producer side ---------------------------------------------------------------------------
+    def sent(self, event_id: str, user: str, t: float, measured: bool) -> None:
+        lst = self.by_user.get(user)
+        if lst is None:
+            lst = self.by_user[user] = []
+            self.ptr[user] = 0
+        self.index[event_id] = (user, len(lst))
+        lst.append((event_id, t, measured))
+        self.n_sent += 1
+        if measured:
+            self.n_measured += 1
+            if self.first_measured_sent is None:
+                self.first_measured_sent = t
+
+    @property
+    def done(self) -> int:
+        return self.n_covered + self.n_dead
+
+    # consumer side ---------------------------------------------------------------------------
+    def start(self, timeout: float = 60.0) -> CoverageTracker:
+        self._t.start()
+        if not self._ready.wait(timeout):
+            raise AttnrecError("the recs tracker could not join its topics in time")
+        if self._error is not None:
+            raise AttnrecError(f"recs tracker failed: {self._error}")
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._t.join(10)
+
+    def _run(self) -> None:
+        from kafka import TopicPartition
+
+        from attnrec.kafka_util import make_consumer
+
+        try:
+            # min_bytes=1: a fetch returns as soon as a rec exists; max_wait only paces idle polling
+            c = make_consumer(self.s, group_id=None, auto_offset_reset="latest", fetch_max_wait_ms=100,
+                              fetch_min_bytes=1)  # fmt: skip
+            tps = []
+            deadline = time.monotonic() + 30
+            for topic in (self.s.recs_topic, self.s.dlq_topic):
+                parts = None
+                while not parts and time.monotonic() < deadline:
+                    parts = c.partitions_for_topic(topic)
+                    if not parts:
+                        time.sleep(0.2)
+                tps += [TopicPartition(topic, p) for p in sorted(parts or ())]
+            c.assign(tps)
+            c.seek_to_end()
+            for tp in tps:
+                c.position(tp)
+        except BaseException as exc:  # reported by start()
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            while not self._stop.is_set():
+                batch = c.poll(timeout_ms=50, max_records=10000)
+                now = time.perf_counter()
+                for tp, msgs in batch.items():
+                    dead = tp.topic == self.s.dlq_topic
+                    for m in msgs:
+                        if dead:
+                            self._on_dead(m.value)
+                        else:
+                            self._on_rec(orjson.loads(m.value), now)
+        finally:
+            c.close()
+
+    def _on_rec(self, rec: dict[str, Any], now: float) -> None:
+        self.recs += 1
+        trig = str(rec.get("trigger_event_id"))
+        if rec.get("fallback"):
+            self.fallbacks += 1
+        if trig in self.triggers:
+            self.duplicates += 1
+            return
+        self.triggers.add(trig)
+        where = self.index.get(trig)
+        if where is None:
+            self.unmatched += 1
+            return
+        user, k = where
+        lst, start = self.by_user[user], self.ptr[user]
+        if k < start:
+            self.stale += 1
+            return
+        for j in range(start, k + 1):
+            _, t_sent, measured = lst[j]
+            if measured:
+                self.latencies.append(1000.0 * (now - t_sent))
+                self.n_measured_covered += 1
+                self.last_measured_cover = now
+        self.ptr[user] = k + 1
+        self.n_covered += k + 1 - start
+        if self.t_measure is not None and now >= self.t_measure:
+            self.window_covered += k + 1 - start
+            self.last_cover = now
+
+    def _on_dead(self, raw_env: bytes) -> None:
+        try:
+            env = orjson.loads(raw_env)
+            ev = orjson.loads(base64.b64decode(env["raw"]))
+            eid = ev["event_id"]
+        except Exception:
+            return
+        if eid in self.index:
+            self.n_dead += 1  # the event is accounted for (not lost); it is not "covered"
+
+    def lost(self) -> int:
+        return max(0, self.n_sent - self.n_covered - self.n_dead)

@@ -1,0 +1,55 @@
+"""The promotion gate: a published version becomes CURRENT unless its validation NDCG@10 is
+worse than the current one's by more than a margin (or an operator forces it); every decision,
+with its figures, goes to the registry's history."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from attnrec.errors import RegistryError
+from attnrec.manifest import validation_ndcg
+from attnrec.registry import Registry
+
+__all__ = ["gate_decision", "promote_gated"]
+
+log = logging.getLogger(__name__)
+
+
+def gate_decision(new_ndcg: float | None, current_ndcg: float | None, margin: float) -> tuple[bool, str]:
+    """Promote unless the new validation NDCG@10 is worse than current's by more than
+    ``margin`` (relative). Returns (promote, reason)."""
+    if new_ndcg is None:
+        return False, "the new model has no validation ndcg@10"
+    if current_ndcg is None:
+        return True, "no current model (or it has no validation ndcg@10) to compare with"
+    floor = current_ndcg * (1.0 - margin)
+    if new_ndcg >= floor:
+        return True, f"validation ndcg@10 {new_ndcg:.5f} >= {floor:.5f} (current {current_ndcg:.5f} - {margin:.1%})"
+    return False, f"validation ndcg@10 {new_ndcg:.5f} < {floor:.5f} (current {current_ndcg:.5f} - {margin:.1%})"
+
+
+def promote_gated(registry: Registry, version: str, *, force: bool = False, margin: float = 0.02) -> dict[str, Any]:
+    """Run the promotion gate for a published version; promote it or record the rejection.
+
+    Returns the history entry (``decision`` is promoted, forced or rejected).
+    """
+    new = registry.read_manifest(version)
+    current = registry.current_version()
+    cur_ndcg = None
+    if current:
+        try:
+            cur_ndcg = validation_ndcg(registry.read_manifest(current).get("metrics", {}))
+        except RegistryError:  # CURRENT names a version whose directory is gone: nothing to compare
+            log.warning("CURRENT %s has no readable manifest; gating %s without a comparison", current, version)
+    new_ndcg = validation_ndcg(new.get("metrics", {}))
+    ok, reason = gate_decision(new_ndcg, cur_ndcg, margin)
+    figures = {"new_ndcg@10": new_ndcg, "current_ndcg@10": cur_ndcg, "current": current, "margin": margin}
+    if ok or force:
+        decision = "promoted" if ok else "forced"
+        if not ok:
+            reason = f"forced despite: {reason}"
+        log.info("promotion gate: %s %s (%s)", decision, version, reason)
+        return registry.promote(version, reason=reason, decision=decision, figures=figures)
+    log.warning("promotion gate: rejected %s (%s); CURRENT stays %s", version, reason, current)
+    return registry.record(version, decision="rejected", reason=reason, figures=figures, previous=current)

@@ -1,0 +1,173 @@
+"""Adaptive batching for one agent: what faust's take yields, in order, through the
+:class:`stream.processor.Processor`, with deliveries overlapping the next batches."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from stream.logic import RawRecord
+from stream.processor import Prepared, Processor, where
+from stream.sender import Outbox
+
+__all__ = ["Batcher"]
+
+log = logging.getLogger(__name__)
+
+
+class Batcher:
+    """Batches for one agent: a FIFO of taken events and one task that processes them.
+
+    The agent hands over (:meth:`put`) what faust's take yields and goes straight back to
+    taking; the task takes up to ``batch_size`` pending events at a time, so under load a batch is
+    everything that arrived while the previous one was scored (adaptive batching), and at low
+    load it is the few events of the last take window. Batches go through a two-stage pipeline
+    in arrival order (:meth:`_run`: Redis applies and recommendations in batch order, so
+    per-user order holds); their deliveries overlap with the next batches, at most
+    ``max_inflight`` at once, and each batch's events are acked only once delivered.
+    ``put`` blocks while ``max_pending`` events wait (backpressure on the consumer).
+    """
+
+    def __init__(self, proc: Processor, ack: Callable[[Any], Awaitable[Any]], batch_size: int, max_inflight: int,
+                 max_pending: int, wait_s: float = 0.0) -> None:  # fmt: skip
+        self.proc = proc
+        self.wait_s = wait_s  # a partial batch waits this long (from its first event) to fill
+        self._first_t = 0.0
+        self._full = asyncio.Event()
+        self.ack = ack
+        self.batch_size = batch_size
+        self.max_inflight = max_inflight
+        self.max_pending = max_pending
+        self._pending: list[Any] = []
+        self._have = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._stopping = False
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._task = asyncio.ensure_future(self._run())
+
+    async def put(self, events: Sequence[Any]) -> None:
+        if self._task.done():  # the batch task died: surface it, so the supervisor restarts the agent
+            self._task.result()
+            raise RuntimeError("batch task ended")
+        if not self._pending:
+            self._first_t = time.monotonic()
+        self._pending.extend(events)
+        self._have.set()
+        if len(self._pending) >= self.batch_size:
+            self._full.set()
+        while len(self._pending) >= self.max_pending and not self._task.done():
+            self._room.clear()
+            await self._room.wait()
+
+    async def _run(self) -> None:
+        """Under a backlog, two batches in flight: while batch N is scored in the scorer
+        thread, batch N+1 (a full one) is parsed, applied to Redis and its inputs built on the
+        event loop; then N is finished (recommendations, produce). Redis applies and
+        recommendations stay in batch order. A batch whose fast path fails at any step is
+        re-run whole by :meth:`Processor.process` (retries, backoff, poison isolation) before
+        anything after it is applied."""
+        prev: tuple[list[Any], list[RawRecord], Prepared | None] | None = None
+        while True:
+            if prev is not None and (self._stopping or len(self._pending) < self.batch_size):
+                # overlap only with a full batch: a partial one would only shrink the batches
+                # (it grows while this one finishes), and with them the amortisation
+                await self._complete(*prev)
+                prev = None
+                continue
+            if self._stopping:
+                break
+            if prev is None:
+                await self._have.wait()
+                if self._stopping or not self._pending:
+                    continue
+                linger = self._first_t + self.wait_s - time.monotonic()
+                if linger > 0 and len(self._pending) < self.batch_size:
+                    # up to B events or W after the first: a batch of a few events pays the
+                    # whole per-batch cost (two Lua calls, a model run, a delivery), which
+                    # near saturation costs more latency than the wait
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._full.wait(), linger)
+            events = self._take()
+            records = [
+                RawRecord(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value,
+                          int(e.message.timestamp * 1000))
+                for e in events
+            ]  # fmt: skip
+            try:
+                prep: Prepared | None = await self.proc.prepare(records)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("batch of %d (%s) failed on the fast path (%s: %s); re-running it on its own",
+                            len(records), where(records), type(exc).__name__, exc)  # fmt: skip
+                prep = None
+            if prev is not None:
+                await self._complete(*prev)
+                prev = None
+            if prep is None:
+                await self._complete(events, records, None)
+            else:
+                prev = (events, records, prep)
+
+    def _take(self) -> list[Any]:
+        events = self._pending[: self.batch_size]
+        del self._pending[: self.batch_size]
+        self._first_t = time.monotonic()  # leftovers (more than B were pending) start a new wait
+        if len(self._pending) < self.batch_size:
+            self._full.clear()
+        if not self._pending:
+            self._have.clear()
+        if len(self._pending) < self.max_pending:
+            self._room.set()
+        return events
+
+    async def _complete(self, events: list[Any], records: list[RawRecord], prep: Prepared | None) -> None:
+        out: Outbox | None = None
+        if prep is not None:
+            try:
+                out = await self.proc.finish(prep)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("batch of %d (%s) failed on the fast path (%s: %s); re-running it on its own",
+                            len(records), where(records), type(exc).__name__, exc)  # fmt: skip
+        if out is None:
+            out = await self.proc.process(records)  # never raises except on cancellation
+        t = asyncio.ensure_future(self._deliver_then_ack(out, events))
+        self._inflight.add(t)
+        t.add_done_callback(self._inflight.discard)
+        if len(self._inflight) >= self.max_inflight:  # a slow broker slows consumption
+            await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
+
+    async def _deliver_then_ack(self, out: Outbox, events: list[Any]) -> None:
+        await self.proc.deliver(out)
+        for e in events:
+            await self.ack(e)
+
+    async def close(self) -> None:
+        """Finish the batch in hand and its deliveries (a stop request, e.g. SIGTERM); events
+        still pending stay unacked and are redelivered to whoever owns the partition next.
+        Exits the process hard if that cannot happen within 30 s each."""
+        self._stopping = True
+        self._have.set()
+        if not self._task.done():
+            log.info("stop requested: finishing the batch in hand (%d more events pending stay unacked)", len(self._pending))
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout=30)
+            except TimeoutError:
+                log.error("batch did not finish within 30 s of stop; exiting without acking it")
+                os._exit(3)
+        if self._inflight:
+            log.info("waiting for %d batches' deliveries before stopping", len(self._inflight))
+            _, pending = await asyncio.wait(self._inflight, timeout=30)
+            if pending:
+                log.error("deliveries did not finish within 30 s of stop; exiting without acking them")
+                os._exit(3)
+
+

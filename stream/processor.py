@@ -1,0 +1,323 @@
+"""One batch, end to end, independent of faust: :class:`Processor`.
+
+For each batch: parse and validate (bad messages become dead letters), apply to the Redis
+buffers in one Lua call, run the model once (in a thread for large batches, so the event loop
+keeps consuming), build one recommendation per user, hand the records to the producer and
+store the latest recommendations for the lookup API. The decisions are :mod:`stream.logic`'s;
+this module moves bytes between Redis, the model and the producer, and retries.
+
+Processing a batch never raises on purpose (faust-streaming's ``take_events`` would ack the
+events of a failed batch; a crashed agent stops consuming): transient failures are retried
+with backoff until they succeed (a Redis outage pauses consumption), and an event that fails
+``max_attempts`` times on its own is dead-lettered as poison. The whole batch is idempotent
+(Redis dedupes by offset watermark and event_id), so a retry re-runs it from the start.
+
+The same class serves the benchmark's in-process stage profile: :class:`StageTimes` adds up
+where a batch's time goes (parse, Redis, inputs, model, recommend, JSON, store), so the hot
+path exists once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from attnrec.errors import TransientError
+from attnrec.events import ClickEvent, dlq_envelope
+from attnrec.settings import Settings
+from stream.buffer import Applied, RedisBuffers
+from stream.logic import ModelInputs, Parsed, RawRecord, build_inputs, dlq_reason, parse_records, recommend
+from stream.metrics import WorkerMetrics
+from stream.model import LoadedModel, ModelWatcher
+from stream.sender import Outbox, SendFn
+
+__all__ = ["INLINE_SCORING_MAX_ROWS", "STAGES", "StageTimes", "Prepared", "Processor", "where"]
+
+log = logging.getLogger(__name__)
+
+#: Batches with at most this many users to score run the model on the event loop; larger ones
+#: in the scorer thread (a thread hand-over costs more than scoring a few rows).
+INLINE_SCORING_MAX_ROWS = 16
+#: The steps of a batch, in order, as :class:`StageTimes` reports them.
+STAGES = ("parse", "redis", "inputs", "model", "recommend", "serialize", "store_recs")
+
+
+class StageTimes:
+    """Wall and thread-CPU seconds per step of a batch, summed over batches (the benchmark's
+    stage profile). :meth:`lap` charges the time since the previous lap to a step; the
+    processor laps only when a :class:`StageTimes` is attached, so serving pays nothing."""
+
+    def __init__(self) -> None:
+        self.wall = dict.fromkeys(STAGES, 0.0)
+        self.cpu = dict.fromkeys(STAGES, 0.0)
+        self.events = 0
+        self._t = self._c = 0.0
+
+    def start(self) -> None:
+        self._t, self._c = time.perf_counter(), time.thread_time()
+
+    def lap(self, stage: str) -> None:
+        t, c = time.perf_counter(), time.thread_time()
+        self.wall[stage] += t - self._t
+        self.cpu[stage] += c - self._c
+        self._t, self._c = t, c
+
+    def reset(self) -> None:
+        self.__init__()  # type: ignore[misc]
+
+
+@dataclass
+class Prepared:
+    """A batch between :meth:`Processor.prepare` and :meth:`Processor.finish`."""
+
+    records: Sequence[RawRecord]
+    parsed: Parsed
+    t0: float
+    t1: float = 0.0
+    model: LoadedModel | None = None
+    res: Applied | None = None
+    inputs: ModelInputs | None = None
+    scoring: asyncio.Future[Any] | None = None  # the model run in the scorer thread
+    outputs: Any = None  # or its result, when scored inline
+
+
+class Processor:
+    """Everything a batch needs, independent of faust (the agent feeds it RawRecords)."""
+
+    def __init__(self, settings: Settings, buffers: RedisBuffers, metrics: WorkerMetrics, watcher: ModelWatcher) -> None:
+        self.s = settings
+        self.buffers = buffers
+        self.metrics = metrics
+        self.watcher = watcher
+        self.model: LoadedModel | None = None
+        self.send: SendFn | None = None  # async (topic, key, value) -> delivery future
+        self.batches = 0
+        self.positions: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset to process
+        self._scorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer")  # one model run at a time
+        self._lag_labels: set[str] = set()
+        self.inline_rows = INLINE_SCORING_MAX_ROWS  # larger batches are scored in the scorer thread
+        self.stages: StageTimes | None = None  # attach one to profile the steps (benchmark)
+
+    # ------------------------------------------------------------------ model
+    def set_model(self, m: LoadedModel | None) -> None:
+        self.model = m
+        if m is not None:
+            self.metrics.model_info.info({"version": m.version})
+            self.metrics.model_loaded.set(1)
+            log.info("serving model %s", m.version)
+
+    def maybe_swap(self) -> None:
+        m = self.watcher.take_pending()
+        if m is not None:
+            old = self.model.version if self.model else None
+            self.set_model(m)
+            log.info("model swapped between batches: %s -> %s", old, m.version)
+
+    # ------------------------------------------------------------------ batch
+    async def process(self, records: Sequence[RawRecord]) -> Outbox:
+        """Apply one batch to Redis, score it and enqueue its output records. Never raises
+        except on cancellation. The returned :class:`Outbox` still has to be delivered
+        (:meth:`deliver`) before the batch's input offsets may be acknowledged."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self._process_once(records)
+            except TransientError as exc:
+                self.metrics.retries.labels("transient").inc()
+                delay = min(self.s.retry_max_s, 0.05 * 2 ** min(attempt, 10))
+                log.warning(
+                    "batch of %d (%s) failed transiently (attempt %d): %s; retrying in %.2fs",
+                    len(records), where(records), attempt, exc, delay,
+                )  # fmt: skip
+                await asyncio.sleep(delay)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.metrics.retries.labels("error").inc()
+                log.exception("batch of %d (%s) failed (attempt %d/%d)", len(records), where(records), attempt, self.s.max_attempts)
+                if attempt >= self.s.max_attempts:
+                    if len(records) == 1:
+                        await self._dead_letter_poison(records[0], exc)
+                        return Outbox()
+                    merged = Outbox()
+                    for r in records:  # isolate the poison: one event at a time
+                        merged.extend(await self.process([r]))
+                    return merged
+                await asyncio.sleep(min(self.s.retry_max_s, 0.05 * 2**attempt))
+
+    async def _process_once(self, records: Sequence[RawRecord]) -> Outbox:
+        return await self.finish(await self.prepare(records))
+
+    async def prepare(self, records: Sequence[RawRecord]) -> Prepared:
+        """First half of a batch: parse, apply to Redis, build the model inputs and start the
+        model run (in the scorer thread for large batches). Raises on failure; the batch's
+        Redis writes are idempotent, so it can be re-run from the start."""
+        s, st = self.s, self.stages
+        t0 = time.perf_counter()
+        if st is not None:
+            st.start()
+        parsed = parse_records(records)
+        prep = Prepared(records=records, parsed=parsed, t0=t0)
+        if st is not None:
+            st.lap("parse")
+        if not parsed.events:
+            return prep
+        self.maybe_swap()  # between batches: this whole batch is scored by one version
+        model = prep.model = self.model
+        window = model.max_len + 1 if model is not None else 0  # +1: the oldest kept event's time gap
+        ret = max(window, s.exclude_window if s.exclude_seen else 0)
+        res = prep.res = await self.buffers.apply(parsed.events, return_len=ret)
+        prep.t1 = time.perf_counter()
+        if st is not None:
+            st.lap("redis")
+        if model is not None:
+            inputs = prep.inputs = build_inputs(model, res.raw, res.users, exclude_seen=s.exclude_seen,
+                                                exclude_window=s.exclude_window)  # fmt: skip
+            if st is not None:
+                st.lap("inputs")
+            if len(inputs.users) > self.inline_rows:
+                # onnxruntime releases the GIL: a large batch is scored in a thread while the
+                # event loop prepares the next batch and consumes
+                prep.scoring = asyncio.get_running_loop().run_in_executor(
+                    self._scorer, model.run, inputs.items, inputs.types, inputs.gaps, inputs.exclude
+                )
+            elif inputs.users:  # a small batch scores in well under a millisecond: no hand-over
+                prep.outputs = model.run(inputs.items, inputs.types, inputs.gaps, inputs.exclude)
+            if st is not None:
+                st.lap("model")
+        return prep
+
+    async def finish(self, prep: Prepared) -> Outbox:
+        """Second half: wait for the scores, build one recommendation per user, hand them and
+        the dead letters to the producer and store the latest recommendations. Raises on
+        failure. The returned :class:`Outbox` still has to be delivered."""
+        s, m, parsed, st = self.s, self.metrics, prep.parsed, self.stages
+        out = Outbox()
+        for key, env, reason in parsed.dead:
+            log.warning("dead letter (%s): %s", reason, orjson.loads(env)["error"])
+            await out.send(self.send, s.dlq_topic, key, env)
+        if parsed.events:
+            res = prep.res
+            assert res is not None
+            outputs = await prep.scoring if prep.scoring is not None else prep.outputs
+            t2 = time.perf_counter()
+            if st is not None:
+                st.lap("model")
+            triggers: dict[str, ClickEvent] = {}
+            for ev, _, _ in parsed.events:
+                triggers[ev.user_id] = ev  # the last event of each user is its trigger
+            recs = recommend(
+                prep.model, res.users, res.raw, triggers,
+                top_k=s.top_k, because_k=s.because_k, exclude_seen=s.exclude_seen,
+                outputs=outputs, inputs=prep.inputs,
+            )  # fmt: skip
+            if st is not None:
+                st.lap("recommend")
+            payloads = {r.user_id: r.to_json() for r in recs}
+            for r in recs:
+                await out.send(self.send, s.recs_topic, r.user_id.encode(), payloads[r.user_id])
+            if st is not None:
+                st.lap("serialize")
+            await self.buffers.store_recs(payloads)
+            t3 = time.perf_counter()
+            if st is not None:
+                st.lap("store_recs")
+                st.events += len(prep.records)
+            # metrics only once the batch is done (a retried batch is counted once)
+            n_new = sum(res.applied)
+            m.events.inc(len(parsed.events))
+            m.events_applied.inc(n_new)
+            m.duplicates.inc(len(parsed.events) - n_new)
+            m.unknown_types.inc(parsed.unknown_types)
+            m.recs.inc(len(recs))
+            m.fallbacks.inc(sum(1 for r in recs if r.payload["fallback"]))
+            m.redis_ms.observe(1000 * (prep.t1 - prep.t0))
+            m.model_ms.observe(1000 * (t2 - prep.t1))  # inputs + scoring, overlapped with other work
+            out.enqueue_ms = 1000 * (t3 - t2)
+            out.event_ts = [r.payload["event_ts"] for r in recs]
+        for _, _, reason in parsed.dead:
+            m.dead.labels(reason).inc()
+        m.batch_size.observe(len(prep.records))
+        self.batches += 1
+        for r in prep.records:
+            key = (r.topic, r.partition)
+            if r.offset + 1 > self.positions.get(key, -1):
+                self.positions[key] = r.offset + 1
+        return out
+
+    async def deliver(self, out: Outbox) -> None:
+        """Wait until the broker has every record of ``out``; re-send what failed, with
+        backoff, until it is delivered. Never raises except on cancellation."""
+        t0 = time.perf_counter()
+        attempt = 0
+        while True:
+            failed = await out.wait()
+            if not failed:
+                break
+            attempt += 1
+            self.metrics.retries.labels("transient").inc()
+            delay = min(self.s.retry_max_s, 0.05 * 2 ** min(attempt, 10))
+            log.warning("%d of %d produced records not delivered (attempt %d); re-sending in %.2fs",
+                        len(failed), len(out.records), attempt, delay)  # fmt: skip
+            await asyncio.sleep(delay)
+            try:
+                await out.resend(self.send, failed)
+            except TransientError as exc:
+                log.warning("re-send failed: %s", exc)
+        self.metrics.produce_ms.observe(out.enqueue_ms + 1000 * (time.perf_counter() - t0))
+        now = time.time() * 1000
+        for ts in out.event_ts:
+            self.metrics.e2e_ms.observe(max(0.0, now - ts))
+
+    def update_lag(self, assignment: Any, highwater: Any) -> None:
+        """Set ``attnrec_consumer_lag{partition}`` = highwater - next offset to process, for each
+        assigned input partition this worker has processed since it started; drop the others."""
+        live: set[str] = set()
+        for tp in assignment:
+            pos = self.positions.get((tp.topic, tp.partition))
+            if tp.topic != self.s.clicks_topic or pos is None:
+                continue
+            try:
+                hw = highwater(tp)
+            except Exception:  # not assigned any more, or no fetch response yet
+                hw = None
+            if hw is None:
+                continue
+            label = str(tp.partition)
+            live.add(label)
+            self.metrics.lag.labels(label).set(max(0, hw - pos))
+        for label in self._lag_labels - live:
+            self.metrics.lag.remove(label)
+        self._lag_labels = live
+
+    async def _dead_letter_poison(self, r: RawRecord, exc: BaseException) -> None:
+        msg = f"poison: processing failed {self.s.max_attempts} times: {type(exc).__name__}: {exc}"[:1000]
+        env = dlq_envelope(msg, r.value, r.key, r.topic, r.partition, r.offset, int(time.time() * 1000))
+        log.error("dead-lettering poison event at %s:%d@%d: %s", r.topic, r.partition, r.offset, msg)
+        out = Outbox()
+        while True:
+            try:
+                await out.send(self.send, self.s.dlq_topic, r.key, env)
+                break
+            except TransientError as e:
+                log.warning("cannot dead-letter yet: %s", e)
+                await asyncio.sleep(1.0)
+        await self.deliver(out)
+        self.metrics.dead.labels(dlq_reason(msg)).inc()
+
+
+def where(records: Sequence[RawRecord]) -> str:
+    if not records:
+        return "-"
+    r0, r1 = records[0], records[-1]
+    return f"{r0.topic}:{r0.partition}@{r0.offset}..{r1.partition}@{r1.offset}"
+
+

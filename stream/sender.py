@@ -1,0 +1,107 @@
+"""The worker's output to Kafka: one aiokafka producer, and the records of one batch.
+
+faust's ``topic.send`` cost ~5x more CPU per record than a plain aiokafka producer here
+(docs/BENCHMARKS.md), so recommendations and dead letters go through :class:`KafkaSender`.
+A batch's records are collected in an :class:`Outbox` with their delivery futures: the
+batch's input offsets may be acknowledged only once every future has resolved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from dataclasses import field as dc_field
+from typing import Any
+
+from attnrec.errors import TransientError
+from attnrec.kafka_util import aiokafka_security
+from attnrec.settings import Settings
+
+__all__ = ["SendFn", "Outbox", "KafkaSender"]
+
+#: async (topic, key, value) -> the broker's delivery future
+SendFn = Callable[[str, "bytes | None", bytes], Awaitable["asyncio.Future[Any]"]]
+
+
+@dataclass
+class Outbox:
+    """The records one batch produced, and the broker's delivery futures for them."""
+
+    records: list[tuple[str, bytes | None, bytes]] = dc_field(default_factory=list)
+    futures: list[asyncio.Future[Any]] = dc_field(default_factory=list)
+    enqueue_ms: float = 0.0
+    event_ts: list[int] = dc_field(default_factory=list)
+
+    async def send(self, send: SendFn, topic: str, key: bytes | None, value: bytes) -> None:
+        try:
+            fut = await send(topic, key, value)
+        except Exception as exc:  # aiokafka errors while enqueuing (broker down, buffer full…)
+            raise TransientError(f"kafka produce to {topic}: {type(exc).__name__}: {exc}") from exc
+        self.records.append((topic, key, value))
+        self.futures.append(fut)
+
+    async def wait(self) -> list[int]:
+        """Indices of the records whose delivery failed."""
+        if not self.futures:
+            return []
+        results = await asyncio.gather(*self.futures, return_exceptions=True)
+        return [i for i, r in enumerate(results) if isinstance(r, BaseException)]
+
+    async def resend(self, send: SendFn, indices: list[int]) -> None:
+        for i in indices:
+            topic, key, value = self.records[i]
+            try:
+                self.futures[i] = await send(topic, key, value)
+            except Exception as exc:
+                raise TransientError(f"kafka produce to {topic}: {type(exc).__name__}: {exc}") from exc
+
+    def extend(self, other: Outbox) -> None:
+        self.records += other.records
+        self.futures += other.futures
+        self.enqueue_ms += other.enqueue_ms
+        self.event_ts += other.event_ts
+
+
+class KafkaSender:
+    """Our own aiokafka producer for ``recs`` and ``clicks.dlq``: faust's ``topic.send`` cost
+    ~5x more CPU per record here (docs/BENCHMARKS.md). Started on first use; key-hash
+    partitioning is Kafka's default (murmur2), so a user's recommendations stay in order."""
+
+    def __init__(self, s: Settings) -> None:
+        self.s = s
+        self._p: Any = None
+        self._lock = asyncio.Lock()
+
+    async def _producer(self) -> Any:
+        if self._p is None:
+            async with self._lock:
+                if self._p is None:
+                    from aiokafka import AIOKafkaProducer
+
+                    p = AIOKafkaProducer(
+                        bootstrap_servers=self.s.kafka_bootstrap,
+                        acks="all",
+                        linger_ms=2,
+                        max_batch_size=512 * 1024,
+                        request_timeout_ms=30000,
+                        **aiokafka_security(self.s),
+                    )
+                    try:
+                        await p.start()
+                    except Exception:
+                        await p.stop()
+                        raise
+                    self._p = p
+        return self._p
+
+    async def send(self, topic: str, key: bytes | None, value: bytes) -> asyncio.Future[Any]:
+        p = await self._producer()
+        return await p.send(topic, value=value, key=key)  # type: ignore[no-any-return]
+
+    async def stop(self) -> None:
+        if self._p is not None:
+            p, self._p = self._p, None
+            await p.stop()
+
+

@@ -1,0 +1,146 @@
+"""The house's rules, checked on the code itself: layers only point down, no import cycles,
+no product module over ~500 lines, and every ``ATTNREC_*`` name in the code documented.
+
+The layer order (also in docs/DESIGN.md, "Layout"), lowest first:
+
+    attnrec          the base: errors, settings, events, manifest, registry, modelcheck, clients
+    stream training  the online path and offline training; neither imports the other
+    exporter         torch -> ONNX, parity, the promotion gate, the periodic trainer
+    apps             the commands: cli, demo, replay, stack, bench; imported by nothing
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PACKAGES = ("attnrec", "stream", "training", "exporter", "apps")
+#: What each room may import besides itself (the base imports nothing of the project).
+MAY_IMPORT: dict[str, set[str]] = {
+    "attnrec": set(),
+    "stream": {"attnrec"},
+    "training": {"attnrec"},
+    "exporter": {"attnrec", "training"},
+    "apps": {"attnrec", "stream", "training", "exporter"},
+}
+MAX_LINES = 500
+
+
+def room(module: str) -> str:
+    return module.split(".")[0]
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for pkg in PACKAGES:
+        for path in (REPO / pkg).rglob("*.py"):
+            rel = path.relative_to(REPO).with_suffix("")
+            parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+            out[".".join(parts)] = path
+    return out
+
+
+def imports(path: Path, module: str, known: set[str]) -> set[str]:
+    """Project modules ``path`` imports anywhere (top level or inside functions)."""
+    found: set[str] = set()
+    is_pkg = path.name == "__init__.py"
+    for node in ast.walk(ast.parse(path.read_text())):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = module.split(".") if is_pkg else module.split(".")[:-1]
+                parent = parent[: len(parent) - (node.level - 1)]
+                base = ".".join([*parent, base] if base else parent)
+            names = [f"{base}.{a.name}" for a in node.names] + [base]
+        for n in names:
+            while n and n not in known:
+                n = n.rpartition(".")[0]
+            if n and n != module:
+                found.add(n)
+    return found
+
+
+@pytest.fixture(scope="module")
+def graph() -> dict[str, set[str]]:
+    mods = modules()
+    return {m: imports(p, m, set(mods)) for m, p in mods.items()}
+
+
+def test_layers_only_point_down(graph: dict[str, set[str]]) -> None:
+    bad = [f"{m} imports {t}" for m, ts in graph.items() for t in ts
+           if room(t) != room(m) and room(t) not in MAY_IMPORT[room(m)]]
+    assert not bad, "imports that point up or sideways:\n" + "\n".join(sorted(bad))
+
+
+def test_no_import_cycles(graph: dict[str, set[str]]) -> None:
+    """Tarjan's strongly connected components of the module graph: each must be one module.
+    (A package and its own ``__init__`` re-exports do not count: ``__init__`` files import
+    nothing of their package here.)"""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                cycles.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    assert not cycles, f"import cycles: {cycles}"
+
+
+def test_no_module_is_over_500_lines() -> None:
+    long = {str(p.relative_to(REPO)): n for p in modules().values() if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long, f"modules over {MAX_LINES} lines (split them by job): {long}"
+
+
+def test_every_attnrec_variable_in_the_code_is_documented() -> None:
+    doc = (REPO / "docs" / "CONFIGURATION.md").read_text()
+    documented = set(re.findall(r"`(ATTNREC_[A-Z0-9_]+)`", doc))
+    files = subprocess.check_output(["git", "ls-files", "--cached", "--others", "--exclude-standard", *PACKAGES,
+                                     "deploy", "docs/bench", "Makefile"], cwd=REPO, text=True).split()
+    missing: dict[str, str] = {}
+    for f in files:
+        path = REPO / f
+        if path.suffix in (".png", ".json") or not path.is_file():
+            continue
+        text = path.read_text(errors="replace")
+        for m in re.finditer(r"ATTNREC_[A-Z0-9_]*[A-Z0-9](?![A-Z0-9_]*\*)", text):
+            if m.group(0) not in documented:
+                missing.setdefault(m.group(0), f"{f}:{text[: m.start()].count(chr(10)) + 1}")
+    assert not missing, f"ATTNREC_* names used but not in docs/CONFIGURATION.md: {missing}"
+
+
+def test_every_setting_names_its_variable_first() -> None:
+    from attnrec.settings import Settings, env_name
+
+    wrong = [n for n, f in Settings.model_fields.items() if not (f.description or "").startswith(env_name(n))]
+    assert not wrong, f"descriptions that do not start with their variable: {wrong}"
