@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
+from apps.bench.worker import WorkerHandle, settings_env
+from attnrec.errors import AttnrecError
 from attnrec.settings import Settings
-from attnrec.stack import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,94 +25,27 @@ def settings_for(stack: Any, names: dict[str, str], registry: Path, **kw: Any) -
 
 
 def env_for(s: Settings, home: Path) -> dict[str, str]:
-    """Environment for a worker subprocess with these settings."""
+    """Environment of a subprocess with these settings and ``ATTNREC_HOME=home``: ours plus
+    :func:`apps.bench.worker.settings_env` (the worker's own way to pass settings on)."""
     env = dict(os.environ)
-    env.update(
-        {
-            "ATTNREC_HOME": str(home),
-            "ATTNREC_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
-            "ATTNREC_REDIS_URL": s.redis_url,
-            "ATTNREC_REGISTRY": str(s.registry_dir),
-            "ATTNREC_CLICKS_TOPIC": s.clicks_topic,
-            "ATTNREC_RECS_TOPIC": s.recs_topic,
-            "ATTNREC_DLQ_TOPIC": s.dlq_topic,
-            "ATTNREC_UPDATES_TOPIC": s.updates_topic,
-            "ATTNREC_GROUP_ID": s.group_id,
-            "ATTNREC_PARTITIONS": str(s.partitions),
-            "ATTNREC_BATCH_SIZE": str(s.batch_size),
-            "ATTNREC_BUFFER_LEN": str(s.buffer_len),
-            "ATTNREC_RELOAD_POLL_S": str(s.reload_poll_s),
-        }
-    )
+    env.update(settings_env(s.model_copy(update={"home": home})))
     return env
 
 
-class WorkerProc:
-    """`attnrec worker` as a real subprocess (so tests can SIGKILL it)."""
+class WorkerProc(WorkerHandle):
+    """`attnrec worker` as a real subprocess (so tests can SIGKILL it): the benchmark's
+    :class:`~apps.bench.worker.WorkerHandle` with ``ATTNREC_HOME=home`` and its log in ``home``."""
 
     def __init__(self, s: Settings, home: Path, name: str = "worker") -> None:
-        self.s = s
         self.home = home
-        self.port = free_port()
-        self.log = home / f"{name}-{self.port}.log"
-        home.mkdir(parents=True, exist_ok=True)
-        env = env_for(s, home)
-        env["ATTNREC_WEB_PORT"] = str(self.port)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "attnrec", "worker"],
-            env=env,
-            cwd=REPO,
-            stdout=open(self.log, "ab"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def get(self, path: str, timeout: float = 2.0, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-        req = urllib.request.Request(self.url(path), headers=headers or {})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
-                return r.status, r.read()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read()
+        super().__init__(s.model_copy(update={"home": home}), home, name=name)
 
     def wait_ready(self, timeout: float = 90.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        last: Any = None
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"worker exited {self.proc.returncode}:\n{self.tail()}")
-            try:
-                code, body = self.get("/readyz")
-                last = body
-                if code == 200:
-                    return json.loads(body)
-            except OSError:
-                pass
-            time.sleep(0.3)
-        raise AssertionError(f"worker not ready in {timeout}s (last {last!r}):\n{self.tail()}")
-
-    def tail(self, n: int = 4000) -> str:
+        """The ``/readyz`` body once ready; AssertionError with the log's tail otherwise."""
         try:
-            return self.log.read_text(errors="replace")[-n:]
-        except OSError:
-            return ""
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-    def terminate(self, timeout: float = 60.0) -> int:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        return self.proc.returncode
+            return super().wait_ready(timeout)
+        except AttnrecError as exc:
+            raise AssertionError(str(exc)) from None
 
 
 def build_small_registry(root: Path, *, seed: int = 3, n_events: int = 6000) -> Path:
@@ -131,7 +59,7 @@ def build_small_registry(root: Path, *, seed: int = 3, n_events: int = 6000) -> 
         for ev in generate(150, 300, n_events, seed=seed):
             f.write(ev.to_json() + b"\n")
     ckpt = root / "ckpt"
-    from attnrec.cli import main as cli_main
+    from apps.cli import main as cli_main
 
     rc = cli_main(["train", "--data", str(data), "--format", "events", "--out", str(ckpt), "--epochs", "2",
                    "--max-len", "20", "--d-model", "32", "--quiet"])

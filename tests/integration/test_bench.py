@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from attnrec.cli import main as cli_main
+from apps.cli import main as cli_main
 
 pytestmark = pytest.mark.integration
 

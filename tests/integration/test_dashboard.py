@@ -16,24 +16,26 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-import redis
 
+from apps.stack import free_port
 from attnrec.errors import ConfigError
-from attnrec.kafka_util import ensure_topics, make_producer
+from attnrec.events import ClickEvent
+from attnrec.kafka_util import ensure_topics
+from attnrec.redis_util import redis_sync
+from attnrec.registry import Registry
 from attnrec.settings import Settings
-from attnrec.stack import free_port
-from exporter.registry import Registry
-from stream.buffer import decode_entry, user_keys
-from stream.schema import ClickEvent
+from stream.buffer import user_keys
+from stream.logic import decode_entry
+from tests.feeding import Feeder, Raw
 from tests.helpers import REPO, WorkerProc, env_for, settings_for
 
 pytestmark = pytest.mark.timeout(170)
@@ -69,35 +71,20 @@ READ_JS = """JSON.stringify((() => {
 })())"""
 
 
-class Feeder(threading.Thread):
-    """Produces click events for 20 users at ~`rate`/s (plus one malformed message now and then)."""
+def dash_events(items: list[str]) -> Callable[[int], ClickEvent | Raw]:
+    """The dashboard's load, message by message: click events of 20 users over ``items``, and
+    now and then a malformed message (the dead letters the page shows)."""
+    types = ["view", "click", "cart", "purchase", "like"]
 
-    def __init__(self, s: Settings, items: list[str], rate: float = 60.0) -> None:
-        super().__init__(daemon=True)
-        self.s, self.items, self.rate = s, items, rate
-        self.stop = threading.Event()
-        self.sent: dict[str, list[str]] = {}
-        self.n = 0
+    def make(n: int) -> ClickEvent | Raw:
+        if n % 100 == 99:
+            return Raw(b"{not json", key=b"broken")
+        u = f"dash-user-{n % 20}"
+        item = items[(n * 7 + n // 20) % len(items)]
+        kind = types[(n + n // 20) % len(types)]
+        return ClickEvent(uuid.uuid4().hex, u, item, kind, int(time.time() * 1000))
 
-    def run(self) -> None:
-        p = make_producer(self.s)
-        types = ["view", "click", "cart", "purchase", "like"]
-        try:
-            while not self.stop.is_set():
-                for _ in range(max(1, int(self.rate / 10))):
-                    u = f"dash-user-{self.n % 20}"
-                    item = self.items[(self.n * 7 + self.n // 20) % len(self.items)]
-                    kind = types[(self.n + self.n // 20) % len(types)]
-                    ev = ClickEvent(uuid.uuid4().hex, u, item, kind, int(time.time() * 1000))
-                    p.send(self.s.clicks_topic, key=u.encode(), value=ev.to_json())
-                    self.sent.setdefault(u, []).append(item)
-                    self.n += 1
-                if self.n % 100 < max(1, int(self.rate / 10)):
-                    p.send(self.s.clicks_topic, key=b"broken", value=b"{not json")
-                p.flush()
-                self.stop.wait(0.1)
-        finally:
-            p.close(5)
+    return make
 
 
 class DashboardProc:
@@ -109,7 +96,7 @@ class DashboardProc:
         env = env_for(s, home)
         env.update({"ATTNREC_DASHBOARD_PORT": str(self.port), "ATTNREC_DASHBOARD_HOST": host, "ATTNREC_LATENCY_WINDOW_S": "30"})
         env.update(extra_env or {})
-        self.proc = subprocess.Popen([sys.executable, "-m", "attnrec", "dashboard"], env=env, cwd=REPO,
+        self.proc = subprocess.Popen([sys.executable, "-m", "apps", "dashboard"], env=env, cwd=REPO,
                                      stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
 
     def url(self, path: str = "/") -> str:
@@ -239,18 +226,18 @@ def test_dashboard_in_headless_chromium(stack: Any, names: dict[str, str], regis
     w = WorkerProc(s, tmp_path)
     w2 = WorkerProc(s, tmp_path, name="worker2")  # the page is built from Kafka, so it shows both
     dash = DashboardProc(s, tmp_path)
-    feeder = Feeder(s, items)
+    feeder = Feeder(s)
     chrome: Chromium | None = None
     try:
         w.wait_ready()
         w2.wait_ready()
         dash.wait_up()
         assert dash.get("/api/summary", {"Host": "rebound.example:80"})[0] == 403, "loopback dashboard answered a foreign Host"
-        feeder.start()
+        feeder.start(rate=60, make=dash_events(items))
         target = "dash-user-7"
         # the lookup needs the user's first recommendation stored; the page polls on its own after that
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not redis.Redis.from_url(s.redis_url).exists(user_keys(target)[3]):
+        while time.monotonic() < deadline and not redis_sync(s).exists(user_keys(target)[3]):
             time.sleep(0.5)
         chrome = Chromium(tmp_path / "chromium-profile")
 
@@ -281,13 +268,12 @@ def test_dashboard_in_headless_chromium(stack: Any, names: dict[str, str], regis
         first, second, png = asyncio.run(drive())
         v2 = reg.current_version()
     finally:
-        feeder.stop.set()
+        feeder.close()
         if chrome is not None:
             chrome.close()
         dash.stop()
         w2.terminate()
         w.terminate()
-    feeder.join(10)
 
     (tmp_path / "dashboard.png").write_bytes(png)
     assert png.startswith(b"\x89PNG") and len(png) > 20_000, "screenshot is not a rendered page"
@@ -314,8 +300,8 @@ def test_dashboard_in_headless_chromium(stack: Any, names: dict[str, str], regis
             assert line.startswith("because you ") and " — weight 0." in line, line
     # the lookup shows the asked-for user, with that user's own recent items (Redis, newest first)
     assert second["lookup_user"] == target
-    assert second["lookup_recent"] and set(second["lookup_recent"]) <= set(feeder.sent[target])
-    r = redis.Redis.from_url(s.redis_url)
+    assert second["lookup_recent"] and set(second["lookup_recent"]) <= {e.item_id for e in feeder.sent_by_user()[target]}
+    r = redis_sync(s)
     newest = [decode_entry(x).item_id for x in r.lrange(user_keys(target)[0], 0, 200)]
     assert set(second["lookup_recent"]) <= set(newest), "lookup rows are not this user's buffer"
 
@@ -354,7 +340,7 @@ def test_dashboard_off_loopback_requires_token(stack: Any, names: dict[str, str]
     env = env_for(s, tmp_path)
     env.pop("ATTNREC_API_TOKEN", None)
     env.update({"ATTNREC_DASHBOARD_HOST": "0.0.0.0", "ATTNREC_DASHBOARD_PORT": str(free_port())})
-    out = subprocess.run([sys.executable, "-m", "attnrec", "dashboard"], env=env, cwd=REPO, capture_output=True, timeout=60)
+    out = subprocess.run([sys.executable, "-m", "apps", "dashboard"], env=env, cwd=REPO, capture_output=True, timeout=60)
     assert out.returncode == 2 and b"ATTNREC_API_TOKEN" in out.stderr, out.stderr[-2000:]
 
 

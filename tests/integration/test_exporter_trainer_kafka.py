@@ -8,22 +8,13 @@ from typing import Any
 
 import pytest
 
-from attnrec.kafka_util import ensure_topics, make_producer
-from exporter.registry import Registry
-from exporter.trainer import TrainerConfig, archive_from_kafka, run_cycle
+from attnrec.kafka_util import ensure_topics
+from attnrec.registry import Registry
+from exporter.trainer import archive_from_kafka, run_cycle
+from tests.feeding import Feeder, Raw
 from tests.helpers import settings_for
 
 pytestmark = pytest.mark.integration
-
-
-def _produce(s: Any, events: list[Any], *, junk: int = 0) -> None:
-    p = make_producer(s)
-    for ev in events:
-        p.send(s.clicks_topic, key=ev.user_id.encode(), value=ev.to_json())
-    for i in range(junk):
-        p.send(s.clicks_topic, key=b"bad", value=b"{not json %d" % i)
-    p.flush()
-    p.close()
 
 
 def _archived_ids(events_dir: Path) -> list[str]:
@@ -35,10 +26,11 @@ def test_archive_commits_only_after_the_file_and_cycle_promotes(stack: Any, name
 
     s = settings_for(stack, names, tmp_path / "registry")
     ensure_topics(s)
-    cfg = TrainerConfig(registry=tmp_path / "registry", home=tmp_path, bootstrap=s.kafka_bootstrap,
-                        topic=s.clicks_topic, group_id=f"{s.group_id}-trainer", epochs=2, min_new_events=100)
+    cfg = s.model_copy(update={"home": tmp_path, "trainer_group": f"{s.group_id}-trainer", "trainer_epochs": 2,
+                               "min_new_events": 100})
     events = list(generate(60, 40, 3000, seed=5))
-    _produce(s, events[:2000], junk=3)
+    with Feeder(s) as feeder:
+        feeder.send_all([*events[:2000], *(Raw(b"{not json %d" % i, key=b"bad") for i in range(3))])
 
     first = archive_from_kafka(cfg)
     assert first["archived"] == 2000 and first["invalid"] == 3
@@ -47,9 +39,10 @@ def test_archive_commits_only_after_the_file_and_cycle_promotes(stack: Any, name
     assert again["archived"] == 0 and again["file"] is None
 
     cycle = run_cycle(cfg, archive=False)
-    assert cycle["decision"] == "promoted" and Registry(cfg.registry).current_version() == cycle["version"]
+    assert cycle["decision"] == "promoted" and Registry(cfg.registry_dir).current_version() == cycle["version"]
 
-    _produce(s, events[2000:])
+    with Feeder(s) as feeder:
+        feeder.send_all(events[2000:])
     second = run_cycle(cfg)  # archive + retrain + export + gate in one pass
     assert second["archive"]["archived"] == 1000 and second["new_events"] == 1000
     assert second["decision"] in ("promoted", "rejected") and second["figures"]["current"] == cycle["version"]

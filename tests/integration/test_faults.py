@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -31,16 +30,17 @@ import orjson
 import pytest
 import redis
 
-from attnrec.kafka_util import ensure_topics, make_consumer, make_producer
-from stream.buffer import RedisBuffers, decode_entry, user_keys
-from stream.logic import MAX_DLQ_RAW
-from stream.schema import ClickEvent
+from attnrec.events import ClickEvent
+from attnrec.kafka_util import ensure_topics, make_consumer
+from attnrec.redis_util import redis_sync
+from attnrec.settings import Settings
+from stream.buffer import RedisBuffers, user_keys
+from stream.logic import MAX_DLQ_RAW, decode_entry
+from tests.feeding import T0, Feeder
 from tests.helpers import WorkerProc, settings_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
-T0 = 1_764_300_000_000
-TYPES = ("view", "click", "like", "cart", "purchase", "gift", "share")
 SESSION_TIMEOUT_S = 10
 REFUSE_S = 6.0  # longer than max_attempts x backoff (~1.5 s): a poison path would dead-letter
 
@@ -65,96 +65,59 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
 
 @pytest.fixture(scope="session")
 def known_items(registry_with_model: Path) -> list[str]:
-    from exporter.registry import Registry
+    from attnrec.registry import Registry
 
     reg = Registry(registry_with_model)
     return [str(i) for i in reg.read_manifest(reg.current_version())["popularity"]][:50]
 
 
-def rclient(s: Any) -> redis.Redis:
-    return redis.Redis.from_url(s.redis_url, socket_timeout=5)
+class Scenario:
+    """One fault test's world: settings with its own topics (created), a Redis client, and the
+    workers and feeders it starts; :meth:`close` ends them all, whatever happened."""
 
+    def __init__(self, s: Settings, known: list[str], home: Path) -> None:
+        self.s, self.known, self.home = s, known, home
+        self.r = redis_sync(s)
+        self.workers: list[WorkerProc] = []
+        self.feeders: list[Feeder] = []
 
-# ----------------------------------------------------------------------------- producing
-@dataclass
-class Feeder:
-    """Produces events keyed by user at a steady rate from a thread; remembers which ones the
-    broker acknowledged (acks=all, idempotent producer, retried across a broker restart)."""
+    def worker(self, name: str) -> WorkerProc:
+        w = WorkerProc(self.s, self.home, name)
+        self.workers.append(w)
+        return w
 
-    s: Any
-    known: list[str]
-    n_users: int = 40
-    tag: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
-    events: dict[str, ClickEvent] = field(default_factory=dict)
-    sent_at: dict[str, float] = field(default_factory=dict)
-    acked: set[str] = field(default_factory=set)
-    failed: dict[str, str] = field(default_factory=dict)
-    seq: int = 0
-
-    def __post_init__(self) -> None:
-        self.lock = threading.Lock()
-        self.producer = make_producer(
-            self.s, retries=2**31 - 1, reconnect_backoff_max_ms=1000, request_timeout_ms=10_000,
-            delivery_timeout_ms=180_000, max_block_ms=180_000,
-        )  # fmt: skip
-        self.thread: threading.Thread | None = None
-
-    def user(self, i: int) -> str:
-        return f"{self.tag}-u{i}"
-
-    def make(self) -> ClickEvent:
-        k = self.seq
-        self.seq += 1
-        return ClickEvent(f"{self.tag}-e{k}", self.user(k % self.n_users), self.known[(k * 7) % len(self.known)],
-                          TYPES[k % len(TYPES)], T0 + k)  # fmt: skip
-
-    def send(self, ev: ClickEvent, value: bytes | None = None) -> None:
-        eid = ev.event_id
-        with self.lock:
-            self.events[eid] = ev
-            self.sent_at.setdefault(eid, time.time())
-        fut = self.producer.send(self.s.clicks_topic, key=ev.user_id.encode(), value=value or ev.to_json())
-
-        def ok(_: Any) -> None:
-            with self.lock:
-                self.acked.add(eid)
-
-        def bad(exc: BaseException) -> None:
-            with self.lock:
-                self.failed[eid] = repr(exc)
-
-        fut.add_callback(ok)
-        fut.add_errback(bad)
-
-    def _run(self, n: int, rate: float) -> None:
-        t0 = time.monotonic()
-        for i in range(n):
-            self.send(self.make())
-            ahead = t0 + (i + 1) / rate - time.monotonic()
-            if ahead > 0:
-                time.sleep(ahead)
-        self.producer.flush(timeout=180)
-
-    def start(self, n: int, rate: float) -> None:
-        self.thread = threading.Thread(target=self._run, args=(n, rate), name="feeder", daemon=True)
-        self.thread.start()
-
-    def join(self, timeout: float = 240) -> None:
-        assert self.thread is not None
-        self.thread.join(timeout)
-        assert not self.thread.is_alive(), "producer did not finish in time"
+    def feeder(self, **kw: Any) -> Feeder:
+        """A :class:`Feeder` of the model's known items (``kw``: e.g. ``n_users``)."""
+        f = Feeder(self.s, self.known, **kw)
+        self.feeders.append(f)
+        return f
 
     def close(self) -> None:
-        self.producer.close(timeout=10)
+        """Close the feeders, then stop the workers (SIGKILL when one does not stop in time)."""
+        with ExitStack() as stack:  # every callback runs, even after one raised
+            stack.callback(self.r.close)
+            for w in self.workers:
+                stack.callback(w.terminate)
+            for f in self.feeders:
+                stack.callback(f.close)
 
-    def expected(self) -> dict[str, list[ClickEvent]]:
-        """Acknowledged events per user, in send order."""
-        out: dict[str, list[ClickEvent]] = {}
-        with self.lock:
-            for eid, ev in self.events.items():
-                if eid in self.acked:
-                    out.setdefault(ev.user_id, []).append(ev)
-        return out
+
+@pytest.fixture
+def scenario(stack: Any, names: dict[str, str], registry_with_model: Path, known_items: list[str],
+             tmp_path: Path) -> Iterator[Callable[..., Scenario]]:  # fmt: skip
+    """``scenario(**settings)``: a :class:`Scenario` on the test stack with these settings."""
+    made: list[Scenario] = []
+
+    def make(**settings: Any) -> Scenario:
+        s = settings_for(stack, names, registry_with_model, **settings)
+        ensure_topics(s)
+        made.append(Scenario(s, known_items, tmp_path))
+        return made[-1]
+
+    yield make
+    with ExitStack() as stack:
+        for sc in made:
+            stack.callback(sc.close)
 
 
 # ----------------------------------------------------------------------------- checking
@@ -308,58 +271,49 @@ def assert_exact(row: dict[str, Any], logs: str) -> None:
 # ----------------------------------------------------------------------------- 1. worker stopped
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("signal_name", ["sigkill", "sigterm"])
-def test_worker_stopped_and_restarted(signal_name: str, stack: Any, names: dict[str, str], registry_with_model: Path,
-                                      known_items: list[str], tmp_path: Path, report: dict[str, Any]) -> None:  # fmt: skip
+def test_worker_stopped_and_restarted(signal_name: str, scenario: Callable[..., Scenario], report: dict[str, Any]) -> None:
     """The worker killed (SIGKILL) or stopped (SIGTERM) mid-stream and a successor started.
     SIGKILL: what was applied but not committed is redelivered and deduped. SIGTERM: the worker
     finishes the batch in hand, commits and leaves the group with exit code 0, so its
     successor starts at once and (almost) nothing is redelivered."""
-    s = settings_for(stack, names, registry_with_model, buffer_len=4000)
-    ensure_topics(s)
-    r = rclient(s)
+    sc = scenario(buffer_len=4000)
+    s, r = sc.s, sc.r
     started = time.time()
-    w1 = WorkerProc(s, tmp_path, "w1")
-    w2: WorkerProc | None = None
-    feeder = Feeder(s, known_items)
-    try:
-        w1.wait_ready()
-        cold_start_s = time.time() - started
-        feeder.start(n=3000, rate=200)
-        wait_progress(r, feeder, 1000)
-        fault_at = time.time()
-        extra: dict[str, Any] = {}
-        if signal_name == "sigkill":
-            w1.kill()
-        else:
-            extra["exit_code"] = w1.terminate(timeout=60)
-            extra["stop_s"] = round(time.time() - fault_at, 2)
-        w2 = WorkerProc(s, tmp_path, "w2")
-        w2.wait_ready()
-        ready_s = time.time() - fault_at
-        feeder.join()
-        caught = wait_applied(r, {u: len(v) for u, v in feeder.expected().items()}, timeout=120)
-        time.sleep(1.0)  # anything applied twice would show up now
-        row = finish(f"worker_{signal_name}", report, check_state(r, feeder), check_recs(s, feeder, fault_at), **extra,
-                     cold_start_s=round(cold_start_s, 2), restart_ready_s=round(ready_s, 2), caught_up_s=round(caught - fault_at, 2) if caught > 0 else None,
-                     redelivered_deduped=metric(w2, "attnrec_events_duplicate_total"))  # fmt: skip
-        assert_exact(row, w2.tail() if signal_name == "sigkill" else w1.tail())
-        assert row["acked"] == row["sent"]
-        if signal_name == "sigterm":
-            assert extra["exit_code"] == 0, f"worker exited {extra['exit_code']} on SIGTERM:\n{w1.tail()}"
-    finally:
-        feeder.close()
+    w1 = sc.worker("w1")
+    feeder = sc.feeder()
+    w1.wait_ready()
+    cold_start_s = time.time() - started
+    feeder.start(n=3000, rate=200)
+    wait_progress(r, feeder, 1000)
+    fault_at = time.time()
+    extra: dict[str, Any] = {}
+    if signal_name == "sigkill":
         w1.kill()
-        if w2 is not None:
-            w2.terminate()
+    else:
+        extra["exit_code"] = w1.terminate(timeout=60)
+        extra["stop_s"] = round(time.time() - fault_at, 2)
+    w2 = sc.worker("w2")
+    w2.wait_ready()
+    ready_s = time.time() - fault_at
+    feeder.join()
+    caught = wait_applied(r, {u: len(v) for u, v in feeder.expected().items()}, timeout=120)
+    time.sleep(1.0)  # anything applied twice would show up now
+    row = finish(f"worker_{signal_name}", report, check_state(r, feeder), check_recs(s, feeder, fault_at), **extra,
+                 cold_start_s=round(cold_start_s, 2), restart_ready_s=round(ready_s, 2), caught_up_s=round(caught - fault_at, 2) if caught > 0 else None,
+                 redelivered_deduped=metric(w2, "attnrec_events_duplicate_total"))  # fmt: skip
+    assert_exact(row, w2.tail() if signal_name == "sigkill" else w1.tail())
+    assert row["acked"] == row["sent"]
+    if signal_name == "sigterm":
+        assert extra["exit_code"] == 0, f"worker exited {extra['exit_code']} on SIGTERM:\n{w1.tail()}"
 
 
 # ----------------------------------------------------------------------------- 2. Redis restarts
-def _redis_restart(stack: Any, s: Any, registry: Path, known: list[str], tmp_path: Path, *, kill: bool,
-                   fsync: str, down_s: float = 2.0) -> tuple[dict[str, Any], WorkerProc]:  # fmt: skip
-    r = rclient(s)
+def _redis_restart(sc: Scenario, stack: Any, *, kill: bool, fsync: str,
+                   down_s: float = 2.0) -> tuple[dict[str, Any], WorkerProc]:  # fmt: skip
+    s, r = sc.s, sc.r
     r.config_set("appendfsync", fsync)
-    w = WorkerProc(s, tmp_path, "w")
-    feeder = Feeder(s, known)
+    w = sc.worker("w")
+    feeder = sc.feeder()
     try:
         w.wait_ready()
         feeder.start(n=2500, rate=200)
@@ -369,7 +323,7 @@ def _redis_restart(stack: Any, s: Any, registry: Path, known: list[str], tmp_pat
         time.sleep(down_s)  # Redis is down: the worker must pause, not drop
         stack.start_redis()
         back_s = time.time() - fault_at
-        r = rclient(s)
+        r = redis_sync(s)
         r.config_set("appendfsync", fsync)
         feeder.join()
         caught = wait_applied(r, {u: len(v) for u, v in feeder.expected().items()}, timeout=120)
@@ -378,76 +332,52 @@ def _redis_restart(stack: Any, s: Any, registry: Path, known: list[str], tmp_pat
                "caught_up_s": round(caught - fault_at, 2) if caught > 0 else None,
                "transient_retries": metric(w, "attnrec_batch_retries_total")}  # fmt: skip
         return row, w
-    except BaseException:
-        w.terminate()
-        raise
     finally:
-        feeder.close()
         try:
-            rclient(s).config_set("appendfsync", "everysec")
+            redis_sync(s).config_set("appendfsync", "everysec")
         except redis.exceptions.RedisError:
             pass
 
 
 @pytest.mark.timeout(300)
-def test_redis_sigterm_restart(stack: Any, names: dict[str, str], registry_with_model: Path, known_items: list[str],
-                               tmp_path: Path, report: dict[str, Any]) -> None:  # fmt: skip
+def test_redis_sigterm_restart(stack: Any, scenario: Callable[..., Scenario], report: dict[str, Any]) -> None:
     """Clean Redis restart (SIGTERM flushes and fsyncs the AOF), appendfsync everysec."""
-    s = settings_for(stack, names, registry_with_model, buffer_len=4000)
-    ensure_topics(s)
-    row, w = _redis_restart(stack, s, registry_with_model, known_items, tmp_path, kill=False, fsync="everysec")
-    try:
-        finish("redis_sigterm_everysec", report, row, {})
-        assert_exact(row, w.tail())
-        assert row["transient_retries"] > 0, "the worker never saw Redis down?"
-    finally:
-        w.terminate()
+    row, w = _redis_restart(scenario(buffer_len=4000), stack, kill=False, fsync="everysec")
+    finish("redis_sigterm_everysec", report, row, {})
+    assert_exact(row, w.tail())
+    assert row["transient_retries"] > 0, "the worker never saw Redis down?"
 
 
 @pytest.mark.timeout(300)
-def test_redis_sigkill_restart_fsync_always(stack: Any, names: dict[str, str], registry_with_model: Path,
-                                            known_items: list[str], tmp_path: Path, report: dict[str, Any]) -> None:  # fmt: skip
+def test_redis_sigkill_restart_fsync_always(stack: Any, scenario: Callable[..., Scenario], report: dict[str, Any]) -> None:
     """kill -9 of Redis with ``appendfsync always``: every acknowledged write is on disk."""
-    s = settings_for(stack, names, registry_with_model, buffer_len=4000)
-    ensure_topics(s)
-    row, w = _redis_restart(stack, s, registry_with_model, known_items, tmp_path, kill=True, fsync="always")
-    try:
-        finish("redis_sigkill_always", report, row, {})
-        assert_exact(row, w.tail())
-    finally:
-        w.terminate()
+    row, w = _redis_restart(scenario(buffer_len=4000), stack, kill=True, fsync="always")
+    finish("redis_sigkill_always", report, row, {})
+    assert_exact(row, w.tail())
 
 
 @pytest.mark.timeout(300)
-def test_redis_sigkill_restart_fsync_everysec(stack: Any, names: dict[str, str], registry_with_model: Path,
-                                              known_items: list[str], tmp_path: Path, report: dict[str, Any]) -> None:  # fmt: skip
+def test_redis_sigkill_restart_fsync_everysec(stack: Any, scenario: Callable[..., Scenario], report: dict[str, Any]) -> None:
     """kill -9 of Redis with ``appendfsync everysec`` (the stack's default). A killed process
     loses nothing the kernel already has (Redis write()s the AOF before replying), so loss is
     only possible when Redis had postponed that write behind a slow fsync, or on a machine
     crash. Measured and reported; duplicates are never acceptable; loss is asserted zero
     here as well, since a process kill cannot drop page-cache data in the common case."""
-    s = settings_for(stack, names, registry_with_model, buffer_len=4000)
-    ensure_topics(s)
-    row, w = _redis_restart(stack, s, registry_with_model, known_items, tmp_path, kill=True, fsync="everysec")
-    try:
-        finish("redis_sigkill_everysec", report, row, {})
-        assert row["duplicated_in_state"] == 0 and row["unknown_in_state"] == 0, row
-        assert_exact(row, w.tail())
-    finally:
-        w.terminate()
+    row, w = _redis_restart(scenario(buffer_len=4000), stack, kill=True, fsync="everysec")
+    finish("redis_sigkill_everysec", report, row, {})
+    assert row["duplicated_in_state"] == 0 and row["unknown_in_state"] == 0, row
+    assert_exact(row, w.tail())
 
 
 @pytest.mark.timeout(300)
-def test_redis_refuses_writes(stack: Any, names: dict[str, str], registry_with_model: Path, known_items: list[str],
-                              tmp_path: Path, report: dict[str, Any]) -> None:  # fmt: skip
+def test_redis_refuses_writes(scenario: Callable[..., Scenario], report: dict[str, Any]) -> None:
     """Redis up but refusing writes for a few seconds (OOM under ``maxmemory`` with
     ``noeviction``; the same class of reply as READONLY during a failover or MISCONF on a
     full disk): the worker must pause and retry, not dead-letter the events as poison."""
-    s = settings_for(stack, names, registry_with_model, buffer_len=4000)
-    ensure_topics(s)
-    r = rclient(s)
-    w = WorkerProc(s, tmp_path, "w")
-    feeder = Feeder(s, known_items)
+    sc = scenario(buffer_len=4000)
+    s, r = sc.s, sc.r
+    w = sc.worker("w")
+    feeder = sc.feeder()
     policy = r.config_get("maxmemory-policy")["maxmemory-policy"]
     try:
         w.wait_ready()
@@ -471,96 +401,79 @@ def test_redis_refuses_writes(stack: Any, names: dict[str, str], registry_with_m
     finally:
         r.config_set("maxmemory", "0")
         r.config_set("maxmemory-policy", policy)
-        feeder.close()
-        w.terminate()
 
 
 # ----------------------------------------------------------------------------- 3. Kafka restart
 @pytest.mark.timeout(360)
-def test_kafka_broker_restart(stack: Any, names: dict[str, str], registry_with_model: Path, known_items: list[str],
-                              tmp_path: Path, report: dict[str, Any]) -> None:  # fmt: skip
+def test_kafka_broker_restart(stack: Any, scenario: Callable[..., Scenario], report: dict[str, Any]) -> None:
     """kill -9 the broker (KRaft, single node) mid-stream and start it again in place; the
     worker must carry on by itself. The producer keeps sending through the outage."""
-    s = settings_for(stack, names, registry_with_model, buffer_len=4000)
-    ensure_topics(s)
-    r = rclient(s)
-    w = WorkerProc(s, tmp_path, "w")
-    feeder = Feeder(s, known_items)
+    sc = scenario(buffer_len=4000)
+    s, r = sc.s, sc.r
+    w = sc.worker("w")
+    feeder = sc.feeder()
+    w.wait_ready()
+    feeder.start(n=3000, rate=200)
+    wait_progress(r, feeder, 1000)
+    fault_at = time.time()
     try:
-        w.wait_ready()
-        feeder.start(n=3000, rate=200)
-        wait_progress(r, feeder, 1000)
-        fault_at = time.time()
-        try:
-            stack.stop_kafka(kill=True)
-            time.sleep(2.0)
-        finally:
-            stack.start_kafka(timeout=120)  # the session's broker must come back whatever happens
-        back_s = time.time() - fault_at
-        feeder.join()
-        caught = wait_applied(r, {u: len(v) for u, v in feeder.expected().items()}, timeout=150)
-        time.sleep(1.0)
-        assert w.proc.poll() is None, f"worker died with the broker:\n{w.tail()}"
-        row = finish("kafka_sigkill_restart", report, check_state(r, feeder), check_recs(s, feeder, fault_at, timeout=90),
-                     broker_down_s=round(back_s, 2), caught_up_s=round(caught - fault_at, 2) if caught > 0 else None)  # fmt: skip
-        assert_exact(row, w.tail())
+        stack.stop_kafka(kill=True)
+        time.sleep(2.0)
     finally:
-        feeder.close()
-        w.terminate()
+        stack.start_kafka(timeout=120)  # the session's broker must come back whatever happens
+    back_s = time.time() - fault_at
+    feeder.join()
+    caught = wait_applied(r, {u: len(v) for u, v in feeder.expected().items()}, timeout=150)
+    time.sleep(1.0)
+    assert w.proc.poll() is None, f"worker died with the broker:\n{w.tail()}"
+    row = finish("kafka_sigkill_restart", report, check_state(r, feeder), check_recs(s, feeder, fault_at, timeout=90),
+                 broker_down_s=round(back_s, 2), caught_up_s=round(caught - fault_at, 2) if caught > 0 else None)  # fmt: skip
+    assert_exact(row, w.tail())
 
 
 # ----------------------------------------------------------------------------- 4. group failover
 @pytest.mark.timeout(300)
-def test_two_workers_one_sigkilled(stack: Any, names: dict[str, str], registry_with_model: Path, known_items: list[str],
-                                   tmp_path: Path, report: dict[str, Any]) -> None:  # fmt: skip
-    s = settings_for(stack, names, registry_with_model, buffer_len=4000, partitions=8)
-    ensure_topics(s)
-    r = rclient(s)
-    a = WorkerProc(s, tmp_path, "a")
-    b = WorkerProc(s, tmp_path, "b")
-    feeder = Feeder(s, known_items)
-    try:
-        a.wait_ready()
-        b.wait_ready()
-        deadline = time.monotonic() + 60  # both members hold partitions before the load starts
-        while time.monotonic() < deadline:
-            pa, pb = (json.loads(x.get("/readyz")[1])["assigned_partitions"] for x in (a, b))
-            if pa and pb and pa + pb == 8:
-                break
-            time.sleep(0.5)
-        assert pa and pb, f"partitions not split: a={pa} b={pb}"
-        feeder.start(n=3000, rate=200)
-        wait_progress(r, feeder, 1000)
-        fault_at = time.time()
-        a.kill()
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and json.loads(b.get("/readyz")[1])["assigned_partitions"] != 8:
-            time.sleep(0.3)
-        takeover_s = time.time() - fault_at
-        feeder.join()
-        caught = wait_applied(r, {u: len(v) for u, v in feeder.expected().items()}, timeout=120)
-        time.sleep(1.0)
-        row = finish("group_member_sigkill", report, check_state(r, feeder), check_recs(s, feeder, fault_at),
-                     partitions_before={"a": pa, "b": pb}, takeover_s=round(takeover_s, 2),
-                     caught_up_s=round(caught - fault_at, 2) if caught > 0 else None,
-                     redelivered_deduped=metric(b, "attnrec_events_duplicate_total"))  # fmt: skip
-        assert_exact(row, b.tail())
-    finally:
-        feeder.close()
-        a.kill()
-        b.terminate()
+def test_two_workers_one_sigkilled(scenario: Callable[..., Scenario], report: dict[str, Any]) -> None:
+    sc = scenario(buffer_len=4000, partitions=8)
+    s, r = sc.s, sc.r
+    a = sc.worker("a")
+    b = sc.worker("b")
+    feeder = sc.feeder()
+    a.wait_ready()
+    b.wait_ready()
+    deadline = time.monotonic() + 60  # both members hold partitions before the load starts
+    while time.monotonic() < deadline:
+        pa, pb = (json.loads(x.get("/readyz")[1])["assigned_partitions"] for x in (a, b))
+        if pa and pb and pa + pb == 8:
+            break
+        time.sleep(0.5)
+    assert pa and pb, f"partitions not split: a={pa} b={pb}"
+    feeder.start(n=3000, rate=200)
+    wait_progress(r, feeder, 1000)
+    fault_at = time.time()
+    a.kill()
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and json.loads(b.get("/readyz")[1])["assigned_partitions"] != 8:
+        time.sleep(0.3)
+    takeover_s = time.time() - fault_at
+    feeder.join()
+    caught = wait_applied(r, {u: len(v) for u, v in feeder.expected().items()}, timeout=120)
+    time.sleep(1.0)
+    row = finish("group_member_sigkill", report, check_state(r, feeder), check_recs(s, feeder, fault_at),
+                 partitions_before={"a": pa, "b": pb}, takeover_s=round(takeover_s, 2),
+                 caught_up_s=round(caught - fault_at, 2) if caught > 0 else None,
+                 redelivered_deduped=metric(b, "attnrec_events_duplicate_total"))  # fmt: skip
+    assert_exact(row, b.tail())
 
 
 # ----------------------------------------------------------------------------- 5. hostile input
 @pytest.mark.timeout(300)
-def test_poison_and_hostile_input(stack: Any, names: dict[str, str], registry_with_model: Path, known_items: list[str],
-                                  tmp_path: Path, report: dict[str, Any]) -> None:  # fmt: skip
+def test_poison_and_hostile_input(scenario: Callable[..., Scenario], known_items: list[str], report: dict[str, Any]) -> None:
     cap = 50
-    s = settings_for(stack, names, registry_with_model, buffer_len=cap)
-    ensure_topics(s)
-    r = rclient(s)
-    w = WorkerProc(s, tmp_path, "w")
-    feeder = Feeder(s, known_items, n_users=20)
+    sc = scenario(buffer_len=cap)
+    s, r = sc.s, sc.r
+    w = sc.worker("w")
+    feeder = sc.feeder(n_users=20)
     base = {"event_type": "click", "ts": T0}
     bad: list[tuple[bytes, str]] = [  # (value, expected error) — each must be dead-lettered
         (b"{not json", "not JSON"),
@@ -588,94 +501,90 @@ def test_poison_and_hostile_input(stack: Any, names: dict[str, str], registry_wi
             "'context' larger",
         ),
     ]
-    try:
-        w.wait_ready()
-        t_start = time.time()
-        # ordinary traffic, with every kind of bad message and oddity in the middle of it
-        for _ in range(300):
-            feeder.send(feeder.make())
-        for i, (value, _) in enumerate(bad):
-            feeder.producer.send(s.clicks_topic, key=f"bad-{i}".encode(), value=value)
-        feeder.producer.send(s.clicks_topic, key=b"null-value", value=None)
-        odd: list[ClickEvent] = []
-        for i in range(20):  # valid but odd: unknown type -> 'other'; unknown and 256-byte item ids
-            ev = feeder.make()
-            item = ("x" * 250 + f"{i:06d}") if i % 2 else f"never-seen-{i}|with|pipes"
-            ev = ClickEvent(ev.event_id, ev.user_id, item, "teleport" if i % 3 == 0 else ev.event_type, ev.ts)
-            odd.append(ev)
-            feeder.send(ev)
-        cold = ClickEvent(f"{feeder.tag}-cold", f"{feeder.tag}-cold-user", "never-seen-item", "view", T0 + 10**8)
-        feeder.send(cold)  # a user with no usable history: popularity fallback
-        dups = [feeder.events[f"{feeder.tag}-e{k}"] for k in range(0, 300, 15)]
-        for ev in dups:  # the producer "retries": same event_id again, at a new offset
-            feeder.send(ev)
-        heavy = f"{feeder.tag}-heavy"
-        for k in range(10_000):  # one user floods the stream
-            feeder.send(
-                ClickEvent(f"{feeder.tag}-h{k}", heavy, known_items[k % len(known_items)], "view", T0 + 10**7 + k)
-            )
-        for _ in range(300):  # and the stream keeps flowing after all of it
-            feeder.send(feeder.make())
-        feeder.producer.flush(timeout=60)
-        assert not feeder.failed, list(feeder.failed.items())[:3]
+    w.wait_ready()
+    t_start = time.time()
+    # ordinary traffic, with every kind of bad message and oddity in the middle of it
+    for _ in range(300):
+        feeder.send(feeder.make())
+    for i, (value, _) in enumerate(bad):
+        feeder.send_raw(value, key=f"bad-{i}".encode())
+    feeder.send_raw(None, key=b"null-value")
+    odd: list[ClickEvent] = []
+    for i in range(20):  # valid but odd: unknown type -> 'other'; unknown and 256-byte item ids
+        ev = feeder.make()
+        item = ("x" * 250 + f"{i:06d}") if i % 2 else f"never-seen-{i}|with|pipes"
+        ev = ClickEvent(ev.event_id, ev.user_id, item, "teleport" if i % 3 == 0 else ev.event_type, ev.ts)
+        odd.append(ev)
+        feeder.send(ev)
+    cold = ClickEvent(f"{feeder.tag}-cold", f"{feeder.tag}-cold-user", "never-seen-item", "view", T0 + 10**8)
+    feeder.send(cold)  # a user with no usable history: popularity fallback
+    dups = [feeder.events[f"{feeder.tag}-e{k}"] for k in range(0, 300, 15)]
+    for ev in dups:  # the producer "retries": same event_id again, at a new offset
+        feeder.send(ev)
+    heavy = f"{feeder.tag}-heavy"
+    for k in range(10_000):  # one user floods the stream
+        feeder.send(
+            ClickEvent(f"{feeder.tag}-h{k}", heavy, known_items[k % len(known_items)], "view", T0 + 10**7 + k)
+        )
+    for _ in range(300):  # and the stream keeps flowing after all of it
+        feeder.send(feeder.make())
+    feeder.flush(timeout=60)
+    assert not feeder.failed, list(feeder.failed.items())[:3]
 
-        want = {u: min(cap, len(v)) for u, v in feeder.expected().items()}
-        caught = wait_applied(r, want, timeout=150)
-        assert caught > 0, f"the stream stalled:\n{w.tail()}"
-        time.sleep(1.0)
-        state = check_state(r, feeder, cap=cap)
-        assert w.proc.poll() is None, w.tail()
+    want = {u: min(cap, len(v)) for u, v in feeder.expected().items()}
+    caught = wait_applied(r, want, timeout=150)
+    assert caught > 0, f"the stream stalled:\n{w.tail()}"
+    time.sleep(1.0)
+    state = check_state(r, feeder, cap=cap)
+    assert w.proc.poll() is None, w.tail()
 
-        # the flood: capped at exactly the newest `cap`, dedupe memory bounded
-        hb = buffers_of(r, [heavy])[heavy]
-        assert [e.ts for e in hb] == [T0 + 10**7 + k for k in range(9_999, 9_999 - cap, -1)]
-        assert r.zcard(user_keys(heavy)[1]) == s.dedupe_window
-        # odd events are stored as sent (unknown type as 'other')
-        odd_bufs = buffers_of(r, sorted({e.user_id for e in odd}))
-        stored = {e.ts: e for b in odd_bufs.values() for e in b}
-        for ev in odd:
-            got = stored[ev.ts]
-            assert (got.item_id, got.event_type) == (
-                ev.item_id,
-                "other" if ev.event_type == "teleport" else ev.event_type,
-            )
+    # the flood: capped at exactly the newest `cap`, dedupe memory bounded
+    hb = buffers_of(r, [heavy])[heavy]
+    assert [e.ts for e in hb] == [T0 + 10**7 + k for k in range(9_999, 9_999 - cap, -1)]
+    assert r.zcard(user_keys(heavy)[1]) == s.dedupe_window
+    # odd events are stored as sent (unknown type as 'other')
+    odd_bufs = buffers_of(r, sorted({e.user_id for e in odd}))
+    stored = {e.ts: e for b in odd_bufs.values() for e in b}
+    for ev in odd:
+        got = stored[ev.ts]
+        assert (got.item_id, got.event_type) == (
+            ev.item_id,
+            "other" if ev.event_type == "teleport" else ev.event_type,
+        )
 
-        dead = read_topic(s, s.dlq_topic, lambda m: len(m) >= len(bad) + 1, timeout=60)
-        envs = [orjson.loads(m.value) for m in dead]
-        assert len(envs) == len(bad) + 1, [e["error"] for e in envs]
-        by_key = {e["key"]: e for e in envs}
-        import base64
+    dead = read_topic(s, s.dlq_topic, lambda m: len(m) >= len(bad) + 1, timeout=60)
+    envs = [orjson.loads(m.value) for m in dead]
+    assert len(envs) == len(bad) + 1, [e["error"] for e in envs]
+    by_key = {e["key"]: e for e in envs}
+    import base64
 
-        for i, (value, error) in enumerate(bad):
-            env = by_key[base64.b64encode(f"bad-{i}".encode()).decode()]
-            assert error in env["error"], (i, env["error"])
-            raw = base64.b64decode(env["raw"])
-            assert env["topic"] == s.clicks_topic
-            if len(value) <= MAX_DLQ_RAW:
-                assert raw == value
-            else:  # cut to what fits in a dead letter, and the error says so
-                assert raw == value[:MAX_DLQ_RAW] and f"first {MAX_DLQ_RAW} of {len(value)} bytes" in env["error"], env[
-                    "error"
-                ]
-        assert "empty message" in by_key[base64.b64encode(b"null-value").decode()]["error"]
+    for i, (value, error) in enumerate(bad):
+        env = by_key[base64.b64encode(f"bad-{i}".encode()).decode()]
+        assert error in env["error"], (i, env["error"])
+        raw = base64.b64decode(env["raw"])
+        assert env["topic"] == s.clicks_topic
+        if len(value) <= MAX_DLQ_RAW:
+            assert raw == value
+        else:  # cut to what fits in a dead letter, and the error says so
+            assert raw == value[:MAX_DLQ_RAW] and f"first {MAX_DLQ_RAW} of {len(value)} bytes" in env["error"], env[
+                "error"
+            ]
+    assert "empty message" in by_key[base64.b64encode(b"null-value").decode()]["error"]
 
-        last = {u: evs[-1].event_id for u, evs in feeder.expected().items()}
-        recs = [orjson.loads(m.value) for m in read_topic(
-            s, s.recs_topic, lambda ms: {orjson.loads(m.value)["trigger_event_id"] for m in ms} >= set(last.values()), 60)]  # fmt: skip
-        trig = {p["trigger_event_id"]: p for p in recs}
-        missing = [e for e in last.values() if e not in trig]
-        assert not missing, missing[:5]
-        assert trig[cold.event_id]["fallback"] is True and trig[cold.event_id]["items"]
-        assert all(len(p["items"]) <= s.top_k for p in recs)
-        row = finish("hostile_input", report, state, {"recs": len(recs)},
-                     dead_letters=len(envs), flood_user_events=10_000, flood_buffer_len=len(hb),
-                     produced_twice=len(dups), unknown_types=metric(w, "attnrec_events_unknown_type_total"),
-                     drain_s=round(caught - t_start, 2))  # fmt: skip
-        assert state["lost"] == 0 and state["duplicated_in_state"] == 0 and state["unknown_in_state"] == 0, row
-        assert metric(w, "attnrec_events_duplicate_total") >= len(dups)
-    finally:
-        feeder.close()
-        w.terminate()
+    last = {u: evs[-1].event_id for u, evs in feeder.expected().items()}
+    recs = [orjson.loads(m.value) for m in read_topic(
+        s, s.recs_topic, lambda ms: {orjson.loads(m.value)["trigger_event_id"] for m in ms} >= set(last.values()), 60)]  # fmt: skip
+    trig = {p["trigger_event_id"]: p for p in recs}
+    missing = [e for e in last.values() if e not in trig]
+    assert not missing, missing[:5]
+    assert trig[cold.event_id]["fallback"] is True and trig[cold.event_id]["items"]
+    assert all(len(p["items"]) <= s.top_k for p in recs)
+    row = finish("hostile_input", report, state, {"recs": len(recs)},
+                 dead_letters=len(envs), flood_user_events=10_000, flood_buffer_len=len(hb),
+                 produced_twice=len(dups), unknown_types=metric(w, "attnrec_events_unknown_type_total"),
+                 drain_s=round(caught - t_start, 2))  # fmt: skip
+    assert state["lost"] == 0 and state["duplicated_in_state"] == 0 and state["unknown_in_state"] == 0, row
+    assert metric(w, "attnrec_events_duplicate_total") >= len(dups)
 
 
 # ----------------------------------------------------------------------------- 6. dedupe
@@ -738,7 +647,7 @@ async def test_redis_aof_policy_cost_and_kill9(tmp_path: Path, report: dict[str,
     what it already write()s to the kernel; only a machine crash can, and only with everysec)."""
     import redis.asyncio as aioredis
 
-    from attnrec.stack import LocalStack, free_port
+    from apps.stack import LocalStack, free_port
 
     st = LocalStack(tmp_path / "stack", redis_port=free_port())
     st.root.mkdir(parents=True)

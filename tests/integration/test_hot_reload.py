@@ -11,14 +11,15 @@ from typing import Any
 
 import orjson
 import pytest
-import redis
 
-from attnrec.kafka_util import ensure_topics, make_consumer, make_producer
+from attnrec.events import ClickEvent
+from attnrec.kafka_util import ensure_topics, make_consumer
+from attnrec.redis_util import redis_sync
+from attnrec.registry import Registry
 from exporter.export import export_checkpoint
-from exporter.registry import Registry
 from exporter.testing import write_random_checkpoint
 from stream.buffer import user_keys
-from stream.schema import ClickEvent
+from tests.feeding import Feeder
 from tests.helpers import WorkerProc, settings_for
 
 pytestmark = pytest.mark.integration
@@ -29,26 +30,15 @@ class Flow:
 
     def __init__(self, s: Any, items: list[str]) -> None:
         self.s, self.items = s, items
-        self.sent: list[ClickEvent] = []
+        self.feeder = Feeder(s, linger_ms=0)
         self.first_seen: dict[str, float] = {}
         self.arrivals: list[tuple[float, str]] = []  # (time, version) at each change of version
         self.stop = threading.Event()
-        self.t_prod = threading.Thread(target=self._produce, daemon=True)
         self.t_cons = threading.Thread(target=self._consume, daemon=True)
         self.ready = threading.Event()
 
-    def _produce(self) -> None:
-        p = make_producer(self.s, linger_ms=0)
-        i = 0
-        while not self.stop.is_set():
-            u = f"hr-{i % 25}"
-            ev = ClickEvent(f"hr-{i}", u, self.items[i % len(self.items)], "click", int(time.time() * 1000))
-            p.send(self.s.clicks_topic, key=u.encode(), value=ev.to_json())
-            self.sent.append(ev)
-            i += 1
-            time.sleep(0.01)
-        p.flush()
-        p.close()
+    def _event(self, i: int) -> ClickEvent:
+        return ClickEvent(f"hr-{i}", f"hr-{i % 25}", self.items[i % len(self.items)], "click", int(time.time() * 1000))
 
     def _consume(self) -> None:
         c = make_consumer(self.s, self.s.recs_topic, group_id=None, auto_offset_reset="latest")
@@ -71,7 +61,7 @@ class Flow:
     def start(self) -> Flow:
         self.t_cons.start()
         assert self.ready.wait(30)
-        self.t_prod.start()
+        self.feeder.start(rate=100, make=self._event)
         return self
 
     def wait_version(self, v: str, since: float, timeout: float = 5.0) -> float:
@@ -85,9 +75,9 @@ class Flow:
 
     def finish(self) -> None:
         self.stop.set()
-        for t in (self.t_prod, self.t_cons):
-            if t.is_alive():
-                t.join(10)
+        self.feeder.close()
+        if self.t_cons.is_alive():
+            self.t_cons.join(10)
 
 
 def test_promote_reject_and_rollback_while_events_flow(stack: Any, names: dict[str, str], registry_with_model: Path, tmp_path: Path) -> None:
@@ -146,10 +136,8 @@ def _exercise(w: WorkerProc, flow: Flow, reg: Registry, reg_root: Path, v1: str,
         flow.finish()
     # no event lost or applied twice across the swaps
     time.sleep(3)
-    r = redis.Redis.from_url(s.redis_url)
-    by_user: dict[str, int] = {}
-    for ev in flow.sent:
-        by_user[ev.user_id] = by_user.get(ev.user_id, 0) + 1
+    r = redis_sync(s)
+    by_user = {u: len(evs) for u, evs in flow.feeder.sent_by_user().items()}
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         got = {u: r.llen(user_keys(u)[0]) for u in by_user}

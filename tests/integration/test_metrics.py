@@ -18,10 +18,11 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from attnrec.kafka_util import ensure_topics, make_consumer, make_producer
-from exporter.registry import Registry
+from attnrec.events import ClickEvent
+from attnrec.kafka_util import ensure_topics, make_consumer
+from attnrec.registry import Registry
 from stream.metrics import WorkerMetrics
-from stream.schema import ClickEvent
+from tests.feeding import Feeder
 from tests.helpers import REPO, WorkerProc, settings_for
 
 pytestmark = pytest.mark.timeout(170)
@@ -86,6 +87,7 @@ def test_metrics_match_events_sent(stack: Any, names: dict[str, str], registry_w
     ensure_topics(s)
     items = [str(i) for i in reg.read_manifest(v1)["popularity"]][:30]
     w = WorkerProc(s, tmp_path)
+    feeder = Feeder(s)
     try:
         assert w.wait_ready()["model_version"] == v1
         m0 = scrape(w)
@@ -93,12 +95,11 @@ def test_metrics_match_events_sent(stack: Any, names: dict[str, str], registry_w
         assert total(m0, "attnrec_model_info", version=v1) == 1
         assert total(m0, "attnrec_model_reloads_total", result="success") == 1  # the start-up load
 
-        p = make_producer(s)
         sent = [ClickEvent(f"m-{i}", f"mu-{i % 12}", items[i % len(items)], "click", int(time.time() * 1000) + i) for i in range(60)]
         for ev in sent:
-            p.send(s.clicks_topic, key=ev.user_id.encode(), value=ev.to_json())
+            feeder.send(ev)
         for ev in sent[:5]:  # a producer's retries: same event_id at new offsets
-            p.send(s.clicks_topic, key=ev.user_id.encode(), value=ev.to_json())
+            feeder.send(ev)
         bad = {
             "not_json": [b"{not json", b"\xff\xfe"],
             "missing_field": [orjson.dumps({"event_id": "x", "user_id": "u", "event_type": "view", "ts": 1})],
@@ -106,8 +107,8 @@ def test_metrics_match_events_sent(stack: Any, names: dict[str, str], registry_w
         }
         for vals in bad.values():
             for v in vals:
-                p.send(s.clicks_topic, key=b"bad", value=v)
-        p.flush()
+                feeder.send_raw(v, key=b"bad")
+        feeder.flush()
         n_valid, n_bad = len(sent) + 5, sum(len(v) for v in bad.values())
 
         m = wait_for(w, lambda m: total(m, "attnrec_events_total") >= n_valid and total(m, "attnrec_dead_letters_total") >= n_bad,
@@ -151,8 +152,7 @@ def test_metrics_match_events_sent(stack: Any, names: dict[str, str], registry_w
         v2 = reg.publish(vdir / "model.onnx", {k: v for k, v in manifest.items() if k != "version"}, check=False)
         reg.promote(v2, reason="test: same weights, new version")
         wait_for(w, lambda m: total(m, "attnrec_model_reloads_total", result="success") == 2, "the reload of v2")
-        p.send(s.clicks_topic, key=b"mu-0", value=ClickEvent("m-after-v2", "mu-0", items[0], "view", int(time.time() * 1000)).to_json())
-        p.flush()
+        feeder.send_all([ClickEvent("m-after-v2", "mu-0", items[0], "view", int(time.time() * 1000))])
         # the swap happens mid-batch, the counters at its end: wait for both
         m = wait_for(w, lambda m: total(m, "attnrec_model_info", version=v2) == 1 and total(m, "attnrec_events_total") == n_valid + 1,
                      "v2 served")  # fmt: skip
@@ -164,13 +164,12 @@ def test_metrics_match_events_sent(stack: Any, names: dict[str, str], registry_w
             f.truncate(100)
         reg.promote(v3, reason="test: corrupt", verify=False)
         m = wait_for(w, lambda m: total(m, "attnrec_model_reloads_total", result="failure") == 1, "the rejected reload")
-        p.send(s.clicks_topic, key=b"mu-1", value=ClickEvent("m-after-v3", "mu-1", items[1], "view", int(time.time() * 1000)).to_json())
-        p.flush()
-        p.close()
+        feeder.send_all([ClickEvent("m-after-v3", "mu-1", items[1], "view", int(time.time() * 1000))])
         m = wait_for(w, lambda m: total(m, "attnrec_events_total") == n_valid + 2, "the last event")
         assert total(m, "attnrec_model_info", version=v2) == 1 and total(m, "attnrec_model_loaded") == 1
         assert total(m, "attnrec_model_reloads_total", result="success") == 2
     finally:
+        feeder.close()
         w.terminate()
 
 

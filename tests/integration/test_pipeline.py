@@ -8,11 +8,13 @@ from typing import Any
 
 import orjson
 import pytest
-import redis
 
-from attnrec.kafka_util import ensure_topics, make_consumer, make_producer
-from stream.buffer import decode_entry, user_keys
-from stream.schema import ClickEvent
+from attnrec.events import ClickEvent
+from attnrec.kafka_util import ensure_topics, make_consumer
+from attnrec.redis_util import redis_sync
+from stream.buffer import user_keys
+from stream.logic import decode_entry
+from tests.feeding import Feeder
 from tests.helpers import WorkerProc, settings_for
 
 pytestmark = pytest.mark.integration
@@ -40,8 +42,8 @@ def test_click_to_recommendation(stack: Any, names: dict[str, str], registry_wit
     try:
         info = w.wait_ready()
         assert info["model_version"]
-        p = make_producer(s)
-        from exporter.registry import Registry
+        feeder = Feeder(s)
+        from attnrec.registry import Registry
 
         reg = Registry(registry_with_model)
         known = [str(i) for i in reg.read_manifest(reg.current_version())["popularity"]][:20]
@@ -52,13 +54,13 @@ def test_click_to_recommendation(stack: Any, names: dict[str, str], registry_wit
             for i, u in enumerate(users):
                 ev = ClickEvent(f"e-{r}-{i}", u, known[(r + i) % len(known)], "click", 1_764_300_000_000 + r * 1000 + i)
                 sent.append(ev)
-                p.send(s.clicks_topic, key=u.encode(), value=ev.to_json())
+                feeder.send(ev)
             if r == 2:  # malformed input in the middle of the stream
-                p.send(s.clicks_topic, key=b"bad", value=b"{not json")
-                p.send(s.clicks_topic, key=b"bad", value=orjson.dumps({"event_id": "x", "user_id": "u"}))
-            p.flush()
+                feeder.send_raw(b"{not json", key=b"bad")
+                feeder.send_raw(orjson.dumps({"event_id": "x", "user_id": "u"}), key=b"bad")
+            feeder.flush()
             time.sleep(0.6)  # one event per user per batch: every event triggers its own recommendation
-        p.close()
+        feeder.close()
 
         recs = collect(s, s.recs_topic, len(sent))
         by_trigger = {orjson.loads(m.value)["trigger_event_id"]: orjson.loads(m.value) for m in recs}
@@ -88,7 +90,7 @@ def test_click_to_recommendation(stack: Any, names: dict[str, str], registry_wit
         assert env["topic"] == s.clicks_topic
 
         # Redis: newest first, capped at buffer_len
-        r = redis.Redis.from_url(s.redis_url)
+        r = redis_sync(s)
         for u in users[:3]:
             raw = r.lrange(user_keys(u)[0], 0, -1)
             got = [decode_entry(x) for x in raw]

@@ -9,18 +9,19 @@ and each user's latest recommendation must be triggered by its last event.
 from __future__ import annotations
 
 import json
-import threading
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
-from attnrec.kafka_util import ensure_topics, make_producer
-from stream.buffer import decode_entry, user_keys
-from stream.schema import ClickEvent
+from attnrec.events import ClickEvent
+from attnrec.kafka_util import ensure_topics
+from attnrec.redis_util import redis_sync
+from stream.buffer import user_keys
+from stream.logic import decode_entry
+from tests.feeding import T0, Feeder
 from tests.helpers import WorkerProc, settings_for
 
 pytestmark = pytest.mark.integration
@@ -28,39 +29,13 @@ pytestmark = pytest.mark.integration
 PARTITIONS = 8
 USERS = 240
 RATE = 250.0  # events/s offered while workers join and leave
-T0 = 1_764_300_000_000
 
 
-class Producer(threading.Thread):
-    """Sends click events round-robin over USERS at RATE until stopped; remembers what it sent."""
-
-    def __init__(self, s: Any) -> None:
-        super().__init__(daemon=True)
-        self.s = s
-        self.stop_flag = threading.Event()
-        self.sent: dict[str, list[ClickEvent]] = defaultdict(list)
-        self.count = 0
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            p = make_producer(self.s)
-            start = time.monotonic()
-            while not self.stop_flag.is_set():
-                due = int((time.monotonic() - start) * RATE)
-                while self.count < due:
-                    n = self.count
-                    u = f"so-{n % USERS}"
-                    seq = n // USERS
-                    ev = ClickEvent(f"{u}-{seq}", u, f"item-{(seq * 7 + n) % 90}", "click", T0 + seq)
-                    p.send(self.s.clicks_topic, key=u.encode(), value=ev.to_json())
-                    self.sent[u].append(ev)
-                    self.count += 1
-                time.sleep(0.01)
-            p.flush()
-            p.close()
-        except BaseException as exc:  # surfaced by the test
-            self.error = exc
+def so_event(n: int) -> ClickEvent:
+    """The ``n``-th event of the load: users round-robin, ``ts`` in send order per user."""
+    u = f"so-{n % USERS}"
+    seq = n // USERS
+    return ClickEvent(f"{u}-{seq}", u, f"item-{(seq * 7 + n) % 90}", "click", T0 + seq)
 
 
 def assignments(workers: list[WorkerProc]) -> list[int]:
@@ -92,16 +67,16 @@ def test_workers_join_and_leave_under_load(
 ) -> None:
     s = settings_for(stack, names, registry_with_model, partitions=PARTITIONS, buffer_len=1000)
     ensure_topics(s)
-    r = redis.Redis.from_url(s.redis_url)
+    r = redis_sync(s)
     started = time.monotonic()
     w1, w2 = WorkerProc(s, tmp_path, "w1"), WorkerProc(s, tmp_path, "w2")
     workers = [w1, w2]
-    prod = Producer(s)
+    feeder = Feeder(s)
     try:
         w1.wait_ready()
         w2.wait_ready()
         split2 = wait_split([w1, w2])
-        prod.start()
+        feeder.start(rate=RATE, make=so_event)
         time.sleep(5)
         w3 = WorkerProc(s, tmp_path, "w3")  # joins under load
         workers.append(w3)
@@ -111,11 +86,10 @@ def test_workers_join_and_leave_under_load(
         assert w1.terminate() == 0, w1.tail()  # leaves under load: finishes its batch, hands over
         split_after = wait_split([w2, w3])
         time.sleep(4)
-        prod.stop_flag.set()
-        prod.join(30)
-        assert prod.error is None, prod.error
-        sent = prod.sent
-        total = prod.count
+        feeder.stop()
+        assert feeder.error is None, feeder.error
+        sent = feeder.sent_by_user()
+        total = len(feeder.events)
         assert total > 2000, total
 
         # wait until the remaining workers have applied everything
@@ -161,7 +135,7 @@ def test_workers_join_and_leave_under_load(
         assert time.monotonic() - started < 150, "scale-out test took too long"
         print(f"scale-out: {total} events, splits {split2} -> {split3} -> {split_after}")
     finally:
-        prod.stop_flag.set()
+        feeder.close()
         for w in workers:
             w.terminate(timeout=30)
 

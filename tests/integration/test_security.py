@@ -21,10 +21,12 @@ import pytest
 import redis
 
 from attnrec.errors import ConfigError
-from attnrec.kafka_util import ensure_topics, make_consumer, make_producer
-from attnrec.settings import Settings
-from stream.buffer import decode_entry, user_keys
-from stream.schema import ClickEvent
+from attnrec.events import ClickEvent
+from attnrec.kafka_util import ensure_topics, make_consumer
+from attnrec.settings import Settings, env_name
+from stream.buffer import user_keys
+from stream.logic import decode_entry
+from tests.feeding import Feeder
 from tests.helpers import WorkerProc
 
 KAFKA_USER = "attnrec"
@@ -56,7 +58,7 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path] | None:
 def secure_stack(tmp_path_factory: pytest.TempPathFactory, certs: dict[str, Path] | None) -> Iterator[Any]:
     """A broker with SASL_PLAINTEXT and (with openssl) SASL_SSL listeners — PLAIN, SCRAM-SHA-256/512 —
     and a Redis with a password."""
-    from attnrec.stack import LocalStack, free_port
+    from apps.stack import LocalStack, free_port
 
     st = LocalStack(
         tmp_path_factory.mktemp("secure-stack"),
@@ -80,7 +82,7 @@ def secure_stack(tmp_path_factory: pytest.TempPathFactory, certs: dict[str, Path
 @pytest.fixture(scope="module")
 def tls_redis(certs: dict[str, Path] | None) -> Iterator[dict[str, Any]]:
     """A Redis that speaks only TLS (certificate from a throw-away CA) and requires a password."""
-    from attnrec.stack import LocalStack, free_port
+    from apps.stack import LocalStack, free_port
 
     if certs is None:
         pytest.fail("openssl not installed (deploy/setup-system.sh installs it): cannot make a test certificate")
@@ -115,17 +117,23 @@ def _admin_redis(st: Any) -> redis.Redis:
     return redis.Redis(host="127.0.0.1", port=st.redis_port, password=st.redis_password, socket_timeout=5)
 
 
+def settings_from_env(monkeypatch: pytest.MonkeyPatch, names: dict[str, str], registry: Path, kafka_bootstrap: str,
+                      redis_url: str, **env: str) -> Settings:  # fmt: skip
+    """Put ``env`` (settings fields: credentials, protocols) in the environment, where the worker
+    gets them from, and read the settings back from it (the rest given here)."""
+    for field, value in env.items():
+        monkeypatch.setenv(env_name(field), value)
+    return Settings(kafka_bootstrap=kafka_bootstrap, redis_url=redis_url, registry=registry, partitions=2, **names)
+
+
 def send_and_wait_for_recs(s: Settings, w: WorkerProc, r: redis.Redis, tag: str = "sec") -> tuple[list[str], dict[str, str]]:
     """Produce a few events per user through ``s``'s Kafka connection, wait for each user's last
     recommendation, and check the Redis buffers (read with ``r``) hold exactly what was sent."""
     users = [f"{tag}-{i}" for i in range(6)]
     sent = [ClickEvent(f"{tag}-{n}-{i}", u, f"item-{n}", "click", 1_764_300_000_000 + 10 * n + i)
             for n in range(3) for i, u in enumerate(users)]  # fmt: skip
-    p = make_producer(s)
-    for ev in sent:
-        p.send(s.clicks_topic, key=ev.user_id.encode(), value=ev.to_json())
-    p.flush()
-    p.close()
+    with Feeder(s) as feeder:
+        feeder.send_all(sent)
     c = make_consumer(s, s.recs_topic, group_id=None)
     last = {u: [e for e in sent if e.user_id == u][-1].event_id for u in users}
     got: dict[str, str] = {}
@@ -228,20 +236,11 @@ def test_worker_connects_with_credentials_from_the_environment(
         )
         monkeypatch.setenv("ATTNREC_REDIS_USERNAME", redis_acl_user)
     # every secret comes from the environment (WorkerProc copies os.environ)
-    monkeypatch.setenv("ATTNREC_KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
-    monkeypatch.setenv("ATTNREC_KAFKA_SASL_MECHANISM", mechanism)
-    monkeypatch.setenv("ATTNREC_KAFKA_USERNAME", KAFKA_USER)
-    monkeypatch.setenv("ATTNREC_KAFKA_PASSWORD", kafka_pw)
-    monkeypatch.setenv("ATTNREC_REDIS_PASSWORD", redis_pw)
-    monkeypatch.setenv("ATTNREC_API_TOKEN", token)
-    monkeypatch.setenv("ATTNREC_LOG_LEVEL", "DEBUG")
-    s = Settings(
-        kafka_bootstrap=st.sasl_bootstrap,
-        redis_url=f"redis://127.0.0.1:{st.redis_port}/0",  # no password in the URL
-        registry=registry_with_model,
-        partitions=2,
-        **names,
-    )
+    s = settings_from_env(monkeypatch, names, registry_with_model, st.sasl_bootstrap,
+                          f"redis://127.0.0.1:{st.redis_port}/0",  # no password in the URL
+                          kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_mechanism=mechanism,
+                          kafka_username=KAFKA_USER, kafka_password=kafka_pw, redis_password=redis_pw, api_token=token,
+                          log_level="DEBUG")  # fmt: skip
     assert s.kafka_password is not None and s.kafka_password.get_secret_value() == kafka_pw
     ensure_topics(s)
     w = WorkerProc(s, tmp_path)
@@ -283,19 +282,10 @@ def test_a_refused_worker_logs_no_secret(
     st = secure_stack
     wrong_kafka = "wk-" + secrets.token_urlsafe(18)
     wrong_redis = "wr-" + secrets.token_urlsafe(18)
-    monkeypatch.setenv("ATTNREC_KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
-    monkeypatch.setenv("ATTNREC_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
-    monkeypatch.setenv("ATTNREC_KAFKA_USERNAME", KAFKA_USER)
-    monkeypatch.setenv("ATTNREC_KAFKA_PASSWORD", wrong_kafka)
-    monkeypatch.setenv("ATTNREC_REDIS_PASSWORD", wrong_redis)
-    monkeypatch.setenv("ATTNREC_LOG_LEVEL", "DEBUG")
-    s = Settings(
-        kafka_bootstrap=st.sasl_bootstrap,
-        redis_url=f"redis://127.0.0.1:{st.redis_port}/0",
-        registry=registry_with_model,
-        partitions=2,
-        **names,
-    )
+    s = settings_from_env(monkeypatch, names, registry_with_model, st.sasl_bootstrap, f"redis://127.0.0.1:{st.redis_port}/0",
+                          kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_mechanism="SCRAM-SHA-512",
+                          kafka_username=KAFKA_USER, kafka_password=wrong_kafka, redis_password=wrong_redis,
+                          log_level="DEBUG")  # fmt: skip
     w = WorkerProc(s, tmp_path)
     try:
         deadline = time.monotonic() + 60
@@ -326,19 +316,10 @@ def test_worker_over_tls(
     with pytest.raises(redis.exceptions.ConnectionError):  # an unknown CA is refused by the client
         redis.Redis.from_url(f"rediss://127.0.0.1:{tls_redis['port']}/0", password=tls_redis["password"], socket_timeout=3).ping()
     kafka_pw = secure_stack.sasl_users[KAFKA_USER]
-    monkeypatch.setenv("ATTNREC_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
-    monkeypatch.setenv("ATTNREC_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
-    monkeypatch.setenv("ATTNREC_KAFKA_USERNAME", KAFKA_USER)
-    monkeypatch.setenv("ATTNREC_KAFKA_PASSWORD", kafka_pw)
-    monkeypatch.setenv("ATTNREC_KAFKA_SSL_CAFILE", str(tls_redis["ca"]))
-    monkeypatch.setenv("ATTNREC_REDIS_PASSWORD", tls_redis["password"])
-    s = Settings(
-        kafka_bootstrap=secure_stack.sasl_ssl_bootstrap,
-        redis_url=tls_redis["url"],
-        registry=registry_with_model,
-        partitions=2,
-        **names,
-    )
+    s = settings_from_env(monkeypatch, names, registry_with_model, secure_stack.sasl_ssl_bootstrap, tls_redis["url"],
+                          kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="SCRAM-SHA-512",
+                          kafka_username=KAFKA_USER, kafka_password=kafka_pw, kafka_ssl_cafile=str(tls_redis["ca"]),
+                          redis_password=tls_redis["password"])  # fmt: skip
     ensure_topics(s)
     w = WorkerProc(s, tmp_path)
     try:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from apps.stack import LocalStack, _pid_alive, free_port
 from attnrec.errors import StackError
-from attnrec.stack import LocalStack, _pid_alive, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""The worker's batch pipeline (``stream.app.Batcher``) with a recording stand-in for the
+"""The worker's batch pipeline (``stream.batcher.Batcher``) with a recording stand-in for the
 Processor: the orchestration only — order of Redis applies and of recommendations, the
 fallback to the whole-batch path, acks only after delivery, what a stop leaves unacked.
 The real Processor runs against Kafka and Redis in tests/integration (pipeline, faults)."""
@@ -9,7 +9,8 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from stream.app import Batcher, Outbox
+from stream.batcher import Batcher
+from stream.sender import Outbox
 
 
 @dataclass

@@ -9,17 +9,13 @@ import numpy as np
 import pytest
 
 from attnrec.errors import ModelError
-from exporter.check import load_checked
-from exporter.export import (
-    PARITY_MAX_ABS_DIFF,
-    export_checkpoint,
-    export_onnx,
-    gate_decision,
-    load_checkpoint,
-    parity_check,
-    promote_gated,
-)
-from exporter.registry import Registry
+from attnrec.modelcheck import load_checked
+from attnrec.registry import Registry
+from exporter.checkpoint import load_checkpoint
+from exporter.export import export_checkpoint
+from exporter.gate import gate_decision, promote_gated
+from exporter.graph import export_onnx
+from exporter.parity import PARITY_MAX_ABS_DIFF, parity_check
 from exporter.testing import write_random_checkpoint
 
 N_ITEMS, MAX_LEN = 150, 16
@@ -136,7 +132,7 @@ def test_export_rejects_inconsistent_vocab_and_top_k(ckpt_dir: Path, tmp_path: P
 
 def test_cli_export_list_promote_rollback(ckpt_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    from exporter.cli import main
+    from apps.cli import main
 
     root = tmp_path / "registry"
     monkeypatch.setenv("ATTNREC_REGISTRY", str(root))  # flags default to ATTNREC_<FLAG>

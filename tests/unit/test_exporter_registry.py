@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 
 from attnrec.errors import ModelCheckError, RegistryError
-from exporter.check import check_model, load_checked
-from exporter.registry import Registry, load_items, sha256_file, verify_files
+from attnrec.manifest import load_items, sha256_file, verify_files
+from attnrec.modelcheck import check_model, load_checked
+from attnrec.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -76,7 +77,7 @@ def test_published_version_layout_and_manifest(reg: tuple[Registry, str]) -> Non
 def test_load_checked_returns_a_serving_model(reg: tuple[Registry, str]) -> None:
     registry, version = reg
     loaded = load_checked(registry.version_dir(version))
-    assert loaded.version == version and loaded.item_index["item-2"] == 2
+    assert loaded.version == version and loaded.items[0] == "item-2"
     g = loaded.manifest["golden"]
     out = loaded.session.run(None, {k: np.asarray(g[k], dtype=np.int64) for k in ("items", "types", "gaps", "exclude")})
     assert out[0].tolist() == g["top_items"]
@@ -247,11 +248,11 @@ def test_current_is_replaced_atomically(reg: tuple[Registry, str]) -> None:
 
 
 def test_registry_check_and_cli_modules_do_not_import_torch_or_onnx() -> None:
-    code = ("import sys, exporter.registry, exporter.check, exporter.cli, exporter.trainer; "
+    code = ("import sys, attnrec.registry, attnrec.modelcheck, exporter.cli, exporter.trainer; "
             "bad = [m for m in ('torch', 'onnx', 'kafka') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
-    code = "import sys, exporter.registry; assert 'onnxruntime' not in sys.modules"
+    code = "import sys, attnrec.registry; assert 'onnxruntime' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 

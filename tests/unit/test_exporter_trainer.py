@@ -9,8 +9,9 @@ import orjson
 import pytest
 
 from attnrec.errors import ConfigError
-from exporter.registry import Registry
-from exporter.trainer import TrainerConfig, parse_duration, run_cycle, write_event_file
+from attnrec.registry import Registry
+from attnrec.settings import Settings, load_settings, parse_duration
+from exporter.trainer import run_cycle, write_event_file
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("10m", 600.0), ("30s", 30.0), ("1.5h", 5400.0), ("250ms", 0.25),
@@ -20,8 +21,10 @@ def test_parse_duration(text: str, seconds: float) -> None:
 
 
 def test_parse_duration_rejects_garbage() -> None:
-    with pytest.raises(ConfigError, match="cannot read duration 'soon'"):
+    with pytest.raises(ValueError, match="duration such as 30s, 10m or 1h, got 'soon'"):
         parse_duration("soon")
+    with pytest.raises(ConfigError, match="ATTNREC_TRAINER_EVERY='soon': expected a duration"):
+        load_settings(trainer_every="soon")
 
 
 def test_write_event_file_is_atomic_and_skips_empty(tmp_path: Path) -> None:
@@ -34,11 +37,11 @@ def test_write_event_file_is_atomic_and_skips_empty(tmp_path: Path) -> None:
 def test_cycles_train_export_promote_and_skip(tmp_path: Path) -> None:
     from training.synth import generate
 
-    cfg = TrainerConfig(registry=tmp_path / "registry", home=tmp_path, epochs=2, min_new_events=100)
+    cfg = Settings(registry=tmp_path / "registry", home=tmp_path, trainer_epochs=2, min_new_events=100)
     events = [orjson.dumps(e.to_dict()) for e in generate(40, 30, 1500, seed=3)]
     write_event_file(cfg.event_log, events[:1000])
     first = run_cycle(cfg, archive=False)
-    reg = Registry(cfg.registry)
+    reg = Registry(cfg.registry_dir)
     assert first["decision"] == "promoted" and reg.current_version() == first["version"]
     assert first["new_events"] == 1000 and first["train"]["items"] <= 30
 

@@ -6,15 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stream.model import LOG2S_BOUNDARIES_MS
-from training.features import N_GAP_BUCKETS, gap_boundaries_ms, gap_bucket
+from attnrec.manifest import N_GAP_BUCKETS, gap_boundaries_ms
+from training.features import gap_bucket
 
 
 @pytest.mark.parametrize("gap_ms", [0, 1, 999, 1000, 1001, 2999, 3000, 7_000, 86_400_000, 10**12])
 def test_manifest_boundaries_reproduce_training_buckets(gap_ms: int) -> None:
     b = np.asarray(gap_boundaries_ms(N_GAP_BUCKETS))
     assert gap_bucket(gap_ms) == 1 + int(np.searchsorted(b, gap_ms, side="right"))
-
-
-def test_worker_fallback_boundaries_match_training() -> None:
-    assert LOG2S_BOUNDARIES_MS == gap_boundaries_ms(N_GAP_BUCKETS)

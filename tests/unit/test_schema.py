@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from attnrec.errors import InvalidEventError
-from stream.schema import MAX_MESSAGE_BYTES, ClickEvent, dlq_envelope, parse_event, parse_ts
+from attnrec.events import MAX_MESSAGE_BYTES, ClickEvent, dlq_envelope, parse_event, parse_ts
 
 GOOD = {"event_id": "e1", "user_id": "u1", "item_id": "sku-1", "event_type": "purchase", "ts": 1764300000123,
         "context": {"room_id": "live-7"}}  # fmt: skip

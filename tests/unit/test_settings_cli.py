@@ -5,9 +5,9 @@ import sys
 
 import pytest
 
-from attnrec.cli import build_parser
+from apps.cli import build_parser
 from attnrec.errors import ConfigError
-from attnrec.settings import env_default, load_settings
+from attnrec.settings import load_settings
 from stream.runner import _safe_url
 
 
@@ -24,7 +24,7 @@ def test_environment_and_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_invalid_settings_raise_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ATTNREC_BATCH_SIZE", "zero")
-    with pytest.raises(ConfigError, match="batch_size"):
+    with pytest.raises(ConfigError, match="ATTNREC_BATCH_SIZE"):
         load_settings()
 
 
@@ -37,16 +37,6 @@ def test_non_loopback_bind_needs_a_token() -> None:
 def test_sasl_needs_a_user() -> None:
     with pytest.raises(ConfigError, match="KAFKA_USERNAME"):
         load_settings(kafka_security_protocol="SASL_PLAINTEXT")
-
-
-def test_env_default_types(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ATTNREC_COUNT", "12")
-    monkeypatch.setenv("ATTNREC_KEEP_STACK", "yes")
-    assert env_default("count", 5) == 12
-    assert env_default("keep-stack", False) is True
-    monkeypatch.setenv("ATTNREC_COUNT", "many")
-    with pytest.raises(ConfigError, match="ATTNREC_COUNT"):
-        env_default("count", 5)
 
 
 def test_secrets_are_masked_in_logged_urls() -> None:
@@ -69,8 +59,8 @@ def test_worker_imports_without_torch() -> None:
         "        if name == 'torch' or name.startswith('torch.') or name.startswith('training'):\n"
         "            raise ImportError('blocked ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import stream.app, stream.runner, exporter.check, attnrec.cli\n"
-        "attnrec.cli.build_parser()\n"
+        "import stream.app, stream.runner, attnrec.modelcheck, apps.cli\n"
+        "apps.cli.build_parser()\n"
         "print('ok')\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -2,30 +2,20 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import pytest
 
-from training.cli import add_eval_parser, add_train_parser
+from apps.cli import build_parser, main
 from training.synth import generate
 
 EVAL_KEYS = {"dataset", "protocol", "users", "items", "metrics", "train_seconds", "config"}
 METRIC_KEYS = {"hr@10", "ndcg@10", "hr@20", "ndcg@20", "coverage@10"}
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="attnrec")
-    sub = p.add_subparsers(dest="command", required=True)
-    add_train_parser(sub)
-    add_eval_parser(sub)
-    return p
-
-
 def _run(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
-    return int(args.func(args))
+    return main(argv)
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +28,13 @@ def events(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_env_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ATTNREC_EPOCHS", "7")
-    monkeypatch.setenv("ATTNREC_FORMAT", "s3")
-    args = _parser().parse_args(["train", "--data", "x", "--out", "y"])
-    assert args.epochs == 7 and args.format == "s3" and args.max_len is None
+    from attnrec.settings import load_settings
+
+    monkeypatch.setenv("ATTNREC_TRAIN_EPOCHS", "7")
+    monkeypatch.setenv("ATTNREC_DATA_FORMAT", "s3")
+    args = build_parser().parse_args(["train", "--data", "x", "--out", "y"])
+    s = load_settings(**{k: getattr(args, k) for k in args._flags if getattr(args, k) is not None})
+    assert s.train_epochs == 7 and s.data_format == "s3" and s.train_max_len is None
 
 
 def test_smoke_train_then_eval(events: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -92,9 +92,9 @@ def test_sasrec_block_exports_and_passes_the_parity_gate(tmp_path) -> None:  # t
     """Both layouts have the same parameters; the exported graph keeps its contract."""
     import json
 
-    from exporter.check import load_checked
+    from attnrec.modelcheck import load_checked
+    from attnrec.registry import Registry
     from exporter.export import export_checkpoint
-    from exporter.registry import Registry
     from exporter.testing import write_random_checkpoint
 
     ckpt = write_random_checkpoint(tmp_path / "c", n_items=80, max_len=10, d_model=16, n_blocks=2,

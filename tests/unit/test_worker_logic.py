@@ -13,10 +13,20 @@ import numpy as np
 import orjson
 import pytest
 
-from stream.buffer import BufferEntry, decode_entry, encode_entry, user_keys
-from stream.logic import RawRecord, build_inputs, dlq_reason, parse_records, recommend
-from stream.model import LOG2S_BOUNDARIES_MS, OOV, PAD, LoadedModel
-from stream.schema import MAX_MESSAGE_BYTES, ClickEvent
+from attnrec.events import MAX_MESSAGE_BYTES, ClickEvent
+from attnrec.manifest import OOV, PAD, gap_boundaries_ms
+from stream.buffer import user_keys
+from stream.logic import (
+    BufferEntry,
+    RawRecord,
+    build_inputs,
+    decode_entry,
+    dlq_reason,
+    encode_entry,
+    parse_records,
+    recommend,
+)
+from stream.model import LoadedModel
 
 NOW = 1_764_300_000_000
 
@@ -32,7 +42,7 @@ def make_model(items: list[str], *, max_len: int = 4, uses_types: bool = True, u
         item_ids=item_ids,
         item_index={it.encode(): i for i, it in enumerate(item_ids) if i >= 2},
         event_type_index={t.encode(): i + 1 for i, t in enumerate(types)},
-        gap_boundaries_ms=np.asarray(LOG2S_BOUNDARIES_MS, dtype=np.int64),
+        gap_boundaries_ms=np.asarray(gap_boundaries_ms(), dtype=np.int64),
         max_len=max_len,
         top_k=10,
         uses_types=uses_types,
@@ -61,7 +71,7 @@ def ix(m: LoadedModel, item: str) -> int:
 
 
 def bucket(gap_ms: int) -> int:
-    return int(np.searchsorted(np.asarray(LOG2S_BOUNDARIES_MS), gap_ms, side="right")) + 1
+    return int(np.searchsorted(np.asarray(gap_boundaries_ms()), gap_ms, side="right")) + 1
 
 
 # ----------------------------------------------------------------------------- parse_records
