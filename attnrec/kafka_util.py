@@ -88,9 +88,10 @@ def admin_client(s: Settings, timeout_s: float = 30.0) -> KafkaAdminClient:
 
 
 def ensure_topics(s: Settings, names: Iterable[str] | None = None, partitions: int | None = None,
-                  ready_timeout_s: float = 60.0) -> None:  # fmt: skip
+                  ready_timeout_s: float = 60.0, configs: dict[str, str] | None = None) -> None:  # fmt: skip
     """Create the product's topics when missing (idempotent), then wait until the broker
-    describes every partition of each with a leader.
+    describes every partition of each with a leader. ``configs`` are topic configs of the topics
+    created here (e.g. the benchmark's ``message.timestamp.type=LogAppendTime``).
 
     The wait matters: faust subscribes once at start-up, and a topic missing from its first
     metadata is ignored for good ("Ignoring missing topic"), leaving a worker that never gets
@@ -101,7 +102,8 @@ def ensure_topics(s: Settings, names: Iterable[str] | None = None, partitions: i
     admin = admin_client(s)
     try:
         existing = set(admin.list_topics())
-        new = [NewTopic(t, num_partitions=(1 if t == s.updates_topic else n), replication_factor=1) for t in names if t not in existing]
+        new = [NewTopic(t, num_partitions=(1 if t == s.updates_topic else n), replication_factor=1,
+                        topic_configs=dict(configs or {})) for t in names if t not in existing]
         if new:
             try:
                 admin.create_topics(new)

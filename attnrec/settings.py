@@ -136,7 +136,15 @@ class Settings(BaseSettings):
 
     # --- the worker ----------------------------------------------------------------------------
     batch_size: int = Field(256, ge=1, description="ATTNREC_BATCH_SIZE: max events per batch (B)")
-    batch_wait_ms: float = Field(5.0, ge=0, description="ATTNREC_BATCH_WAIT_MS: max wait to fill a batch (W)")
+    batch_wait_ms: float = Field(
+        0.0, ge=0, description="ATTNREC_BATCH_WAIT_MS: extra wait for a partial batch to fill (W); 0 = none: an event is processed at once when the worker is idle, and batches grow with the backlog up to BATCH_SIZE"
+    )
+    producer_linger_ms: float = Field(
+        0.0, ge=0, description="ATTNREC_PRODUCER_LINGER_MS: how long the output producer waits to fill a request; 0 = none: records batch only while a request is in flight"
+    )
+    timing_headers: bool = Field(
+        False, description="ATTNREC_TIMING_HEADERS: each recommendation carries an attnrec-timing header with its trigger's milestones (broker append, received, batch start, Redis done, model done, sent), for the benchmark's hop breakdown"
+    )
     max_inflight: int = Field(
         4, ge=1, description="ATTNREC_MAX_INFLIGHT: batches whose output may await broker delivery while the next ones are processed"
     )
@@ -263,7 +271,10 @@ class Settings(BaseSettings):
     bench_d_model: int = Field(64, ge=1, description="ATTNREC_BENCH_D_MODEL: width of the random-weight model")
     bench_blocks: int = Field(2, ge=1, description="ATTNREC_BENCH_BLOCKS: blocks of the random-weight model")
     bench_model: Literal["random", "registry"] = Field("random", description="ATTNREC_BENCH_MODEL: random (a cached random-weight model of CATALOG x MAX_LEN) or registry (the promoted model)")
-    bench_baselines: bool = Field(False, description="ATTNREC_BENCH_BASELINES: also run one event at a time (B=1) and the torch-eager scorer at the same rate")
+    bench_baselines: bool = Field(False, description="ATTNREC_BENCH_BASELINES: also run, in the same run at the same rate, one event at a time (B=1), the torch-eager scorer and the null agent (the framework alone: no Redis, no model), with the ratios")
+    bench_agent: Literal["worker", "null"] = Field("worker", description="ATTNREC_BENCH_AGENT: what is measured: the worker, or the null agent alone (the framework's floor: no Redis, no model)")
+    bench_generator_linger_ms: int = Field(1, ge=0, description="ATTNREC_BENCH_GENERATOR_LINGER_MS: linger of the load generator's producer at a paced rate (rate max: 5 ms); part of every measured latency, the null agent's too")
+    bench_drain: int = Field(0, ge=0, description="ATTNREC_BENCH_DRAIN: also drain a backlog of this many events through the worker and the null agent, one after the other, per repeat (0 = no drain)")
     bench_no_worker: bool = Field(False, description="ATTNREC_BENCH_NO_WORKER: measure a running worker on the settings' topics")
     bench_metrics_url: str | None = Field(None, description="ATTNREC_BENCH_METRICS_URL: with NO_WORKER, its /metrics URL")
     bench_worker_pid: int | None = Field(None, ge=1, description="ATTNREC_BENCH_WORKER_PID: with NO_WORKER, its pid for CPU and RSS")

@@ -22,25 +22,23 @@ from attnrec.errors import AttnrecError
 from attnrec.kafka_util import faust_credentials
 from attnrec.redis_util import redis_client
 from attnrec.settings import Settings
-from stream.batcher import Batcher
+from stream.batcher import Batcher, feed
 from stream.buffer import RedisBuffers
 from stream.metrics import WorkerMetrics
 from stream.model import ModelWatcher, SessionFactory
 from stream.processor import Processor
 from stream.sender import KafkaSender
 
-__all__ = ["create_app"]
+__all__ = ["faust_app", "add_agent", "add_views", "create_app"]
 
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings, *, session_factory: SessionFactory | None = None) -> faust.App:
-    """Build the faust app, its agent and its web views from one settings object.
-    ``session_factory`` replaces the onnxruntime session of every loaded model (the
-    ``ATTNREC_SCORER=torch`` baseline; the apps layer provides it)."""
-    s = settings
+def faust_app(s: Settings) -> faust.App:
+    """The faust app with the worker's framework configuration (consumer, commits, web); the
+    benchmark's null agent is built on the same one."""
     (s.home / "faust").mkdir(parents=True, exist_ok=True)  # faust creates only the last level
-    app = faust.App(
+    return faust.App(
         s.group_id,
         broker=[f"kafka://{h.strip()}" for h in s.kafka_bootstrap.split(",")],
         broker_credentials=faust_credentials(s),
@@ -63,52 +61,32 @@ def create_app(settings: Settings, *, session_factory: SessionFactory | None = N
         stream_buffer_maxsize=max(4096, 4 * s.batch_size),
         agent_supervisor="mode.OneForOneSupervisor",
     )
-    metrics = WorkerMetrics()
-    watcher = ModelWatcher(
-        s.registry_dir,
-        threads=s.ort_threads,
-        poll_s=s.reload_poll_s,
-        on_event=lambda kind, version, why: metrics.reloads.labels(kind).inc(),
-        session_factory=session_factory,
-    )
-    buffers = RedisBuffers(
-        redis_client(s), max_len=s.buffer_len, ttl_s=s.buffer_ttl_s, dedupe_window=s.dedupe_window
-    )
-    proc = Processor(s, buffers, metrics, watcher)
+
+
+def add_agent(app: faust.App, s: Settings, proc: Processor, sender: KafkaSender) -> None:
+    """The one agent (concurrency 1) over ``clicks``: every event to a :class:`Batcher` over
+    ``proc``, whose output goes through ``sender``."""
     clicks = app.topic(s.clicks_topic, partitions=s.partitions, key_type=bytes, value_type=bytes)
-    sender = KafkaSender(s)
     proc.send = sender.send
-    app.attnrec = proc  # type: ignore[attr-defined]
-    app.attnrec_metrics = metrics  # type: ignore[attr-defined]
 
-    @app.task
-    async def _load_model() -> None:
-        # load off the event loop's hot path; then poll CURRENT in a thread
-        m = await asyncio.get_running_loop().run_in_executor(None, watcher.load_now)
-        if m is not None and proc.model is None:
-            proc.set_model(m)
-        elif m is None:
-            log.warning("no model promoted in %s yet: serving popularity fallbacks", s.registry_dir)
-        watcher.start()
-
-    @app.agent(clicks, concurrency=1)
+    @app.agent(clicks, concurrency=1, name="score")
     async def score(stream: Any) -> None:
-        """Events in, handed to the :class:`Batcher`; the agent itself never waits for a batch.
-
-        ``noack_take`` leaves acking to us (a batch's input events are acked only after the
-        broker confirmed every record it produced). faust moves events into a take buffer only
-        while the agent is not inside its loop body, so the body just queues them: the take
-        buffer keeps filling while a batch is scored, and the next batch is whatever arrived
-        meanwhile, up to B (docs/BENCHMARKS.md).
-        """
+        """Events in, handed to the :class:`Batcher` one by one as they arrive; the agent itself
+        never waits for a batch (acks are the batcher's, once a batch's output is delivered)."""
         batcher = Batcher(proc, stream.ack, s.batch_size, s.max_inflight, max_pending=4 * s.batch_size,
                           wait_s=s.batch_wait_ms / 1000.0)
         try:
-            async for events in stream.noack_take(s.batch_size, within=s.batch_wait_ms / 1000.0):
-                await batcher.put(events)
+            await feed(stream, batcher)
         finally:
             await batcher.close()
             await sender.stop()
+
+
+def add_views(app: faust.App, s: Settings, proc: Processor, *, buffers: RedisBuffers | None = None,
+              watcher: ModelWatcher | None = None) -> None:
+    """``/healthz``, ``/readyz`` (a model loaded, unless there is no ``watcher``, and partitions
+    assigned), ``/metrics`` and, with ``buffers``, ``/recs/<user>``."""
+    metrics = proc.metrics
 
     def _authorized(request: Request) -> bool:
         if s.api_token is None:
@@ -125,9 +103,9 @@ def create_app(settings: Settings, *, session_factory: SessionFactory | None = N
     class Readyz(View):
         async def get(self, request: Request) -> Response:
             assigned = len(app.consumer.assignment()) if app.consumer is not None else 0
-            ready = proc.model is not None and assigned > 0
+            ready = (watcher is None or proc.model is not None) and assigned > 0
             body = {"ready": ready, "model_version": proc.model.version if proc.model else None, "assigned_partitions": assigned,
-                    "model_error": watcher.last_error}  # fmt: skip
+                    "model_error": watcher.last_error if watcher is not None else None}  # fmt: skip
             return self.json(body, status=200 if ready else 503)
 
     @app.page("/metrics")
@@ -140,6 +118,9 @@ def create_app(settings: Settings, *, session_factory: SessionFactory | None = N
                 metrics.assigned.set(len(assignment))
                 proc.update_lag(assignment, app.consumer.highwater)
             return self.bytes(metrics.render(), content_type="text/plain; version=0.0.4")
+
+    if buffers is None:
+        return
 
     @app.page("/recs/{user_id}")
     class Recs(View):
@@ -154,5 +135,38 @@ def create_app(settings: Settings, *, session_factory: SessionFactory | None = N
                 return self.json({"error": f"no recommendation for user {user_id!r}"}, status=404)
             return self.bytes(raw, content_type="application/json")
 
-    return app
 
+def create_app(settings: Settings, *, session_factory: SessionFactory | None = None) -> faust.App:
+    """Build the worker: the faust app, its agent and its web views from one settings object.
+    ``session_factory`` replaces the onnxruntime session of every loaded model (the
+    ``ATTNREC_SCORER=torch`` baseline; the apps layer provides it)."""
+    s = settings
+    app = faust_app(s)
+    metrics = WorkerMetrics()
+    watcher = ModelWatcher(
+        s.registry_dir,
+        threads=s.ort_threads,
+        poll_s=s.reload_poll_s,
+        on_event=lambda kind, version, why: metrics.reloads.labels(kind).inc(),
+        session_factory=session_factory,
+    )
+    buffers = RedisBuffers(
+        redis_client(s), max_len=s.buffer_len, ttl_s=s.buffer_ttl_s, dedupe_window=s.dedupe_window
+    )
+    proc = Processor(s, buffers, metrics, watcher)
+    app.attnrec = proc  # type: ignore[attr-defined]
+    app.attnrec_metrics = metrics  # type: ignore[attr-defined]
+
+    @app.task
+    async def _load_model() -> None:
+        # load off the event loop's hot path; then poll CURRENT in a thread
+        m = await asyncio.get_running_loop().run_in_executor(None, watcher.load_now)
+        if m is not None and proc.model is None:
+            proc.set_model(m)
+        elif m is None:
+            log.warning("no model promoted in %s yet: serving popularity fallbacks", s.registry_dir)
+        watcher.start()
+
+    add_agent(app, s, proc, KafkaSender(s))
+    add_views(app, s, proc, buffers=buffers, watcher=watcher)
+    return app

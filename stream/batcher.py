@@ -1,5 +1,12 @@
-"""Adaptive batching for one agent: what faust's take yields, in order, through the
-:class:`stream.processor.Processor`, with deliveries overlapping the next batches."""
+"""Adaptive batching for one agent: every event as it arrives (:func:`feed`), in order, through
+the :class:`stream.processor.Processor`, with deliveries overlapping the next batches.
+
+No window and no wait by default: when the worker is idle an event is processed the moment it
+arrives; while a batch is being processed the next events queue, and the next batch is all of
+them (up to B). So a calm stream gets batches of one event and the latency of one event, and a
+backlog gets batches of B and their throughput, without a setting that trades one for the
+other (``ATTNREC_BATCH_WAIT_MS`` adds a fixed wait back, for comparison).
+"""
 
 from __future__ import annotations
 
@@ -15,7 +22,7 @@ from stream.logic import RawRecord
 from stream.processor import Prepared, Processor, where
 from stream.sender import Outbox
 
-__all__ = ["Batcher"]
+__all__ = ["Batcher", "feed"]
 
 log = logging.getLogger(__name__)
 
@@ -23,10 +30,10 @@ log = logging.getLogger(__name__)
 class Batcher:
     """Batches for one agent: a FIFO of taken events and one task that processes them.
 
-    The agent hands over (:meth:`put`) what faust's take yields and goes straight back to
-    taking; the task takes up to ``batch_size`` pending events at a time, so under load a batch is
+    The agent hands over each event (:meth:`put_one`) and goes straight back to consuming; the
+    task takes up to ``batch_size`` pending events at a time, so under load a batch is
     everything that arrived while the previous one was scored (adaptive batching), and at low
-    load it is the few events of the last take window. Batches go through a two-stage pipeline
+    load it is the one event that just arrived. Batches go through a two-stage pipeline
     in arrival order (:meth:`_run`: Redis applies and recommendations in batch order, so
     per-user order holds); their deliveries overlap with the next batches, at most
     ``max_inflight`` at once, and each batch's events are acked only once delivered.
@@ -51,16 +58,36 @@ class Batcher:
         self._inflight: set[asyncio.Task[None]] = set()
         self._task = asyncio.ensure_future(self._run())
 
-    async def put(self, events: Sequence[Any]) -> None:
+    async def put_one(self, event: Any) -> None:
+        """Queue one event (stamped with the time it was received); blocks while ``max_pending``
+        events wait."""
         if self._task.done():  # the batch task died: surface it, so the supervisor restarts the agent
             self._task.result()
             raise RuntimeError("batch task ended")
         if not self._pending:
             self._first_t = time.monotonic()
-        self._pending.extend(events)
+        self._pending.append((event, time.time() * 1000))
         self._have.set()
         if len(self._pending) >= self.batch_size:
             self._full.set()
+        if len(self._pending) >= self.max_pending:
+            await self._wait_for_room()
+
+    async def put(self, events: Sequence[Any]) -> None:
+        """Queue several events at once (as :meth:`put_one` each)."""
+        if self._task.done():
+            self._task.result()
+            raise RuntimeError("batch task ended")
+        if not self._pending:
+            self._first_t = time.monotonic()
+        now = time.time() * 1000
+        self._pending.extend((e, now) for e in events)
+        self._have.set()
+        if len(self._pending) >= self.batch_size:
+            self._full.set()
+        await self._wait_for_room()
+
+    async def _wait_for_room(self) -> None:
         while len(self._pending) >= self.max_pending and not self._task.done():
             self._room.clear()
             await self._room.wait()
@@ -93,11 +120,12 @@ class Batcher:
                     # near saturation costs more latency than the wait
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._full.wait(), linger)
-            events = self._take()
+            taken = self._take()
+            events = [e for e, _ in taken]
             records = [
                 RawRecord(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value,
-                          int(e.message.timestamp * 1000))
-                for e in events
+                          int(e.message.timestamp * 1000), received)
+                for e, received in taken
             ]  # fmt: skip
             try:
                 prep: Prepared | None = await self.proc.prepare(records)
@@ -115,7 +143,7 @@ class Batcher:
             else:
                 prev = (events, records, prep)
 
-    def _take(self) -> list[Any]:
+    def _take(self) -> list[tuple[Any, float]]:
         events = self._pending[: self.batch_size]
         del self._pending[: self.batch_size]
         self._first_t = time.monotonic()  # leftovers (more than B were pending) start a new wait
@@ -171,3 +199,9 @@ class Batcher:
                 os._exit(3)
 
 
+async def feed(stream: Any, batcher: Batcher) -> None:
+    """Hand every event of a faust agent's stream to ``batcher`` as it arrives, acks left to us
+    (a batch's events are acked only once the broker has every record it produced)."""
+    events = stream.noack()
+    async for _value in events:
+        await batcher.put_one(events.current_event)

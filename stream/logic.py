@@ -20,7 +20,7 @@ from attnrec.events import ClickEvent, dlq_envelope, parse_event
 from attnrec.manifest import OOV
 from stream.model import LoadedModel
 
-__all__ = ["BufferEntry", "format_entry", "encode_entry", "decode_entry", "split_entry", "entry_item", "MAX_DLQ_RAW", "RawRecord", "Parsed", "parse_records", "EntryTable", "ModelInputs", "build_inputs", "recommend", "Recommendation"]
+__all__ = ["BufferEntry", "format_entry", "encode_entry", "decode_entry", "split_entry", "entry_item", "MAX_DLQ_RAW", "TIMING_HEADER", "timing_header", "RawRecord", "Parsed", "parse_records", "EntryTable", "ModelInputs", "build_inputs", "recommend", "Recommendation"]
 
 
 # --- the buffer-entry format (Redis ``{u:<id>}:recent`` lists hold these strings) ---------------
@@ -71,7 +71,8 @@ class RawRecord:
     offset: int
     key: bytes | None
     value: bytes | None
-    timestamp_ms: int = 0
+    timestamp_ms: int = 0  # the record's Kafka timestamp (the broker's append time on a LogAppendTime topic)
+    received_ms: float = 0.0  # when the worker took it from the consumer (epoch ms)
 
 
 @dataclass
@@ -79,6 +80,7 @@ class Parsed:
     events: list[tuple[ClickEvent, str, int]] = field(default_factory=list)  # (event, wm field, offset)
     dead: list[tuple[bytes | None, bytes, str]] = field(default_factory=list)  # (key, envelope, reason)
     unknown_types: int = 0
+    sources: list[int] = field(default_factory=list)  # per event: its index in the batch's records
 
 
 def dlq_reason(error: str) -> str:
@@ -107,7 +109,7 @@ def parse_records(records: Sequence[RawRecord], now_ms: int | None = None) -> Pa
     """Validate a batch in order; invalid records become dead-letter envelopes."""
     now = now_ms if now_ms is not None else int(time.time() * 1000)
     out = Parsed()
-    for r in records:
+    for i, r in enumerate(records):
         try:
             ev = parse_event(r.value)
         except InvalidEventError as exc:
@@ -124,7 +126,19 @@ def parse_records(records: Sequence[RawRecord], now_ms: int | None = None) -> Pa
         if ev.unknown_type:
             out.unknown_types += 1
         out.events.append((ev, f"{r.topic}:{r.partition}", r.offset))
+        out.sources.append(i)
     return out
+
+
+TIMING_HEADER = "attnrec-timing"
+
+
+def timing_header(record: RawRecord, batch_ms: Sequence[float], sent_ms: float) -> bytes:
+    """The ``attnrec-timing`` header of a recommendation: its trigger's milestones in epoch ms,
+    comma-separated: broker append (the clicks record's timestamp), received by the worker,
+    batch start, Redis done, model done, sent to the producer."""
+    return (f"{record.timestamp_ms},{record.received_ms:.3f},{batch_ms[0]:.3f},{batch_ms[1]:.3f},{batch_ms[2]:.3f},"
+            f"{sent_ms:.3f}").encode()
 
 
 class EntryTable:

@@ -25,6 +25,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from dataclasses import field as dc_field
 from typing import Any
 
 import orjson
@@ -33,7 +34,17 @@ from attnrec.errors import TransientError
 from attnrec.events import ClickEvent, dlq_envelope
 from attnrec.settings import Settings
 from stream.buffer import Applied, RedisBuffers
-from stream.logic import ModelInputs, Parsed, RawRecord, build_inputs, dlq_reason, parse_records, recommend
+from stream.logic import (
+    TIMING_HEADER,
+    ModelInputs,
+    Parsed,
+    RawRecord,
+    build_inputs,
+    dlq_reason,
+    parse_records,
+    recommend,
+    timing_header,
+)
 from stream.metrics import WorkerMetrics
 from stream.model import LoadedModel, ModelWatcher
 from stream.sender import Outbox, SendFn
@@ -43,8 +54,11 @@ __all__ = ["INLINE_SCORING_MAX_ROWS", "STAGES", "StageTimes", "Prepared", "Proce
 log = logging.getLogger(__name__)
 
 #: Batches with at most this many users to score run the model on the event loop; larger ones
-#: in the scorer thread (a thread hand-over costs more than scoring a few rows).
-INLINE_SCORING_MAX_ROWS = 16
+#: in the scorer thread. 0: every batch in the thread. A model run inline blocks the loop, and
+#: with it the intake of the next events: with batches of ~10 at 1,000 events/s inline runs
+#: made the click wait 31 ms (p50) before the worker took it, against 8.5 ms with every run
+#: in the thread (onnxruntime releases the GIL); end-to-end p50 57 -> 31 ms (docs/BENCHMARKS.md).
+INLINE_SCORING_MAX_ROWS = 0
 #: The steps of a batch, in order, as :class:`StageTimes` reports them.
 STAGES = ("parse", "redis", "inputs", "model", "recommend", "serialize", "store_recs")
 
@@ -81,6 +95,7 @@ class Prepared:
     parsed: Parsed
     t0: float
     t1: float = 0.0
+    milestones: list[float] = dc_field(default_factory=list)  # epoch ms: start, Redis done, model done (timing headers)
     model: LoadedModel | None = None
     res: Applied | None = None
     inputs: ModelInputs | None = None
@@ -166,6 +181,8 @@ class Processor:
             st.start()
         parsed = parse_records(records)
         prep = Prepared(records=records, parsed=parsed, t0=t0)
+        if s.timing_headers:
+            prep.milestones.append(time.time() * 1000)
         if st is not None:
             st.lap("parse")
         if not parsed.events:
@@ -176,6 +193,8 @@ class Processor:
         ret = max(window, s.exclude_window if s.exclude_seen else 0)
         res = prep.res = await self.buffers.apply(parsed.events, return_len=ret)
         prep.t1 = time.perf_counter()
+        if s.timing_headers:
+            prep.milestones.append(time.time() * 1000)
         if st is not None:
             st.lap("redis")
         if model is not None:
@@ -209,11 +228,15 @@ class Processor:
             assert res is not None
             outputs = await prep.scoring if prep.scoring is not None else prep.outputs
             t2 = time.perf_counter()
+            if s.timing_headers:
+                prep.milestones.append(time.time() * 1000)
             if st is not None:
                 st.lap("model")
             triggers: dict[str, ClickEvent] = {}
-            for ev, _, _ in parsed.events:
+            sources: dict[str, int] = {}
+            for (ev, _, _), src in zip(parsed.events, parsed.sources, strict=True):
                 triggers[ev.user_id] = ev  # the last event of each user is its trigger
+                sources[ev.user_id] = src
             recs = recommend(
                 prep.model, res.users, res.raw, triggers,
                 top_k=s.top_k, because_k=s.because_k, exclude_seen=s.exclude_seen,
@@ -222,8 +245,14 @@ class Processor:
             if st is not None:
                 st.lap("recommend")
             payloads = {r.user_id: r.to_json() for r in recs}
-            for r in recs:
-                await out.send(self.send, s.recs_topic, r.user_id.encode(), payloads[r.user_id])
+            if s.timing_headers:
+                now = time.time() * 1000
+                for r in recs:
+                    hdr = timing_header(prep.records[sources[r.user_id]], prep.milestones, now)
+                    await out.send(self.send, s.recs_topic, r.user_id.encode(), payloads[r.user_id], [(TIMING_HEADER, hdr)])
+            else:
+                for r in recs:
+                    await out.send(self.send, s.recs_topic, r.user_id.encode(), payloads[r.user_id])
             if st is not None:
                 st.lap("serialize")
             await self.buffers.store_recs(payloads)

@@ -18,27 +18,28 @@ from attnrec.errors import TransientError
 from attnrec.kafka_util import aiokafka_security
 from attnrec.settings import Settings
 
-__all__ = ["SendFn", "Outbox", "KafkaSender"]
+__all__ = ["Headers", "SendFn", "Outbox", "KafkaSender"]
 
-#: async (topic, key, value) -> the broker's delivery future
-SendFn = Callable[[str, "bytes | None", bytes], Awaitable["asyncio.Future[Any]"]]
+Headers = list[tuple[str, bytes]] | None
+#: async (topic, key, value, headers) -> the broker's delivery future
+SendFn = Callable[[str, "bytes | None", bytes, Headers], Awaitable["asyncio.Future[Any]"]]
 
 
 @dataclass
 class Outbox:
     """The records one batch produced, and the broker's delivery futures for them."""
 
-    records: list[tuple[str, bytes | None, bytes]] = dc_field(default_factory=list)
+    records: list[tuple[str, bytes | None, bytes, Headers]] = dc_field(default_factory=list)
     futures: list[asyncio.Future[Any]] = dc_field(default_factory=list)
     enqueue_ms: float = 0.0
     event_ts: list[int] = dc_field(default_factory=list)
 
-    async def send(self, send: SendFn, topic: str, key: bytes | None, value: bytes) -> None:
+    async def send(self, send: SendFn, topic: str, key: bytes | None, value: bytes, headers: Headers = None) -> None:
         try:
-            fut = await send(topic, key, value)
+            fut = await send(topic, key, value, headers)
         except Exception as exc:  # aiokafka errors while enqueuing (broker down, buffer full…)
             raise TransientError(f"kafka produce to {topic}: {type(exc).__name__}: {exc}") from exc
-        self.records.append((topic, key, value))
+        self.records.append((topic, key, value, headers))
         self.futures.append(fut)
 
     async def wait(self) -> list[int]:
@@ -50,9 +51,9 @@ class Outbox:
 
     async def resend(self, send: SendFn, indices: list[int]) -> None:
         for i in indices:
-            topic, key, value = self.records[i]
+            topic, key, value, headers = self.records[i]
             try:
-                self.futures[i] = await send(topic, key, value)
+                self.futures[i] = await send(topic, key, value, headers)
             except Exception as exc:
                 raise TransientError(f"kafka produce to {topic}: {type(exc).__name__}: {exc}") from exc
 
@@ -66,7 +67,12 @@ class Outbox:
 class KafkaSender:
     """Our own aiokafka producer for ``recs`` and ``clicks.dlq``: faust's ``topic.send`` cost
     ~5x more CPU per record here (docs/BENCHMARKS.md). Started on first use; key-hash
-    partitioning is Kafka's default (murmur2), so a user's recommendations stay in order."""
+    partitioning is Kafka's default (murmur2), so a user's recommendations stay in order.
+
+    No linger (``ATTNREC_PRODUCER_LINGER_MS``, default 0): a record is sent at once when the
+    connection is idle, and records queue up into one request only while the previous request
+    to the broker is in flight (aiokafka keeps one in flight per broker), so the producer
+    batches exactly when there is a backlog, as the batcher does."""
 
     def __init__(self, s: Settings) -> None:
         self.s = s
@@ -82,7 +88,7 @@ class KafkaSender:
                     p = AIOKafkaProducer(
                         bootstrap_servers=self.s.kafka_bootstrap,
                         acks="all",
-                        linger_ms=2,
+                        linger_ms=int(self.s.producer_linger_ms),
                         max_batch_size=512 * 1024,
                         request_timeout_ms=30000,
                         **aiokafka_security(self.s),
@@ -95,9 +101,9 @@ class KafkaSender:
                     self._p = p
         return self._p
 
-    async def send(self, topic: str, key: bytes | None, value: bytes) -> asyncio.Future[Any]:
+    async def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers = None) -> asyncio.Future[Any]:
         p = await self._producer()
-        return await p.send(topic, value=value, key=key)  # type: ignore[no-any-return]
+        return await p.send(topic, value=value, key=key, headers=headers)  # type: ignore[no-any-return]
 
     async def stop(self) -> None:
         if self._p is not None:

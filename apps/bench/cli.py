@@ -4,7 +4,8 @@ Every option is a :class:`~attnrec.settings.Settings` field (``bench_*``, plus t
 ``batch_size`` and ``scorer``); the flags are generated from them by :mod:`apps.cli`.
 One invocation is one of: the generator alone (``bench_generator_only``); re-rendering saved
 sweeps (``bench_render``); the sweep (``bench_sweep``); or one configuration, repeated, with its
-baselines (``bench_baselines``: the same worker with B=1, and with the torch-eager scorer).
+baselines (``bench_baselines``: the same worker with B=1, with the torch-eager scorer, and the
+null agent, the framework's floor), and optionally backlog drains (``bench_drain``).
 ``bench_start_stack`` brings the local stack up first and down after.
 """
 
@@ -14,16 +15,18 @@ import argparse
 import json
 import logging
 import re
+import statistics
 import sys
 from dataclasses import replace
 from typing import Any
 
 from attnrec.settings import Settings, parse_rate
 
+from .drain import drain_once
 from .load import generator_ceiling
 from .models import ensure_model, registry_model
 from .report import benchmarks_section, machine_info, merge_reports, plot, resummarise, update_benchmarks_md
-from .run import RunConfig, rate_label, run_repeated, summarise
+from .run import RunConfig, rate_label, run_repeat, summarise
 from .sweep import SweepPlan, run_sweep
 from .worker import open_session
 
@@ -59,9 +62,34 @@ def headline(rep: dict[str, Any]) -> str:
         g = rep["generator_alone"]
         return f"generator alone: {g['events_per_s']:.0f} events/s ({g['cpu_cores']} cores)"
     lat = rep.get("latency_ms", {})
-    return (f"{rep.get('events_per_s', 0):.0f} events/s sustained (offered {rep.get('offered_rate')}), latency p50 "
-            f"{lat.get('p50')} p95 {lat.get('p95')} p99 {lat.get('p99')} max {lat.get('max')} ms, "
-            f"lost {rep.get('lost')}, duplicates {rep.get('duplicates')}")  # fmt: skip
+    lines = [f"{rep.get('events_per_s', 0):.0f} events/s sustained (offered {rep.get('offered_rate')}), latency p50 "
+             f"{lat.get('p50')} p95 {lat.get('p95')} p99 {lat.get('p99')} max {lat.get('max')} ms, "
+             f"lost {rep.get('lost')}, duplicates {rep.get('duplicates')}"]  # fmt: skip
+    sums = [x for x in rep.get("summaries", []) if "events_per_s" in x]
+    if len(sums) > 1:
+        lines.append(f"{'':16} {'events/s':>18} {'p50 ms':>18} {'p99 ms':>18} {'worker CPU µs/ev':>16} {'mean batch':>10}")
+        for sm in sums:
+            who = f"{sm.get('scorer')} B={sm.get('batch_size')}" if sm.get("agent") != "null" else "null agent"
+            cpu = (sm.get("cpu_us_per_event") or {}).get("worker")
+            lines.append(f"{who:16} {_mmm(sm['events_per_s'], 0):>18} {_mmm(sm['p50'], 1):>18} {_mmm(sm['p99'], 1):>18} "
+                         f"{cpu if cpu is not None else '–':>16} {sm.get('mean_batch') or '–':>10}")
+    if rep.get("vs_null"):
+        lines.append("attnrec / null agent (paired runs, median (min–max)): " + ", ".join(
+            f"{k} {_mmm(v, 2)}" for k, v in rep["vs_null"].items()))
+    head_hops = (sums[0].get("hops_ms") if sums else None) or {}
+    if head_hops:
+        lines.append("hops, p50 ms: " + ", ".join(f"{k} {v['p50']}" for k, v in head_hops.items()))
+    if rep.get("drain"):
+        d = rep["drain"]
+        lines.append("backlog drain events/s: " + ", ".join(f"{a} {_mmm(d[a], 0)}" for a in ("worker", "null") if a in d)
+                     + (f"; ratio {_mmm(d['ratio'], 2)}" if "ratio" in d else ""))
+    return "\n".join(lines)
+
+
+def _mmm(v: dict[str, Any], digits: int) -> str:
+    """``median (min–max)``."""
+    f = f"{{:.{digits}f}}"
+    return f"{f.format(v['median'])} ({f.format(v['min'])}–{f.format(v['max'])})"
 
 
 def bench(s: Settings) -> dict[str, Any]:
@@ -120,9 +148,51 @@ def sweep(s: Settings) -> dict[str, Any]:
     return rep
 
 
+def _variants(s: Settings) -> list[tuple[str, Settings]]:
+    """(agent, settings) of each configuration one invocation measures: the configured worker,
+    and with ``bench_baselines`` the same worker one event at a time (B=1), with the torch-eager
+    scorer, and the null agent (the framework alone: no Redis, no model)."""
+    out = [(s.bench_agent, s)]
+    if s.bench_baselines and s.bench_agent == "worker":
+        for upd in ({"scorer": "onnx", "batch_size": 1}, {"scorer": "torch"}):
+            v = s.model_copy(update=upd)
+            if all((v.scorer, v.batch_size) != (x.scorer, x.batch_size) for _, x in out):
+                out.append(("worker", v))
+        out.append(("null", s))
+    return out
+
+
+def _label(agent: str, v: Settings, rate: float | None) -> str:
+    who = f"{v.scorer} B={v.batch_size}" if agent == "worker" else f"null B={v.batch_size}"
+    return f"{who} @{rate_label(rate)}"
+
+
+def vs_null(worker_runs: list[dict[str, Any]], null_runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The worker's figures as multiples of the null agent's, paired run by run (repeat i with
+    repeat i, measured back to back), then the median: p50, p99, events/s and worker CPU/event."""
+    def fig(r: dict[str, Any], k: str) -> float | None:
+        if k in ("p50", "p99"):
+            return float(r["latency_ms"][k])
+        if k == "cpu_us_per_event":
+            return (r.get("cpu_us_per_event") or {}).get("worker")
+        return float(r[k])
+
+    out: dict[str, Any] = {}
+    for k in ("p50", "p99", "events_per_s", "cpu_us_per_event"):
+        pairs = [(fig(a, k), fig(b, k)) for a, b in zip(worker_runs, null_runs, strict=False)]
+        ratios = [x / y for x, y in pairs if x is not None and y]
+        if ratios:
+            out[k] = {"median": round(statistics.median(ratios), 2), "min": round(min(ratios), 2),
+                      "max": round(max(ratios), 2)}
+    return out
+
+
 def single(s: Settings) -> dict[str, Any]:
     """One configuration (``batch_size``, ``scorer``) at ``bench_rate``, ``bench_repeats`` times,
-    plus its baselines; the report is the median run's, with every run and summary."""
+    plus its baselines, all in one run: every variant's worker is up for the whole run and the
+    repeats go round the variants (worker #1, baselines #1, worker #2, ...), so each ratio pairs
+    runs taken back to back. The report is the configured worker's median run, with every run,
+    the summaries, the ratios and (``bench_drain``) the backlog drains."""
     cache = s.bench_cache_dir.resolve()
     if s.bench_model == "registry" or s.bench_no_worker:
         reg, items, n_items, L = registry_model(s.registry_dir)
@@ -133,26 +203,32 @@ def single(s: Settings) -> dict[str, Any]:
     rate = parse_rate(s.bench_rate)
     cfg = RunConfig(rate=rate, duration_s=s.bench_duration, warmup_s=s.bench_warmup, users=s.bench_users,
                     max_inflight=s.bench_max_inflight, drain_timeout_s=s.bench_drain_timeout)  # fmt: skip
-    variants = [s]
-    if s.bench_baselines:
-        for upd in ({"scorer": "onnx", "batch_size": 1}, {"scorer": "torch"}):  # one event at a time; torch eager
-            v = s.model_copy(update=upd)
-            if all((v.scorer, v.batch_size) != (x.scorer, x.batch_size) for x in variants):
-                variants.append(v)
-    groups: list[dict[str, Any]] = []
-    for v in variants:
-        sess = open_session(v, registry=reg, items=items, n_users=s.bench_users, log_dir=cache / "logs",
-                            catalog_items=n_items, max_len=L, start_worker=not s.bench_no_worker,
-                            metrics_url=s.bench_metrics_url, worker_pid=s.bench_worker_pid, prefill_len=s.bench_prefill,
-                            worker_src=s.bench_worker_src)  # fmt: skip
-        try:
-            c = replace(cfg, label=f"{v.scorer} B={v.batch_size} @{rate_label(rate)}")
-            runs = run_repeated(sess, c, s.bench_repeats, _progress(s))
-        finally:
+    variants = _variants(s)
+    sessions = []
+    runs: list[list[dict[str, Any]]] = [[] for _ in variants]
+    drains: list[dict[str, Any]] = []
+    try:
+        for agent, v in variants:
+            sessions.append(open_session(v, registry=reg, items=items, n_users=s.bench_users, log_dir=cache / "logs",
+                                         catalog_items=n_items, max_len=L, start_worker=not s.bench_no_worker,
+                                         metrics_url=s.bench_metrics_url, worker_pid=s.bench_worker_pid,
+                                         prefill_len=s.bench_prefill, worker_src=s.bench_worker_src, agent=agent))
+        for r in range(s.bench_repeats):
+            for i, (agent, v) in enumerate(variants):
+                runs[i].append(run_repeat(sessions[i], replace(cfg, label=_label(agent, v, rate)), r, _progress(s)))
+        for r in range(s.bench_repeats if s.bench_drain else 0):
+            for agent in ("worker", "null"):
+                drains.append(drain_once(s, registry=reg, items=items, users=sessions[0].users, events=s.bench_drain,
+                                         agent=agent, log_dir=cache / "logs", seed=100 + r))
+    finally:
+        for sess in sessions:
             sess.close(s.bench_keep_state)
-        sm = summarise(runs)
+    groups = []
+    for (agent, _v), rs in zip(variants, runs, strict=True):
+        sm = summarise(rs)
         sm["rate_label"] = rate_label(rate)
-        groups.append({"summary": sm, "runs": runs})
+        sm["agent"] = agent
+        groups.append({"summary": sm, "runs": rs})
     head = groups[0]
     med = sorted(head["runs"], key=lambda r: r["events_per_s"])[len(head["runs"]) // 2]
     rep = dict(med)
@@ -163,12 +239,35 @@ def single(s: Settings) -> dict[str, Any]:
     rep["runs"] = [r for g in groups for r in g["runs"]]
     if len(groups) > 1:
         base_eps = head["summary"]["events_per_s"]["median"]
-        rep["ratios"] = {f"{g['summary']['scorer']} B={g['summary']['batch_size']}":
+        rep["ratios"] = {_label(a, v, rate).rsplit(" @", 1)[0]:
                          round(base_eps / max(1e-9, g["summary"]["events_per_s"]["median"]), 2)
-                         for g in groups[1:]}  # fmt: skip
+                         for (a, v), g in zip(variants[1:], groups[1:], strict=True)}  # fmt: skip
+    null = [g for (a, _), g in zip(variants, groups, strict=True) if a == "null"]
+    if null:
+        rep["null_agent"] = null[0]["summary"]
+        rep["vs_null"] = vs_null(head["runs"], null[0]["runs"])
+    if drains:
+        rep["drain"] = _drain_summary(drains)
     for w in head["summary"]["warnings"]:
         log.warning("%s", w)
     return rep
+
+
+def _drain_summary(drains: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median (min, max) drain rate per agent, and the worker/null ratio paired run by run."""
+    by: dict[str, list[dict[str, Any]]] = {}
+    for d in drains:
+        by.setdefault(d["agent"], []).append(d)
+    out: dict[str, Any] = {"runs": drains}
+    for agent, ds in by.items():
+        xs = [d["events_per_s"] for d in ds]
+        out[agent] = {"median": statistics.median(xs), "min": min(xs), "max": max(xs)}
+    ratios = [w["events_per_s"] / n["events_per_s"] for w, n in zip(by.get("worker", []), by.get("null", []),
+                                                                      strict=False) if n["events_per_s"]]
+    if ratios:
+        out["ratio"] = {"median": round(statistics.median(ratios), 2), "min": round(min(ratios), 2),
+                        "max": round(max(ratios), 2)}
+    return out
 
 
 def _progress(s: Settings) -> bool:

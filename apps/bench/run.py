@@ -36,10 +36,10 @@ from attnrec.settings import Settings
 
 from .host import cpu_seconds, loadavg, stack_procs
 from .load import EventSource, redis_bytes_per_user
-from .tracker import CoverageTracker
+from .tracker import HOPS, CoverageTracker
 from .worker import Session, api_token, quiesce, scrape
 
-__all__ = ["RunConfig", "run_once", "run_repeated", "summarise", "worker_eps", "rate_label", "SUMMARY_KEYS",
+__all__ = ["RunConfig", "run_once", "run_repeat", "run_repeated", "summarise", "worker_eps", "rate_label", "SUMMARY_KEYS",
            "SPREAD_WARN"]
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,43 @@ def _pct(xs: np.ndarray, q: float) -> float:
     return round(float(np.percentile(xs, q)), 2) if len(xs) else 0.0
 
 
+def batch_sizes(d: dict[str, float], name: str) -> dict[str, Any] | None:
+    """The share of batches in each size bucket (``le`` -> share) of a histogram's diff over
+    the window, and its p50/p90 bucket bounds."""
+    buckets = sorted((float(k.split('le="', 1)[1].split('"', 1)[0]), v) for k, v in d.items()
+                     if k.startswith(name + '_bucket{'))  # fmt: skip
+    total = d.get(f"{name}_count", 0.0)
+    if not buckets or total <= 0:
+        return None
+    shares: dict[str, float] = {}
+    prev = 0.0
+    p50 = p90 = None
+    for le, cum in buckets:
+        label = "inf" if le == float("inf") else f"{le:g}"
+        shares[label] = round((cum - prev) / total, 4)
+        prev = cum
+        if p50 is None and cum >= 0.5 * total:
+            p50 = label
+        if p90 is None and cum >= 0.9 * total:
+            p90 = label
+    return {"batches": int(total), "share_by_le": shares, "p50_le": p50, "p90_le": p90}
+
+
+def hop_summary(hops: list[tuple[float, ...]]) -> dict[str, Any] | None:
+    """Median, p90 and mean ms of each hop (and of their sum) over the measured triggers."""
+    if not hops:
+        return None
+    arr = np.asarray(hops, dtype=np.float64)
+    out: dict[str, Any] = {"n": len(arr)}
+    cols = [*HOPS, "total"]
+    arr = np.column_stack([arr, arr.sum(axis=1)])
+    for j, name in enumerate(cols):
+        x = arr[:, j]
+        out[name] = {"p50": round(float(np.percentile(x, 50)), 2), "p90": round(float(np.percentile(x, 90)), 2),
+                     "mean": round(float(x.mean()), 2)}
+    return out
+
+
 def run_once(s: Settings, cfg: RunConfig, *, items: Sequence[str], users: Sequence[str], worker_pid: int | None = None,
              metrics_url: str | None = None, progress: bool = True,
              model_info: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
@@ -88,7 +125,10 @@ def run_once(s: Settings, cfg: RunConfig, *, items: Sequence[str], users: Sequen
     oc0: dict[str, float] = {}
     me = psutil.Process()
     src = iter(EventSource(items, users, seed=cfg.seed))
-    producer = make_producer(s)
+    # paced: a short linger (each ms of it adds up to a ms to every latency, the null agent's too;
+    # none at all makes every event a produce request, whose CPU in the generator and the broker
+    # starves the worker on a small box); max: 5 ms batches, for the generator's own throughput
+    producer = make_producer(s, linger_ms=s.bench_generator_linger_ms if cfg.rate else 5)
     load_before = loadavg()
     m0: dict[str, float] = {}
     cpu0 = me0 = 0.0
@@ -217,9 +257,12 @@ def run_once(s: Settings, cfg: RunConfig, *, items: Sequence[str], users: Sequen
         "unmatched_recs": tracker.unmatched,
         "batch_size": s.batch_size,
         "batch_wait_ms": s.batch_wait_ms,
+        "generator_linger_ms": s.bench_generator_linger_ms if cfg.rate else 5,
         "worker_settings": {k: getattr(s, k) for k in ("batch_size", "batch_wait_ms", "buffer_len", "redis_timeout_s",
                                                        "ort_threads", "partitions", "top_k", "exclude_seen")},
         "mean_batch": round(ev_done / batches, 1) if batches else None,
+        "batch_sizes": batch_sizes(d, "attnrec_batch_size"),
+        "hops_ms": hop_summary(tracker.hops),
         "stage_us_per_event": stages,
         "worker_cpu_cores": round((cpu1 - cpu0) / window, 2) if wproc is not None else None,
         "worker_rss_mb": round(rss_max / 2**20, 1) if rss_max else None,
@@ -238,26 +281,29 @@ def run_once(s: Settings, cfg: RunConfig, *, items: Sequence[str], users: Sequen
     return res
 
 
+def run_repeat(sess: Session, cfg: RunConfig, r: int, progress: bool) -> dict[str, Any]:
+    """Repeat ``r`` (0-based; seed ``cfg.seed + r``) of ``cfg``, after the worker's backlog of
+    the previous run is gone."""
+    waited = quiesce(sess.metrics_url, token=api_token(sess.s))
+    if waited > 5:
+        log.info("waited %.0fs for the worker to finish the previous run's backlog", waited)
+    c = replace(cfg, seed=cfg.seed + r, label=f"{cfg.label} #{r + 1}")
+    res = run_once(sess.s, c, items=sess.items, users=sess.users, worker_pid=sess.worker_pid,
+                   metrics_url=sess.metrics_url, progress=progress, model_info=sess.info)  # fmt: skip
+    res["repeat"] = r + 1
+    res["quiesce_wait_s"] = waited
+    res["agent"] = sess.info.get("agent", "worker")
+    log.info("%s: %.0f ev/s, p50 %.1f p99 %.1f ms, lost %d, dup %d, load %s", c.label, res["events_per_s"],
+             res["latency_ms"]["p50"], res["latency_ms"]["p99"], res["lost"], res["duplicates"],
+             res["load_avg_after"])  # fmt: skip
+    if sess.worker is not None and sess.worker.proc.poll() is not None:
+        raise AttnrecError(f"worker exited:\n{sess.worker.tail()}")
+    return res
+
+
 def run_repeated(sess: Session, cfg: RunConfig, repeats: int, progress: bool) -> list[dict[str, Any]]:
-    """``repeats`` runs of ``cfg`` (seeds ``cfg.seed``, +1, ...), each after the worker's backlog
-    of the previous one is gone."""
-    out = []
-    for r in range(repeats):
-        waited = quiesce(sess.metrics_url, token=api_token(sess.s))
-        if waited > 5:
-            log.info("waited %.0fs for the worker to finish the previous run's backlog", waited)
-        c = replace(cfg, seed=cfg.seed + r, label=f"{cfg.label} #{r + 1}")
-        res = run_once(sess.s, c, items=sess.items, users=sess.users, worker_pid=sess.worker_pid,
-                       metrics_url=sess.metrics_url, progress=progress, model_info=sess.info)  # fmt: skip
-        res["repeat"] = r + 1
-        res["quiesce_wait_s"] = waited
-        log.info("%s: %.0f ev/s, p50 %.1f p99 %.1f ms, lost %d, dup %d, load %s", c.label, res["events_per_s"],
-                 res["latency_ms"]["p50"], res["latency_ms"]["p99"], res["lost"], res["duplicates"],
-                 res["load_avg_after"])  # fmt: skip
-        out.append(res)
-        if sess.worker is not None and sess.worker.proc.poll() is not None:
-            raise AttnrecError(f"worker exited:\n{sess.worker.tail()}")
-    return out
+    """``repeats`` runs of ``cfg`` (seeds ``cfg.seed``, +1, ...), one after the other."""
+    return [run_repeat(sess, cfg, r, progress) for r in range(repeats)]
 
 
 # --------------------------------------------------------------------------------- aggregation
@@ -305,4 +351,12 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     if st:
         out["stage_us_per_event"] = {k: round(statistics.median(x.get(k, 0.0) for x in st), 1) for k in st[0]}
     out["load_avg"] = [r["load_avg_after"][0] for r in runs if r.get("load_avg_after")]
+    out["agent"] = runs[0].get("agent", "worker") if runs else "worker"
+    hops = [r["hops_ms"] for r in runs if r.get("hops_ms")]
+    if hops:  # per hop: the median over the runs of each run's p50 and p90
+        out["hops_ms"] = {h: {q: round(statistics.median(x[h][q] for x in hops), 2) for q in ("p50", "p90")}
+                          for h in hops[0] if h != "n"}  # fmt: skip
+    med = sorted(runs, key=lambda r: r["events_per_s"])[len(runs) // 2] if runs else {}
+    if med.get("batch_sizes"):
+        out["batch_sizes"] = med["batch_sizes"]  # the median run's distribution
     return out

@@ -15,6 +15,13 @@ own produce time). So an event folded into a later event's batch is charged its 
 the trigger's. A rec whose trigger was already seen is a duplicate (DESIGN.md: consumers dedupe
 by trigger_event_id). A dead letter whose raw bytes carry an event_id accounts for that event
 too (counted apart). ``lost`` = events neither covered nor dead-lettered when the drain ends.
+
+Hops. When the worker sends ``attnrec-timing`` headers (``ATTNREC_TIMING_HEADERS``) and the
+bench's topics stamp records with the broker's append time (``LogAppendTime``), each measured
+trigger's latency is split where it was spent (:data:`HOPS`): generator send -> broker append
+of the click -> worker receive -> batch start (queueing) -> Redis done -> model done -> handed
+to the producer -> broker append of the recommendation -> this consumer. All clocks are this
+box's wall clock.
 """
 
 from __future__ import annotations
@@ -30,7 +37,11 @@ import orjson
 from attnrec.errors import AttnrecError
 from attnrec.settings import Settings
 
-__all__ = ["CoverageTracker"]
+__all__ = ["CoverageTracker", "HOPS"]
+
+#: The hops of a trigger's latency, in order (see the module docstring).
+HOPS = ("produce_to_broker", "broker_to_worker", "queued_in_worker", "parse_and_redis", "inputs_and_model",
+        "recommend_and_enqueue", "producer_to_broker", "broker_to_consumer")
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +69,9 @@ class CoverageTracker:
         self.stale = 0  # recs whose trigger was already covered by a later rec (should be 0)
         self.fallbacks = 0
         self.recs = 0
+        self.hops: list[tuple[float, ...]] = []  # ms per HOPS entry, measured triggers with timing headers
+        self.first_cover: float | None = None
+        self._epoch = time.time() - time.perf_counter()  # perf_counter -> wall clock (ms precision is enough)
         self.first_measured_sent: float | None = None
         self.last_measured_cover: float | None = None
         self.n_measured = 0
@@ -138,11 +152,11 @@ class CoverageTracker:
                         if dead:
                             self._on_dead(m.value)
                         else:
-                            self._on_rec(orjson.loads(m.value), now)
+                            self._on_rec(orjson.loads(m.value), now, m)
         finally:
             c.close()
 
-    def _on_rec(self, rec: dict[str, Any], now: float) -> None:
+    def _on_rec(self, rec: dict[str, Any], now: float, record: Any = None) -> None:
         self.recs += 1
         trig = str(rec.get("trigger_event_id"))
         if rec.get("fallback"):
@@ -166,11 +180,29 @@ class CoverageTracker:
                 self.latencies.append(1000.0 * (now - t_sent))
                 self.n_measured_covered += 1
                 self.last_measured_cover = now
+        if lst[k][2] and record is not None and record.headers:
+            self._hops(lst[k][1], now, record)
+        if self.first_cover is None:
+            self.first_cover = now
         self.ptr[user] = k + 1
         self.n_covered += k + 1 - start
         if self.t_measure is not None and now >= self.t_measure:
             self.window_covered += k + 1 - start
             self.last_cover = now
+
+    def _hops(self, t_sent: float, now: float, record: Any) -> None:
+        """Split a trigger's latency at the worker's milestones (``attnrec-timing``) and the
+        broker's append time of the recommendation (``record.timestamp``, LogAppendTime)."""
+        raw = dict(record.headers).get("attnrec-timing")
+        if raw is None or record.timestamp_type != 1:
+            return
+        try:
+            appended, received, start, redis_done, model_done, handed = (float(x) for x in raw.split(b","))
+        except ValueError:
+            return
+        sent_ms, now_ms = 1000.0 * (self._epoch + t_sent), 1000.0 * (self._epoch + now)
+        marks = (sent_ms, appended, received, start, redis_done, model_done, handed, float(record.timestamp), now_ms)
+        self.hops.append(tuple(b - a for a, b in zip(marks, marks[1:], strict=False)))
 
     def _on_dead(self, raw_env: bytes) -> None:
         try:

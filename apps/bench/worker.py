@@ -33,10 +33,14 @@ from attnrec.settings import Settings, env_name
 
 from .load import bench_users, cleanup_users, prefill
 
-__all__ = ["settings_env", "WorkerHandle", "wait_ready", "scrape", "api_token", "Session", "open_session",
+__all__ = ["AGENTS", "settings_env", "WorkerHandle", "wait_ready", "scrape", "api_token", "Session", "open_session",
            "quiesce"]
 
 log = logging.getLogger(__name__)
+
+#: What a handle can run: the worker (``attnrec worker``), or the framework's floor, the null
+#: agent (:mod:`apps.bench.null_agent`; no Redis, no model).
+AGENTS = {"worker": "apps", "null": "apps.bench.null_agent"}
 
 
 def settings_env(s: Settings) -> dict[str, str]:
@@ -65,12 +69,12 @@ class WorkerHandle:
     """
 
     def __init__(self, s: Settings, log_dir: Path, *, name: str | None = None, env_extra: dict[str, str] | None = None,
-                 src: Path | None = None) -> None:  # fmt: skip
+                 src: Path | None = None, agent: str = "worker") -> None:  # fmt: skip
         from apps.stack import REPO_ROOT, free_port
 
         self.s = s
         self.port = free_port()
-        name = name or f"worker-{s.scorer}-B{s.batch_size}"
+        name = name or (f"worker-{s.scorer}-B{s.batch_size}" if agent == "worker" else f"{agent}-B{s.batch_size}")
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log = log_dir / f"{name}-{self.port}.log"
         env = dict(os.environ)
@@ -85,8 +89,11 @@ class WorkerHandle:
             if s.scorer == "torch" and not (src / "exporter" / "eager.py").is_file():
                 raise ConfigError(f"the worker source {src} has no ATTNREC_SCORER=torch (exporter/eager.py)")
         env.update(env_extra or {})
+        if agent not in AGENTS:
+            raise ConfigError(f"unknown agent {agent!r}: one of {', '.join(AGENTS)}")
+        cmd = [sys.executable, "-m", module, "worker"] if agent == "worker" else [sys.executable, "-m", AGENTS[agent]]
         with open(self.log, "ab") as out:  # the child keeps its own descriptor
-            self.proc = subprocess.Popen([sys.executable, "-m", module, "worker"], env=env, cwd=src or REPO_ROOT,
+            self.proc = subprocess.Popen(cmd, env=env, cwd=src or REPO_ROOT,
                                          stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          start_new_session=True)  # fmt: skip
 
@@ -163,8 +170,9 @@ def wait_ready(url: str, timeout: float, handle: WorkerHandle | None = None) -> 
 
 
 def scrape(url: str, token: str | None = None) -> dict[str, float]:
-    """Samples of a Prometheus text page (``name`` -> value), summed over labels; empty when the
-    page cannot be read. ``token``: the worker's API token (off-loopback workers require it)."""
+    """Samples of a Prometheus text page (``name`` -> value), summed over labels, and each
+    histogram bucket apart (``name_bucket{le="16.0"}`` -> value); empty when the page cannot be
+    read. ``token``: the worker's API token (off-loopback workers require it)."""
     out: dict[str, float] = {}
     req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
@@ -176,10 +184,12 @@ def scrape(url: str, token: str | None = None) -> dict[str, float]:
     for line in text.splitlines():
         if not line or line[0] == "#":
             continue
-        name, _, val = line.rpartition(" ")
-        name = name.split("{", 1)[0]
+        full, _, val = line.rpartition(" ")
+        name = full.split("{", 1)[0]
         try:
             out[name] = out.get(name, 0.0) + float(val)
+            if name.endswith("_bucket"):
+                out[full] = float(val)
         except ValueError:
             pass
     return out
@@ -215,7 +225,7 @@ class Session:
 
 def open_session(base: Settings, *, registry: Path, items: list[str], n_users: int, log_dir: Path, catalog_items: int,
                  max_len: int, start_worker: bool = True, metrics_url: str | None = None, worker_pid: int | None = None,
-                 prefill_len: int = -1, worker_src: Path | None = None) -> Session:  # fmt: skip
+                 prefill_len: int = -1, worker_src: Path | None = None, agent: str = "worker") -> Session:  # fmt: skip
     """Topics, pre-filled users and (``start_worker``) a worker for one configuration; the worker's
     batch size and scorer are ``base``'s. Without ``start_worker`` the settings' own topics and
     the running worker at ``metrics_url`` / ``worker_pid`` are measured."""
@@ -226,11 +236,12 @@ def open_session(base: Settings, *, registry: Path, items: list[str], n_users: i
         s = base.model_copy(update={
             "clicks_topic": f"bench-{tag}-clicks", "recs_topic": f"bench-{tag}-recs",
             "dlq_topic": f"bench-{tag}-clicks.dlq", "updates_topic": f"bench-{tag}-model-updates",
-            "group_id": f"attnrec-bench-{tag}", "registry": registry,
+            "group_id": f"attnrec-bench-{tag}", "registry": registry, "timing_headers": True,
         })  # fmt: skip
     else:
         s = base
-    ensure_topics(s)
+    # the broker stamps each record with its append time: the hop breakdown reads it
+    ensure_topics(s, configs={"message.timestamp.type": "LogAppendTime"} if start_worker else None)
     prefix = f"bench-{tag}-"
     users = bench_users(prefix, n_users)
     t0 = time.monotonic()
@@ -242,7 +253,8 @@ def open_session(base: Settings, *, registry: Path, items: list[str], n_users: i
                             "registry": str(registry), "prefill": fill, "buffer_len": s.buffer_len}  # fmt: skip
     if not start_worker:
         return Session(s, items, users, prefix, info, None, metrics_url, worker_pid)
-    w = WorkerHandle(s, log_dir, src=worker_src)
+    w = WorkerHandle(s, log_dir, src=worker_src, agent=agent)
+    info["agent"] = agent
     if worker_src is not None:
         info["worker_src"] = str(worker_src)
     try:

@@ -1,0 +1,89 @@
+"""The floor of the framework: a faust agent that parses each click and produces one small
+record per event, with no Redis and no model — everything else the worker's own.
+
+It is built from the worker's parts (:func:`stream.app.faust_app`, :func:`stream.app.add_agent`
+with the same :class:`~stream.batcher.Batcher`, intake and :class:`~stream.sender.KafkaSender`,
+the same settings), with a :class:`NullProcessor` in place of the
+:class:`~stream.processor.Processor`. So its latency and throughput, measured by the benchmark
+in the same run at the same offered rate, are what the worker would do if Redis, the model and
+the recommendation logic cost nothing; the ratio of the two is what attnrec adds.
+
+    python -m apps.bench.null_agent      # configured by ATTNREC_* like ``attnrec worker``
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+import orjson
+
+from apps.cli import setup_logging
+from attnrec.kafka_util import ensure_topics
+from attnrec.settings import load_settings
+from stream.app import add_agent, add_views, faust_app
+from stream.logic import TIMING_HEADER, RawRecord, parse_records, timing_header
+from stream.metrics import WorkerMetrics
+from stream.processor import Prepared, Processor
+from stream.sender import KafkaSender, Outbox
+
+__all__ = ["NullProcessor", "main"]
+
+log = logging.getLogger(__name__)
+
+
+class NullProcessor(Processor):
+    """A batch is parsed, and each valid event gets one record on the recs topic
+    (``user_id``, ``trigger_event_id``, ``event_ts``, ``emitted_ts``); dead letters as usual."""
+
+    async def prepare(self, records: Sequence[RawRecord]) -> Prepared:
+        prep = Prepared(records=records, parsed=parse_records(records), t0=time.perf_counter())
+        if self.s.timing_headers:
+            now = time.time() * 1000
+            prep.milestones += [now, now, now]  # no Redis, no model: their hops are zero
+        return prep
+
+    async def finish(self, prep: Prepared) -> Outbox:
+        s, m, parsed = self.s, self.metrics, prep.parsed
+        out = Outbox()
+        for key, env, _reason in parsed.dead:
+            await out.send(self.send, s.dlq_topic, key, env)
+        now_ms = int(time.time() * 1000)
+        for (ev, _, _), src in zip(parsed.events, parsed.sources, strict=True):
+            value = orjson.dumps({"user_id": ev.user_id, "trigger_event_id": ev.event_id, "event_ts": ev.ts,
+                                  "emitted_ts": now_ms})
+            headers = None
+            if s.timing_headers:
+                headers = [(TIMING_HEADER, timing_header(prep.records[src], prep.milestones, time.time() * 1000))]
+            await out.send(self.send, s.recs_topic, ev.user_id.encode(), value, headers)
+        m.events.inc(len(parsed.events))
+        m.recs.inc(len(parsed.events))
+        for _, _, reason in parsed.dead:
+            m.dead.labels(reason).inc()
+        m.batch_size.observe(len(prep.records))
+        self.batches += 1
+        for r in prep.records:
+            if r.offset + 1 > self.positions.get((r.topic, r.partition), -1):
+                self.positions[(r.topic, r.partition)] = r.offset + 1
+        return out
+
+
+def main() -> None:
+    """Run the null agent until SIGTERM/SIGINT, like ``attnrec worker``."""
+    import faust
+
+    s = load_settings()
+    setup_logging(s.log_level)
+    ensure_topics(s)
+    app = faust_app(s)
+    proc = NullProcessor(s, None, WorkerMetrics(), None)  # type: ignore[arg-type]
+    add_agent(app, s, proc, KafkaSender(s))
+    add_views(app, s, proc)
+    log.info("null agent starting: kafka=%s group=%s B=%d web=%s:%d", s.kafka_bootstrap, s.group_id, s.batch_size,
+             s.web_host, s.web_port)
+    faust.Worker(app, loglevel=s.log_level.lower(), quiet=True, redirect_stdouts=False).execute_from_commandline()
+
+
+if __name__ == "__main__":
+    main()
