@@ -6,6 +6,15 @@ checks it, with the standard library only (no onnxruntime, no torch):
     <version>/model.onnx       the serving graph (inputs/outputs below)
     <version>/manifest.json    the fields of REQUIRED_FIELDS, and more (docs/DESIGN.md)
     <version>/items.json       the item vocabulary: entry i is the item id of model index i + 2
+    <version>/step.onnx        incremental models only: the step graph (below)
+
+Two kinds of model. A window model (``positions`` absent or "absolute") has one graph that
+scores a user's last ``max_len`` events. An incremental model (``positions: "relative"``) has
+two: the full graph (``model.onnx``) reads up to ``history_len`` events and also returns every
+block's keys and values of the last ``max_len - 1`` of them (``cache``, ``cache_len``); the
+step graph (``step.onnx``) takes one new event per row with that cache and returns the same
+top-K, the attention over the new event's window and the new event's keys and values
+(``new_kv``), which the worker rolls into its cache.
 
 Vocabularies, the same offline and online:
 
@@ -34,8 +43,15 @@ __all__ = [
     "MANIFEST_FILE",
     "MODEL_FILE",
     "ITEMS_FILE",
+    "STEP_FILE",
     "INPUTS",
     "OUTPUTS",
+    "CACHE_OUTPUTS",
+    "STEP_INPUTS",
+    "STEP_OUTPUTS",
+    "STEP_FIELDS",
+    "is_incremental",
+    "outputs_of",
     "REQUIRED_FIELDS",
     "sha256_file",
     "validate_manifest",
@@ -52,6 +68,7 @@ N_GAP_BUCKETS = 32
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"
 ITEMS_FILE = "items.json"
+STEP_FILE = "step.onnx"
 
 
 def gap_boundaries_ms(n_buckets: int = N_GAP_BUCKETS) -> list[int]:
@@ -72,6 +89,31 @@ OUTPUTS: list[dict[str, Any]] = [
     {"name": "top_scores", "dtype": "float32", "shape": ["B", "K"]},
     {"name": "attn", "dtype": "float32", "shape": ["B", "L"]},
 ]
+
+#: The full graph of an incremental model also returns the cache the step graph continues from.
+CACHE_OUTPUTS: list[dict[str, Any]] = [
+    {"name": "cache", "dtype": "float32", "shape": ["B", "blocks", 2, "slots", "d"]},
+    {"name": "cache_len", "dtype": "int64", "shape": ["B"]},
+]
+#: The step graph: one new event per row, the cache of the events before it (oldest first,
+#: left-padded; ``cache_len`` of its slots are events) and the exclusion list.
+STEP_INPUTS: list[dict[str, Any]] = [
+    {"name": "items", "dtype": "int64", "shape": ["B", 1]},
+    {"name": "types", "dtype": "int64", "shape": ["B", 1]},
+    {"name": "gaps", "dtype": "int64", "shape": ["B", 1]},
+    {"name": "cache", "dtype": "float32", "shape": ["B", "blocks", 2, "slots", "d"]},
+    {"name": "cache_len", "dtype": "int64", "shape": ["B"]},
+    {"name": "exclude", "dtype": "int64", "shape": ["B", "E"]},
+]
+STEP_OUTPUTS: list[dict[str, Any]] = [
+    {"name": "top_items", "dtype": "int64", "shape": ["B", "K"]},
+    {"name": "top_scores", "dtype": "float32", "shape": ["B", "K"]},
+    {"name": "attn", "dtype": "float32", "shape": ["B", "W"]},
+    {"name": "new_kv", "dtype": "float32", "shape": ["B", "blocks", 2, "d"]},
+]
+#: Fields an incremental model's manifest has besides :data:`REQUIRED_FIELDS`.
+STEP_FIELDS: tuple[str, ...] = ("history_len", "step_file", "step_sha256", "step_inputs", "step_outputs",
+                                "cache", "golden_step")
 
 REQUIRED_FIELDS: tuple[str, ...] = (
     "version",
@@ -104,6 +146,16 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
+def is_incremental(manifest: dict[str, Any]) -> bool:
+    """True for a model with a step graph and a key/value cache (``positions: "relative"``)."""
+    return manifest.get("positions") == "relative"
+
+
+def outputs_of(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The full graph's outputs: :data:`OUTPUTS`, plus the cache for an incremental model."""
+    return OUTPUTS + CACHE_OUTPUTS if is_incremental(manifest) else OUTPUTS
+
+
 def validate_manifest(manifest: dict[str, Any]) -> None:
     """Raise :class:`ModelCheckError` naming the first missing or malformed field."""
     if not isinstance(manifest, dict):
@@ -116,15 +168,32 @@ def validate_manifest(manifest: dict[str, Any]) -> None:
             raise ModelCheckError(f"manifest {key}={manifest[key]!r} is not a positive integer")
     if manifest["pad_index"] != 0 or manifest["oov_index"] != 1:
         raise ModelCheckError("manifest pad_index/oov_index must be 0/1")
-    names_in = [i.get("name") for i in manifest["inputs"]]
-    names_out = [o.get("name") for o in manifest["outputs"]]
-    if names_in != [i["name"] for i in INPUTS] or names_out != [o["name"] for o in OUTPUTS]:
-        raise ModelCheckError(f"manifest contract is inputs={names_in} outputs={names_out}, expected "
-                              f"{[i['name'] for i in INPUTS]} -> {[o['name'] for o in OUTPUTS]}")
+    _check_contract(manifest, "inputs", "outputs", INPUTS, outputs_of(manifest))
     golden = manifest["golden"]
     for key in ("items", "types", "gaps", "exclude", "top_items", "top_scores"):
         if key not in golden:
             raise ModelCheckError(f"manifest golden block lacks {key!r}")
+    if not is_incremental(manifest):
+        return
+    missing = [f for f in STEP_FIELDS if f not in manifest]
+    if missing:
+        raise ModelCheckError(f"manifest of an incremental model lacks field(s) {', '.join(missing)}")
+    _check_contract(manifest, "step_inputs", "step_outputs", STEP_INPUTS, STEP_OUTPUTS)
+    cache = manifest["cache"]
+    if not isinstance(cache, dict) or cache.get("slots") != manifest["max_len"] - 1:
+        raise ModelCheckError(f"manifest cache {cache!r} must have slots = max_len - 1 = {manifest['max_len'] - 1}")
+    for key in ("items", "types", "gaps", "exclude", "top_items", "top_scores"):
+        if key not in manifest["golden_step"]:
+            raise ModelCheckError(f"manifest golden_step block lacks {key!r}")
+
+
+def _check_contract(manifest: dict[str, Any], ins: str, outs: str, want_in: list[dict[str, Any]],
+                    want_out: list[dict[str, Any]]) -> None:
+    names_in = [i.get("name") for i in manifest[ins]]
+    names_out = [o.get("name") for o in manifest[outs]]
+    if names_in != [i["name"] for i in want_in] or names_out != [o["name"] for o in want_out]:
+        raise ModelCheckError(f"manifest {ins}={names_in} {outs}={names_out}, expected "
+                              f"{[i['name'] for i in want_in]} -> {[o['name'] for o in want_out]}")
 
 
 def verify_files(version_dir: str | os.PathLike[str], manifest: dict[str, Any]) -> None:
@@ -133,8 +202,11 @@ def verify_files(version_dir: str | os.PathLike[str], manifest: dict[str, Any]) 
     Raises :class:`ModelCheckError` naming the file and both digests.
     """
     vdir = Path(version_dir)
-    for fname, expected in ((manifest.get("model_file", MODEL_FILE), manifest.get("model_sha256")),
-                            (manifest.get("items_file", ITEMS_FILE), manifest.get("items_sha256"))):
+    files = [(manifest.get("model_file", MODEL_FILE), manifest.get("model_sha256")),
+             (manifest.get("items_file", ITEMS_FILE), manifest.get("items_sha256"))]
+    if is_incremental(manifest):
+        files.append((manifest.get("step_file", STEP_FILE), manifest.get("step_sha256")))
+    for fname, expected in files:
         path = vdir / fname
         if not path.is_file():
             raise ModelCheckError(f"{path} is missing")

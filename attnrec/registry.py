@@ -48,6 +48,7 @@ from attnrec.manifest import (
     ITEMS_FILE,
     MANIFEST_FILE,
     MODEL_FILE,
+    STEP_FILE,
     sha256_file,
     validate_manifest,
     validation_ndcg,
@@ -177,6 +178,7 @@ class Registry:
         *,
         items: Sequence[str] | None = None,
         check: bool = True,
+        step_onnx_path: str | os.PathLike[str] | None = None,
     ) -> str:
         """Publish a model file with its manifest; returns the new version name.
 
@@ -184,7 +186,8 @@ class Registry:
         (when ``items`` is given) items_file / items_sha256. When ``items`` is None the
         manifest must already describe an ``items.json`` next to the model file. With
         ``check`` (the default) the version is loaded with onnxruntime and its golden input
-        run before the rename (see :func:`attnrec.modelcheck.check_model`); a version that
+        run before the rename. An incremental model's step graph comes as ``step_onnx_path``
+        (published as ``step.onnx``, with ``step_file`` / ``step_sha256`` in the manifest) (see :func:`attnrec.modelcheck.check_model`); a version that
         fails is deleted and the error re-raised.
         """
         src = Path(model_onnx_path)
@@ -212,6 +215,12 @@ class Registry:
                 m["items_sha256"] = sha256_file(tmp / ITEMS_FILE)
             m["model_file"] = MODEL_FILE
             m["model_sha256"] = sha256_file(tmp / MODEL_FILE)
+            if step_onnx_path is not None:
+                shutil.copyfile(step_onnx_path, tmp / STEP_FILE)
+                with open(tmp / STEP_FILE, "rb+") as f:
+                    os.fsync(f.fileno())
+                m["step_file"] = STEP_FILE
+                m["step_sha256"] = sha256_file(tmp / STEP_FILE)
             now = _utcnow()
             m.setdefault("created_at", now.isoformat(timespec="seconds").replace("+00:00", "Z"))
             base = f"{now:%Y%m%dT%H%M}-{m['model_sha256'][:6]}"

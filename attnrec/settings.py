@@ -166,6 +166,12 @@ class Settings(BaseSettings):
         "onnx", description="ATTNREC_SCORER: onnx (onnxruntime, the product) or torch (the exported graph in torch eager mode over the manifest's checkpoint; a benchmark baseline, needs torch)"
     )
     reload_poll_s: float = Field(1.0, gt=0, description="ATTNREC_RELOAD_POLL_S: how often to look at CURRENT")
+    cache_mb: float = Field(
+        512.0, gt=0, description="ATTNREC_CACHE_MB: memory for the per-user key/value caches of an incremental model (least recently used out first); a user without one is scored by the full graph"
+    )
+    cache_dtype: Literal["float32", "float16"] = Field(
+        "float32", description="ATTNREC_CACHE_DTYPE: how cached keys/values are stored; float16 halves the memory but moves scores by more than the parity tolerance (docs/BENCHMARKS.md)"
+    )
 
     # --- web API and logging -------------------------------------------------------------------
     web_host: str = Field("127.0.0.1", min_length=1, description="ATTNREC_WEB_HOST: worker web bind address")
@@ -270,10 +276,12 @@ class Settings(BaseSettings):
     bench_max_len: int = Field(50, ge=1, description="ATTNREC_BENCH_MAX_LEN: max_len of the random-weight model")
     bench_d_model: int = Field(64, ge=1, description="ATTNREC_BENCH_D_MODEL: width of the random-weight model")
     bench_blocks: int = Field(2, ge=1, description="ATTNREC_BENCH_BLOCKS: blocks of the random-weight model")
+    bench_positions: Literal["relative", "absolute"] = Field("relative", description="ATTNREC_BENCH_POSITIONS: the random-weight model: relative (incremental, scored from per-user caches: the product's default) or absolute (a window model, recomputed whole per event)")
     bench_model: Literal["random", "registry"] = Field("random", description="ATTNREC_BENCH_MODEL: random (a cached random-weight model of CATALOG x MAX_LEN) or registry (the promoted model)")
     bench_baselines: bool = Field(False, description="ATTNREC_BENCH_BASELINES: also run, in the same run at the same rate, one event at a time (B=1), the torch-eager scorer and the null agent (the framework alone: no Redis, no model), with the ratios")
     bench_agent: Literal["worker", "null"] = Field("worker", description="ATTNREC_BENCH_AGENT: what is measured: the worker, or the null agent alone (the framework's floor: no Redis, no model)")
     bench_generator_linger_ms: int = Field(1, ge=0, description="ATTNREC_BENCH_GENERATOR_LINGER_MS: linger of the load generator's producer at a paced rate (rate max: 5 ms); part of every measured latency, the null agent's too")
+    bench_warm: bool = Field(True, description="ATTNREC_BENCH_WARM: before measuring, one event per user, so an incremental model's worker holds every user's cache (a serving worker's steady state)")
     bench_drain: int = Field(0, ge=0, description="ATTNREC_BENCH_DRAIN: also drain a backlog of this many events through the worker and the null agent, one after the other, per repeat (0 = no drain)")
     bench_no_worker: bool = Field(False, description="ATTNREC_BENCH_NO_WORKER: measure a running worker on the settings' topics")
     bench_metrics_url: str | None = Field(None, description="ATTNREC_BENCH_METRICS_URL: with NO_WORKER, its /metrics URL")

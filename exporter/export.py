@@ -15,12 +15,22 @@ from pathlib import Path
 from typing import Any
 
 from attnrec.errors import ModelError, ParityError
-from attnrec.manifest import INPUTS, N_GAP_BUCKETS, OUTPUTS, gap_boundaries_ms
+from attnrec.manifest import (
+    CACHE_OUTPUTS,
+    INPUTS,
+    N_GAP_BUCKETS,
+    OUTPUTS,
+    STEP_INPUTS,
+    STEP_OUTPUTS,
+    gap_boundaries_ms,
+)
 from attnrec.registry import Registry
 from exporter.checkpoint import Checkpoint, load_checkpoint
 from exporter.gate import promote_gated
-from exporter.graph import OPSET, export_onnx
+from exporter.graph import OPSET, export_onnx, export_step_onnx
 from exporter.parity import PARITY_MAX_ABS_DIFF, PARITY_MIN_TOP10_AGREEMENT, make_golden, parity_check
+from exporter.samples import input_len
+from exporter.step import make_golden_step, step_parity
 
 __all__ = ["build_manifest", "export_checkpoint"]
 
@@ -33,9 +43,9 @@ def build_manifest(ckpt: Checkpoint, *, top_k: int, parity: dict[str, Any], gold
     data_fp = ckpt.config.get("data_fingerprint", ckpt.config.get("fingerprint"))
     if data_fp is None and isinstance(ckpt.config.get("dataset"), dict):
         data_fp = ckpt.config["dataset"].get("fingerprint")
-    return {
+    manifest = {
         "inputs": INPUTS,
-        "outputs": OUTPUTS,
+        "outputs": OUTPUTS + (CACHE_OUTPUTS if cfg.get("positions") == "relative" else []),
         "opset": OPSET,
         "max_len": int(cfg["max_len"]),
         "top_k": top_k,
@@ -57,6 +67,16 @@ def build_manifest(ckpt: Checkpoint, *, top_k: int, parity: dict[str, Any], gold
         "parent": parent,
         "checkpoint": str(ckpt.path.resolve()),
     }
+    if cfg.get("positions") == "relative":
+        manifest.update({
+            "positions": "relative",
+            "history_len": input_len(cfg),  # events the full graph reads (n_blocks * (L-1) + 1)
+            "step_inputs": STEP_INPUTS,
+            "step_outputs": STEP_OUTPUTS,
+            "cache": {"blocks": int(cfg["n_blocks"]), "slots": int(cfg["max_len"]) - 1, "d_model": int(cfg["d_model"]),
+                      "dtype": "float32"},
+        })
+    return manifest
 
 
 def export_checkpoint(checkpoint_dir: str | Path, registry_root: str | Path, *, promote: bool = False,
@@ -89,8 +109,25 @@ def export_checkpoint(checkpoint_dir: str | Path, registry_root: str | Path, *, 
                 f"parity failed: max_abs_diff {parity['max_abs_diff']:.3g} (limit {PARITY_MAX_ABS_DIFF}), "
                 f"top-10 agreement {parity['top10_agreement']:.4f} (limit {PARITY_MIN_TOP10_AGREEMENT}); not published"
             )
-        to_publish = serving
+        to_publish, step_path = serving, None
         quant: dict[str, Any] = {"requested": quantize, "applied": False}
+        step_report: dict[str, Any] | None = None
+        if cfg.get("positions") == "relative":
+            step_path = export_step_onnx(ckpt.model, tmp / "step.onnx", top_k=top_k)
+            step_full = export_step_onnx(ckpt.model, tmp / "step_full.onnx", top_k=top_k, full_scores=True)
+            step_report = step_parity(ckpt, serving, step_path, step_full, top_k=top_k)
+            log.info("step parity: max_abs_diff %.3g, top-10 agreement %.4f; step vs full: max_abs_diff %.3g, "
+                     "top-10 agreement %.4f over %d rows", step_report["max_abs_diff"], step_report["top10_agreement"],
+                     step_report["step_vs_full"]["max_abs_diff"], step_report["step_vs_full"]["top10_agreement"],
+                     step_report["rows"])
+            if not step_report["passed"]:
+                raise ParityError(f"step-graph parity failed: {step_report['max_abs_diff']:.3g} / step vs full "
+                                  f"{step_report['step_vs_full']['max_abs_diff']:.3g} (limit {PARITY_MAX_ABS_DIFF}), "
+                                  f"top-10 agreement {step_report['top10_agreement']:.4f} / "
+                                  f"{step_report['step_vs_full']['top10_agreement']:.4f}; not published")
+            if quantize:
+                quant["reason"] = "not tried: an incremental model's full and step graphs must stay exact together"
+                quantize = False
         if quantize:
             from exporter.quantize import choose_quantization
 
@@ -103,7 +140,10 @@ def export_checkpoint(checkpoint_dir: str | Path, registry_root: str | Path, *, 
         manifest = build_manifest(ckpt, top_k=top_k, parity=parity, golden=golden,
                                   parent=registry.current_version())
         manifest["quantization"] = quant
-        version = registry.publish(to_publish, manifest, items=items)
+        if step_path is not None:
+            manifest["parity_step"] = step_report
+            manifest["golden_step"] = make_golden_step(golden, to_publish, step_path, int(cfg["n_items"]))
+        version = registry.publish(to_publish, manifest, items=items, step_onnx_path=step_path)
     if promote:
         promote_gated(registry, version, force=force, margin=margin)
     return version

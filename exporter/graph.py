@@ -13,6 +13,10 @@ The graph is the contract the worker codes against (:data:`attnrec.manifest.INPU
 
 Exclusion is one ScatterElements of -inf over the score row (the given indices plus PAD and
 OOV), followed by one TopK: no per-row Python loop anywhere.
+
+An incremental model (relative positions) has two graphs (:mod:`attnrec.manifest`): this full
+graph also returns ``cache`` (B, blocks, 2, L-1, d) and ``cache_len`` (B,), and the step graph
+(:class:`StepGraph`) scores one new event per row from them.
 """
 
 from __future__ import annotations
@@ -27,9 +31,9 @@ import torch
 import torch.nn as nn
 
 from attnrec.errors import ModelError
-from attnrec.manifest import INPUTS, OOV, OUTPUTS, PAD
+from attnrec.manifest import CACHE_OUTPUTS, INPUTS, OOV, OUTPUTS, PAD, STEP_INPUTS
 
-__all__ = ["OPSET", "ServingGraph", "export_onnx"]
+__all__ = ["OPSET", "ServingGraph", "StepGraph", "export_onnx", "export_step_onnx"]
 
 OPSET = 17
 _SPECIAL = (PAD, OOV)
@@ -53,15 +57,33 @@ class ServingGraph(nn.Module):
 
     def forward(self, items: torch.Tensor, types: torch.Tensor, gaps: torch.Tensor,
                 exclude: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        h, attn = self.model.final_state(items, types, gaps)  # (B, d), (B, L)
+        if not self.model.cfg.relative:
+            h, attn = self.model.final_state(items, types, gaps)  # (B, d), (B, L)
+            return self.rank(h, exclude) + (attn,)
+        h, attn, cache, n = self.model.final_state(items, types, gaps, with_cache=True)
+        return self.rank(h, exclude) + (attn, cache, n)
+
+    def rank(self, h: torch.Tensor, exclude: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Scores over the catalogue with the excluded items (and PAD, OOV) at -inf, then top-K
+        (or, with ``full_scores``, every score)."""
         scores = self.model.item_scores(h)  # (B, N)
         drop = torch.cat([exclude, self.special.expand(exclude.shape[0], 2)], dim=1)  # (B, E+2)
         neg = torch.full_like(drop, 0, dtype=scores.dtype) - math.inf  # (B, E+2)
         scores = scores.scatter(1, drop, neg)  # (B, N), excluded -> -inf
         if self.full_scores:
-            return scores, attn
+            return (scores,)
         top_scores, top_items = torch.topk(scores, self.top_k, dim=1)  # (B, K) x2, descending
-        return top_items, top_scores, attn
+        return top_items, top_scores
+
+
+class StepGraph(ServingGraph):
+    """An incremental model's step: one new event per row over the cache of the events before it
+    -> top-K (or every score), the attention over the new event's window, and its keys and values."""
+
+    def forward(self, items: torch.Tensor, types: torch.Tensor, gaps: torch.Tensor,  # type: ignore[override]
+                cache: torch.Tensor, cache_len: torch.Tensor, exclude: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        h, attn, new_kv = self.model.step(items, types, gaps, cache, cache_len)  # (B, d), (B, L), (B, blocks, 2, d)
+        return self.rank(h, exclude) + (attn, new_kv)
 
 
 def _example_inputs(max_len: int, batch: int = 2) -> tuple[torch.Tensor, ...]:
@@ -75,34 +97,61 @@ def _example_inputs(max_len: int, batch: int = 2) -> tuple[torch.Tensor, ...]:
 
 def export_onnx(model: nn.Module, path: str | Path, *, top_k: int, max_len: int,
                 full_scores: bool = False) -> Path:
-    """Export the serving graph (or its full-score variant) to one self-contained .onnx file."""
+    """Export the serving graph (or its full-score variant) to one self-contained .onnx file; an
+    incremental model's full graph also returns the cache."""
     graph = ServingGraph(model, top_k, full_scores=full_scores).eval()
-    names_out = ["scores", "attn"] if full_scores else [o["name"] for o in OUTPUTS]
+    relative = model.cfg.relative  # type: ignore[union-attr]
+    names_out = (["scores"] if full_scores else [o["name"] for o in OUTPUTS[:2]]) + ["attn"]
     dyn: dict[str, dict[int, str]] = {
         "items": {0: "B", 1: "L"}, "types": {0: "B", 1: "L"}, "gaps": {0: "B", 1: "L"},
-        "exclude": {0: "B", 1: "E"}, "attn": {0: "B", 1: "L"},
+        "exclude": {0: "B", 1: "E"}, "attn": {0: "B", 1: "W"},
     }
+    if relative:
+        names_out += [o["name"] for o in CACHE_OUTPUTS]
+        dyn.update({"cache": {0: "B"}, "cache_len": {0: "B"}})
     for name in names_out[:-1]:
-        dyn[name] = {0: "B"}
-    path = Path(path)
+        dyn.setdefault(name, {0: "B"})
+    # an incremental model reads its history (longer than the window): trace it that long
+    length = model.cfg.history_len if relative else max_len  # type: ignore[union-attr]
+    _export(graph, _example_inputs(length), Path(path), [i["name"] for i in INPUTS], names_out, dyn)
+    _restore_unused_inputs(path)
+    return Path(path)
+
+
+def export_step_onnx(model: nn.Module, path: str | Path, *, top_k: int, full_scores: bool = False) -> Path:
+    """Export an incremental model's step graph (or its full-score variant)."""
+    cfg = model.cfg  # type: ignore[union-attr]
+    graph = StepGraph(model, top_k, full_scores=full_scores).eval()
+    names_in = [i["name"] for i in STEP_INPUTS]
+    names_out = (["scores"] if full_scores else ["top_items", "top_scores"]) + ["attn", "new_kv"]
+    dyn = {name: {0: "B"} for name in names_in + names_out}
+    dyn["exclude"] = {0: "B", 1: "E"}
+    B = 2
+    example = (torch.full((B, 1), 2, dtype=torch.long), torch.zeros(B, 1, dtype=torch.long),
+               torch.zeros(B, 1, dtype=torch.long), torch.zeros(B, cfg.n_blocks, 2, cfg.max_len - 1, cfg.d_model),
+               torch.tensor([0, 3], dtype=torch.long), torch.zeros(B, 4, dtype=torch.long))
+    _export(graph, example, Path(path), names_in, names_out, dyn)
+    _restore_unused_inputs(path, STEP_INPUTS)
+    return Path(path)
+
+
+def _export(graph: nn.Module, example: tuple[torch.Tensor, ...], path: Path, names_in: list[str],
+            names_out: list[str], dyn: dict[str, dict[int, str]]) -> None:
     with warnings.catch_warnings(), torch.no_grad():
         # The TorchScript-based exporter: dynamo=True needs onnxscript (not installed here),
         # and this graph has no data-dependent control flow, so tracing captures it exactly.
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(
-                graph, _example_inputs(max_len), str(path), dynamo=False, opset_version=OPSET,
-                input_names=[i["name"] for i in INPUTS], output_names=names_out, dynamic_axes=dyn,
-                do_constant_folding=True,
+                graph, example, str(path), dynamo=False, opset_version=OPSET, input_names=names_in,
+                output_names=names_out, dynamic_axes=dyn, do_constant_folding=True,
             )
         except Exception as exc:
             raise ModelError(f"ONNX export failed: {type(exc).__name__}: {exc}") from exc
     _rewrite_reverse_ranges(path)
-    _restore_unused_inputs(path)
-    return path
 
 
-def _restore_unused_inputs(path: Path) -> list[str]:
+def _restore_unused_inputs(path: str | Path, inputs: list[dict[str, Any]] = INPUTS) -> list[str]:
     """Put back contract inputs the tracer pruned, in contract order; returns their names.
 
     A model without event types or time gaps never reads ``types``/``gaps``, and the exporter
@@ -114,11 +163,11 @@ def _restore_unused_inputs(path: Path) -> list[str]:
 
     model = onnx.load(str(path))
     present = {i.name: i for i in model.graph.input}
-    missing = [i["name"] for i in INPUTS if i["name"] not in present]
+    missing = [i["name"] for i in inputs if i["name"] not in present]
     if not missing:
         return []
     ordered = []
-    for spec in INPUTS:
+    for spec in inputs:
         if spec["name"] in present:
             ordered.append(present[spec["name"]])
         else:

@@ -20,9 +20,9 @@ from attnrec.errors import ModelError
 from attnrec.modelcheck import make_session
 from exporter.checkpoint import Checkpoint
 from exporter.graph import ServingGraph
-from exporter.samples import pad_batch, random_seqs
+from exporter.samples import input_len, pad_batch, random_seqs
 
-__all__ = ["PARITY_MAX_ABS_DIFF", "PARITY_MIN_TOP10_AGREEMENT", "TIE_TOLERANCE", "parity_check", "make_golden"]
+__all__ = ["PARITY_MAX_ABS_DIFF", "PARITY_MIN_TOP10_AGREEMENT", "TIE_TOLERANCE", "top_agreement", "parity_check", "make_golden"]
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +32,10 @@ PARITY_BATCHES = (1, 7, 64)
 
 
 def _parity_cases(ckpt: Checkpoint, seed: int = 0) -> list[tuple[str, dict[str, np.ndarray]]]:
-    """Real and random batches of 1, 7 and 64 rows at lengths 1, short and max_len."""
+    """Real and random batches of 1, 7 and 64 rows at lengths 1, short and the full input
+    (max_len; an incremental model's history)."""
     cfg = ckpt.model_config
-    max_len = int(cfg["max_len"])
+    max_len = input_len(cfg)
     rng = np.random.default_rng(seed)
     lengths = sorted({1, min(10, max_len), max_len})
     cases = []
@@ -61,7 +62,7 @@ def _parity_cases(ckpt: Checkpoint, seed: int = 0) -> list[tuple[str, dict[str, 
 TIE_TOLERANCE = 1e-5
 
 
-def _top_agreement(t_scores: np.ndarray, t_items: np.ndarray, t_top: np.ndarray, o_items: np.ndarray) -> np.ndarray:
+def top_agreement(t_scores: np.ndarray, t_items: np.ndarray, t_top: np.ndarray, o_items: np.ndarray) -> np.ndarray:
     """Per row: the ONNX top-10 equals torch's, position by position, up to ties.
 
     Position j agrees when the items are equal, or when torch scores ONNX's item within
@@ -83,7 +84,7 @@ def parity_check(ckpt: Checkpoint, serving_onnx: Path, full_onnx: Path, *, top_k
 
     ``max_abs_diff`` is over every finite item score (full-score graph), the top-K scores
     and the attention weights; ``top10_agreement`` is the share of rows whose top-10 lists
-    (serving graph vs torch) agree position by position up to ties (see _top_agreement);
+    (serving graph vs torch) agree position by position up to ties (see top_agreement);
     ``top10_exact_agreement`` counts identical lists only, for the record.
     """
     serve = make_session(serving_onnx)
@@ -95,11 +96,11 @@ def parity_check(ckpt: Checkpoint, serving_onnx: Path, full_onnx: Path, *, top_k
     cases = []
     for name, batch in _parity_cases(ckpt, seed):
         with torch.no_grad():
-            t_scores, t_attn = graph(*(torch.from_numpy(batch[k]) for k in ("items", "types", "gaps", "exclude")))
+            t_scores, t_attn = graph(*(torch.from_numpy(batch[k]) for k in ("items", "types", "gaps", "exclude")))[:2]
             t_top_scores, t_top_items = torch.topk(t_scores, top_k, dim=1)
         t_scores, t_attn = t_scores.numpy(), t_attn.numpy()
-        o_scores, o_attn = full.run(None, batch)
-        o_items, o_top_scores, o_attn2 = serve.run(None, batch)
+        o_scores, o_attn = full.run(None, batch)[:2]
+        o_items, o_top_scores, o_attn2 = serve.run(None, batch)[:3]
         finite = np.isfinite(t_scores)
         if not np.array_equal(finite, np.isfinite(o_scores)):
             diff = math.inf  # a score is NaN/inf on one side only
@@ -116,7 +117,7 @@ def parity_check(ckpt: Checkpoint, serving_onnx: Path, full_onnx: Path, *, top_k
         case_diff = max(diff, top_diff, attn_diff)
         if not np.isfinite(o_attn2).all() or not np.isfinite(t_attn).all():
             case_diff = math.inf
-        ok_rows = _top_agreement(t_scores, t_top_items.numpy()[:, :k10], tt[:, :k10], o_items[:, :k10])
+        ok_rows = top_agreement(t_scores, t_top_items.numpy()[:, :k10], tt[:, :k10], o_items[:, :k10])
         exact += int((t_top_items.numpy()[:, :k10] == o_items[:, :k10]).all(axis=1).sum())
         rows += len(ok_rows)
         agree += int(ok_rows.sum())
@@ -140,7 +141,7 @@ def make_golden(ckpt: Checkpoint, serving_onnx: Path) -> dict[str, Any]:
     """A two-row golden input (a real or random full-length sequence and a short one) with
     the serving graph's own output, for load-time checks."""
     cfg = ckpt.model_config
-    max_len = int(cfg["max_len"])
+    max_len = input_len(cfg)
     rng = np.random.default_rng(12345)
     seqs = [ckpt.samples[0]] if ckpt.samples else random_seqs(rng, 1, max_len, cfg)
     short = dict(seqs[0])
@@ -148,7 +149,7 @@ def make_golden(ckpt: Checkpoint, serving_onnx: Path) -> dict[str, Any]:
     batch = pad_batch(seqs, max_len)
     # exclude each row's three newest items: exercises exclusion, leaves >= K eligible items
     batch["exclude"] = np.ascontiguousarray(batch["items"][:, -3:])
-    top_items, top_scores, _ = make_session(serving_onnx).run(None, batch)
+    top_items, top_scores = make_session(serving_onnx).run(None, batch)[:2]
     if not np.isfinite(top_scores).all():
         raise ModelError("the golden input gives non-finite top scores; refusing to publish")
     return {

@@ -7,7 +7,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["pad_batch", "random_seqs"]
+__all__ = ["input_len", "pad_batch", "random_seqs"]
+
+
+def input_len(cfg: dict[str, Any]) -> int:
+    """Events the full graph reads for a model configuration (``ModelConfig.history_len``)."""
+    L = int(cfg["max_len"])
+    return int(cfg.get("n_blocks", 1)) * (L - 1) + 1 if cfg.get("positions") == "relative" else L
 
 
 def pad_batch(seqs: list[dict[str, list[int]]], length: int) -> dict[str, np.ndarray]:

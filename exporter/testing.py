@@ -20,16 +20,20 @@ __all__ = ["write_random_checkpoint"]
 def write_random_checkpoint(path: str | Path, *, n_items: int = 200, max_len: int = 20, d_model: int = 32,
                             n_blocks: int = 1, n_heads: int = 1, n_event_types: int = 9,
                             n_gap_buckets: int = 32, ndcg: float | None = 0.05, seed: int = 0,
-                            n_samples: int = 64) -> Path:
-    """Create a checkpoint directory with a seeded random AttnRec; returns the path."""
+                            n_samples: int = 64, positions: str = "absolute") -> Path:
+    """Create a checkpoint directory with a seeded random AttnRec; returns the path. With
+    ``positions="relative"`` an incremental model (random relative-position biases too)."""
     from training.model import AttnRec, ModelConfig
 
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     cfg = ModelConfig(n_items=n_items, max_len=max_len, d_model=d_model, n_blocks=n_blocks, n_heads=n_heads,
-                      n_event_types=n_event_types, n_gap_buckets=n_gap_buckets)
+                      n_event_types=n_event_types, n_gap_buckets=n_gap_buckets, positions=positions)
     model = AttnRec(cfg).eval()
+    if model.rel_bias is not None:
+        with torch.no_grad():
+            model.rel_bias.normal_(0.0, 0.5)
     torch.save(model.state_dict(), out / "model.pt")
     rng = np.random.default_rng(seed)
     config: dict[str, Any] = {"model": cfg.to_dict(), "train": {"seed": seed, "note": "random weights"},
@@ -42,15 +46,16 @@ def write_random_checkpoint(path: str | Path, *, n_items: int = 200, max_len: in
                "test": {"ndcg@10": ndcg, "hr@10": None}}
     (out / "metrics.json").write_text(json.dumps(metrics))
     (out / "popularity.json").write_text(json.dumps(vocab["items"][:20]))
-    samples: dict[str, Any] = {"max_len": max_len, "items": [], "types": [], "gaps": []}
+    width = cfg.history_len
+    samples: dict[str, Any] = {"max_len": width, "items": [], "types": [], "gaps": []}
     for _ in range(n_samples):  # training/checkpoint.py's layout: columns of left-padded rows
-        m = int(rng.integers(1, max_len + 1))
+        m = int(rng.integers(1, width + 1))
         row = {
             "items": rng.integers(2, n_items, size=m).tolist(),
             "types": (rng.integers(1, n_event_types, size=m) if n_event_types > 1 else np.zeros(m, int)).tolist(),
             "gaps": (rng.integers(0, n_gap_buckets, size=m) if n_gap_buckets > 1 else np.zeros(m, int)).tolist(),
         }
         for k, v in row.items():
-            samples[k].append([0] * (max_len - m) + v)
+            samples[k].append([0] * (width - m) + v)
     (out / "samples.json").write_text(json.dumps(samples))
     return out

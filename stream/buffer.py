@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
@@ -44,8 +44,10 @@ def user_keys(user_id: str) -> tuple[str, str, str, str]:
 # KEYS: per event i (1-based): recent, ev, wm at 3i-2, 3i-1, 3i.
 # ARGV: max_len, ttl_s, dedupe_window, return_len, n_events, n_users,
 #       then per event: event_id, wm_field, offset, entry (4 each),
-#       then per distinct user: the 1-based index of one of its events (for its recent key).
-# Returns {applied flags (1/0 per event), {buffer per distinct user (newest first)}}.
+#       then per distinct user: the 1-based index of one of its events (for its keys),
+#       then per distinct user: how many entries to return (0 = return_len).
+# Returns {applied flags (1/0 per event), {buffer per distinct user (newest first)},
+#          {events ever applied to each distinct user's buffer ('#seq', 0 when none)}}.
 APPLY_LUA = """
 local max_len = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
@@ -84,12 +86,16 @@ for i = 1, n do
   end
 end
 local bufs = {}
+local seqs = {}
 local ub = 6 + 4*n
 for j = 1, nu do
   local i = tonumber(ARGV[ub + j])
-  bufs[j] = redis.call('LRANGE', KEYS[3*i-2], 0, ret_len - 1)
+  local r = tonumber(ARGV[ub + nu + j])
+  if r == nil or r <= 0 then r = ret_len end
+  bufs[j] = redis.call('LRANGE', KEYS[3*i-2], 0, r - 1)
+  seqs[j] = tonumber(redis.call('HGET', KEYS[3*i], '#seq') or '0')
 end
-return {applied, bufs}
+return {applied, bufs, seqs}
 """
 
 
@@ -117,6 +123,9 @@ class Applied:
     applied: list[bool]
     users: list[str]
     raw: dict[str, list[bytes]]
+    #: per user: events ever applied to its buffer (the ``#seq`` counter), after this batch; the
+    #: worker's key/value cache is in step with Redis when it has seen exactly those
+    seq: dict[str, int] = field(default_factory=dict)
 
     @property
     def buffers(self) -> dict[str, list[BufferEntry]]:
@@ -188,12 +197,13 @@ class RedisBuffers:
         events: Sequence[tuple[ClickEvent, str, int]],
         *,
         return_len: int | None = None,
+        user_len: Mapping[str, int] | None = None,
     ) -> Applied:
         """Apply ``(event, watermark_field, offset)`` triples in order; offset -1 = none.
 
-        ``watermark_field`` is ``"<topic>:<partition>"``. Returns which events were new and the
-        newest ``return_len`` entries of each distinct user touched (newest first), read after
-        all were applied.
+        ``watermark_field`` is ``"<topic>:<partition>"``. Returns which events were new, the
+        newest ``return_len`` entries of each distinct user touched (newest first; ``user_len``
+        overrides that per user), read after all were applied, and each user's ``#seq``.
         """
         keys: list[str] = []
         ret = self.return_len if return_len is None else max(1, return_len)
@@ -207,9 +217,22 @@ class RedisBuffers:
         users = list(first_index)
         args[5] = len(users)
         args += [first_index[u] for u in users]
+        args += [(user_len or {}).get(u, 0) for u in users]
         with _redis_errors():
-            flags, bufs = await self._script(keys=keys, args=args)
-        return Applied(applied=[bool(f) for f in flags], users=users, raw=dict(zip(users, bufs, strict=True)))
+            flags, bufs, seqs = await self._script(keys=keys, args=args)
+        return Applied(applied=[bool(f) for f in flags], users=users, raw=dict(zip(users, bufs, strict=True)),
+                       seq=dict(zip(users, (int(x) for x in seqs), strict=True)))
+
+    async def recent(self, users: Sequence[str], n: int) -> dict[str, list[bytes]]:
+        """Each user's newest ``n`` entries (newest first), in one pipelined round trip."""
+        if not users:
+            return {}
+        with _redis_errors():
+            async with self.r.pipeline(transaction=False) as p:
+                for u in users:
+                    p.lrange(user_keys(u)[0], 0, n - 1)
+                got = await p.execute()
+        return dict(zip(users, got, strict=True))
 
     async def store_recs(self, recs: dict[str, bytes]) -> None:
         """Write each user's latest recommendation, with the buffer TTL, in one script call

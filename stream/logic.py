@@ -20,7 +20,7 @@ from attnrec.events import ClickEvent, dlq_envelope, parse_event
 from attnrec.manifest import OOV
 from stream.model import LoadedModel
 
-__all__ = ["BufferEntry", "format_entry", "encode_entry", "decode_entry", "split_entry", "entry_item", "MAX_DLQ_RAW", "TIMING_HEADER", "timing_header", "RawRecord", "Parsed", "parse_records", "EntryTable", "ModelInputs", "build_inputs", "recommend", "Recommendation"]
+__all__ = ["BufferEntry", "format_entry", "encode_entry", "decode_entry", "split_entry", "entry_item", "MAX_DLQ_RAW", "TIMING_HEADER", "timing_header", "RawRecord", "Parsed", "parse_records", "EntryTable", "ModelInputs", "build_inputs", "StepInputs", "build_step_inputs", "Rows", "merge_scored", "recommend", "Recommendation"]
 
 
 # --- the buffer-entry format (Redis ``{u:<id>}:recent`` lists hold these strings) ---------------
@@ -224,17 +224,19 @@ def build_inputs(
     exclude_seen: bool = True,
     exclude_window: int | None = None,
 ) -> ModelInputs:
-    """Turn newest-first raw buffers into left-padded index arrays for the users that have a
-    usable history (at least one item the model knows). Excluded from the recommendations:
-    the items of the model window and of the newest ``exclude_window`` entries (all returned
-    entries when None)."""
-    L_model, with_gaps = model.max_len, model.uses_gaps
+    """Turn newest-first raw buffers into left-padded index arrays for the full graph, for the
+    users that have a usable history (at least one item the model knows): the newest
+    ``history_len`` events (an incremental model's history; a window model's window). Excluded
+    from the recommendations: the items of the attention window (the newest ``max_len``) and of
+    the newest ``exclude_window`` entries (all returned entries when None)."""
+    L_model, with_gaps = model.history_len or model.max_len, model.uses_gaps
     flat: list[bytes] = []
     starts, n_win, n_excl, n_parsed = [], [], [], []
     for u in users:
         ents = raw.get(u) or ()
         n = min(len(ents), L_model)
-        e = max(n, min(len(ents), len(ents) if exclude_window is None else exclude_window)) if exclude_seen else n
+        seen = min(len(ents), len(ents) if exclude_window is None else exclude_window)
+        e = max(min(n, model.max_len), seen) if exclude_seen else n
         k = max(e, min(len(ents), n + 1) if with_gaps else n)  # the gap of the oldest kept event needs one more
         starts.append(len(flat))
         flat.extend(ents[:k])
@@ -277,6 +279,75 @@ def build_inputs(
 
 
 @dataclass
+class StepInputs:
+    """Step-graph inputs: one new event per row and the cache of the events before it."""
+
+    items: np.ndarray  # (H, 1) int64: the new event
+    types: np.ndarray  # (H, 1) int64
+    gaps: np.ndarray  # (H, 1) int64
+    cache: np.ndarray  # (H, blocks, 2, L-1, d) float32, oldest first, left-padded
+    cache_len: np.ndarray  # (H,) int64: slots that are events
+    exclude: np.ndarray  # (H, E) int64
+    windows: list[Sequence[bytes]]  # per row: the new entry, then the previous ones (newest first)
+    users: list[str]  # row -> user
+
+
+def build_step_inputs(model: LoadedModel, users: Sequence[str], new: Sequence[bytes], caches: Sequence[Any], *,
+                      exclude_seen: bool = True, exclude_window: int = 0) -> StepInputs:
+    """Rows for the step graph: each user's new raw entry and its :class:`stream.cache.UserCache`
+    (keys/values, slots in use, the newest entries before the new one). The exclusion list is
+    the full graph's (the items of the newest ``max(max_len, exclude_window)`` entries), so a
+    step row recommends what a full-graph row would."""
+    table = EntryTable.of(model)
+    H = len(users)
+    keep = max(model.max_len, exclude_window) if exclude_seen else 1
+    windows = [[e, *c.recent[: keep - 1]] for e, c in zip(new, caches, strict=True)]
+    rows = table.rows([e for w in windows for e in w])
+    counts = np.fromiter((len(w) for w in windows), dtype=np.int64, count=H)
+    starts = np.cumsum(counts) - counts
+    first = rows[starts]
+    items = table.cols[0][first].reshape(H, 1)
+    types = table.cols[1][first].reshape(H, 1) if model.uses_types else np.zeros((H, 1), dtype=np.int64)
+    if model.uses_gaps:
+        prev = rows[np.minimum(starts + 1, len(rows) - 1)]
+        diff = table.cols[2][first] - table.cols[2][prev]
+        gap = np.searchsorted(model.gap_boundaries_ms, diff, side="right") + 1
+        gap[(diff < 0) | (counts < 2)] = 0  # clock skew, or no earlier event: unknown gap
+        gaps = gap.reshape(H, 1).astype(np.int64)
+    else:
+        gaps = np.zeros((H, 1), dtype=np.int64)
+    if exclude_seen:
+        exclude = _scatter(table.cols[0][rows], starts, counts, int(counts.max(initial=0)) or 1, right=False)
+    else:
+        exclude = np.zeros((H, 1), dtype=np.int64)
+    cache = np.stack([c.kv for c in caches]).astype(np.float32, copy=False) if H else np.zeros((0, *model.cache_shape),
+                                                                                                 dtype=np.float32)
+    cache_len = np.fromiter((c.n for c in caches), dtype=np.int64, count=H)
+    return StepInputs(items, types, gaps, cache, cache_len, exclude, [w[: model.max_len] for w in windows], list(users))
+
+
+@dataclass
+class Rows:
+    """The scored rows of a batch, whichever graph scored them: what :func:`recommend` reads."""
+
+    users: list[str]
+    windows: list[Sequence[bytes]]
+
+
+def merge_scored(parts: Sequence[tuple[Any, tuple[np.ndarray, ...]]]) -> tuple[Rows, tuple[np.ndarray, ...]]:
+    """One set of rows and (top_items, top_scores, attn) from several graphs' (inputs, outputs);
+    attention rows of different widths are left-padded with zeros (positions beyond a window)."""
+    parts = [(i, o) for i, o in parts if i is not None and i.users]
+    width = max((o[2].shape[1] for _, o in parts), default=1)
+    rows = Rows([u for i, _ in parts for u in i.users], [w for i, _ in parts for w in i.windows])
+    if not parts:
+        return rows, (np.zeros((0, 1), np.int64), np.zeros((0, 1), np.float32), np.zeros((0, 1), np.float32))
+    attn = [np.pad(o[2], ((0, 0), (width - o[2].shape[1], 0))) for _, o in parts]
+    return rows, (np.concatenate([o[0] for _, o in parts]), np.concatenate([o[1] for _, o in parts]),
+                  np.concatenate(attn))
+
+
+@dataclass
 class Recommendation:
     user_id: str
     payload: dict[str, Any]
@@ -314,8 +385,8 @@ def recommend(
     exclude_seen: bool = True,
     popularity: Sequence[str] = (),
     now_ms: int | None = None,
-    outputs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-    inputs: ModelInputs | None = None,
+    outputs: tuple[np.ndarray, ...] | None = None,
+    inputs: ModelInputs | Rows | None = None,
 ) -> list[Recommendation]:
     """One recommendation per user. ``outputs`` are the model's (top_items, top_scores, attn)
     for the rows of ``inputs``; users without a row get the popularity fallback."""

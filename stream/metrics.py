@@ -37,6 +37,14 @@ class WorkerMetrics:
         self.model_loaded = Gauge("attnrec_model_loaded", "1 when a model is loaded", registry=r)
         self.assigned = Gauge("attnrec_assigned_partitions", "Partitions assigned to this worker", registry=r)
         self.lag = Gauge("attnrec_consumer_lag", "Consumer lag per partition", ["partition"], registry=r)
+        # incremental models: the per-user key/value cache (stream/cache.py)
+        self.cache_hits = Counter("attnrec_cache_hits_total", "Users scored by the step graph from their cache", registry=r)
+        self.cache_misses = Counter("attnrec_cache_misses_total", "Users scored by the full graph (no usable cache)",
+                                    registry=r)
+        self.rows = Counter("attnrec_model_rows_total", "Rows scored, per graph", ["graph"], registry=r)
+        self.cache_bytes = Gauge("attnrec_cache_bytes", "Bytes held by the key/value cache", registry=r)
+        self.cache_users = Gauge("attnrec_cache_users", "Users with a key/value cache", registry=r)
+        self.cache_evictions = Gauge("attnrec_cache_evictions", "Caches evicted (LRU by bytes) since start", registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -34,9 +34,10 @@ class Session(Protocol):
     def run(self, output_names: Any, input_feed: dict[str, np.ndarray]) -> list[np.ndarray]: ...
 
 
-#: Replaces a checked model's onnxruntime session by another scorer of the same contract
-#: (``ATTNREC_SCORER``; the apps layer supplies the torch-eager one for the benchmark).
-SessionFactory = Callable[["LoadedModel"], Session]
+#: Replaces a checked model's onnxruntime sessions (full graph, step graph or None) by another
+#: scorer of the same contract (``ATTNREC_SCORER``; the apps layer supplies the torch-eager one
+#: for the benchmark).
+SessionFactory = Callable[["LoadedModel"], "tuple[Session, Session | None]"]
 
 
 @dataclass
@@ -55,17 +56,31 @@ class LoadedModel:
     uses_types: bool
     uses_gaps: bool
     popularity: list[str]
+    step_session: Session | None = None  # incremental models: the step graph
+    history_len: int = 0  # events the full graph reads (incremental: n_blocks*(L-1)+1; else max_len)
+    cache_shape: tuple[int, int, int, int] = (0, 0, 0, 0)  # incremental: (blocks, 2, L-1, d) per user
     loaded_at: float = field(default_factory=time.time)
     #: stream.logic.EntryTable memo of parsed buffer entries; its indices belong to this version
     entry_table: Any = field(default=None, repr=False, compare=False)
 
-    def run(self, items: np.ndarray, types: np.ndarray, gaps: np.ndarray, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Score a batch: arrays (B, L) int64 and (B, E) int64 -> top_items, top_scores, attn."""
-        out = self.session.run(
-            ["top_items", "top_scores", "attn"],
-            {"items": items, "types": types, "gaps": gaps, "exclude": exclude},
-        )
-        return out[0], out[1], out[2]
+    @property
+    def incremental(self) -> bool:
+        """True when new events are scored from a per-user key/value cache (the step graph)."""
+        return self.step_session is not None
+
+    def run(self, items: np.ndarray, types: np.ndarray, gaps: np.ndarray, exclude: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The full graph: arrays (B, T) int64 and (B, E) int64 -> top_items, top_scores, attn,
+        and for an incremental model the cache (B, blocks, 2, L-1, d) and cache_len (B,)."""
+        names = ["top_items", "top_scores", "attn"] + (["cache", "cache_len"] if self.incremental else [])
+        return tuple(self.session.run(names, {"items": items, "types": types, "gaps": gaps, "exclude": exclude}))
+
+    def run_step(self, items: np.ndarray, types: np.ndarray, gaps: np.ndarray, cache: np.ndarray,
+                 cache_len: np.ndarray, exclude: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The step graph: one new event per row (B, 1) over the cache -> top_items, top_scores,
+        attn (B, L) and new_kv (B, blocks, 2, d)."""
+        assert self.step_session is not None, f"model {self.version} has no step graph"
+        return tuple(self.step_session.run(None, {"items": items, "types": types, "gaps": gaps, "cache": cache,
+                                                  "cache_len": cache_len, "exclude": exclude}))
 
 
 def load_model(vdir: Path, *, threads: int = 1, session_factory: SessionFactory | None = None) -> LoadedModel:
@@ -89,9 +104,14 @@ def load_model(vdir: Path, *, threads: int = 1, session_factory: SessionFactory 
         uses_types=bool(manifest.get("uses_types", False)),
         uses_gaps=bool(manifest.get("uses_gaps", False)),
         popularity=[str(p) for p in manifest.get("popularity") or []],
+        step_session=checked.step_session,
+        history_len=int(manifest.get("history_len") or manifest.get("max_len", 50)),
     )
+    if model.incremental:
+        c = manifest["cache"]
+        model.cache_shape = (int(c["blocks"]), 2, int(c["slots"]), int(c["d_model"]))
     if session_factory is not None:
-        model.session = session_factory(model)
+        model.session, model.step_session = session_factory(model)
     return model
 
 

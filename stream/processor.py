@@ -34,6 +34,7 @@ from attnrec.errors import TransientError
 from attnrec.events import ClickEvent, dlq_envelope
 from attnrec.settings import Settings
 from stream.buffer import Applied, RedisBuffers
+from stream.incremental import Incremental, Plan
 from stream.logic import (
     TIMING_HEADER,
     ModelInputs,
@@ -101,6 +102,7 @@ class Prepared:
     inputs: ModelInputs | None = None
     scoring: asyncio.Future[Any] | None = None  # the model run in the scorer thread
     outputs: Any = None  # or its result, when scored inline
+    plan: Plan | None = None  # an incremental model's split between its graphs
 
 
 class Processor:
@@ -119,6 +121,7 @@ class Processor:
         self._lag_labels: set[str] = set()
         self.inline_rows = INLINE_SCORING_MAX_ROWS  # larger batches are scored in the scorer thread
         self.stages: StageTimes | None = None  # attach one to profile the steps (benchmark)
+        self.incremental = Incremental(settings, metrics)  # an incremental model's key/value caches
 
     # ------------------------------------------------------------------ model
     def set_model(self, m: LoadedModel | None) -> None:
@@ -189,6 +192,8 @@ class Processor:
             return prep
         self.maybe_swap()  # between batches: this whole batch is scored by one version
         model = prep.model = self.model
+        if model is not None and model.incremental:
+            return await self._prepare_incremental(prep, model)
         window = model.max_len + 1 if model is not None else 0  # +1: the oldest kept event's time gap
         ret = max(window, s.exclude_window if s.exclude_seen else 0)
         res = prep.res = await self.buffers.apply(parsed.events, return_len=ret)
@@ -214,6 +219,27 @@ class Processor:
                 st.lap("model")
         return prep
 
+    async def _prepare_incremental(self, prep: Prepared, model: LoadedModel) -> Prepared:
+        """:meth:`prepare` for an incremental model: Redis returns a cached user's new entries
+        only; hits go to the step graph, misses to the full graph (:mod:`stream.incremental`)."""
+        s, st, inc = self.s, self.stages, self.incremental
+        lengths = inc.lengths(model, prep.parsed.events)
+        res = prep.res = await self.buffers.apply(prep.parsed.events, return_len=inc.full_len(model), user_len=lengths)
+        plan = prep.plan = await inc.plan(model, res, prep.parsed.events, lengths, self.buffers)
+        prep.t1 = time.perf_counter()
+        if s.timing_headers:
+            prep.milestones.append(time.time() * 1000)
+        if st is not None:
+            st.lap("redis")
+            st.lap("inputs")  # the inputs are built with the plan: they count as Redis here
+        if len(plan.full.users) + len(plan.step.users) > self.inline_rows:
+            prep.scoring = asyncio.get_running_loop().run_in_executor(self._scorer, inc.score, model, plan)
+        else:
+            prep.outputs = inc.score(model, plan)
+        if st is not None:
+            st.lap("model")
+        return prep
+
     async def finish(self, prep: Prepared) -> Outbox:
         """Second half: wait for the scores, build one recommendation per user, hand them and
         the dead letters to the producer and store the latest recommendations. Raises on
@@ -237,10 +263,13 @@ class Processor:
             for (ev, _, _), src in zip(parsed.events, parsed.sources, strict=True):
                 triggers[ev.user_id] = ev  # the last event of each user is its trigger
                 sources[ev.user_id] = src
+            rows: Any = prep.inputs
+            if prep.plan is not None and prep.model is not None:
+                rows, outputs = self.incremental.commit(prep.model, prep.plan, outputs)
             recs = recommend(
                 prep.model, res.users, res.raw, triggers,
                 top_k=s.top_k, because_k=s.because_k, exclude_seen=s.exclude_seen,
-                outputs=outputs, inputs=prep.inputs,
+                outputs=outputs, inputs=rows,
             )  # fmt: skip
             if st is not None:
                 st.lap("recommend")

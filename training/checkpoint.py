@@ -75,15 +75,19 @@ def write_curve(path: Path, curve: list[dict[str, Any]], title: str) -> None:
     plt.close(fig)
 
 
-def _samples(ds: Dataset, max_len: int, n: int = 256, seed: int = 0) -> list[dict[str, list[int]]]:
-    """Up to n real training inputs, oldest first, unpadded: [{"items", "types", "gaps"}]."""
-    items, types, gaps, _ = training_arrays(ds, max_len)
+def _samples(ds: Dataset, max_len: int, n: int = 256, seed: int = 0, warmup: int = 0,
+             length: int | None = None) -> list[dict[str, list[int]]]:
+    """Up to n real training inputs, oldest first, unpadded, at most ``length`` events (the full
+    graph's input: ``history_len``): [{"items", "types", "gaps"}]."""
+    items, types, gaps, _ = training_arrays(ds, max_len, warmup=warmup)
+    length = length or max_len
     rng = np.random.default_rng(seed)
     pick: Any = np.sort(rng.choice(len(items), size=min(n, len(items)), replace=False)) if len(items) else []
     out = []
     for i in pick:
         keep = items[i] != 0
-        out.append({"items": items[i][keep].tolist(), "types": types[i][keep].tolist(), "gaps": gaps[i][keep].tolist()})
+        out.append({"items": items[i][keep][-length:].tolist(), "types": types[i][keep][-length:].tolist(),
+                    "gaps": gaps[i][keep][-length:].tolist()})
     return out
 
 
@@ -113,7 +117,8 @@ def save_checkpoint(
     _write_json(d / "vocab.json", ds.vocab.to_dict())
     _write_json(d / "metrics.json", metrics)
     _write_json(d / "popularity.json", popularity(ds))
-    _write_json(d / "samples.json", _samples(ds, model.cfg.max_len, seed=tcfg.seed))
+    _write_json(d / "samples.json", _samples(ds, model.cfg.max_len, seed=tcfg.seed, warmup=model.cfg.warmup,
+                                                   length=model.cfg.history_len))
     write_curve(d / "curve.png", metrics.get("curve", []), f"{ds.name}: best epoch {metrics.get('best_epoch')}")
     log.info("checkpoint written to %s", d)
     return d

@@ -7,7 +7,19 @@ position L-1 (see ``training/features.py`` for the vocabularies):
     types  event-type index  (0 = PAD / not used)
     gaps   time-gap bucket   (0 = PAD / unknown / not used)
 
-Embedding of position i = item + position(distance from the end, newest = 0) [+ type] [+ gap].
+Positions come in one of two ways (``ModelConfig.positions``):
+
+- "absolute" (SASRec's): embedding of position i = item + position(distance from the end,
+  newest = 0) [+ type] [+ gap]; causal attention over the last ``max_len`` events. Every new
+  event shifts every position, so the whole window is recomputed per event.
+- "relative" (cacheable, the default of new models): embedding = item [+ type] [+ gap], and each
+  block adds a learned bias per head and query-key distance (0..L-1) to the attention logits,
+  with a band mask: a query sees the last L = ``max_len`` events, itself included. An event's
+  keys and values at every layer are then fixed once it has arrived, so serving keeps them per
+  user and scores a new event with one query per layer (:meth:`AttnRec.step`). Its layer-k
+  state depends on up to k*(L-1) earlier events, so the full graph reads
+  ``history_len = n_blocks*(L-1)+1`` events and training uses rows long enough for that.
+
 Blocks use hand-written masked attention (a large finite negative instead of -inf, so fully
 padded rows never produce NaN and the graph exports to ONNX with dynamic batch and sequence
 length) in one of two layouts (``ModelConfig.block``):
@@ -19,8 +31,10 @@ length) in one of two layouts (``ModelConfig.block``):
 normalised, keys and values are not, and the residuals start from the normalised tensors.
 Scores are the final hidden state dotted with the (tied) item embeddings.
 
-    hidden = model(items, types, gaps)            # (B, L, d), training: every position
+    hidden = model(items, types, gaps)            # (B, T, d), training: every position
     h, attn = model.final_state(items, types, gaps)  # (B, d), (B, L): inference, newest only
+    h, attn, cache, n = model.final_state(items, types, gaps, with_cache=True)  # + (B, blocks, 2, L-1, d), (B,)
+    h, attn, new_kv = model.step(item, type, gap, cache, n)  # one new event per row: (B, d), (B, L), (B, blocks, 2, d)
     scores = model.item_scores(h)                 # (B, n_items)
 """
 
@@ -33,10 +47,12 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-__all__ = ["ConfigDict", "ModelConfig", "AttnRec", "MASK_VALUE", "BLOCKS"]
+__all__ = ["ConfigDict", "ModelConfig", "AttnRec", "MASK_VALUE", "BLOCKS", "POSITIONS"]
 
 #: Added to masked attention logits. Finite so a fully masked row gives zeros, not NaN.
 MASK_VALUE = -1e9
+#: Position schemes, see the module docstring.
+POSITIONS = ("absolute", "relative")
 #: Block layouts, see the module docstring.
 BLOCKS = ("pre_ln", "sasrec")
 
@@ -66,12 +82,30 @@ class ModelConfig(ConfigDict):
     n_event_types: int = 0  # event-type vocabulary incl. PAD; 0 = not used
     n_gap_buckets: int = 0  # time-gap vocabulary incl. PAD; 0 = not used
     block: str = "pre_ln"  # block layout: "pre_ln" or "sasrec" (see the module docstring)
+    positions: str = "absolute"  # "absolute" or "relative" (cacheable; see the module docstring)
 
     def __post_init__(self) -> None:
         assert self.n_items >= 3, f"n_items={self.n_items} must count PAD, OOV and at least one item"
         assert self.d_model % self.n_heads == 0, f"d_model={self.d_model} not divisible by n_heads={self.n_heads}"
         assert self.max_len >= 1 and self.n_blocks >= 1, "max_len and n_blocks must be positive"
         assert self.block in BLOCKS, f"block must be one of {BLOCKS}, got {self.block!r}"
+        assert self.positions in POSITIONS, f"positions must be one of {POSITIONS}, got {self.positions!r}"
+
+    @property
+    def relative(self) -> bool:
+        return self.positions == "relative"
+
+    @property
+    def history_len(self) -> int:
+        """Events the newest position's state depends on: n_blocks*(L-1)+1 with the band mask;
+        ``max_len`` with absolute positions (the window itself)."""
+        return self.n_blocks * (self.max_len - 1) + 1 if self.relative else self.max_len
+
+    @property
+    def warmup(self) -> int:
+        """Events a training row keeps before its first trained position (relative: the
+        history a position depends on; absolute: none, as SASRec trains)."""
+        return self.history_len - 1 if self.relative else 0
 
     @property
     def ff_width(self) -> int:
@@ -90,26 +124,35 @@ class SelfAttention(nn.Module):
         self.attn_drop = nn.Dropout(cfg.dropout)
         self.resid_drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, xq: torch.Tensor, xkv: torch.Tensor, allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """xq (B, Lq, d) attends to xkv (B, L, d) where allowed (B, Lq, L) is True.
+    def forward(self, xq: torch.Tensor, xkv: torch.Tensor, allowed: torch.Tensor,
+                bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """xq (B, Lq, d) attends to xkv (B, L, d) where allowed (B, Lq, L) is True, with an
+        optional additive bias (H, Lq, L) on the logits.
 
-        Returns the output (B, Lq, d) and the attention weights (B, H, Lq, L); rows with no
-        allowed key are all zeros.
+        Returns the output (B, Lq, d), the attention weights (B, H, Lq, L) (rows with no allowed
+        key are all zeros) and the keys and values (B, L, d) it used.
         """
+        return self.attend(xq, self.k(xkv), self.v(xkv), allowed, bias)
+
+    def attend(self, xq: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor,
+               bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """As :meth:`forward`, with the keys and values (B, L, d) already projected (a cache)."""
         B, Lq, d = xq.shape
-        L = xkv.shape[1]
+        L = k.shape[1]
         H = self.n_heads
         hd = d // H
         q = self.q(xq).view(B, Lq, H, hd).transpose(1, 2)  # (B, H, Lq, hd)
-        k = self.k(xkv).view(B, L, H, hd).transpose(1, 2)  # (B, H, L, hd)
-        v = self.v(xkv).view(B, L, H, hd).transpose(1, 2)  # (B, H, L, hd)
-        logits = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hd))  # (B, H, Lq, L)
+        kh = k.view(B, L, H, hd).transpose(1, 2)  # (B, H, L, hd)
+        vh = v.view(B, L, H, hd).transpose(1, 2)  # (B, H, L, hd)
+        logits = (q @ kh.transpose(-2, -1)) * (1.0 / math.sqrt(hd))  # (B, H, Lq, L)
+        if bias is not None:
+            logits = logits + bias.unsqueeze(0)  # (1, H, Lq, L)
         mask = allowed.unsqueeze(1)  # (B, 1, Lq, L)
         logits = logits.masked_fill(~mask, MASK_VALUE)
         att = torch.softmax(logits, dim=-1) * mask.to(logits.dtype)  # zero rows stay zero
-        y = self.attn_drop(att) @ v  # (B, H, Lq, hd)
+        y = self.attn_drop(att) @ vh  # (B, H, Lq, hd)
         y = y.transpose(1, 2).reshape(B, Lq, d)  # (B, Lq, d)
-        return self.resid_drop(self.proj(y)), att
+        return self.resid_drop(self.proj(y)), att, k, v
 
 
 class Block(nn.Module):
@@ -128,24 +171,42 @@ class Block(nn.Module):
         )
 
     def forward(
-        self, x: torch.Tensor, allowed: torch.Tensor, last_only: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, L, d) -> (B, L, d), or (B, 1, d) for the newest position only when last_only."""
-        h = self.ln1(x)  # (B, L, d)
+        self, x: torch.Tensor, allowed: torch.Tensor, last_only: bool = False, bias: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, T, d) -> (B, T, d), or (B, 1, d) for the newest position only when last_only;
+        also the attention (B, H, Tq, T) and this block's keys and values (B, T, d)."""
+        h = self.ln1(x)  # (B, T, d)
         kv = x if self.sasrec else h  # the SASRec block attends to un-normalised keys and values
         if last_only:
             x = x[:, -1:, :]  # (B, 1, d)
             hq = h[:, -1:, :]  # (B, 1, d)
-            allowed = allowed[:, -1:, :]  # (B, 1, L)
+            allowed = allowed[:, -1:, :]  # (B, 1, T)
+            bias = bias[:, -1:, :] if bias is not None else None  # (H, 1, T)
         else:
             hq = h
-        a, att = self.attn(hq, kv, allowed)
+        a, att, k, v = self.attn(hq, kv, allowed, bias)
+        return self._finish(x, hq, a), att, k, v
+
+    def step(self, x: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, allowed: torch.Tensor,
+             bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One new event x (B, 1, d) over this block's cached keys/values (B, L-1, d) and its own:
+        the same computation as the newest position of :meth:`forward` (relative positions).
+        Returns its output (B, 1, d), attention (B, H, 1, L) and new key and value (B, d)."""
+        h = self.ln1(x)  # (B, 1, d)
+        kv = x if self.sasrec else h
+        k_new, v_new = self.attn.k(kv), self.attn.v(kv)  # (B, 1, d) each
+        k = torch.cat([k_cache, k_new], dim=1)  # (B, L, d)
+        v = torch.cat([v_cache, v_new], dim=1)  # (B, L, d)
+        a, att, _, _ = self.attn.attend(h, k, v, allowed.unsqueeze(1), bias)
+        return self._finish(x, h, a), att, k_new[:, 0], v_new[:, 0]
+
+    def _finish(self, x: torch.Tensor, hq: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """The residuals and the feed-forward after attention, in this block's layout."""
         if self.sasrec:
             f = self.ln2(hq + a)
-            return f + self.ff(f), att
+            return f + self.ff(f)
         x = x + a
-        x = x + self.ff(self.ln2(x))
-        return x, att
+        return x + self.ff(self.ln2(x))
 
 
 class AttnRec(nn.Module):
@@ -153,7 +214,9 @@ class AttnRec(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.item_emb = nn.Embedding(cfg.n_items, cfg.d_model, padding_idx=0)
-        self.pos_emb = nn.Embedding(cfg.max_len, cfg.d_model)
+        self.pos_emb = nn.Embedding(cfg.max_len, cfg.d_model) if not cfg.relative else None
+        # relative: a bias per block, head and query-key distance 0..L-1 (zeros: no preference)
+        self.rel_bias = nn.Parameter(torch.zeros(cfg.n_blocks, cfg.n_heads, cfg.max_len)) if cfg.relative else None
         self.type_emb = nn.Embedding(cfg.n_event_types, cfg.d_model, padding_idx=0) if cfg.n_event_types else None
         self.gap_emb = nn.Embedding(cfg.n_gap_buckets, cfg.d_model, padding_idx=0) if cfg.n_gap_buckets else None
         self.emb_drop = nn.Dropout(cfg.dropout)
@@ -177,45 +240,102 @@ class AttnRec(nn.Module):
                 with torch.no_grad():
                     m.weight[m.padding_idx].zero_()
 
-    def _embed(self, items: torch.Tensor, types: torch.Tensor, gaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, L) x3 -> embeddings (B, L, d) and allowed-attention mask (B, L, L)."""
-        assert items.dim() == 2, f"items must be (B, L), got shape {tuple(items.shape)}"
-        assert items.shape[1] <= self.cfg.max_len, f"sequence of length {items.shape[1]} > max_len {self.cfg.max_len}"
-        L = items.shape[1]
-        # distance from the end: newest (index L-1) -> 0, so any L <= max_len works
-        pos = torch.arange(L - 1, -1, -1, device=items.device)  # (L,)
-        valid = items != 0  # (B, L)
-        x = self.item_emb(items) + self.pos_emb(pos).unsqueeze(0)  # (B, L, d)
+    def _embed_events(self, items: torch.Tensor, types: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
+        """Item [+ type] [+ gap] embeddings (B, T, d), before positions, dropout and masking."""
+        x = self.item_emb(items)
         if self.type_emb is not None:
             x = x + self.type_emb(types)
         if self.gap_emb is not None:
             x = x + self.gap_emb(gaps)
-        x = self.emb_drop(x) * valid.unsqueeze(-1).to(x.dtype)  # (B, L, d), pads zeroed
-        causal = torch.ones(L, L, dtype=torch.bool, device=items.device).tril()  # (L, L)
-        allowed = causal.unsqueeze(0) & valid.unsqueeze(1)  # (B, L, L): query i sees key j<=i, j not pad
-        return x, allowed
+        return x
+
+    def _embed(self, items: torch.Tensor, types: torch.Tensor,
+               gaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(B, T) x3 -> embeddings (B, T, d), allowed-attention mask (B, T, T) and, with relative
+        positions, the distance of each query-key pair (T, T) for the biases."""
+        assert items.dim() == 2, f"items must be (B, T), got shape {tuple(items.shape)}"
+        T = items.shape[1]
+        valid = items != 0  # (B, T)
+        x = self._embed_events(items, types, gaps)
+        qi = torch.arange(T, device=items.device)  # (T,)
+        dist = qi.unsqueeze(1) - qi.unsqueeze(0)  # (T, T): query i - key j
+        if self.pos_emb is not None:
+            assert T <= self.cfg.max_len, f"sequence of length {T} > max_len {self.cfg.max_len}"
+            # distance from the end: newest (index T-1) -> 0, so any T <= max_len works
+            x = x + self.pos_emb(T - 1 - qi).unsqueeze(0)  # (B, T, d)
+            band = dist >= 0  # causal
+        else:
+            band = (dist >= 0) & (dist < self.cfg.max_len)  # causal, the last L events
+        x = self.emb_drop(x) * valid.unsqueeze(-1).to(x.dtype)  # (B, T, d), pads zeroed
+        allowed = band.unsqueeze(0) & valid.unsqueeze(1)  # (B, T, T): query i sees key j in its band, j not pad
+        return x, allowed, (dist.clamp(0, self.cfg.max_len - 1) if self.rel_bias is not None else None)
+
+    def _bias(self, b: int, dist: torch.Tensor | None) -> torch.Tensor | None:
+        """Block ``b``'s relative-position bias (H, Tq, T) for a distance matrix (Tq, T)."""
+        if dist is None or self.rel_bias is None:
+            return None
+        return self.rel_bias[b][:, dist]  # (H, Tq, T)
 
     def forward(self, items: torch.Tensor, types: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
-        """Hidden states at every position, (B, L, d)."""
-        x, allowed = self._embed(items, types, gaps)
-        for block in self.blocks:
-            x, _ = block(x, allowed)
-        return self.ln_f(x)  # (B, L, d)
+        """Hidden states at every position, (B, T, d)."""
+        x, allowed, dist = self._embed(items, types, gaps)
+        for b, block in enumerate(self.blocks):
+            x, _, _, _ = block(x, allowed, bias=self._bias(b, dist))
+        return self.ln_f(x)  # (B, T, d)
 
-    def final_state(
-        self, items: torch.Tensor, types: torch.Tensor, gaps: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Hidden state of the newest position (B, d) and its last-layer attention (B, L).
+    def final_state(self, items: torch.Tensor, types: torch.Tensor, gaps: torch.Tensor,
+                    with_cache: bool = False) -> Any:
+        """Hidden state of the newest position (B, d) and its last-layer attention over its window
+        (B, min(T, L)): averaged over heads, each row sums to 1 over non-pad keys, 0 on pads.
 
-        The last block computes only the newest position's query and feed-forward. The
-        attention is averaged over heads: each row sums to 1 over non-pad keys, 0 on pads.
+        The last block computes only the newest position's query and feed-forward. With
+        ``with_cache`` (relative positions) also every block's keys and values of the last L-1
+        events (B, n_blocks, 2, L-1, d), left-padded with zeros, and how many of them are events
+        (B,) -- what :meth:`step` needs to go on from here.
         """
-        x, allowed = self._embed(items, types, gaps)
-        for block in self.blocks[:-1]:
-            x, _ = block(x, allowed)
-        x, att = self.blocks[-1](x, allowed, last_only=True)  # (B, 1, d), (B, H, 1, L)
+        x, allowed, dist = self._embed(items, types, gaps)
+        kvs = []
+        for b, block in enumerate(self.blocks[:-1]):
+            x, _, k, v = block(x, allowed, bias=self._bias(b, dist))
+            kvs.append((k, v))
+        x, att, k, v = self.blocks[-1](x, allowed, last_only=True, bias=self._bias(len(self.blocks) - 1, dist))
+        kvs.append((k, v))
         h = self.ln_f(x[:, 0, :])  # (B, d)
-        return h, att.mean(dim=1)[:, 0, :]  # (B, d), (B, L)
+        attn = att.mean(dim=1)[:, 0, -self.cfg.max_len:]  # (B, min(T, L))
+        if not with_cache:
+            return h, attn
+        assert self.cfg.relative, "a key/value cache needs relative positions"
+        L1 = self.cfg.max_len - 1
+        zeros = (kvs[0][0][:, :1, :] * 0).expand(-1, L1, -1)  # (B, L-1, d), shapes stay symbolic in an export
+        cache = torch.stack([torch.stack([torch.cat([zeros, t], dim=1)[:, -L1:] for t in kv], dim=1) for kv in kvs],
+                            dim=1)  # (B, n_blocks, 2, L-1, d)
+        n = (items != 0).sum(dim=1).clamp(max=L1)  # (B,)
+        return h, attn, cache, n
+
+    def step(self, items: torch.Tensor, types: torch.Tensor, gaps: torch.Tensor, cache: torch.Tensor,
+             n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Score one new event per row from the cache of the events before it.
+
+        ``items``/``types``/``gaps`` (B, 1): the new event; ``cache`` (B, n_blocks, 2, L-1, d): every
+        block's keys and values of the previous events, oldest first, left-padded; ``n`` (B,):
+        how many of the cache's slots are events. Returns the new event's hidden state (B, d), its
+        last-layer attention over its window (B, L: the cache's slots, then itself) and its keys
+        and values (B, n_blocks, 2, d) -- the same numbers :meth:`final_state` computes from the
+        whole history, for a fraction of the work.
+        """
+        assert self.cfg.relative and self.rel_bias is not None, "step needs relative positions"
+        L = self.cfg.max_len
+        x = self._embed_events(items, types, gaps)  # (B, 1, d)
+        slot = torch.arange(L, device=items.device)  # (L,): cache slots 0..L-2, then the new event
+        allowed = (slot.unsqueeze(0) >= (L - 1) - n.unsqueeze(1)).unsqueeze(1)  # (B, 1, L)
+        dist = (L - 1 - slot).unsqueeze(0)  # (1, L): the new event is at distance 0 from itself
+        new = []
+        att = x  # placeholder, replaced by the last block's attention
+        for b, block in enumerate(self.blocks):
+            x, att, k, v = block.step(x, cache[:, b, 0], cache[:, b, 1], allowed[:, 0], self.rel_bias[b][:, dist])
+            new.append(torch.stack([k, v], dim=1))  # (B, 2, d)
+        h = self.ln_f(x[:, 0, :])  # (B, d)
+        return h, att.mean(dim=1)[:, 0, :], torch.stack(new, dim=1)  # (B, d), (B, L), (B, n_blocks, 2, d)
 
     def item_scores(self, h: torch.Tensor) -> torch.Tensor:
         """(B, d) or (N, d) -> scores over the whole vocabulary (.., n_items), tied embeddings."""

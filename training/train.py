@@ -94,11 +94,15 @@ def default_configs(ds: Dataset) -> tuple[ModelConfig, TrainConfig]:
     0.1 (session 5; the comment below)."""
     st = ds.stats()
     p90 = st["p90_len"]
+    long_seqs = st["mean_len"] >= 50
     if ds.fmt == "events":
         max_len = 50  # our own click streams: the serving latency budget (DESIGN.md) is measured at L=50
-    else:  # published benchmarks: cover most histories (Beauty -> 50, ML-1M -> 200)
+    elif long_seqs:
+        # ML-1M: a band of 100 in each of 2 blocks reaches 199 events back, which the worker's
+        # Redis buffer (200) holds, so a lost cache is rebuilt exactly
+        max_len = 100
+    else:  # short histories: cover most of them (Beauty -> 50)
         max_len = int(min(200, max(50, 50 * math.ceil(p90 / 50))))
-    long_seqs = st["mean_len"] >= 50
     short_benchmark = ds.fmt != "events" and not long_seqs  # e.g. Beauty
     mcfg = ModelConfig(
         n_items=ds.vocab.n_items,
@@ -113,6 +117,7 @@ def default_configs(ds: Dataset) -> tuple[ModelConfig, TrainConfig]:
         block="pre_ln" if long_seqs else "sasrec",
         n_event_types=N_EVENT_TYPES if ds.has_types else 0,
         n_gap_buckets=N_GAP_BUCKETS if ds.has_time else 0,
+        positions="relative",  # cacheable: the worker scores a new event with one step (docs/DESIGN.md)
     )
     tcfg = TrainConfig(
         loss="ce" if ds.vocab.n_items <= FULL_SOFTMAX_MAX_ITEMS else "sampled",
@@ -130,37 +135,50 @@ def default_configs(ds: Dataset) -> tuple[ModelConfig, TrainConfig]:
         tcfg.lr, tcfg.label_smoothing = 5e-4, 0.1
     # Validate and keep a moving average of the weights over the last ~EMA_EPOCHS epochs:
     # on Beauty it lifted test NDCG@10 0.0506 -> 0.0526 and HR@10 0.0819 -> 0.0869 at no cost.
-    rows = sum(_n_rows(n, max_len, tcfg.all_windows) for n in ds.train_len)
+    rows = sum(len(_windows(n, max_len, tcfg.all_windows, mcfg.warmup)) for n in ds.train_len)
     steps = max(1, math.ceil(rows / tcfg.batch_size))
     tcfg.ema = round(1.0 - 1.0 / (EMA_EPOCHS * steps), 6)
     return mcfg, tcfg
 
 
-def _n_rows(n_train: int, max_len: int, all_windows: bool) -> int:
-    """Training rows ``training_arrays`` makes of a history with ``n_train`` training events."""
-    if n_train < 2:
-        return 0
-    return math.ceil((n_train - 1) / max_len) if all_windows else 1
+def _windows(n_train: int, max_len: int, all_windows: bool, warmup: int = 0) -> list[tuple[int, int]]:
+    """The training rows of a history with ``n_train`` training events, as ``(lo, n)``: inputs
+    ``[lo, n-1)``, targets ``[lo+1, n)``. A row holds ``max_len + warmup`` inputs; when it does
+    not start at the user's first event, its first ``warmup`` positions see less past than a
+    served event would and get no target, so the next (older) row ends where this one's
+    targets start."""
+    out = []
+    n = n_train
+    while n >= 2:
+        lo = max(0, n - 1 - max_len - warmup)
+        out.append((lo, n))
+        if not all_windows or lo == 0:
+            break
+        n = lo + warmup + 1
+    return out
 
 
-def training_arrays(ds: Dataset, max_len: int, all_windows: bool = False) -> tuple[np.ndarray, ...]:
-    """(items, types, gaps, targets) int64 arrays (R, L): every user's last max_len+1 training
-    events (and, with ``all_windows``, the earlier non-overlapping windows too); input = all but
-    the newest, target = the next event at each position."""
+def training_arrays(ds: Dataset, max_len: int, all_windows: bool = False, warmup: int = 0) -> tuple[np.ndarray, ...]:
+    """(items, types, gaps, targets) int64 arrays (R, max_len + warmup): every user's newest
+    window (and, with ``all_windows``, the older ones, see :func:`_windows`); input = all but the
+    newest event, target = the next event at each position (0 where there is none or where the
+    position's past is cut by the window's start).
+
+    ``warmup`` = ``history_len - 1`` for relative positions: a position's state depends on that
+    many earlier events, so that many are kept before the first position that is trained."""
+    width = max_len + warmup
     rows: list[list[list[int]]] = [[], [], [], []]
     for s, n_train in zip(ds.users, ds.train_len, strict=True):
-        n = n_train
-        while n >= 2:
-            lo = max(0, n - max_len - 1)
+        for lo, n in _windows(n_train, max_len, all_windows, warmup):
             items = s.items[lo:n]
-            rows[0].append(left_pad(items[:-1], max_len))
-            rows[1].append(left_pad(s.types[lo : n - 1], max_len) if s.types is not None else [0] * max_len)
-            rows[2].append(left_pad(s.gaps[lo : n - 1], max_len) if s.gaps is not None else [0] * max_len)
-            rows[3].append(left_pad(items[1:], max_len))
-            if not all_windows:
-                break
-            n = lo + 1  # the next window ends where this one's inputs start
-    return tuple(np.asarray(r, dtype=np.int64).reshape(-1, max_len) for r in rows)
+            targets = list(items[1:])
+            if lo > 0 and warmup:
+                targets[:warmup] = [0] * min(warmup, len(targets))
+            rows[0].append(left_pad(items[:-1], width))
+            rows[1].append(left_pad(s.types[lo : n - 1], width) if s.types is not None else [0] * width)
+            rows[2].append(left_pad(s.gaps[lo : n - 1], width) if s.gaps is not None else [0] * width)
+            rows[3].append(left_pad(targets, width))
+    return tuple(np.asarray(r, dtype=np.int64).reshape(-1, width) for r in rows)
 
 
 def _loss(model: AttnRec, cfg: TrainConfig, items: torch.Tensor, types: torch.Tensor, gaps: torch.Tensor,
@@ -291,7 +309,7 @@ def train(
         model.load_state_dict(init_state)
     opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     ema = _Ema(model, tcfg.ema) if tcfg.ema else None
-    arrays = [torch.from_numpy(a) for a in training_arrays(ds, mcfg.max_len, tcfg.all_windows)]
+    arrays = [torch.from_numpy(a) for a in training_arrays(ds, mcfg.max_len, tcfg.all_windows, mcfg.warmup)]
     n = arrays[0].shape[0]
     if n == 0:
         from attnrec.errors import ModelError
@@ -322,7 +340,7 @@ def train(
             model.eval()
             if ema is not None:
                 ema.swap()  # validate (and keep, if best) the averaged weights
-            val = evaluate(model_scorer(model), ds, "val", mcfg.max_len, max_users=tcfg.val_max_users, seed=tcfg.seed)
+            val = evaluate(model_scorer(model), ds, "val", mcfg.history_len, max_users=tcfg.val_max_users, seed=tcfg.seed)
         except KeyboardInterrupt:  # Ctrl-C / SIGTERM: keep the best epoch so far and finish
             stop_reason = "interrupted"
             log.warning("training interrupted in epoch %d; keeping the best epoch so far (%d)", epoch, best["epoch"])
@@ -373,8 +391,8 @@ def fit_and_evaluate(ds: Dataset, mcfg: ModelConfig, tcfg: TrainConfig, *, progr
     model, info = train(ds, mcfg, tcfg, progress=progress, init_state=init_state)
     scorer = model_scorer(model)
     t0 = time.monotonic()
-    val = evaluate(scorer, ds, "val", mcfg.max_len, seed=tcfg.seed)
-    test = evaluate(scorer, ds, "test", mcfg.max_len, seed=tcfg.seed)
+    val = evaluate(scorer, ds, "val", mcfg.history_len, seed=tcfg.seed)
+    test = evaluate(scorer, ds, "test", mcfg.history_len, seed=tcfg.seed)
     metrics = {"protocol": PROTOCOL, "dataset": ds.name, "best_epoch": info["best_epoch"],
                "epochs_run": info["epochs_run"], "stop_reason": info["stop_reason"],
                "train_seconds": info["train_seconds"], "train_cpu_seconds": info["train_cpu_seconds"],

@@ -26,7 +26,7 @@ from .drain import drain_once
 from .load import generator_ceiling
 from .models import ensure_model, registry_model
 from .report import benchmarks_section, machine_info, merge_reports, plot, resummarise, update_benchmarks_md
-from .run import RunConfig, rate_label, run_repeat, summarise
+from .run import RunConfig, rate_label, run_repeat, summarise, warm_caches
 from .sweep import SweepPlan, run_sweep
 from .worker import open_session
 
@@ -197,7 +197,7 @@ def single(s: Settings) -> dict[str, Any]:
     if s.bench_model == "registry" or s.bench_no_worker:
         reg, items, n_items, L = registry_model(s.registry_dir)
     else:
-        reg, items = ensure_model(cache, s.bench_catalog, s.bench_max_len, d_model=s.bench_d_model,
+        reg, items = ensure_model(cache, s.bench_catalog, s.bench_max_len, d_model=s.bench_d_model, positions=s.bench_positions,
                                   n_blocks=s.bench_blocks)  # fmt: skip
         n_items, L = s.bench_catalog, s.bench_max_len
     rate = parse_rate(s.bench_rate)
@@ -213,6 +213,10 @@ def single(s: Settings) -> dict[str, Any]:
                                          catalog_items=n_items, max_len=L, start_worker=not s.bench_no_worker,
                                          metrics_url=s.bench_metrics_url, worker_pid=s.bench_worker_pid,
                                          prefill_len=s.bench_prefill, worker_src=s.bench_worker_src, agent=agent))
+        if s.bench_warm:
+            for (agent, _v), sess in zip(variants, sessions, strict=True):
+                if agent == "worker" and sess.worker is not None:
+                    sess.info["warm"] = warm_caches(sess)
         for r in range(s.bench_repeats):
             for i, (agent, v) in enumerate(variants):
                 runs[i].append(run_repeat(sessions[i], replace(cfg, label=_label(agent, v, rate)), r, _progress(s)))

@@ -75,6 +75,15 @@ class EventSource:
         self.n += k
         return out
 
+    def one_per_user(self) -> Iterator[tuple[str, str, bytes, bytes]]:
+        """One event for each user, in user order (item by popularity), serialised like the rest."""
+        items = self.rng.choice(len(self.items), size=len(self.users), p=self.p)
+        ts = int(time.time() * 1000)
+        for n, (user, i) in enumerate(zip(self.users, items, strict=True)):
+            eid = f"w{self.tag}-{n}"
+            ev = {"event_id": eid, "user_id": user, "item_id": self.items[int(i)], "event_type": "view", "ts": ts}
+            yield eid, user, user.encode(), orjson.dumps(ev)
+
     def __iter__(self) -> Iterator[tuple[str, str, bytes, bytes]]:
         while True:
             yield from self._chunk()

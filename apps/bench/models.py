@@ -21,13 +21,15 @@ __all__ = ["ensure_model", "registry_model"]
 log = logging.getLogger(__name__)
 
 
-def ensure_model(cache: Path, n_items: int, max_len: int, *, d_model: int = 64,
-                 n_blocks: int = 2) -> tuple[Path, list[str]]:  # fmt: skip
+def ensure_model(cache: Path, n_items: int, max_len: int, *, d_model: int = 64, n_blocks: int = 2,
+                 positions: str = "relative") -> tuple[Path, list[str]]:  # fmt: skip
     """A registry holding a promoted random-weight model of this shape (built once, cached), and
-    the model's item ids."""
+    the model's item ids. ``positions``: "relative" (incremental: full and step graphs, the
+    product's default) or "absolute" (a window model, recomputed whole per event)."""
     from attnrec.registry import Registry
 
-    root = (cache / "models" / f"n{n_items}-L{max_len}-d{d_model}-b{n_blocks}").resolve()
+    tag = "" if positions == "absolute" else "-rel"
+    root = (cache / "models" / f"n{n_items}-L{max_len}-d{d_model}-b{n_blocks}{tag}").resolve()
     reg = root / "registry"
     if Registry(reg).current_version() is None:
         from exporter.export import export_checkpoint
@@ -36,7 +38,7 @@ def ensure_model(cache: Path, n_items: int, max_len: int, *, d_model: int = 64,
         t0 = time.monotonic()
         log.info("building a random-weight model: %d items, max_len %d (cached in %s)", n_items, max_len, root)
         ckpt = write_random_checkpoint(root / "ckpt", n_items=n_items + 2, max_len=max_len, d_model=d_model,
-                                       n_blocks=n_blocks, n_samples=16)  # fmt: skip
+                                       n_blocks=n_blocks, n_samples=16, positions=positions)  # fmt: skip
         export_checkpoint(ckpt, reg, promote=True, force=True)
         log.info("model ready in %.0fs", time.monotonic() - t0)
     if Registry(reg).current_version() is None:

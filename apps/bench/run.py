@@ -94,6 +94,18 @@ def batch_sizes(d: dict[str, float], name: str) -> dict[str, Any] | None:
     return {"batches": int(total), "share_by_le": shares, "p50_le": p50, "p90_le": p90}
 
 
+def cache_figures(d: dict[str, float], now: dict[str, float]) -> dict[str, Any] | None:
+    """An incremental model's cache over the window: hits (step graph), misses (full graph),
+    the hit rate, and the cache's size at the end."""
+    hits, misses = d.get("attnrec_cache_hits_total", 0.0), d.get("attnrec_cache_misses_total", 0.0)
+    if hits + misses <= 0:
+        return None
+    users = now.get("attnrec_cache_users", 0.0)
+    size = now.get("attnrec_cache_bytes", 0.0)
+    return {"hits": int(hits), "misses": int(misses), "hit_rate": round(hits / (hits + misses), 4),
+            "users": int(users), "bytes": int(size), "bytes_per_user": round(size / users) if users else None}
+
+
 def hop_summary(hops: list[tuple[float, ...]]) -> dict[str, Any] | None:
     """Median, p90 and mean ms of each hop (and of their sum) over the measured triggers."""
     if not hops:
@@ -262,6 +274,7 @@ def run_once(s: Settings, cfg: RunConfig, *, items: Sequence[str], users: Sequen
                                                        "ort_threads", "partitions", "top_k", "exclude_seen")},
         "mean_batch": round(ev_done / batches, 1) if batches else None,
         "batch_sizes": batch_sizes(d, "attnrec_batch_size"),
+        "cache": cache_figures(d, m1),
         "hops_ms": hop_summary(tracker.hops),
         "stage_us_per_event": stages,
         "worker_cpu_cores": round((cpu1 - cpu0) / window, 2) if wproc is not None else None,
@@ -279,6 +292,31 @@ def run_once(s: Settings, cfg: RunConfig, *, items: Sequence[str], users: Sequen
     }
     res.update({k: v for k, v in (model_info or {}).items() if k not in res})
     return res
+
+
+def warm_caches(sess: Session, timeout_s: float = 180.0) -> dict[str, Any]:
+    """One event for every user, then wait until each is answered: an incremental model's
+    worker then holds every user's key/value cache, the steady state of a serving worker
+    (its users' caches warm). Returns the events sent, answered and the seconds it took."""
+    from attnrec.kafka_util import make_producer
+
+    tracker = CoverageTracker(sess.s).start()
+    src = EventSource(sess.items, sess.users, seed=999)
+    producer = make_producer(sess.s)
+    t0 = time.monotonic()
+    try:
+        for eid, user, key, value in src.one_per_user():
+            tracker.sent(eid, user, time.perf_counter(), False)
+            producer.send(sess.s.clicks_topic, key=key, value=value)
+        producer.flush(60)
+        while tracker.done < tracker.n_sent and time.monotonic() - t0 < timeout_s:
+            time.sleep(0.05)
+    finally:
+        producer.close(10)
+        tracker.stop()
+    out = {"sent": tracker.n_sent, "answered": tracker.done, "seconds": round(time.monotonic() - t0, 1)}
+    log.info("warmed %d users' caches in %.1fs", tracker.done, out["seconds"])
+    return out
 
 
 def run_repeat(sess: Session, cfg: RunConfig, r: int, progress: bool) -> dict[str, Any]:

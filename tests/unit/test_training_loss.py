@@ -88,10 +88,12 @@ def test_default_recipe_for_long_item_sequences_is_full_softmax_random_batches_p
     from training.data import load_dataset
     from training.train import default_configs
 
-    p = tmp_path / "long.txt"  # 40 users with 120 events each: L=150 (ML-1M-like), 40 validation users
+    p = tmp_path / "long.txt"  # 40 users with 120 events each (ML-1M-like), 40 validation users
     p.write_text("".join(f"{u} " + " ".join(str(1 + (u * 7 + k) % 300) for k in range(120)) + "\n" for u in range(1, 41)))
     m, t = default_configs(load_dataset(p, "s3"))
-    assert (m.max_len, m.n_blocks, m.dropout, m.block, m.d_model) == (150, 2, 0.1, "pre_ln", 64)
+    # an incremental model: 2 blocks with a band of 100 read 199 events, which the worker's buffer holds
+    assert (m.max_len, m.n_blocks, m.dropout, m.block, m.d_model, m.positions) == (100, 2, 0.1, "pre_ln", 64, "relative")
+    assert m.history_len == 199
     assert (t.loss, t.bucket_batches, t.patience) == ("ce", False, 20)
     assert (t.lr, t.label_smoothing) == (1e-3, 0.0)
 
@@ -146,15 +148,15 @@ def test_default_weight_average_spans_a_few_epochs_of_steps(tmp_path, all_window
     import math
 
     from training.data import load_dataset
-    from training.train import EMA_EPOCHS, _n_rows, default_configs, training_arrays
+    from training.train import EMA_EPOCHS, _windows, default_configs, training_arrays
 
     p = tmp_path / "s3.txt"
     p.write_text("".join(f"{u} " + " ".join(str(1 + (u + k) % 90) for k in range(3 + u % 140)) + "\n" for u in range(1, 400)))
     ds = load_dataset(p, "s3")
     m, t = default_configs(ds)
-    rows = training_arrays(ds, m.max_len, all_windows)[0].shape[0]
-    assert sum(_n_rows(n, m.max_len, all_windows) for n in ds.train_len) == rows
-    rows = training_arrays(ds, m.max_len, t.all_windows)[0].shape[0]
+    rows = training_arrays(ds, m.max_len, all_windows, m.warmup)[0].shape[0]
+    assert sum(len(_windows(n, m.max_len, all_windows, m.warmup)) for n in ds.train_len) == rows
+    rows = training_arrays(ds, m.max_len, t.all_windows, m.warmup)[0].shape[0]
     assert t.ema == pytest.approx(1 - 1 / (EMA_EPOCHS * math.ceil(rows / t.batch_size)), abs=1e-6)
 
 
