@@ -78,7 +78,7 @@ def test_training_rows_keep_the_history_of_every_trained_position() -> None:
     seen: dict[int, list[int]] = {}
     row = 0
     for u, s in enumerate(users):
-        for lo, n in _windows(len(s.items), L, True, warmup):
+        for lo, _n in _windows(len(s.items), L, True, warmup):
             real = np.flatnonzero(items[row] != 0)
             for p in np.flatnonzero(targets[row] != 0):
                 r = p - real[0]  # position among the row's real events
