@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from exporter.samples import pad_batch, random_seqs
+from exporter.samples import input_len, pad_batch, random_seqs
 
 __all__ = ["MAX_REL_NDCG_LOSS", "MIN_SPEEDUP", "VARIANTS", "quantize_graph", "sample_ndcg", "median_latency_ms",
            "evaluate_quantization", "choose_quantization"]
@@ -130,7 +130,7 @@ def protocol_ndcg(ckpt: Any, full_fp32: Path, full_int8: Path) -> tuple[float, f
     if ckpt.config.get("data_fingerprint") and ds.fingerprint != ckpt.config["data_fingerprint"]:
         log.warning("training data at %s changed since training; using the samples.json proxy", path)
         return None
-    max_len = int(ckpt.model_config["max_len"])
+    max_len = input_len(ckpt.model_config)
     out = []
     for graph in (full_fp32, full_int8):
         sess = make_session(graph, intra_op_threads=2)
@@ -152,7 +152,7 @@ def evaluate_quantization(ckpt: Any, fp32_path: Path, int8_path: Path, *, varian
     ``full_fp32`` (the full-score graph) enables the protocol NDCG@10 comparison.
     """
     from attnrec.modelcheck import make_session
-    max_len = int(ckpt.model_config["max_len"])
+    max_len = input_len(ckpt.model_config)
     fp32, int8 = make_session(fp32_path), make_session(int8_path)
     rng = np.random.default_rng(0)
     seqs = ckpt.samples[:32] if len(ckpt.samples) >= 32 else random_seqs(rng, 32, max_len, ckpt.model_config)

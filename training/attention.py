@@ -49,8 +49,9 @@ def _tensors(rows: list[tuple[list[int], ...]], L: int) -> tuple[torch.Tensor, .
 @torch.no_grad()
 def attention_report(model: AttnRec, ds: Dataset, causes: dict[str, tuple[str, ...]], seed: int = 0,
                      batch_size: int = 256) -> dict[str, Any]:
-    """Planted-hit rate and faithfulness over the val+test cases with a planted cause in the window."""
-    L = model.cfg.max_len
+    """Planted-hit rate and faithfulness over the val+test cases with a planted cause in the
+    attention window (the newest ``max_len`` events; the model reads its ``history_len``)."""
+    L, W = model.cfg.history_len, model.cfg.max_len
     rng = np.random.default_rng(seed)
     cases = []
     for u, cut in [*ds.val, *ds.test]:
@@ -58,7 +59,7 @@ def attention_report(model: AttnRec, ds: Dataset, causes: dict[str, tuple[str, .
         target_id = s.event_ids[cut] if s.event_ids else None
         planted = set(causes.get(target_id, ())) if target_id else set()
         items, types, gaps, ids = _window(ds, u, cut, L)
-        if planted & set(ids):
+        if planted & set(ids[-W:]):
             cases.append((u, cut, items, types, gaps, ids, planted))
     if not cases:
         return {"cases": 0}
@@ -83,12 +84,13 @@ def attention_report(model: AttnRec, ds: Dataset, causes: dict[str, tuple[str, .
         removed_rand: list[tuple[list[int], ...]] = []
         for r, c in enumerate(batch):
             n = len(c[2])
-            off = L - n  # left padding
-            top = int(att[r, off:].argmax()) if n else 0
+            nw = min(n, att.shape[1])  # events in the attention window
+            window = c[5][n - nw :]
+            top = n - nw + int(att[r, att.shape[1] - nw :].argmax()) if n else 0  # index into the case's events
             hits.append(c[5][top] in c[6])
             last_hits.append(c[5][-1] in c[6])
-            rand_rate.append(len(c[6] & set(c[5])) / n)
-            rnd = int(rng.integers(n))
+            rand_rate.append(len(c[6] & set(window)) / nw)
+            rnd = n - nw + int(rng.integers(nw))
             for pos, out in ((top, removed_top), (rnd, removed_rand)):
                 out.append(tuple([x[:pos] + x[pos + 1 :] for x in (c[2], c[3], c[4])]))
         for rows, drops, flips in ((removed_top, drop_top, flip_top), (removed_rand, drop_rand, flip_rand)):
@@ -130,8 +132,8 @@ def synthetic_benchmark(n_users: int, n_items: int, n_events: int, seed: int, th
     mcfg, tcfg = default_configs(ds)
     tcfg.seed, tcfg.threads, tcfg.max_minutes = seed, threads, max_minutes
     model, info = train(ds, mcfg, tcfg, progress=progress)
-    test = evaluate(model_scorer(model), ds, "test", mcfg.max_len)
-    pop = evaluate(popularity_scorer(ds), ds, "test", mcfg.max_len)
+    test = evaluate(model_scorer(model), ds, "test", mcfg.history_len)
+    pop = evaluate(popularity_scorer(ds), ds, "test", mcfg.history_len)
     keys = ("hr@10", "ndcg@10", "hr@20", "ndcg@20", "coverage@10")
     return {
         "dataset": ds.name, "protocol": PROTOCOL, "seed": seed, "generate_seconds": round(gen_s, 2),

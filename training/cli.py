@@ -157,7 +157,7 @@ def cmd_eval(s: Settings, args: Any) -> int:
         ds = _dataset(s, Vocab.from_dict(vocab))
         if config.get("data_fingerprint") and config["data_fingerprint"] != ds.fingerprint:
             log.warning("evaluating on data that differs from the training data (fingerprint mismatch)")
-        res = evaluate(model_scorer(model), ds, s.eval_split, model.cfg.max_len, seed=s.train_seed)
+        res = evaluate(model_scorer(model), ds, s.eval_split, model.cfg.history_len, seed=s.train_seed)
         train_seconds, model_name = _train_seconds(s.eval_model), str(s.eval_model)
     out = {"dataset": ds.name, "protocol": PROTOCOL, "split": s.eval_split, "users": res["users"],
            "items": len(ds.vocab.items), "metrics": _metrics(res), "train_seconds": train_seconds,
