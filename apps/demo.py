@@ -177,7 +177,11 @@ def run_demo(s: Settings) -> int:
         _say("one periodic-trainer cycle on history + phase 1: retrain warm-started, export, gated promote; events keep flowing")
         bt = threading.Thread(target=retrain, daemon=True)
         bt.start()
-        trickle = iter(future[half : half + 600])
+        # the events after phase 1, each sent once: up to 600 trickle while training, up to 300 more
+        # while the new model is awaited, the rest are phase 2 (re-sending an event would be a
+        # producer's retry, which never triggers a recommendation of its own)
+        after = iter(future[half:])
+        trickle = itertools.islice(after, 600)
         while bt.is_alive():  # ~20 events/s keep flowing during training and the swap
             batch = list(itertools.islice(trickle, 10))
             if batch:
@@ -187,12 +191,17 @@ def run_demo(s: Settings) -> int:
         if retrain_result.get("promoted"):
             v2 = retrain_result["version"]
             deadline = time.monotonic() + 15
+            more = itertools.islice(after, 300)
             while v2 not in tracker.versions and time.monotonic() < deadline:
-                sent += produce(s, list(itertools.islice(trickle, 10)) or future[half : half + 10], rate=20, tracker=tracker)
+                batch = list(itertools.islice(more, 10))
+                if batch:
+                    sent += produce(s, batch, rate=20, tracker=tracker)
+                else:
+                    time.sleep(0.2)
             print(f"    {v2} promoted by the gate and serving (hot reload, no restart)")
         else:
             print(f"    retrained model not promoted: {retrain_result.get('error') or retrain_result.get('reason')}")
-        rest = list(future[half + 600 :])
+        rest = list(after)
         _say(f"phase 2: replaying {len(rest):,} more events at {rate:.0f}/s")
         t_phase2 = len(tracker.latencies_ms)
         sent += replay_phase(rest, "events → recs (v2)")

@@ -15,6 +15,7 @@ retry) from *permanent* ones (dead-letter or abort).
     │   └── ModelCheckError         a registry model failed a load-time check (sha, contract, NaN)
     ├── RegistryError               registry layout/manifest problem, unknown version
     └── TransientError              a retryable infrastructure failure (Redis down, timeout)
+        └── StateLostError          Redis holds none of attnrec's state (an empty replacement)
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = [
     "ModelCheckError",
     "RegistryError",
     "TransientError",
+    "StateLostError",
 ]
 
 
@@ -71,3 +73,9 @@ class RegistryError(AttnrecError):
 
 class TransientError(AttnrecError):
     """A retryable infrastructure failure (connection reset, timeout, server loading)."""
+
+
+class StateLostError(TransientError):
+    """Redis answers but holds none of attnrec's state (its marker key is gone: a restart without
+    persistence, or a failover to an empty replica). The worker pauses rather than apply events
+    to empty buffers; the message says what the operator can do."""

@@ -22,7 +22,7 @@ from attnrec.errors import TransientError
 from attnrec.settings import Settings
 
 __all__ = ["kafka_python_security", "aiokafka_security", "faust_credentials", "ensure_topics", "make_producer",
-           "make_consumer", "admin_client"]
+           "make_consumer", "admin_client", "committed_offsets"]
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,16 @@ def ensure_topics(s: Settings, names: Iterable[str] | None = None, partitions: i
         admin.close()
 
 
+def committed_offsets(s: Settings, group_id: str, topic: str) -> dict[int, int]:
+    """The consumer group's committed offset per partition of ``topic`` (empty: none yet)."""
+    admin = admin_client(s)
+    try:
+        got = admin.list_group_offsets({group_id: None}).get(group_id, {})
+    finally:
+        admin.close()
+    return {tp.partition: meta.offset for tp, meta in got.items() if tp.topic == topic and meta.offset >= 0}
+
+
 def _topic_ready(desc: dict[str, Any]) -> bool:
     parts = desc.get("partitions") or []
     return desc.get("error_code") == 0 and bool(parts) and all(p.get("error_code") == 0 and p.get("leader_id", -1) >= 0 for p in parts)
@@ -148,6 +158,8 @@ def make_consumer(s: Settings, *topics: str, group_id: str | None = None, **kw: 
         group_id=group_id,
         auto_offset_reset="earliest",
         enable_auto_commit=group_id is not None,
+        # records of aborted transactions (an exactly-once worker's failed batches) are never seen
+        isolation_level="read_committed",
         consumer_timeout_ms=1000,
         **kafka_python_security(s),
     )

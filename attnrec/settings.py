@@ -130,6 +130,9 @@ class Settings(BaseSettings):
     redis_appendfsync: Literal["everysec", "always"] = Field(
         "everysec", description="ATTNREC_REDIS_APPENDFSYNC: AOF fsync policy of the local stack's Redis (always survives a machine crash, ~12% slower)"
     )
+    redis_empty_ok: bool = Field(
+        False, description="ATTNREC_REDIS_EMPTY_OK: a worker that finds Redis without attnrec's state while the consumer group has committed offsets (the buffers were lost) starts over with empty buffers instead of pausing"
+    )
     redis_timeout_s: float = Field(
         5.0, gt=0, description="ATTNREC_REDIS_TIMEOUT_S: socket timeout; a batch's Lua call on a saturated box took 3.6-7 s (docs/BENCHMARKS.md)"
     )
@@ -138,6 +141,12 @@ class Settings(BaseSettings):
     batch_size: int = Field(256, ge=1, description="ATTNREC_BATCH_SIZE: max events per batch (B)")
     batch_wait_ms: float = Field(
         0.0, ge=0, description="ATTNREC_BATCH_WAIT_MS: extra wait for a partial batch to fill (W); 0 = none: an event is processed at once when the worker is idle, and batches grow with the backlog up to BATCH_SIZE"
+    )
+    processing_guarantee: Literal["exactly_once", "at_least_once"] = Field(
+        "exactly_once", description="ATTNREC_PROCESSING_GUARANTEE: exactly_once: a batch's recommendations, dead letters and input offsets in one Kafka transaction per input partition (consumers read recs with isolation.level=read_committed and see each trigger's recommendation once); at_least_once: plain produce, offsets committed after delivery (lower latency; a crash can repeat recommendations)"
+    )
+    transaction_timeout_s: float = Field(
+        60.0, gt=0, description="ATTNREC_TRANSACTION_TIMEOUT_S: the broker aborts a transaction left open this long (a worker that died mid-batch)"
     )
     producer_linger_ms: float = Field(
         0.0, ge=0, description="ATTNREC_PRODUCER_LINGER_MS: how long the output producer waits to fill a request; 0 = none: records batch only while a request is in flight"

@@ -23,13 +23,14 @@ from attnrec.kafka_util import faust_credentials
 from attnrec.redis_util import redis_client
 from attnrec.settings import Settings
 from stream.batcher import Batcher, feed
-from stream.buffer import RedisBuffers
+from stream.buffer import STATE_LOST, RedisBuffers
 from stream.metrics import WorkerMetrics
 from stream.model import ModelWatcher, SessionFactory
 from stream.processor import Processor
 from stream.sender import KafkaSender
+from stream.transactions import TransactionalSender
 
-__all__ = ["faust_app", "add_agent", "add_views", "create_app"]
+__all__ = ["faust_app", "add_agent", "add_views", "guard_redis_state", "create_app"]
 
 log = logging.getLogger(__name__)
 
@@ -63,23 +64,44 @@ def faust_app(s: Settings) -> faust.App:
     )
 
 
-def add_agent(app: faust.App, s: Settings, proc: Processor, sender: KafkaSender) -> None:
+def add_agent(app: faust.App, s: Settings, proc: Processor) -> None:
     """The one agent (concurrency 1) over ``clicks``: every event to a :class:`Batcher` over
-    ``proc``, whose output goes through ``sender``."""
-    clicks = app.topic(s.clicks_topic, partitions=s.partitions, key_type=bytes, value_type=bytes)
+    ``proc``, whose output goes through a :class:`KafkaSender` (at-least-once) or, exactly-once,
+    a :class:`TransactionalSender` (and then faust neither acks nor commits: the transactions
+    commit the offsets, see :mod:`stream.transactions`)."""
+    exactly_once = s.processing_guarantee == "exactly_once"
+    clicks = app.topic(s.clicks_topic, partitions=s.partitions, key_type=bytes, value_type=bytes, acks=not exactly_once)
+    sender: KafkaSender | TransactionalSender
+    if exactly_once:
+        txn = sender = proc.txn = TransactionalSender(s)
+
+        async def on_revoked(app: Any, revoked: Any, **_: Any) -> None:
+            txn.revoked(tp.partition for tp in revoked if tp.topic == s.clicks_topic)
+
+        async def on_assigned(app: Any, assigned: Any, **_: Any) -> None:
+            txn.assigned(tp.partition for tp in assigned if tp.topic == s.clicks_topic)
+
+        app.on_partitions_revoked.connect(on_revoked, weak=False)
+        app.on_partitions_assigned.connect(on_assigned, weak=False)
+    else:
+        sender = KafkaSender(s)
     proc.send = sender.send
 
     @app.agent(clicks, concurrency=1, name="score")
     async def score(stream: Any) -> None:
         """Events in, handed to the :class:`Batcher` one by one as they arrive; the agent itself
         never waits for a batch (acks are the batcher's, once a batch's output is delivered)."""
-        batcher = Batcher(proc, stream.ack, s.batch_size, s.max_inflight, max_pending=4 * s.batch_size,
-                          wait_s=s.batch_wait_ms / 1000.0)
+        batcher = Batcher(proc, _no_ack if exactly_once else stream.ack, s.batch_size, s.max_inflight,
+                          max_pending=4 * s.batch_size, wait_s=s.batch_wait_ms / 1000.0)
         try:
             await feed(stream, batcher)
         finally:
             await batcher.close()
             await sender.stop()
+
+
+async def _no_ack(event: Any) -> None:
+    """Exactly-once: events are not acked to faust (its commits could overtake a transaction's)."""
 
 
 def add_views(app: faust.App, s: Settings, proc: Processor, *, buffers: RedisBuffers | None = None,
@@ -103,9 +125,10 @@ def add_views(app: faust.App, s: Settings, proc: Processor, *, buffers: RedisBuf
     class Readyz(View):
         async def get(self, request: Request) -> Response:
             assigned = len(app.consumer.assignment()) if app.consumer is not None else 0
-            ready = (watcher is None or proc.model is not None) and assigned > 0
+            ready = (watcher is None or proc.model is not None) and assigned > 0 and proc.state_error is None
             body = {"ready": ready, "model_version": proc.model.version if proc.model else None, "assigned_partitions": assigned,
-                    "model_error": watcher.last_error if watcher is not None else None}  # fmt: skip
+                    "model_error": watcher.last_error if watcher is not None else None,
+                    "state_error": proc.state_error}  # fmt: skip
             return self.json(body, status=200 if ready else 503)
 
     @app.page("/metrics")
@@ -134,6 +157,41 @@ def add_views(app: faust.App, s: Settings, proc: Processor, *, buffers: RedisBuf
             if raw is None:
                 return self.json({"error": f"no recommendation for user {user_id!r}"}, status=404)
             return self.bytes(raw, content_type="application/json")
+
+
+async def guard_redis_state(s: Settings, buffers: RedisBuffers, proc: Processor, poll_s: float = 5.0) -> None:
+    """Keep Redis' state marker honest (:data:`stream.buffer.STATE_KEY`). Missing at a fresh
+    start (the group has committed nothing) it is created; missing while the group has
+    committed offsets (the buffers were lost) the worker reports it and stays paused until the
+    data is restored, unless ``ATTNREC_REDIS_EMPTY_OK`` (then it starts over)."""
+    from attnrec.kafka_util import committed_offsets
+
+    loop = asyncio.get_running_loop()
+    reported = False
+    while True:
+        try:
+            if await buffers.has_state():
+                if reported:
+                    log.warning("Redis holds attnrec's state again: batches resume")
+                proc.state_error, reported = None, False
+            else:
+                done = await loop.run_in_executor(None, committed_offsets, s, s.group_id, s.clicks_topic)
+                if not any(done.values()) or s.redis_empty_ok:
+                    why = "a fresh start" if not any(done.values()) else "ATTNREC_REDIS_EMPTY_OK"
+                    await buffers.mark_state(why)
+                    log.info("Redis had no attnrec state: marked it (%s)", why)
+                    continue
+                proc.state_error = STATE_LOST
+                proc.metrics.state_lost.set(1)
+                if not reported:
+                    log.error("%s", STATE_LOST)
+                    reported = True
+            proc.metrics.state_lost.set(1 if proc.state_error else 0)
+        except AttnrecError as exc:
+            log.warning("cannot check Redis' state marker: %s", exc)
+        except Exception as exc:  # kafka admin trouble: look again later
+            log.warning("cannot read the group's committed offsets: %s: %s", type(exc).__name__, exc)
+        await asyncio.sleep(poll_s)
 
 
 def create_app(settings: Settings, *, session_factory: SessionFactory | None = None) -> faust.App:
@@ -167,6 +225,10 @@ def create_app(settings: Settings, *, session_factory: SessionFactory | None = N
             log.warning("no model promoted in %s yet: serving popularity fallbacks", s.registry_dir)
         watcher.start()
 
-    add_agent(app, s, proc, KafkaSender(s))
+    @app.task
+    async def _redis_state() -> None:
+        await guard_redis_state(s, buffers, proc)
+
+    add_agent(app, s, proc)
     add_views(app, s, proc, buffers=buffers, watcher=watcher)
     return app

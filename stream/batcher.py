@@ -66,7 +66,8 @@ class Batcher:
             raise RuntimeError("batch task ended")
         if not self._pending:
             self._first_t = time.monotonic()
-        self._pending.append((event, time.time() * 1000))
+        txn = self.proc.txn
+        self._pending.append((event, time.time() * 1000, txn.epoch(event.message.partition) if txn else 0))
         self._have.set()
         if len(self._pending) >= self.batch_size:
             self._full.set()
@@ -81,7 +82,8 @@ class Batcher:
         if not self._pending:
             self._first_t = time.monotonic()
         now = time.time() * 1000
-        self._pending.extend((e, now) for e in events)
+        txn = self.proc.txn
+        self._pending.extend((e, now, txn.epoch(e.message.partition) if txn else 0) for e in events)
         self._have.set()
         if len(self._pending) >= self.batch_size:
             self._full.set()
@@ -121,11 +123,19 @@ class Batcher:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._full.wait(), linger)
             taken = self._take()
-            events = [e for e, _ in taken]
+            txn = self.proc.txn
+            if txn is not None:  # exactly-once: events of a partition revoked since they arrived are dropped
+                live = [t for t in taken if txn.current(t[0].message.partition, t[2])]
+                if len(live) < len(taken):
+                    self.proc.metrics.revoked_events.inc(len(taken) - len(live))
+                    taken = live
+                    if not taken:
+                        continue
+            events = [e for e, _, _ in taken]
             records = [
                 RawRecord(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value,
-                          int(e.message.timestamp * 1000), received)
-                for e, received in taken
+                          int(e.message.timestamp * 1000), received, epoch)
+                for e, received, epoch in taken
             ]  # fmt: skip
             try:
                 prep: Prepared | None = await self.proc.prepare(records)
@@ -143,7 +153,7 @@ class Batcher:
             else:
                 prev = (events, records, prep)
 
-    def _take(self) -> list[tuple[Any, float]]:
+    def _take(self) -> list[tuple[Any, float, int | None]]:
         events = self._pending[: self.batch_size]
         del self._pending[: self.batch_size]
         self._first_t = time.monotonic()  # leftovers (more than B were pending) start a new wait
@@ -174,7 +184,8 @@ class Batcher:
             await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
 
     async def _deliver_then_ack(self, out: Outbox, events: list[Any]) -> None:
-        await self.proc.deliver(out)
+        if not await self.proc.deliver(out):
+            return  # exactly-once: the partitions moved to another worker; it redoes these events
         for e in events:
             await self.ack(e)
 

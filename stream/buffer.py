@@ -27,11 +27,22 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
 
-from attnrec.errors import TransientError
+from attnrec.errors import StateLostError, TransientError
 from attnrec.events import ClickEvent
 from stream.logic import BufferEntry, decode_entry, encode_entry
 
-__all__ = ["RedisBuffers", "Applied", "user_keys", "APPLY_LUA"]
+__all__ = ["STATE_KEY", "STATE_LOST", "RedisBuffers", "Applied", "APPLIED", "REDELIVERED", "RETRY", "user_keys", "APPLY_LUA"]
+
+#: A key that exists while Redis holds attnrec's state; the worker creates it on a fresh start
+#: and the apply script refuses to run without it. Losing it (a restart without persistence, a
+#: failover to an empty replica) pauses every worker instead of rebuilding buffers from nothing.
+STATE_KEY = "attnrec:state"
+STATE_LOST = (f"Redis holds none of attnrec's state ({STATE_KEY} is missing: a restart without persistence or a "
+              "failover to an empty replica?). Batches are paused: nothing is applied, recommended or committed. "
+              "Restore Redis' data, or set ATTNREC_REDIS_EMPTY_OK=true to start over with empty buffers.")
+
+#: What the apply script says of each event (``Applied.codes``).
+REDELIVERED, APPLIED, RETRY = 0, 1, 2
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +52,20 @@ def user_keys(user_id: str) -> tuple[str, str, str, str]:
     return tag + ":recent", tag + ":ev", tag + ":wm", tag + ":recs"
 
 
-# KEYS: per event i (1-based): recent, ev, wm at 3i-2, 3i-1, 3i.
+# KEYS: per event i (1-based): recent, ev, wm at 3i-2, 3i-1, 3i; last, the state marker
+#       (STATE_KEY): without it the script refuses (an empty Redis is not applied to).
 # ARGV: max_len, ttl_s, dedupe_window, return_len, n_events, n_users,
 #       then per event: event_id, wm_field, offset, entry (4 each),
 #       then per distinct user: the 1-based index of one of its events (for its keys),
 #       then per distinct user: how many entries to return (0 = return_len).
-# Returns {applied flags (1/0 per event), {buffer per distinct user (newest first)},
+# Returns {per event: 1 applied, 0 already applied at or below this offset (a redelivery), 2 an
+#          event_id already applied at another offset (a producer's retry)},
+#         {buffer per distinct user (newest first)},
 #          {events ever applied to each distinct user's buffer ('#seq', 0 when none)}}.
 APPLY_LUA = """
+if redis.call('EXISTS', KEYS[#KEYS]) == 0 then
+  return redis.error_reply('NOSTATE attnrec state marker ' .. KEYS[#KEYS] .. ' is missing')
+end
 local max_len = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
 local window = tonumber(ARGV[3])
@@ -60,14 +77,14 @@ for i = 1, n do
   local rk, ek, wk = KEYS[3*i-2], KEYS[3*i-1], KEYS[3*i]
   local b = 6 + 4*(i-1)
   local eid, field, off, entry = ARGV[b+1], ARGV[b+2], tonumber(ARGV[b+3]), ARGV[b+4]
-  local dup = false
+  local dup = -1
   if off >= 0 then
     local wm = redis.call('HGET', wk, field)
-    if wm and tonumber(wm) >= off then dup = true end
+    if wm and tonumber(wm) >= off then dup = 0 end
   end
-  if (not dup) and redis.call('ZSCORE', ek, eid) then dup = true end
-  if dup then
-    applied[i] = 0
+  if dup < 0 and redis.call('ZSCORE', ek, eid) then dup = 2 end
+  if dup >= 0 then
+    applied[i] = dup
   else
     redis.call('LPUSH', rk, entry)
     redis.call('LTRIM', rk, 0, max_len - 1)
@@ -123,6 +140,10 @@ class Applied:
     applied: list[bool]
     users: list[str]
     raw: dict[str, list[bytes]]
+    #: per event: 1 applied now, 0 applied before at this offset (a redelivery: its output may have
+    #: been lost or aborted, so it is a trigger again), 2 an event_id applied before at another
+    #: offset (a producer's retry: its first copy was the trigger; this one never is)
+    codes: list[int] = field(default_factory=list)
     #: per user: events ever applied to its buffer (the ``#seq`` counter), after this batch; the
     #: worker's key/value cache is in step with Redis when it has seen exactly those
     seq: dict[str, int] = field(default_factory=dict)
@@ -153,12 +174,15 @@ _TRANSIENT_REPLIES = ("OOM", "READONLY", "MISCONF", "MASTERDOWN", "NOREPLICAS", 
 def _redis_errors() -> Iterator[None]:
     """The boundary where redis-py errors become ours: connection trouble and replies of a
     Redis that is up but refusing writes are :class:`TransientError` (retry, never
-    dead-letter); any other reply error propagates."""
+    dead-letter); a Redis without attnrec's state marker is :class:`StateLostError`; any other
+    reply error propagates."""
     try:
         yield
     except _TRANSIENT as exc:
         raise map_redis_error(exc) from exc
     except rexc.ResponseError as exc:
+        if "NOSTATE" in str(exc):
+            raise StateLostError(STATE_LOST) from exc
         if _transient_reply(exc):
             raise map_redis_error(exc) from exc
         raise
@@ -214,14 +238,28 @@ class RedisBuffers:
             keys += [rk, ek, wk]
             args += [ev.event_id, wm_field, offset, encode_entry(ev)]
             first_index.setdefault(ev.user_id, i)
+        keys.append(STATE_KEY)
         users = list(first_index)
         args[5] = len(users)
         args += [first_index[u] for u in users]
         args += [(user_len or {}).get(u, 0) for u in users]
         with _redis_errors():
             flags, bufs, seqs = await self._script(keys=keys, args=args)
-        return Applied(applied=[bool(f) for f in flags], users=users, raw=dict(zip(users, bufs, strict=True)),
-                       seq=dict(zip(users, (int(x) for x in seqs), strict=True)))
+        codes = [int(f) for f in flags]
+        return Applied(applied=[c == 1 for c in codes], users=users, raw=dict(zip(users, bufs, strict=True)),
+                       seq=dict(zip(users, (int(x) for x in seqs), strict=True)), codes=codes)
+
+    async def has_state(self) -> bool:
+        with _redis_errors():
+            return bool(await self.r.exists(STATE_KEY))
+
+    async def mark_state(self, why: str) -> None:
+        """Create the state marker (a fresh start, or an operator who accepts empty buffers)."""
+        import json
+        import time
+
+        with _redis_errors():
+            await self.r.set(STATE_KEY, json.dumps({"created_ms": int(time.time() * 1000), "by": why}), nx=True)
 
     async def recent(self, users: Sequence[str], n: int) -> dict[str, list[bytes]]:
         """Each user's newest ``n`` entries (newest first), in one pipelined round trip."""

@@ -73,12 +73,14 @@ class RawRecord:
     value: bytes | None
     timestamp_ms: int = 0  # the record's Kafka timestamp (the broker's append time on a LogAppendTime topic)
     received_ms: float = 0.0  # when the worker took it from the consumer (epoch ms)
+    epoch: int | None = 0  # exactly-once: its partition's assignment epoch then (stream.transactions)
 
 
 @dataclass
 class Parsed:
     events: list[tuple[ClickEvent, str, int]] = field(default_factory=list)  # (event, wm field, offset)
     dead: list[tuple[bytes | None, bytes, str]] = field(default_factory=list)  # (key, envelope, reason)
+    dead_sources: list[int] = field(default_factory=list)  # per dead letter: its index in the batch's records
     unknown_types: int = 0
     sources: list[int] = field(default_factory=list)  # per event: its index in the batch's records
 
@@ -122,6 +124,7 @@ def parse_records(records: Sequence[RawRecord], now_ms: int | None = None) -> Pa
                 raw = raw[:MAX_DLQ_RAW]
             env = dlq_envelope(msg, raw, r.key, r.topic, r.partition, r.offset, now)
             out.dead.append((r.key, env, dlq_reason(msg)))
+            out.dead_sources.append(i)
             continue
         if ev.unknown_type:
             out.unknown_types += 1

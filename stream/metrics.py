@@ -18,11 +18,25 @@ class WorkerMetrics:
         self.events = Counter("attnrec_events_total", "Click events consumed (valid, incl. duplicates)", registry=r)
         self.events_applied = Counter("attnrec_events_applied_total", "Events newly applied to a buffer", registry=r)
         self.duplicates = Counter("attnrec_events_duplicate_total", "Events skipped as already applied", registry=r)
+        self.retries_skipped = Counter("attnrec_events_retry_total",
+                                       "Producer retries (an event_id applied before at another offset): no recommendation",
+                                       registry=r)
         self.unknown_types = Counter("attnrec_events_unknown_type_total", "Events whose type mapped to 'other'", registry=r)
         self.recs = Counter("attnrec_recs_total", "Recommendations produced", registry=r)
         self.fallbacks = Counter("attnrec_recs_fallback_total", "Recommendations from the popularity fallback", registry=r)
         self.dead = Counter("attnrec_dead_letters_total", "Messages sent to the dead-letter topic", ["reason"], registry=r)
         self.retries = Counter("attnrec_batch_retries_total", "Batch attempts that failed and were retried", ["kind"], registry=r)
+        self.state_lost = Gauge("attnrec_redis_state_lost", "1 while Redis holds none of attnrec's state (paused)",
+                                registry=r)
+        self.fenced = Counter("attnrec_producers_fenced_total",
+                              "Transactional producers fenced (by another worker's, or a transaction the broker timed out): "
+                              "replaced, the transaction redone", registry=r)
+        self.void_parts = Counter("attnrec_batch_parts_void_total",
+                                  "Batch parts (one input partition each) dropped uncommitted: the partition is another "
+                                  "worker's (exactly-once)", registry=r)
+        self.revoked_events = Counter("attnrec_events_revoked_total",
+                                      "Events dropped unprocessed: their partition was revoked (its next owner reads them)",
+                                      registry=r)
         self.reloads = Counter("attnrec_model_reloads_total", "Model reload attempts", ["result"], registry=r)
         self.batch_size = Histogram(
             "attnrec_batch_size", "Events per batch", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), registry=r

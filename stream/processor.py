@@ -33,7 +33,7 @@ import orjson
 from attnrec.errors import TransientError
 from attnrec.events import ClickEvent, dlq_envelope
 from attnrec.settings import Settings
-from stream.buffer import Applied, RedisBuffers
+from stream.buffer import RETRY, Applied, RedisBuffers
 from stream.incremental import Incremental, Plan
 from stream.logic import (
     TIMING_HEADER,
@@ -49,6 +49,7 @@ from stream.logic import (
 from stream.metrics import WorkerMetrics
 from stream.model import LoadedModel, ModelWatcher
 from stream.sender import Outbox, SendFn
+from stream.transactions import FencedError, TransactionalSender
 
 __all__ = ["INLINE_SCORING_MAX_ROWS", "STAGES", "StageTimes", "Prepared", "Processor", "where"]
 
@@ -122,6 +123,8 @@ class Processor:
         self.inline_rows = INLINE_SCORING_MAX_ROWS  # larger batches are scored in the scorer thread
         self.stages: StageTimes | None = None  # attach one to profile the steps (benchmark)
         self.incremental = Incremental(settings, metrics)  # an incremental model's key/value caches
+        self.txn: TransactionalSender | None = None  # exactly-once: the batch's output in transactions
+        self.state_error: str | None = None  # Redis lost attnrec's state (stream.app.guard_redis_state)
 
     # ------------------------------------------------------------------ model
     def set_model(self, m: LoadedModel | None) -> None:
@@ -167,7 +170,11 @@ class Processor:
                         return Outbox()
                     merged = Outbox()
                     for r in records:  # isolate the poison: one event at a time
-                        merged.extend(await self.process([r]))
+                        one = await self.process([r])
+                        if self.txn is not None:  # each in its own transaction, committed in order
+                            await self.deliver(one)
+                            continue
+                        merged.extend(one)
                     return merged
                 await asyncio.sleep(min(self.s.retry_max_s, 0.05 * 2**attempt))
 
@@ -244,11 +251,21 @@ class Processor:
         """Second half: wait for the scores, build one recommendation per user, hand them and
         the dead letters to the producer and store the latest recommendations. Raises on
         failure. The returned :class:`Outbox` still has to be delivered."""
-        s, m, parsed, st = self.s, self.metrics, prep.parsed, self.stages
         out = Outbox()
-        for key, env, reason in parsed.dead:
+        if self.txn is None:
+            return await self._finish(prep, out)
+        await self.txn.begin(out.cover(prep.records))  # exactly-once: the offsets its transactions commit
+        try:
+            return await self._finish(prep, out)
+        except BaseException:
+            await self.txn.abort(out.offsets)
+            raise
+
+    async def _finish(self, prep: Prepared, out: Outbox) -> Outbox:
+        s, m, parsed, st = self.s, self.metrics, prep.parsed, self.stages
+        for (key, env, reason), src in zip(parsed.dead, parsed.dead_sources, strict=True):
             log.warning("dead letter (%s): %s", reason, orjson.loads(env)["error"])
-            await out.send(self.send, s.dlq_topic, key, env)
+            await out.send(self.send, s.dlq_topic, key, env, partition=prep.records[src].partition)
         if parsed.events:
             res = prep.res
             assert res is not None
@@ -260,14 +277,15 @@ class Processor:
                 st.lap("model")
             triggers: dict[str, ClickEvent] = {}
             sources: dict[str, int] = {}
-            for (ev, _, _), src in zip(parsed.events, parsed.sources, strict=True):
-                triggers[ev.user_id] = ev  # the last event of each user is its trigger
-                sources[ev.user_id] = src
+            for (ev, _, _), src, code in zip(parsed.events, parsed.sources, res.codes, strict=True):
+                if code != RETRY:  # a producer's retry never triggers: its first copy did
+                    triggers[ev.user_id] = ev  # the last event of each user is its trigger
+                    sources[ev.user_id] = src
             rows: Any = prep.inputs
             if prep.plan is not None and prep.model is not None:
                 rows, outputs = self.incremental.commit(prep.model, prep.plan, outputs)
             recs = recommend(
-                prep.model, res.users, res.raw, triggers,
+                prep.model, [u for u in res.users if u in triggers], res.raw, triggers,
                 top_k=s.top_k, because_k=s.because_k, exclude_seen=s.exclude_seen,
                 outputs=outputs, inputs=rows,
             )  # fmt: skip
@@ -277,11 +295,14 @@ class Processor:
             if s.timing_headers:
                 now = time.time() * 1000
                 for r in recs:
-                    hdr = timing_header(prep.records[sources[r.user_id]], prep.milestones, now)
-                    await out.send(self.send, s.recs_topic, r.user_id.encode(), payloads[r.user_id], [(TIMING_HEADER, hdr)])
+                    src = prep.records[sources[r.user_id]]
+                    hdr = timing_header(src, prep.milestones, now)
+                    await out.send(self.send, s.recs_topic, r.user_id.encode(), payloads[r.user_id], [(TIMING_HEADER, hdr)],
+                                   partition=src.partition)
             else:
                 for r in recs:
-                    await out.send(self.send, s.recs_topic, r.user_id.encode(), payloads[r.user_id])
+                    await out.send(self.send, s.recs_topic, r.user_id.encode(), payloads[r.user_id],
+                                   partition=prep.records[sources[r.user_id]].partition)
             if st is not None:
                 st.lap("serialize")
             await self.buffers.store_recs(payloads)
@@ -294,6 +315,7 @@ class Processor:
             m.events.inc(len(parsed.events))
             m.events_applied.inc(n_new)
             m.duplicates.inc(len(parsed.events) - n_new)
+            m.retries_skipped.inc(res.codes.count(RETRY))
             m.unknown_types.inc(parsed.unknown_types)
             m.recs.inc(len(recs))
             m.fallbacks.inc(sum(1 for r in recs if r.payload["fallback"]))
@@ -311,12 +333,18 @@ class Processor:
                 self.positions[key] = r.offset + 1
         return out
 
-    async def deliver(self, out: Outbox) -> None:
+    async def deliver(self, out: Outbox) -> bool:
         """Wait until the broker has every record of ``out``; re-send what failed, with
-        backoff, until it is delivered. Never raises except on cancellation."""
+        backoff, until it is delivered. Exactly-once: commit the batch's transactions (a failed
+        commit is aborted, and the records are sent again in new ones with the same offsets).
+        Returns False when the batch's partitions are another worker's now (its output void,
+        its events not to be acked). Never raises except on cancellation."""
         t0 = time.perf_counter()
+        if self.txn is not None:
+            if not await self._commit(out):
+                return False
         attempt = 0
-        while True:
+        while self.txn is None:
             failed = await out.wait()
             if not failed:
                 break
@@ -334,6 +362,43 @@ class Processor:
         now = time.time() * 1000
         for ts in out.event_ts:
             self.metrics.e2e_ms.observe(max(0.0, now - ts))
+        return True
+
+    async def _commit(self, out: Outbox) -> bool:
+        """Commit ``out``'s transactions, one input partition at a time; a failed one is redone
+        in a new transaction until it commits or its part of the batch is void (the partition
+        is another worker's). True when every part committed."""
+        assert self.txn is not None
+        await asyncio.gather(*(self._commit_part(out, part) for part in sorted(out.offsets)))
+        if out.void:
+            self.metrics.void_parts.inc(len(out.void))
+            log.info("batch's part(s) in partition(s) %s void: another worker processes them", sorted(out.void))
+        return not out.void
+
+    async def _commit_part(self, out: Outbox, part: int) -> None:
+        """One partition's transaction of ``out`` (the partitions' commits run side by side)."""
+        assert self.txn is not None
+        attempt = 0
+        while True:
+            try:
+                await self.txn.commit_one(out, part)
+                return
+            except (TransientError, FencedError) as exc:
+                attempt += 1
+                if isinstance(exc, FencedError):
+                    self.metrics.fenced.inc()
+                self.metrics.retries.labels("transient").inc()
+                delay = min(self.s.retry_max_s, 0.05 * 2 ** min(attempt, 10))
+                log.warning("transaction of partition %d failed (attempt %d): %s; its %d records again in %.2fs",
+                            part, attempt, exc, len(out.indices(part)), delay)  # fmt: skip
+                await asyncio.sleep(delay)
+                try:
+                    await self.txn.begin(out, [part])
+                    if part not in out.void:
+                        await out.resend(self.send, out.indices(part))
+                except (TransientError, FencedError) as e:
+                    log.warning("re-send in a new transaction failed: %s", e)
+                    await self.txn.abort([part])
 
     def update_lag(self, assignment: Any, highwater: Any) -> None:
         """Set ``attnrec_consumer_lag{partition}`` = highwater - next offset to process, for each
@@ -362,10 +427,17 @@ class Processor:
         log.error("dead-lettering poison event at %s:%d@%d: %s", r.topic, r.partition, r.offset, msg)
         out = Outbox()
         while True:
+            if self.txn is not None:
+                out.cover([r])
             try:
-                await out.send(self.send, self.s.dlq_topic, r.key, env)
+                if self.txn is not None:
+                    await self.txn.begin(out)
+                await out.send(self.send, self.s.dlq_topic, r.key, env, partition=r.partition)
                 break
             except TransientError as e:
+                if self.txn is not None:
+                    await self.txn.abort(out.offsets)
+                out = Outbox()
                 log.warning("cannot dead-letter yet: %s", e)
                 await asyncio.sleep(1.0)
         await self.deliver(out)

@@ -9,7 +9,7 @@ batch's input offsets may be acknowledged only once every future has resolved.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dc_field
 from typing import Any
@@ -17,29 +17,55 @@ from typing import Any
 from attnrec.errors import TransientError
 from attnrec.kafka_util import aiokafka_security
 from attnrec.settings import Settings
+from stream.logic import RawRecord
 
 __all__ = ["Headers", "SendFn", "Outbox", "KafkaSender"]
 
 Headers = list[tuple[str, bytes]] | None
-#: async (topic, key, value, headers) -> the broker's delivery future
-SendFn = Callable[[str, "bytes | None", bytes, Headers], Awaitable["asyncio.Future[Any]"]]
+#: async (topic, key, value, headers, input partition) -> the broker's delivery future; the input
+#: partition routes a record to its transaction (exactly-once), a plain producer ignores it
+SendFn = Callable[[str, "bytes | None", bytes, Headers, "int | None"], Awaitable["asyncio.Future[Any]"]]
 
 
 @dataclass
 class Outbox:
     """The records one batch produced, and the broker's delivery futures for them."""
 
-    records: list[tuple[str, bytes | None, bytes, Headers]] = dc_field(default_factory=list)
+    records: list[tuple[str, bytes | None, bytes, Headers, int | None]] = dc_field(default_factory=list)
     futures: list[asyncio.Future[Any]] = dc_field(default_factory=list)
     enqueue_ms: float = 0.0
     event_ts: list[int] = dc_field(default_factory=list)
+    #: exactly-once, per input partition of the batch: the offset after its last event (committed
+    #: with the batch's transaction on that partition), its first event's offset, the partition's
+    #: assignment epoch when the events were received (stream.transactions), and the partitions
+    #: whose part of the batch is void (not produced, not committed: another worker redoes it)
+    offsets: dict[int, int] = dc_field(default_factory=dict)
+    starts: dict[int, int] = dc_field(default_factory=dict)
+    epochs: dict[int, int | None] = dc_field(default_factory=dict)
+    void: set[int] = dc_field(default_factory=set)
 
-    async def send(self, send: SendFn, topic: str, key: bytes | None, value: bytes, headers: Headers = None) -> None:
+    def cover(self, records: Sequence[RawRecord]) -> Outbox:
+        """Exactly-once: note the input partitions, offsets and epochs of ``records``."""
+        for r in records:
+            p = r.partition
+            self.offsets[p] = max(r.offset + 1, self.offsets.get(p, 0))
+            self.starts[p] = min(r.offset, self.starts.get(p, r.offset))
+            self.epochs[p] = r.epoch if p not in self.epochs or r.epoch == self.epochs[p] else None
+        return self
+
+    def indices(self, partition: int) -> list[int]:
+        """The records produced in ``partition``'s transaction."""
+        return [i for i, rec in enumerate(self.records) if rec[4] == partition]
+
+    async def send(self, send: SendFn, topic: str, key: bytes | None, value: bytes, headers: Headers = None,
+                   partition: int | None = None) -> None:
+        if partition is not None and partition in self.void:
+            return  # exactly-once: that partition's part of the batch is another worker's
         try:
-            fut = await send(topic, key, value, headers)
+            fut = await send(topic, key, value, headers, partition)
         except Exception as exc:  # aiokafka errors while enqueuing (broker down, buffer full…)
             raise TransientError(f"kafka produce to {topic}: {type(exc).__name__}: {exc}") from exc
-        self.records.append((topic, key, value, headers))
+        self.records.append((topic, key, value, headers, partition))
         self.futures.append(fut)
 
     async def wait(self) -> list[int]:
@@ -51,9 +77,9 @@ class Outbox:
 
     async def resend(self, send: SendFn, indices: list[int]) -> None:
         for i in indices:
-            topic, key, value, headers = self.records[i]
+            topic, key, value, headers, partition = self.records[i]
             try:
-                self.futures[i] = await send(topic, key, value, headers)
+                self.futures[i] = await send(topic, key, value, headers, partition)
             except Exception as exc:
                 raise TransientError(f"kafka produce to {topic}: {type(exc).__name__}: {exc}") from exc
 
@@ -62,6 +88,12 @@ class Outbox:
         self.futures += other.futures
         self.enqueue_ms += other.enqueue_ms
         self.event_ts += other.event_ts
+        for part, off in other.offsets.items():
+            self.offsets[part] = max(off, self.offsets.get(part, off))
+        for part, start in other.starts.items():
+            self.starts[part] = min(start, self.starts.get(part, start))
+        self.epochs.update(other.epochs)
+        self.void |= other.void
 
 
 class KafkaSender:
@@ -101,7 +133,8 @@ class KafkaSender:
                     self._p = p
         return self._p
 
-    async def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers = None) -> asyncio.Future[Any]:
+    async def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers = None,
+                   partition: int | None = None) -> asyncio.Future[Any]:
         p = await self._producer()
         return await p.send(topic, value=value, key=key, headers=headers)  # type: ignore[no-any-return]
 

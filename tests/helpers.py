@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 def settings_for(stack: Any, names: dict[str, str], registry: Path, **kw: Any) -> Settings:
     return Settings(
         kafka_bootstrap=stack.bootstrap,
-        redis_url=stack.redis_url,
+        redis_url=kw.pop("redis_url", stack.redis_url),
         registry=registry,
         partitions=kw.pop("partitions", 4),
         **names,
@@ -67,3 +67,12 @@ def build_small_registry(root: Path, *, seed: int = 3, n_events: int = 6000) -> 
     reg = root / "registry"
     export_checkpoint(ckpt, reg, promote=True, force=True)
     return reg
+
+
+def republish(reg: Any, version: str) -> str:
+    """Publish ``version``'s files again as a new version (same weights; its step graph too,
+    for an incremental model); returns the new version's name."""
+    vdir = reg.version_dir(version)
+    manifest = {k: v for k, v in reg.read_manifest(version).items() if k != "version"}
+    step = vdir / "step.onnx"
+    return str(reg.publish(vdir / "model.onnx", manifest, check=False, step_onnx_path=step if step.is_file() else None))

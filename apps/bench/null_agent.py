@@ -26,7 +26,7 @@ from stream.app import add_agent, add_views, faust_app
 from stream.logic import TIMING_HEADER, RawRecord, parse_records, timing_header
 from stream.metrics import WorkerMetrics
 from stream.processor import Prepared, Processor
-from stream.sender import KafkaSender, Outbox
+from stream.sender import Outbox
 
 __all__ = ["NullProcessor", "main"]
 
@@ -44,11 +44,10 @@ class NullProcessor(Processor):
             prep.milestones += [now, now, now]  # no Redis, no model: their hops are zero
         return prep
 
-    async def finish(self, prep: Prepared) -> Outbox:
+    async def _finish(self, prep: Prepared, out: Outbox) -> Outbox:
         s, m, parsed = self.s, self.metrics, prep.parsed
-        out = Outbox()
-        for key, env, _reason in parsed.dead:
-            await out.send(self.send, s.dlq_topic, key, env)
+        for (key, env, _reason), src in zip(parsed.dead, parsed.dead_sources, strict=True):
+            await out.send(self.send, s.dlq_topic, key, env, partition=prep.records[src].partition)
         now_ms = int(time.time() * 1000)
         for (ev, _, _), src in zip(parsed.events, parsed.sources, strict=True):
             value = orjson.dumps({"user_id": ev.user_id, "trigger_event_id": ev.event_id, "event_ts": ev.ts,
@@ -56,7 +55,8 @@ class NullProcessor(Processor):
             headers = None
             if s.timing_headers:
                 headers = [(TIMING_HEADER, timing_header(prep.records[src], prep.milestones, time.time() * 1000))]
-            await out.send(self.send, s.recs_topic, ev.user_id.encode(), value, headers)
+            await out.send(self.send, s.recs_topic, ev.user_id.encode(), value, headers,
+                           partition=prep.records[src].partition)
         m.events.inc(len(parsed.events))
         m.recs.inc(len(parsed.events))
         for _, _, reason in parsed.dead:
@@ -78,7 +78,7 @@ def main() -> None:
     ensure_topics(s)
     app = faust_app(s)
     proc = NullProcessor(s, None, WorkerMetrics(), None)  # type: ignore[arg-type]
-    add_agent(app, s, proc, KafkaSender(s))
+    add_agent(app, s, proc)
     add_views(app, s, proc)
     log.info("null agent starting: kafka=%s group=%s B=%d web=%s:%d", s.kafka_bootstrap, s.group_id, s.batch_size,
              s.web_host, s.web_port)

@@ -98,6 +98,7 @@ def stage_profile(s: Settings, registry: Path, items: Sequence[str], users: Sequ
     async def go() -> StageTimes:
         bufs = RedisBuffers(redis_client(s, timeout_s=REDIS_TIMEOUT_S), max_len=s.buffer_len, ttl_s=s.buffer_ttl_s,
                             dedupe_window=s.dedupe_window)  # fmt: skip
+        await bufs.mark_state("benchmark stage profile")
         proc = Processor(s, bufs, metrics, watcher)
         proc.set_model(model)
         proc.send = no_kafka

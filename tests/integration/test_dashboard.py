@@ -36,7 +36,7 @@ from attnrec.settings import Settings
 from stream.buffer import user_keys
 from stream.logic import decode_entry
 from tests.feeding import Feeder, Raw
-from tests.helpers import REPO, WorkerProc, env_for, settings_for
+from tests.helpers import REPO, WorkerProc, env_for, republish, settings_for
 
 pytestmark = pytest.mark.timeout(170)
 
@@ -249,8 +249,7 @@ def test_dashboard_in_headless_chromium(stack: Any, names: dict[str, str], regis
                 await chrome.call("Page.navigate", url=dash.url(f"/?user={target}"))
                 first = await _until(chrome, _ready, 75, "non-zero figures, explained recommendations and the lookup")
                 # promote a new version (same weights) while the page is open: workers hot-reload it
-                manifest = reg.read_manifest(version)
-                v2 = reg.publish(reg.version_dir(version) / "model.onnx", {k: x for k, x in manifest.items() if k != "version"}, check=False)
+                v2 = republish(reg, version)
                 reg.promote(v2, reason="test: hot reload while the dashboard is open")
                 second = await _until(
                     chrome,

@@ -1,11 +1,10 @@
 """Fault tests: the worker under kill -9, Redis and Kafka restarts, a lost group member and
 hostile input, against the real local stack.
 
-Every event has a unique ``event_id`` and a unique ``ts`` (the buffer entry is
-``<ts>|<type>|<item>``, so the ts names the event in Redis). Each test compares what the
-broker acknowledged to the producer with every user's Redis buffer — each acknowledged event
-exactly once, nothing else, newest first — and reads the ``recs`` topic to see that
-recommendations resume after the fault. Measurements (events sent, lost, duplicated in
+Each test compares what the broker acknowledged to the producer with every user's Redis
+buffer and reads the ``recs`` topic as a ``read_committed`` consumer (``tests/faultkit.py``):
+each acknowledged event exactly once in state, every trigger's recommendation exactly once in
+the output, and recommendations resume after the fault. Measurements (events sent, lost, duplicated in
 state, recovery time) go to ``<pytest basetemp>/reliability.json`` (or the file named by
 ``ATTNREC_RELIABILITY_JSON``) and are printed (``-s``); docs/RELIABILITY.md copies them.
 
@@ -17,12 +16,9 @@ faust's default 60 s (the recovery time of the kill tests is that timeout, by de
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
-from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,18 +26,29 @@ import orjson
 import pytest
 import redis
 
+from attnrec.errors import StateLostError
 from attnrec.events import ClickEvent
-from attnrec.kafka_util import ensure_topics, make_consumer
 from attnrec.redis_util import redis_sync
-from attnrec.settings import Settings
-from stream.buffer import RedisBuffers, user_keys
-from stream.logic import MAX_DLQ_RAW, decode_entry
-from tests.feeding import T0, Feeder
-from tests.helpers import WorkerProc, settings_for
+from stream.buffer import APPLIED, REDELIVERED, RETRY, STATE_KEY, RedisBuffers, user_keys
+from stream.logic import MAX_DLQ_RAW
+from tests.faultkit import (
+    SESSION_TIMEOUT_S,
+    Scenario,
+    assert_exact,
+    buffers_of,
+    check_recs,
+    check_state,
+    finish,
+    metric,
+    read_topic,
+    wait_applied,
+    wait_progress,
+)
+from tests.feeding import T0
+from tests.helpers import WorkerProc
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
-SESSION_TIMEOUT_S = 10
 REFUSE_S = 6.0  # longer than max_attempts x backoff (~1.5 s): a poison path would dead-letter
 
 
@@ -51,221 +58,6 @@ def _fast_group_eviction(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BROKER_SESSION_TIMEOUT", str(SESSION_TIMEOUT_S))
     monkeypatch.setenv("BROKER_HEARTBEAT_INTERVAL", "1")
 
-
-@pytest.fixture(scope="session")
-def report(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """Collects each scenario's measurements; written once at the end of the session."""
-    out: dict[str, Any] = {}
-    yield out
-    if out:
-        path = Path(os.environ.get("ATTNREC_RELIABILITY_JSON") or tmp_path_factory.getbasetemp() / "reliability.json")
-        path.write_text(json.dumps(out, indent=2, sort_keys=True))
-        print(f"\nreliability measurements -> {path}\n{json.dumps(out, indent=2, sort_keys=True)}")
-
-
-@pytest.fixture(scope="session")
-def known_items(registry_with_model: Path) -> list[str]:
-    from attnrec.registry import Registry
-
-    reg = Registry(registry_with_model)
-    return [str(i) for i in reg.read_manifest(reg.current_version())["popularity"]][:50]
-
-
-class Scenario:
-    """One fault test's world: settings with its own topics (created), a Redis client, and the
-    workers and feeders it starts; :meth:`close` ends them all, whatever happened."""
-
-    def __init__(self, s: Settings, known: list[str], home: Path) -> None:
-        self.s, self.known, self.home = s, known, home
-        self.r = redis_sync(s)
-        self.workers: list[WorkerProc] = []
-        self.feeders: list[Feeder] = []
-
-    def worker(self, name: str) -> WorkerProc:
-        w = WorkerProc(self.s, self.home, name)
-        self.workers.append(w)
-        return w
-
-    def feeder(self, **kw: Any) -> Feeder:
-        """A :class:`Feeder` of the model's known items (``kw``: e.g. ``n_users``)."""
-        f = Feeder(self.s, self.known, **kw)
-        self.feeders.append(f)
-        return f
-
-    def close(self) -> None:
-        """Close the feeders, then stop the workers (SIGKILL when one does not stop in time)."""
-        with ExitStack() as stack:  # every callback runs, even after one raised
-            stack.callback(self.r.close)
-            for w in self.workers:
-                stack.callback(w.terminate)
-            for f in self.feeders:
-                stack.callback(f.close)
-
-
-@pytest.fixture
-def scenario(stack: Any, names: dict[str, str], registry_with_model: Path, known_items: list[str],
-             tmp_path: Path) -> Iterator[Callable[..., Scenario]]:  # fmt: skip
-    """``scenario(**settings)``: a :class:`Scenario` on the test stack with these settings."""
-    made: list[Scenario] = []
-
-    def make(**settings: Any) -> Scenario:
-        s = settings_for(stack, names, registry_with_model, **settings)
-        ensure_topics(s)
-        made.append(Scenario(s, known_items, tmp_path))
-        return made[-1]
-
-    yield make
-    with ExitStack() as stack:
-        for sc in made:
-            stack.callback(sc.close)
-
-
-# ----------------------------------------------------------------------------- checking
-def buffers_of(r: redis.Redis, users: list[str]) -> dict[str, list[Any]]:
-    p = r.pipeline(transaction=False)
-    for u in users:
-        p.lrange(user_keys(u)[0], 0, -1)
-    return {u: [decode_entry(x) for x in raw] for u, raw in zip(users, p.execute(), strict=True)}
-
-
-def wait_applied(r: redis.Redis, want: dict[str, int], timeout: float) -> float:
-    """Wait until each user's buffer holds at least ``want[u]`` entries; returns when."""
-    deadline = time.monotonic() + timeout
-    users = list(want)
-    while True:
-        try:
-            p = r.pipeline(transaction=False)
-            for u in users:
-                p.llen(user_keys(u)[0])
-            if all(n >= want[u] for u, n in zip(users, p.execute(), strict=True)):
-                return time.time()
-        except redis.exceptions.ConnectionError:
-            pass
-        if time.monotonic() > deadline:
-            return -1.0
-        time.sleep(0.2)
-
-
-def check_state(r: redis.Redis, feeder: Feeder, *, cap: int | None = None) -> dict[str, Any]:
-    """Compare the acknowledged events with the buffers: lost, duplicated, unknown, order."""
-    expected = feeder.expected()
-    users = sorted({ev.user_id for ev in feeder.events.values()})
-    bufs = buffers_of(r, users)
-    all_ts = {u: set() for u in users}
-    for ev in feeder.events.values():
-        all_ts[ev.user_id].add(ev.ts)
-    lost = dup = unknown = misordered = 0
-    examples: list[str] = []
-    for u in users:
-        got = [e.ts for e in bufs[u]]
-        counts = Counter(got)
-        d = sum(c - 1 for c in counts.values())
-        want = [e.ts for e in expected.get(u, [])]
-        if cap is not None:
-            want = sorted(want)[-cap:]
-        missing = set(want) - set(counts)
-        extra = set(counts) - all_ts[u]
-        lost += len(missing)
-        dup += d
-        unknown += len(extra)
-        if got != sorted(got, reverse=True):
-            misordered += 1
-        if (missing or d or extra) and len(examples) < 5:
-            examples.append(
-                f"{u}: missing {sorted(missing)[:5]} dup {[t for t, c in counts.items() if c > 1][:5]} extra {sorted(extra)[:5]}"
-            )
-    return {
-        "sent": len(feeder.events),
-        "acked": len(feeder.acked),
-        "unacked": len(feeder.events) - len(feeder.acked),
-        "in_state": sum(len(b) for b in bufs.values()),
-        "lost": lost,
-        "duplicated_in_state": dup,
-        "unknown_in_state": unknown,
-        "users_misordered": misordered,
-        "examples": examples,
-    }
-
-
-def read_topic(s: Any, topic: str, done: Callable[[list[Any]], bool], timeout: float) -> list[Any]:
-    """Every record of ``topic`` from the start, until ``done(records)`` or the timeout."""
-    c = make_consumer(s, topic, group_id=None)
-    out: list[Any] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            for recs in c.poll(timeout_ms=300, max_records=10_000).values():
-                out.extend(recs)
-            if done(out):
-                break
-    finally:
-        c.close()
-    return out
-
-
-def check_recs(s: Any, feeder: Feeder, fault_at: float, timeout: float = 60) -> dict[str, Any]:
-    """Every user's last acknowledged event triggered a recommendation (so recommendations
-    resumed after the fault); recovery = first recommendation for an event sent after it."""
-    expected = feeder.expected()
-    last = {u: evs[-1].event_id for u, evs in expected.items()}
-
-    def done(recs: list[Any]) -> bool:
-        got = {orjson.loads(m.value)["trigger_event_id"] for m in recs}
-        return all(e in got for e in last.values())
-
-    recs = [orjson.loads(m.value) for m in read_topic(s, s.recs_topic, done, timeout)]
-    triggers = Counter(p["trigger_event_id"] for p in recs)
-    after = [p["emitted_ts"] / 1000 for p in recs if feeder.sent_at.get(p["trigger_event_id"], 0) > fault_at]
-    return {
-        "recs": len(recs),
-        "recs_repeated": sum(c - 1 for c in triggers.values()),
-        "users_without_final_rec": sum(1 for e in last.values() if e not in triggers),
-        "recovery_s": round(min(after) - fault_at, 2) if after else None,
-        "personalised": sum(1 for p in recs if not p["fallback"]),
-    }
-
-
-def metric(w: WorkerProc, name: str) -> float:
-    try:
-        code, body = w.get("/metrics", timeout=5)
-    except OSError:
-        return float("nan")
-    total = 0.0
-    for line in body.decode().splitlines():
-        if line.startswith(name) and not line.startswith("#"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
-def wait_progress(r: redis.Redis, feeder: Feeder, sent: int, timeout: float = 90) -> None:
-    """Wait until ``sent`` events were produced and the worker has applied some of them, so
-    the fault lands in the middle of the stream."""
-    deadline = time.monotonic() + timeout
-    users = [feeder.user(i) for i in range(feeder.n_users)]
-    while time.monotonic() < deadline:
-        p = r.pipeline(transaction=False)
-        for u in users:
-            p.llen(user_keys(u)[0])
-        if feeder.seq >= sent and sum(p.execute()) >= 100:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"no progress before the fault: {feeder.seq} sent")
-
-
-def finish(
-    name: str, report: dict[str, Any], state: dict[str, Any], recs: dict[str, Any], **extra: Any
-) -> dict[str, Any]:
-    row = {**state, **recs, **extra}
-    report[name] = row
-    print(f"\n{name}: {json.dumps(row, sort_keys=True)}")
-    return row
-
-
-def assert_exact(row: dict[str, Any], logs: str) -> None:
-    assert row["lost"] == 0 and row["duplicated_in_state"] == 0 and row["unknown_in_state"] == 0, f"{row}\n{logs}"
-    assert row["users_misordered"] == 0, f"buffers not newest first: {row}"
-    assert row["users_without_final_rec"] == 0, f"recommendations did not resume: {row}\n{logs}"
-    assert row["recovery_s"] is not None
 
 
 # ----------------------------------------------------------------------------- 1. worker stopped
@@ -579,11 +371,12 @@ def test_poison_and_hostile_input(scenario: Callable[..., Scenario], known_items
     assert not missing, missing[:5]
     assert trig[cold.event_id]["fallback"] is True and trig[cold.event_id]["items"]
     assert all(len(p["items"]) <= s.top_k for p in recs)
-    row = finish("hostile_input", report, state, {"recs": len(recs)},
+    row = finish("hostile_input", report, state, check_recs(s, feeder, t_start, timeout=60),
                  dead_letters=len(envs), flood_user_events=10_000, flood_buffer_len=len(hb),
                  produced_twice=len(dups), unknown_types=metric(w, "attnrec_events_unknown_type_total"),
                  drain_s=round(caught - t_start, 2))  # fmt: skip
     assert state["lost"] == 0 and state["duplicated_in_state"] == 0 and state["unknown_in_state"] == 0, row
+    assert row["recs_missing"] == 0 and row["recs_repeated"] == 0, f"the events produced twice triggered twice: {row}"
     assert metric(w, "attnrec_events_duplicate_total") >= len(dups)
 
 
@@ -596,6 +389,7 @@ async def test_same_event_twice_changes_nothing(stack: Any) -> None:
 
     client = aioredis.Redis.from_url(stack.redis_url)
     buf = RedisBuffers(client, max_len=10, dedupe_window=4)
+    await buf.mark_state("test")
     u = f"dedupe-{uuid.uuid4().hex[:8]}"
     rk, ek, wk, _ = user_keys(u)
     evs = [ClickEvent(f"{u}-e{k}", u, f"item-{k}", "click", T0 + k) for k in range(6)]
@@ -612,14 +406,14 @@ async def test_same_event_twice_changes_nothing(stack: Any) -> None:
         assert res.applied == [True, True]
         before = await snapshot()
         res = await buf.apply([(evs[1], "clicks:0", 11)])  # redelivery after a crash
-        assert res.applied == [False] and await snapshot() == before
+        assert res.codes == [REDELIVERED] and res.applied == [False] and await snapshot() == before
         res = await buf.apply([(evs[0], "clicks:0", 12)])  # producer retry: new offset, same event_id
-        assert res.applied == [False]
+        assert res.codes == [RETRY] and res.applied == [False]
         after = await snapshot()
         assert after[0] == before[0] and after[1] == before[1], "buffer and event-id memory unchanged"
         # within one batch: the second copy is skipped, the new event still applied
         res = await buf.apply([(evs[2], "clicks:0", 13), (evs[2], "clicks:0", 14), (evs[3], "clicks:0", 15)])
-        assert res.applied == [True, False, True]
+        assert res.codes == [APPLIED, RETRY, APPLIED]
         assert [x.item_id for x in res.buffers[u]] == ["item-3", "item-2", "item-1", "item-0"]
         # a redelivered older offset is skipped even when its event_id fell out of the window
         for k in (4, 5):
@@ -630,9 +424,18 @@ async def test_same_event_twice_changes_nothing(stack: Any) -> None:
         # without an offset (-1), only the event_id check applies; every key still expires
         v = u + "-nooffset"
         res = await buf.apply([(ClickEvent(f"{v}-x", v, "i", "view", T0), "", -1)] * 2)
-        assert res.applied == [True, False]
+        assert res.codes == [APPLIED, RETRY]
         for k in user_keys(v)[:3] + (rk, ek, wk):
             assert 0 < await client.ttl(k) <= buf.ttl_s, k
+        # without the state marker (an empty Redis after a failover) nothing is applied at all
+        await client.rename(STATE_KEY, STATE_KEY + ":away")
+        try:
+            with pytest.raises(StateLostError):
+                await buf.apply([(evs[5], "clicks:0", 99)])
+            assert not await buf.has_state()
+        finally:
+            await client.rename(STATE_KEY + ":away", STATE_KEY)
+        assert await client.hget(wk, "clicks:0") == b"20", "the refused batch wrote nothing"
     finally:
         await client.delete(rk, ek, wk, *user_keys(u + "-nooffset"))
         await client.aclose()
@@ -658,6 +461,7 @@ async def test_redis_aof_policy_cost_and_kill9(tmp_path: Path, report: dict[str,
             client = aioredis.Redis.from_url(st.redis_url)
             await client.config_set("appendfsync", policy)
             buf = RedisBuffers(client, max_len=200)
+            await buf.mark_state("test")
             tag = f"aof-{policy}"
             n_batches, per_batch, n_users = 40, 256, 64
             t0 = time.perf_counter()

@@ -37,7 +37,8 @@ def _incremental_registry(root: Path) -> Path:
     return root / "registry"
 
 
-async def _delivered(topic: str, key: bytes | None, value: bytes, headers: Any = None) -> asyncio.Future[Any]:
+async def _delivered(topic: str, key: bytes | None, value: bytes, headers: Any = None,
+                     partition: int | None = None) -> asyncio.Future[Any]:
     f = asyncio.get_running_loop().create_future()
     f.set_result(None)
     return f
@@ -49,6 +50,7 @@ async def test_step_by_step_equals_the_full_graph_and_survives_a_lost_cache(stac
     s = Settings(redis_url=stack.redis_url, registry=reg, exclude_window=4, buffer_len=200, home=tmp_path)
     watcher = ModelWatcher(reg)
     buffers = RedisBuffers(redis_client(s), max_len=s.buffer_len, ttl_s=3600, dedupe_window=s.dedupe_window)
+    await buffers.mark_state("test")
     proc = Processor(s, buffers, WorkerMetrics(), watcher)
     model = watcher.load_now()
     assert model is not None and model.incremental and model.history_len == 11

@@ -23,7 +23,7 @@ from attnrec.kafka_util import ensure_topics, make_consumer
 from attnrec.registry import Registry
 from stream.metrics import WorkerMetrics
 from tests.feeding import Feeder
-from tests.helpers import REPO, WorkerProc, settings_for
+from tests.helpers import REPO, WorkerProc, republish, settings_for
 
 pytestmark = pytest.mark.timeout(170)
 
@@ -147,9 +147,7 @@ def test_metrics_match_events_sent(stack: Any, names: dict[str, str], registry_w
         assert total(m, "attnrec_assigned_partitions") == s.partitions
 
         # a good promotion: reload success, then the new version is served (swap at the next batch)
-        vdir = reg.version_dir(v1)
-        manifest = reg.read_manifest(v1)
-        v2 = reg.publish(vdir / "model.onnx", {k: v for k, v in manifest.items() if k != "version"}, check=False)
+        v2 = republish(reg, v1)
         reg.promote(v2, reason="test: same weights, new version")
         wait_for(w, lambda m: total(m, "attnrec_model_reloads_total", result="success") == 2, "the reload of v2")
         feeder.send_all([ClickEvent("m-after-v2", "mu-0", items[0], "view", int(time.time() * 1000))])
@@ -159,7 +157,7 @@ def test_metrics_match_events_sent(stack: Any, names: dict[str, str], registry_w
         assert total(m, "attnrec_model_info", version=v1) == 0
 
         # a corrupt promotion: reload failure counted, v2 kept
-        v3 = reg.publish(vdir / "model.onnx", {k: v for k, v in manifest.items() if k != "version"}, check=False)
+        v3 = republish(reg, v1)
         with open(reg.version_dir(v3) / "model.onnx", "r+b") as f:
             f.truncate(100)
         reg.promote(v3, reason="test: corrupt", verify=False)

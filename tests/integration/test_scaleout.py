@@ -166,6 +166,7 @@ def test_redis_memory_per_user_for_sizing(stack: Any) -> None:
     async def fill(per_user: int, window: int) -> list[str]:
         client = aioredis.Redis.from_url(stack.redis_url)
         b = RedisBuffers(client, max_len=d.buffer_len, ttl_s=d.buffer_ttl_s, dedupe_window=window)
+        await b.mark_state("test")
         users = [f"mem-{tag}-{per_user}-{window}-{u:05d}" for u in range(n_users)]
         batch: list[Any] = []
         off = 0

@@ -232,7 +232,7 @@ def test_worker_connects_with_credentials_from_the_environment(
     if redis_acl_user is not None:  # a least-privilege ACL user instead of the default user
         redis_pw = "acl-" + secrets.token_urlsafe(18)
         _admin_redis(st).execute_command(
-            "ACL", "SETUSER", redis_acl_user, "reset", "on", f">{redis_pw}", "~{u:*", "+@all", "-@dangerous"
+            "ACL", "SETUSER", redis_acl_user, "reset", "on", f">{redis_pw}", "~{u:*", "~attnrec:state", "+@all", "-@dangerous"
         )
         monkeypatch.setenv("ATTNREC_REDIS_USERNAME", redis_acl_user)
     # every secret comes from the environment (WorkerProc copies os.environ)
@@ -246,7 +246,8 @@ def test_worker_connects_with_credentials_from_the_environment(
     w = WorkerProc(s, tmp_path)
     try:
         w.wait_ready()
-        users, last = send_and_wait_for_recs(s, w, _admin_redis(st))
+        # users and event ids of this case only: the same event_id again would be a producer's retry
+        users, last = send_and_wait_for_recs(s, w, _admin_redis(st), tag=f"sec-{mechanism.lower()}")
         # the API refuses a request without the bearer token (or with a wrong one)
         auth = {"Authorization": f"Bearer {token}"}
         for path in ("/metrics", f"/recs/{users[0]}"):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 from stream.batcher import Batcher
@@ -39,6 +40,7 @@ class FakeProcessor:
         self.log: list[tuple[str, int]] = []
         self.fail = set(fail or ())
         self.slow_scoring = slow_scoring
+        self.txn: Any = None
 
     def _step(self, step: str, records: Any) -> None:
         first = records[0].offset
@@ -61,8 +63,9 @@ class FakeProcessor:
         self.log.append(("process", records[0].offset))
         return Outbox()
 
-    async def deliver(self, out: Outbox) -> None:
+    async def deliver(self, out: Outbox) -> bool:
         await asyncio.sleep(0)
+        return True
 
 
 def run_batcher(proc: FakeProcessor, batches: list[list[Ev]], batch_size: int, *, stop_early: bool = False
@@ -128,3 +131,41 @@ def test_stop_finishes_the_batches_in_hand_and_leaves_the_rest_unacked() -> None
     assert done, "the batch in hand was finished"
     assert sorted(acked) == [i for b in sorted(done) for i in range(b, b + 10)], "acked = exactly the finished batches"
     assert len(acked) < 100, "pending events were left for redelivery"
+
+
+class FakeTxn:
+    """Exactly-once ownership: partition -> current assignment epoch."""
+
+    def __init__(self) -> None:
+        self.epochs = {0: 1}
+
+    def epoch(self, partition: int) -> int | None:
+        return self.epochs.get(partition)
+
+    def current(self, partition: int, epoch: int | None) -> bool:
+        return epoch is not None and self.epochs.get(partition) == epoch
+
+
+def test_events_of_a_partition_revoked_since_they_arrived_are_dropped_not_processed() -> None:
+    proc = FakeProcessor()
+    proc.txn = FakeTxn()
+    dropped: list[int] = []
+    proc.metrics = SimpleNamespace(revoked_events=SimpleNamespace(inc=dropped.append))  # type: ignore[attr-defined]
+    acked: list[int] = []
+
+    async def ack(e: Ev) -> None:
+        acked.append(e.message.offset)
+
+    async def main() -> None:
+        b = Batcher(proc, ack, 10, max_inflight=4, max_pending=10_000)  # type: ignore[arg-type]
+        await b.put(events(0, 30))  # received in epoch 1 ...
+        proc.txn.epochs[0] = 2  # ... then a rebalance took partition 0 away and gave it back
+        await b.put(events(30, 40))
+        while len(acked) < 10:
+            await asyncio.sleep(0.01)
+        await b.close()
+
+    asyncio.run(asyncio.wait_for(main(), 10))
+    assert sum(dropped) == 30, "the events of the old epoch are the partition's next owner's to read again"
+    assert sorted(acked) == list(range(30, 40))
+    assert [o for s, o in proc.log if s == "apply"] == [30]

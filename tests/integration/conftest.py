@@ -1,0 +1,55 @@
+"""Fixtures of the integration tests that share a world: the fault scenarios and their report."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from attnrec.kafka_util import ensure_topics
+from tests.faultkit import Scenario
+from tests.helpers import settings_for
+
+
+@pytest.fixture(scope="session")
+def report(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Collects each scenario's measurements; written once at the end of the session."""
+    out: dict[str, Any] = {}
+    yield out
+    if out:
+        path = Path(os.environ.get("ATTNREC_RELIABILITY_JSON") or tmp_path_factory.getbasetemp() / "reliability.json")
+        path.write_text(json.dumps(out, indent=2, sort_keys=True))
+        print(f"\nreliability measurements -> {path}\n{json.dumps(out, indent=2, sort_keys=True)}")
+
+
+@pytest.fixture(scope="session")
+def known_items(registry_with_model: Path) -> list[str]:
+    from attnrec.registry import Registry
+
+    reg = Registry(registry_with_model)
+    return [str(i) for i in reg.read_manifest(reg.current_version())["popularity"]][:50]
+
+
+@pytest.fixture
+def scenario(stack: Any, names: dict[str, str], registry_with_model: Path, known_items: list[str],
+             tmp_path: Path) -> Iterator[Callable[..., Scenario]]:  # fmt: skip
+    """``scenario(**settings)``: a :class:`Scenario` on the test stack with these settings."""
+    made: list[Scenario] = []
+
+    def make(**settings: Any) -> Scenario:
+        s = settings_for(stack, names, registry_with_model, **settings)
+        ensure_topics(s)
+        made.append(Scenario(s, known_items, tmp_path))
+        return made[-1]
+
+    yield make
+    with ExitStack() as stack:
+        for sc in made:
+            stack.callback(sc.close)
+
+

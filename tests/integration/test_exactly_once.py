@@ -1,0 +1,194 @@
+"""Exactly-once output (the default): faults that used to repeat recommendations, and the new
+ones of the exactly-once design — a producer's retry, a worker paused past its session timeout
+(a zombie, fenced), the broker paused past it, a rebalance storm under load, and Redis replaced
+by an empty instance (the worker pauses and says so, nothing is silently rebuilt).
+
+Every scenario checks state (each acknowledged event once in Redis) and output (read committed:
+no recommendation missing, none repeated) with ``tests/faultkit.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from apps.stack import LocalStack, free_port
+from stream.buffer import STATE_KEY, user_keys
+from tests.faultkit import (
+    SESSION_TIMEOUT_S,
+    Scenario,
+    assert_exact,
+    check_recs,
+    check_state,
+    finish,
+    metric,
+    read_topic,
+    wait_applied,
+    wait_progress,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
+
+
+@pytest.fixture(autouse=True)
+def _fast_group_eviction(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BROKER_SESSION_TIMEOUT", str(SESSION_TIMEOUT_S))
+    monkeypatch.setenv("BROKER_HEARTBEAT_INTERVAL", "1")
+
+
+def _settle(sc: Scenario, feeder: Any, fault_at: float, name: str, report: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    caught = wait_applied(sc.r, {u: len(v) for u, v in feeder.expected().items()}, timeout=150)
+    time.sleep(1.0)
+    return finish(name, report, check_state(sc.r, feeder), check_recs(sc.s, feeder, fault_at, timeout=90), **extra,
+                  caught_up_s=round(caught - fault_at, 2) if caught > 0 else None)
+
+
+@pytest.mark.timeout(180)
+def test_a_producer_retry_triggers_no_second_recommendation(scenario: Callable[..., Scenario],
+                                                            report: dict[str, Any]) -> None:
+    """The demo's fault-free "duplicates": the same event sent again (a producer's retry: same
+    event_id, a new offset) produced a second recommendation with the same trigger. Its first
+    copy was the trigger; the retry is skipped in state and in the output."""
+    sc = scenario(buffer_len=4000)
+    w = sc.worker("w")
+    f = sc.feeder(n_users=4)
+    w.wait_ready()
+    first = [f.make() for _ in range(8)]
+    f.send_all(first)
+    read_topic(sc.s, sc.s.recs_topic, lambda recs: len(recs) >= 4, timeout=60, linger_s=0)  # answered, one batch
+    f.send_all(first[:4])  # the producer retries four of them, later, in batches of their own
+    time.sleep(1.5)
+    f.send_all([f.make() for _ in range(4)])
+    row = _settle(sc, f, time.time(), "producer_retry", report, retries=metric(w, "attnrec_events_retry_total"))
+    assert row["recs_repeated"] == 0 and row["recs_missing"] == 0, row
+    assert row["lost"] == 0 and row["duplicated_in_state"] == 0, row
+    assert row["retries"] >= 4, row
+
+
+@pytest.mark.timeout(300)
+def test_zombie_worker_paused_past_its_session_is_fenced(scenario: Callable[..., Scenario],
+                                                          report: dict[str, Any]) -> None:
+    """Worker A paused (SIGSTOP) longer than its session timeout: its partitions move to B. A
+    resumes with batches in hand; their transactions are fenced (B's producers took the
+    partitions' transactional ids), so nothing A does after the pause reaches a committed
+    consumer or the offsets."""
+    sc = scenario(buffer_len=4000)
+    a, b = sc.worker("a"), sc.worker("b")
+    f = sc.feeder()
+    a.wait_ready()
+    b.wait_ready()
+    f.start(n=3000, rate=200)
+    wait_progress(sc.r, f, 800)
+    fault_at = time.time()
+    os.killpg(a.proc.pid, signal.SIGSTOP)
+    time.sleep(SESSION_TIMEOUT_S + 6)
+    os.killpg(a.proc.pid, signal.SIGCONT)
+    f.join()
+    row = _settle(sc, f, fault_at, "zombie_fenced", report, fenced=metric(a, "attnrec_producers_fenced_total"),
+                 void_parts=metric(a, "attnrec_batch_parts_void_total"))
+    assert_exact(row, a.tail() + b.tail())
+
+
+@pytest.mark.timeout(300)
+def test_broker_paused_past_the_session_timeout(stack: Any, scenario: Callable[..., Scenario],
+                                                report: dict[str, Any]) -> None:
+    """The broker frozen (SIGSTOP) longer than the session timeout, then resumed: transactions in
+    flight fail or time out and are redone; nothing is lost or repeated."""
+    sc = scenario(buffer_len=4000)
+    w = sc.worker("w")
+    f = sc.feeder()
+    w.wait_ready()
+    f.start(n=2500, rate=200)
+    wait_progress(sc.r, f, 800)
+    pid = int((stack.root / "kafka.pid").read_text())
+    fault_at = time.time()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(SESSION_TIMEOUT_S + 5)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    f.join(timeout=300)
+    row = _settle(sc, f, fault_at, "broker_paused", report)
+    assert_exact(row, w.tail())
+
+
+@pytest.mark.timeout(420)
+def test_rebalance_storm_under_load(scenario: Callable[..., Scenario], report: dict[str, Any]) -> None:
+    """Workers joining and leaving every few seconds while events flow: each rebalance moves
+    partitions (and their transactional ids) between workers."""
+    sc = scenario(buffer_len=4000)
+    base = sc.worker("base")
+    f = sc.feeder()
+    base.wait_ready()
+    f.start(n=5000, rate=150)
+    wait_progress(sc.r, f, 300)
+    fault_at = time.time()
+    for k in range(4):  # a worker joins, another leaves (SIGTERM, or SIGKILL every other time)
+        joiner = sc.worker(f"storm{k}")
+        time.sleep(5)
+        if k % 2:
+            joiner.kill()
+        else:
+            joiner.terminate(timeout=60)
+        time.sleep(3)
+    f.join(timeout=300)
+    row = _settle(sc, f, fault_at, "rebalance_storm", report, rebalances=8)
+    assert_exact(row, base.tail())
+
+
+@pytest.mark.timeout(300)
+def test_redis_replaced_by_an_empty_instance_pauses_and_says_so(scenario: Callable[..., Scenario],
+                                                                tmp_path: Path, report: dict[str, Any]) -> None:
+    """A failover to a fresh, empty Redis: the worker must not rebuild buffers from nothing. It
+    pauses (nothing applied, recommended or committed), /readyz says why and the metric is up;
+    once the operator restores a state (here: accepts it by writing the marker), it resumes and
+    the events that waited are processed exactly once."""
+    own = LocalStack(tmp_path / "redis", redis_port=free_port())
+    own.start_redis()
+    try:
+        sc = scenario(buffer_len=4000, redis_url=own.redis_url)
+        w = sc.worker("w")
+        f = sc.feeder(n_users=10)
+        w.wait_ready()
+        f.send_all([f.make() for _ in range(100)])
+        assert wait_applied(sc.r, {u: len(v) for u, v in f.expected().items()}, timeout=60) > 0
+        own.stop_redis(kill=True)
+        for p in own.redis_dir.rglob("*"):  # the replacement has no data at all
+            if p.is_file():
+                p.unlink()
+        own.start_redis()
+        later = [f.make() for _ in range(50)]
+        f.send_all(later)
+        time.sleep(8)  # the worker had time to (wrongly) apply them
+        code, body = w.get("/readyz")
+        ready = json.loads(body)
+        r = sc.r
+        keys = r.keys("{u:*")
+        recs_after = [orjson.loads(m.value) for m in read_topic(sc.s, sc.s.recs_topic, lambda _: False, timeout=3)
+                      if orjson.loads(m.value)["trigger_event_id"] in {e.event_id for e in later}]
+        paused = {"readyz": code, "state_error": ready.get("state_error"), "user_keys": len(keys),
+                  "recs_for_waiting_events": len(recs_after), "state_lost_metric": metric(w, "attnrec_redis_state_lost")}
+        assert code == 503 and "Redis holds none of attnrec's state" in (ready.get("state_error") or ""), paused
+        assert not keys and not recs_after and paused["state_lost_metric"] == 1, paused
+        assert "ATTNREC_REDIS_EMPTY_OK" in w.tail(20000), "the log must say what the operator can do"
+        r.set(STATE_KEY, json.dumps({"by": "test: the operator accepts the empty instance"}))  # resume
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not r.exists(user_keys(later[-1].user_id)[0]):
+            time.sleep(0.3)
+        got = {orjson.loads(m.value)["trigger_event_id"] for m in read_topic(sc.s, sc.s.recs_topic, lambda _: False,
+                                                                              timeout=5)}
+        finish("redis_empty_failover", report, {"paused": paused}, {},
+               resumed_recs=len(got & {e.event_id for e in later}))
+        assert r.exists(user_keys(later[-1].user_id)[0]), w.tail()
+        assert got & {e.event_id for e in later}, "recommendations did not resume after the state was restored"
+    finally:
+        own.stop_redis(kill=True)
+
