@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: setup system-deps demo test test-fast faults bench bench-quality microbench lint clean stack-up stack-down
+.PHONY: setup system-deps demo test test-fast faults soak bench bench-quality microbench lint clean stack-up stack-down
 
 setup: system-deps $(STAMP)
 
@@ -33,6 +33,9 @@ faults: setup               ## the fault-injection tests alone
 bench: setup                ## end-to-end speed sweeps (long; not in CI)
 	$(BIN)/attnrec bench --sweep --json docs/bench/bench.json
 
+soak: setup                 ## 10^6 events (~30 min) under faults, exactly-once accounting + memory plot (not in CI)
+	$(BIN)/python -m pytest -q -rs -p no:cacheprovider -s tests/integration/test_soak.py --soak
+
 bench-quality: setup        ## full training runs on the public data (long; not in CI)
 	bash training/bench_quality.sh
 
@@ -40,7 +43,7 @@ microbench: setup           ## onnxruntime vs torch per-batch latency
 	$(BIN)/python -m exporter.microbench --json docs/bench/microbench.json
 
 lint: setup
-	$(BIN)/ruff check attnrec stream training exporter tests
+	$(BIN)/ruff check attnrec stream training exporter apps deploy tests
 
 stack-up: setup
 	$(BIN)/attnrec stack up

@@ -49,3 +49,32 @@ def registry_with_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.helpers import build_small_registry
 
     return build_small_registry(tmp_path_factory.mktemp("registry"))
+
+
+# Hypothesis: bounded in `make test`; HYPOTHESIS_PROFILE=long for a longer hunt (docs/RELIABILITY.md)
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile("ci", max_examples=60, deadline=None, derandomize=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("long", max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+# The soak (tests/integration/test_soak.py, `make soak`) runs only when asked for: it is
+# deselected, not skipped, from every other run.
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("attnrec soak")
+    g.addoption("--soak", action="store_true", help="run the soak (tests marked soak) and nothing else")
+    g.addoption("--soak-events", type=int, default=1_000_000, help="events in the soak (default 10^6)")
+    g.addoption("--soak-rate", type=float, default=560.0, help="events/s of the soak's producer (default 560: ~30 min)")
+    g.addoption("--soak-fault-every", type=float, default=300.0, help="seconds between faults (default 300)")
+    g.addoption("--soak-plot", default=str(REPO / "docs" / "img" / "soak-memory.png"),
+                help="where the memory plot goes (its .json beside it)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    want_soak = config.getoption("--soak")
+    keep = [it for it in items if (it.get_closest_marker("soak") is not None) == want_soak]
+    if len(keep) < len(items):
+        config.hook.pytest_deselected(items=[it for it in items if it not in keep])
+        items[:] = keep
