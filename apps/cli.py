@@ -95,7 +95,7 @@ COMMANDS: tuple[Command, ...] = (
             tuple((f"--{f.removeprefix('bench_').replace('_', '-')}", f) for f in Settings.model_fields
                   if f.startswith("bench_") and f not in ("bench_md",))
             + (("--benchmarks-md", "bench_md"), ("--batch-size", "batch_size"), ("--scorer", "scorer"), ("--quiet", "quiet"),
-               *_HOME)),
+               ("--processing-guarantee", "processing_guarantee"), *_HOME)),
     Command("dashboard", "ops dashboard web page (throughput, latency, lag, dead letters, models, live feed)",
             "stream.dashboard:cmd_dashboard",
             (("--dashboard-host", "dashboard_host"), ("--dashboard-port", "dashboard_port"),

@@ -154,16 +154,23 @@ def _variants(s: Settings) -> list[tuple[str, Settings]]:
     scorer, and the null agent (the framework alone: no Redis, no model)."""
     out = [(s.bench_agent, s)]
     if s.bench_baselines and s.bench_agent == "worker":
-        for upd in ({"scorer": "onnx", "batch_size": 1}, {"scorer": "torch"}):
+        which = set(s.bench_baseline_set.split(","))
+        other = "at_least_once" if s.processing_guarantee == "exactly_once" else "exactly_once"
+        for name, upd in (("b1", {"scorer": "onnx", "batch_size": 1}), ("torch", {"scorer": "torch"}),
+                          ("guarantee", {"processing_guarantee": other})):
             v = s.model_copy(update=upd)
-            if all((v.scorer, v.batch_size) != (x.scorer, x.batch_size) for _, x in out):
+            key = (v.scorer, v.batch_size, v.processing_guarantee)
+            if name in which and all(key != (x.scorer, x.batch_size, x.processing_guarantee) for _, x in out):
                 out.append(("worker", v))
-        out.append(("null", s))
+        if "null" in which:
+            out.append(("null", s))
     return out
 
 
 def _label(agent: str, v: Settings, rate: float | None) -> str:
     who = f"{v.scorer} B={v.batch_size}" if agent == "worker" else f"null B={v.batch_size}"
+    if agent == "worker" and v.processing_guarantee != "exactly_once":
+        who += " at-least-once"
     return f"{who} @{rate_label(rate)}"
 
 

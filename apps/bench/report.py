@@ -134,7 +134,8 @@ def markdown_rows(summaries: list[dict[str, Any]]) -> str:
         rate = sm.get("rate_label") or sm.get("offered_rate")
         load = ", ".join(f"{x:.1f}" for x in sm.get("load_avg", []))
         lines.append(
-            f"| {sm.get('scorer', '')} | {sm.get('batch_size', '')} | {sm.get('catalog_items', ''):,} | "
+            f"| {sm.get('scorer', '')}{' at-least-once' if sm.get('processing_guarantee') == 'at_least_once' else ''} | "
+            f"{sm.get('batch_size', '')} | {sm.get('catalog_items', ''):,} | "
             f"{sm.get('max_len', '')} | {rate} | {_fmt(sm['events_per_s'])} | "
             f"{sm.get('worker_events_per_s') or 0:.0f} | "
             f"{_fmt(sm['p50'], 1)} | {_fmt(sm['p95'], 1)} | {_fmt(sm['p99'], 1)} | "

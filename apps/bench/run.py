@@ -271,7 +271,8 @@ def run_once(s: Settings, cfg: RunConfig, *, items: Sequence[str], users: Sequen
         "batch_wait_ms": s.batch_wait_ms,
         "generator_linger_ms": s.bench_generator_linger_ms if cfg.rate else 5,
         "worker_settings": {k: getattr(s, k) for k in ("batch_size", "batch_wait_ms", "buffer_len", "redis_timeout_s",
-                                                       "ort_threads", "partitions", "top_k", "exclude_seen")},
+                                                       "ort_threads", "partitions", "top_k", "exclude_seen",
+                                                       "processing_guarantee")},
         "mean_batch": round(ev_done / batches, 1) if batches else None,
         "batch_sizes": batch_sizes(d, "attnrec_batch_size"),
         "cache": cache_figures(d, m1),
@@ -390,6 +391,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         out["stage_us_per_event"] = {k: round(statistics.median(x.get(k, 0.0) for x in st), 1) for k in st[0]}
     out["load_avg"] = [r["load_avg_after"][0] for r in runs if r.get("load_avg_after")]
     out["agent"] = runs[0].get("agent", "worker") if runs else "worker"
+    if runs and out["agent"] == "worker":
+        out["processing_guarantee"] = (runs[0].get("worker_settings") or {}).get("processing_guarantee")
     hops = [r["hops_ms"] for r in runs if r.get("hops_ms")]
     if hops:  # per hop: the median over the runs of each run's p50 and p90
         out["hops_ms"] = {h: {q: round(statistics.median(x[h][q] for x in hops), 2) for q in ("p50", "p90")}
