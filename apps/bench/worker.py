@@ -74,7 +74,7 @@ class WorkerHandle:
 
         self.s = s
         self.port = free_port()
-        name = name or (f"worker-{s.scorer}-B{s.batch_size}" if agent == "worker" else f"{agent}-B{s.batch_size}")
+        name = self.name = name or (f"worker-{s.scorer}-B{s.batch_size}" if agent == "worker" else f"{agent}-B{s.batch_size}")
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log = log_dir / f"{name}-{self.port}.log"
         env = dict(os.environ)

@@ -100,7 +100,7 @@ def plot(rows: list[dict[str, Any]], faults: list[tuple[float, str]], path: Path
     names = sorted({n for r in rows for n in r["rss_mb"]})
     for n in names:
         pts = [(r["t"] / 60, r["rss_mb"][n]) for r in rows if r["rss_mb"].get(n) is not None]
-        ax1.plot([p[0] for p in pts], [p[1] for p in pts], label=f"worker {n}")
+        ax1.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=f"worker {n}")
     ax1.set_ylabel("worker RSS (MB)")
     ax1.legend(fontsize=7, loc="lower right")
     pts = [(r["t"] / 60, r["redis_mb"]) for r in rows if r["redis_mb"] is not None]
