@@ -64,16 +64,23 @@ def stage_profile(s: Settings, registry: Path, items: Sequence[str], users: Sequ
     # a topic of its own: the buffers' offset watermarks then take every event as new, however
     # many profiles ran against these users before
     topic = f"{s.clicks_topic}-stages-{uuid.uuid4().hex[:8]}"
-    src = iter(EventSource(items, users, seed=11))
+    source = EventSource(items, users, seed=11)
+    # an incremental model, warm: first one event per user, which fills every user's key/value
+    # cache (a serving worker's steady state), not measured
+    fill = [RawRecord(topic, hash(user) % s.partitions, off, key, value)
+            for off, (_, user, key, value) in enumerate(source.one_per_user())] if warm and model.incremental else []
+    src = iter(source)
     recs = []
-    for off in range(events + batch_size):
+    for off in range(len(fill), len(fill) + events + batch_size):
         _, user, key, value = next(src)
         recs.append(RawRecord(topic, hash(user) % s.partitions, off, key, value))
+    fill_batches = [fill[i : i + 256] for i in range(0, len(fill), 256)]
     batches = [recs[i : i + batch_size] for i in range(0, len(recs), batch_size)]
     ret = max(model.max_len + 1, s.exclude_window if s.exclude_seen else 0)  # what the worker reads back
     metrics = WorkerMetrics()
 
-    async def no_kafka(topic: str, key: bytes | None, value: bytes) -> asyncio.Future[Any]:
+    async def no_kafka(topic: str, key: bytes | None, value: bytes, headers: Any = None,
+                       partition: int | None = None) -> asyncio.Future[Any]:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         fut.set_result(None)
         return fut
@@ -113,14 +120,22 @@ def stage_profile(s: Settings, registry: Path, items: Sequence[str], users: Sequ
                             p.lrange(user_keys(u)[0], 0, ret - 1)
                         got = await p.execute()
                     build_inputs(model, dict(zip(part, got, strict=True)), part)
+            for batch in fill_batches:
+                await run_batch(proc, batch)
             for bi, batch in enumerate(batches):
                 await run_batch(proc, batch)
                 if bi == 0:
                     stages.reset()  # warm-up batch
+                    base[:] = cache_counts()  # hits and misses before the measured batches
         finally:
             await bufs.r.aclose()
         return stages
 
+    def cache_counts() -> tuple[float, float]:
+        get = metrics.registry.get_sample_value
+        return get("attnrec_cache_hits_total") or 0.0, get("attnrec_cache_misses_total") or 0.0
+
+    base = [0.0, 0.0]
     c0 = time.process_time()
     st = asyncio.run(go())
     cpu = time.process_time() - c0
@@ -129,6 +144,8 @@ def stage_profile(s: Settings, registry: Path, items: Sequence[str], users: Sequ
     per["total"] = round(sum(per.values()), 1)
     cpu_per = {k: round(1e6 * st.cpu[k] / n, 1) for k in STAGES}
     cpu_per["total"] = round(sum(cpu_per.values()), 1)
+    hits, misses = cache_counts()
     return {"batch_size": batch_size, "scorer": scorer, "warm": warm, "events": st.events, "us_per_event": per,
+            "cache": {"hits": hits - base[0], "misses": misses - base[1]} if model.incremental else None,
             "cpu_us_per_event": cpu_per, "process_cpu_us_per_event": round(1e6 * cpu / n, 1),
             "load_avg": loadavg()}  # fmt: skip

@@ -45,9 +45,13 @@ async def _delivered(topic: str, key: bytes | None, value: bytes, headers: Any =
 
 
 @pytest.mark.timeout(300)
-async def test_step_by_step_equals_the_full_graph_and_survives_a_lost_cache(stack: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+async def test_step_by_step_equals_the_full_graph_and_survives_a_lost_cache(stack: Any, tmp_path: Path, dtype: str) -> None:
+    """float32 (the default) within the parity tolerance; float16 halves the cache and is
+    measured: its rounding of the cached keys/values moves scores by more than 1e-4."""
     reg = _incremental_registry(tmp_path)
-    s = Settings(redis_url=stack.redis_url, registry=reg, exclude_window=4, buffer_len=200, home=tmp_path)
+    s = Settings(redis_url=stack.redis_url, registry=reg, exclude_window=4, buffer_len=200, home=tmp_path,
+                 cache_dtype=dtype)
     watcher = ModelWatcher(reg)
     buffers = RedisBuffers(redis_client(s), max_len=s.buffer_len, ttl_s=3600, dedupe_window=s.dedupe_window)
     await buffers.mark_state("test")
@@ -88,7 +92,12 @@ async def test_step_by_step_equals_the_full_graph_and_survives_a_lost_cache(stac
             step_rows += len(plan.step.users)
         await proc.finish(prep)
     assert rows > 0 and step_rows >= 0.95 * 520 * len(users) - 2 * len(users), step_rows  # all but the cold rounds
-    print(f"\nstep rows {step_rows} of {520 * len(users)}, max |score diff| {worst:.2e}, top-10 agreement {agree / rows:.4f}")
-    assert worst <= 1e-4, worst
-    assert agree / rows >= 0.999, (agree, rows)
+    print(f"\n{dtype}: step rows {step_rows} of {520 * len(users)}, max |score diff| {worst:.2e}, "
+          f"top-10 agreement {agree / rows:.4f}")
+    if dtype == "float32":
+        assert worst <= 1e-4, worst
+        assert agree / rows >= 0.999, (agree, rows)
+    else:  # bounded, but not exact: docs/BENCHMARKS.md has the figures
+        assert worst <= 1e-2, worst  # measured 2.1e-3
+        assert agree / rows >= 0.95, (agree, rows)  # measured 0.983
     await buffers.r.aclose()
