@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from attnrec.kafka_util import ensure_topics
-from tests.faultkit import Scenario
+from tests.faultkit import SESSION_TIMEOUT_S, Scenario
 from tests.helpers import settings_for
 
 
@@ -53,3 +53,11 @@ def scenario(stack: Any, names: dict[str, str], registry_with_model: Path, known
             stack.callback(sc.close)
 
 
+
+
+@pytest.fixture
+def fast_group_eviction(monkeypatch: pytest.MonkeyPatch) -> None:
+    """faust reads ``BROKER_SESSION_TIMEOUT`` / ``BROKER_HEARTBEAT_INTERVAL`` from the environment
+    (the workers inherit it): a lost group member is evicted in ~10 s, not faust's 60 s."""
+    monkeypatch.setenv("BROKER_SESSION_TIMEOUT", str(SESSION_TIMEOUT_S))
+    monkeypatch.setenv("BROKER_HEARTBEAT_INTERVAL", "1")

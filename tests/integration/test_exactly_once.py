@@ -35,13 +35,7 @@ from tests.faultkit import (
     wait_progress,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.faults]
-
-
-@pytest.fixture(autouse=True)
-def _fast_group_eviction(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("BROKER_SESSION_TIMEOUT", str(SESSION_TIMEOUT_S))
-    monkeypatch.setenv("BROKER_HEARTBEAT_INTERVAL", "1")
+pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.usefixtures("fast_group_eviction")]
 
 
 def _settle(sc: Scenario, feeder: Any, fault_at: float, name: str, report: dict[str, Any], **extra: Any) -> dict[str, Any]:

@@ -32,7 +32,6 @@ from attnrec.redis_util import redis_sync
 from stream.buffer import APPLIED, REDELIVERED, RETRY, STATE_KEY, RedisBuffers, user_keys
 from stream.logic import MAX_DLQ_RAW
 from tests.faultkit import (
-    SESSION_TIMEOUT_S,
     Scenario,
     assert_exact,
     buffers_of,
@@ -47,18 +46,12 @@ from tests.faultkit import (
 from tests.feeding import T0
 from tests.helpers import WorkerProc
 
-pytestmark = [pytest.mark.integration, pytest.mark.faults]
+pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.usefixtures("fast_group_eviction")]
 
 REFUSE_S = 6.0  # longer than max_attempts x backoff (~1.5 s): a poison path would dead-letter
 
 
 # ----------------------------------------------------------------------------- fixtures
-@pytest.fixture(autouse=True)
-def _fast_group_eviction(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("BROKER_SESSION_TIMEOUT", str(SESSION_TIMEOUT_S))
-    monkeypatch.setenv("BROKER_HEARTBEAT_INTERVAL", "1")
-
-
 
 # ----------------------------------------------------------------------------- 1. worker stopped
 @pytest.mark.timeout(300)

@@ -25,7 +25,6 @@ import pytest
 
 from attnrec.redis_util import redis_sync
 from tests.faultkit import (
-    SESSION_TIMEOUT_S,
     Scenario,
     assert_exact,
     check_recs,
@@ -36,16 +35,10 @@ from tests.faultkit import (
 )
 from tests.helpers import WorkerProc
 
-pytestmark = [pytest.mark.integration, pytest.mark.soak]
+pytestmark = [pytest.mark.integration, pytest.mark.soak, pytest.mark.usefixtures("fast_group_eviction")]
 
 N_USERS = 1000  # 1,000 events per user over 10^6: the buffers (200 entries) are full after 20 % of the run
 BUFFER_LEN = 200
-
-
-@pytest.fixture(autouse=True)
-def _fast_group_eviction(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("BROKER_SESSION_TIMEOUT", str(SESSION_TIMEOUT_S))
-    monkeypatch.setenv("BROKER_HEARTBEAT_INTERVAL", "1")
 
 
 def rss_mb(pid: int) -> float | None:
