@@ -161,9 +161,11 @@ def add_views(app: faust.App, s: Settings, proc: Processor, *, buffers: RedisBuf
 
 async def guard_redis_state(s: Settings, buffers: RedisBuffers, proc: Processor, poll_s: float = 5.0) -> None:
     """Keep Redis' state marker honest (:data:`stream.buffer.STATE_KEY`). Missing at a fresh
-    start (the group has committed nothing) it is created; missing while the group has
-    committed offsets (the buffers were lost) the worker reports it and stays paused until the
-    data is restored, unless ``ATTNREC_REDIS_EMPTY_OK`` (then it starts over)."""
+    start (the group has committed nothing) it is created, and so it is when Redis holds users'
+    buffers without it (written by a version from before the marker); missing while the group
+    has committed offsets and Redis holds no buffers at all (they were lost) the worker reports
+    it and stays paused until the data is restored, unless ``ATTNREC_REDIS_EMPTY_OK`` (then it
+    starts over)."""
     from attnrec.kafka_util import committed_offsets
 
     loop = asyncio.get_running_loop()
@@ -176,8 +178,14 @@ async def guard_redis_state(s: Settings, buffers: RedisBuffers, proc: Processor,
                 proc.state_error, reported = None, False
             else:
                 done = await loop.run_in_executor(None, committed_offsets, s, s.group_id, s.clicks_topic)
-                if not any(done.values()) or s.redis_empty_ok:
-                    why = "a fresh start" if not any(done.values()) else "ATTNREC_REDIS_EMPTY_OK"
+                why = None
+                if not any(done.values()):
+                    why = "a fresh start"
+                elif s.redis_empty_ok:
+                    why = "ATTNREC_REDIS_EMPTY_OK"
+                elif await buffers.has_buffers():  # written by a version from before the marker
+                    why = "buffers from before the state marker (an upgrade)"
+                if why is not None:
                     await buffers.mark_state(why)
                     log.info("Redis had no attnrec state: marked it (%s)", why)
                     continue

@@ -253,6 +253,13 @@ class RedisBuffers:
         with _redis_errors():
             return bool(await self.r.exists(STATE_KEY))
 
+    async def has_buffers(self) -> bool:
+        """Whether Redis holds any user's keys (a SCAN: cheap when it finds one early)."""
+        with _redis_errors():
+            async for _ in self.r.scan_iter(match="{u:*", count=1000):
+                return True
+        return False
+
     async def mark_state(self, why: str) -> None:
         """Create the state marker (a fresh start, or an operator who accepts empty buffers)."""
         import json

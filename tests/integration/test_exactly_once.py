@@ -186,3 +186,27 @@ def test_redis_replaced_by_an_empty_instance_pauses_and_says_so(scenario: Callab
     finally:
         own.stop_redis(kill=True)
 
+
+
+@pytest.mark.timeout(240)
+def test_buffers_from_before_the_state_marker_are_adopted(scenario: Callable[..., Scenario],
+                                                          report: dict[str, Any]) -> None:
+    """An upgrade: Redis holds buffers written by a version without the state marker, and the
+    group has committed offsets. That is state, not an empty failover: the worker marks it and
+    goes on (the demo's stack, kept between runs, is such a case)."""
+    sc = scenario(buffer_len=4000)
+    f = sc.feeder(n_users=5)
+    w = sc.worker("old")
+    w.wait_ready()
+    f.send_all([f.make() for _ in range(20)])
+    assert wait_applied(sc.r, {u: len(v) for u, v in f.expected().items()}, timeout=60) > 0
+    assert w.terminate() == 0
+    upgraded_at = time.time()
+    sc.r.delete(STATE_KEY)  # as a version from before the marker left it
+    w2 = sc.worker("new")
+    ready = w2.wait_ready()
+    f.send_all([f.make() for _ in range(20)])
+    caught = wait_applied(sc.r, {u: len(v) for u, v in f.expected().items()}, timeout=60)
+    assert caught > 0 and ready["state_error"] is None, w2.tail()
+    assert sc.r.exists(STATE_KEY) and "before the state marker" in w2.tail(20000)
+    assert_exact(_settle(sc, f, upgraded_at, "pre_marker_upgrade", report), w2.tail())
