@@ -112,6 +112,7 @@ def plot(rows: list[dict[str, Any]], faults: list[tuple[float, str]], path: Path
     plt.close(fig)
 
 
+@pytest.mark.timeout(0)  # as long as the soak asked for (pytest-timeout's default would cut it at 10 min)
 def test_soak(stack: Any, scenario: Callable[..., Scenario], pytestconfig: pytest.Config,
               report: dict[str, Any]) -> None:  # fmt: skip
     n = int(pytestconfig.getoption("--soak-events"))
