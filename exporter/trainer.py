@@ -112,14 +112,20 @@ def archive_from_kafka(s: Settings, *, idle_s: float = 2.0, join_timeout_s: floa
     invalid = 0
     try:
         idle_since: float | None = None  # set once partitions are assigned
+        ends: dict[Any, int] | None = None  # the end offsets when they were: what this cycle archives
         while len(lines) < MAX_ARCHIVE_EVENTS:
             batch = consumer.poll(timeout_ms=500, max_records=5000)
             records = [r for part in batch.values() for r in part]
+            if ends is None and consumer.assignment():
+                ends = consumer.end_offsets(list(consumer.assignment()))
             if not records:
-                # the first polls join the group; the idle clock starts once partitions are ours
+                # the first polls join the group; then the cycle ends at the end offsets it saw
+                # (or, on a broker that answers slowly, after idle_s without a record)
+                if ends is not None and all(consumer.position(tp) >= end for tp, end in ends.items()):
+                    break
                 if idle_since is None and consumer.assignment():
                     idle_since = time.monotonic()
-                if idle_since is not None and time.monotonic() - idle_since >= idle_s:
+                if idle_since is not None and time.monotonic() - idle_since >= max(idle_s, 30.0 if ends else idle_s):
                     break
                 if idle_since is None and time.monotonic() - t0 > join_timeout_s:
                     raise TransientError(f"no partitions of {s.clicks_topic} assigned within {join_timeout_s:.0f}s")
