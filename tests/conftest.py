@@ -66,7 +66,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("attnrec soak")
     g.addoption("--soak", action="store_true", help="run the soak (tests marked soak) and nothing else")
     g.addoption("--soak-events", type=int, default=1_000_000, help="events in the soak (default 10^6)")
-    g.addoption("--soak-rate", type=float, default=560.0, help="events/s of the soak's producer (default 560: ~30 min)")
+    g.addoption("--soak-rate", type=float, default=540.0, help="events/s of the soak's producer (default 540: 10^6 events in ~31 min)")
     g.addoption("--soak-fault-every", type=float, default=300.0, help="seconds between faults (default 300)")
     g.addoption("--soak-plot", default=str(REPO / "docs" / "img" / "soak-memory.png"),
                 help="where the memory plot goes (its .json beside it)")

@@ -73,7 +73,8 @@ def main() -> None:
     """Run the null agent until SIGTERM/SIGINT, like ``attnrec worker``."""
     import faust
 
-    s = load_settings()
+    # the framework's floor: plain produce and faust's own commits, whatever the worker's guarantee
+    s = load_settings().model_copy(update={"processing_guarantee": "at_least_once"})
     setup_logging(s.log_level)
     ensure_topics(s)
     app = faust_app(s)
