@@ -16,7 +16,7 @@ from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from attnrec.errors import TransientError
 from attnrec.settings import Settings
@@ -123,13 +123,23 @@ def ensure_topics(s: Settings, names: Iterable[str] | None = None, partitions: i
         admin.close()
 
 
-def committed_offsets(s: Settings, group_id: str, topic: str) -> dict[int, int]:
-    """The consumer group's committed offset per partition of ``topic`` (empty: none yet)."""
-    admin = admin_client(s)
-    try:
-        got = admin.list_group_offsets({group_id: None}).get(group_id, {})
-    finally:
-        admin.close()
+def committed_offsets(s: Settings, group_id: str, topic: str, timeout_s: float = 10.0) -> dict[int, int]:
+    """The consumer group's committed offset per partition of ``topic`` (empty: none yet).
+    Retriable broker errors (the group coordinator still loading, as on a fresh broker) are
+    retried for up to ``timeout_s``, then raised as :class:`TransientError`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        admin = admin_client(s)
+        try:
+            got = admin.list_group_offsets({group_id: None}).get(group_id, {})
+            break
+        except KafkaError as exc:
+            if not getattr(exc, "retriable", False) or time.monotonic() > deadline:
+                raise TransientError(f"kafka {s.kafka_bootstrap}: committed offsets of group {group_id}: "
+                                     f"{type(exc).__name__}: {exc}") from exc  # fmt: skip
+        finally:
+            admin.close()
+        time.sleep(0.2)
     return {tp.partition: meta.offset for tp, meta in got.items() if tp.topic == topic and meta.offset >= 0}
 
 

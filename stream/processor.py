@@ -265,7 +265,8 @@ class Processor:
         s, m, parsed, st = self.s, self.metrics, prep.parsed, self.stages
         for (key, env, reason), src in zip(parsed.dead, parsed.dead_sources, strict=True):
             log.warning("dead letter (%s): %s", reason, orjson.loads(env)["error"])
-            await out.send(self.send, s.dlq_topic, key, env, partition=prep.records[src].partition)
+            await out.send(self.send, s.dlq_topic, key, env, partition=prep.records[src].partition,
+                           offset=prep.records[src].offset)
         if parsed.events:
             res = prep.res
             assert res is not None
@@ -298,11 +299,12 @@ class Processor:
                     src = prep.records[sources[r.user_id]]
                     hdr = timing_header(src, prep.milestones, now)
                     await out.send(self.send, s.recs_topic, r.user_id.encode(), payloads[r.user_id], [(TIMING_HEADER, hdr)],
-                                   partition=src.partition)
+                                   partition=src.partition, offset=src.offset)
             else:
                 for r in recs:
+                    src = prep.records[sources[r.user_id]]
                     await out.send(self.send, s.recs_topic, r.user_id.encode(), payloads[r.user_id],
-                                   partition=prep.records[sources[r.user_id]].partition)
+                                   partition=src.partition, offset=src.offset)
             if st is not None:
                 st.lap("serialize")
             await self.buffers.store_recs(payloads)
@@ -372,7 +374,7 @@ class Processor:
         await asyncio.gather(*(self._commit_part(out, part) for part in sorted(out.offsets)))
         if out.void:
             self.metrics.void_parts.inc(len(out.void))
-            log.info("batch's part(s) in partition(s) %s void: another worker processes them", sorted(out.void))
+            log.info("batch's part(s) in partition(s) %s void: another worker processes or processed them", sorted(out.void))
         return not out.void
 
     async def _commit_part(self, out: Outbox, part: int) -> None:
@@ -432,7 +434,7 @@ class Processor:
             try:
                 if self.txn is not None:
                     await self.txn.begin(out)
-                await out.send(self.send, self.s.dlq_topic, r.key, env, partition=r.partition)
+                await out.send(self.send, self.s.dlq_topic, r.key, env, partition=r.partition, offset=r.offset)
                 break
             except TransientError as e:
                 if self.txn is not None:

@@ -43,6 +43,10 @@ class Outbox:
     starts: dict[int, int] = dc_field(default_factory=dict)
     epochs: dict[int, int | None] = dc_field(default_factory=dict)
     void: set[int] = dc_field(default_factory=set)
+    #: exactly-once, per input partition: the group's committed offset when it is past the
+    #: batch's first event (the partition's previous owner finished those events after this
+    #: worker was assigned it): records triggered by an event before it are not produced
+    floors: dict[int, int] = dc_field(default_factory=dict)
 
     def cover(self, records: Sequence[RawRecord]) -> Outbox:
         """Exactly-once: note the input partitions, offsets and epochs of ``records``."""
@@ -58,9 +62,12 @@ class Outbox:
         return [i for i, rec in enumerate(self.records) if rec[4] == partition]
 
     async def send(self, send: SendFn, topic: str, key: bytes | None, value: bytes, headers: Headers = None,
-                   partition: int | None = None) -> None:
+                   partition: int | None = None, offset: int | None = None) -> None:
+        """Produce one record triggered by the input event at ``partition``/``offset``."""
         if partition is not None and partition in self.void:
             return  # exactly-once: that partition's part of the batch is another worker's
+        if partition is not None and offset is not None and offset < self.floors.get(partition, -1):
+            return  # exactly-once: the partition's previous owner produced it (and committed past it)
         try:
             fut = await send(topic, key, value, headers, partition)
         except Exception as exc:  # aiokafka errors while enqueuing (broker down, buffer full…)
@@ -94,6 +101,8 @@ class Outbox:
             self.starts[part] = min(start, self.starts.get(part, start))
         self.epochs.update(other.epochs)
         self.void |= other.void
+        for part, floor in other.floors.items():
+            self.floors[part] = max(floor, self.floors.get(part, floor))
 
 
 class KafkaSender:

@@ -12,11 +12,20 @@ KIP-447), so a worker's claim on an input partition is checked three ways:
   batch is committed only while its epochs are current, events of an older epoch are dropped
   (the partition's next owner reads them again from the committed offset), and each epoch
   starts a producer of its own (so the new owner of ``p`` fences the old one at assignment).
-- **the committed offset**: a producer started for a partition (a new epoch, or a replacement
-  after a failed or fenced one) commits its first batch only if the group's committed offset of
-  ``p`` is not beyond the batch's first event. If it is, another worker has processed ``p``
-  since this worker last did: this worker is a zombie (it was paused past its session timeout,
-  say) and gives ``p`` up until its next assignment.
+- **the committed offset**, read once a producer has started (its start fenced every earlier
+  producer of ``p``, so no older owner can commit after that read):
+
+  - the first producer of a new epoch (an assignment): if the group's committed offset is past
+    the first event the worker received, the previous owner finished those events after this
+    worker fetched its start position (a worker that leaves commits its last batch on the way
+    out, and aiokafka's transactional offset commit carries no group generation). They are
+    done: their recommendations are not produced again, and the batch continues from the
+    committed offset.
+  - a replacement within an epoch (after a failed or fenced producer) commits its first batch
+    only if the committed offset is not beyond the batch's first event. If it is, another
+    worker has processed ``p`` since this worker last did: this worker is a zombie (it was
+    paused past its session timeout, say) and gives ``p`` up until its next assignment (which
+    comes: the group has moved on without it).
 
 So a fenced producer is not trusted to mean "someone else owns p" (a transaction the broker
 timed out fences its producer too); it is replaced and the committed offset decides.
@@ -75,6 +84,9 @@ class TransactionalSender:
         self._locks: dict[int, asyncio.Lock] = {}
         self._open: set[int] = set()
         self._unverified: dict[int, float] = {}  # partition -> when its producer started (it has not committed yet)
+        self._fresh: dict[int, float] = {}  # partition -> when the first producer of its epoch started (not synced yet)
+        self._started: dict[int, int] = {}  # partition -> the epoch its last producer was started for
+        self._floors: dict[int, int] = {}  # partition -> the committed offset read when its epoch's producer started
         self._fetch: tuple[float, asyncio.Future[dict[int, int]]] | None = None
         self.epochs: dict[int, int] = {}
         self.owned: set[int] | None = None  # None until the first assignment (then every partition is)
@@ -164,8 +176,30 @@ class TransactionalSender:
             raise TransientError(f"kafka transactional producer for partition {partition}: "
                                  f"{type(exc).__name__}: {exc}") from exc
         self._producers[partition] = (p, epoch)
-        self._unverified[partition] = time.monotonic()
+        now = time.monotonic()
+        self._unverified[partition] = now
+        if self._started.get(partition) != epoch or partition in self._fresh:  # (a replacement before it synced: too)
+            self._started[partition] = epoch
+            self._fresh[partition] = now
         return p
+
+    async def _sync(self, part: int) -> None:
+        """The first batch of a new epoch of ``part``, its producer started (which fenced every
+        earlier one): the group's committed offset now is final for the previous owners. Events
+        before it were finished by the previous owner after this worker fetched its start
+        position; they produce nothing here (in this batch or the next ones already formed)."""
+        committed = (await self._committed_since(self._fresh[part])).get(part)
+        del self._fresh[part]
+        self._floors[part] = -1 if committed is None else committed
+
+    def _apply_floor(self, out: Outbox, part: int) -> None:
+        floor = self._floors.get(part, -1)
+        if floor <= out.starts[part]:
+            return
+        log.info("partition %d: its previous owner committed up to offset %d after this worker was assigned it "
+                 "(this batch starts at %d): the events before it are done", part, floor, out.starts[part])  # fmt: skip
+        out.floors[part] = floor
+        out.starts[part] = min(floor, out.offsets[part])
 
     async def _drop(self, partition: int) -> None:
         have = self._producers.pop(partition, None)
@@ -206,6 +240,13 @@ class TransactionalSender:
                     self._close(part)
                     continue
                 p = await self._producer(part, epoch)
+                if part in self._fresh:
+                    await self._sync(part)
+                self._apply_floor(out, part)
+                if out.floors.get(part, -1) >= out.offsets[part]:  # all of it was done
+                    out.void.add(part)
+                    self._close(part)
+                    continue
                 await p.begin_transaction()
                 self._open.add(part)
         except BaseException:

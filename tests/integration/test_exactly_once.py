@@ -210,3 +210,63 @@ def test_buffers_from_before_the_state_marker_are_adopted(scenario: Callable[...
     assert caught > 0 and ready["state_error"] is None, w2.tail()
     assert sc.r.exists(STATE_KEY) and "before the state marker" in w2.tail(20000)
     assert_exact(_settle(sc, f, upgraded_at, "pre_marker_upgrade", report), w2.tail())
+
+
+def test_the_previous_owners_late_commit_is_taken_over_not_fled(stack: Any, names: dict[str, str],
+                                                                registry_with_model: Path) -> None:
+    """A worker that leaves commits its last batch on its way out; the partition's new owner
+    may have fetched its start position before that commit landed (aiokafka's transactional
+    offset commit carries no group generation). The new owner must skip what the previous one
+    finished and go on from there, not take itself for a zombie and leave the partition idle
+    (it did: the scale-out test then found the partition's later events never applied)."""
+    import asyncio
+
+    from attnrec.kafka_util import committed_offsets, ensure_topics
+    from stream.logic import RawRecord
+    from stream.sender import Outbox
+    from stream.transactions import TransactionalSender
+    from tests.faultkit import read_topic
+    from tests.helpers import settings_for
+
+    s = settings_for(stack, names, registry_with_model, partitions=1)
+    ensure_topics(s)
+
+    def records(lo: int, hi: int, epoch: int) -> list[RawRecord]:
+        return [RawRecord(s.clicks_topic, 0, o, b"u", b"{}", epoch=epoch) for o in range(lo, hi)]
+
+    async def batch(txn: TransactionalSender, lo: int, hi: int) -> tuple[bool, Outbox]:
+        epoch = txn.epoch(0)
+        assert epoch is not None
+        out = Outbox().cover(records(lo, hi, epoch))
+        await txn.begin(out)
+        for o in range(lo, hi):  # one record per event, keyed by its offset
+            await out.send(txn.send, s.recs_topic, str(o).encode(), b"{}", partition=0, offset=o)
+        return await txn.commit_one(out, 0), out
+
+    async def main() -> tuple[bool, Outbox]:
+        old, new = TransactionalSender(s), TransactionalSender(s)
+        try:
+            old.assigned([0])
+            assert (await batch(old, 0, 10))[0]
+            # the group moves partition 0 to the new owner, whose consumer starts at the committed
+            # offset, 10; then the old owner's last batch commits (it was on its way out) ...
+            assert (await batch(old, 10, 15))[0]
+            new.assigned([0])  # ... and the new owner's producer starts, fencing the old one's
+            await asyncio.sleep(0)
+            if new._warming is not None:
+                await new._warming
+            # its first batches, from the position it fetched (formed before either commits):
+            first, _ = await batch(new, 10, 13)  # all done by the old owner: nothing to commit
+            assert not first
+            return await batch(new, 13, 20)  # partly done
+        finally:
+            await old.stop()
+            await new.stop()
+
+    ok, out = asyncio.run(main())
+    assert ok, "the new owner gave its partition up"
+    assert committed_offsets(s, s.group_id, s.clicks_topic)[0] == 20
+    got = read_topic(s, s.recs_topic, lambda recs: len(recs) >= 20, timeout=30)
+    keys = sorted(int(r.key) for r in got)
+    assert keys == list(range(20)), f"each event's record exactly once: {keys}"
+    assert out.floors == {0: 15} and out.starts == {0: 15}
