@@ -63,6 +63,14 @@ log = logging.getLogger(__name__)
 
 CommittedFn = Callable[[], Awaitable[dict[int, int]]]
 
+#: aiokafka's retry backoff for the transactional producers (its default is 100 ms). A produce
+#: into a transaction whose coordinator is still writing an earlier step (another partition's
+#: AddPartitionsToTxn, the previous transaction's markers) is refused as retriable
+#: (CONCURRENT_TRANSACTIONS, which the broker reports to clients of aiokafka's protocol version
+#: as NOT_ENOUGH_REPLICAS, KAFKA-15459); the step takes about a millisecond, so waiting 100 ms
+#: before the retry was most of a batch's latency.
+RETRY_BACKOFF_MS = 10
+
 
 class FencedError(AttnrecError):
     """A partition's producer was fenced: another producer with its transactional id started
@@ -166,6 +174,7 @@ class TransactionalSender:
             linger_ms=int(self.s.producer_linger_ms),
             max_batch_size=512 * 1024,
             request_timeout_ms=30000,
+            retry_backoff_ms=RETRY_BACKOFF_MS,
             transaction_timeout_ms=int(self.s.transaction_timeout_s * 1000),
             **aiokafka_security(self.s),
         )
