@@ -68,7 +68,7 @@ def run_sweep(base: Settings, plan: SweepPlan, *, cache: Path, users: int, progr
     groups: list[dict[str, Any]] = []
 
     def session_runs(n_items: int, L: int, scorer: str, B: int, ladder: Sequence[float | None]) -> None:
-        reg, items = ensure_model(cache, n_items, L)
+        reg, items = ensure_model(cache, n_items, L, positions=base.bench_positions)
         s = base.model_copy(update={"scorer": scorer, "batch_size": B})
         sess = open_session(s, registry=reg, items=items, n_users=users, log_dir=cache / "logs", catalog_items=n_items,
                             max_len=L, worker_src=worker_src)  # fmt: skip
@@ -116,7 +116,7 @@ def profile_stages(base: Settings, plan: SweepPlan, *, cache: Path, users: int) 
     other shape at B=256 (how the cost grows with catalogue and length)."""
     key = plan.key
     out: list[dict[str, Any]] = []
-    reg, items = ensure_model(cache, *key)
+    reg, items = ensure_model(cache, *key, positions=base.bench_positions)
     us = bench_users("bench-stages-", users)
     prefill(base, us, items, base.buffer_len)
     try:
@@ -129,7 +129,7 @@ def profile_stages(base: Settings, plan: SweepPlan, *, cache: Path, users: int) 
             if (n_items, L) == key:
                 continue
             try:
-                reg, items = ensure_model(cache, n_items, L)
+                reg, items = ensure_model(cache, n_items, L, positions=base.bench_positions)
                 sp = stage_profile(base, reg, items, us, batch_size=256, events=2048, scorer="onnx")
             except (AttnrecError, OSError, MemoryError, AssertionError) as exc:
                 log.error("stage profile of %d items, L=%d failed: %s", n_items, L, exc)
