@@ -14,6 +14,7 @@ import itertools
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -88,6 +89,10 @@ def run_demo(s: Settings) -> int:
     t_start = time.monotonic()
     home = s.home.resolve()
     work = home / "demo"
+    # a fresh demo each time: a previous run's trainer state lists its event files as trained,
+    # so this run's trainer cycle would find nothing new and promote nothing
+    for old in [work / "trainer", work / "events", *work.glob("ckpt-*")]:
+        shutil.rmtree(old, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     st = local_stack(s)
     _say(f"starting the local stack (Kafka KRaft on {st.bootstrap}, Redis on 127.0.0.1:{st.redis_port}) under {st.root}")
@@ -136,8 +141,6 @@ def run_demo(s: Settings) -> int:
             """One cycle of the periodic trainer (`attnrec trainer`): archive what arrived on
             `clicks`, retrain warm-started from the serving model, export, gated promote."""
             try:
-                import shutil
-
                 from exporter.trainer import run_cycle
 
                 events_dir = work / "events"

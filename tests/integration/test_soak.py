@@ -4,7 +4,7 @@ acknowledged event once in Redis, each recommendation once, read committed), and
 time: each worker's RSS and Redis' ``used_memory``, sampled and plotted.
 
     .venv/bin/python -m pytest -p no:cacheprovider -s tests/integration/test_soak.py --soak \
-        [--soak-events 1000000] [--soak-rate 560] [--soak-fault-every 300] [--soak-plot docs/img/soak-memory.png]
+        [--soak-events 1000000] [--soak-rate 540] [--soak-fault-every 300] [--soak-plot docs/img/soak-memory.png]
 
 Faults in turn: SIGKILL of a worker (a successor starts), a Redis restart, a broker SIGKILL and
 restart, a rebalance (a second worker joins, then leaves with SIGTERM). Memory must level off:
