@@ -128,18 +128,19 @@ def committed_offsets(s: Settings, group_id: str, topic: str, timeout_s: float =
     Retriable broker errors (the group coordinator still loading, as on a fresh broker) are
     retried for up to ``timeout_s``, then raised as :class:`TransientError`."""
     deadline = time.monotonic() + timeout_s
-    while True:
-        admin = admin_client(s)
-        try:
-            got = admin.list_group_offsets({group_id: None}).get(group_id, {})
-            break
-        except KafkaError as exc:
-            if not getattr(exc, "retriable", False) or time.monotonic() > deadline:
-                raise TransientError(f"kafka {s.kafka_bootstrap}: committed offsets of group {group_id}: "
-                                     f"{type(exc).__name__}: {exc}") from exc  # fmt: skip
-        finally:
-            admin.close()
-        time.sleep(0.2)
+    admin = admin_client(s)
+    try:
+        while True:
+            try:
+                got = admin.list_group_offsets({group_id: None}).get(group_id, {})
+                break
+            except KafkaError as exc:
+                if not getattr(exc, "retriable", False) or time.monotonic() > deadline:
+                    raise TransientError(f"kafka {s.kafka_bootstrap}: committed offsets of group {group_id}: "
+                                         f"{type(exc).__name__}: {exc}") from exc  # fmt: skip
+            time.sleep(0.2)
+    finally:
+        admin.close()
     return {tp.partition: meta.offset for tp, meta in got.items() if tp.topic == topic and meta.offset >= 0}
 
 

@@ -293,18 +293,12 @@ class Processor:
             if st is not None:
                 st.lap("recommend")
             payloads = {r.user_id: r.to_json() for r in recs}
-            if s.timing_headers:
-                now = time.time() * 1000
-                for r in recs:
-                    src = prep.records[sources[r.user_id]]
-                    hdr = timing_header(src, prep.milestones, now)
-                    await out.send(self.send, s.recs_topic, r.user_id.encode(), payloads[r.user_id], [(TIMING_HEADER, hdr)],
-                                   partition=src.partition, offset=src.offset)
-            else:
-                for r in recs:
-                    src = prep.records[sources[r.user_id]]
-                    await out.send(self.send, s.recs_topic, r.user_id.encode(), payloads[r.user_id],
-                                   partition=src.partition, offset=src.offset)
+            now = time.time() * 1000
+            for r in recs:
+                src = prep.records[sources[r.user_id]]
+                hdrs = [(TIMING_HEADER, timing_header(src, prep.milestones, now))] if s.timing_headers else None
+                await out.send(self.send, s.recs_topic, r.user_id.encode(), payloads[r.user_id], hdrs,
+                               partition=src.partition, offset=src.offset)
             if st is not None:
                 st.lap("serialize")
             await self.buffers.store_recs(payloads)

@@ -92,9 +92,8 @@ class TransactionalSender:
         self._locks: dict[int, asyncio.Lock] = {}
         self._open: set[int] = set()
         self._unverified: dict[int, float] = {}  # partition -> when its producer started (it has not committed yet)
-        self._fresh: dict[int, float] = {}  # partition -> when the first producer of its epoch started (not synced yet)
-        self._started: dict[int, int] = {}  # partition -> the epoch its last producer was started for
-        self._floors: dict[int, int] = {}  # partition -> the committed offset read when its epoch's producer started
+        # partition -> (epoch, the committed offset read once that epoch's producer had started)
+        self._floors: dict[int, tuple[int, int]] = {}
         self._fetch: tuple[float, asyncio.Future[dict[int, int]]] | None = None
         self.epochs: dict[int, int] = {}
         self.owned: set[int] | None = None  # None until the first assignment (then every partition is)
@@ -185,24 +184,18 @@ class TransactionalSender:
             raise TransientError(f"kafka transactional producer for partition {partition}: "
                                  f"{type(exc).__name__}: {exc}") from exc
         self._producers[partition] = (p, epoch)
-        now = time.monotonic()
-        self._unverified[partition] = now
-        if self._started.get(partition) != epoch or partition in self._fresh:  # (a replacement before it synced: too)
-            self._started[partition] = epoch
-            self._fresh[partition] = now
+        self._unverified[partition] = time.monotonic()
         return p
 
-    async def _sync(self, part: int) -> None:
-        """The first batch of a new epoch of ``part``, its producer started (which fenced every
-        earlier one): the group's committed offset now is final for the previous owners. Events
-        before it were finished by the previous owner after this worker fetched its start
-        position; they produce nothing here (in this batch or the next ones already formed)."""
-        committed = (await self._committed_since(self._fresh[part])).get(part)
-        del self._fresh[part]
-        self._floors[part] = -1 if committed is None else committed
-
-    def _apply_floor(self, out: Outbox, part: int) -> None:
-        floor = self._floors.get(part, -1)
+    async def _apply_floor(self, out: Outbox, part: int, epoch: int) -> None:
+        """Events of ``part`` before its floor were finished by the previous owner after this
+        worker fetched its start position: they produce nothing here. The floor is the group's
+        committed offset read once the epoch's first producer had started (which fenced every
+        earlier one, so no older owner commits after it), read at the epoch's first batch."""
+        if self._floors.get(part, (None, -1))[0] != epoch:
+            committed = (await self._committed_since(self._unverified.get(part, 0.0))).get(part)
+            self._floors[part] = (epoch, -1 if committed is None else committed)
+        floor = self._floors[part][1]
         if floor <= out.starts[part]:
             return
         log.info("partition %d: its previous owner committed up to offset %d after this worker was assigned it "
@@ -249,9 +242,7 @@ class TransactionalSender:
                     self._close(part)
                     continue
                 p = await self._producer(part, epoch)
-                if part in self._fresh:
-                    await self._sync(part)
-                self._apply_floor(out, part)
+                await self._apply_floor(out, part, epoch)
                 if out.floors.get(part, -1) >= out.offsets[part]:  # all of it was done
                     out.void.add(part)
                     self._close(part)

@@ -9,6 +9,7 @@ no recommendation missing, none repeated) with ``tests/faultkit.py``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -21,7 +22,11 @@ import orjson
 import pytest
 
 from apps.stack import LocalStack, free_port
+from attnrec.kafka_util import committed_offsets, ensure_topics
 from stream.buffer import STATE_KEY, user_keys
+from stream.logic import RawRecord
+from stream.sender import Outbox
+from stream.transactions import TransactionalSender
 from tests.faultkit import (
     SESSION_TIMEOUT_S,
     Scenario,
@@ -34,6 +39,7 @@ from tests.faultkit import (
     wait_applied,
     wait_progress,
 )
+from tests.helpers import settings_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.usefixtures("fast_group_eviction")]
 
@@ -219,15 +225,6 @@ def test_the_previous_owners_late_commit_is_taken_over_not_fled(stack: Any, name
     offset commit carries no group generation). The new owner must skip what the previous one
     finished and go on from there, not take itself for a zombie and leave the partition idle
     (it did: the scale-out test then found the partition's later events never applied)."""
-    import asyncio
-
-    from attnrec.kafka_util import committed_offsets, ensure_topics
-    from stream.logic import RawRecord
-    from stream.sender import Outbox
-    from stream.transactions import TransactionalSender
-    from tests.faultkit import read_topic
-    from tests.helpers import settings_for
-
     s = settings_for(stack, names, registry_with_model, partitions=1)
     ensure_topics(s)
 
