@@ -70,7 +70,7 @@ def secure_stack(tmp_path_factory: pytest.TempPathFactory, certs: dict[str, Path
         ssl_keystore=certs["pem"] if certs else None,
         sasl_users={KAFKA_USER: "k-" + secrets.token_urlsafe(18)},
         redis_password="r-" + secrets.token_urlsafe(18),
-        kafka_heap="256m",
+        kafka_heap="384m",  # 256m: the log cleaner's 128 MB buffer ran it out of heap at start (seen once)
     )
     st.up()
     try:
