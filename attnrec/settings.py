@@ -26,6 +26,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from attnrec.errors import ConfigError
+from attnrec.units import parse_boosts, parse_duration, parse_rate
 
 __all__ = ["Settings", "SECTIONS", "ENV_PREFIX", "OTHER_VARIABLES", "env_name", "load_settings", "parse_duration", "parse_rate", "section_of"]
 
@@ -58,37 +59,12 @@ SECTIONS: dict[str, str] = {
 }
 
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def env_name(field: str) -> str:
     """The environment variable of a settings field."""
     return ENV_PREFIX + field.upper()
-
-
-def parse_duration(text: str | float) -> float:
-    """'10m' -> 600.0; '30s', '1.5h', '250ms', '2d' and bare seconds work too."""
-    if isinstance(text, (int, float)):
-        return float(text)
-    m = _DURATION.match(text)
-    if not m:
-        raise ValueError(f"expected a duration such as 30s, 10m or 1h, got {text!r}")
-    value, unit = float(m.group(1)), m.group(2) or "s"
-    return value * {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}[unit]
-
-
-def parse_rate(text: str | float | None) -> float | None:
-    """Events per second: a positive number, or 'max' (None: as fast as possible)."""
-    if text is None or str(text).strip().lower() == "max":
-        return None
-    try:
-        r = float(text)
-    except ValueError:
-        raise ValueError(f"expected a positive number of events/s or 'max', got {text!r}") from None
-    if not r > 0:
-        raise ValueError(f"expected a positive number of events/s or 'max', got {text!r}")
-    return r
 
 
 class Settings(BaseSettings):
@@ -107,6 +83,7 @@ class Settings(BaseSettings):
     recs_topic: str = Field("recs", description="ATTNREC_RECS_TOPIC: output topic")
     dlq_topic: str = Field("clicks.dlq", description="ATTNREC_DLQ_TOPIC: dead-letter topic")
     updates_topic: str = Field("model-updates", description="ATTNREC_UPDATES_TOPIC: registry notifications")
+    catalog_topic: str = Field("catalog", description="ATTNREC_CATALOG_TOPIC: room/item status events (live, ended, on_shelf, off_shelf, stock), read with CATALOG")
     partitions: int = Field(8, ge=1, description="ATTNREC_PARTITIONS: partitions when we create topics")
     group_id: str = Field("attnrec-worker", min_length=1, description="ATTNREC_GROUP_ID: consumer group of the workers")
     kafka_session_timeout_s: float = Field(
@@ -162,6 +139,28 @@ class Settings(BaseSettings):
     exclude_window: int = Field(
         50, ge=0, description="ATTNREC_EXCLUDE_WINDOW: items among the user's last N events are never recommended (up to BUFFER_LEN; each extra event costs a lookup per batch)"
     )
+    catalog: bool = Field(
+        False, description="ATTNREC_CATALOG: consume CATALOG_TOPIC into the availability state shared in Redis; recommendations never hold an item whose last status is ended, off_shelf or stock 0"
+    )
+    repeat_cooldown_s: float = Field(
+        0.0, ge=0, description="ATTNREC_REPEAT_COOLDOWN_S: with EXCLUDE_SEEN=false (live streams: repeats allowed), an item the user interacted with in the last N seconds of stream time is not recommended (0 = no cool-down)"
+    )
+    negative_cooldown_s: float = Field(
+        600.0, ge=0, description="ATTNREC_NEGATIVE_COOLDOWN_S: an item the user skipped (a view shorter than 2 s) or was shown without clicking (impression) is not recommended for N seconds of stream time, unless a positive event on it came later (0 = off)"
+    )
+    deny_items: str = Field("", description="ATTNREC_DENY_ITEMS: comma-separated item ids never recommended")
+    allow_categories: str = Field("", description="ATTNREC_ALLOW_CATEGORIES: comma-separated categories; when set, an item whose catalog category is known and not listed is never recommended")
+    deny_categories: str = Field("", description="ATTNREC_DENY_CATEGORIES: comma-separated categories never recommended (categories come from catalog events)")
+    boosts: str = Field(
+        "", description="ATTNREC_BOOSTS: score boosts added to the model's candidates, e.g. category:beauty=1.5,item:sku-7=3 (they reorder the graph's top-K: export with a larger --top-k than served for room)"
+    )
+    policy_name: str = Field("default", min_length=1, max_length=64, description="ATTNREC_POLICY_NAME: the label of this deployment's policy in the online-evaluation metrics")
+    trending_window_s: float = Field(
+        1800.0, gt=0, description="ATTNREC_TRENDING_WINDOW_S: the trending-now window: per-item event counts (gift/purchase weigh more) of the last N seconds, the cold-start fallback"
+    )
+    online_eval: bool = Field(
+        True, description="ATTNREC_ONLINE_EVAL: prequential evaluation: whether each user's next event hits the top-10 emitted for them (model, trending-now and the static list), per model version and policy, in /metrics"
+    )
     because_k: int = Field(3, ge=0, description="ATTNREC_BECAUSE_K: past events listed in `because`")
     buffer_len: int = Field(200, ge=1, description="ATTNREC_BUFFER_LEN: events kept per user in Redis")
     buffer_ttl_s: int = Field(30 * 86400, ge=1, description="ATTNREC_BUFFER_TTL_S: buffer TTL, refreshed on write")
@@ -203,12 +202,17 @@ class Settings(BaseSettings):
     replay_rate: str = Field("1000", description="ATTNREC_REPLAY_RATE: events/s, or max")
     replay_count: int = Field(10_000, ge=0, description="ATTNREC_REPLAY_COUNT: events to send (0 = the whole file)")
     replay_seed: int = Field(7, description="ATTNREC_REPLAY_SEED: seed of the synthetic events")
+    replay_scenario: Literal["live"] | None = Field(None, description="ATTNREC_REPLAY_SCENARIO: live: the live-commerce simulator (rooms, products, stock, bursts) to the clicks and catalog topics")
+    replay_burst_at_s: float | None = Field(None, ge=0, description="ATTNREC_REPLAY_BURST_AT_S: live scenario: a burst starts this many seconds in (unset: none)")
+    replay_burst_s: float = Field(60.0, gt=0, description="ATTNREC_REPLAY_BURST_S: live scenario: the burst's length")
+    replay_burst_factor: float = Field(10.0, ge=1, description="ATTNREC_REPLAY_BURST_FACTOR: live scenario: the burst's rate over the base rate")
     replay_topic: str | None = Field(None, description="ATTNREC_REPLAY_TOPIC: target topic (default CLICKS_TOPIC)")
 
     # --- attnrec demo --------------------------------------------------------------------------
     demo_events: int = Field(6000, ge=100, description="ATTNREC_DEMO_EVENTS: events replayed live")
     demo_rate: float = Field(500.0, gt=0, description="ATTNREC_DEMO_RATE: replay rate, events/s")
     demo_train_seconds: float = Field(60.0, gt=0, description="ATTNREC_DEMO_TRAIN_SECONDS: training budget of each model")
+    demo_scenario: Literal["synthetic", "live"] = Field("synthetic", description="ATTNREC_DEMO_SCENARIO: synthetic (planted follow-ups) or live (the live-commerce simulator, with the catalog topic, a burst and online evaluation)")
     demo_keep_stack: bool = Field(False, description="ATTNREC_DEMO_KEEP_STACK: leave Kafka and Redis running afterwards")
 
     # --- attnrec train / eval ------------------------------------------------------------------
@@ -327,7 +331,7 @@ class Settings(BaseSettings):
                 raise ValueError("expected host:port[,host:port] with ports 1-65535")
         return ",".join(hosts)
 
-    @field_validator("clicks_topic", "recs_topic", "dlq_topic", "updates_topic")
+    @field_validator("clicks_topic", "recs_topic", "dlq_topic", "updates_topic", "catalog_topic")
     @classmethod
     def _topic(cls, v: str) -> str:
         if not _TOPIC.match(v) or v in (".", ".."):
@@ -383,6 +387,12 @@ class Settings(BaseSettings):
     def _shapes(cls, v: str | None) -> str | None:
         if v is not None and not re.fullmatch(r"\s*\d+[xX]\d+\s*(,\s*\d+[xX]\d+\s*)*", v):
             raise ValueError("expected ITEMSxL[,ITEMSxL], e.g. 3000x50,100000x50")
+        return v
+
+    @field_validator("boosts")
+    @classmethod
+    def _boosts(cls, v: str) -> str:
+        parse_boosts(v)
         return v
 
     @model_validator(mode="after")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from apps.cli import build_parser, main
+from attnrec.events import EVENT_TYPES
 from training.synth import generate
 
 EVAL_KEYS = {"dataset", "protocol", "users", "items", "metrics", "train_seconds", "config"}
@@ -45,7 +46,7 @@ def test_smoke_train_then_eval(events: Path, tmp_path: Path, capsys: pytest.Capt
                  "samples.json"):
         assert (out / name).is_file(), name
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["model"]["max_len"] == 20 and cfg["model"]["n_event_types"] == 9 and cfg["model"]["n_gap_buckets"] == 32
+    assert cfg["model"]["max_len"] == 20 and cfg["model"]["n_event_types"] == len(EVENT_TYPES) + 1 and cfg["model"]["n_gap_buckets"] == 32
     assert len(cfg["data_fingerprint"]) == 64 and cfg["train"]["epochs"] == 3
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["protocol"] == "loo-full-ranking" and len(metrics["curve"]) == 3
