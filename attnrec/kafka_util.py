@@ -97,7 +97,7 @@ def ensure_topics(s: Settings, names: Iterable[str] | None = None, partitions: i
     metadata is ignored for good ("Ignoring missing topic"), leaving a worker that never gets
     a partition. A broker under load published a just-created topic's metadata seconds late.
     """
-    names = list(names or (s.clicks_topic, s.recs_topic, s.dlq_topic, s.updates_topic))
+    names = list(names or (s.clicks_topic, s.recs_topic, s.dlq_topic, s.updates_topic, *([s.catalog_topic] if s.catalog else [])))
     n = partitions or s.partitions
     admin = admin_client(s)
     try:

@@ -30,7 +30,7 @@ from stream.processor import Processor
 from stream.sender import KafkaSender
 from stream.transactions import TransactionalSender
 
-__all__ = ["faust_app", "add_agent", "add_views", "guard_redis_state", "create_app"]
+__all__ = ["faust_app", "add_agent", "add_catalog_agent", "add_views", "guard_redis_state", "create_app"]
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,18 @@ def add_agent(app: faust.App, s: Settings, proc: Processor) -> None:
         finally:
             await batcher.close()
             await sender.stop()
+
+
+def add_catalog_agent(app: faust.App, s: Settings, proc: Processor) -> None:
+    """With ``CATALOG``: an agent over the catalog topic that applies status events to the
+    availability state shared in Redis (:mod:`stream.catalog`); acked and committed by faust
+    once applied (applying again is harmless: the last status by event time wins)."""
+    topic = app.topic(s.catalog_topic, partitions=s.partitions, key_type=bytes, value_type=bytes)
+
+    @app.agent(topic, concurrency=1, name="catalog")
+    async def catalog(stream: Any) -> None:
+        async for values in stream.take(512, within=0.005):
+            await proc.live.apply_catalog(values)
 
 
 async def _no_ack(event: Any) -> None:
@@ -238,5 +250,7 @@ def create_app(settings: Settings, *, session_factory: SessionFactory | None = N
         await guard_redis_state(s, buffers, proc)
 
     add_agent(app, s, proc)
+    if s.catalog:
+        add_catalog_agent(app, s, proc)
     add_views(app, s, proc, buffers=buffers, watcher=watcher)
     return app

@@ -31,7 +31,7 @@ from attnrec.errors import StateLostError, TransientError
 from attnrec.events import ClickEvent
 from stream.logic import BufferEntry, decode_entry, encode_entry
 
-__all__ = ["STATE_KEY", "STATE_LOST", "RedisBuffers", "Applied", "APPLIED", "REDELIVERED", "RETRY", "user_keys", "APPLY_LUA"]
+__all__ = ["STATE_KEY", "STATE_LOST", "RedisBuffers", "Applied", "APPLIED", "REDELIVERED", "RETRY", "user_keys", "APPLY_LUA", "redis_errors"]
 
 #: A key that exists while Redis holds attnrec's state; the worker creates it on a fresh start
 #: and the apply script refuses to run without it. Losing it (a restart without persistence, a
@@ -171,7 +171,7 @@ _TRANSIENT_REPLIES = ("OOM", "READONLY", "MISCONF", "MASTERDOWN", "NOREPLICAS", 
 
 
 @contextlib.contextmanager
-def _redis_errors() -> Iterator[None]:
+def redis_errors() -> Iterator[None]:
     """The boundary where redis-py errors become ours: connection trouble and replies of a
     Redis that is up but refusing writes are :class:`TransientError` (retry, never
     dead-letter); a Redis without attnrec's state marker is :class:`StateLostError`; any other
@@ -243,19 +243,19 @@ class RedisBuffers:
         args[5] = len(users)
         args += [first_index[u] for u in users]
         args += [(user_len or {}).get(u, 0) for u in users]
-        with _redis_errors():
+        with redis_errors():
             flags, bufs, seqs = await self._script(keys=keys, args=args)
         codes = [int(f) for f in flags]
         return Applied(applied=[c == 1 for c in codes], users=users, raw=dict(zip(users, bufs, strict=True)),
                        seq=dict(zip(users, (int(x) for x in seqs), strict=True)), codes=codes)
 
     async def has_state(self) -> bool:
-        with _redis_errors():
+        with redis_errors():
             return bool(await self.r.exists(STATE_KEY))
 
     async def has_buffers(self) -> bool:
         """Whether Redis holds any user's keys (a SCAN: cheap when it finds one early)."""
-        with _redis_errors():
+        with redis_errors():
             async for _ in self.r.scan_iter(match="{u:*", count=1000):
                 return True
         return False
@@ -265,14 +265,14 @@ class RedisBuffers:
         import json
         import time
 
-        with _redis_errors():
+        with redis_errors():
             await self.r.set(STATE_KEY, json.dumps({"created_ms": int(time.time() * 1000), "by": why}), nx=True)
 
     async def recent(self, users: Sequence[str], n: int) -> dict[str, list[bytes]]:
         """Each user's newest ``n`` entries (newest first), in one pipelined round trip."""
         if not users:
             return {}
-        with _redis_errors():
+        with redis_errors():
             async with self.r.pipeline(transaction=False) as p:
                 for u in users:
                     p.lrange(user_keys(u)[0], 0, n - 1)
@@ -285,15 +285,15 @@ class RedisBuffers:
         if not recs:
             return
         keys = [user_keys(u)[3] for u in recs]
-        with _redis_errors():
+        with redis_errors():
             await self._store_script(keys=keys, args=[self.ttl_s, *recs.values()])
 
     async def get_recs(self, user_id: str) -> bytes | None:
-        with _redis_errors():
+        with redis_errors():
             v = await self.r.get(user_keys(user_id)[3])
         return v  # type: ignore[no-any-return]
 
     async def get_buffer(self, user_id: str, n: int | None = None) -> list[BufferEntry]:
-        with _redis_errors():
+        with redis_errors():
             raw = await self.r.lrange(user_keys(user_id)[0], 0, (n or self.max_len) - 1)
         return [decode_entry(e) for e in raw]

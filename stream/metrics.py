@@ -58,6 +58,20 @@ class WorkerMetrics:
         self.rows = Counter("attnrec_model_rows_total", "Rows scored, per graph", ["graph"], registry=r)
         self.cache_bytes = Gauge("attnrec_cache_bytes", "Bytes held by the key/value cache", registry=r)
         self.cache_users = Gauge("attnrec_cache_users", "Users with a key/value cache", registry=r)
+        # live commerce: availability, online (prequential) evaluation
+        self.catalog_events = Counter("attnrec_catalog_events_total", "Catalog status events, by result (applied, stale: "
+                                      "older than the status applied, invalid)", ["result"], registry=r)
+        self.catalog_unavailable = Gauge("attnrec_catalog_unavailable_items", "Items unavailable now (this worker's view)",
+                                         registry=r)
+        self.catalog_delay_ms = Histogram("attnrec_catalog_delay_ms", "Catalog event ts to applied in Redis (ms)",
+                                          buckets=_MS_BUCKETS, registry=r)
+        online = ["source", "version", "policy"]
+        self.online_events = Counter("attnrec_online_events_total", "Next events scored against the top-10 a source "
+                                     "showed the user (source: model, trending, static)", online, registry=r)
+        self.online_hits = Counter("attnrec_online_hits_total", "Next events in the source's top-10 (HR@10 = hits / events)",
+                                   online, registry=r)
+        self.online_ndcg = Counter("attnrec_online_ndcg_total", "Sum of NDCG@10 of the next events (NDCG@10 = sum / events)",
+                                   online, registry=r)
         self.cache_evictions = Gauge("attnrec_cache_evictions", "Caches evicted (LRU by bytes) since start", registry=r)
 
     def render(self) -> bytes:

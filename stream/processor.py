@@ -35,6 +35,7 @@ from attnrec.events import ClickEvent, dlq_envelope
 from attnrec.settings import Settings
 from stream.buffer import RETRY, Applied, RedisBuffers
 from stream.incremental import Incremental, Plan
+from stream.live import LiveLayer
 from stream.logic import (
     TIMING_HEADER,
     ModelInputs,
@@ -125,6 +126,7 @@ class Processor:
         self.incremental = Incremental(settings, metrics)  # an incremental model's key/value caches
         self.txn: TransactionalSender | None = None  # exactly-once: the batch's output in transactions
         self.state_error: str | None = None  # Redis lost attnrec's state (stream.app.guard_redis_state)
+        self.live = LiveLayer(settings, buffers.r, metrics)  # availability, policy, trending, online evaluation
 
     # ------------------------------------------------------------------ model
     def set_model(self, m: LoadedModel | None) -> None:
@@ -198,6 +200,7 @@ class Processor:
         if not parsed.events:
             return prep
         self.maybe_swap()  # between batches: this whole batch is scored by one version
+        await self.live.refresh()  # a status change applied by any worker is in this batch
         model = prep.model = self.model
         if model is not None and model.incremental:
             return await self._prepare_incremental(prep, model)
@@ -212,6 +215,7 @@ class Processor:
         if model is not None:
             inputs = prep.inputs = build_inputs(model, res.raw, res.users, exclude_seen=s.exclude_seen,
                                                 exclude_window=s.exclude_window)  # fmt: skip
+            self.live.exclude(model, inputs)
             if st is not None:
                 st.lap("inputs")
             if len(inputs.users) > self.inline_rows:
@@ -233,6 +237,8 @@ class Processor:
         lengths = inc.lengths(model, prep.parsed.events)
         res = prep.res = await self.buffers.apply(prep.parsed.events, return_len=inc.full_len(model), user_len=lengths)
         plan = prep.plan = await inc.plan(model, res, prep.parsed.events, lengths, self.buffers)
+        self.live.exclude(model, plan.full)
+        self.live.exclude(model, plan.step)
         prep.t1 = time.perf_counter()
         if s.timing_headers:
             prep.milestones.append(time.time() * 1000)
@@ -282,6 +288,7 @@ class Processor:
                 if code != RETRY:  # a producer's retry never triggers: its first copy did
                     triggers[ev.user_id] = ev  # the last event of each user is its trigger
                     sources[ev.user_id] = src
+            self.live.observe([ev for ev, _, _ in parsed.events])
             rows: Any = prep.inputs
             if prep.plan is not None and prep.model is not None:
                 rows, outputs = self.incremental.commit(prep.model, prep.plan, outputs)
@@ -290,6 +297,7 @@ class Processor:
                 top_k=s.top_k, because_k=s.because_k, exclude_seen=s.exclude_seen,
                 outputs=outputs, inputs=rows,
             )  # fmt: skip
+            await self.live.finish(prep.model, recs, res.raw, rows)
             if st is not None:
                 st.lap("recommend")
             payloads = {r.user_id: r.to_json() for r in recs}
@@ -301,7 +309,7 @@ class Processor:
                                partition=src.partition, offset=src.offset)
             if st is not None:
                 st.lap("serialize")
-            await self.buffers.store_recs(payloads)
+            await asyncio.gather(self.buffers.store_recs(payloads), self.live.write([ev for ev, _, _ in parsed.events]))
             t3 = time.perf_counter()
             if st is not None:
                 st.lap("store_recs")

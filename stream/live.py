@@ -1,0 +1,195 @@
+"""What a batch owes the live features, in one place the processor calls at four points:
+before the model (the availability view, the policy's exclusions in the graph's input), after
+it (boosts, the trending fallback, the lists the online evaluation remembers) and after the
+batch (trending counts and online-evaluation totals to Redis, for every worker and the
+dashboard). The decisions are :mod:`stream.policy`'s, :mod:`stream.online`'s and
+:mod:`stream.trending`'s; this module only wires them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import redis.asyncio as aioredis
+
+from attnrec.errors import InvalidEventError, TransientError
+from attnrec.events import ClickEvent, parse_catalog_event
+from attnrec.manifest import OOV
+from attnrec.settings import Settings
+from stream.buffer import redis_errors
+from stream.catalog import Availability, CatalogStore
+from stream.logic import Recommendation, entry_item
+from stream.metrics import WorkerMetrics
+from stream.model import LoadedModel
+from stream.online import OnlineEval, Score
+from stream.policy import Policy, pad_rows
+from stream.trending import Trending
+
+__all__ = ["ONLINE_KEY", "LiveLayer"]
+
+log = logging.getLogger(__name__)
+
+#: Hash of the online-evaluation totals of a policy, all workers together (``{online}:<policy>``),
+#: fields ``<source>|<version>|n`` (events scored), ``|hits`` and ``|ndcg`` (sums); a per-minute
+#: copy ``{online}:<policy>:<epoch minute>`` (kept a day) is the dashboard's time series.
+ONLINE_KEY = "{online}:"
+_ONLINE_TTL_S = 86400
+
+
+class LiveLayer:
+    def __init__(self, s: Settings, client: aioredis.Redis, metrics: WorkerMetrics) -> None:
+        self.s = s
+        self.r = client
+        self.metrics = metrics
+        self.policy = Policy.from_settings(s)
+        self.catalog = CatalogStore(client) if s.catalog else None
+        self.trending = Trending(client, s.trending_window_s)
+        self.online = OnlineEval() if s.online_eval else None
+        self._blocked_key: tuple[Any, ...] = ()
+        self._blocked: tuple[frozenset[str], np.ndarray] = (frozenset(), np.zeros(0, dtype=np.int64))
+        self._scores: list[Score] = []
+
+    @property
+    def view(self) -> Availability:
+        return self.catalog.view if self.catalog is not None else Availability()
+
+    # ------------------------------------------------------------------ the catalog topic
+    async def apply_catalog(self, values: Sequence[bytes | None]) -> None:
+        """Apply a batch of catalog records to the shared state, retrying Redis trouble until
+        it succeeds; an invalid record is logged, counted and skipped (it cannot change what
+        is available)."""
+        assert self.catalog is not None
+        events = []
+        for v in values:
+            try:
+                events.append(parse_catalog_event(v))
+            except InvalidEventError as exc:
+                self.metrics.catalog_events.labels("invalid").inc()
+                log.warning("catalog record skipped: %s", exc)
+        attempt = 0
+        while events:
+            try:
+                flags = await self.catalog.apply(events)
+                break
+            except TransientError as exc:
+                attempt += 1
+                delay = min(self.s.retry_max_s, 0.05 * 2 ** min(attempt, 10))
+                log.warning("catalog batch of %d failed (attempt %d): %s; retrying in %.2fs", len(events), attempt, exc, delay)
+                await asyncio.sleep(delay)
+        else:
+            return
+        now = time.time() * 1000
+        for ev, applied in zip(events, flags, strict=True):
+            self.metrics.catalog_events.labels("applied" if applied else "stale").inc()
+            self.metrics.catalog_delay_ms.observe(max(0.0, now - ev.ts))
+        self.metrics.catalog_unavailable.set(len(self.catalog.view.unavailable))
+
+    # ------------------------------------------------------------------ before the model
+    async def refresh(self) -> None:
+        """The availability view as of now (one GET when nothing changed)."""
+        if self.catalog is not None:
+            if await self.catalog.refresh():
+                self.metrics.catalog_unavailable.set(len(self.catalog.view.unavailable))
+
+    def blocked(self, model: LoadedModel | None) -> tuple[frozenset[str], np.ndarray]:
+        """The items no row may get, as ids and as ``model``'s indices (memoised per model
+        version and availability version)."""
+        view = self.view
+        key = (model.version if model is not None else None, view.version, id(view))
+        if key != self._blocked_key:
+            ids = frozenset(self.policy.blocked(view))
+            idx = model.item_index if model is not None else {}
+            arr = np.fromiter(sorted({j for i in ids if (j := idx.get(i.encode())) is not None}), dtype=np.int64)
+            self._blocked_key, self._blocked = key, (ids, arr)
+        return self._blocked
+
+    def exclude(self, model: LoadedModel, inputs: Any) -> None:
+        """Add the policy's exclusions to ``inputs.exclude`` (a full or a step graph's rows)."""
+        if inputs is None or not inputs.users:
+            return
+        _, glob = self.blocked(model)
+        parts = [inputs.exclude]
+        n = len(inputs.users)
+        if glob.size:
+            parts.append(np.broadcast_to(glob, (n, glob.size)))
+        if self.policy.scans_rows:
+            idx = model.item_index
+            rows = [[idx.get(i.encode(), OOV) for i in self.policy.cooldown_items(w)] for w in inputs.windows]
+            if any(rows):
+                parts.append(pad_rows(rows, n))
+        if len(parts) > 1:
+            inputs.exclude = np.ascontiguousarray(np.concatenate(parts, axis=1))
+
+    # ------------------------------------------------------------------ the batch's events
+    def observe(self, events: Sequence[ClickEvent]) -> None:
+        """Score the remembered lists of each user against its first new event of the batch."""
+        if self.online is None:
+            return
+        seen: set[str] = set()
+        for ev in events:
+            if ev.user_id in seen:
+                continue
+            seen.add(ev.user_id)
+            for sc in self.online.observe(ev.user_id, ev.item_id, ev.event_type):
+                labels = (sc.source, sc.version, self.policy.name)
+                self.metrics.online_events.labels(*labels).inc()
+                if sc.hit:
+                    self.metrics.online_hits.labels(*labels).inc()
+                    self.metrics.online_ndcg.labels(*labels).inc(sc.ndcg)
+                self._scores.append(sc)
+
+    # ------------------------------------------------------------------ after the model
+    async def finish(self, model: LoadedModel | None, recs: Sequence[Recommendation],
+                     raw: Mapping[str, Sequence[bytes]], rows: Any = None) -> None:
+        """Boost the model's lists, give fallbacks trending now, and remember every source's
+        list for the online evaluation. ``rows`` (the scored rows) give a user's window where
+        Redis returned only its new entries (an incremental model's cached users)."""
+        policy, k = self.policy, self.s.top_k
+        ids, _ = self.blocked(model)
+        trending = [i for i, _ in await self.trending.top(n=k + 100)] if recs else []
+        static = list(model.popularity) if model is not None and model.popularity else []
+        view = self.view
+        windows = dict(zip(rows.users, rows.windows, strict=True)) if rows is not None else {}
+        for rec in recs:
+            p = rec.payload
+            window = windows.get(rec.user_id) or raw.get(rec.user_id) or ()
+            if self.s.exclude_seen:
+                skip = {entry_item(e) for e in window} | ids
+            else:
+                skip = set(policy.cooldown_items(window)) | ids if policy.scans_rows else set(ids)
+            if p["fallback"]:
+                pick = [i for i in trending if i not in skip][:k] or [i for i in static if i not in skip][:k]
+                p["items"] = [{"item_id": i, "score": 0.0} for i in pick]
+            elif policy.boosts:
+                p["items"] = policy.boost(p["items"], view.category)
+            if self.online is not None:
+                label = "fallback" if p["fallback"] else str(p["model_version"])
+                self.online.remember(rec.user_id, {
+                    "model": (label, [it["item_id"] for it in p["items"]]),
+                    "trending": ("trending", [i for i in trending if i not in skip][:10]),
+                    "static": ("static", [i for i in static if i not in skip][:10]),
+                })  # fmt: skip
+
+    async def write(self, events: Sequence[ClickEvent]) -> None:
+        """The batch's trending counts and online-evaluation totals, in one round trip."""
+        scores, self._scores = self._scores, []
+        with redis_errors():
+            async with self.r.pipeline(transaction=False) as pipe:
+                self.trending.queue(pipe, events)
+                if scores:
+                    key = ONLINE_KEY + self.policy.name
+                    minute = f"{key}:{int(time.time() // 60)}"
+                    for sc in scores:
+                        for h in (key, minute):
+                            f = f"{sc.source}|{sc.version}|"
+                            pipe.hincrby(h, f + "n", 1)
+                            if sc.hit:
+                                pipe.hincrby(h, f + "hits", 1)
+                                pipe.hincrbyfloat(h, f + "ndcg", sc.ndcg)
+                    pipe.expire(minute, _ONLINE_TTL_S)
+                await pipe.execute()

@@ -1,0 +1,86 @@
+"""Trending now: per-item popularity over the last ``TRENDING_WINDOW_S`` of stream time, kept by
+the stream itself in Redis (shared by the workers), the cold-start fallback.
+
+Each batch adds its events to the current time bucket of each scope — ``all`` (the whole
+catalogue) and ``room:<room_id>`` for events with a ``context.room_id`` — as a sorted set per
+bucket (``{trend:<scope>}:<bucket>``, one hash tag per scope, expiring after the window);
+reading a scope is one ZUNION over the window's buckets. Purchases and gifts weigh more than
+views; impressions and skips count nothing. A batch that is retried counts twice: trending is
+a popularity estimate, not an exactly-once ledger.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from attnrec.events import ClickEvent
+from stream.buffer import redis_errors
+
+__all__ = ["TYPE_WEIGHT", "BUCKETS", "Trending", "bucket_counts"]
+
+#: What one event adds to its item's trending score, by type (absent: 0).
+TYPE_WEIGHT = {"view": 1.0, "click": 1.0, "other": 1.0, "like": 1.5, "share": 1.5, "cart": 2.0, "purchase": 3.0, "gift": 3.0}
+#: Buckets per window.
+BUCKETS = 30
+
+
+def bucket_counts(events: Iterable[ClickEvent], bucket_ms: int) -> dict[tuple[str, int], dict[str, float]]:
+    """(scope, bucket) -> item -> added score, for one batch's events."""
+    out: dict[tuple[str, int], dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for ev in events:
+        w = TYPE_WEIGHT.get(ev.event_type, 0.0)
+        if not w:
+            continue
+        b = ev.ts // bucket_ms
+        out[("all", b)][ev.item_id] += w
+        room = ev.context.get("room_id") if ev.context else None
+        if isinstance(room, str) and room:
+            out[(f"room:{room}", b)][ev.item_id] += w
+    return out
+
+
+class Trending:
+    """Writes and reads the trending scores; :meth:`top` is cached for ``ttl_s``."""
+
+    def __init__(self, client: aioredis.Redis, window_s: float, *, ttl_s: float = 1.0) -> None:
+        self.r = client
+        self.window_ms = int(window_s * 1000)
+        self.bucket_ms = max(1, self.window_ms // BUCKETS)
+        self.ttl_s = ttl_s
+        self._cache: dict[str, tuple[float, list[tuple[str, float]]]] = {}
+        self.now_ms = 0  # the stream's clock: the newest event time seen
+
+    def key(self, scope: str, bucket: int) -> str:
+        return "{trend:" + scope + "}:" + str(bucket)
+
+    def queue(self, pipe: Any, events: Sequence[ClickEvent]) -> None:
+        """Queue one batch's increments on a pipeline (the caller executes it)."""
+        if events:
+            self.now_ms = max(self.now_ms, max(ev.ts for ev in events))
+        expire_s = int((self.window_ms + 2 * self.bucket_ms) / 1000) + 1
+        for (scope, b), items in bucket_counts(events, self.bucket_ms).items():
+            k = self.key(scope, b)
+            for item, w in items.items():
+                pipe.zincrby(k, w, item)
+            pipe.expire(k, expire_s)
+
+    async def top(self, scope: str = "all", n: int = 100, *, now_ms: int | None = None) -> list[tuple[str, float]]:
+        """The ``n`` top items of ``scope`` over the window ending at ``now_ms`` (default the
+        stream's clock), best first."""
+        hit = self._cache.get(scope)
+        if hit is not None and time.monotonic() - hit[0] < self.ttl_s and now_ms is None:
+            return hit[1][:n]
+        now = now_ms if now_ms is not None else (self.now_ms or int(time.time() * 1000))
+        last = now // self.bucket_ms
+        keys = [self.key(scope, b) for b in range(last - BUCKETS + 1, last + 1)]
+        with redis_errors():
+            got = await self.r.zunion(keys, withscores=True)
+        ranked = sorted(((m.decode(), float(s)) for m, s in got), key=lambda x: (-x[1], x[0]))[: max(n, 100)]
+        if now_ms is None:
+            self._cache[scope] = (time.monotonic(), ranked)
+        return ranked[:n]
