@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from attnrec.events import NEGATIVE_TYPES
 
-__all__ = ["SOURCES", "Score", "OnlineEval"]
+__all__ = ["SOURCES", "Score", "OnlineEval", "totals"]
 
 SOURCES = ("model", "trending", "static")
 _K = 10
@@ -65,3 +65,16 @@ class OnlineEval:
         self._last.move_to_end(user)
         while len(self._last) > self.capacity:
             self._last.popitem(last=False)
+
+
+def totals(fields: dict[bytes, bytes]) -> list[dict[str, object]]:
+    """Rows {source, version, events, hr@10, ndcg@10} from an online-evaluation hash
+    (``<source>|<version>|n``, ``|hits``, ``|ndcg``), most events first."""
+    acc: dict[tuple[str, str], dict[str, float]] = {}
+    for k, v in fields.items():
+        source, version, what = k.decode().rsplit("|", 2) if k.count(b"|") >= 2 else ("", "", "")
+        if source:
+            acc.setdefault((source, version), {"n": 0.0, "hits": 0.0, "ndcg": 0.0})[what] = float(v)
+    rows = [{"source": s, "version": v, "events": int(a["n"]), "hr@10": a["hits"] / a["n"] if a["n"] else None,
+             "ndcg@10": a["ndcg"] / a["n"] if a["n"] else None} for (s, v), a in acc.items()]
+    return sorted(rows, key=lambda r: (-int(r["events"]), str(r["source"])))  # type: ignore[call-overload]

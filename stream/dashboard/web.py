@@ -30,6 +30,9 @@ from attnrec.redis_util import redis_client
 from attnrec.settings import Settings
 from stream.buffer import RedisBuffers
 from stream.dashboard.collector import Collector, CollectorConfig, explain
+from stream.live import ONLINE_KEY
+from stream.online import totals
+from stream.trending import Trending
 
 __all__ = ["create_dashboard_app", "is_loopback", "run_dashboard"]
 
@@ -157,6 +160,8 @@ def create_dashboard_app(settings: Settings, *, host: str = "127.0.0.1", collect
         coll.start()
         client = redis_client(settings)
         state["redis"] = client
+        state["trending"] = Trending(client, settings.trending_window_s, ttl_s=2.0)
+        state["policy"] = settings.policy_name
         state["buffers"] = RedisBuffers(client, max_len=settings.buffer_len)
 
     async def on_cleanup(app: web.Application) -> None:
@@ -172,6 +177,7 @@ def create_dashboard_app(settings: Settings, *, host: str = "127.0.0.1", collect
     async def summary(request: web.Request) -> web.StreamResponse:
         snap = coll.snapshot()
         snap["model"] = await asyncio.get_running_loop().run_in_executor(None, registry.read)
+        snap["quality"] = await _quality(state)
         return web.Response(
             body=orjson.dumps(snap), content_type="application/json", headers={"Cache-Control": "no-store"}
         )
@@ -211,6 +217,17 @@ def create_dashboard_app(settings: Settings, *, host: str = "127.0.0.1", collect
     app.router.add_static("/static/", STATIC, follow_symlinks=False)
     app["collector"] = coll
     return app
+
+
+async def _quality(state: dict[str, Any]) -> dict[str, Any]:
+    """The stream's own view of its recommendations (written by the workers to Redis): online
+    HR@10 / NDCG@10 per source and version, and trending now."""
+    try:
+        online = totals(await state["redis"].hgetall(ONLINE_KEY + state["policy"]))
+        trending = await state["trending"].top(n=10, now_ms=int(time.time() * 1000))
+    except Exception as exc:  # Redis trouble: the rest of the page still renders
+        return {"error": f"{type(exc).__name__}: {exc}", "online": [], "trending": []}
+    return {"policy": state["policy"], "online": online, "trending": [{"item_id": i, "score": round(s, 1)} for i, s in trending]}
 
 
 def run_dashboard(settings: Settings, *, host: str, port: int, config: CollectorConfig | None = None) -> None:

@@ -113,6 +113,15 @@
         esc(h.previous || "–") + "</td><td>" + esc(h.reason) + "</td><td>" + esc(figs) + "</td></tr>";
     }).join(""));
 
+    // online quality, trending now
+    const q = d.quality || {};
+    $("quality-policy").textContent = q.error ? "(" + q.error + ")" : (q.policy ? "policy " + q.policy : "");
+    const pct = (x) => x == null ? "–" : Number(x).toFixed(4);
+    rows(document.querySelector("#quality-table tbody"), (q.online || []).map((r) =>
+      "<tr><td>" + esc(r.source) + "</td><td>" + esc(r.version) + '</td><td class="num">' + r.events + '</td><td class="num">' +
+      pct(r["hr@10"]) + '</td><td class="num">' + pct(r["ndcg@10"]) + "</td></tr>").join("") || '<tr><td colspan="5" class="muted">no next events scored yet</td></tr>');
+    $("trending").innerHTML = (q.trending || []).map((t) => "<li>" + esc(t.item_id) + ' <span class="muted">' + t.score + "</span></li>").join("") || '<li class="muted">nothing in the window</li>';
+
     // lag, dead letters, feed
     rows(document.querySelector("#lag-table tbody"), (d.lag || []).map((r) =>
       "<tr><td>" + r.partition + '</td><td class="num">' + r.end + '</td><td class="num">' + (r.committed == null ? "–" : r.committed) +
