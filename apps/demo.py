@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import os
 import shutil
@@ -20,51 +19,19 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from apps.demo_kit import say, train_and_export, wait_ready
 from apps.replay import RecsTracker, produce
 from apps.stack import REPO_ROOT, free_port, local_stack
-from attnrec.errors import StackError
 from attnrec.kafka_util import ensure_topics
-from attnrec.registry import Registry
 from attnrec.settings import Settings
 
 __all__ = ["run_demo", "cmd_demo"]
 
 log = logging.getLogger(__name__)
-
-
-def _say(msg: str) -> None:
-    print(f"\033[1m==>\033[0m {msg}", flush=True)
-
-
-def _train_and_export(s: Settings, data: Path, out: Path, registry: Path, *, force: bool) -> tuple[str, dict[str, Any]]:
-    """The training pipeline of ``attnrec train`` on the demo's events, then export and promote."""
-    from exporter.export import export_checkpoint
-    from training.cli import train_checkpoint
-
-    minutes = max(0.1, s.demo_train_seconds / 60.0)
-    train_checkpoint(s.model_copy(update={"data": data, "data_format": "events", "train_out": out,
-                                          "train_max_minutes": minutes, "train_max_len": 50, "train_threads": 1}))
-    version = export_checkpoint(out, registry, promote=True, force=force)
-    return version, Registry(registry).read_manifest(version)
-
-
-def _wait_ready(port: int, proc: subprocess.Popen[bytes], logf: Path, timeout: float = 120.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise StackError(f"worker exited with {proc.returncode}; see {logf}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
-                return dict(json.loads(r.read()))
-        except OSError:
-            time.sleep(0.5)
-    raise StackError(f"worker not ready within {timeout:.0f}s; see {logf}")
 
 
 def _drained(tracker: Any, events: list[Any]) -> bool:
@@ -81,6 +48,10 @@ def cmd_demo(s: Settings, args: Any) -> int:
 
 
 def run_demo(s: Settings) -> int:
+    if s.demo_scenario == "live":
+        from apps.demo_live import run_live_demo
+
+        return run_live_demo(s)
     from tqdm import tqdm
 
     from training.synth import generate
@@ -95,13 +66,13 @@ def run_demo(s: Settings) -> int:
         shutil.rmtree(old, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     st = local_stack(s)
-    _say(f"starting the local stack (Kafka KRaft on {st.bootstrap}, Redis on 127.0.0.1:{st.redis_port}) under {st.root}")
+    say(f"starting the local stack (Kafka KRaft on {st.bootstrap}, Redis on 127.0.0.1:{st.redis_port}) under {st.root}")
     st.up()
     ensure_topics(s)
 
     # --- data: one synthetic world; train on the past, replay the future ------------------------
     n_train = 40_000
-    _say(f"generating {n_train + events:,} synthetic click events (planted: a like/cart/purchase/gift predicts a follow-up item)")
+    say(f"generating {n_train + events:,} synthetic click events (planted: a like/cart/purchase/gift predicts a follow-up item)")
     all_events = list(generate(600, 800, n_train + events, seed=11))
     past, future = all_events[:n_train], all_events[n_train:]
     train_file = work / "train.jsonl"
@@ -110,9 +81,9 @@ def run_demo(s: Settings) -> int:
             f.write(ev.to_json() + b"\n")
 
     registry = s.registry_dir.resolve()
-    _say(f"training an attention model for up to {train_seconds:.0f}s on {len(past):,} events, then export → ONNX → registry")
+    say(f"training an attention model for up to {train_seconds:.0f}s on {len(past):,} events, then export → ONNX → registry")
     t0 = time.monotonic()
-    v1, man1 = _train_and_export(s, train_file, work / f"ckpt-{int(time.time())}", registry, force=True)
+    v1, man1 = train_and_export(s, train_file, work / f"ckpt-{int(time.time())}", registry, force=True)
     val = (man1.get("metrics") or {}).get("val", {})
     print(f"    model {v1}: validation NDCG@10 {val.get('ndcg@10', float('nan')):.4f}, HR@10 {val.get('hr@10', float('nan')):.4f} "
           f"; parity max|Δ| {man1['parity']['max_abs_diff']:.2e}; "
@@ -123,12 +94,12 @@ def run_demo(s: Settings) -> int:
     env = dict(os.environ, ATTNREC_HOME=str(home), ATTNREC_REGISTRY=str(registry), ATTNREC_WEB_PORT=str(port),
                ATTNREC_KAFKA_BOOTSTRAP=st.bootstrap, ATTNREC_REDIS_URL=st.redis_url, ATTNREC_RELOAD_POLL_S="1")  # fmt: skip
     logf = work / "worker.log"
-    _say(f"starting the worker (log {logf}, API http://127.0.0.1:{port})")
+    say(f"starting the worker (log {logf}, API http://127.0.0.1:{port})")
     proc = subprocess.Popen([sys.executable, "-m", "apps", "worker"], env=env, cwd=REPO_ROOT,
                             stdout=open(logf, "ab"), stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     retrain_result: dict[str, Any] = {}
     try:
-        ready = _wait_ready(port, proc, logf)
+        ready = wait_ready(port, proc, logf)
         print(f"    ready: model {ready['model_version']}, {ready['assigned_partitions']} partitions")
 
         # --- replay the future, retrain in the background ------------------------------------
@@ -173,11 +144,11 @@ def run_demo(s: Settings) -> int:
                 time.sleep(0.2)
             return n
 
-        _say(f"phase 1: replaying {half:,} new events at {rate:.0f}/s with model {v1}")
+        say(f"phase 1: replaying {half:,} new events at {rate:.0f}/s with model {v1}")
         sent = replay_phase(future[:half], "events → recs (v1)")
         lat1 = list(tracker.latencies_ms)
 
-        _say("one periodic-trainer cycle on history + phase 1: retrain warm-started, export, gated promote; events keep flowing")
+        say("one periodic-trainer cycle on history + phase 1: retrain warm-started, export, gated promote; events keep flowing")
         bt = threading.Thread(target=retrain, daemon=True)
         bt.start()
         # the events after phase 1, each sent once: up to 600 trickle while training, up to 300 more
@@ -205,7 +176,7 @@ def run_demo(s: Settings) -> int:
         else:
             print(f"    retrained model not promoted: {retrain_result.get('error') or retrain_result.get('reason')}")
         rest = list(after)
-        _say(f"phase 2: replaying {len(rest):,} more events at {rate:.0f}/s")
+        say(f"phase 2: replaying {len(rest):,} more events at {rate:.0f}/s")
         t_phase2 = len(tracker.latencies_ms)
         sent += replay_phase(rest, "events → recs (v2)")
         lat2 = tracker.latencies_ms[t_phase2:]
@@ -222,7 +193,7 @@ def run_demo(s: Settings) -> int:
             st.down()
 
     lat = np.asarray(lat1 + lat2) if lat1 or lat2 else np.asarray([float("nan")])
-    _say("summary")
+    say("summary")
     print(f"    events in          {sent:,}")
     print(f"    recommendations    {tracker.received:,} (one per user per batch; duplicates {tracker.duplicates})")
     print(f"    latency produce→rec p50 {np.percentile(lat, 50):.1f} ms, p99 {np.percentile(lat, 99):.1f} ms "

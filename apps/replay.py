@@ -1,7 +1,11 @@
 """Producing click events to Kafka at a paced rate, and tracking the recommendations they cause.
 
 Used by ``attnrec replay``, the demo and the benchmark. Events come from a file (JSONL or CSV
-of our schema, or a DIGINETICA ``item-views`` CSV) or from the synthetic generator.
+of our schema, or a DIGINETICA ``item-views`` CSV) or from the synthetic generator; or, with
+``--scenario live``, from the live-commerce simulator (:mod:`training.live`), whose click events
+go to the clicks topic and whose catalog events (rooms live/ended, products on/off the shelf,
+stock) go to the catalog topic, each sent at its ts offset from the first (so a burst in the
+schedule is a burst on the wire).
 """
 
 from __future__ import annotations
@@ -21,11 +25,12 @@ from typing import Any
 import orjson
 
 from attnrec.errors import ConfigError, DataError
-from attnrec.events import ClickEvent, parse_event
+from attnrec.events import CatalogEvent, ClickEvent, parse_event
 from attnrec.kafka_util import ensure_topics, make_consumer, make_producer
 from attnrec.settings import Settings, parse_rate
 
-__all__ = ["iter_file_events", "iter_synthetic", "Pacer", "produce", "replay", "cmd_replay", "RecsTracker"]
+__all__ = ["iter_file_events", "iter_synthetic", "iter_live", "Pacer", "produce", "produce_live", "replay", "replay_live",
+           "cmd_replay", "RecsTracker"]
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +102,15 @@ def iter_synthetic(count: int, seed: int = 7, n_users: int | None = None, n_item
         yield ClickEvent(ev.event_id, ev.user_id, ev.item_id, ev.event_type, now + (ev.ts - first) // 1000, ev.context)
 
 
+def iter_live(s: Settings) -> Iterator[ClickEvent | CatalogEvent]:
+    """The live scenario of these settings: ``REPLAY_COUNT`` click events at ``REPLAY_RATE``
+    (rate max: scheduled at 1000/s), the burst of ``REPLAY_BURST_*``, seed ``REPLAY_SEED``."""
+    from training.live import generate_live
+
+    return generate_live(s.replay_count, seed=s.replay_seed, rate=parse_rate(s.replay_rate) or 1000.0,
+                         burst_at_s=s.replay_burst_at_s, burst_s=s.replay_burst_s, burst_factor=s.replay_burst_factor)  # fmt: skip
+
+
 class Pacer:
     """Sleeps so that ``n`` calls to :meth:`tick` take ``n / rate`` seconds (rate None = max)."""
 
@@ -123,6 +137,7 @@ class RecsTracker:
     topic: str | None = None
     sent: dict[str, float] = field(default_factory=dict)  # event_id -> produce time (perf_counter)
     latencies_ms: list[float] = field(default_factory=list)
+    latency_by_trigger: dict[str, float] = field(default_factory=dict)  # trigger event_id -> ms (first rec)
     received: int = 0
     triggers_seen: set[str] = field(default_factory=set)
     duplicates: int = 0
@@ -173,6 +188,7 @@ class RecsTracker:
             t = self.sent.get(trig)
             if t is not None:
                 self.latencies_ms.append(1000.0 * (now - t))
+                self.latency_by_trigger.setdefault(trig, 1000.0 * (now - t))
             v = str(rec.get("model_version"))
             self.versions[v] = self.versions.get(v, 0) + 1
             if len(self.samples) < 200 and rec.get("because"):
@@ -216,13 +232,101 @@ def produce(
     return n
 
 
+def produce_live(
+    settings: Settings,
+    events: Iterable[ClickEvent | CatalogEvent],
+    *,
+    paced: bool = True,
+    restamp: bool = True,
+    topic: str | None = None,
+    catalog_topic: str | None = None,
+    tracker: RecsTracker | None = None,
+    progress: Callable[[int], None] | None = None,
+    on_send: Callable[[ClickEvent | CatalogEvent], None] | None = None,
+    sent_at: dict[str, float] | None = None,
+) -> tuple[int, int]:
+    """Send click events (keyed by user_id, to ``topic``, default the clicks topic) and catalog
+    events (keyed by item_id, to ``catalog_topic``, default ``CATALOG_TOPIC``) in their order,
+    each at its ts offset from the first event (``paced``; else as fast as possible). Returns
+    (clicks, catalog events) sent.
+
+    ``restamp`` moves the ts so that the first event is now (epoch ms, gaps kept). ``on_send``
+    gets each event as sent (re-stamped), right after it is handed to the producer; ``sent_at``
+    gets event_id -> send time (``time.monotonic()``) of every event; ``tracker.sent`` the
+    click events' (``time.perf_counter()``, as :func:`produce`); ``progress`` counts clicks.
+    """
+    p = make_producer(settings)
+    topic = topic or settings.clicks_topic
+    catalog_topic = catalog_topic or settings.catalog_topic
+    n_click = n_cat = 0
+    first: int | None = None
+    t0 = now_ms = 0.0
+    try:
+        for ev in events:
+            if first is None:
+                first, t0, now_ms = ev.ts, time.perf_counter(), time.time() * 1000
+            offset_ms = ev.ts - first
+            if paced:
+                ahead = t0 + offset_ms / 1000 - time.perf_counter()
+                if ahead > 0.001:
+                    time.sleep(ahead)
+            if restamp:
+                ts = int(now_ms) + offset_ms
+                if isinstance(ev, ClickEvent):
+                    ev = ClickEvent(ev.event_id, ev.user_id, ev.item_id, ev.event_type, ts, ev.context, ev.unknown_type)
+                else:
+                    ev = CatalogEvent(ev.event_id, ev.item_id, ev.status, ts, ev.count, ev.category, ev.room_id)
+            if sent_at is not None:
+                sent_at[ev.event_id] = time.monotonic()
+            if isinstance(ev, ClickEvent):
+                if tracker is not None:
+                    tracker.sent[ev.event_id] = time.perf_counter()
+                p.send(topic, key=ev.user_id.encode(), value=ev.to_json())
+                n_click += 1
+                if progress is not None and n_click % 100 == 0:
+                    progress(100)
+            else:
+                p.send(catalog_topic, key=ev.item_id.encode(), value=ev.to_json())
+                n_cat += 1
+            if on_send is not None:
+                on_send(ev)
+        p.flush(60)
+    finally:
+        p.close(10)
+    if progress is not None:
+        progress(n_click % 100)
+    return n_click, n_cat
+
+
+def replay_live(s: Settings) -> tuple[int, int]:
+    """``--scenario live``: the simulator's clicks to ``REPLAY_TOPIC`` (default the clicks topic)
+    and its catalog events to ``CATALOG_TOPIC``, paced by their ts (``REPLAY_RATE`` and the
+    burst are in the schedule; rate max: no pacing). Returns (clicks, catalog events) sent."""
+    from tqdm import tqdm
+
+    if s.replay_data is not None or s.replay_synthetic:
+        raise ConfigError("--scenario live (ATTNREC_REPLAY_SCENARIO) generates its own events: "
+                          "drop --data (ATTNREC_REPLAY_DATA) and --synthetic (ATTNREC_REPLAY_SYNTHETIC)")  # fmt: skip
+    if s.replay_count <= 0:
+        raise ConfigError("--scenario live needs --count (ATTNREC_REPLAY_COUNT) > 0: the click events to generate")
+    topic = s.replay_topic or s.clicks_topic
+    ensure_topics(s, names=list(dict.fromkeys((s.clicks_topic, s.recs_topic, s.dlq_topic, s.updates_topic, topic, s.catalog_topic))))
+    with tqdm(total=s.replay_count, unit="ev", desc="replay live", mininterval=0.5, disable=s.quiet) as bar:
+        n, m = produce_live(s, iter_live(s), paced=parse_rate(s.replay_rate) is not None, topic=topic, progress=bar.update)
+    log.info("produced %d click events to %s and %d catalog events to %s", n, topic, m, s.catalog_topic)
+    return n, m
+
+
 def replay(s: Settings) -> int:
     """Produce ``REPLAY_COUNT`` events from ``REPLAY_DATA`` or the synthetic generator to
-    ``REPLAY_TOPIC`` (default the clicks topic) at ``REPLAY_RATE``; returns how many were sent."""
+    ``REPLAY_TOPIC`` (default the clicks topic) at ``REPLAY_RATE``; returns how many were sent.
+    With ``REPLAY_SCENARIO`` live: :func:`replay_live` (returns the click events sent)."""
     import itertools
 
     from tqdm import tqdm
 
+    if s.replay_scenario is not None:
+        return replay_live(s)[0]
     if (s.replay_data is None) == (not s.replay_synthetic):
         raise ConfigError("give either --data FILE (ATTNREC_REPLAY_DATA) or --synthetic (ATTNREC_REPLAY_SYNTHETIC)")
     ensure_topics(s)
@@ -239,7 +343,12 @@ def replay(s: Settings) -> int:
 
 
 def cmd_replay(s: Settings, args: Any) -> int:
-    """``attnrec replay``: prints ``{"produced": N, "topic": T}``."""
+    """``attnrec replay``: prints ``{"produced": N, "topic": T}`` (live scenario: also
+    ``"catalog": M, "catalog_topic": C``)."""
+    if s.replay_scenario is not None:
+        n, m = replay_live(s)
+        print(json.dumps({"produced": n, "catalog": m, "topic": s.replay_topic or s.clicks_topic, "catalog_topic": s.catalog_topic}))
+        return 0
     n = replay(s)
     print(json.dumps({"produced": n, "topic": s.replay_topic or s.clicks_topic}))
     return 0

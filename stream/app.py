@@ -246,6 +246,10 @@ def create_app(settings: Settings, *, session_factory: SessionFactory | None = N
         watcher.start()
 
     @app.task
+    async def _live_totals() -> None:
+        await proc.live.flush_forever()
+
+    @app.task
     async def _redis_state() -> None:
         await guard_redis_state(s, buffers, proc)
 

@@ -1,8 +1,8 @@
 """What a batch owes the live features, in one place the processor calls at four points:
 before the model (the availability view, the policy's exclusions in the graph's input), after
 it (boosts, the trending fallback, the lists the online evaluation remembers) and after the
-batch (trending counts and online-evaluation totals to Redis, for every worker and the
-dashboard). The decisions are :mod:`stream.policy`'s, :mod:`stream.online`'s and
+batch (its trending counts, kept until the worker's once-a-second :meth:`LiveLayer.flush`
+writes them and the online-evaluation totals to Redis, for every worker and the dashboard). The decisions are :mod:`stream.policy`'s, :mod:`stream.online`'s and
 :mod:`stream.trending`'s; this module only wires them.
 """
 
@@ -26,7 +26,7 @@ from stream.catalog import Availability, CatalogStore
 from stream.logic import Recommendation, entry_item
 from stream.metrics import WorkerMetrics
 from stream.model import LoadedModel
-from stream.online import OnlineEval, Score
+from stream.online import OnlineEval
 from stream.policy import Policy, pad_rows
 from stream.trending import Trending
 
@@ -52,7 +52,8 @@ class LiveLayer:
         self.online = OnlineEval() if s.online_eval else None
         self._blocked_key: tuple[Any, ...] = ()
         self._blocked: tuple[frozenset[str], np.ndarray] = (frozenset(), np.zeros(0, dtype=np.int64))
-        self._scores: list[Score] = []
+        self._sums: dict[str, float] = {}  # online totals since the last flush
+        self._counts = self.trending.counter()  # trending counts since the last flush
 
     @property
     def view(self) -> Availability:
@@ -141,7 +142,11 @@ class LiveLayer:
                 if sc.hit:
                     self.metrics.online_hits.labels(*labels).inc()
                     self.metrics.online_ndcg.labels(*labels).inc(sc.ndcg)
-                self._scores.append(sc)
+                f = f"{sc.source}|{sc.version}|"
+                self._sums[f + "n"] = self._sums.get(f + "n", 0) + 1
+                if sc.hit:
+                    self._sums[f + "hits"] = self._sums.get(f + "hits", 0) + 1
+                    self._sums[f + "ndcg"] = self._sums.get(f + "ndcg", 0.0) + sc.ndcg
 
     # ------------------------------------------------------------------ after the model
     async def finish(self, model: LoadedModel | None, recs: Sequence[Recommendation],
@@ -175,21 +180,40 @@ class LiveLayer:
                     "static": ("static", [i for i in static if i not in skip][:10]),
                 })  # fmt: skip
 
-    async def write(self, events: Sequence[ClickEvent]) -> None:
-        """The batch's trending counts and online-evaluation totals, in one round trip."""
-        scores, self._scores = self._scores, []
+    def record(self, events: Sequence[ClickEvent]) -> None:
+        """Add the batch's events to the trending counts :meth:`flush` writes (off the hot
+        path; buckets older than the window are dropped, so an unflushed layer stays bounded)."""
+        self._counts.add(events)
+
+    async def flush(self) -> None:
+        """Write the trending counts and online-evaluation totals gathered since the last
+        flush, in one round trip (the worker flushes every second; what a crash loses is at
+        most that second of an estimate)."""
+        counts, self._counts = self._counts, self.trending.counter()
+        sums, self._sums = self._sums, {}
+        if not counts and not sums:
+            return
         with redis_errors():
             async with self.r.pipeline(transaction=False) as pipe:
-                self.trending.queue(pipe, events)
-                if scores:
+                self.trending.queue(pipe, counts)
+                if sums:
                     key = ONLINE_KEY + self.policy.name
                     minute = f"{key}:{int(time.time() // 60)}"
-                    for sc in scores:
-                        for h in (key, minute):
-                            f = f"{sc.source}|{sc.version}|"
-                            pipe.hincrby(h, f + "n", 1)
-                            if sc.hit:
-                                pipe.hincrby(h, f + "hits", 1)
-                                pipe.hincrbyfloat(h, f + "ndcg", sc.ndcg)
+                    for h in (key, minute):
+                        for f, v in sums.items():
+                            if f.endswith("|ndcg"):
+                                pipe.hincrbyfloat(h, f, v)
+                            else:
+                                pipe.hincrby(h, f, int(v))
                     pipe.expire(minute, _ONLINE_TTL_S)
                 await pipe.execute()
+
+    async def flush_forever(self, every_s: float = 1.0) -> None:
+        """The worker's task: :meth:`flush` every ``every_s`` seconds (Redis trouble is logged
+        and the counts of that flush dropped: they are estimates)."""
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                await self.flush()
+            except TransientError as exc:
+                log.warning("trending/online totals not written: %s", exc)

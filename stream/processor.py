@@ -309,7 +309,8 @@ class Processor:
                                partition=src.partition, offset=src.offset)
             if st is not None:
                 st.lap("serialize")
-            await asyncio.gather(self.buffers.store_recs(payloads), self.live.write([ev for ev, _, _ in parsed.events]))
+            await self.buffers.store_recs(payloads)
+            self.live.record([ev for ev, _, _ in parsed.events])
             t3 = time.perf_counter()
             if st is not None:
                 st.lap("store_recs")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from attnrec.events import ClickEvent
 from stream.buffer import redis_errors
 
-__all__ = ["TYPE_WEIGHT", "BUCKETS", "Trending", "bucket_counts"]
+__all__ = ["TYPE_WEIGHT", "BUCKETS", "Counts", "Trending", "bucket_counts"]
 
 #: What one event adds to its item's trending score, by type (absent: 0).
 TYPE_WEIGHT = {"view": 1.0, "click": 1.0, "other": 1.0, "like": 1.5, "share": 1.5, "cart": 2.0, "purchase": 3.0, "gift": 3.0}
@@ -29,19 +29,44 @@ TYPE_WEIGHT = {"view": 1.0, "click": 1.0, "other": 1.0, "like": 1.5, "share": 1.
 BUCKETS = 30
 
 
+class Counts:
+    """Trending increments not yet written: (scope, bucket) -> item -> score. Buckets that left
+    the window are dropped as new ones arrive, so the object stays bounded."""
+
+    def __init__(self, bucket_ms: int, keep: int = BUCKETS) -> None:
+        self.bucket_ms = bucket_ms
+        self.keep = keep
+        self.by_key: dict[tuple[str, int], dict[str, float]] = defaultdict(lambda: defaultdict(float))
+        self.newest_ts = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.by_key)
+
+    def add(self, events: Iterable[ClickEvent]) -> None:
+        newest = self.newest_ts
+        for ev in events:
+            w = TYPE_WEIGHT.get(ev.event_type, 0.0)
+            if ev.ts > newest:
+                newest = ev.ts
+            if not w:
+                continue
+            b = ev.ts // self.bucket_ms
+            self.by_key[("all", b)][ev.item_id] += w
+            room = ev.context.get("room_id") if ev.context else None
+            if isinstance(room, str) and room:
+                self.by_key[(f"room:{room}", b)][ev.item_id] += w
+        if newest // self.bucket_ms != self.newest_ts // self.bucket_ms:
+            oldest = newest // self.bucket_ms - self.keep
+            for k in [k for k in self.by_key if k[1] <= oldest]:
+                del self.by_key[k]
+        self.newest_ts = newest
+
+
 def bucket_counts(events: Iterable[ClickEvent], bucket_ms: int) -> dict[tuple[str, int], dict[str, float]]:
-    """(scope, bucket) -> item -> added score, for one batch's events."""
-    out: dict[tuple[str, int], dict[str, float]] = defaultdict(lambda: defaultdict(float))
-    for ev in events:
-        w = TYPE_WEIGHT.get(ev.event_type, 0.0)
-        if not w:
-            continue
-        b = ev.ts // bucket_ms
-        out[("all", b)][ev.item_id] += w
-        room = ev.context.get("room_id") if ev.context else None
-        if isinstance(room, str) and room:
-            out[(f"room:{room}", b)][ev.item_id] += w
-    return out
+    """(scope, bucket) -> item -> added score, for ``events``."""
+    c = Counts(bucket_ms, keep=1 << 62)
+    c.add(events)
+    return c.by_key
 
 
 class Trending:
@@ -58,12 +83,14 @@ class Trending:
     def key(self, scope: str, bucket: int) -> str:
         return "{trend:" + scope + "}:" + str(bucket)
 
-    def queue(self, pipe: Any, events: Sequence[ClickEvent]) -> None:
-        """Queue one batch's increments on a pipeline (the caller executes it)."""
-        if events:
-            self.now_ms = max(self.now_ms, max(ev.ts for ev in events))
+    def counter(self) -> Counts:
+        return Counts(self.bucket_ms)
+
+    def queue(self, pipe: Any, counts: Counts) -> None:
+        """Queue ``counts``' increments on a pipeline (the caller executes it)."""
+        self.now_ms = max(self.now_ms, counts.newest_ts)
         expire_s = int((self.window_ms + 2 * self.bucket_ms) / 1000) + 1
-        for (scope, b), items in bucket_counts(events, self.bucket_ms).items():
+        for (scope, b), items in counts.by_key.items():
             k = self.key(scope, b)
             for item, w in items.items():
                 pipe.zincrby(k, w, item)

@@ -66,6 +66,7 @@ class Run:
             self.offset += 1
         n = len(self.recs)
         await self.proc.finish(await self.proc.prepare(records))
+        await self.proc.live.flush()  # the worker's once-a-second task
         return self.recs[n:]
 
 

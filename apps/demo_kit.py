@@ -1,0 +1,45 @@
+"""What both demos share: the banner, training and exporting a model, waiting for the worker."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from attnrec.errors import StackError
+from attnrec.registry import Registry
+from attnrec.settings import Settings
+
+__all__ = ["say", "train_and_export", "wait_ready"]
+
+
+def say(msg: str) -> None:
+    print(f"\033[1m==>\033[0m {msg}", flush=True)
+
+
+def train_and_export(s: Settings, data: Path, out: Path, registry: Path, *, force: bool) -> tuple[str, dict[str, Any]]:
+    """The training pipeline of ``attnrec train`` on the demo's events, then export and promote."""
+    from exporter.export import export_checkpoint
+    from training.cli import train_checkpoint
+
+    minutes = max(0.1, s.demo_train_seconds / 60.0)
+    train_checkpoint(s.model_copy(update={"data": data, "data_format": "events", "train_out": out,
+                                          "train_max_minutes": minutes, "train_max_len": 50, "train_threads": 1}))
+    version = export_checkpoint(out, registry, promote=True, force=force)
+    return version, Registry(registry).read_manifest(version)
+
+
+def wait_ready(port: int, proc: subprocess.Popen[bytes], logf: Path, timeout: float = 120.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise StackError(f"worker exited with {proc.returncode}; see {logf}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                return dict(json.loads(r.read()))
+        except OSError:
+            time.sleep(0.5)
+    raise StackError(f"worker not ready within {timeout:.0f}s; see {logf}")
