@@ -23,7 +23,7 @@ from attnrec.manifest import OOV
 from attnrec.settings import Settings
 from stream.buffer import redis_errors
 from stream.catalog import Availability, CatalogStore
-from stream.logic import Recommendation, entry_item
+from stream.logic import Recommendation
 from stream.metrics import WorkerMetrics
 from stream.model import LoadedModel
 from stream.online import OnlineEval
@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 #: fields ``<source>|<version>|n`` (events scored), ``|hits`` and ``|ndcg`` (sums); a per-minute
 #: copy ``{online}:<policy>:<epoch minute>`` (kept a day) is the dashboard's time series.
 ONLINE_KEY = "{online}:"
+_NONE: frozenset[bytes] = frozenset()
 _ONLINE_TTL_S = 86400
 
 
@@ -53,6 +54,7 @@ class LiveLayer:
         self._blocked_key: tuple[Any, ...] = ()
         self._blocked: tuple[frozenset[str], np.ndarray] = (frozenset(), np.zeros(0, dtype=np.int64))
         self._sums: dict[str, float] = {}  # online totals since the last flush
+        self._counters: dict[tuple[str, str], tuple[Any, Any, Any, str]] = {}
         self._counts = self.trending.counter()  # trending counts since the last flush
 
     @property
@@ -132,21 +134,26 @@ class LiveLayer:
         if self.online is None:
             return
         seen: set[str] = set()
+        sums, counters = self._sums, self._counters
         for ev in events:
             if ev.user_id in seen:
                 continue
             seen.add(ev.user_id)
             for sc in self.online.observe(ev.user_id, ev.item_id, ev.event_type):
-                labels = (sc.source, sc.version, self.policy.name)
-                self.metrics.online_events.labels(*labels).inc()
+                key = (sc.source, sc.version)
+                c = counters.get(key)
+                if c is None:  # the labelled children, looked up once (labels() is slow)
+                    labels = (sc.source, sc.version, self.policy.name)
+                    m = self.metrics
+                    c = counters[key] = (m.online_events.labels(*labels), m.online_hits.labels(*labels),
+                                         m.online_ndcg.labels(*labels), f"{sc.source}|{sc.version}|")
+                c[0].inc()
+                sums[c[3] + "n"] = sums.get(c[3] + "n", 0) + 1
                 if sc.hit:
-                    self.metrics.online_hits.labels(*labels).inc()
-                    self.metrics.online_ndcg.labels(*labels).inc(sc.ndcg)
-                f = f"{sc.source}|{sc.version}|"
-                self._sums[f + "n"] = self._sums.get(f + "n", 0) + 1
-                if sc.hit:
-                    self._sums[f + "hits"] = self._sums.get(f + "hits", 0) + 1
-                    self._sums[f + "ndcg"] = self._sums.get(f + "ndcg", 0.0) + sc.ndcg
+                    c[1].inc()
+                    c[2].inc(sc.ndcg)
+                    sums[c[3] + "hits"] = sums.get(c[3] + "hits", 0) + 1
+                    sums[c[3] + "ndcg"] = sums.get(c[3] + "ndcg", 0.0) + sc.ndcg
 
     # ------------------------------------------------------------------ after the model
     async def finish(self, model: LoadedModel | None, recs: Sequence[Recommendation],
@@ -156,28 +163,30 @@ class LiveLayer:
         Redis returned only its new entries (an incremental model's cached users)."""
         policy, k = self.policy, self.s.top_k
         ids, _ = self.blocked(model)
-        trending = [i for i, _ in await self.trending.top(n=k + 100)] if recs else []
-        static = list(model.popularity) if model is not None and model.popularity else []
+        if not recs or (self.online is None and not policy.boosts and not any(r.payload["fallback"] for r in recs)):
+            return
+        # candidates with their ids as bytes, checked against the window's items as Redis returned them
+        trending = [(i, i.encode()) for i, _ in self.trending.latest if i not in ids]
+        pop = model.popularity if model is not None and model.popularity else []
+        static = [(i, i.encode()) for i in pop if i not in ids]
         view = self.view
         windows = dict(zip(rows.users, rows.windows, strict=True)) if rows is not None else {}
         for rec in recs:
             p = rec.payload
             window = windows.get(rec.user_id) or raw.get(rec.user_id) or ()
-            if self.s.exclude_seen:
-                skip = {entry_item(e) for e in window} | ids
-            else:
-                skip = set(policy.cooldown_items(window)) | ids if policy.scans_rows else set(ids)
+            seen = {e.split(b"|", 2)[2] for e in window} if self.s.exclude_seen else _NONE
+            cool = set(policy.cooldown_items(window)) if policy.scans_rows else ()
+
             if p["fallback"]:
-                pick = [i for i in trending if i not in skip][:k] or [i for i in static if i not in skip][:k]
-                p["items"] = [{"item_id": i, "score": 0.0} for i in pick]
+                p["items"] = [{"item_id": i, "score": 0.0} for i in (_pick(trending, k, seen, cool) or _pick(static, k, seen, cool))]
             elif policy.boosts:
                 p["items"] = policy.boost(p["items"], view.category)
             if self.online is not None:
                 label = "fallback" if p["fallback"] else str(p["model_version"])
                 self.online.remember(rec.user_id, {
                     "model": (label, [it["item_id"] for it in p["items"]]),
-                    "trending": ("trending", [i for i in trending if i not in skip][:10]),
-                    "static": ("static", [i for i in static if i not in skip][:10]),
+                    "trending": ("trending", _pick(trending, 10, seen, cool)),
+                    "static": ("static", _pick(static, 10, seen, cool)),
                 })  # fmt: skip
 
     def record(self, events: Sequence[ClickEvent]) -> None:
@@ -191,11 +200,9 @@ class LiveLayer:
         most that second of an estimate)."""
         counts, self._counts = self._counts, self.trending.counter()
         sums, self._sums = self._sums, {}
-        if not counts and not sums:
-            return
         with redis_errors():
             async with self.r.pipeline(transaction=False) as pipe:
-                self.trending.queue(pipe, counts)
+                await self.trending.queue(pipe, counts)
                 if sums:
                     key = ONLINE_KEY + self.policy.name
                     minute = f"{key}:{int(time.time() // 60)}"
@@ -207,6 +214,7 @@ class LiveLayer:
                                 pipe.hincrby(h, f, int(v))
                     pipe.expire(minute, _ONLINE_TTL_S)
                 await pipe.execute()
+        await self.trending.refresh()  # the list the next batches' fallbacks and baselines read
 
     async def flush_forever(self, every_s: float = 1.0) -> None:
         """The worker's task: :meth:`flush` every ``every_s`` seconds (Redis trouble is logged
@@ -217,3 +225,15 @@ class LiveLayer:
                 await self.flush()
             except TransientError as exc:
                 log.warning("trending/online totals not written: %s", exc)
+
+
+def _pick(cands: list[tuple[str, bytes]], n: int, seen: Any, cool: Any) -> list[str]:
+    """The first ``n`` candidates (item, its id as bytes) neither in ``seen`` (ids as bytes) nor
+    in ``cool``."""
+    out = []
+    for i, b in cands:
+        if b not in seen and i not in cool:
+            out.append(i)
+            if len(out) == n:
+                break
+    return out

@@ -160,7 +160,7 @@ def create_dashboard_app(settings: Settings, *, host: str = "127.0.0.1", collect
         coll.start()
         client = redis_client(settings)
         state["redis"] = client
-        state["trending"] = Trending(client, settings.trending_window_s, ttl_s=2.0)
+        state["trending"] = Trending(client, settings.trending_window_s)
         state["policy"] = settings.policy_name
         state["buffers"] = RedisBuffers(client, max_len=settings.buffer_len)
 

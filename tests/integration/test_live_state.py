@@ -198,7 +198,6 @@ async def test_trending_is_the_fallback_and_online_counters_match_a_recount(stac
     evs = [{"event_id": f"e{i}-{k}", "user_id": f"buyer-{tag}-{k}", "item_id": hot[i], "event_type": "purchase",
             "ts": t + i} for i in range(6) for k in range(6 - i)]
     await run.batch(evs)
-    run.proc.live.trending._cache.clear()
     recs = await run.batch([{"event_id": f"n{k}", "user_id": f"tr-{tag}-{k}", "item_id": hot[7], "event_type": "view",
                              "ts": t + 100} for k in range(6)])
     for r in recs:  # trending now, minus what the user has seen
