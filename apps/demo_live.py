@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 import urllib.request
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,12 +34,20 @@ from attnrec.events import CatalogEvent, ClickEvent
 from attnrec.kafka_util import ensure_topics
 from attnrec.settings import Settings
 
-__all__ = ["run_live_demo", "online_table", "lag_total", "histogram_quantiles"]
+__all__ = ["Sizes", "live_demo", "run_live_demo", "online_table", "lag_total", "histogram_quantiles"]
 
-BASE_RATE = 100.0  # events/s outside the burst
-BURST_FACTOR = 10.0
-PRE_S, BURST_S, POST_S = 30.0, 60.0, 45.0  # stream seconds before, in and after the burst
-N_TRAIN = 60_000
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """The demo's world: clicks to train on, the replay's base rate and its burst."""
+
+    n_train: int = 60_000
+    base_rate: float = 100.0  # events/s outside the burst
+    burst_factor: float = 10.0
+    pre_s: float = 30.0  # seconds before the burst
+    burst_s: float = 60.0
+    post_s: float = 45.0  # seconds after it
 _SAMPLE = re.compile(r'^attnrec_online_(events|hits|ndcg)_total\{(.*?)\} ([0-9.e+-]+)$', re.M)
 
 
@@ -69,6 +78,14 @@ def _metrics(port: int) -> str:
 
 
 def run_live_demo(s: Settings) -> int:
+    """``attnrec demo --scenario live``: exit 0 when recommendations came out and none held an
+    item unavailable for more than a second."""
+    summary = live_demo(s)
+    return 0 if summary["recs"] > 0 and summary["late"] == 0 else 1
+
+
+def live_demo(s: Settings, z: Sizes = Sizes()) -> dict[str, Any]:
+    """The whole demo; prints as it goes and returns the summary's figures."""
     from training.live import AvailabilityLog, generate_live
 
     t_start = time.monotonic()
@@ -82,14 +99,14 @@ def run_live_demo(s: Settings) -> int:
     ensure_topics(s)
 
     # --- one world: train on its past, replay its future with a burst ------------------------
-    past_s = N_TRAIN / BASE_RATE
-    n_future = int(BASE_RATE * (PRE_S + BURST_FACTOR * BURST_S + POST_S))
-    say(f"generating a live-commerce world: {N_TRAIN + n_future:,} clicks and their rooms' and products' status changes "
+    past_s = z.n_train / z.base_rate
+    n_future = int(z.base_rate * (z.pre_s + z.burst_factor * z.burst_s + z.post_s))
+    say(f"generating a live-commerce world: {z.n_train + n_future:,} clicks and their rooms' and products' status changes "
          f"(planted: gift -> the room's products, video -> the streamer's room, purchase -> its companion)")
-    world = list(generate_live(N_TRAIN + n_future, seed=11, rate=BASE_RATE, burst_at_s=past_s + PRE_S,
-                               burst_s=BURST_S, burst_factor=BURST_FACTOR))
+    world = list(generate_live(z.n_train + n_future, seed=11, rate=z.base_rate, burst_at_s=past_s + z.pre_s,
+                               burst_s=z.burst_s, burst_factor=z.burst_factor))
     clicks = [ev for ev in world if isinstance(ev, ClickEvent)]
-    split_ts = clicks[N_TRAIN].ts
+    split_ts = clicks[z.n_train].ts
     past = [ev for ev in clicks if ev.ts < split_ts]
     future = [ev for ev in world if ev.ts >= split_ts]
     snapshot = AvailabilityLog(ev for ev in world if isinstance(ev, CatalogEvent) and ev.ts < split_ts)
@@ -152,12 +169,12 @@ def run_live_demo(s: Settings) -> int:
         sampler = threading.Thread(target=sample_lag, daemon=True)
         sampler.start()
         say(f"replaying {sum(isinstance(e, ClickEvent) for e in future):,} clicks and "
-             f"{sum(isinstance(e, CatalogEvent) for e in future):,} status changes: {BASE_RATE:.0f}/s, "
-             f"a {BURST_FACTOR:.0f}x burst for {BURST_S:.0f}s after {PRE_S:.0f}s, then {POST_S:.0f}s more")
+             f"{sum(isinstance(e, CatalogEvent) for e in future):,} status changes: {z.base_rate:.0f}/s, "
+             f"a {z.burst_factor:.0f}x burst for {z.burst_s:.0f}s after {z.pre_s:.0f}s, then {z.post_s:.0f}s more")
         t0 = time.monotonic()
         sent_at: dict[str, float] = {}
         n_clicks, n_cat = produce_live(s, [*opening, *future], tracker=tracker, on_send=on_send, sent_at=sent_at)
-        burst = (t0 + PRE_S, t0 + PRE_S + BURST_S)
+        burst = (t0 + z.pre_s, t0 + z.pre_s + z.burst_s)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and (not lags or lags[-1][1] > 0):
             time.sleep(0.5)
@@ -189,15 +206,17 @@ def run_live_demo(s: Settings) -> int:
                   f"({int(r['events']):,} events)")
     tr = table.get(("trending", "trending"), {"events": 0.0, "hits": 0.0})
     served = [r for v, r in model_rows.items() if v != "fallback"]
+    ratio = None
     if served and tr["events"] and tr["hits"]:
         m_hr = sum(r["hits"] for r in served) / sum(r["events"] for r in served)
-        print(f"    model / trending   HR@10 ×{m_hr / (tr['hits'] / tr['events']):.2f}")
+        ratio = m_hr / (tr["hits"] / tr["events"])
+        print(f"    model / trending   HR@10 ×{ratio:.2f}")
     pre = [lag for t, lag in lags if burst[0] - 10 <= t < burst[0]]
     during = [lag for t, lag in lags if burst[0] <= t < burst[1]]
     level = max(pre) if pre else 0
     back = next((t - burst[1] for t, lag in lags if t >= burst[1] and lag <= max(level, 10)), None)
     lat = [ms for eid, ms in tracker.latency_by_trigger.items() if burst[0] <= sent_at.get(eid, 0) < burst[1]]
-    print(f"    burst ×{BURST_FACTOR:.0f} for {BURST_S:.0f}s: consumer lag before {level}, peak {max(during, default=0)}, "
+    print(f"    burst ×{z.burst_factor:.0f} for {z.burst_s:.0f}s: consumer lag before {level}, peak {max(during, default=0)}, "
           f"back to its level {f'{back:.1f} s after the burst' if back is not None else 'NOT within the run'}; "
           f"p99 latency in the burst {np.percentile(lat, 99) if lat else float('nan'):.0f} ms (n={len(lat):,})")
     applied = histogram_quantiles(text, "attnrec_catalog_delay_ms", (0.5, 0.99))
@@ -206,4 +225,7 @@ def run_live_demo(s: Settings) -> int:
           f"{max(in_flight, default=0)} ms after it); status changes applied p50 ≤ {applied[0]:g} ms, p99 ≤ {applied[1]:g} ms "
           f"after their event")
     print(f"    total time         {time.monotonic() - t_start:.0f}s" + ("" if s.demo_keep_stack else "; stack stopped"))
-    return 0 if tracker.received > 0 and not late else 1
+    return {"recs": tracker.received, "duplicates": tracker.duplicates, "online": {f"{k[0]}|{k[1]}": v for k, v in table.items()},
+            "model_over_trending": ratio, "lag_before": level, "lag_peak": max(during, default=0), "lag_back_s": back,
+            "burst_p99_ms": float(np.percentile(lat, 99)) if lat else None, "checked": checked[0], "late": len(late),
+            "in_flight": len(in_flight), "seconds": time.monotonic() - t_start}
