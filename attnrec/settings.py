@@ -37,6 +37,7 @@ OTHER_VARIABLES: dict[str, str] = {
     "ATTNREC_IMAGE_TAG": "docker compose: the tag of the attnrec images (deploy/compose)",
     "ATTNREC_SKIP_CHROMIUM": "1: make's system set-up does not install Chromium (only the dashboard's browser test needs it)",
     "ATTNREC_RELIABILITY_JSON": "the fault tests write their figures (docs/RELIABILITY.md) to this file",
+    "ATTNREC_LIVE_CATALOG_TEST_S": "seconds the availability test streams clicks and status changes (default 40; 600 is the 10-minute acceptance run)",
     "ATTNREC_UPDATE_DOCS": "1: the dashboard's browser test refreshes docs/img/dashboard.png",
 }
 log = logging.getLogger(__name__)

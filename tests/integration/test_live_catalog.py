@@ -6,6 +6,7 @@ except in the moment a change was in flight (the target: reflected within 1 s)."
 from __future__ import annotations
 
 import bisect
+import os
 import random
 import threading
 import time
@@ -23,7 +24,7 @@ from tests.helpers import WorkerProc, settings_for
 
 pytestmark = pytest.mark.integration
 
-RUN_S = 40.0
+RUN_S = float(os.environ.get("ATTNREC_LIVE_CATALOG_TEST_S", "40"))  # 600: the 10-minute acceptance run
 CHANGES_PER_S = 10.0
 
 
@@ -42,7 +43,7 @@ def _read_all(s: Any, topic: str, quiet_s: float = 3.0) -> list[Any]:
     return out
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(300 + RUN_S)
 def test_no_recommendation_of_an_unavailable_item_under_changing_status(stack: Any, names: dict[str, str],
                                                                         registry_with_model: Path, known_items: list[str],
                                                                         tmp_path: Path) -> None:
