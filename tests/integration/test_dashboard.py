@@ -67,6 +67,8 @@ READ_JS = """JSON.stringify((() => {
     lookup_user: document.getElementById("lookup").dataset.user,
     lookup_items: document.querySelectorAll("#lookup-items li").length,
     lookup_recent: [...document.querySelectorAll("#lookup-recent tbody tr")].map((tr) => tr.children[2].textContent),
+    quality: [...document.querySelectorAll("#quality-table tbody tr")].map((tr) => [...tr.children].map((td) => td.textContent)),
+    trending: document.querySelectorAll("#trending li:not(.muted)").length,
   };
 })())"""
 
@@ -255,7 +257,8 @@ def test_dashboard_in_headless_chromium(stack: Any, names: dict[str, str], regis
                     chrome,
                     lambda p: _ready(p) and p["events_total"] > first["events_total"] and p["recs_total"] > first["recs_total"]
                     and p["model"] == v2 and p["history_rows"] >= 2 and v2 in p["serving"]
-                    and p["workers"] == 2 and len(set(p["owners"])) == 2,
+                    and p["workers"] == 2 and len(set(p["owners"])) == 2
+                    and any(r[0] == "model" and int(r[2]) > 0 for r in p["quality"]) and p["trending"] > 0,
                     40, "figures that change and the new model serving",
                 )  # fmt: skip
                 size = (await chrome.call("Page.getLayoutMetrics"))["cssContentSize"]
@@ -289,6 +292,11 @@ def test_dashboard_in_headless_chromium(stack: Any, names: dict[str, str], regis
         assert page["history_rows"] >= 1 and page["model"] in (version, v2)
         assert any("not JSON" in e for e in page["dead"]), page["dead"]
     assert second["events_total"] > first["events_total"] and second["recs_total"] > first["recs_total"]
+    # online quality per source and version (the workers' own prequential counters) and trending now
+    sources = {r[0] for r in second["quality"]}
+    assert {"model", "trending", "static"} <= sources, second["quality"]
+    assert all(0.0 <= float(r[3]) <= 1.0 for r in second["quality"] if r[3] != "–"), second["quality"]
+    assert second["trending"] > 0
     assert first["model"] == version and second["model"] == v2 != version and second["history_rows"] >= 2
     # the live feed: recommendations of the replayed users, explained in words
     explained = [f for f in second["feed"] if f["because"]]

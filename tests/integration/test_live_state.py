@@ -219,3 +219,27 @@ async def test_trending_is_the_fallback_and_online_counters_match_a_recount(stac
     assert int(h[b"trending|trending|n"]) == len(lists)
     await clean_catalog.delete("{online}:" + s.policy_name)
     await run.buffers.r.aclose()
+
+
+async def test_trending_forgets_what_left_its_window(stack: Any, tmp_path: Path) -> None:
+    from attnrec.events import ClickEvent
+    from stream.trending import Trending
+
+    r = redis_client(Settings(redis_url=stack.redis_url))
+    tr = Trending(r, window_s=60)  # 30 buckets of 2 s
+    tag = tmp_path.name[-6:]
+    t = 1_600_000_000_000 + random.Random(tag).randrange(10**9)
+    counts = tr.counter()
+    counts.add([ClickEvent(f"o{i}", "u", f"old-{tag}", "purchase", t) for i in range(5)]
+               + [ClickEvent(f"n{i}", "u", f"new-{tag}", "view", t + 50_000) for i in range(2)]
+               + [ClickEvent("r", "u", f"prod-{tag}", "gift", t + 50_000, {"room_id": f"room-{tag}"})])
+    async with r.pipeline(transaction=False) as pipe:
+        await tr.queue(pipe, counts)
+        await pipe.execute()
+    assert await tr.top(n=5, now_ms=t + 55_000) == [(f"old-{tag}", 15.0), (f"prod-{tag}", 3.0), (f"new-{tag}", 2.0)]
+    assert await tr.top(f"room:room-{tag}", n=5, now_ms=t + 55_000) == [(f"prod-{tag}", 3.0)]
+    # 65 s after the purchases they are out of the 60 s window; the views are still in
+    assert await tr.top(n=5, now_ms=t + 65_000) == [(f"prod-{tag}", 3.0), (f"new-{tag}", 2.0)]
+    assert await tr.top(n=5, now_ms=t + 200_000) == []
+    assert 0 < await r.ttl(tr.key("all", (t + 50_000) // tr.bucket_ms)) <= 66  # the buckets expire by themselves
+    await r.aclose()
