@@ -79,9 +79,9 @@ def _metrics(port: int) -> str:
 
 def run_live_demo(s: Settings) -> int:
     """``attnrec demo --scenario live``: exit 0 when recommendations came out and none held an
-    item unavailable for more than a second."""
+    item unavailable for more than a second, and every user's last click was answered."""
     summary = live_demo(s)
-    return 0 if summary["recs"] > 0 and summary["late"] == 0 else 1
+    return 0 if summary["recs"] > 0 and summary["late"] == 0 and summary["missing"] == 0 else 1
 
 
 def live_demo(s: Settings, z: Sizes = Sizes()) -> dict[str, Any]:
@@ -175,9 +175,11 @@ def live_demo(s: Settings, z: Sizes = Sizes()) -> dict[str, Any]:
         sent_at: dict[str, float] = {}
         n_clicks, n_cat = produce_live(s, [*opening, *future], tracker=tracker, on_send=on_send, sent_at=sent_at)
         burst = (t0 + z.pre_s, t0 + z.pre_s + z.burst_s)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and (not lags or lags[-1][1] > 0):
+        last = {ev.user_id: ev.event_id for ev in future if isinstance(ev, ClickEvent)}  # each user's last click
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not all(e in tracker.triggers_seen for e in last.values()):
             time.sleep(0.5)
+        missing = sum(e not in tracker.triggers_seen for e in last.values())
         time.sleep(2.0)
         stop.set()
         tracker.stop()
@@ -196,7 +198,7 @@ def live_demo(s: Settings, z: Sizes = Sizes()) -> dict[str, Any]:
     # --- what it showed ------------------------------------------------------------------------
     say("summary")
     print(f"    events in          {n_clicks:,} clicks, {n_cat:,} status changes; recommendations {tracker.received:,} "
-          f"(duplicates {tracker.duplicates})")
+          f"(duplicates {tracker.duplicates}); users whose last click has no recommendation: {missing} of {len(last):,}")
     table = online_table(text)
     model_rows = {v: r for (src, v), r in table.items() if src == "model" and r["events"]}
     print("    online, the user's next choice in the top-10 shown (measured by the worker on the same events):")
@@ -225,7 +227,7 @@ def live_demo(s: Settings, z: Sizes = Sizes()) -> dict[str, Any]:
           f"{max(in_flight, default=0)} ms after it); status changes applied p50 ≤ {applied[0]:g} ms, p99 ≤ {applied[1]:g} ms "
           f"after their event")
     print(f"    total time         {time.monotonic() - t_start:.0f}s" + ("" if s.demo_keep_stack else "; stack stopped"))
-    return {"recs": tracker.received, "duplicates": tracker.duplicates, "online": {f"{k[0]}|{k[1]}": v for k, v in table.items()},
+    return {"recs": tracker.received, "duplicates": tracker.duplicates, "missing": missing, "users": len(last), "online": {f"{k[0]}|{k[1]}": v for k, v in table.items()},
             "model_over_trending": ratio, "lag_before": level, "lag_peak": max(during, default=0), "lag_back_s": back,
             "burst_p99_ms": float(np.percentile(lat, 99)) if lat else None, "checked": checked[0], "late": len(late),
             "in_flight": len(in_flight), "seconds": time.monotonic() - t_start}

@@ -23,7 +23,7 @@ def test_live_demo_on_a_small_world(tmp_path: Path, capsys: pytest.CaptureFixtur
     out = live_demo(s, Sizes(n_train=12_000, pre_s=8, burst_s=10, post_s=8, burst_factor=5))
     printed = capsys.readouterr().out
     print(printed[-3000:])
-    assert out["recs"] > 0 and out["duplicates"] == 0
+    assert out["recs"] > 0 and out["duplicates"] == 0 and out["missing"] == 0 and out["users"] > 50
     assert out["late"] == 0 and out["checked"] > 1000
     assert out["in_flight"] <= 0.01 * out["checked"]
     assert out["model_over_trending"] is not None and out["model_over_trending"] >= 1.5, out
