@@ -5,6 +5,8 @@ set -euo pipefail
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)  # test certificates for the TLS tests
+command -v kcat >/dev/null 2>&1 || need+=(kcat)  # docs/examples/kcat.sh, run by tests/integration/test_schema_contract.py
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)  # promtool checks and tests deploy/compose/alerts.yml
 if [[ "${ATTNREC_SKIP_CHROMIUM:-0}" != "1" ]]; then
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
 fi
@@ -15,6 +17,10 @@ if ((${#need[@]})); then
     echo "setup: installing ${need[*]} from Debian's packages"
     apt-get update -q >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null
+    if [[ " ${need[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null 2>&1; then
+      # only its promtool is wanted: the package's server (and node exporter) stay off
+      systemctl disable --now prometheus prometheus-node-exporter >/dev/null 2>&1 || true
+    fi
   else
     echo "setup: missing ${need[*]}; install them (Debian: apt-get install ${need[*]})" >&2
     exit 1
