@@ -32,6 +32,7 @@ import orjson
 
 from attnrec.errors import TransientError
 from attnrec.events import ClickEvent, dlq_envelope
+from attnrec.schemas import header as schema_header
 from attnrec.settings import Settings
 from stream.buffer import RETRY, Applied, RedisBuffers
 from stream.incremental import Incremental, Plan
@@ -64,6 +65,10 @@ log = logging.getLogger(__name__)
 INLINE_SCORING_MAX_ROWS = 0
 #: The steps of a batch, in order, as :class:`StageTimes` reports them.
 STAGES = ("parse", "redis", "inputs", "model", "recommend", "serialize", "store_recs")
+#: The ``attnrec-schema`` header of every record produced (``recs/1``, ``clicks.dlq/1``:
+#: docs/schemas/README.md), computed once; the lists are shared and never changed.
+RECS_SCHEMA, DLQ_SCHEMA = schema_header("recs"), schema_header("clicks.dlq")
+_RECS_HEADERS, _DLQ_HEADERS = [RECS_SCHEMA], [DLQ_SCHEMA]
 
 
 class StageTimes:
@@ -271,7 +276,7 @@ class Processor:
         s, m, parsed, st = self.s, self.metrics, prep.parsed, self.stages
         for (key, env, reason), src in zip(parsed.dead, parsed.dead_sources, strict=True):
             log.warning("dead letter (%s): %s", reason, orjson.loads(env)["error"])
-            await out.send(self.send, s.dlq_topic, key, env, partition=prep.records[src].partition,
+            await out.send(self.send, s.dlq_topic, key, env, _DLQ_HEADERS, partition=prep.records[src].partition,
                            offset=prep.records[src].offset)
         if parsed.events:
             res = prep.res
@@ -304,7 +309,8 @@ class Processor:
             now = time.time() * 1000
             for r in recs:
                 src = prep.records[sources[r.user_id]]
-                hdrs = [(TIMING_HEADER, timing_header(src, prep.milestones, now))] if s.timing_headers else None
+                hdrs = ([RECS_SCHEMA, (TIMING_HEADER, timing_header(src, prep.milestones, now))] if s.timing_headers
+                        else _RECS_HEADERS)
                 await out.send(self.send, s.recs_topic, r.user_id.encode(), payloads[r.user_id], hdrs,
                                partition=src.partition, offset=src.offset)
             if st is not None:
@@ -437,7 +443,8 @@ class Processor:
             try:
                 if self.txn is not None:
                     await self.txn.begin(out)
-                await out.send(self.send, self.s.dlq_topic, r.key, env, partition=r.partition, offset=r.offset)
+                await out.send(self.send, self.s.dlq_topic, r.key, env, _DLQ_HEADERS, partition=r.partition,
+                               offset=r.offset)
                 break
             except TransientError as e:
                 if self.txn is not None:

@@ -4,6 +4,7 @@
 - ``GET /api/summary``       everything the page shows except the lookup (see :class:`Collector`)
 - ``GET /api/user/{user_id}`` a user's recent buffer (Redis) and latest recommendation
 - ``GET /healthz``           liveness (open even with a token: orchestrator probes carry none)
+- ``GET /schemas/<file>``     a topic's JSON Schema from the package, e.g. ``recs.v1.json`` (read-only)
 - ``/static/...``            the page's JS/CSS and the vendored uPlot (no internet needed)
 
 Bound to loopback, it is open. Bound anywhere else it requires ``ATTNREC_API_TOKEN`` on every
@@ -25,6 +26,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from attnrec import schemas
 from attnrec.errors import AttnrecError, ConfigError
 from attnrec.redis_util import redis_client
 from attnrec.settings import Settings
@@ -214,6 +216,14 @@ def create_dashboard_app(settings: Settings, *, host: str = "127.0.0.1", collect
     app.router.add_get("/api/summary", summary)
     app.router.add_get("/api/user/{user_id}", user)
     app.router.add_get("/healthz", healthz)
+
+    async def schema(request: web.Request) -> web.StreamResponse:
+        name = request.match_info["file"]
+        if name not in schemas.files():
+            return web.json_response({"error": f"no schema {name[:64]!r}: one of {', '.join(schemas.files())}"}, status=404)
+        return web.FileResponse(schemas.DIR / name, headers={"Content-Type": "application/schema+json"})
+
+    app.router.add_get("/schemas/{file}", schema)
     app.router.add_static("/static/", STATIC, follow_symlinks=False)
     app["collector"] = coll
     return app

@@ -152,7 +152,8 @@
       if (d.rec) {
         html += '<p>latest recommendation <span class="tag">' + esc(d.rec.model_version) + "</span>" + (d.rec.fallback ? '<span class="tag fb">fallback</span>' : "") +
           ' at ' + time(d.rec.emitted_ts) + ':</p><ol id="lookup-items">' + (d.rec.items || []).map((it) => "<li>" + esc(it.item_id) + ' <span class="muted">' + fmt(it.score, 2) + "</span></li>").join("") + "</ol>" +
-          (d.explanations || []).map((w) => '<div class="because">' + esc(w) + "</div>").join("");
+          (d.explanations || []).map((w) => '<div class="because">' + esc(w) + "</div>").join("") +
+          '<p class="muted"><a id="lookup-schema" href="/schemas/recs.v1.json" target="_blank" rel="noopener">recommendation schema</a></p>';
       } else {
         html += '<p class="muted">no recommendation stored</p>';
       }
