@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import signal
@@ -105,6 +106,10 @@ def live_demo(s: Settings, z: Sizes = Sizes()) -> dict[str, Any]:
          f"(planted: gift -> the room's products, video -> the streamer's room, purchase -> its companion)")
     world = list(generate_live(z.n_train + n_future, seed=11, rate=z.base_rate, burst_at_s=past_s + z.pre_s,
                                burst_s=z.burst_s, burst_factor=z.burst_factor))
+    # event ids unique to this run: the world is the same every time (seeded), and a second demo
+    # on the same stack would otherwise meet its ids in Redis' dedupe memory as producer retries
+    run = f"r{int(time.time())}"
+    world = [dataclasses.replace(ev, event_id=f"{run}-{ev.event_id}") if isinstance(ev, ClickEvent) else ev for ev in world]
     clicks = [ev for ev in world if isinstance(ev, ClickEvent)]
     split_ts = clicks[z.n_train].ts
     past = [ev for ev in clicks if ev.ts < split_ts]
