@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from apps.demo_kit import say, train_and_export, wait_ready
+from apps.demo_kit import say, train_and_export, wait_ready, write_jsonl
 from apps.replay import RecsTracker, produce
 from apps.stack import REPO_ROOT, free_port, local_stack
 from attnrec.kafka_util import ensure_topics
@@ -75,10 +75,7 @@ def run_demo(s: Settings) -> int:
     say(f"generating {n_train + events:,} synthetic click events (planted: a like/cart/purchase/gift predicts a follow-up item)")
     all_events = list(generate(600, 800, n_train + events, seed=11))
     past, future = all_events[:n_train], all_events[n_train:]
-    train_file = work / "train.jsonl"
-    with open(train_file, "wb") as f:
-        for ev in past:
-            f.write(ev.to_json() + b"\n")
+    train_file = write_jsonl(work / "train.jsonl", past)
 
     registry = s.registry_dir.resolve()
     say(f"training an attention model for up to {train_seconds:.0f}s on {len(past):,} events, then export → ONNX → registry")
@@ -117,9 +114,8 @@ def run_demo(s: Settings) -> int:
                 events_dir = work / "events"
                 events_dir.mkdir(exist_ok=True)
                 shutil.copy(train_file, events_dir / "0000-history.jsonl")  # the offline history
-                with open(events_dir / "0001-phase1.jsonl", "wb") as f:  # what the trainer's archive step
-                    for ev in future[:half]:  # would have read from `clicks` (kept out of the demo's time)
-                        f.write(ev.to_json() + b"\n")
+                # what the trainer's archive step would have read from `clicks` (kept out of the demo's time)
+                write_jsonl(events_dir / "0001-phase1.jsonl", future[:half])
                 cfg = s.model_copy(update={
                     "registry": registry, "home": work, "events_dir": events_dir, "kafka_bootstrap": st.bootstrap,
                     "trainer_group": f"attnrec-demo-trainer-{int(time.time())}", "min_new_events": 1,

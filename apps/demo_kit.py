@@ -13,7 +13,7 @@ from attnrec.errors import StackError
 from attnrec.registry import Registry
 from attnrec.settings import Settings
 
-__all__ = ["say", "train_and_export", "wait_ready"]
+__all__ = ["say", "train_and_export", "wait_ready", "write_jsonl"]
 
 
 def say(msg: str) -> None:
@@ -43,3 +43,11 @@ def wait_ready(port: int, proc: subprocess.Popen[bytes], logf: Path, timeout: fl
         except OSError:
             time.sleep(0.5)
     raise StackError(f"worker not ready within {timeout:.0f}s; see {logf}")
+
+
+def write_jsonl(path: Path, events: Any) -> Path:
+    """``events`` (anything with ``to_json()``) as JSON lines at ``path``."""
+    with open(path, "wb") as f:
+        for ev in events:
+            f.write(ev.to_json() + b"\n")
+    return path

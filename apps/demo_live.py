@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from apps.demo_kit import say, train_and_export, wait_ready
+from apps.demo_kit import say, train_and_export, wait_ready, write_jsonl
 from apps.replay import RecsTracker, produce_live
 from apps.stack import REPO_ROOT, free_port, local_stack
 from attnrec.events import CatalogEvent, ClickEvent
@@ -118,10 +118,7 @@ def live_demo(s: Settings, z: Sizes = Sizes()) -> dict[str, Any]:
     # the state at the split, as status events at its time, then the future's changes
     opening = [CatalogEvent(f"open-{i}", item, "off_shelf" if item in snapshot.unavailable() else "on_shelf", split_ts)
                for i, item in enumerate(sorted(snapshot.items()))]
-    train_file = work / "train.jsonl"
-    with open(train_file, "wb") as f:
-        for ev in past:
-            f.write(ev.to_json() + b"\n")
+    train_file = write_jsonl(work / "train.jsonl", past)
     registry = s.registry_dir.resolve()
     say(f"training an attention model for up to {s.demo_train_seconds:.0f}s on {len(past):,} past clicks, then export → ONNX → registry")
     v1, man1 = train_and_export(s, train_file, work / f"ckpt-{int(time.time())}", registry, force=True)

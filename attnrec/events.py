@@ -148,17 +148,22 @@ def event_from_dict(d: Any) -> ClickEvent:
     return ClickEvent(event_id, user_id, item_id, et, ts, ctx, unknown)
 
 
+def _decode(raw: bytes | bytearray | memoryview | None, what: str) -> Any:
+    """The JSON value of a message; :class:`InvalidEventError` ("invalid <what>: ...") when it is
+    null, over :data:`MAX_MESSAGE_BYTES` or not JSON."""
+    if raw is None:
+        raise InvalidEventError(f"invalid {what}: empty message (null value)")
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise InvalidEventError(f"invalid {what}: message of {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    try:
+        return orjson.loads(bytes(raw))
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEventError(f"invalid {what}: not JSON ({exc})") from None
+
+
 def parse_event(raw: bytes | bytearray | memoryview | None) -> ClickEvent:
     """Parse and validate raw message bytes into a :class:`ClickEvent`."""
-    if raw is None:
-        raise InvalidEventError("invalid event: empty message (null value)")
-    if len(raw) > MAX_MESSAGE_BYTES:
-        raise InvalidEventError(f"invalid event: message of {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}")
-    try:
-        d = orjson.loads(bytes(raw))
-    except orjson.JSONDecodeError as exc:
-        raise InvalidEventError(f"invalid event: not JSON ({exc})") from None
-    return event_from_dict(d)
+    return event_from_dict(_decode(raw, "event"))
 
 
 def dlq_envelope(
@@ -254,12 +259,4 @@ def catalog_from_dict(d: Any) -> CatalogEvent:
 
 def parse_catalog_event(raw: bytes | bytearray | memoryview | None) -> CatalogEvent:
     """Parse and validate raw message bytes into a :class:`CatalogEvent`."""
-    if raw is None:
-        raise InvalidEventError("invalid catalog event: empty message (null value)")
-    if len(raw) > MAX_MESSAGE_BYTES:
-        raise InvalidEventError(f"invalid catalog event: message of {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}")
-    try:
-        d = orjson.loads(bytes(raw))
-    except orjson.JSONDecodeError as exc:
-        raise InvalidEventError(f"invalid catalog event: not JSON ({exc})") from None
-    return catalog_from_dict(d)
+    return catalog_from_dict(_decode(raw, "catalog event"))

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from dataclasses import field as dc_field
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -131,7 +131,9 @@ class Processor:
         self.incremental = Incremental(settings, metrics)  # an incremental model's key/value caches
         self.txn: TransactionalSender | None = None  # exactly-once: the batch's output in transactions
         self.state_error: str | None = None  # Redis lost attnrec's state (stream.app.guard_redis_state)
-        self.live = LiveLayer(settings, buffers.r, metrics)  # availability, policy, trending, online evaluation
+        # availability, policy, trending, online evaluation (the benchmark's null agent has no Redis and
+        # never reaches it)
+        self.live = LiveLayer(settings, buffers.r, metrics) if buffers is not None else cast(LiveLayer, None)
 
     # ------------------------------------------------------------------ model
     def set_model(self, m: LoadedModel | None) -> None:

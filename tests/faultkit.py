@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 import redis
 
+from attnrec import schemas
 from attnrec.kafka_util import make_consumer
 from attnrec.redis_util import redis_sync
 from attnrec.settings import Settings
@@ -180,6 +181,7 @@ def check_recs(s: Any, feeder: Feeder, fault_at: float, timeout: float = 60) -> 
         "users_without_final_rec": sum(1 for e in last.values() if e not in triggers),
         "recovery_s": round(min(after) - fault_at, 2) if after else None,
         "personalised": sum(1 for p in recs if not p["fallback"]),
+        "recs_invalid": sum(1 for p in recs if schemas.validate("recs", p)),  # against attnrec/schemas/recs.v1.json
     }
 
 
@@ -226,5 +228,6 @@ def assert_exact(row: dict[str, Any], logs: str) -> None:
     assert row["users_misordered"] == 0, f"buffers not newest first: {row}"
     assert row["users_without_final_rec"] == 0, f"recommendations did not resume: {row}\n{logs}"
     assert row["recovery_s"] is not None
+    assert row["recs_invalid"] == 0, f"recommendations not valid under their schema: {row}"
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 import pytest
 
+from attnrec import schemas
 from attnrec.events import CatalogEvent
 from attnrec.kafka_util import ensure_topics, make_consumer, make_producer
 from tests.feeding import Feeder
@@ -115,4 +116,6 @@ def test_no_recommendation_of_an_unavailable_item_under_changing_status(stack: A
     print(f"\n{len(recs)} recommendations, {checked} items checked against {len(changes)} status changes: "
           f"{in_flight} recommended within 1 s of the change that made them unavailable (in flight), {len(late)} later")
     assert not late, f"{len(late)} items recommended more than 1 s after they became unavailable, e.g. {late[:5]}"
+    invalid = [(r["trigger_event_id"], e) for r in recs for e in schemas.validate("recs", r)]
+    assert not invalid, f"recommendations not valid under attnrec/schemas/recs.v1.json: {invalid[:3]}"
     assert in_flight <= 0.01 * checked, in_flight
