@@ -14,18 +14,15 @@ import itertools
 import logging
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import threading
 import time
 from typing import Any
 
 import numpy as np
 
-from apps.demo_kit import say, train_and_export, wait_ready, write_jsonl
+from apps.demo_kit import fresh_ids, say, start_worker, stop_worker, train_and_export, wait_ready, write_jsonl
 from apps.replay import RecsTracker, produce
-from apps.stack import REPO_ROOT, free_port, local_stack
+from apps.stack import free_port, local_stack
 from attnrec.kafka_util import ensure_topics
 from attnrec.settings import Settings
 
@@ -73,7 +70,7 @@ def run_demo(s: Settings) -> int:
     # --- data: one synthetic world; train on the past, replay the future ------------------------
     n_train = 40_000
     say(f"generating {n_train + events:,} synthetic click events (planted: a like/cart/purchase/gift predicts a follow-up item)")
-    all_events = list(generate(600, 800, n_train + events, seed=11))
+    all_events = fresh_ids(generate(600, 800, n_train + events, seed=11))
     past, future = all_events[:n_train], all_events[n_train:]
     train_file = write_jsonl(work / "train.jsonl", past)
 
@@ -92,8 +89,7 @@ def run_demo(s: Settings) -> int:
                ATTNREC_KAFKA_BOOTSTRAP=st.bootstrap, ATTNREC_REDIS_URL=st.redis_url, ATTNREC_RELOAD_POLL_S="1")  # fmt: skip
     logf = work / "worker.log"
     say(f"starting the worker (log {logf}, API http://127.0.0.1:{port})")
-    proc = subprocess.Popen([sys.executable, "-m", "apps", "worker"], env=env, cwd=REPO_ROOT,
-                            stdout=open(logf, "ab"), stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    proc = start_worker(env, logf)
     retrain_result: dict[str, Any] = {}
     try:
         ready = wait_ready(port, proc, logf)
@@ -179,12 +175,7 @@ def run_demo(s: Settings) -> int:
         time.sleep(2.0)
         tracker.stop()
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        stop_worker(proc)
         if not keep_stack:
             st.down()
 

@@ -1,19 +1,25 @@
-"""What both demos share: the banner, training and exporting a model, waiting for the worker."""
+"""What both demos share: the banner, training and exporting a model, starting, awaiting and stopping the worker."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import signal
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+from apps.stack import REPO_ROOT
 from attnrec.errors import StackError
+from attnrec.events import ClickEvent
 from attnrec.registry import Registry
 from attnrec.settings import Settings
 
-__all__ = ["say", "train_and_export", "wait_ready", "write_jsonl"]
+__all__ = ["fresh_ids", "say", "train_and_export", "wait_ready", "write_jsonl", "start_worker", "stop_worker"]
 
 
 def say(msg: str) -> None:
@@ -51,3 +57,27 @@ def write_jsonl(path: Path, events: Any) -> Path:
         for ev in events:
             f.write(ev.to_json() + b"\n")
     return path
+
+
+def start_worker(env: dict[str, str], logf: Path) -> subprocess.Popen[bytes]:
+    """``attnrec worker`` in its own session (so it can be stopped with its children), log to ``logf``."""
+    return subprocess.Popen([sys.executable, "-m", "apps", "worker"], env=env, cwd=REPO_ROOT,
+                            stdout=open(logf, "ab"), stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+
+
+def stop_worker(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (the worker finishes the batch in hand), SIGKILL after 60 s."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def fresh_ids(events: Any) -> list[Any]:
+    """``events`` with event ids unique to this run: the demos' worlds are seeded, so a second
+    demo on the same stack would send the same ids, and Redis' dedupe memory would take them for
+    producer retries (applied once, never recommended for). Other events pass unchanged."""
+    run = f"r{int(time.time())}"
+    return [dataclasses.replace(ev, event_id=f"{run}-{ev.event_id}") if isinstance(ev, ClickEvent) else ev for ev in events]

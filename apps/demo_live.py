@@ -14,12 +14,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
-import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -28,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from apps.demo_kit import say, train_and_export, wait_ready, write_jsonl
+from apps.demo_kit import fresh_ids, say, start_worker, stop_worker, train_and_export, wait_ready, write_jsonl
 from apps.replay import RecsTracker, produce_live
-from apps.stack import REPO_ROOT, free_port, local_stack
+from apps.stack import free_port, local_stack
 from attnrec.events import CatalogEvent, ClickEvent
 from attnrec.kafka_util import ensure_topics
 from attnrec.settings import Settings
@@ -106,10 +102,7 @@ def live_demo(s: Settings, z: Sizes = Sizes()) -> dict[str, Any]:
          f"(planted: gift -> the room's products, video -> the streamer's room, purchase -> its companion)")
     world = list(generate_live(z.n_train + n_future, seed=11, rate=z.base_rate, burst_at_s=past_s + z.pre_s,
                                burst_s=z.burst_s, burst_factor=z.burst_factor))
-    # event ids unique to this run: the world is the same every time (seeded), and a second demo
-    # on the same stack would otherwise meet its ids in Redis' dedupe memory as producer retries
-    run = f"r{int(time.time())}"
-    world = [dataclasses.replace(ev, event_id=f"{run}-{ev.event_id}") if isinstance(ev, ClickEvent) else ev for ev in world]
+    world = fresh_ids(world)  # a second demo on the same stack must not resend the seeded ids
     clicks = [ev for ev in world if isinstance(ev, ClickEvent)]
     split_ts = clicks[z.n_train].ts
     past = [ev for ev in clicks if ev.ts < split_ts]
@@ -132,8 +125,7 @@ def live_demo(s: Settings, z: Sizes = Sizes()) -> dict[str, Any]:
                ATTNREC_TRENDING_WINDOW_S="300")  # fmt: skip
     logf = work / "worker.log"
     say(f"starting the worker: catalog on, repeats allowed, online evaluation (log {logf}, API http://127.0.0.1:{port})")
-    proc = subprocess.Popen([sys.executable, "-m", "apps", "worker"], env=env, cwd=REPO_ROOT,
-                            stdout=open(logf, "ab"), stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    proc = start_worker(env, logf)
     avail = AvailabilityLog()
     checked, in_flight, late = [0], [], []
     lock = threading.Lock()
@@ -188,12 +180,7 @@ def live_demo(s: Settings, z: Sizes = Sizes()) -> dict[str, Any]:
         text = _metrics(port)
     finally:
         stop.set()
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        stop_worker(proc)
         if not s.demo_keep_stack:
             st.down()
 
