@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from apps.bench.worker import scrape
 from apps.demo_kit import fresh_ids, say, start_worker, stop_worker, train_and_export, wait_ready, write_jsonl
 from apps.replay import RecsTracker, produce_live
 from apps.stack import free_port, local_stack
@@ -31,7 +32,7 @@ from attnrec.events import CatalogEvent, ClickEvent
 from attnrec.kafka_util import ensure_topics
 from attnrec.settings import Settings
 
-__all__ = ["Sizes", "live_demo", "run_live_demo", "online_table", "lag_total", "histogram_quantiles"]
+__all__ = ["Sizes", "live_demo", "run_live_demo", "online_table", "histogram_quantiles"]
 
 
 
@@ -55,10 +56,6 @@ def online_table(metrics_text: str) -> dict[tuple[str, str], dict[str, float]]:
         lab = dict(re.findall(r'(\w+)="([^"]*)"', labels))
         out.setdefault((lab["source"], lab["version"]), {"events": 0.0, "hits": 0.0, "ndcg": 0.0})[kind] += float(value)
     return out
-
-
-def lag_total(metrics_text: str) -> int:
-    return int(sum(float(v) for v in re.findall(r"^attnrec_consumer_lag\{[^}]*\} ([0-9.e+-]+)$", metrics_text, re.M)))
 
 
 def histogram_quantiles(metrics_text: str, name: str, qs: tuple[float, ...]) -> list[float]:
@@ -151,10 +148,9 @@ def live_demo(s: Settings, z: Sizes = Sizes()) -> dict[str, Any]:
 
     def sample_lag() -> None:
         while not stop.is_set():
-            try:
-                lags.append((time.monotonic(), lag_total(_metrics(port))))
-            except OSError:
-                pass
+            m = scrape(f"http://127.0.0.1:{port}/metrics")  # {} when the page cannot be read: no sample
+            if m:
+                lags.append((time.monotonic(), int(m.get("attnrec_consumer_lag", 0))))
             stop.wait(0.5)
 
     try:

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 #: copy ``{online}:<policy>:<epoch minute>`` (kept a day) is the dashboard's time series.
 ONLINE_KEY = "{online}:"
 _NONE: frozenset[bytes] = frozenset()
+_NO_CATALOG = Availability()  # without CATALOG: everything available, one object (the memo's key)
 _ONLINE_TTL_S = 86400
 
 
@@ -59,7 +60,7 @@ class LiveLayer:
 
     @property
     def view(self) -> Availability:
-        return self.catalog.view if self.catalog is not None else Availability()
+        return self.catalog.view if self.catalog is not None else _NO_CATALOG
 
     # ------------------------------------------------------------------ the catalog topic
     async def apply_catalog(self, values: Sequence[bytes | None]) -> None:
@@ -103,7 +104,7 @@ class LiveLayer:
         """The items no row may get, as ids and as ``model``'s indices (memoised per model
         version and availability version)."""
         view = self.view
-        key = (model.version if model is not None else None, view.version, id(view))
+        key = (model.version if model is not None else None, view.version)
         if key != self._blocked_key:
             ids = frozenset(self.policy.blocked(view))
             idx = model.item_index if model is not None else {}

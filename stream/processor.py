@@ -295,7 +295,8 @@ class Processor:
                 if code != RETRY:  # a producer's retry never triggers: its first copy did
                     triggers[ev.user_id] = ev  # the last event of each user is its trigger
                     sources[ev.user_id] = src
-            self.live.observe([ev for ev, _, _ in parsed.events])
+            events = [ev for ev, _, _ in parsed.events]
+            self.live.observe(events)
             rows: Any = prep.inputs
             if prep.plan is not None and prep.model is not None:
                 rows, outputs = self.incremental.commit(prep.model, prep.plan, outputs)
@@ -318,7 +319,7 @@ class Processor:
             if st is not None:
                 st.lap("serialize")
             await self.buffers.store_recs(payloads)
-            self.live.record([ev for ev, _, _ in parsed.events])
+            self.live.record(events)
             t3 = time.perf_counter()
             if st is not None:
                 st.lap("store_recs")
