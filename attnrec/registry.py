@@ -4,8 +4,10 @@ Torch-free and onnx-free on purpose: the online worker imports this module. Layo
 
     <root>/
       CURRENT                 the promoted version's name + newline; replaced with os.replace
+      SHADOW                  the version workers shadow-score (attnrec models shadow); absent: none
       HISTORY.jsonl           one JSON line per promotion decision (promoted, forced,
-                              rejected, rollback): ts, version, previous, decision, reason, figures
+                              rejected, rollback, shadow, shadow-off): ts, version, previous,
+                              decision, reason, figures
       .lock                   flock(2) serialising promote/rollback between processes
       <version>/model.onnx
       <version>/manifest.json
@@ -55,12 +57,13 @@ from attnrec.manifest import (
     verify_files,
 )
 
-__all__ = ["DEFAULT_ROOT", "CURRENT_FILE", "HISTORY_FILE", "Registry", "fsync_dir"]
+__all__ = ["DEFAULT_ROOT", "CURRENT_FILE", "SHADOW_FILE", "HISTORY_FILE", "Registry", "fsync_dir"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ROOT = Path(".attnrec/registry")
 CURRENT_FILE = "CURRENT"
+SHADOW_FILE = "SHADOW"
 HISTORY_FILE = "HISTORY.jsonl"
 _LOCK_FILE = ".lock"
 
@@ -254,6 +257,36 @@ class Registry:
                 yield
             finally:
                 fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def shadow_version(self) -> str | None:
+        """The version to shadow-score, or None."""
+        try:
+            name = (self.root / SHADOW_FILE).read_text().strip()
+        except FileNotFoundError:
+            return None
+        return name or None
+
+    def set_shadow(self, version: str | None, *, reason: str = "") -> dict[str, Any] | None:
+        """Start shadow scoring ``version`` (checked against its manifest first), or stop it
+        (None); recorded in HISTORY.jsonl as ``shadow`` / ``shadow-off`` (nothing to stop: None)."""
+        with self._locked():
+            previous = self.shadow_version()
+            if version is None:
+                if previous is None:
+                    return None
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(self.root / SHADOW_FILE)
+                fsync_dir(self.root)
+                return self.record(previous, decision="shadow-off", reason=reason or "stopped", previous=previous)
+            manifest = self.read_manifest(version)
+            validate_manifest(manifest)
+            verify_files(self.version_dir(version), manifest)
+            tmp = self.root / f".SHADOW.{uuid.uuid4().hex}"
+            _write_file(tmp, (version + "\n").encode())
+            os.replace(tmp, self.root / SHADOW_FILE)
+            fsync_dir(self.root)
+            return self.record(version, decision="shadow", reason=reason or "shadow scoring started",
+                               previous=self.current_version())
 
     def _set_current(self, version: str) -> None:
         tmp = self.root / f".CURRENT.{uuid.uuid4().hex}"

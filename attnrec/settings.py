@@ -161,6 +161,8 @@ class _CoreFields(BaseSettings):
     online_eval: bool = Field(
         True, description="ATTNREC_ONLINE_EVAL: prequential evaluation: whether each user's next event hits the top-10 emitted for them (model, trending-now and the static list), per model version and policy, in /metrics"
     )
+    shadow_fraction: float = Field(1.0, ge=0, le=1, description="ATTNREC_SHADOW_FRACTION: share of batches the shadow version (attnrec models shadow VERSION) scores beside the serving one, off the hot path")
+    interleave_fraction: float = Field(0.0, ge=0, le=1, description="ATTNREC_INTERLEAVE_FRACTION: share of users (a stable hash) whose published list team-draft interleaves the serving and the shadow version (0 = off; needs a shadow version)")
     because_k: int = Field(3, ge=0, description="ATTNREC_BECAUSE_K: past events listed in `because`")
     buffer_len: int = Field(200, ge=1, description="ATTNREC_BUFFER_LEN: events kept per user in Redis")
     buffer_ttl_s: int = Field(30 * 86400, ge=1, description="ATTNREC_BUFFER_TTL_S: buffer TTL, refreshed on write")
@@ -201,6 +203,9 @@ class _CoreFields(BaseSettings):
     promote: bool = Field(False, description="ATTNREC_PROMOTE: promote through the NDCG@10 gate after publishing")
     force: bool = Field(False, description="ATTNREC_FORCE: promote even when the NDCG@10 gate says no")
     margin: float = Field(0.02, ge=0, lt=1, description="ATTNREC_MARGIN: largest tolerated relative drop of validation NDCG@10 at promotion")
+    online_margin: float | None = Field(None, ge=-1, lt=10, description="ATTNREC_ONLINE_MARGIN: promotion also requires the version, shadow-scored, to beat the serving one's online NDCG@10 on the same triggers by this relative margin (unset: offline gate only)")
+    shadow_off: bool = Field(False, description="ATTNREC_SHADOW_OFF: attnrec models shadow --off stops shadow scoring")
+    online_min_events: int = Field(1000, ge=1, description="ATTNREC_ONLINE_MIN_EVENTS: next events the online gate needs before it decides")
     quantize: bool = Field(False, description="ATTNREC_QUANTIZE: try dynamic int8; kept only if faster here and < 1% relative NDCG@10 loss")
     models_json: bool = Field(False, description="ATTNREC_MODELS_JSON: attnrec models list prints versions and history as JSON")
     rollback_reason: str = Field("manual rollback", description="ATTNREC_ROLLBACK_REASON: recorded in HISTORY.jsonl by attnrec models rollback")

@@ -26,12 +26,12 @@ from attnrec.errors import AttnrecError, ConfigError, ModelError
 from attnrec.registry import Registry
 from attnrec.settings import Settings
 
-__all__ = ["cmd_export", "cmd_models_list", "cmd_models_promote", "cmd_models_rollback"]
+__all__ = ["cmd_export", "cmd_models_list", "cmd_models_rollback", "fail"]
 
 log = logging.getLogger(__name__)
 
 
-def _fail(exc: AttnrecError) -> int:
+def fail(exc: AttnrecError) -> int:
     print(f"error: {exc}", file=sys.stderr)
     return 1 if isinstance(exc, ModelError) else 2
 
@@ -46,7 +46,7 @@ def cmd_export(s: Settings, args: Any) -> int:
         version = export_checkpoint(s.checkpoint, s.registry_dir, promote=s.promote, force=s.force,
                                     margin=s.margin, top_k=s.top_k, quantize=s.quantize)
     except AttnrecError as exc:
-        return _fail(exc)
+        return fail(exc)
     reg = Registry(s.registry_dir)
     m = reg.read_manifest(version)
     par = m["parity"]
@@ -84,18 +84,6 @@ def cmd_models_list(s: Settings, args: Any) -> int:
     return 0
 
 
-def cmd_models_promote(s: Settings, args: Any) -> int:
-    """``attnrec models promote VERSION``: through the NDCG@10 gate (``--force`` overrides it)."""
-    from exporter.gate import promote_gated
-
-    try:
-        entry = promote_gated(Registry(s.registry_dir), args.version, force=s.force, margin=s.margin)
-    except AttnrecError as exc:
-        return _fail(exc)
-    print(f"{entry['decision']}: {args.version} ({entry['reason']})")
-    return 1 if entry["decision"] == "rejected" else 0
-
-
 def cmd_models_rollback(s: Settings, args: Any) -> int:
     """``attnrec models rollback``: the previously promoted version becomes CURRENT again."""
     reg = Registry(s.registry_dir)
@@ -103,6 +91,6 @@ def cmd_models_rollback(s: Settings, args: Any) -> int:
     try:
         version = reg.rollback(reason=s.rollback_reason)
     except AttnrecError as exc:
-        return _fail(exc)
+        return fail(exc)
     print(f"rolled back: CURRENT {before} -> {version}")
     return 0

@@ -11,7 +11,7 @@ from attnrec.errors import RegistryError
 from attnrec.manifest import validation_ndcg
 from attnrec.registry import Registry
 
-__all__ = ["gate_decision", "promote_gated"]
+__all__ = ["gate_decision", "online_decision", "promote_gated"]
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +29,27 @@ def gate_decision(new_ndcg: float | None, current_ndcg: float | None, margin: fl
     return False, f"validation ndcg@10 {new_ndcg:.5f} < {floor:.5f} (current {current_ndcg:.5f} - {margin:.1%})"
 
 
-def promote_gated(registry: Registry, version: str, *, force: bool = False, margin: float = 0.02) -> dict[str, Any]:
+def online_decision(online: dict[str, Any] | None, margin: float, min_events: int) -> tuple[bool, str]:
+    """The online gate: the candidate, shadow-scored, must beat the serving model's NDCG@10 on
+    the same triggers (``online``: ``events``, ``shadow_ndcg@10``, ``serving_ndcg@10``) by
+    ``margin`` (relative) over at least ``min_events`` next events."""
+    if not online or not online.get("events"):
+        return False, "no online figures: shadow-score it first (attnrec models shadow VERSION)"
+    n, new, cur = int(online["events"]), float(online["shadow_ndcg@10"]), float(online["serving_ndcg@10"])
+    if n < min_events:
+        return False, f"online: {n} events shadow-scored, fewer than the {min_events} the gate needs"
+    floor = cur * (1.0 + margin)
+    verdict = ">=" if new >= floor else "<"
+    return new >= floor, (f"online ndcg@10 {new:.5f} {verdict} {floor:.5f} (serving {cur:.5f} on the same {n} events, "
+                          f"margin {margin:+.1%})")
+
+
+def promote_gated(registry: Registry, version: str, *, force: bool = False, margin: float = 0.02,
+                  online: dict[str, Any] | None = None, online_margin: float | None = None,
+                  online_min_events: int = 1000) -> dict[str, Any]:
     """Run the promotion gate for a published version; promote it or record the rejection.
+    With ``online_margin`` the online gate (:func:`online_decision` on ``online``, the shadow
+    comparison) must pass too; its figures join the history entry.
 
     Returns the history entry (``decision`` is promoted, forced or rejected).
     """
@@ -44,7 +63,12 @@ def promote_gated(registry: Registry, version: str, *, force: bool = False, marg
             log.warning("CURRENT %s has no readable manifest; gating %s without a comparison", current, version)
     new_ndcg = validation_ndcg(new.get("metrics", {}))
     ok, reason = gate_decision(new_ndcg, cur_ndcg, margin)
-    figures = {"new_ndcg@10": new_ndcg, "current_ndcg@10": cur_ndcg, "current": current, "margin": margin}
+    figures: dict[str, Any] = {"new_ndcg@10": new_ndcg, "current_ndcg@10": cur_ndcg, "current": current, "margin": margin}
+    if online_margin is not None:
+        ok_online, why = online_decision(online, online_margin, online_min_events)
+        figures["online"] = {**(online or {}), "margin": online_margin, "min_events": online_min_events}
+        reason = f"{reason}; {why}"
+        ok = ok and ok_online
     if ok or force:
         decision = "promoted" if ok else "forced"
         if not ok:

@@ -23,11 +23,13 @@ from attnrec.manifest import OOV
 from attnrec.settings import Settings
 from stream.buffer import redis_errors
 from stream.catalog import Availability, CatalogStore
+from stream.interleave import in_experiment, team_draft
 from stream.logic import Recommendation
 from stream.metrics import WorkerMetrics
 from stream.model import LoadedModel
 from stream.online import OnlineEval
 from stream.policy import Policy, pad_rows
+from stream.shadow import Shadow, candidate_lists, overlap
 from stream.trending import Trending
 
 __all__ = ["ONLINE_KEY", "LiveLayer"]
@@ -57,6 +59,16 @@ class LiveLayer:
         self._sums: dict[str, float] = {}  # online totals since the last flush
         self._counters: dict[tuple[str, str], tuple[Any, Any, Any, str]] = {}
         self._counts = self.trending.counter()  # trending counts since the last flush
+        self.shadow = Shadow(s.shadow_fraction, k=s.top_k, exclude_seen=s.exclude_seen, exclude_window=s.exclude_window)
+
+    def set_shadow(self, m: LoadedModel | None) -> None:
+        """The candidate version to shadow-score (and interleave with), or None."""
+        old = self.shadow.model
+        if old is not None:
+            self.metrics.shadow_info.labels(old.version).set(0)
+        self.shadow.set_model(m)
+        if m is not None:
+            self.metrics.shadow_info.labels(m.version).set(1)
 
     @property
     def view(self) -> Availability:
@@ -134,6 +146,7 @@ class LiveLayer:
         """Score the remembered lists of each user against its first new event of the batch."""
         if self.online is None:
             return
+        self._take_shadow()
         seen: set[str] = set()
         sums, counters = self._sums, self._counters
         for ev in events:
@@ -156,6 +169,53 @@ class LiveLayer:
                     sums[c[3] + "hits"] = sums.get(c[3] + "hits", 0) + 1
                     sums[c[3] + "ndcg"] = sums.get(c[3] + "ndcg", 0.0) + sc.ndcg
 
+    def _take_shadow(self) -> None:
+        """Join the shadow's finished lists to the recommendations they shadow (before the users'
+        next events are scored), with the serving list they are paired with."""
+        assert self.online is not None
+        m, sums = self.metrics, self._sums
+        for res in self.shadow.drain():
+            m.shadow_ms.observe(res.ms)
+            joined = 0
+            ov = 0.0
+            for user, (tag, cand, serving) in res.lists.items():
+                if self.online.add(user, tag, {"shadow": (res.version, cand), "shadow-base": (res.version, serving)}):
+                    joined += 1
+                    o = overlap(cand, serving)
+                    ov += o
+                    m.shadow_overlap.observe(o)
+            if joined:
+                f = f"shadow|{res.version}|"
+                sums[f + "lists"] = sums.get(f + "lists", 0) + joined
+                sums[f + "overlap"] = sums.get(f + "overlap", 0.0) + ov
+
+    async def _interleave(self, model: LoadedModel, recs: Sequence[Recommendation], windows: Mapping[str, Sequence[bytes]],
+                          ids: frozenset[str]) -> dict[str, list[tuple[str, str]]]:
+        """Team-draft merge of the serving and the candidate's lists for the recommendations of
+        users in the experiment (the candidate scores them now, on the hot path: their lists are
+        published); returns user -> [(item, team)]."""
+        cand, k = self.shadow.model, self.s.top_k
+        chosen = [r for r in recs if not r.payload["fallback"] and in_experiment(r.user_id, self.s.interleave_fraction)]
+        if cand is None or not chosen:
+            return {}
+        wins = {r.user_id: windows[r.user_id] for r in chosen}
+        lists = await asyncio.get_running_loop().run_in_executor(None, lambda: candidate_lists(
+            cand, wins, list(wins), k=k, exclude_seen=self.s.exclude_seen, exclude_window=self.s.exclude_window,
+            blocked=ids))
+        merged: dict[str, list[tuple[str, str]]] = {}
+        for r in chosen:
+            clist = lists.get(r.user_id)
+            if not clist:
+                continue
+            p = r.payload
+            score = {"serving": {it["item_id"]: it["score"] for it in p["items"]}, "candidate": dict(clist)}
+            mix = merged[r.user_id] = team_draft([it["item_id"] for it in p["items"]], [i for i, _ in clist], k,
+                                                 seed=p["trigger_event_id"])
+            p["items"] = [{"item_id": i, "score": score[t][i], "team": t} for i, t in mix]
+            p["interleave"] = {"serving": model.version, "candidate": cand.version}
+        self.metrics.interleaved.inc(len(merged))
+        return merged
+
     # ------------------------------------------------------------------ after the model
     async def finish(self, model: LoadedModel | None, recs: Sequence[Recommendation],
                      raw: Mapping[str, Sequence[bytes]], rows: Any = None) -> None:
@@ -164,7 +224,9 @@ class LiveLayer:
         Redis returned only its new entries (an incremental model's cached users)."""
         policy, k = self.policy, self.s.top_k
         ids, _ = self.blocked(model)
-        if not recs or (self.online is None and not policy.boosts and not any(r.payload["fallback"] for r in recs)):
+        shadowing = self.shadow.model is not None and model is not None
+        if not recs or (self.online is None and not policy.boosts and not shadowing
+                        and not any(r.payload["fallback"] for r in recs)):
             return
         # candidates with their ids as bytes, checked against the window's items as Redis returned them
         trending = [(i, i.encode()) for i, _ in self.trending.latest if i not in ids]
@@ -172,6 +234,21 @@ class LiveLayer:
         static = [(i, i.encode()) for i in pop if i not in ids]
         view = self.view
         windows = dict(zip(rows.users, rows.windows, strict=True)) if rows is not None else {}
+        if shadowing:  # the candidate's windows: the longer of the row's and what Redis returned (EXCLUDE_WINDOW)
+            for u, w in raw.items():
+                if len(w) > len(windows.get(u, ())):
+                    windows[u] = w
+        serving: dict[str, list[str]] = {}  # the serving model's own lists (before any interleaving)
+        merged: dict[str, list[tuple[str, str]]] = {}
+        if shadowing:
+            assert model is not None
+            for rec in recs:
+                if not rec.payload["fallback"]:
+                    if policy.boosts:
+                        rec.payload["items"] = policy.boost(rec.payload["items"], view.category)
+                    serving[rec.user_id] = [it["item_id"] for it in rec.payload["items"]]
+            if self.s.interleave_fraction > 0:
+                merged = await self._interleave(model, recs, windows, ids)
         for rec in recs:
             p = rec.payload
             window = windows.get(rec.user_id) or raw.get(rec.user_id) or ()
@@ -180,15 +257,26 @@ class LiveLayer:
 
             if p["fallback"]:
                 p["items"] = [{"item_id": i, "score": 0.0} for i in (_pick(trending, k, seen, cool) or _pick(static, k, seen, cool))]
-            elif policy.boosts:
+            elif policy.boosts and not shadowing:  # (shadowing: boosted above, before the lists were kept)
                 p["items"] = policy.boost(p["items"], view.category)
             if self.online is not None:
                 label = "fallback" if p["fallback"] else str(p["model_version"])
-                self.online.remember(rec.user_id, {
+                lists = {
                     "model": (label, [it["item_id"] for it in p["items"]]),
                     "trending": ("trending", _pick(trending, 10, seen, cool)),
                     "static": ("static", _pick(static, 10, seen, cool)),
-                })  # fmt: skip
+                }  # fmt: skip
+                mix = merged.get(rec.user_id)
+                if mix is not None:  # the published list is a merge: credit goes to the teams
+                    cv = p["interleave"]["candidate"]
+                    lists["model"] = (f"interleaved:{cv}", lists["model"][1])
+                    lists["team-serving"] = (cv, [i for i, t in mix if t == "serving"])
+                    lists["team-candidate"] = (cv, [i for i, t in mix if t == "candidate"])
+                self.online.remember(rec.user_id, lists, p["trigger_event_id"])
+        if shadowing and self.online is not None:
+            outcome = self.shadow.submit({u: (r.payload["trigger_event_id"], windows.get(u, ()), serving[u])
+                                          for r in recs if (u := r.user_id) in serving}, ids)
+            self.metrics.shadow_batches.labels(outcome).inc()
 
     def record(self, events: Sequence[ClickEvent]) -> None:
         """Add the batch's events to the trending counts :meth:`flush` writes (off the hot
@@ -209,7 +297,7 @@ class LiveLayer:
                     minute = f"{key}:{int(time.time() // 60)}"
                     for h in (key, minute):
                         for f, v in sums.items():
-                            if f.endswith("|ndcg"):
+                            if f.endswith(("|ndcg", "|overlap")):
                                 pipe.hincrbyfloat(h, f, v)
                             else:
                                 pipe.hincrby(h, f, int(v))

@@ -72,6 +72,16 @@ class WorkerMetrics:
                                    online, registry=r)
         self.online_ndcg = Counter("attnrec_online_ndcg_total", "Sum of NDCG@10 of the next events (NDCG@10 = sum / events)",
                                    online, registry=r)
+        self.shadow_batches = Counter("attnrec_shadow_batches_total", "Batches offered to the shadow model, by outcome "
+                                      "(scored; busy: the previous one still scoring; fraction: not sampled)",
+                                      ["outcome"], registry=r)
+        self.shadow_overlap = Histogram("attnrec_shadow_overlap", "overlap@10 of the shadow's list with the serving list",
+                                        buckets=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0), registry=r)
+        self.shadow_ms = Histogram("attnrec_shadow_score_ms", "Shadow model's scoring time per batch (ms)",
+                                   buckets=_MS_BUCKETS, registry=r)
+        self.shadow_info = Gauge("attnrec_shadow_model", "1 for the version being shadow-scored", ["version"], registry=r)
+        self.interleaved = Counter("attnrec_interleaved_recs_total", "Recommendations merged by team-draft interleaving",
+                                   registry=r)
         self.cache_evictions = Gauge("attnrec_cache_evictions", "Caches evicted (LRU by bytes) since start", registry=r)
 
     def render(self) -> bytes:

@@ -138,6 +138,8 @@ class ModelWatcher:
         self.poll_s = poll_s
         self.on_event = on_event or (lambda kind, version, why: None)
         self._pending: LoadedModel | None = None
+        self._shadow_seen: str | None = None
+        self._pending_shadow: tuple[LoadedModel | None] | None = None  # (model or None = stop), when changed
         self._lock = threading.Lock()
         self._seen: str | None = None
         self._stop = threading.Event()
@@ -160,7 +162,37 @@ class ModelWatcher:
         self.on_event("success", v, "")
         return m
 
+    def poll_shadow(self) -> None:
+        """Load a new ``SHADOW`` version (or note that shadowing stopped) for
+        :meth:`take_pending_shadow`; a version failing its checks is logged and not shadowed."""
+        try:
+            v = self.registry.shadow_version()
+        except OSError as exc:
+            log.warning("cannot read %s/SHADOW: %s", self.registry.root, exc)
+            return
+        if v == self._shadow_seen:
+            return
+        self._shadow_seen = v
+        m = None
+        if v is not None:
+            try:
+                m = self._load(v)
+            except (ModelCheckError, RegistryError) as exc:
+                log.error("shadow version %s rejected: %s", v, exc)
+                self.on_event("failure", v, str(exc))
+                return
+            log.info("shadow version %s loaded and checked", v)
+        with self._lock:
+            self._pending_shadow = (m,)
+
+    def take_pending_shadow(self) -> tuple[LoadedModel | None] | None:
+        """``(model,)`` when the shadow version changed (``(None,)``: shadowing stopped), else None."""
+        with self._lock:
+            m, self._pending_shadow = self._pending_shadow, None
+        return m
+
     def poll_once(self) -> None:
+        self.poll_shadow()
         try:
             v = self.registry.current_version()
         except OSError as exc:

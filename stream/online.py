@@ -5,7 +5,11 @@ shown that user — ``model`` (what was emitted, labelled by the model version, 
 ``trending`` (trending now, minus what the policy excludes) and ``static`` (the manifest's
 popularity list, likewise) — and scores them on the user's next positive event (impressions
 and skips are not choices): HR@10 (the item is in the list) and NDCG@10 (1 / log2(rank + 2)).
-Each user's lists are scored once, by the first event after them. The memory is bounded
+Each user's lists are scored once, by the first event after them. Later sources join a
+remembered recommendation by its trigger (:meth:`OnlineEval.add`): the shadow model's list
+(``shadow``) with the serving list it is paired with (``shadow-base``), and with interleaving
+the part of the published list each team contributed (``team-serving``, ``team-candidate``:
+a hit is a win, :mod:`stream.interleave`), all labelled by the candidate's version. The memory is bounded
 (least recently recommended users first out); a user whose partition moved to another worker
 is simply not scored there.
 """
@@ -18,10 +22,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from attnrec.events import NEGATIVE_TYPES
+from stream.interleave import win_rate
 
-__all__ = ["SOURCES", "Score", "OnlineEval", "totals"]
+__all__ = ["SOURCES", "Score", "OnlineEval", "totals", "comparisons"]
 
-SOURCES = ("model", "trending", "static")
+SOURCES = ("model", "trending", "static", "shadow", "shadow-base", "team-serving", "team-candidate")
 _K = 10
 
 
@@ -37,6 +42,7 @@ class OnlineEval:
     def __init__(self, capacity: int = 200_000) -> None:
         self.capacity = capacity
         self._last: OrderedDict[str, dict[str, tuple[str, Sequence[str]]]] = OrderedDict()
+        self._tags: dict[str, str] = {}
 
     def __len__(self) -> int:
         return len(self._last)
@@ -47,6 +53,7 @@ class OnlineEval:
         if event_type in NEGATIVE_TYPES:
             return []
         lists = self._last.pop(user, None)
+        self._tags.pop(user, None)
         if lists is None:
             return []
         out = []
@@ -59,22 +66,59 @@ class OnlineEval:
             out.append(Score(source, version, True, 1.0 / math.log2(rank + 2)))
         return out
 
-    def remember(self, user: str, lists: dict[str, tuple[str, Sequence[str]]]) -> None:
-        """The lists (source -> (version label, items)) shown to ``user`` now."""
+    def remember(self, user: str, lists: dict[str, tuple[str, Sequence[str]]], tag: str = "") -> None:
+        """The lists (source -> (version label, items)) shown to ``user`` now; ``tag`` names the
+        recommendation (its trigger event id) for :meth:`add`."""
         self._last[user] = lists
+        self._tags[user] = tag
         self._last.move_to_end(user)
         while len(self._last) > self.capacity:
-            self._last.popitem(last=False)
+            gone, _ = self._last.popitem(last=False)
+            self._tags.pop(gone, None)
+
+    def add(self, user: str, tag: str, lists: dict[str, tuple[str, Sequence[str]]]) -> bool:
+        """Add lists computed later for the same recommendation (a shadow model's); False, and
+        nothing added, when ``user``'s remembered recommendation is no longer ``tag`` (its next
+        event came first, or a newer recommendation replaced it)."""
+        cur = self._last.get(user)
+        if cur is None or self._tags.get(user) != tag:
+            return False
+        cur.update(lists)
+        return True
 
 
 def totals(fields: dict[bytes, bytes]) -> list[dict[str, object]]:
-    """Rows {source, version, events, hr@10, ndcg@10} from an online-evaluation hash
+    """Rows {source, version, events, hits, hr@10, ndcg@10} from an online-evaluation hash
     (``<source>|<version>|n``, ``|hits``, ``|ndcg``), most events first."""
     acc: dict[tuple[str, str], dict[str, float]] = {}
     for k, v in fields.items():
         source, version, what = k.decode().rsplit("|", 2) if k.count(b"|") >= 2 else ("", "", "")
         if source:
             acc.setdefault((source, version), {"n": 0.0, "hits": 0.0, "ndcg": 0.0})[what] = float(v)
-    rows = [{"source": s, "version": v, "events": int(a["n"]), "hr@10": a["hits"] / a["n"] if a["n"] else None,
+    rows = [{"source": s, "version": v, "events": int(a["n"]), "hits": int(a["hits"]),
+             "hr@10": a["hits"] / a["n"] if a["n"] else None,
              "ndcg@10": a["ndcg"] / a["n"] if a["n"] else None} for (s, v), a in acc.items()]
+    for r in rows:  # shadow rows: lists compared with the serving model's, and their summed overlap@10
+        a = acc[(str(r["source"]), str(r["version"]))]
+        if a.get("lists"):
+            r["lists"], r["overlap@10"] = int(a["lists"]), a.get("overlap", 0.0) / a["lists"]
     return sorted(rows, key=lambda r: (-int(r["events"]), str(r["source"])))  # type: ignore[call-overload]
+
+
+def comparisons(rows: Sequence[dict[str, object]]) -> list[dict[str, object]]:
+    """Per candidate version (from :func:`totals` rows): the shadow comparison — its online
+    NDCG@10 / HR@10 against the serving model's on the same triggers, overlap@10 — and, when
+    interleaved, the team-draft win rate with its 95 % interval; most events first."""
+    by: dict[tuple[str, str], dict[str, object]] = {(str(r["source"]), str(r["version"])): r for r in rows}
+    out = []
+    for v in sorted({ver for src, ver in by if src in ("shadow", "team-candidate")}):
+        sh, base = by.get(("shadow", v), {}), by.get(("shadow-base", v), {})
+        c = {"version": v, "events": sh.get("events", 0), "shadow_ndcg@10": sh.get("ndcg@10"),
+             "serving_ndcg@10": base.get("ndcg@10"), "shadow_hr@10": sh.get("hr@10"), "serving_hr@10": base.get("hr@10"),
+             "lists": sh.get("lists", 0), "overlap@10": sh.get("overlap@10")}
+        ts, tc = by.get(("team-serving", v)), by.get(("team-candidate", v))
+        if ts is not None or tc is not None:
+            c["interleave"] = {"impressions": int((ts or tc or {}).get("events", 0) or 0),  # type: ignore[call-overload]
+                               **win_rate(int(ts["hits"]) if ts else 0, int(tc["hits"]) if tc else 0).to_dict()}
+        out.append(c)
+    return sorted(out, key=lambda c: -int(c["events"]))  # type: ignore[call-overload]

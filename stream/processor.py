@@ -144,6 +144,9 @@ class Processor:
             log.info("serving model %s", m.version)
 
     def maybe_swap(self) -> None:
+        shadow = self.watcher.take_pending_shadow()
+        if shadow is not None and self.live is not None:
+            self.live.set_shadow(shadow[0])
         m = self.watcher.take_pending()
         if m is not None:
             old = self.model.version if self.model else None

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from apps.bench.worker import WorkerHandle, settings_env
 from attnrec.errors import AttnrecError
+from attnrec.redis_util import redis_client
 from attnrec.settings import Settings
+from stream.buffer import RedisBuffers
+from stream.logic import RawRecord
+from stream.metrics import WorkerMetrics
+from stream.model import ModelWatcher
+from stream.processor import Processor
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,20 +57,22 @@ class WorkerProc(WorkerHandle):
             raise AssertionError(str(exc)) from None
 
 
-def build_small_registry(root: Path, *, seed: int = 3, n_events: int = 6000) -> Path:
-    """Train a tiny model on synthetic events for a few seconds, export and promote it."""
+def build_small_registry(root: Path, *, seed: int = 3, n_events: int = 6000, n_users: int = 150,
+                         train_args: tuple[str, ...] = ("--epochs", "2")) -> Path:
+    """Train a tiny model on synthetic events (the world of ``seed``) for a few seconds, export
+    and promote it."""
     from exporter.export import export_checkpoint
 
     data = root / "train.jsonl"
     from training.synth import generate
 
     with open(data, "wb") as f:
-        for ev in generate(150, 300, n_events, seed=seed):
+        for ev in generate(n_users, 300, n_events, seed=seed):
             f.write(ev.to_json() + b"\n")
     ckpt = root / "ckpt"
     from apps.cli import main as cli_main
 
-    rc = cli_main(["train", "--data", str(data), "--format", "events", "--out", str(ckpt), "--epochs", "2",
+    rc = cli_main(["train", "--data", str(data), "--format", "events", "--out", str(ckpt), *train_args,
                    "--max-len", "20", "--d-model", "32", "--quiet"])
     assert rc == 0, "smoke training failed"
     reg = root / "registry"
@@ -76,3 +87,35 @@ def republish(reg: Any, version: str) -> str:
     manifest = {k: v for k, v in reg.read_manifest(version).items() if k != "version"}
     step = vdir / "step.onnx"
     return str(reg.publish(vdir / "model.onnx", manifest, check=False, step_onnx_path=step if step.is_file() else None))
+
+
+class BatchRun:
+    """A :class:`Processor` on the test Redis whose produced recommendations are kept."""
+
+    def __init__(self, s: Settings, registry: Path | None) -> None:
+        self.s = s
+        self.buffers = RedisBuffers(redis_client(s), max_len=s.buffer_len, ttl_s=3600, dedupe_window=64)
+        watcher = ModelWatcher(registry or s.home / "no-registry")
+        self.proc = Processor(s, self.buffers, WorkerMetrics(), watcher)
+        self.proc.set_model(watcher.load_now())
+        self.proc.send = self._send
+        self.recs: list[dict[str, Any]] = []
+        self.offset = 0
+
+    async def _send(self, topic: str, key: bytes | None, value: bytes, headers: Any = None,
+                    partition: int | None = None) -> asyncio.Future[Any]:
+        if topic == self.s.recs_topic:
+            self.recs.append(orjson.loads(value))
+        f = asyncio.get_running_loop().create_future()
+        f.set_result(None)
+        return f
+
+    async def batch(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        records = []
+        for ev in events:
+            records.append(RawRecord("clicks", 0, self.offset, ev["user_id"].encode(), orjson.dumps(ev)))
+            self.offset += 1
+        n = len(self.recs)
+        await self.proc.finish(await self.proc.prepare(records))
+        await self.proc.live.flush()  # the worker's once-a-second task
+        return self.recs[n:]

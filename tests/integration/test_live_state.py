@@ -5,7 +5,6 @@ the fallback, and the online evaluation's counters against a recomputation."""
 
 from __future__ import annotations
 
-import asyncio
 import math
 import random
 from pathlib import Path
@@ -17,12 +16,9 @@ import pytest
 from attnrec.events import CatalogEvent
 from attnrec.redis_util import redis_client
 from attnrec.settings import Settings
-from stream.buffer import RedisBuffers
 from stream.catalog import CATALOG_KEYS, CatalogStore
 from stream.logic import RawRecord
-from stream.metrics import WorkerMetrics
-from stream.model import ModelWatcher
-from stream.processor import Processor
+from tests.helpers import BatchRun as Run
 
 pytestmark = pytest.mark.integration
 
@@ -36,38 +32,6 @@ def _registry(root: Path, positions: str) -> Path:
                                    positions=positions, n_samples=16, seed=5)
     export_checkpoint(ckpt, root / "registry", promote=True, force=True)
     return root / "registry"
-
-
-class Run:
-    """A :class:`Processor` on the test Redis whose produced recommendations are kept."""
-
-    def __init__(self, s: Settings, registry: Path | None) -> None:
-        self.s = s
-        self.buffers = RedisBuffers(redis_client(s), max_len=s.buffer_len, ttl_s=3600, dedupe_window=64)
-        watcher = ModelWatcher(registry or s.home / "no-registry")
-        self.proc = Processor(s, self.buffers, WorkerMetrics(), watcher)
-        self.proc.set_model(watcher.load_now())
-        self.proc.send = self._send
-        self.recs: list[dict[str, Any]] = []
-        self.offset = 0
-
-    async def _send(self, topic: str, key: bytes | None, value: bytes, headers: Any = None,
-                    partition: int | None = None) -> asyncio.Future[Any]:
-        if topic == self.s.recs_topic:
-            self.recs.append(orjson.loads(value))
-        f = asyncio.get_running_loop().create_future()
-        f.set_result(None)
-        return f
-
-    async def batch(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        records = []
-        for ev in events:
-            records.append(RawRecord("clicks", 0, self.offset, ev["user_id"].encode(), orjson.dumps(ev)))
-            self.offset += 1
-        n = len(self.recs)
-        await self.proc.finish(await self.proc.prepare(records))
-        await self.proc.live.flush()  # the worker's once-a-second task
-        return self.recs[n:]
 
 
 @pytest.fixture

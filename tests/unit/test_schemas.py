@@ -49,7 +49,7 @@ def test_every_topic_has_a_schema_with_a_urn_id_title_and_descriptions() -> None
 
 
 def test_loader_api() -> None:
-    assert schemas.version("recs") == 1 and schemas.versions("clicks.dlq") == [1] and schemas.minor("recs") == 0
+    assert schemas.version("recs") == 1 and schemas.versions("clicks.dlq") == [1] and schemas.minor("recs") == 1 and schemas.minor("clicks") == 0
     assert schemas.header("recs") == ("attnrec-schema", b"recs/1")
     assert schemas.header("clicks.dlq") == ("attnrec-schema", b"clicks.dlq/1")
     assert schemas.files() == [f"{n}.v1.json" for n in TOPICS]
