@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from attnrec.events import NEGATIVE_TYPES
 from stream.interleave import win_rate
 
-__all__ = ["SOURCES", "Score", "OnlineEval", "totals", "comparisons"]
+__all__ = ["SOURCES", "Score", "OnlineEval", "totals", "comparisons", "series"]
 
 SOURCES = ("model", "trending", "static", "shadow", "shadow-base", "team-serving", "team-candidate")
 _K = 10
@@ -122,3 +122,26 @@ def comparisons(rows: Sequence[dict[str, object]]) -> list[dict[str, object]]:
                                **win_rate(int(ts["hits"]) if ts else 0, int(tc["hits"]) if tc else 0).to_dict()}
         out.append(c)
     return sorted(out, key=lambda c: -int(c["events"]))  # type: ignore[call-overload]
+
+
+#: The sources the dashboard charts per minute (every version of a source together).
+CHARTED = ("model", "shadow", "trending", "static")
+
+
+def series(t: Sequence[int], minutes: Sequence[dict[bytes, bytes]]) -> dict[str, list[float | None]]:
+    """HR@10 per minute for each charted source (all its versions together; None: no events
+    that minute), from the per-minute hashes: ``{"t": [...], "model": [...], ...}``."""
+    out: dict[str, list[float | None]] = {"t": [float(x) for x in t]}
+    for src in CHARTED:
+        out[src] = []
+    for fields in minutes:
+        acc = {src: [0.0, 0.0] for src in CHARTED}
+        for r in totals(fields):
+            a = acc.get(str(r["source"]))
+            if a is not None:
+                a[0] += int(r["events"])  # type: ignore[call-overload]
+                a[1] += int(r["hits"])  # type: ignore[call-overload]
+        for src in CHARTED:
+            n, h = acc[src]
+            out[src].append(h / n if n else None)
+    return out

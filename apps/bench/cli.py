@@ -24,7 +24,7 @@ from attnrec.settings import Settings, parse_rate
 
 from .drain import drain_once
 from .load import generator_ceiling
-from .models import ensure_model, registry_model
+from .models import ensure_model, registry_model, shadow_registry
 from .report import benchmarks_section, machine_info, merge_reports, plot, resummarise, update_benchmarks_md
 from .run import RunConfig, rate_label, run_repeat, summarise, warm_caches
 from .sweep import SweepPlan, run_sweep
@@ -151,7 +151,9 @@ def sweep(s: Settings) -> dict[str, Any]:
 def _variants(s: Settings) -> list[tuple[str, Settings]]:
     """(agent, settings) of each configuration one invocation measures: the configured worker,
     and with ``bench_baselines`` the same worker one event at a time (B=1), with the torch-eager
-    scorer, and the null agent (the framework alone: no Redis, no model)."""
+    scorer, with the other processing guarantee, shadow-scoring a second model (agent
+    ``shadow``: a worker on a registry with a SHADOW version), and the null agent (the framework
+    alone: no Redis, no model)."""
     out = [(s.bench_agent, s)]
     if s.bench_baselines and s.bench_agent == "worker":
         which = set(s.bench_baseline_set.split(","))
@@ -162,15 +164,19 @@ def _variants(s: Settings) -> list[tuple[str, Settings]]:
             key = (v.scorer, v.batch_size, v.processing_guarantee)
             if name in which and all(key != (x.scorer, x.batch_size, x.processing_guarantee) for _, x in out):
                 out.append(("worker", v))
+        if "shadow" in which:
+            out.append(("shadow", s))
         if "null" in which:
             out.append(("null", s))
     return out
 
 
 def _label(agent: str, v: Settings, rate: float | None) -> str:
-    who = f"{v.scorer} B={v.batch_size}" if agent == "worker" else f"null B={v.batch_size}"
-    if agent == "worker" and v.processing_guarantee != "exactly_once":
+    who = f"{v.scorer} B={v.batch_size}" if agent in ("worker", "shadow") else f"null B={v.batch_size}"
+    if agent in ("worker", "shadow") and v.processing_guarantee != "exactly_once":
         who += " at-least-once"
+    if agent == "shadow":
+        who += f" +shadow {v.shadow_fraction:.0%}"
     return f"{who} @{rate_label(rate)}"
 
 
@@ -216,13 +222,14 @@ def single(s: Settings) -> dict[str, Any]:
     drains: list[dict[str, Any]] = []
     try:
         for agent, v in variants:
-            sessions.append(open_session(v, registry=reg, items=items, n_users=s.bench_users, log_dir=cache / "logs",
+            sessions.append(open_session(v, registry=shadow_registry(reg) if agent == "shadow" else reg, items=items, n_users=s.bench_users, log_dir=cache / "logs",
                                          catalog_items=n_items, max_len=L, start_worker=not s.bench_no_worker,
                                          metrics_url=s.bench_metrics_url, worker_pid=s.bench_worker_pid,
-                                         prefill_len=s.bench_prefill, worker_src=s.bench_worker_src, agent=agent))
+                                         prefill_len=s.bench_prefill, worker_src=s.bench_worker_src,
+                                         agent="worker" if agent == "shadow" else agent))
         if s.bench_warm:
             for (agent, _v), sess in zip(variants, sessions, strict=True):
-                if agent == "worker" and sess.worker is not None:
+                if agent in ("worker", "shadow") and sess.worker is not None:
                     sess.info["warm"] = warm_caches(sess)
         for r in range(s.bench_repeats):
             for i, (agent, v) in enumerate(variants):

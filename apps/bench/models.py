@@ -16,7 +16,7 @@ from pathlib import Path
 
 from attnrec.errors import ConfigError
 
-__all__ = ["ensure_model", "registry_model"]
+__all__ = ["ensure_model", "registry_model", "shadow_registry"]
 
 log = logging.getLogger(__name__)
 
@@ -59,3 +59,30 @@ def registry_model(registry: Path) -> tuple[Path, list[str], int, int]:
     vdir = reg.version_dir(v)
     man = read_manifest(vdir)
     return registry, load_items(vdir, man), int(man["n_items"]) - 2, int(man["max_len"])
+
+
+def shadow_registry(registry: Path) -> Path:
+    """A copy of ``registry`` whose promoted model is shadow-scored by a second version of the
+    same shape (its weights copied: the cost of scoring does not depend on them); built once,
+    beside ``registry``."""
+    import shutil
+
+    from attnrec.registry import Registry
+
+    root = registry.parent / "registry-shadow"
+    if Registry(root).shadow_version() is None:
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.copytree(registry, root)
+        reg = Registry(root)
+        cur = reg.current_version()
+        if cur is None:
+            raise ConfigError(f"no promoted version in {registry}")
+        vdir = reg.version_dir(cur)
+        manifest = {k: v for k, v in reg.read_manifest(cur).items() if k not in ("version", "created_at", "model_sha256")}
+        from attnrec.manifest import load_items
+
+        step = vdir / "step.onnx"
+        copy = reg.publish(vdir / "model.onnx", manifest, check=False, items=load_items(vdir, reg.read_manifest(cur)),
+                           step_onnx_path=step if step.is_file() else None)
+        reg.set_shadow(str(copy), reason="benchmark: the cost of shadow scoring")
+    return root

@@ -94,6 +94,16 @@ def batch_sizes(d: dict[str, float], name: str) -> dict[str, Any] | None:
     return {"batches": int(total), "share_by_le": shares, "p50_le": p50, "p90_le": p90}
 
 
+def shadow_figures(d: dict[str, float]) -> dict[str, Any] | None:
+    """Shadow scoring over the window: batches scored, skipped because the shadow was busy or
+    not sampled, and the shadow's mean scoring time per batch."""
+    out = {o: int(d.get(f'attnrec_shadow_batches_total{{outcome="{o}"}}', 0.0)) for o in ("scored", "busy", "fraction")}
+    if not any(out.values()):
+        return None
+    n = d.get("attnrec_shadow_score_ms_count", 0.0)
+    return {**out, "mean_ms": round(d.get("attnrec_shadow_score_ms_sum", 0.0) / n, 2) if n else None}
+
+
 def cache_figures(d: dict[str, float], now: dict[str, float]) -> dict[str, Any] | None:
     """An incremental model's cache over the window: hits (step graph), misses (full graph),
     the hit rate, and the cache's size at the end."""
@@ -276,6 +286,7 @@ def run_once(s: Settings, cfg: RunConfig, *, items: Sequence[str], users: Sequen
         "mean_batch": round(ev_done / batches, 1) if batches else None,
         "batch_sizes": batch_sizes(d, "attnrec_batch_size"),
         "cache": cache_figures(d, m1),
+        "shadow": shadow_figures(d),
         "hops_ms": hop_summary(tracker.hops),
         "stage_us_per_event": stages,
         "worker_cpu_cores": round((cpu1 - cpu0) / window, 2) if wproc is not None else None,

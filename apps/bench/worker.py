@@ -169,9 +169,13 @@ def wait_ready(url: str, timeout: float, handle: WorkerHandle | None = None) -> 
                        + (f":\n{handle.tail()}" if handle else ""))  # fmt: skip
 
 
+#: Counters :func:`scrape` also keeps per label set (``name{labels}`` -> value).
+_BY_LABEL = frozenset({"attnrec_shadow_batches_total"})
+
+
 def scrape(url: str, token: str | None = None) -> dict[str, float]:
     """Samples of a Prometheus text page (``name`` -> value), summed over labels, and each
-    histogram bucket apart (``name_bucket{le="16.0"}`` -> value); empty when the page cannot be
+    histogram bucket (and each of a few counters' label sets) apart (``name_bucket{le="16.0"}`` -> value); empty when the page cannot be
     read. ``token``: the worker's API token (off-loopback workers require it)."""
     out: dict[str, float] = {}
     req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
@@ -188,7 +192,7 @@ def scrape(url: str, token: str | None = None) -> dict[str, float]:
         name = full.split("{", 1)[0]
         try:
             out[name] = out.get(name, 0.0) + float(val)
-            if name.endswith("_bucket"):
+            if name.endswith("_bucket") or name in _BY_LABEL:
                 out[full] = float(val)
         except ValueError:
             pass

@@ -33,7 +33,7 @@ from attnrec.settings import Settings
 from stream.buffer import RedisBuffers
 from stream.dashboard.collector import Collector, CollectorConfig, explain
 from stream.live import ONLINE_KEY
-from stream.online import totals
+from stream.online import comparisons, series, totals
 from stream.trending import Trending
 
 __all__ = ["create_dashboard_app", "is_loopback", "run_dashboard"]
@@ -232,12 +232,25 @@ def create_dashboard_app(settings: Settings, *, host: str = "127.0.0.1", collect
 async def _quality(state: dict[str, Any]) -> dict[str, Any]:
     """The stream's own view of its recommendations (written by the workers to Redis): online
     HR@10 / NDCG@10 per source and version, and trending now."""
+    key = ONLINE_KEY + state["policy"]
+    now_min = int(time.time() // 60)
+    minutes = list(range(now_min - _SERIES_MINUTES + 1, now_min + 1))
     try:
-        online = totals(await state["redis"].hgetall(ONLINE_KEY + state["policy"]))
+        online = totals(await state["redis"].hgetall(key))
+        async with state["redis"].pipeline(transaction=False) as pipe:
+            for m in minutes:
+                pipe.hgetall(f"{key}:{m}")
+            per_minute = await pipe.execute()
         trending = await state["trending"].top(n=10, now_ms=int(time.time() * 1000))
     except Exception as exc:  # Redis trouble: the rest of the page still renders
-        return {"error": f"{type(exc).__name__}: {exc}", "online": [], "trending": []}
-    return {"policy": state["policy"], "online": online, "trending": [{"item_id": i, "score": round(s, 1)} for i, s in trending]}
+        return {"error": f"{type(exc).__name__}: {exc}", "online": [], "trending": [], "rollout": [], "series": {}}
+    return {"policy": state["policy"], "online": online, "rollout": comparisons(online),
+            "series": series([60 * m for m in minutes], per_minute),
+            "trending": [{"item_id": i, "score": round(s, 1)} for i, s in trending]}
+
+
+#: Minutes of online HR@10 the dashboard charts.
+_SERIES_MINUTES = 60
 
 
 def run_dashboard(settings: Settings, *, host: str, port: int, config: CollectorConfig | None = None) -> None:

@@ -69,6 +69,7 @@ READ_JS = """JSON.stringify((() => {
     lookup_recent: [...document.querySelectorAll("#lookup-recent tbody tr")].map((tr) => tr.children[2].textContent),
     quality: [...document.querySelectorAll("#quality-table tbody tr")].map((tr) => [...tr.children].map((td) => td.textContent)),
     trending: document.querySelectorAll("#trending li:not(.muted)").length,
+    rollout: [...document.querySelectorAll("#rollout-table tbody tr")].map((tr) => [...tr.children].map((td) => td.textContent)),
   };
 })())"""
 
@@ -219,7 +220,7 @@ def _ready(p: dict[str, Any]) -> bool:
 def test_dashboard_in_headless_chromium(stack: Any, names: dict[str, str], registry_with_model: Path, tmp_path: Path) -> None:
     reg_dir = tmp_path / "registry"
     shutil.copytree(registry_with_model, reg_dir)  # the test promotes a second version
-    s = settings_for(stack, names, reg_dir, reload_poll_s=0.3)
+    s = settings_for(stack, names, reg_dir, reload_poll_s=0.3, interleave_fraction=0.5)
     ensure_topics(s)
     reg = Registry(reg_dir)
     version = reg.current_version()
@@ -253,13 +254,16 @@ def test_dashboard_in_headless_chromium(stack: Any, names: dict[str, str], regis
                 # promote a new version (same weights) while the page is open: workers hot-reload it
                 v2 = republish(reg, version)
                 reg.promote(v2, reason="test: hot reload while the dashboard is open")
+                v3 = republish(reg, version)  # and a candidate, shadow-scored and interleaved for half the users
+                reg.set_shadow(v3, reason="test: roll-out panel")
                 second = await _until(
                     chrome,
                     lambda p: _ready(p) and p["events_total"] > first["events_total"] and p["recs_total"] > first["recs_total"]
                     and p["model"] == v2 and p["history_rows"] >= 2 and v2 in p["serving"]
                     and p["workers"] == 2 and len(set(p["owners"])) == 2
-                    and any(r[0] == "model" and int(r[2]) > 0 for r in p["quality"]) and p["trending"] > 0,
-                    40, "figures that change and the new model serving",
+                    and any(r[0] == "model" and int(r[2]) > 0 for r in p["quality"]) and p["trending"] > 0
+                    and any(r[0] == v3 and int(r[1]) > 0 and " of " in r[5] for r in p["rollout"]),
+                    60, "figures that change, the new model serving and the candidate compared",
                 )  # fmt: skip
                 size = (await chrome.call("Page.getLayoutMetrics"))["cssContentSize"]
                 clip = {"x": 0, "y": 0, "width": size["width"], "height": min(size["height"], 4000), "scale": 1}
@@ -288,7 +292,7 @@ def test_dashboard_in_headless_chromium(stack: Any, names: dict[str, str], regis
         for k in ("events_total", "recs_total", "events_per_s", "recs_per_s", "p99", "workers"):
             assert page[k] and page[k] > 0, (k, page)
         assert page["p50"] is not None and page["p50"] >= 0
-        assert page["charts"] >= 4, "uPlot did not draw the four charts"
+        assert page["charts"] >= 5, "uPlot did not draw the five charts"
         assert page["history_rows"] >= 1 and page["model"] in (version, v2)
         assert any("not JSON" in e for e in page["dead"]), page["dead"]
     assert second["events_total"] > first["events_total"] and second["recs_total"] > first["recs_total"]
@@ -297,6 +301,13 @@ def test_dashboard_in_headless_chromium(stack: Any, names: dict[str, str], regis
     assert {"model", "trending", "static"} <= sources, second["quality"]
     assert all(0.0 <= float(r[3]) <= 1.0 for r in second["quality"] if r[3] != "–"), second["quality"]
     assert second["trending"] > 0
+    # the roll-out panel: the shadowed candidate against the serving model, and its interleaving
+    v3 = reg.shadow_version()
+    (row,) = [r for r in second["rollout"] if r[0] == v3]
+    shadow_ndcg, serving_ndcg = (float(x) for x in row[2].split(" / "))
+    assert int(row[1]) > 0 and 0 <= shadow_ndcg <= 1 and 0 <= serving_ndcg <= 1, row
+    assert float(row[4]) > 0.5, f"the same weights should mostly agree: {row}"
+    assert " of " in row[5] and "[" in row[5], row
     assert first["model"] == version and second["model"] == v2 != version and second["history_rows"] >= 2
     # the live feed: recommendations of the replayed users, explained in words
     explained = [f for f in second["feed"] if f["because"]]

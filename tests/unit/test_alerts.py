@@ -28,7 +28,8 @@ def test_the_rules_are_valid_and_loaded_by_prometheus() -> None:
     rules = YAML(typ="safe", pure=True).load((COMPOSE / "alerts.yml").read_text())
     names = {r["alert"] for g in rules["groups"] for r in g["rules"]}
     assert {"AttnrecConsumerLagGrowing", "AttnrecDeadLetters", "AttnrecLatencyP99High", "AttnrecModelReloadFailed",
-            "AttnrecOnlineHitRateDrop", "AttnrecModelNotBeatingTrending", "AttnrecRedisStateLost", "AttnrecNoModel"} <= names
+            "AttnrecOnlineHitRateDrop", "AttnrecModelNotBeatingTrending", "AttnrecRedisStateLost", "AttnrecNoModel",
+            "AttnrecShadowDisagreement"} <= names
 
 
 def test_every_alert_fires_and_stays_quiet_as_its_tests_say() -> None:
@@ -48,3 +49,31 @@ def test_a_broken_threshold_fails_the_tests(tmp_path: Path) -> None:
     assert promtool
     r = subprocess.run([promtool, "test", "rules", "alerts.test.yml"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "AttnrecDeadLetters" in r.stdout + r.stderr
+
+
+def _worker_series() -> set[str]:
+    """Every series name the worker exports (histograms' _bucket/_sum/_count, counters' _total)."""
+    from stream.metrics import WorkerMetrics
+
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",), "info": ("_info",)}
+    return {fam.name + sfx for fam in WorkerMetrics().registry.collect() for sfx in suffixes.get(fam.type, ("",))}
+
+
+def test_the_grafana_panels_and_the_alerts_query_series_the_worker_exports(tmp_path: Path) -> None:
+    import json
+    import re
+
+    panels = json.loads((COMPOSE.parent / "grafana" / "attnrec.json").read_text())["panels"]
+    exprs = [t["expr"] for p in panels for t in p.get("targets", [])]
+    rules = YAML(typ="safe", pure=True).load((COMPOSE / "alerts.yml").read_text())
+    exprs += [r["expr"] for g in rules["groups"] for r in g["rules"]]
+    names = {n for e in exprs for n in re.findall(r"\b(attnrec_[a-z0-9_]+)", e)}
+    assert {"attnrec_shadow_overlap_sum", "attnrec_online_ndcg_total", "attnrec_shadow_batches_total"} <= names
+    unknown = sorted(names - _worker_series())
+    assert not unknown, f"queried but never exported by the worker: {unknown}"
+    # every panel's query parses: promtool checks them as recording rules ($__rate_interval is Grafana's)
+    doc = {"groups": [{"name": "grafana", "rules": [{"record": f"panel_{i}", "expr": e.replace("$__rate_interval", "5m")}
+                                                   for i, e in enumerate(exprs)]}]}
+    (tmp_path / "panels.yml").write_text(json.dumps(doc))
+    r = _promtool("check", "rules", str(tmp_path / "panels.yml"))
+    assert r.returncode == 0, r.stdout + r.stderr

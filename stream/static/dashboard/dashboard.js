@@ -44,6 +44,13 @@
     ]);
     charts.lag = chart("chart-lag", [{label: "lag", stroke: "#f5b942", width: 2, fill: "rgba(245,185,66,.15)"}]);
     charts.dead = chart("chart-dead", [{label: "dead letters/min", stroke: "#ff6b6b", width: 2, fill: "rgba(255,107,107,.15)"}]);
+    const dot = {show: true, size: 5};  // one point a minute: drawn even before there is a line
+    charts.online = chart("chart-online", [
+      {label: "model", stroke: "#3ecf8e", width: 2, points: dot},
+      {label: "shadow", stroke: "#b48eff", width: 2, points: dot},
+      {label: "trending", stroke: "#f5b942", width: 2, points: dot},
+      {label: "static", stroke: "#8a96a3", width: 1, points: dot},
+    ], {scales: {x: {time: true}, y: {range: [0, 1]}}});
   }
   function drawCharts(h) {
     if (!charts.throughput || !h || !h.t) return;
@@ -120,6 +127,17 @@
     rows(document.querySelector("#quality-table tbody"), (q.online || []).map((r) =>
       "<tr><td>" + esc(r.source) + "</td><td>" + esc(r.version) + '</td><td class="num">' + r.events + '</td><td class="num">' +
       pct(r["hr@10"]) + '</td><td class="num">' + pct(r["ndcg@10"]) + "</td></tr>").join("") || '<tr><td colspan="5" class="muted">no next events scored yet</td></tr>');
+    const sr = q.series || {};
+    if (charts.online && sr.t) charts.online.setData([sr.t, sr.model, sr.shadow, sr.trending, sr.static]);
+    const pair = (a, b) => pct(a) + " / " + pct(b);
+    rows(document.querySelector("#rollout-table tbody"), (q.rollout || []).map((c) => {
+      const il = c.interleave;
+      const win = il ? (il.candidate_wins + " of " + (il.candidate_wins + il.serving_wins) + " = " + pct(il.win_rate) +
+        " [" + pct(il.ci95[0]) + ", " + pct(il.ci95[1]) + '] <span class="tag">' + esc(il.verdict) + "</span>") : "–";
+      return "<tr><td>" + esc(c.version) + '</td><td class="num">' + c.events + '</td><td class="num">' +
+        pair(c["shadow_ndcg@10"], c["serving_ndcg@10"]) + '</td><td class="num">' + pair(c["shadow_hr@10"], c["serving_hr@10"]) +
+        '</td><td class="num">' + pct(c["overlap@10"]) + "</td><td>" + win + "</td></tr>";
+    }).join("") || '<tr><td colspan="6" class="muted">no version shadowed</td></tr>');
     $("trending").innerHTML = (q.trending || []).map((t) => "<li>" + esc(t.item_id) + ' <span class="muted">' + t.score + "</span></li>").join("") || '<li class="muted">nothing in the window</li>';
 
     // lag, dead letters, feed
