@@ -93,8 +93,11 @@ def cmd_models_promote(s: Settings, args: Any) -> int:
         online = None
         if s.online_margin is not None:
             online = next((c for c in online_figures(s) if c["version"] == args.version), None)
-        entry = promote_gated(Registry(s.registry_dir), args.version, force=s.force, margin=s.margin, online=online,
+        reg = Registry(s.registry_dir)
+        entry = promote_gated(reg, args.version, force=s.force, margin=s.margin, online=online,
                               online_margin=s.online_margin, online_min_events=s.online_min_events)
+        if entry["decision"] != "rejected" and reg.shadow_version() == args.version:
+            reg.set_shadow(None, reason=f"{args.version} promoted")  # it serves now: nothing left to shadow
     except AttnrecError as exc:
         return fail(exc)
     print(f"{entry['decision']}: {args.version} ({entry['reason']})")

@@ -203,8 +203,12 @@ class LiveLayer:
             cand, wins, list(wins), k=k, exclude_seen=self.s.exclude_seen, exclude_window=self.s.exclude_window,
             blocked=ids))
         merged: dict[str, list[tuple[str, str]]] = {}
+        policy = self.policy
         for r in chosen:
             clist = lists.get(r.user_id)
+            if clist and policy.scans_rows:  # the published list keeps the policy's cool-downs
+                cool = set(policy.cooldown_items(wins[r.user_id]))
+                clist = [(i, sc) for i, sc in clist if i not in cool]
             if not clist:
                 continue
             p = r.payload
@@ -224,7 +228,8 @@ class LiveLayer:
         Redis returned only its new entries (an incremental model's cached users)."""
         policy, k = self.policy, self.s.top_k
         ids, _ = self.blocked(model)
-        shadowing = self.shadow.model is not None and model is not None
+        cand = self.shadow.model  # (none once it is the serving version: promoted while shadowed)
+        shadowing = cand is not None and model is not None and cand.version != model.version
         if not recs or (self.online is None and not policy.boosts and not shadowing
                         and not any(r.payload["fallback"] for r in recs)):
             return

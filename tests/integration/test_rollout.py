@@ -250,10 +250,13 @@ def test_the_operator_shadows_interleaves_and_gates_a_version_on_a_running_worke
         status = _cli(s, "shadow")
         assert status.returncode == 0 and f"{cand}:" in status.stdout and "interleaving:" in status.stdout, status.stdout
         gate = _cli(s, "promote", cand, "--online-margin", "0.5", "--online-min-events", "10")
-        history = Registry(reg_path).history()[-1]
+        history = [h for h in Registry(reg_path).history() if h["decision"] in ("promoted", "rejected")][-1]
         assert history["version"] == cand and history["figures"]["online"]["events"] >= 10
         assert gate.returncode == (0 if history["decision"] == "promoted" else 1), gate.stdout + gate.stderr
         assert "online ndcg@10" in history["reason"]
+        if history["decision"] == "promoted":  # promoting the shadowed version stops shadowing it
+            assert Registry(reg_path).shadow_version() is None
+            assert Registry(reg_path).history()[-1]["decision"] == "shadow-off"
         off = _cli(s, "shadow", "--off")
         assert off.returncode == 0 and Registry(reg_path).shadow_version() is None
     finally:
