@@ -59,7 +59,8 @@ class LiveLayer:
         self._sums: dict[str, float] = {}  # online totals since the last flush
         self._counters: dict[tuple[str, str], tuple[Any, Any, Any, str]] = {}
         self._counts = self.trending.counter()  # trending counts since the last flush
-        self.shadow = Shadow(s.shadow_fraction, k=s.top_k, exclude_seen=s.exclude_seen, exclude_window=s.exclude_window)
+        self.shadow = Shadow(s.shadow_fraction, k=s.top_k, exclude_seen=s.exclude_seen, exclude_window=s.exclude_window,
+                             cache_bytes=int(s.cache_mb * 2**20), cache_dtype=s.cache_dtype)
 
     def set_shadow(self, m: LoadedModel | None) -> None:
         """The candidate version to shadow-score (and interleave with), or None."""
@@ -222,10 +223,12 @@ class LiveLayer:
 
     # ------------------------------------------------------------------ after the model
     async def finish(self, model: LoadedModel | None, recs: Sequence[Recommendation],
-                     raw: Mapping[str, Sequence[bytes]], rows: Any = None) -> None:
+                     raw: Mapping[str, Sequence[bytes]], rows: Any = None,
+                     fresh: Mapping[str, tuple[int, int]] | None = None) -> None:
         """Boost the model's lists, give fallbacks trending now, and remember every source's
         list for the online evaluation. ``rows`` (the scored rows) give a user's window where
-        Redis returned only its new entries (an incremental model's cached users)."""
+        Redis returned only its new entries (an incremental model's cached users); ``fresh``
+        each user's Redis ``#seq`` and new events in the batch (a shadow's caches)."""
         policy, k = self.policy, self.s.top_k
         ids, _ = self.blocked(model)
         cand = self.shadow.model  # (none once it is the serving version: promoted while shadowed)
@@ -279,8 +282,9 @@ class LiveLayer:
                     lists["team-candidate"] = (cv, [i for i, t in mix if t == "candidate"])
                 self.online.remember(rec.user_id, lists, p["trigger_event_id"])
         if shadowing and self.online is not None:
-            outcome = self.shadow.submit({u: (r.payload["trigger_event_id"], windows.get(u, ()), serving[u])
-                                          for r in recs if (u := r.user_id) in serving}, ids)
+            fresh = fresh or {}
+            outcome = self.shadow.submit({u: (r.payload["trigger_event_id"], windows.get(u, ()), serving[u],
+                                              *fresh.get(u, (0, 0))) for r in recs if (u := r.user_id) in serving}, ids)
             self.metrics.shadow_batches.labels(outcome).inc()
 
     def record(self, events: Sequence[ClickEvent]) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -308,7 +309,11 @@ class Processor:
                 top_k=s.top_k, because_k=s.because_k, exclude_seen=s.exclude_seen,
                 outputs=outputs, inputs=rows,
             )  # fmt: skip
-            await self.live.finish(prep.model, recs, res.raw, rows)
+            fresh = None
+            if self.live.shadow.model is not None:  # a shadow's per-user caches follow Redis' #seq
+                new = Counter(ev.user_id for (ev, _, _), a in zip(parsed.events, res.applied, strict=True) if a)
+                fresh = {u: (res.seq.get(u, 0), new[u]) for u in triggers}
+            await self.live.finish(prep.model, recs, res.raw, rows, fresh)
             if st is not None:
                 st.lap("recommend")
             payloads = {r.user_id: r.to_json() for r in recs}

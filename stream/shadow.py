@@ -16,7 +16,11 @@ Its lists are never published. What is kept, per candidate version:
 
 The candidate sees each row's window as the serving rows hold it (an incremental model's cached
 user: its newest ``max_len`` events), with the same exclusions: the user's recent items and the
-policy's blocked items (cool-downs are not applied to shadow lists).
+policy's blocked items (cool-downs are not applied to shadow lists). An incremental candidate
+keeps its own per-user key/value caches (``CACHE_MB`` more memory at most) and scores a user
+with one new event since its last shadowed batch by its step graph, like the serving path; the
+others go through its full graph over the window (a user whose history is longer than the
+window the serving rows hold gets a cache built from that window).
 """
 
 from __future__ import annotations
@@ -33,10 +37,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from attnrec.manifest import OOV
-from stream.logic import build_inputs
+from stream.cache import KVCache
+from stream.logic import build_inputs, build_step_inputs
 from stream.model import LoadedModel
 
-__all__ = ["SHADOW_NICE", "ShadowResult", "Shadow", "candidate_lists", "overlap"]
+__all__ = ["SHADOW_NICE", "ShadowResult", "Shadow", "candidate_lists", "incremental_lists", "overlap"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +56,23 @@ class ShadowResult:
     ms: float  # the candidate's scoring time for the batch
 
 
+def _with_blocked(model: LoadedModel, exclude: np.ndarray, blocked: frozenset[str]) -> np.ndarray:
+    idx = [j for i in blocked if (j := model.item_index.get(i.encode())) is not None]
+    if not idx or not len(exclude):
+        return exclude
+    glob = np.asarray(sorted(idx), dtype=np.int64)
+    return np.ascontiguousarray(np.concatenate([exclude, np.broadcast_to(glob, (len(exclude), glob.size))], axis=1))
+
+
+def _lists(model: LoadedModel, users: Sequence[str], top: np.ndarray, scores: np.ndarray, k: int
+           ) -> dict[str, list[tuple[str, float]]]:
+    ok = (top > OOV) & np.isfinite(scores)
+    ids = model.item_ids
+    top_l, sc_l, ok_l = top.tolist(), np.round(np.where(ok, scores, 0.0).astype(np.float64), 4).tolist(), ok.tolist()
+    return {u: [(ids[i], sc) for i, sc, good in zip(top_l[r], sc_l[r], ok_l[r], strict=True) if good][:k]
+            for r, u in enumerate(users)}
+
+
 def candidate_lists(model: LoadedModel, windows: Mapping[str, Sequence[bytes]], users: Sequence[str], *, k: int,
                     exclude_seen: bool, exclude_window: int, blocked: frozenset[str] = frozenset()
                     ) -> dict[str, list[tuple[str, float]]]:
@@ -60,17 +82,45 @@ def candidate_lists(model: LoadedModel, windows: Mapping[str, Sequence[bytes]], 
     inputs = build_inputs(model, windows, users, exclude_seen=exclude_seen, exclude_window=exclude_window)
     if not inputs.users:
         return {}
-    exclude = inputs.exclude
-    idx = [j for i in blocked if (j := model.item_index.get(i.encode())) is not None]
-    if idx:
-        glob = np.asarray(sorted(idx), dtype=np.int64)
-        exclude = np.ascontiguousarray(np.concatenate([exclude, np.broadcast_to(glob, (len(inputs.users), glob.size))], axis=1))
-    top, scores = model.run(inputs.items, inputs.types, inputs.gaps, exclude)[:2]
-    ok = (top > OOV) & np.isfinite(scores)
-    ids = model.item_ids
-    top_l, sc_l, ok_l = top.tolist(), np.round(np.where(ok, scores, 0.0).astype(np.float64), 4).tolist(), ok.tolist()
-    return {u: [(ids[i], sc) for i, sc, good in zip(top_l[r], sc_l[r], ok_l[r], strict=True) if good][:k]
-            for r, u in enumerate(inputs.users)}
+    top, scores = model.run(inputs.items, inputs.types, inputs.gaps, _with_blocked(model, inputs.exclude, blocked))[:2]
+    return _lists(model, inputs.users, top, scores, k)
+
+
+def incremental_lists(model: LoadedModel, cache: KVCache, rows: Mapping[str, tuple[Sequence[bytes], int, int]], *, k: int,
+                      exclude_seen: bool, exclude_window: int, blocked: frozenset[str] = frozenset()
+                      ) -> dict[str, list[tuple[str, float]]]:
+    """:func:`candidate_lists` for an incremental ``model`` with its own per-user ``cache``:
+    ``rows`` are user -> (window newest first, the user's Redis ``#seq``, its new events in the
+    batch). A user with exactly one new event and a cache in step is scored by the step graph;
+    the others by the full graph over the window, which refills their caches."""
+    if cache.version != model.version:
+        cache.reset(model.version)
+    keep = max(model.max_len, exclude_window if exclude_seen else 1)
+    hits, misses = [], []
+    for u, (window, seq, new) in rows.items():
+        c = cache.hit(u, seq, new) if window else None
+        if c is not None:
+            hits.append((u, c, window[0]))
+        else:
+            misses.append(u)
+    out: dict[str, list[tuple[str, float]]] = {}
+    if hits:
+        st = build_step_inputs(model, [u for u, _, _ in hits], [e for _, _, e in hits], [c for _, c, _ in hits],
+                               exclude_seen=exclude_seen, exclude_window=exclude_window)
+        top, scores, _, new_kv = model.run_step(st.items, st.types, st.gaps, st.cache, st.cache_len,
+                                                _with_blocked(model, st.exclude, blocked))
+        for r, (u, c, entry) in enumerate(hits):
+            cache.advance(u, c, new_kv[r], entry, keep)
+        out.update(_lists(model, st.users, top, scores, k))
+    if misses:
+        windows = {u: rows[u][0] for u in misses}
+        f = build_inputs(model, windows, misses, exclude_seen=exclude_seen, exclude_window=exclude_window)
+        if f.users:
+            top, scores, _, kv, n = model.run(f.items, f.types, f.gaps, _with_blocked(model, f.exclude, blocked))
+            for r, u in enumerate(f.users):
+                cache.put(u, kv[r], int(n[r]), rows[u][1], list(windows[u][:keep]))
+            out.update(_lists(model, f.users, top, scores, k))
+    return out
 
 
 def overlap(a: Sequence[str], b: Sequence[str], k: int = 10) -> float:
@@ -88,10 +138,12 @@ def _lower_priority() -> None:
 class Shadow:
     """The candidate model, its thread and its finished results (drained by the event loop)."""
 
-    def __init__(self, fraction: float, *, k: int, exclude_seen: bool, exclude_window: int) -> None:
+    def __init__(self, fraction: float, *, k: int, exclude_seen: bool, exclude_window: int,
+                 cache_bytes: int = 256 * 2**20, cache_dtype: str = "float32") -> None:
         self.fraction = fraction
         self.k, self.exclude_seen, self.exclude_window = k, exclude_seen, exclude_window
         self.model: LoadedModel | None = None
+        self.cache = KVCache(cache_bytes, cache_dtype)  # an incremental candidate's own key/value caches
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow", initializer=_lower_priority)
         self._busy = False
         self._credit = 0.0  # SHADOW_FRACTION's share of batches, accumulated
@@ -106,9 +158,10 @@ class Shadow:
         elif old is not None:
             log.info("shadow scoring of %s stopped", old)
 
-    def submit(self, rows: Mapping[str, tuple[str, Sequence[bytes], list[str]]], blocked: frozenset[str]) -> str:
-        """Score ``rows`` (user -> (trigger event id, window, serving list)) with the candidate
-        in the shadow thread; returns ``scored``, ``busy``, ``fraction`` or ``off``."""
+    def submit(self, rows: Mapping[str, tuple[str, Sequence[bytes], list[str], int, int]], blocked: frozenset[str]) -> str:
+        """Score ``rows`` (user -> (trigger event id, window newest first, serving list, Redis
+        ``#seq``, new events in the batch)) with the candidate in the shadow thread; returns
+        ``scored``, ``busy``, ``fraction`` or ``off``."""
         m = self.model
         if m is None or not rows:
             return "off"
@@ -124,12 +177,15 @@ class Shadow:
         self._pool.submit(self._score, m, dict(rows), blocked)
         return "scored"
 
-    def _score(self, m: LoadedModel, rows: dict[str, tuple[str, Sequence[bytes], list[str]]], blocked: frozenset[str]) -> None:
+    def _score(self, m: LoadedModel, rows: dict[str, tuple[str, Sequence[bytes], list[str], int, int]],
+               blocked: frozenset[str]) -> None:
         try:
             t0 = time.perf_counter()
-            windows = {u: w for u, (_, w, _) in rows.items()}
-            lists = candidate_lists(m, windows, list(rows), k=self.k, exclude_seen=self.exclude_seen,
-                                    exclude_window=self.exclude_window, blocked=blocked)
+            opts = {"k": self.k, "exclude_seen": self.exclude_seen, "exclude_window": self.exclude_window, "blocked": blocked}
+            if m.incremental:
+                lists = incremental_lists(m, self.cache, {u: (r[1], r[3], r[4]) for u, r in rows.items()}, **opts)
+            else:
+                lists = candidate_lists(m, {u: r[1] for u, r in rows.items()}, list(rows), **opts)
             ms = 1000 * (time.perf_counter() - t0)
             self.done.append(ShadowResult(m.version, {u: (rows[u][0], [i for i, _ in lst], rows[u][2])
                                                       for u, lst in lists.items()}, ms))

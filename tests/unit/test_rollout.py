@@ -185,6 +185,7 @@ def test_shadow_pointer_and_online_promotion_go_to_the_history(registry_versions
 
 class _FakeModel:
     version = "cand"
+    incremental = False
 
     def __init__(self, delay: float = 0.0) -> None:
         self.delay = delay
@@ -199,9 +200,9 @@ def test_shadow_samples_its_fraction_and_never_queues_behind_itself(monkeypatch:
 
     monkeypatch.setattr(sh, "candidate_lists", slow_lists)
     s = Shadow(0.5, k=10, exclude_seen=True, exclude_window=50)
-    assert s.submit({"u": ("t", (), ["a"])}, frozenset()) == "off"  # no candidate
+    assert s.submit({"u": ("t", (), ["a"], 1, 1)}, frozenset()) == "off"  # no candidate
     s.set_model(_FakeModel(delay=0.3))  # type: ignore[arg-type]
-    outcomes = [s.submit({"u": ("t", (), ["a"])}, frozenset()) for _ in range(6)]
+    outcomes = [s.submit({"u": ("t", (), ["a"], 1, 1)}, frozenset()) for _ in range(6)]
     assert outcomes == ["fraction", "scored", "fraction", "busy", "fraction", "busy"]
     time.sleep(0.5)
     (res,) = s.drain()
@@ -212,3 +213,40 @@ def test_shadow_samples_its_fraction_and_never_queues_behind_itself(monkeypatch:
 def test_overlap() -> None:
     assert overlap(list("abcdefghij"), list("abcdeKLMNO")) == 0.5
     assert overlap([], list("abc")) == 0.0
+
+
+def test_an_incremental_candidate_is_shadow_scored_from_its_own_caches_like_from_its_full_graph(tmp_path: Path) -> None:
+    from exporter.export import export_checkpoint
+    from exporter.testing import write_random_checkpoint
+    from stream.cache import KVCache
+    from stream.logic import format_entry
+    from stream.model import load_model
+    from stream.shadow import candidate_lists, incremental_lists
+
+    ckpt = write_random_checkpoint(tmp_path / "ckpt", n_items=80, max_len=6, d_model=16, n_blocks=2, n_heads=2,
+                                   positions="relative", n_samples=16, seed=9)
+    reg = Registry(tmp_path / "reg")
+    m = load_model(reg.version_dir(export_checkpoint(ckpt, reg.root)))
+    assert m.incremental
+    cache = KVCache(2**24)
+    rng = np.random.default_rng(4)
+    items = m.item_ids[2:]
+    hist: dict[str, list[bytes]] = {f"u{i}": [] for i in range(12)}
+    opts = {"k": 10, "exclude_seen": True, "exclude_window": 8}
+    steps = 0
+    for rnd in range(15):
+        users = [u for u in hist if rng.random() < 0.7]  # some users skip a batch, some get two events
+        new = {u: 1 + int(rng.random() < 0.2) for u in users}
+        for u in users:
+            for j in range(new[u]):
+                hist[u].insert(0, format_entry(1_764_300_000_000 + 1000 * (2 * rnd + j), "click",
+                                               items[int(rng.integers(0, len(items)))]).encode())
+        windows = {u: hist[u][:20] for u in users}
+        steps += sum(1 for u in users if (c := cache.peek(u)) is not None and new[u] == 1 and c.seq == len(hist[u]) - 1)
+        inc = incremental_lists(m, cache, {u: (windows[u], len(hist[u]), new[u]) for u in users}, **opts)
+        full = candidate_lists(m, windows, users, **opts)
+        assert inc.keys() == full.keys()
+        for u in users:
+            assert [i for i, _ in inc[u]] == [i for i, _ in full[u]], (rnd, u)
+            assert [s for _, s in inc[u]] == pytest.approx([s for _, s in full[u]], abs=2e-3)
+    assert steps > 40, "the step graph scored too few rows to be tested"
