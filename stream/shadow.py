@@ -3,8 +3,10 @@
 The candidate (``attnrec models shadow VERSION``: the registry's ``SHADOW`` pointer, loaded and
 checked by the model watcher like a promotion) scores a ``SHADOW_FRACTION`` of batches, after
 the batch's recommendations are handed to the producer, in its own thread at a lower CPU
-priority, one batch at a time: a batch that finds the shadow still busy is not shadowed
-(counted as ``busy``), so a slow candidate can never queue work in front of the serving path.
+priority, one batch at a time and in order (so an incremental candidate's caches stay in step,
+as the serving ones do); a batch that finds ``max_pending`` batches already queued is not
+shadowed (counted as ``busy``), so a candidate slower than the stream costs a bounded queue,
+never work in front of the serving path.
 Its lists are never published. What is kept, per candidate version:
 
 - overlap@10 with the serving model's list for the same user and trigger;
@@ -139,13 +141,15 @@ class Shadow:
     """The candidate model, its thread and its finished results (drained by the event loop)."""
 
     def __init__(self, fraction: float, *, k: int, exclude_seen: bool, exclude_window: int,
-                 cache_bytes: int = 256 * 2**20, cache_dtype: str = "float32") -> None:
+                 cache_bytes: int = 256 * 2**20, cache_dtype: str = "float32", max_pending: int = 16) -> None:
         self.fraction = fraction
         self.k, self.exclude_seen, self.exclude_window = k, exclude_seen, exclude_window
         self.model: LoadedModel | None = None
         self.cache = KVCache(cache_bytes, cache_dtype)  # an incremental candidate's own key/value caches
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow", initializer=_lower_priority)
-        self._busy = False
+        self.max_pending = max_pending  # batches queued for the shadow thread at most
+        self._pending = 0
+        self._lock = threading.Lock()
         self._credit = 0.0  # SHADOW_FRACTION's share of batches, accumulated
         self.done: deque[ShadowResult] = deque()
         self.skipped = {"busy": 0, "fraction": 0}
@@ -170,12 +174,18 @@ class Shadow:
             self.skipped["fraction"] += 1
             return "fraction"
         self._credit -= 1.0
-        if self._busy:
-            self.skipped["busy"] += 1
-            return "busy"
-        self._busy = True
+        with self._lock:
+            if self._pending >= self.max_pending:
+                self.skipped["busy"] += 1
+                return "busy"
+            self._pending += 1
         self._pool.submit(self._score, m, dict(rows), blocked)
         return "scored"
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued or scoring."""
+        return self._pending == 0
 
     def _score(self, m: LoadedModel, rows: dict[str, tuple[str, Sequence[bytes], list[str], int, int]],
                blocked: frozenset[str]) -> None:
@@ -192,7 +202,8 @@ class Shadow:
         except Exception:  # the shadow must never take the worker down
             log.exception("shadow scoring of a batch with %s failed", m.version)
         finally:
-            self._busy = False
+            with self._lock:
+                self._pending -= 1
 
     def drain(self) -> list[ShadowResult]:
         out = []

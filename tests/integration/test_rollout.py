@@ -62,7 +62,7 @@ def _random_registry(root: Path) -> tuple[Path, str, str]:
 
 async def _wait_idle(run: BatchRun) -> None:
     for _ in range(500):
-        if not run.proc.live.shadow._busy:
+        if run.proc.live.shadow.idle:
             return
         time.sleep(0.01)
     raise AssertionError("the shadow never finished its batch")

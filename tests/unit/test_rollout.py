@@ -199,7 +199,7 @@ def test_shadow_samples_its_fraction_and_never_queues_behind_itself(monkeypatch:
         return {u: [("x", 1.0)] for u in users}
 
     monkeypatch.setattr(sh, "candidate_lists", slow_lists)
-    s = Shadow(0.5, k=10, exclude_seen=True, exclude_window=50)
+    s = Shadow(0.5, k=10, exclude_seen=True, exclude_window=50, max_pending=1)
     assert s.submit({"u": ("t", (), ["a"], 1, 1)}, frozenset()) == "off"  # no candidate
     s.set_model(_FakeModel(delay=0.3))  # type: ignore[arg-type]
     outcomes = [s.submit({"u": ("t", (), ["a"], 1, 1)}, frozenset()) for _ in range(6)]
@@ -208,6 +208,12 @@ def test_shadow_samples_its_fraction_and_never_queues_behind_itself(monkeypatch:
     (res,) = s.drain()
     assert res.version == "cand" and res.lists == {"u": ("t", ["x"], ["a"])} and res.ms >= 290
     s.close()
+    q = Shadow(1.0, k=10, exclude_seen=True, exclude_window=50, max_pending=2)  # a queue of two, scored in order
+    q.set_model(_FakeModel(delay=0.2))  # type: ignore[arg-type]
+    assert [q.submit({f"u{i}": (f"t{i}", (), ["a"], 1, 1)}, frozenset()) for i in range(3)] == ["scored", "scored", "busy"]
+    time.sleep(0.6)
+    assert q.idle and [list(r.lists) for r in q.drain()] == [["u0"], ["u1"]]
+    q.close()
 
 
 def test_overlap() -> None:
