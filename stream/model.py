@@ -147,7 +147,9 @@ class ModelWatcher:
         self.last_error: str | None = None
 
     def load_now(self) -> LoadedModel | None:
-        """Synchronously load CURRENT (used at start-up). None when nothing is promoted."""
+        """Synchronously load CURRENT, and a SHADOW version if any (used at start-up). None when
+        nothing is promoted."""
+        self.poll_shadow()
         v = self.registry.current_version()
         self._seen = v
         if v is None:
