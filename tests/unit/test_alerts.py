@@ -71,6 +71,10 @@ def test_the_grafana_panels_and_the_alerts_query_series_the_worker_exports(tmp_p
     assert {"attnrec_shadow_overlap_sum", "attnrec_online_ndcg_total", "attnrec_shadow_batches_total"} <= names
     unknown = sorted(names - _worker_series())
     assert not unknown, f"queried but never exported by the worker: {unknown}"
+    titles = " ".join(p["title"] for p in panels)
+    for figure in ("events in", "recommendations out", "latency", "lag", "dead letters", "model", "online HR@10",
+                   "candidate vs serving", "interleaving", "shadow"):
+        assert figure in titles, figure
     # every panel's query parses: promtool checks them as recording rules ($__rate_interval is Grafana's)
     doc = {"groups": [{"name": "grafana", "rules": [{"record": f"panel_{i}", "expr": e.replace("$__rate_interval", "5m")}
                                                    for i, e in enumerate(exprs)]}]}
