@@ -60,6 +60,7 @@ class LoadedModel:
     history_len: int = 0  # events the full graph reads (incremental: n_blocks*(L-1)+1; else max_len)
     cache_shape: tuple[int, int, int, int] = (0, 0, 0, 0)  # incremental: (blocks, 2, L-1, d) per user
     loaded_at: float = field(default_factory=time.time)
+    path: Path | None = None  # the registry version directory it was loaded from
     #: stream.logic.EntryTable memo of parsed buffer entries; its indices belong to this version
     entry_table: Any = field(default=None, repr=False, compare=False)
 
@@ -106,6 +107,7 @@ def load_model(vdir: Path, *, threads: int = 1, session_factory: SessionFactory 
         popularity=[str(p) for p in manifest.get("popularity") or []],
         step_session=checked.step_session,
         history_len=int(manifest.get("history_len") or manifest.get("max_len", 50)),
+        path=Path(vdir),
     )
     if model.incremental:
         c = manifest["cache"]

@@ -8,6 +8,7 @@ generator) rather than inferred from wall time.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from typing import Any
@@ -28,12 +29,21 @@ def loadavg() -> list[float]:
 
 
 def cpu_seconds(proc: Any) -> float:
-    """User + system CPU seconds of a ``psutil.Process`` and its reaped children; 0 when gone."""
+    """User + system CPU seconds of a ``psutil.Process``, its reaped children and its running
+    ones (a worker's shadow-scoring process); 0 when gone."""
     try:
         t = proc.cpu_times()
-        return float(t.user + t.system + getattr(t, "children_user", 0.0) + getattr(t, "children_system", 0.0))
+        total = float(t.user + t.system + getattr(t, "children_user", 0.0) + getattr(t, "children_system", 0.0))
     except Exception:
         return 0.0
+    try:
+        for child in proc.children(recursive=True):
+            with contextlib.suppress(Exception):
+                c = child.cpu_times()
+                total += float(c.user + c.system)
+    except Exception:
+        pass
+    return total
 
 
 def stack_procs(s: Settings) -> dict[str, Any]:

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import subprocess
 import sys
@@ -61,10 +62,10 @@ def _random_registry(root: Path) -> tuple[Path, str, str]:
 
 
 async def _wait_idle(run: BatchRun) -> None:
-    for _ in range(500):
+    for _ in range(3000):
         if run.proc.live.shadow.idle:
             return
-        time.sleep(0.01)
+        await asyncio.sleep(0.01)  # the event loop reads the shadow process's answers
     raise AssertionError("the shadow never finished its batch")
 
 

@@ -5,6 +5,7 @@ interval, the online evaluation's pairing of shadow lists, the comparisons the d
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -183,37 +184,34 @@ def test_shadow_pointer_and_online_promotion_go_to_the_history(registry_versions
     assert all(schemas.validate("model-updates", h) == [] for h in reg.history())  # what a notifier would send
 
 
-class _FakeModel:
-    version = "cand"
-    incremental = False
+async def test_shadow_samples_its_fraction_and_queues_at_most_max_pending(registry_versions: tuple[Path, str, str]) -> None:
+    import asyncio
 
-    def __init__(self, delay: float = 0.0) -> None:
-        self.delay = delay
+    from stream.logic import format_entry
+    from stream.model import load_model
 
-
-def test_shadow_samples_its_fraction_and_never_queues_behind_itself(monkeypatch: pytest.MonkeyPatch) -> None:
-    import stream.shadow as sh
-
-    def slow_lists(model, windows, users, **kw):  # noqa: ANN001, ANN003, ANN202
-        time.sleep(model.delay)
-        return {u: [("x", 1.0)] for u in users}
-
-    monkeypatch.setattr(sh, "candidate_lists", slow_lists)
+    root, v1, _ = registry_versions
+    m = load_model(Registry(root).version_dir(v1))
+    window = [format_entry(1_764_300_000_000 + i, "click", m.item_ids[2 + i]).encode() for i in range(5)][::-1]
+    rows = {f"u{i}": (f"t{i}", window, ["a"], 5, 1) for i in range(3)}
     s = Shadow(0.5, k=10, exclude_seen=True, exclude_window=50, max_pending=1)
-    assert s.submit({"u": ("t", (), ["a"], 1, 1)}, frozenset()) == "off"  # no candidate
-    s.set_model(_FakeModel(delay=0.3))  # type: ignore[arg-type]
-    outcomes = [s.submit({"u": ("t", (), ["a"], 1, 1)}, frozenset()) for _ in range(6)]
-    assert outcomes == ["fraction", "scored", "fraction", "busy", "fraction", "busy"]
-    time.sleep(0.5)
-    (res,) = s.drain()
-    assert res.version == "cand" and res.lists == {"u": ("t", ["x"], ["a"])} and res.ms >= 290
-    s.close()
-    q = Shadow(1.0, k=10, exclude_seen=True, exclude_window=50, max_pending=2)  # a queue of two, scored in order
-    q.set_model(_FakeModel(delay=0.2))  # type: ignore[arg-type]
-    assert [q.submit({f"u{i}": (f"t{i}", (), ["a"], 1, 1)}, frozenset()) for i in range(3)] == ["scored", "scored", "busy"]
-    time.sleep(0.6)
-    assert q.idle and [list(r.lists) for r in q.drain()] == [["u0"], ["u1"]]
-    q.close()
+    assert s.submit(rows, frozenset()) == "off"  # no candidate
+    s.set_model(m)
+    try:
+        # the process is still starting: the first sampled batch waits in the queue, the next finds it full
+        outcomes = [s.submit(rows, frozenset()) for _ in range(6)]
+        assert outcomes == ["fraction", "scored", "fraction", "busy", "fraction", "busy"]
+        deadline = time.monotonic() + 60
+        while not s.idle and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)  # the event loop reads the process's answers
+        (res,) = s.drain()
+        assert res.version == v1 and set(res.lists) == set(rows) and res.ms > 0
+        for u, (tag, cand, serving) in res.lists.items():
+            assert tag == rows[u][0] and serving == ["a"] and len(cand) == 10
+            assert not set(cand) & {e.decode().split("|")[2] for e in window}, "a seen item was shadow-recommended"
+        assert s._proc.pid != os.getpid() and s._proc.is_alive()  # scored in another process
+    finally:
+        s.close()
 
 
 def test_overlap() -> None:
