@@ -61,7 +61,7 @@ def cmd_models_shadow(s: Settings, args: Any) -> int:
         if version:
             reg.set_shadow(version, reason="attnrec models shadow")
             print(f"workers now shadow-score {version} beside CURRENT {reg.current_version()} "
-                  f"(ATTNREC_SHADOW_FRACTION of batches; interleaved for ATTNREC_INTERLEAVE_FRACTION of users)")
+                  f"(ATTNREC_SHADOW_FRACTION of users; interleaved for ATTNREC_INTERLEAVE_FRACTION of users)")
             return 0
         rows = online_figures(s)
     except AttnrecError as exc:

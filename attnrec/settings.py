@@ -161,7 +161,7 @@ class _CoreFields(BaseSettings):
     online_eval: bool = Field(
         True, description="ATTNREC_ONLINE_EVAL: prequential evaluation: whether each user's next event hits the top-10 emitted for them (model, trending-now and the static list), per model version and policy, in /metrics"
     )
-    shadow_fraction: float = Field(1.0, ge=0, le=1, description="ATTNREC_SHADOW_FRACTION: share of batches the shadow version (attnrec models shadow VERSION) scores beside the serving one, off the hot path")
+    shadow_fraction: float = Field(1.0, ge=0, le=1, description="ATTNREC_SHADOW_FRACTION: share of users (a stable hash; all their events) the shadow version (attnrec models shadow VERSION) scores beside the serving one, off the hot path")
     interleave_fraction: float = Field(0.0, ge=0, le=1, description="ATTNREC_INTERLEAVE_FRACTION: share of users (a stable hash) whose published list team-draft interleaves the serving and the shadow version (0 = off; needs a shadow version)")
     because_k: int = Field(3, ge=0, description="ATTNREC_BECAUSE_K: past events listed in `because`")
     buffer_len: int = Field(200, ge=1, description="ATTNREC_BUFFER_LEN: events kept per user in Redis")

@@ -27,21 +27,21 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["TEAMS", "in_experiment", "team_draft", "credit", "WinRate", "win_rate"]
+__all__ = ["TEAMS", "unit_hash", "in_experiment", "team_draft", "credit", "WinRate", "win_rate"]
 
 TEAMS = ("serving", "candidate")
 #: The normal mixture's width: the interval is tightest around ``n / 4 ≈ RHO`` preferences.
 RHO = 10.0
 
 
-def _unit(text: str) -> float:
+def unit_hash(text: str) -> float:
     """A stable number in [0, 1) from ``text`` (not Python's per-process hash)."""
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big") / 2.0**64
 
 
 def in_experiment(user_id: str, fraction: float) -> bool:
     """True for a stable ``fraction`` of users (the same users in every worker and restart)."""
-    return fraction > 0 and (fraction >= 1 or _unit("interleave|" + user_id) < fraction)
+    return fraction > 0 and (fraction >= 1 or unit_hash("interleave|" + user_id) < fraction)
 
 
 def team_draft(serving: Sequence[str], candidate: Sequence[str], k: int, seed: str) -> list[tuple[str, str]]:

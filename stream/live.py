@@ -177,6 +177,8 @@ class LiveLayer:
         m, sums = self.metrics, self._sums
         for res in self.shadow.drain():
             m.shadow_ms.observe(res.ms)
+            for graph, n in res.rows.items():
+                m.shadow_rows.labels(graph).inc(n)
             joined = 0
             ov = 0.0
             for user, (tag, cand, serving) in res.lists.items():

@@ -1,7 +1,8 @@
 """Shadow scoring: a candidate version scores the serving model's rows off the hot path.
 
 The candidate (``attnrec models shadow VERSION``: the registry's ``SHADOW`` pointer, loaded and
-checked by the model watcher like a promotion) scores a ``SHADOW_FRACTION`` of batches, after
+checked by the model watcher like a promotion) scores the rows of a ``SHADOW_FRACTION`` of users
+(a stable hash: every event of theirs, so an incremental candidate's caches stay in step), after
 the batch's recommendations are handed to the producer, in a child process of the worker that
 runs only on CPU time nothing else wants (Linux ``SCHED_IDLE``; elsewhere nice +10), one batch
 at a time and in order (so an incremental candidate's
@@ -40,7 +41,7 @@ import struct
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ import numpy as np
 
 from attnrec.manifest import OOV
 from stream.cache import KVCache
+from stream.interleave import unit_hash
 from stream.logic import build_inputs, build_step_inputs
 from stream.model import LoadedModel, load_model
 
@@ -65,6 +67,7 @@ class ShadowResult:
     version: str  # the candidate's
     lists: dict[str, tuple[str, list[str], list[str]]]  # user -> (trigger event id, candidate's list, serving list)
     ms: float  # the candidate's scoring time for the batch
+    rows: dict[str, int] = field(default_factory=dict)  # rows scored per graph: step (from a cache), full
 
 
 def _with_blocked(model: LoadedModel, exclude: np.ndarray, blocked: frozenset[str]) -> np.ndarray:
@@ -98,8 +101,8 @@ def candidate_lists(model: LoadedModel, windows: Mapping[str, Sequence[bytes]], 
 
 
 def incremental_lists(model: LoadedModel, cache: KVCache, rows: Mapping[str, tuple[Sequence[bytes], int, int]], *, k: int,
-                      exclude_seen: bool, exclude_window: int, blocked: frozenset[str] = frozenset()
-                      ) -> dict[str, list[tuple[str, float]]]:
+                      exclude_seen: bool, exclude_window: int, blocked: frozenset[str] = frozenset(),
+                      counts: dict[str, int] | None = None) -> dict[str, list[tuple[str, float]]]:
     """:func:`candidate_lists` for an incremental ``model`` with its own per-user ``cache``:
     ``rows`` are user -> (window newest first, the user's Redis ``#seq``, its new events in the
     batch). A user with exactly one new event and a cache in step is scored by the step graph;
@@ -115,6 +118,9 @@ def incremental_lists(model: LoadedModel, cache: KVCache, rows: Mapping[str, tup
         else:
             misses.append(u)
     out: dict[str, list[tuple[str, float]]] = {}
+    if counts is not None:
+        counts["step"] += len(hits)
+        counts["full"] += len(misses)
     if hits:
         st = build_step_inputs(model, [u for u, _, _ in hits], [e for _, _, e in hits], [c for _, c, _ in hits],
                                exclude_seen=exclude_seen, exclude_window=exclude_window)
@@ -173,17 +179,20 @@ def _child(conn: Any, k: int, exclude_seen: bool, exclude_window: int, cache_byt
             blocked = new_blocked
         t0 = time.perf_counter()
         out: dict[str, tuple[str, list[str], list[str]]] = {}
+        counts = {"step": 0, "full": 0}
         try:
             if model is not None:
                 opts = {"k": k, "exclude_seen": exclude_seen, "exclude_window": exclude_window, "blocked": blocked}
                 if model.incremental:
-                    lists = incremental_lists(model, cache, {u: (r[1], r[3], r[4]) for u, r in rows.items()}, **opts)
+                    lists = incremental_lists(model, cache, {u: (r[1], r[3], r[4]) for u, r in rows.items()}, counts=counts,
+                                              **opts)
                 else:
                     lists = candidate_lists(model, {u: r[1] for u, r in rows.items()}, list(rows), **opts)
+                    counts["full"] = len(lists)
                 out = {u: (rows[u][0], [i for i, _ in lst], rows[u][2]) for u, lst in lists.items()}
         except Exception:  # one batch lost, never the worker
             log.exception("shadow scoring of a batch failed")
-        conn.send(("result", model.version if model is not None else None, out, 1000 * (time.perf_counter() - t0)))
+        conn.send(("result", model.version if model is not None else None, out, 1000 * (time.perf_counter() - t0), counts))
 
 
 class Shadow:
@@ -199,7 +208,6 @@ class Shadow:
         self.model: LoadedModel | None = None
         self.max_pending = max_pending  # batches queued for the shadow process at most
         self._pending = 0
-        self._credit = 0.0  # SHADOW_FRACTION's share of batches, accumulated
         self._proc: Any = None
         self._conn: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -290,9 +298,9 @@ class Shadow:
                 self.error = msg[2]
                 log.error("the shadow process could not load its model: %s", msg[2])
             return
-        _, version, lists, ms = msg
+        _, version, lists, ms, counts = msg
         if version is not None:
-            self.done.append(ShadowResult(version, lists, ms))
+            self.done.append(ShadowResult(version, lists, ms, counts))
         self._pending = max(0, self._pending - 1)
 
     def _stop_io(self) -> None:
@@ -319,22 +327,22 @@ class Shadow:
                 raise ValueError(f"model {m.version} has no registry directory to shadow it from")
             self._start()
             self._send(("model", str(m.path)))
-            log.info("shadow scoring with %s (%.0f%% of batches, in process %s)", m.version, 100 * self.fraction,
+            log.info("shadow scoring with %s (%.0f%% of users, in process %s)", m.version, 100 * self.fraction,
                      self._proc.pid)
         elif old is not None:
             log.info("shadow scoring of %s stopped", old)
 
     def submit(self, rows: Mapping[str, tuple[str, Sequence[bytes], list[str], int, int]], blocked: frozenset[str]) -> str:
         """Queue ``rows`` (user -> (trigger event id, window newest first, serving list, Redis
-        ``#seq``, new events in the batch)) for the shadow process; returns ``scored``, ``busy``,
-        ``fraction`` or ``off``."""
+        ``#seq``, new events in the batch)) of the sampled users for the shadow process; returns
+        ``scored``, ``busy``, ``fraction`` (no sampled user in the batch) or ``off``."""
         if self.model is None or not rows:
             return "off"
-        self._credit += self.fraction
-        if self._credit < 1.0:
-            self.skipped["fraction"] += 1
-            return "fraction"
-        self._credit -= 1.0
+        if self.fraction < 1.0:  # a stable share of users, every event of theirs: their caches stay in step
+            rows = {u: r for u, r in rows.items() if unit_hash("shadow|" + u) < self.fraction}
+            if not rows:
+                self.skipped["fraction"] += 1
+                return "fraction"
         if self._pending >= self.max_pending:
             self.skipped["busy"] += 1
             return "busy"

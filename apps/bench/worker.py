@@ -170,7 +170,7 @@ def wait_ready(url: str, timeout: float, handle: WorkerHandle | None = None) -> 
 
 
 #: Counters :func:`scrape` also keeps per label set (``name{labels}`` -> value).
-_BY_LABEL = frozenset({"attnrec_shadow_batches_total"})
+_BY_LABEL = frozenset({"attnrec_shadow_batches_total", "attnrec_shadow_rows_total"})
 
 
 def scrape(url: str, token: str | None = None) -> dict[str, float]:

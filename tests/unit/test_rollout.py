@@ -193,19 +193,25 @@ async def test_shadow_samples_its_fraction_and_queues_at_most_max_pending(regist
     root, v1, _ = registry_versions
     m = load_model(Registry(root).version_dir(v1))
     window = [format_entry(1_764_300_000_000 + i, "click", m.item_ids[2 + i]).encode() for i in range(5)][::-1]
-    rows = {f"u{i}": (f"t{i}", window, ["a"], 5, 1) for i in range(3)}
+    from stream.interleave import unit_hash
+
+    users = [f"u{i}" for i in range(40)]
+    sampled = [u for u in users if unit_hash("shadow|" + u) < 0.5]
+    assert 10 < len(sampled) < 30
+    rows = {u: (f"t-{u}", window, ["a"], 5, 1) for u in users}
     s = Shadow(0.5, k=10, exclude_seen=True, exclude_window=50, max_pending=1)
     assert s.submit(rows, frozenset()) == "off"  # no candidate
     s.set_model(m)
     try:
-        # the process is still starting: the first sampled batch waits in the queue, the next finds it full
-        outcomes = [s.submit(rows, frozenset()) for _ in range(6)]
-        assert outcomes == ["fraction", "scored", "fraction", "busy", "fraction", "busy"]
+        other = {u: rows[u] for u in users if u not in sampled}
+        assert s.submit(other, frozenset()) == "fraction"  # no sampled user in the batch
+        # the process is still starting: the first batch waits in the queue, the next finds it full
+        assert [s.submit(rows, frozenset()) for _ in range(3)] == ["scored", "busy", "busy"]
         deadline = time.monotonic() + 60
         while not s.idle and time.monotonic() < deadline:
             await asyncio.sleep(0.05)  # the event loop reads the process's answers
         (res,) = s.drain()
-        assert res.version == v1 and set(res.lists) == set(rows) and res.ms > 0
+        assert res.version == v1 and set(res.lists) == set(sampled) and res.ms > 0  # the sampled users only
         for u, (tag, cand, serving) in res.lists.items():
             assert tag == rows[u][0] and serving == ["a"] and len(cand) == 10
             assert not set(cand) & {e.decode().split("|")[2] for e in window}, "a seen item was shadow-recommended"
