@@ -72,9 +72,13 @@ COMMANDS: tuple[Command, ...] = (
             (("--events", "demo_events"), ("--rate", "demo_rate"), ("--train-seconds", "demo_train_seconds"),
              ("--keep-stack", "demo_keep_stack"), ("--scenario", "demo_scenario"), *_HOME)),
     Command("train", "train a model (defaults chosen from the data; early stopping on validation NDCG@10)",
-            "training.cli:cmd_train", (*_DATA, ("--out", "train_out"), *_MODEL)),
-    Command("eval", "leave-one-out full-ranking evaluation of a checkpoint or a baseline", "training.cli:cmd_eval",
-            (*_DATA, ("--model", "eval_model"), ("--baseline", "eval_baseline"), ("--split", "eval_split"),
+            "training.cli:cmd_train", (*_DATA, ("--out", "train_out"), *_MODEL, ("--items", "train_items"),
+                                       ("--id-dropout", "train_id_dropout"))),
+    Command("eval", "leave-one-out full-ranking evaluation of a checkpoint (--model), of the attention model trained "
+            "here (--train) or of a baseline trained here (--baseline; evaluation only, never exported); --noise "
+            "trains and evaluates on noisy data", "training.cli:cmd_eval",
+            (*_DATA, ("--model", "eval_model"), ("--baseline", "eval_baseline"), ("--train", "eval_train"),
+             ("--noise", "eval_noise"), ("--keep-history", "eval_keep_history"), ("--split", "eval_split"),
              ("--json", "eval_json"), *_MODEL)),
     Command("export", "export a checkpoint to ONNX, check it and publish it to the registry", "exporter.cli:cmd_export",
             (("--checkpoint", "checkpoint"), *_REGISTRY, ("--promote", "promote"), *_GATE, ("--top-k", "top_k"),

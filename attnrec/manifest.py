@@ -7,6 +7,9 @@ checks it, with the standard library only (no onnxruntime, no torch):
     <version>/manifest.json    the fields of REQUIRED_FIELDS, and more (docs/DESIGN.md)
     <version>/items.json       the item vocabulary: entry i is the item id of model index i + 2
     <version>/step.onnx        incremental models only: the step graph (below)
+    <version>/item_attributes.csv|.jsonl   models with item content only: the attribute file the
+                               item table was built from (``attributes_file``, ``attributes_sha256``);
+                               for the record: the graph's item table already holds the content
 
 Two kinds of model. A window model (``positions`` absent or "absolute") has one graph that
 scores a user's last ``max_len`` events. An incremental model (``positions: "relative"``) has
@@ -206,6 +209,8 @@ def verify_files(version_dir: str | os.PathLike[str], manifest: dict[str, Any]) 
              (manifest.get("items_file", ITEMS_FILE), manifest.get("items_sha256"))]
     if is_incremental(manifest):
         files.append((manifest.get("step_file", STEP_FILE), manifest.get("step_sha256")))
+    if manifest.get("attributes_file"):
+        files.append((manifest["attributes_file"], manifest.get("attributes_sha256")))
     for fname, expected in files:
         path = vdir / fname
         if not path.is_file():

@@ -12,6 +12,8 @@ Torch-free and onnx-free on purpose: the online worker imports this module. Layo
       <version>/model.onnx
       <version>/manifest.json
       <version>/items.json    the item vocabulary (index -> item_id), see below
+      <version>/item_attributes.csv|.jsonl   a model with item content: its attribute file
+                              (``attributes_file`` / ``attributes_sha256`` in the manifest)
 
 Item vocabulary: always a sidecar ``items.json`` (a JSON list; entry ``i`` is the item id of
 model index ``i + 2``; PAD = 0 and OOV = 1 have no id). The manifest names it in
@@ -182,6 +184,7 @@ class Registry:
         items: Sequence[str] | None = None,
         check: bool = True,
         step_onnx_path: str | os.PathLike[str] | None = None,
+        attributes_path: str | os.PathLike[str] | None = None,
     ) -> str:
         """Publish a model file with its manifest; returns the new version name.
 
@@ -224,6 +227,12 @@ class Registry:
                     os.fsync(f.fileno())
                 m["step_file"] = STEP_FILE
                 m["step_sha256"] = sha256_file(tmp / STEP_FILE)
+            if attributes_path is not None:  # item content: the attribute file travels with the version
+                name = "item_attributes" + (".csv" if Path(attributes_path).suffix.lower() == ".csv" else ".jsonl")
+                shutil.copyfile(attributes_path, tmp / name)
+                with open(tmp / name, "rb+") as f:
+                    os.fsync(f.fileno())
+                m["attributes_file"], m["attributes_sha256"] = name, sha256_file(tmp / name)
             now = _utcnow()
             m.setdefault("created_at", now.isoformat(timespec="seconds").replace("+00:00", "Z"))
             base = f"{now:%Y%m%dT%H%M}-{m['model_sha256'][:6]}"

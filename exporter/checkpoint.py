@@ -30,6 +30,8 @@ class Checkpoint:
     metrics: dict[str, Any]
     popularity: list[str]
     samples: list[dict[str, list[int]]]
+    content: dict[str, Any] | None = None  # content.json of a model with item content
+    attributes_file: Path | None = None  # its copy of the item attribute file
 
     @property
     def model_config(self) -> dict[str, Any]:
@@ -92,5 +94,12 @@ def load_checkpoint(checkpoint_dir: str | Path) -> Checkpoint:
     pop_raw = _read_json(path / "popularity.json", default=[])
     popularity = [str(x) for x in (pop_raw.get("items", []) if isinstance(pop_raw, dict) else pop_raw)]
     samples = _normalise_samples(_read_json(path / "samples.json", default=[]))
+    content = attributes = None
+    if getattr(model, "content", None) is not None:
+        content = _read_json(path / "content.json") if (path / "content.json").is_file() else {}
+        name = content.get("file")
+        attributes = path / name if name and (path / name).is_file() else None
+        if attributes is None:
+            log.warning("%s: a model with item content but no attribute file to publish beside it", path)
     return Checkpoint(path=path, model=model, config=config, vocab=vocab, metrics=metrics,
-                      popularity=popularity, samples=samples)
+                      popularity=popularity, samples=samples, content=content, attributes_file=attributes)

@@ -67,6 +67,10 @@ def build_manifest(ckpt: Checkpoint, *, top_k: int, parity: dict[str, Any], gold
         "parent": parent,
         "checkpoint": str(ckpt.path.resolve()),
     }
+    if ckpt.content is not None:  # item content: the graph's item table already holds it (export_checkpoint)
+        manifest["item_content"] = {k: v for k, v in ckpt.content.items() if k not in ("categories", "brands")}
+        manifest["item_content"].update(categories=len(ckpt.content.get("categories", [])),
+                                        brands=len(ckpt.content.get("brands", [])))
     if cfg.get("positions") == "relative":
         manifest.update({
             "positions": "relative",
@@ -97,10 +101,14 @@ def export_checkpoint(checkpoint_dir: str | Path, registry_root: str | Path, *, 
     if len(items) != n_items - 2:
         raise ModelError(f"vocab.json has {len(items)} items, model config n_items={n_items} implies {n_items - 2}")
     registry = Registry(registry_root)
+    # item content: the graph gets the combined item table (id + content) as its item embedding,
+    # so the graph and the worker are those of a model without content; parity compares it with
+    # the content model itself (ckpt.model)
+    graph_model = ckpt.model.materialised() if ckpt.content is not None else ckpt.model
     with tempfile.TemporaryDirectory(prefix="attnrec-export-") as tmp_s:
         tmp = Path(tmp_s)
-        serving = export_onnx(ckpt.model, tmp / "model.onnx", top_k=top_k, max_len=int(cfg["max_len"]))
-        full = export_onnx(ckpt.model, tmp / "full.onnx", top_k=top_k, max_len=int(cfg["max_len"]), full_scores=True)
+        serving = export_onnx(graph_model, tmp / "model.onnx", top_k=top_k, max_len=int(cfg["max_len"]))
+        full = export_onnx(graph_model, tmp / "full.onnx", top_k=top_k, max_len=int(cfg["max_len"]), full_scores=True)
         parity = parity_check(ckpt, serving, full, top_k=top_k)
         log.info("parity: max_abs_diff %.3g, top-10 agreement %.4f over %d rows",
                  parity["max_abs_diff"], parity["top10_agreement"], parity["rows"])
@@ -113,8 +121,8 @@ def export_checkpoint(checkpoint_dir: str | Path, registry_root: str | Path, *, 
         quant: dict[str, Any] = {"requested": quantize, "applied": False}
         step_report: dict[str, Any] | None = None
         if cfg.get("positions") == "relative":
-            step_path = export_step_onnx(ckpt.model, tmp / "step.onnx", top_k=top_k)
-            step_full = export_step_onnx(ckpt.model, tmp / "step_full.onnx", top_k=top_k, full_scores=True)
+            step_path = export_step_onnx(graph_model, tmp / "step.onnx", top_k=top_k)
+            step_full = export_step_onnx(graph_model, tmp / "step_full.onnx", top_k=top_k, full_scores=True)
             step_report = step_parity(ckpt, serving, step_path, step_full, top_k=top_k)
             log.info("step parity: max_abs_diff %.3g, top-10 agreement %.4f; step vs full: max_abs_diff %.3g, "
                      "top-10 agreement %.4f over %d rows", step_report["max_abs_diff"], step_report["top10_agreement"],
@@ -143,7 +151,8 @@ def export_checkpoint(checkpoint_dir: str | Path, registry_root: str | Path, *, 
         if step_path is not None:
             manifest["parity_step"] = step_report
             manifest["golden_step"] = make_golden_step(golden, to_publish, step_path, int(cfg["n_items"]))
-        version = registry.publish(to_publish, manifest, items=items, step_onnx_path=step_path)
+        version = registry.publish(to_publish, manifest, items=items, step_onnx_path=step_path,
+                                   attributes_path=ckpt.attributes_file)
     if promote:
         promote_gated(registry, version, force=force, margin=margin)
     return version

@@ -197,6 +197,14 @@ def _warm_state(old_state: dict[str, Any], model: Any) -> dict[str, Any]:
     return state
 
 
+def _attributes_file(ckpt_path: Path | None) -> Path | None:
+    """The item attribute file a checkpoint with item content was trained with (its copy)."""
+    if ckpt_path is None or not (ckpt_path / "content.json").is_file():
+        return None
+    name = json.loads((ckpt_path / "content.json").read_text()).get("file")
+    return ckpt_path / name if name and (ckpt_path / name).is_file() else None
+
+
 def retrain(s: Settings) -> dict[str, Any]:
     """Train on the whole event log; returns {"checkpoint", "warm_start", "val_ndcg@10", ...}."""
     from training.checkpoint import load_checkpoint, save_checkpoint
@@ -210,6 +218,11 @@ def retrain(s: Settings) -> dict[str, Any]:
         old_model, old_cfg, old_vocab = load_checkpoint(ckpt_path)
     vocab = _grown_vocab(old_vocab, s.event_log)
     ds = load_dataset(s.event_log, "events", vocab)
+    attributes = _attributes_file(ckpt_path)
+    if attributes is not None:  # a model with item content keeps it: the same attribute file
+        from training.content import attach_content, load_item_attributes
+
+        attach_content(ds, load_item_attributes(attributes))
     mcfg, tcfg = default_configs(ds)
     if old_cfg is not None:  # keep the architecture; only the vocabulary grows
         from training.model import ModelConfig

@@ -30,7 +30,7 @@ from .evaluate import PROTOCOL, evaluate, model_scorer, popularity_scorer
 from .features import left_pad
 from .model import AttnRec
 
-__all__ = ["attention_report", "synthetic_benchmark"]
+__all__ = ["attention_report", "attention_mass", "noise_attention", "synthetic_benchmark"]
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,49 @@ def attention_report(model: AttnRec, ds: Dataset, causes: dict[str, tuple[str, .
         "top1_changed_remove_top_attended": float(np.mean(flip_top)),
         "top1_changed_remove_random": float(np.mean(flip_rand)),
     }
+
+
+def attention_mass(att: np.ndarray, injected: np.ndarray, valid: np.ndarray) -> dict[str, Any]:
+    """Share of attention on injected events against their share of the window.
+
+    ``att`` (B, W): each case's last-layer attention from the final position over its window
+    (heads averaged, rows sum to 1 over events); ``injected`` / ``valid`` (B, W) bool: injected
+    events / real events (not padding). Returns the mean over cases with at least one event of
+    the attention mass on injected events and of the injected events' share of the window's
+    events (uniform attention would make the two equal)."""
+    att, injected, valid = np.asarray(att, dtype=np.float64), np.asarray(injected, bool), np.asarray(valid, bool)
+    n = valid.sum(1)
+    rows = n > 0
+    if not rows.any():
+        return {"mass_on_injected": 0.0, "share_of_window": 0.0, "cases": 0}
+    mass = (att * (injected & valid)).sum(1)[rows]
+    share = (injected & valid).sum(1)[rows] / n[rows]
+    return {"mass_on_injected": float(mass.mean()), "share_of_window": float(share.mean()), "cases": int(rows.sum())}
+
+
+@torch.no_grad()
+def noise_attention(model: AttnRec, ds: Dataset, injected: Any, split: str = "test",
+                    batch_size: int = 256) -> dict[str, Any]:
+    """:func:`attention_mass` of ``model`` on every case of ``split`` of a noisy dataset
+    (``injected``: the :class:`training.noise.NoiseInfo` that made it)."""
+    from .evaluate import case_tensors
+    from .noise import injected_mask
+
+    cases = list(ds.split(split))
+    atts, injs, valids = [], [], []
+    model.eval()
+    for b0 in range(0, len(cases), batch_size):
+        batch = cases[b0 : b0 + batch_size]
+        items, types, gaps = case_tensors(ds, batch, model.cfg.history_len)
+        _, att = model.final_state(items, types, gaps)  # (B, W)
+        W = att.shape[1]
+        atts.append(att.numpy())
+        valids.append((items[:, -W:] != 0).numpy())
+        injs.append(injected_mask(injected, batch, W))
+    out = attention_mass(np.concatenate(atts), np.concatenate(injs), np.concatenate(valids))
+    out["ratio"] = round(out["mass_on_injected"] / out["share_of_window"], 4) if out["share_of_window"] else None
+    out["split"] = split
+    return out
 
 
 def synthetic_benchmark(n_users: int, n_items: int, n_events: int, seed: int, threads: int = 2,

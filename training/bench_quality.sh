@@ -2,7 +2,7 @@
 # Quality benchmark (`make bench-quality`): our model and the baselines under the published
 # protocol (leave-one-out, full ranking, input items excluded), plus the synthetic attention check.
 #
-#   training/bench_quality.sh [beauty|ml1m|synth|baselines|all]   (default: all)
+#   training/bench_quality.sh [beauty|ml1m|synth|baselines|noise|all]   (default: all; noise is not in all)
 #
 # Environment: ATTNREC_DATA_DIR (default ../shared/data from the repo root), BENCH_OUT (default
 # runs/quality), ATTNREC (default: the attnrec on PATH, else .venv/bin/attnrec), PYTHON.
@@ -35,6 +35,21 @@ baselines() {
     --json "$OUT/beauty.sasrec-bce.json" --quiet
   run "$ATTNREC" eval --baseline sasrec-bce --max-minutes 20 --data "$DATA/ml1m-gsasrec" --format gsasrec \
     --json "$OUT/ml1m.sasrec-bce.json" --quiet
+  # non-attention baselines (training/baselines.py; evaluation only), 15 minutes of training each,
+  # one thread, seed 42: GRU4Rec with what won the short tuning (lr 2e-3; d=128), and the mean-pool model
+  run "$ATTNREC" eval --baseline gru4rec --d-model 128 --dropout 0.2 --lr 2e-3 --max-minutes 15 --threads 1 \
+    --seed 42 --data "$DATA/amazon-beauty/Beauty.txt" --format s3 --json "$OUT/beauty.gru4rec.json" --quiet
+  run "$ATTNREC" eval --baseline meanpool --max-minutes 15 --threads 1 --seed 42 \
+    --data "$DATA/amazon-beauty/Beauty.txt" --format s3 --json "$OUT/beauty.meanpool.json" --quiet
+}
+noise() {
+  # random items inserted into every history (share P), attention model vs GRU4Rec vs mean-pool;
+  # NOISE_EPOCHS epochs per run (deterministic, unlike a wall-clock budget on a shared box; the
+  # attention model peaks at epoch 13-15 on Beauty), 90 minutes at most, two runs at a time
+  # (~1.5 h in all; docs/BENCHMARKS.md, Quality, "Non-attention baselines and noise")
+  run "$PYTHON" docs/bench/noise_robustness.py --data "$DATA/amazon-beauty/Beauty.txt" --format s3 \
+    --budget 90 --extra "--epochs ${NOISE_EPOCHS:-15}" --parallel 2 --runs "$OUT/noise" \
+    --json docs/bench/noise_robustness.json --png docs/img/noise_robustness.png --flags "gru4rec:--lr 2e-3"
 }
 synth() {
   run "$PYTHON" -m training.attention --users 1000 --items 500 --events 60000 --seed 7 --json "$OUT/synth.json"
@@ -45,6 +60,7 @@ case "$what" in
   ml1m) ml1m ;;
   synth) synth ;;
   baselines) baselines ;;
+  noise) noise ;;
   all) beauty; ml1m; baselines; synth ;;
-  *) echo "usage: $0 [beauty|ml1m|synth|baselines|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [beauty|ml1m|synth|baselines|noise|all]" >&2; exit 2 ;;
 esac

@@ -10,6 +10,9 @@
     popularity.json  the top-100 item ids by training count
     samples.json     up to 256 real training inputs: [{"items", "types", "gaps"}] (model indices,
                      oldest first, not padded)
+    content.json     with item content (``--items``): the attribute file's summary (categories,
+                     brands, hashing, cold items); the features themselves are buffers of model.pt
+    item_attributes.csv|.jsonl   with item content: a copy of the attribute file (the registry's too)
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import datetime as _dt
 import json
 import logging
 import os
+import shutil
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -120,8 +124,24 @@ def save_checkpoint(
     _write_json(d / "samples.json", _samples(ds, model.cfg.max_len, seed=tcfg.seed, warmup=model.cfg.warmup,
                                                    length=model.cfg.history_len))
     write_curve(d / "curve.png", metrics.get("curve", []), f"{ds.name}: best epoch {metrics.get('best_epoch')}")
+    _save_content(d, ds)
     log.info("checkpoint written to %s", d)
     return d
+
+
+def _save_content(d: Path, ds: Dataset) -> None:
+    """content.json and a copy of the attribute file (or neither, removing a stale one)."""
+    for old in [d / "content.json", *d.glob("item_attributes.*")]:
+        old.unlink(missing_ok=True)
+    if ds.content_info is None:
+        return
+    info = dict(ds.content_info)
+    src = info.pop("path", None)
+    if src:
+        name = "item_attributes" + (".csv" if Path(src).suffix.lower() == ".csv" else ".jsonl")
+        shutil.copyfile(src, d / name)
+        info["file"] = name
+    _write_json(d / "content.json", info)
 
 
 def load_checkpoint(path: str | Path) -> tuple[AttnRec, dict[str, Any], dict[str, Any]]:

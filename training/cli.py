@@ -5,9 +5,10 @@ come from :class:`attnrec.settings.Settings` (``ATTNREC_DATA``, ``ATTNREC_TRAIN_
 ``ATTNREC_EVAL_*``; flags in ``attnrec train --help``). Model and training options left unset
 are chosen from the data (``training.train.default_configs``).
 
-    attnrec train --data PATH --format s3|gsasrec|events --out DIR
+    attnrec train --data PATH --format s3|gsasrec|events --out DIR [--items FILE]   (item content: training/content.py)
     attnrec eval  --model DIR --data PATH --format ... --json FILE
-    attnrec eval  --baseline popular|sasrec-bce --data PATH --format ... --json FILE
+    attnrec eval  --baseline popular|sasrec-bce|gru4rec|meanpool --data PATH --format ... --json FILE
+    attnrec eval  --train [--noise P] [--keep-history] --data PATH --format ... --json FILE
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ log = logging.getLogger(__name__)
 
 #: Settings field -> ModelConfig field, TrainConfig field (None = left to the data defaults).
 _MODEL_FIELDS = {"train_max_len": "max_len", "train_d_model": "d_model", "train_blocks": "n_blocks",
-                 "train_heads": "n_heads", "train_dropout": "dropout", "train_block": "block"}
+                 "train_heads": "n_heads", "train_dropout": "dropout", "train_block": "block",
+                 "train_id_dropout": "id_dropout"}
 _TRAIN_FIELDS = {"train_epochs": "epochs", "train_patience": "patience", "train_batch_size": "batch_size",
                  "train_lr": "lr", "train_lr_decay": "lr_decay", "train_lr_patience": "lr_patience",
                  "train_output_dropout": "output_dropout", "train_ema": "ema", "train_weight_decay": "weight_decay",
@@ -106,6 +108,12 @@ def train_checkpoint(s: Settings) -> tuple[Path, dict[str, Any]]:
         raise ConfigError("--out is required (or set ATTNREC_TRAIN_OUT)")
     torch.set_num_threads(s.train_threads)
     ds = _dataset(s)
+    if s.train_items is not None:  # item content: attributes and titles, cold items appended
+        from .content import attach_content, load_item_attributes
+
+        attach_content(ds, load_item_attributes(s.train_items))
+    elif s.train_id_dropout is not None:
+        raise ConfigError("ATTNREC_TRAIN_ID_DROPOUT needs item content: set --items FILE (ATTNREC_TRAIN_ITEMS)")
     model, tcfg, metrics = _fit(s, ds)
     save_checkpoint(s.train_out, model, tcfg, ds, metrics)
     return Path(s.train_out), metrics
@@ -126,43 +134,102 @@ def _metrics(m: dict[str, Any]) -> dict[str, float]:
     return {k: m[k] for k in ("hr@10", "ndcg@10", "hr@20", "ndcg@20", "coverage@10")}
 
 
+def _eval_mode(s: Settings) -> str:
+    """What ``attnrec eval`` evaluates: "model" (a checkpoint), "train" or a baseline's name."""
+    modes = [m for m, on in (("model", s.eval_model is not None), ("train", s.eval_train),
+                             ("baseline", s.eval_baseline is not None)) if on]
+    if not modes:
+        raise ConfigError("--model DIR, --train or --baseline is required "
+                          "(or set ATTNREC_EVAL_MODEL / ATTNREC_EVAL_TRAIN / ATTNREC_EVAL_BASELINE)")
+    if len(modes) > 1:
+        raise ConfigError(f"--model, --train and --baseline exclude each other (got {' and '.join('--' + m for m in modes)})")
+    if s.eval_noise and modes[0] == "model":
+        raise ConfigError(f"ATTNREC_EVAL_NOISE={s.eval_noise:g} trains on noisy data: use it with --train or --baseline, "
+                          "not with --model (a checkpoint trained elsewhere)")
+    return s.eval_baseline or modes[0]
+
+
+def _fit_here(s: Settings, ds: Any, mode: str) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """Train ``mode`` (train, sasrec-bce, gru4rec, meanpool) on ``ds``; (model, config, metrics)."""
+    if mode in ("gru4rec", "meanpool"):
+        from .baselines import fit_baseline
+
+        mcfg, tcfg = configs(s, ds)
+        model, metrics = fit_baseline(ds, mode, mcfg, tcfg, progress=not s.quiet)
+        mdict = metrics["model"]
+    else:
+        model, tcfg, metrics = _fit(s, ds, loss="bce" if mode == "sasrec-bce" else None)
+        mdict = model.cfg.to_dict()
+    config = {"model": mdict, "train": tcfg.to_dict(), "best_epoch": metrics["best_epoch"],
+              "epochs_run": metrics["epochs_run"], "stop_reason": metrics["stop_reason"],
+              "train_cpu_seconds": metrics["train_cpu_seconds"], "val": _metrics(metrics["val"]),
+              "curve": [{k: r[k] for k in ("epoch", "val_ndcg@10", "elapsed_seconds", "epoch_cpu_seconds")} for r in metrics["curve"]]}
+    config = ({"baseline": mode, "evaluation_only": True, "exported": False, **config} if mode != "train"
+              else {"trained_here": True, "exported": False, **config})
+    return model, config, metrics
+
+
 def cmd_eval(s: Settings, args: Any) -> int:
-    """``attnrec eval``: the result JSON on stdout, and in ``ATTNREC_EVAL_JSON`` unless ``-``."""
+    """``attnrec eval``: the result JSON on stdout, and in ``ATTNREC_EVAL_JSON`` unless ``-``.
+
+    Evaluates a checkpoint (``--model``), or trains here and evaluates the attention model
+    (``--train``) or a baseline (``--baseline``: popular, sasrec-bce, gru4rec, meanpool). What
+    is trained here is evaluation only: nothing is exported. ``--noise P`` trains and evaluates
+    on data with a share P of random items inserted (training/noise.py); ``--keep-history``
+    leaves the user's input items in the ranking (training/evaluate.py)."""
     import torch
 
     from .data import Vocab
-    from .evaluate import PROTOCOL, evaluate, model_scorer, popularity_scorer
+    from .evaluate import evaluate, model_scorer, popularity_scorer, protocol
 
+    mode = _eval_mode(s)
+    if mode not in ("model", "popular"):
+        _sigterm_stops_training()  # as attnrec train: the best epoch so far is evaluated
     torch.set_num_threads(s.train_threads)
     t0 = time.monotonic()
+    keep = s.eval_keep_history
     config: dict[str, Any]
-    if s.eval_baseline == "popular":
-        ds = _dataset(s)
-        res = evaluate(popularity_scorer(ds), ds, s.eval_split, 50, seed=s.train_seed)
-        train_seconds, config, model_name = 0.0, {"baseline": "popular"}, "baseline:popular"
-    elif s.eval_baseline == "sasrec-bce":
-        ds = _dataset(s)
-        model, tcfg, metrics = _fit(s, ds, loss="bce")
-        res = metrics[s.eval_split]
-        train_seconds, model_name = metrics["train_seconds"], "baseline:sasrec-bce"
-        config = {"baseline": "sasrec-bce", "model": model.cfg.to_dict(), "train": tcfg.to_dict(),
-                  "best_epoch": metrics["best_epoch"], "train_cpu_seconds": metrics["train_cpu_seconds"],
-                  "val": _metrics(metrics["val"])}
-    else:
-        if s.eval_model is None:
-            raise ConfigError("--model DIR or --baseline is required (or set ATTNREC_EVAL_MODEL / ATTNREC_EVAL_BASELINE)")
+    noise: dict[str, Any] | None = None
+    train_cpu = 0.0
+    if mode == "model":
         from .checkpoint import load_checkpoint
 
         model, config, vocab = load_checkpoint(s.eval_model)
         ds = _dataset(s, Vocab.from_dict(vocab))
         if config.get("data_fingerprint") and config["data_fingerprint"] != ds.fingerprint:
             log.warning("evaluating on data that differs from the training data (fingerprint mismatch)")
-        res = evaluate(model_scorer(model), ds, s.eval_split, model.cfg.history_len, seed=s.train_seed)
+        res = evaluate(model_scorer(model), ds, s.eval_split, model.cfg.history_len, seed=s.train_seed,
+                       keep_history=keep)
         train_seconds, model_name = _train_seconds(s.eval_model), str(s.eval_model)
-    out = {"dataset": ds.name, "protocol": PROTOCOL, "split": s.eval_split, "users": res["users"],
-           "items": len(ds.vocab.items), "metrics": _metrics(res), "train_seconds": train_seconds,
-           "eval_seconds": round(time.monotonic() - t0, 1), "config": config, "model": model_name,
-           "data_fingerprint": ds.fingerprint}
+    else:
+        ds = _dataset(s)
+        info = None
+        if s.eval_noise:
+            from .noise import inject_noise
+
+            ds, info = inject_noise(ds, s.eval_noise, s.train_seed)
+            noise = info.summary(ds)
+        model_name = "attention model, trained here" if mode == "train" else f"baseline:{mode}"
+        if mode == "popular":
+            res = evaluate(popularity_scorer(ds), ds, s.eval_split, 50, seed=s.train_seed, keep_history=keep)
+            train_seconds, config = 0.0, {"baseline": "popular"}
+        else:
+            model, config, metrics = _fit_here(s, ds, mode)
+            train_seconds, train_cpu = metrics["train_seconds"], metrics["train_cpu_seconds"]
+            res = metrics[s.eval_split]
+            if keep:  # early stopping validated as always (history excluded); the report keeps it
+                res = evaluate(model_scorer(model), ds, s.eval_split, model.cfg.history_len, seed=s.train_seed,
+                               keep_history=True)
+            if info is not None and mode in ("train", "sasrec-bce"):
+                from .attention import noise_attention
+
+                noise["attention"] = noise_attention(model, ds, info, s.eval_split)  # type: ignore[index]
+    detail = protocol(keep)
+    out = {"dataset": ds.name, "protocol": detail["name"], "protocol_detail": detail, "split": s.eval_split,
+           "users": res["users"], "items": len(ds.vocab.items), "metrics": _metrics(res),
+           "train_seconds": train_seconds, "train_cpu_seconds": train_cpu, "threads": s.train_threads,
+           "seed": s.train_seed, "eval_seconds": round(time.monotonic() - t0, 1), "config": config,
+           "model": model_name, "noise": noise, "data_fingerprint": ds.fingerprint}
     text = json.dumps(out, indent=1)
     if s.eval_json and s.eval_json != "-":
         with open(s.eval_json, "w") as f:

@@ -94,6 +94,9 @@ class Dataset:
     test: list[tuple[int, int]]
     fingerprint: str = ""
     files: list[str] = field(default_factory=list)
+    #: item content per vocabulary index (training/content.py: ``attach_content``), None without
+    content: dict[str, Any] | None = None
+    content_info: dict[str, Any] | None = None
 
     @property
     def has_types(self) -> bool:

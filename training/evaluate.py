@@ -1,9 +1,22 @@
 """Full-ranking leave-one-out evaluation: one seeded function, parameterised by split.
 
-For each case (user, cut) the scorer ranks the whole catalogue given the user's first ``cut``
-events; PAD, OOV and every item in the user's input are excluded; the rank of the target gives
-HR@K and NDCG@K (ties broken by item index, so results do not depend on the sort). Coverage@10
-is the fraction of the catalogue appearing in at least one user's top-10. No sampled metrics.
+A case is (user, cut): the input is the user's first ``cut`` events (the model reads the last
+``max_len`` of them), the target is event ``cut``. The scorer ranks the whole catalogue.
+
+Excluded from the ranking (score set to -inf before ranking):
+
+- always: PAD (index 0) and OOV (index 1);
+- by default (``keep_history=False``): every item of the user's input -- the whole history
+  ``events[:cut]``, not only the model's window. If the target itself occurs in the history it
+  is excluded too and ranks after every item left (a certain miss at K < catalogue size); in
+  Beauty's S3-Rec file no test or validation target repeats an input item.
+- with ``keep_history=True``: nothing else; items the user already had compete as any other.
+
+Rank of the target = number of items with a strictly higher score, plus the number with an
+equal score and a lower item index (ties break by item index, lower first, so the figures do
+not depend on the sort). HR@K = share of cases with rank < K; NDCG@K = mean of
+1/log2(rank + 2) over those cases (one relevant item). Coverage@10 is the fraction of the
+catalogue (without PAD/OOV) in at least one case's top-10. No sampled metrics.
 """
 
 from __future__ import annotations
@@ -20,11 +33,22 @@ from .data import Dataset
 from .features import left_pad
 from .model import AttnRec
 
-__all__ = ["PROTOCOL", "rank_metrics", "case_tensors", "evaluate", "model_scorer", "popularity_scorer"]
+__all__ = ["PROTOCOL", "protocol", "rank_metrics", "case_tensors", "evaluate", "model_scorer", "popularity_scorer"]
 
 log = logging.getLogger(__name__)
 
 PROTOCOL = "loo-full-ranking"
+#: The protocol name when the user's history is not excluded (``keep_history``).
+PROTOCOL_KEEP_HISTORY = "loo-full-ranking-history-kept"
+
+
+def protocol(keep_history: bool = False) -> dict[str, Any]:
+    """The result JSON's ``protocol_detail``: what is excluded and how ties break."""
+    return {"name": PROTOCOL_KEEP_HISTORY if keep_history else PROTOCOL, "split": "leave-one-out",
+            "ranking": "full catalogue",
+            "excluded": ["PAD", "OOV"] + ([] if keep_history else ["every item of the user's input history"]),
+            "history": "kept" if keep_history else "excluded",
+            "ties": "equal scores rank by item index, lower first"}
 Scorer = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -82,8 +106,10 @@ def evaluate(
     max_users: int = 0,
     seed: int = 0,
     return_ranks: bool = False,
+    keep_history: bool = False,
 ) -> dict[str, Any]:
-    """Metrics of ``scorer`` on ``split`` ('val' or 'test').
+    """Metrics of ``scorer`` on ``split`` ('val' or 'test'); exclusions and ties as in the
+    module docstring (``keep_history``: do not exclude the user's input items).
 
     ``max_users`` > 0 evaluates a seeded random subset of that many cases (used only for
     per-epoch validation on big data; reported results use all cases).
@@ -104,10 +130,11 @@ def evaluate(
         assert scores.shape == (len(batch), n_items), f"scorer returned {tuple(scores.shape)}"
         scores[:, :2] = -math.inf  # PAD, OOV
         targets = torch.tensor([ds.users[u].items[cut] for u, cut in batch], dtype=torch.long)
-        # the user's whole input history, not only the window (padded with PAD, masked anyway)
-        width = max(cut for _, cut in batch)
-        seen = torch.tensor([ds.users[u].items[:cut] + [0] * (width - cut) for u, cut in batch], dtype=torch.long)
-        scores.scatter_(1, seen, -math.inf)
+        if not keep_history:
+            # the user's whole input history, not only the window (padded with PAD, masked anyway)
+            width = max(cut for _, cut in batch)
+            seen = torch.tensor([ds.users[u].items[:cut] + [0] * (width - cut) for u, cut in batch], dtype=torch.long)
+            scores.scatter_(1, seen, -math.inf)
         t = scores.gather(1, targets.unsqueeze(1))  # (B, 1)
         better = (scores > t) | ((scores == t) & (item_idx.unsqueeze(0) < targets.unsqueeze(1)))
         ranks[b0 : b0 + len(batch)] = better.sum(1).numpy()

@@ -31,6 +31,11 @@ length) in one of two layouts (``ModelConfig.block``):
 normalised, keys and values are not, and the residuals start from the normalised tensors.
 Scores are the final hidden state dotted with the (tied) item embeddings.
 
+With item content (``ModelConfig.has_content``; ``training/content.py``) an item's vector is its
+id embedding (masked for cold items and, in training, by id-dropout) plus a content vector
+(:class:`ContentEncoder`); :meth:`AttnRec.item_table` is then the input and output table, and
+:meth:`AttnRec.materialised` bakes it into a plain model for export.
+
     hidden = model(items, types, gaps)            # (B, T, d), training: every position
     h, attn = model.final_state(items, types, gaps)  # (B, d), (B, L): inference, newest only
     h, attn, cache, n = model.final_state(items, types, gaps, with_cache=True)  # + (B, blocks, 2, L-1, d), (B,)
@@ -83,6 +88,14 @@ class ModelConfig(ConfigDict):
     n_gap_buckets: int = 0  # time-gap vocabulary incl. PAD; 0 = not used
     block: str = "pre_ln"  # block layout: "pre_ln" or "sasrec" (see the module docstring)
     positions: str = "absolute"  # "absolute" or "relative" (cacheable; see the module docstring)
+    # item content (training/content.py); all 0 = none. Vocabulary sizes count 0 = unknown / padding.
+    n_categories: int = 0
+    n_brands: int = 0
+    n_price_buckets: int = 0
+    n_text_buckets: int = 0  # hashed title n-grams
+    title_tokens: int = 0  # title tokens per item
+    text_vec_dim: int = 0  # a pretrained title encoder's vector width
+    id_dropout: float = 0.0  # training: share of item ids masked per step, so items are scored from content too
 
     def __post_init__(self) -> None:
         assert self.n_items >= 3, f"n_items={self.n_items} must count PAD, OOV and at least one item"
@@ -90,6 +103,12 @@ class ModelConfig(ConfigDict):
         assert self.max_len >= 1 and self.n_blocks >= 1, "max_len and n_blocks must be positive"
         assert self.block in BLOCKS, f"block must be one of {BLOCKS}, got {self.block!r}"
         assert self.positions in POSITIONS, f"positions must be one of {POSITIONS}, got {self.positions!r}"
+        assert 0 <= self.id_dropout < 1, f"id_dropout must be in [0, 1), got {self.id_dropout}"
+
+    @property
+    def has_content(self) -> bool:
+        return bool(self.n_categories or self.n_brands or self.n_price_buckets or self.n_text_buckets
+                    or self.text_vec_dim)
 
     @property
     def relative(self) -> bool:
@@ -111,6 +130,56 @@ class ModelConfig(ConfigDict):
     def ff_width(self) -> int:
         return self.d_ff or self.d_model
 
+
+
+class ContentEncoder(nn.Module):
+    """Item content -> one d-vector per item: category + brand + price-bucket embeddings + the
+    mean of the title's hashed n-gram embeddings (+ a pretrained title vector, projected),
+    through one linear map without bias, so an item with no content gets the zero vector.
+
+    The per-item features are buffers indexed by vocabulary index (saved with the weights):
+    ``f_category``, ``f_brand``, ``f_price`` (n_items,), ``f_title`` (n_items, title_tokens),
+    ``f_title_vec`` (n_items, text_vec_dim) and ``id_mask`` (n_items,): 1 for items with
+    training events, 0 for cold items, whose id embedding is never used."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        d, n = cfg.d_model, cfg.n_items
+        self.category = nn.Embedding(max(cfg.n_categories, 1), d, padding_idx=0)
+        self.brand = nn.Embedding(max(cfg.n_brands, 1), d, padding_idx=0)
+        self.price = nn.Embedding(max(cfg.n_price_buckets, 1), d, padding_idx=0)
+        self.text = nn.Embedding(max(cfg.n_text_buckets, 1), d, padding_idx=0)
+        self.title_vec = nn.Linear(cfg.text_vec_dim, d, bias=False) if cfg.text_vec_dim else None
+        self.proj = nn.Linear(d, d, bias=False)
+        self.register_buffer("f_category", torch.zeros(n, dtype=torch.long))
+        self.register_buffer("f_brand", torch.zeros(n, dtype=torch.long))
+        self.register_buffer("f_price", torch.zeros(n, dtype=torch.long))
+        self.register_buffer("f_title", torch.zeros(n, max(cfg.title_tokens, 1), dtype=torch.long))
+        self.register_buffer("f_title_vec", torch.zeros(n, max(cfg.text_vec_dim, 1)))
+        self.register_buffer("id_mask", torch.ones(n))
+
+    def set_features(self, arrays: dict[str, Any]) -> None:
+        """Fill the buffers from :func:`training.content.content_arrays`."""
+        with torch.no_grad():
+            for key, buf in (("category", self.f_category), ("brand", self.f_brand), ("price", self.f_price),
+                             ("title", self.f_title), ("title_vec", self.f_title_vec), ("id_mask", self.id_mask)):
+                if key in arrays:
+                    t = torch.as_tensor(arrays[key])
+                    assert t.shape == buf.shape, f"content {key}: shape {tuple(t.shape)} != {tuple(buf.shape)}"
+                    buf.copy_(t)
+
+    def forward(self, idx: torch.Tensor | None = None) -> torch.Tensor:
+        """Content vectors of the item indices ``idx`` (any shape) -> (.., d); every item's (n_items, d) when None."""
+        def pick(buf: torch.Tensor) -> torch.Tensor:
+            return buf if idx is None else buf[idx]
+
+        title = pick(self.f_title)  # (.., T)
+        n_tok = (title != 0).sum(-1, keepdim=True).clamp(min=1).to(self.proj.weight.dtype)
+        x = (self.category(pick(self.f_category)) + self.brand(pick(self.f_brand)) + self.price(pick(self.f_price))
+             + self.text(title).sum(-2) / n_tok)
+        if self.title_vec is not None:
+            x = x + self.title_vec(pick(self.f_title_vec))
+        return self.proj(x)
 
 
 class SelfAttention(nn.Module):
@@ -219,6 +288,7 @@ class AttnRec(nn.Module):
         self.rel_bias = nn.Parameter(torch.zeros(cfg.n_blocks, cfg.n_heads, cfg.max_len)) if cfg.relative else None
         self.type_emb = nn.Embedding(cfg.n_event_types, cfg.d_model, padding_idx=0) if cfg.n_event_types else None
         self.gap_emb = nn.Embedding(cfg.n_gap_buckets, cfg.d_model, padding_idx=0) if cfg.n_gap_buckets else None
+        self.content = ContentEncoder(cfg) if cfg.has_content else None
         self.emb_drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_blocks)])
         self.ln_f = nn.LayerNorm(cfg.d_model)
@@ -233,7 +303,8 @@ class AttnRec(nn.Module):
     def _init_weights(m: nn.Module) -> None:
         if isinstance(m, nn.Linear):
             nn.init.xavier_uniform_(m.weight)
-            nn.init.zeros_(m.bias)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Embedding):
             nn.init.normal_(m.weight, std=0.02)
             if m.padding_idx is not None:
@@ -242,7 +313,7 @@ class AttnRec(nn.Module):
 
     def _embed_events(self, items: torch.Tensor, types: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
         """Item [+ type] [+ gap] embeddings (B, T, d), before positions, dropout and masking."""
-        x = self.item_emb(items)
+        x = self.item_vectors(items)
         if self.type_emb is not None:
             x = x + self.type_emb(types)
         if self.gap_emb is not None:
@@ -337,6 +408,53 @@ class AttnRec(nn.Module):
         h = self.ln_f(x[:, 0, :])  # (B, d)
         return h, att.mean(dim=1)[:, 0, :], torch.stack(new, dim=1)  # (B, d), (B, L), (B, n_blocks, 2, d)
 
+    def _id_keep(self, mask: torch.Tensor) -> torch.Tensor:
+        """The id mask, with ``id_dropout`` of it dropped while training."""
+        if self.training and self.cfg.id_dropout:
+            return mask * (torch.rand_like(mask) >= self.cfg.id_dropout).to(mask.dtype)
+        return mask
+
+    def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
+        """Item representations of indices (B, T) -> (B, T, d): the id embedding, plus with
+        content the content vector (the id part masked for cold items and, in training, by id-dropout)."""
+        x = self.item_emb(items)
+        if self.content is None:
+            return x
+        return x * self._id_keep(self.content.id_mask[items]).unsqueeze(-1) + self.content(items)
+
+    def item_table(self) -> torch.Tensor:
+        """Every item's representation (n_items, d): the input embeddings and the (tied) output layer."""
+        if self.content is None:
+            return self.item_emb.weight
+        keep = self._id_keep(self.content.id_mask)
+        return self.item_emb.weight * keep.unsqueeze(-1) + self.content()
+
+    def trained_items(self) -> torch.Tensor | None:
+        """(n_items,) bool: the items the training loss may score (those with training events),
+        or None for all. A cold item is never a negative: its own content features (a title
+        word no other item has) would otherwise only learn to push it down."""
+        return None if self.content is None else self.content.id_mask > 0
+
+    def set_content(self, arrays: dict[str, Any]) -> None:
+        """Item content features per vocabulary index (:func:`training.content.content_arrays`)."""
+        assert self.content is not None, "the model was configured without item content"
+        self.content.set_features(arrays)
+
+    def materialised(self) -> AttnRec:
+        """The same scorer as a model without content: its item embedding is this model's
+        combined item table (eval mode), so the exported graph and the worker do not change."""
+        fields_off = {"n_categories": 0, "n_brands": 0, "n_price_buckets": 0, "n_text_buckets": 0,
+                      "title_tokens": 0, "text_vec_dim": 0, "id_dropout": 0.0}
+        plain = AttnRec(ModelConfig.from_dict({**self.cfg.to_dict(), **fields_off}))
+        state = {k: v for k, v in self.state_dict().items() if not k.startswith("content.")}
+        was_training = self.training
+        self.eval()
+        with torch.no_grad():
+            state["item_emb.weight"] = self.item_table().detach().clone()
+        self.train(was_training)
+        plain.load_state_dict(state)
+        return plain.eval()
+
     def item_scores(self, h: torch.Tensor) -> torch.Tensor:
         """(B, d) or (N, d) -> scores over the whole vocabulary (.., n_items), tied embeddings."""
-        return h @ self.item_emb.weight.t()
+        return h @ self.item_table().t()

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .content import content_model_fields
 from .data import Dataset
 from .evaluate import PROTOCOL, evaluate, model_scorer
 from .features import N_EVENT_TYPES, N_GAP_BUCKETS, left_pad
@@ -37,6 +38,8 @@ LOSSES = ("ce", "sampled", "bce")
 NEGATIVES_PER = ("position", "row", "batch")
 #: Default weight averaging: the EMA's horizon in epochs (decay per step = 1 - 1 / (this * steps per epoch)).
 EMA_EPOCHS = 6
+#: Default id-dropout of a model with item content (ModelConfig.id_dropout).
+CONTENT_ID_DROPOUT = 0.3
 #: Above this catalogue size the default loss is sampled softmax instead of full softmax.
 FULL_SOFTMAX_MAX_ITEMS = 200_000
 
@@ -118,6 +121,10 @@ def default_configs(ds: Dataset) -> tuple[ModelConfig, TrainConfig]:
         n_event_types=N_EVENT_TYPES if ds.has_types else 0,
         n_gap_buckets=N_GAP_BUCKETS if ds.has_time else 0,
         positions="relative",  # cacheable: the worker scores a new event with one step (docs/DESIGN.md)
+        # item content (attnrec train --items): attribute and title features, and id-dropout so
+        # the model learns to score from content (cold items have only that)
+        **(content_model_fields(ds.content_info or {}, ds.content) if ds.content is not None else {}),
+        id_dropout=CONTENT_ID_DROPOUT if ds.content is not None else 0.0,
     )
     tcfg = TrainConfig(
         loss="ce" if ds.vocab.n_items <= FULL_SOFTMAX_MAX_ITEMS else "sampled",
@@ -187,19 +194,26 @@ def _loss(model: AttnRec, cfg: TrainConfig, items: torch.Tensor, types: torch.Te
     sel = (targets > 1) & (items != 0)  # positions with a real next item
     h = hidden[sel]  # (N, d)
     y = targets[sel]  # (N,)
-    emb = model.item_emb.weight  # (n_items, d)
+    # (n_items, d); with item content the combined table (training/model.py: item_table)
+    emb = model.item_table() if hasattr(model, "item_table") else model.item_emb.weight
     if cfg.output_dropout:
         emb = F.dropout(emb, cfg.output_dropout, training=model.training)
     n_items = emb.shape[0]
+    # item content: an item without training events (a cold item) is never a negative, or its
+    # own content features (a title word no other item has) would only learn to push it down
+    warm = model.trained_items() if hasattr(model, "trained_items") else None  # (n_items,) bool or None
     if cfg.loss == "ce":
-        logits = h @ emb[2:].t()  # (N, n_items - 2): PAD and OOV are never predicted
-        return F.cross_entropy(logits, y - 2, label_smoothing=cfg.label_smoothing)
+        cand, target = emb[2:], y - 2  # (n_items - 2, d): PAD and OOV are never predicted
+        if warm is not None:  # targets are training events, so always among the kept items
+            cand, target = cand[warm[2:]], (torch.cumsum(warm[2:].long(), 0) - 1)[target]
+        return F.cross_entropy(h @ cand.t(), target, label_smoothing=cfg.label_smoothing)
     if cfg.loss == "bce":
         neg = torch.randint(2, n_items, y.shape, generator=gen)  # (N,)
         pos_logit = (h * emb[y]).sum(-1)
         neg_logit = (h * emb[neg]).sum(-1)
         return F.binary_cross_entropy_with_logits(pos_logit, torch.ones_like(pos_logit)) + \
-            F.binary_cross_entropy_with_logits(neg_logit, torch.zeros_like(neg_logit))
+            F.binary_cross_entropy_with_logits(neg_logit, torch.zeros_like(neg_logit),
+                                               weight=None if warm is None else warm[neg].to(neg_logit.dtype))
     pos_logit = (h * emb[y]).sum(-1, keepdim=True)  # (N, 1)
     K = cfg.n_negatives
     if cfg.negatives_per == "batch":
@@ -213,6 +227,8 @@ def _loss(model: AttnRec, cfg: TrainConfig, items: torch.Tensor, types: torch.Te
         neg = torch.randint(2, n_items, (len(y), K), generator=gen)  # (N, K): per position
         neg_logit = torch.bmm(emb[neg], h.unsqueeze(-1)).squeeze(-1)  # (N, K, d) @ (N, d, 1) -> (N, K)
     neg_logit = neg_logit.masked_fill(neg == y.unsqueeze(1), -1e9)  # accidental hits
+    if warm is not None:
+        neg_logit = neg_logit.masked_fill(~warm[neg], -1e9)  # cold items are never negatives
     logits = torch.cat([pos_logit, neg_logit], dim=1)
     return F.cross_entropy(logits, torch.zeros(len(y), dtype=torch.long))
 
@@ -293,6 +309,7 @@ def train(
     tcfg: TrainConfig,
     progress: bool = False,
     init_state: dict[str, torch.Tensor] | None = None,
+    model: Any = None,
 ) -> tuple[AttnRec, dict[str, Any]]:
     """Train on ``ds``; returns the best model (by validation NDCG@10) and the history.
 
@@ -304,9 +321,12 @@ def train(
     np_rng = np.random.default_rng(tcfg.seed)
     gen = torch.Generator().manual_seed(tcfg.seed)
     assert mcfg.n_items == ds.vocab.n_items, f"model n_items {mcfg.n_items} != vocabulary {ds.vocab.n_items}"
-    model = AttnRec(mcfg)
+    # ``model``: another module with AttnRec's scorer interface (training/baselines.py)
+    model = model if model is not None else AttnRec(mcfg)
     if init_state is not None:
         model.load_state_dict(init_state)
+    if ds.content is not None and getattr(model, "content", None) is not None:
+        model.set_content(ds.content)  # item content features (training/content.py), over a warm start's
     opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     ema = _Ema(model, tcfg.ema) if tcfg.ema else None
     arrays = [torch.from_numpy(a) for a in training_arrays(ds, mcfg.max_len, tcfg.all_windows, mcfg.warmup)]
@@ -381,14 +401,15 @@ def train(
 
 
 def fit_and_evaluate(ds: Dataset, mcfg: ModelConfig, tcfg: TrainConfig, *, progress: bool = False,
-                     init_state: dict[str, torch.Tensor] | None = None) -> tuple[AttnRec, dict[str, Any]]:
+                     init_state: dict[str, torch.Tensor] | None = None, model: Any = None
+                     ) -> tuple[AttnRec, dict[str, Any]]:
     """The training pipeline every caller uses (``attnrec train``, the periodic trainer, the
     demo): :func:`train`, then the one seeded evaluation on validation and test.
 
     Returns the best model and its metrics (``metrics.json`` of a checkpoint): protocol,
     dataset, best epoch, stop reason, wall and CPU seconds, val and test figures, data
     statistics and the learning curve."""
-    model, info = train(ds, mcfg, tcfg, progress=progress, init_state=init_state)
+    model, info = train(ds, mcfg, tcfg, progress=progress, init_state=init_state, model=model)
     scorer = model_scorer(model)
     t0 = time.monotonic()
     val = evaluate(scorer, ds, "val", mcfg.history_len, seed=tcfg.seed)
