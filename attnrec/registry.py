@@ -103,13 +103,17 @@ class Registry:
         return f"Registry({str(self.root)!r})"
 
     # --- reading --------------------------------------------------------------------------------
-    def current_version(self) -> str | None:
-        """The promoted version, or None when nothing has been promoted yet."""
+    def _pointer(self, file: str) -> str | None:
+        """The version a pointer file (CURRENT, SHADOW) names, or None."""
         try:
-            name = (self.root / CURRENT_FILE).read_text().strip()
+            name = (self.root / file).read_text().strip()
         except FileNotFoundError:
             return None
         return name or None
+
+    def current_version(self) -> str | None:
+        """The promoted version, or None when nothing has been promoted yet."""
+        return self._pointer(CURRENT_FILE)
 
     def version_dir(self, version: str) -> Path:
         """Directory of a published version; RegistryError if it does not exist."""
@@ -269,11 +273,7 @@ class Registry:
 
     def shadow_version(self) -> str | None:
         """The version to shadow-score, or None."""
-        try:
-            name = (self.root / SHADOW_FILE).read_text().strip()
-        except FileNotFoundError:
-            return None
-        return name or None
+        return self._pointer(SHADOW_FILE)
 
     def set_shadow(self, version: str | None, *, reason: str = "") -> dict[str, Any] | None:
         """Start shadow scoring ``version`` (checked against its manifest first), or stop it
