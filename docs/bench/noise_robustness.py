@@ -48,6 +48,12 @@ def command(a: argparse.Namespace, model: str, p: float, out: Path) -> list[str]
             "--json", str(out), *shlex.split(a.extra), *shlex.split(dict(a.flags).get(model, ""))]
 
 
+def shown(cmd: list[str]) -> list[str]:
+    """``cmd`` as recorded: paths inside the repository relative to it (the runs start there)."""
+    root = str(REPO) + os.sep
+    return [x[len(root):] if x.startswith(root) else x for x in cmd]
+
+
 def run_one(a: argparse.Namespace, model: str, p: float) -> None:
     out = run_file(Path(a.runs), model, p)
     if out.exists() and not a.force:
@@ -61,7 +67,7 @@ def run_one(a: argparse.Namespace, model: str, p: float) -> None:
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=err, cwd=REPO)
     res = json.loads(out.read_text())
     res["run"] = {"started": t0, "ended": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                  "load1_start": round(load0, 2), "load1_end": round(os.getloadavg()[0], 2), "command": shlex.join(cmd)}
+                  "load1_start": round(load0, 2), "load1_end": round(os.getloadavg()[0], 2), "command": shlex.join(shown(cmd))}
     out.write_text(json.dumps(res, indent=1) + "\n")
 
 
