@@ -248,15 +248,15 @@ class LiveLayer:
             for u, w in raw.items():
                 if len(w) > len(windows.get(u, ())):
                     windows[u] = w
+        if policy.boosts:
+            for rec in recs:
+                if not rec.payload["fallback"]:
+                    rec.payload["items"] = policy.boost(rec.payload["items"], view.category)
         serving: dict[str, list[str]] = {}  # the serving model's own lists (before any interleaving)
         merged: dict[str, list[tuple[str, str]]] = {}
         if shadowing:
             assert model is not None
-            for rec in recs:
-                if not rec.payload["fallback"]:
-                    if policy.boosts:
-                        rec.payload["items"] = policy.boost(rec.payload["items"], view.category)
-                    serving[rec.user_id] = [it["item_id"] for it in rec.payload["items"]]
+            serving = {r.user_id: [it["item_id"] for it in r.payload["items"]] for r in recs if not r.payload["fallback"]}
             if self.s.interleave_fraction > 0:
                 merged = await self._interleave(model, recs, windows, ids)
         for rec in recs:
@@ -267,8 +267,6 @@ class LiveLayer:
 
             if p["fallback"]:
                 p["items"] = [{"item_id": i, "score": 0.0} for i in (_pick(trending, k, seen, cool) or _pick(static, k, seen, cool))]
-            elif policy.boosts and not shadowing:  # (shadowing: boosted above, before the lists were kept)
-                p["items"] = policy.boost(p["items"], view.category)
             if self.online is not None:
                 label = "fallback" if p["fallback"] else str(p["model_version"])
                 lists = {

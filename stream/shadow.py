@@ -216,8 +216,6 @@ class Shadow:
         self._writing = False
         self._blocked: frozenset[str] | None = None  # the blocked items the process has
         self.done: deque[ShadowResult] = deque()
-        self.skipped = {"busy": 0, "fraction": 0}
-        self.error: str | None = None
 
     # ------------------------------------------------------------------ the process and its pipe
     def _start(self) -> None:
@@ -295,7 +293,6 @@ class Shadow:
     def _handle(self, msg: Any) -> None:
         if msg[0] == "loaded":
             if msg[2]:
-                self.error = msg[2]
                 log.error("the shadow process could not load its model: %s", msg[2])
             return
         _, version, lists, ms, counts = msg
@@ -312,7 +309,6 @@ class Shadow:
         self._loop, self._writing = None, False
 
     def _gone(self, why: str) -> None:
-        self.error = why
         log.error("%s; shadow scoring stops until the next shadow version", why)
         self._stop_io()
         self._pending = 0
@@ -341,10 +337,8 @@ class Shadow:
         if self.fraction < 1.0:  # a stable share of users, every event of theirs: their caches stay in step
             rows = {u: r for u, r in rows.items() if unit_hash("shadow|" + u) < self.fraction}
             if not rows:
-                self.skipped["fraction"] += 1
                 return "fraction"
         if self._pending >= self.max_pending:
-            self.skipped["busy"] += 1
             return "busy"
         self._pending += 1
         send_blocked = None if blocked is self._blocked else blocked
