@@ -116,7 +116,7 @@ class Incremental:
             keep = self.keep(model)
             if step is not None:
                 for r, (u, c, entry) in enumerate(plan.hits):
-                    self.cache.advance(u, c, step[3][r], entry, keep)
+                    self.cache.advance(u, c, step[3][r], entry, keep, plan.step.seen[r])
             if full is not None:
                 for r, u in enumerate(plan.full.users):
                     self.cache.put(u, full[3][r], int(full[4][r]), plan.seq.get(u, 0), plan.recent[u])

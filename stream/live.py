@@ -61,6 +61,7 @@ class LiveLayer:
         self._counts = self.trending.counter()  # trending counts since the last flush
         self.shadow = Shadow(s.shadow_fraction, k=s.top_k, exclude_seen=s.exclude_seen, exclude_window=s.exclude_window,
                              cache_bytes=int(s.cache_mb * 2**20), cache_dtype=s.cache_dtype)
+        self._to_shadow: tuple[dict[str, tuple[str, Sequence[bytes], list[str], int, int]], frozenset[str]] | None = None
 
     def set_shadow(self, m: LoadedModel | None) -> None:
         """The candidate version to shadow-score (and interleave with), or None."""
@@ -283,9 +284,16 @@ class LiveLayer:
                 self.online.remember(rec.user_id, lists, p["trigger_event_id"])
         if shadowing and self.online is not None:
             fresh = fresh or {}
-            outcome = self.shadow.submit({u: (r.payload["trigger_event_id"], windows.get(u, ()), serving[u],
-                                              *fresh.get(u, (0, 0))) for r in recs if (u := r.user_id) in serving}, ids)
-            self.metrics.shadow_batches.labels(outcome).inc()
+            self._to_shadow = ({u: (r.payload["trigger_event_id"], windows.get(u, ()), serving[u], *fresh.get(u, (0, 0)))
+                                for r in recs if (u := r.user_id) in serving}, ids)
+
+    def after_send(self) -> None:
+        """Hand the batch's rows to the shadow process, once the batch's recommendations are on
+        their way (the message costs the event loop a few µs per row: not in front of them)."""
+        if self._to_shadow is not None:
+            rows, ids = self._to_shadow
+            self._to_shadow = None
+            self.metrics.shadow_batches.labels(self.shadow.submit(rows, ids)).inc()
 
     def record(self, events: Sequence[ClickEvent]) -> None:
         """Add the batch's events to the trending counts :meth:`flush` writes (off the hot

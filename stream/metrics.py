@@ -80,7 +80,7 @@ class WorkerMetrics:
         self.shadow_ms = Histogram("attnrec_shadow_score_ms", "Shadow model's scoring time per batch (ms)",
                                    buckets=_MS_BUCKETS, registry=r)
         self.shadow_rows = Counter("attnrec_shadow_rows_total", "Rows the shadow model scored, per graph (step: from "
-                                   "its own key/value cache; full)", ["graph"], registry=r)
+                                   "its own key/value cache; full), or lost (sent only a new event, its cache gone)", ["graph"], registry=r)
         self.shadow_info = Gauge("attnrec_shadow_model", "1 for the version being shadow-scored", ["version"], registry=r)
         self.interleaved = Counter("attnrec_interleaved_recs_total", "Recommendations merged by team-draft interleaving",
                                    registry=r)

@@ -328,6 +328,7 @@ class Processor:
                 st.lap("serialize")
             await self.buffers.store_recs(payloads)
             self.live.record(events)
+            self.live.after_send()
             t3 = time.perf_counter()
             if st is not None:
                 st.lap("store_recs")

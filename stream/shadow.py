@@ -3,7 +3,7 @@
 The candidate (``attnrec models shadow VERSION``: the registry's ``SHADOW`` pointer, loaded and
 checked by the model watcher like a promotion) scores the rows of a ``SHADOW_FRACTION`` of users
 (a stable hash: every event of theirs, so an incremental candidate's caches stay in step), after
-the batch's recommendations are handed to the producer, in a child process of the worker that
+the batch's recommendations are handed to the producer and stored, in a child process of the worker that
 runs only on CPU time nothing else wants (Linux ``SCHED_IDLE``; elsewhere nice +10), one batch
 at a time and in order (so an incremental candidate's
 caches stay in step, as the serving ones do); a batch that finds ``max_pending`` batches already
@@ -27,7 +27,9 @@ policy's blocked items (cool-downs are not applied to shadow lists). An incremen
 keeps its own per-user key/value caches (``CACHE_MB`` more memory at most) and scores a user
 with one new event since its last shadowed batch by its step graph, like the serving path; the
 others go through its full graph over the window (a user whose history is longer than the
-window the serving rows hold gets a cache built from that window).
+window the serving rows hold gets a cache built from that window). Such a user in step is sent
+only its new event, not its window; one whose cache the process has evicted meanwhile is
+reported back (counted ``lost``, not scored) and sent whole the next time.
 """
 
 from __future__ import annotations
@@ -38,8 +40,9 @@ import multiprocessing as mp
 import os
 import pickle
 import struct
+import sys
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,7 +130,7 @@ def incremental_lists(model: LoadedModel, cache: KVCache, rows: Mapping[str, tup
         top, scores, _, new_kv = model.run_step(st.items, st.types, st.gaps, st.cache, st.cache_len,
                                                 _with_blocked(model, st.exclude, blocked))
         for r, (u, c, entry) in enumerate(hits):
-            cache.advance(u, c, new_kv[r], entry, keep)
+            cache.advance(u, c, new_kv[r], entry, keep, st.seen[r])
         out.update(_lists(model, st.users, top, scores, k))
     if misses:
         windows = {u: rows[u][0] for u in misses}
@@ -179,11 +182,18 @@ def _child(conn: Any, k: int, exclude_seen: bool, exclude_window: int, cache_byt
             blocked = new_blocked
         t0 = time.perf_counter()
         out: dict[str, tuple[str, list[str], list[str]]] = {}
-        counts = {"step": 0, "full": 0}
+        counts = {"step": 0, "full": 0, "lost": 0}
+        lost: list[str] = []
         try:
             if model is not None:
                 opts = {"k": k, "exclude_seen": exclude_seen, "exclude_window": exclude_window, "blocked": blocked}
                 if model.incremental:
+                    if cache.version != model.version:
+                        cache.reset(model.version)
+                    lost = [u for u, r in rows.items() if r[5] and not _in_step(cache, u, r[3])]
+                    for u in lost:
+                        del rows[u]
+                    counts["lost"] = len(lost)
                     lists = incremental_lists(model, cache, {u: (r[1], r[3], r[4]) for u, r in rows.items()}, counts=counts,
                                               **opts)
                 else:
@@ -192,7 +202,14 @@ def _child(conn: Any, k: int, exclude_seen: bool, exclude_window: int, cache_byt
                 out = {u: (rows[u][0], [i for i, _ in lst], rows[u][2]) for u, lst in lists.items()}
         except Exception:  # one batch lost, never the worker
             log.exception("shadow scoring of a batch failed")
-        conn.send(("result", model.version if model is not None else None, out, 1000 * (time.perf_counter() - t0), counts))
+        conn.send(("result", model.version if model is not None else None, out, 1000 * (time.perf_counter() - t0), counts,
+                   lost, len(cache) if cache.evictions else -1))
+
+
+def _in_step(cache: KVCache, user: str, seq: int) -> bool:
+    """The user's cache can take its one new event (a row sent with only that event)."""
+    c = cache.peek(user)
+    return c is not None and c.seq == seq - 1
 
 
 class Shadow:
@@ -216,6 +233,11 @@ class Shadow:
         self._writing = False
         self._blocked: frozenset[str] | None = None  # the blocked items the process has
         self.done: deque[ShadowResult] = deque()
+        # user -> the Redis #seq its cache in the process is at once the batches sent are scored
+        # (least recently sent first): a user in step is sent only its new event, not its window
+        self._sent: OrderedDict[str, int] = OrderedDict()
+        self._room = sys.maxsize  # users the process's caches held at its last answer, once full
+        self.event_rows = 0  # rows sent as their new event only (the others with their windows)
 
     # ------------------------------------------------------------------ the process and its pipe
     def _start(self) -> None:
@@ -232,6 +254,7 @@ class Shadow:
         self._wbuf.clear()
         self._rbuf.clear()
         self._blocked, self._pending = None, 0
+        self._sent.clear()
 
     def _attach(self) -> None:
         """Serve the pipe from the running event loop (once per loop)."""
@@ -295,7 +318,14 @@ class Shadow:
             if msg[2]:
                 log.error("the shadow process could not load its model: %s", msg[2])
             return
-        _, version, lists, ms, counts = msg
+        _, version, lists, ms, counts, lost, cached = msg
+        for u in lost:  # the process no longer had their caches: send their whole windows again
+            self._sent.pop(u, None)
+        # once the process's caches are full (they evict least recently used first, as this
+        # mirror does) holding as many users keeps mostly the same ones; a user sent its new
+        # event whose cache was evicted all the same is reported back (``lost``: not scored) and
+        # sent whole next time
+        self._room = cached if cached >= 0 else sys.maxsize
         if version is not None:
             self.done.append(ShadowResult(version, lists, ms, counts))
         self._pending = max(0, self._pending - 1)
@@ -312,6 +342,7 @@ class Shadow:
         log.error("%s; shadow scoring stops until the next shadow version", why)
         self._stop_io()
         self._pending = 0
+        self._sent.clear()
         self.model = None
 
     # ------------------------------------------------------------------ the worker's side
@@ -322,6 +353,7 @@ class Shadow:
             if m.path is None:
                 raise ValueError(f"model {m.version} has no registry directory to shadow it from")
             self._start()
+            self._sent.clear()  # a new model: the process's caches start over
             self._send(("model", str(m.path)))
             log.info("shadow scoring with %s (%.0f%% of users, in process %s)", m.version, 100 * self.fraction,
                      self._proc.pid)
@@ -343,8 +375,27 @@ class Shadow:
         self._pending += 1
         send_blocked = None if blocked is self._blocked else blocked
         self._blocked = blocked
-        self._send(("batch", {u: (r[0], list(r[1]), r[2], r[3], r[4]) for u, r in rows.items()}, send_blocked))
+        self._send(("batch", self._rows(rows), send_blocked))
         return "scored"
+
+    def _rows(self, rows: Mapping[str, tuple[str, Sequence[bytes], list[str], int, int]]
+              ) -> dict[str, tuple[str, list[bytes], list[str], int, int, bool]]:
+        """The message's rows: (trigger, entries, serving list, #seq, new events, only the new
+        event?). An incremental candidate's users in step (one new event, their cache one
+        behind) get only that event: a window is ~50 entries to pickle, write and read per row,
+        about as much as the rest of the worker's side of the shadow."""
+        assert self.model is not None
+        sent, inc, out = self._sent, self.model.incremental, {}
+        for u, (tag, window, serving, seq, new) in rows.items():
+            delta = inc and new == 1 and bool(window) and sent.get(u) == seq - 1
+            out[u] = (tag, list(window[:1] if delta else window), serving, seq, new, delta)
+            self.event_rows += delta
+            if inc:
+                sent[u] = seq
+                sent.move_to_end(u)
+        while len(sent) > self._room:
+            sent.popitem(last=False)
+        return out
 
     @property
     def idle(self) -> bool:

@@ -101,7 +101,7 @@ def shadow_figures(d: dict[str, float]) -> dict[str, Any] | None:
     if not any(out.values()):
         return None
     n = d.get("attnrec_shadow_score_ms_count", 0.0)
-    rows = {g: int(d.get(f'attnrec_shadow_rows_total{{graph="{g}"}}', 0.0)) for g in ("step", "full")}
+    rows = {g: int(d.get(f'attnrec_shadow_rows_total{{graph="{g}"}}', 0.0)) for g in ("step", "full", "lost")}
     return {**out, "mean_ms": round(d.get("attnrec_shadow_score_ms_sum", 0.0) / n, 2) if n else None, "rows": rows}
 
 

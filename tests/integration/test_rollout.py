@@ -48,15 +48,16 @@ def _state_marker(stack: Any) -> None:
     redis_sync(Settings(redis_url=stack.redis_url)).set("attnrec:state", "test")
 
 
-def _random_registry(root: Path) -> tuple[Path, str, str]:
-    """Two random-weight window models over the same items: serving (promoted) and candidate."""
+def _random_registry(root: Path, positions: str = "absolute") -> tuple[Path, str, str]:
+    """Two random-weight models over the same items: serving (promoted) and candidate; window
+    models (absolute positions) or incremental ones (relative)."""
     from exporter.export import export_checkpoint
     from exporter.testing import write_random_checkpoint
 
     versions = []
     for seed in (5, 6):
         ckpt = write_random_checkpoint(root / f"ckpt{seed}", n_items=122, max_len=8, d_model=16, n_blocks=2, n_heads=2,
-                                       positions="absolute", n_samples=16, seed=seed)
+                                       positions=positions, n_samples=16, seed=seed)
         versions.append(export_checkpoint(ckpt, root / "registry", promote=seed == 5, force=True))
     return root / "registry", versions[0], versions[1]
 
@@ -72,8 +73,9 @@ async def _wait_idle(run: BatchRun) -> None:
 def _by_hand(model: Any, window_newest_first: list[str], k: int = 10) -> list[str]:
     """The candidate's top-k for a window, the graph run directly (not through the worker's code)."""
     seen = [model.item_index[i.encode()] for i in window_newest_first]  # all of them: fewer than EXCLUDE_WINDOW
-    idx = seen[: model.max_len]
-    pad = [0] * (model.max_len - len(idx))
+    width = model.history_len or model.max_len  # an incremental model's full graph reads its history
+    idx = seen[:width]
+    pad = [0] * (width - len(idx))
     items = np.array([pad + idx[::-1]], dtype=np.int64)
     # every event is a click, 1 s after the one before; the user's first event has no gap
     click = model.event_type_index[b"click"] if model.uses_types else 0
@@ -85,8 +87,12 @@ def _by_hand(model: Any, window_newest_first: list[str], k: int = 10) -> list[st
     return [model.item_ids[i] for i, sc in zip(top[0].tolist(), scores[0].tolist(), strict=True) if i > 1 and np.isfinite(sc)][:k]
 
 
-async def test_shadow_never_publishes_never_changes_serving_and_its_counters_match_a_recount(stack: Any, tmp_path: Path) -> None:
-    reg, serving, cand = _random_registry(tmp_path)
+@pytest.mark.parametrize("positions", ["absolute", "relative"])
+async def test_shadow_never_publishes_never_changes_serving_and_its_counters_match_a_recount(stack: Any, tmp_path: Path,
+                                                                                            positions: str) -> None:
+    """With an incremental candidate (relative positions) the shadow process scores from its
+    own caches and is sent only each user's new event: its lists must still be the full graph's."""
+    reg, serving, cand = _random_registry(tmp_path, positions)
     tag = tmp_path.name
     plain = BatchRun(Settings(redis_url=stack.redis_url, registry=reg, home=tmp_path, policy_name=f"a{tag}"), reg)
     shadowed = BatchRun(Settings(redis_url=stack.redis_url, registry=reg, home=tmp_path, policy_name=f"b{tag}"), reg)
@@ -142,6 +148,14 @@ async def test_shadow_never_publishes_never_changes_serving_and_its_counters_mat
     assert c["overlap@10"] * c["lists"] == pytest.approx(overlap, abs=1e-6)
     assert plain.proc.metrics.shadow_batches.labels("scored")._value.get() == 0
     assert shadowed.proc.metrics.shadow_batches.labels("scored")._value.get() == rounds
+    rows_by = {g: shadowed.proc.metrics.shadow_rows.labels(g)._value.get() for g in ("step", "full", "lost")}
+    # (counted as the results are joined: the last round's is not yet)
+    if positions == "relative":  # every user's first batch by the full graph, then one step per new event
+        assert rows_by == {"step": n_users * (rounds - 2), "full": n_users, "lost": 0}
+        assert shadowed.proc.live.shadow.event_rows == n_users * (rounds - 1)  # sent the new event, not the window
+    else:
+        assert rows_by == {"step": 0, "full": n_users * (rounds - 1), "lost": 0}
+        assert shadowed.proc.live.shadow.event_rows == 0
 
 
 def _world_registry(root: Path, seed: int) -> tuple[Registry, str]:

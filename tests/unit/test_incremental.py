@@ -10,7 +10,7 @@ import torch
 
 from attnrec.events import ClickEvent
 from attnrec.manifest import gap_boundaries_ms
-from stream.cache import KVCache
+from stream.cache import KVCache, UserCache
 from stream.logic import build_inputs, build_step_inputs, encode_entry
 from stream.model import LoadedModel
 from training.model import AttnRec, ModelConfig
@@ -107,6 +107,12 @@ def test_cache_hits_only_in_step_with_redis_and_evicts_least_recently_used() -> 
     got = c.peek("a")
     assert got is not None and got.seq == 11 and got.n == 3 and got.recent == [b"2|click|y", b"1|view|x"]
     assert (got.kv[:, :, -1] == 1).all() and (got.kv[:, :, :-1] == 0).all()
+    for i in range(5):  # the byte count follows the entries kept, not only the entries added
+        got = c.peek("a")
+        assert got is not None
+        c.advance("a", got, np.ones((2, 2, 8), dtype=np.float32), b"%d|click|item-%d" % (i + 3, 10**i), keep=3)
+    fresh = [UserCache(u.kv, u.n, u.seq, list(u.recent)).nbytes for u in (c.peek(x) for x in ("a", "c", "d")) if u]
+    assert c.peek("a").recent[-1] == b"5|click|item-100" and c.bytes == sum(fresh) and len(fresh) == 3  # type: ignore[union-attr]
     c.reset("v2")  # a new model: nothing carries over
     assert len(c) == 0 and c.bytes == 0
 

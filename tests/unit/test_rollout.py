@@ -260,3 +260,40 @@ def test_an_incremental_candidate_is_shadow_scored_from_its_own_caches_like_from
             assert [i for i, _ in inc[u]] == [i for i, _ in full[u]], (rnd, u)
             assert [s for _, s in inc[u]] == pytest.approx([s for _, s in full[u]], abs=2e-3)
     assert steps > 40, "the step graph scored too few rows to be tested"
+
+
+async def test_a_user_sent_only_its_new_event_without_a_cache_is_reported_lost_and_sent_whole_next(tmp_path: Path) -> None:
+    import asyncio
+
+    from exporter.export import export_checkpoint
+    from exporter.testing import write_random_checkpoint
+    from stream.logic import format_entry
+    from stream.model import load_model
+
+    ckpt = write_random_checkpoint(tmp_path / "ckpt", n_items=40, max_len=6, d_model=16, n_blocks=1, n_heads=2,
+                                   positions="relative", n_samples=8, seed=3)
+    reg = Registry(tmp_path / "reg")
+    m = load_model(reg.version_dir(export_checkpoint(ckpt, reg.root)))
+    hist = [format_entry(1_764_300_000_000 + 1000 * i, "click", m.item_ids[2 + i]).encode() for i in range(4)][::-1]
+    s = Shadow(1.0, k=5, exclude_seen=True, exclude_window=8)
+
+    async def answer() -> dict[str, int]:
+        deadline = time.monotonic() + 60
+        while not s.idle and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        (res,) = s.drain()
+        return res.rows
+
+    s.set_model(m)
+    try:
+        s._sent["ghost"] = 3  # the worker believes the process's cache of "ghost" is at #seq 3: it is not
+        assert s.submit({"a": ("t1", hist, [], 4, 4), "ghost": ("t2", hist, [], 4, 1)}, frozenset()) == "scored"
+        assert s.event_rows == 1  # "ghost" went as its new event only
+        assert await answer() == {"step": 0, "full": 1, "lost": 1}
+        assert "ghost" not in s._sent and s._sent["a"] == 4
+        nxt = [format_entry(1_764_300_009_000, "click", m.item_ids[9]).encode(), *hist]
+        assert s.submit({"a": ("t3", nxt, [], 5, 1), "ghost": ("t4", nxt, [], 5, 1)}, frozenset()) == "scored"
+        assert s.event_rows == 2  # "a" as its event (its cache is in step), "ghost" whole again
+        assert await answer() == {"step": 1, "full": 1, "lost": 0}
+    finally:
+        s.close()
