@@ -27,7 +27,7 @@ from stream.live import ONLINE_KEY
 from stream.online import comparisons, totals
 from stream.policy import Policy
 
-__all__ = ["cmd_models_shadow", "cmd_models_promote", "online_figures"]
+__all__ = ["cmd_models_shadow", "cmd_models_promote", "cmd_trainer", "online_figures"]
 
 log = logging.getLogger(__name__)
 
@@ -102,3 +102,14 @@ def cmd_models_promote(s: Settings, args: Any) -> int:
         return fail(exc)
     print(f"{entry['decision']}: {args.version} ({entry['reason']})")
     return 1 if entry["decision"] == "rejected" else 0
+
+
+def cmd_trainer(s: Settings, args: Any) -> int:
+    """``attnrec trainer``: :func:`exporter.trainer.cmd_trainer`, with the workers' shadow
+    comparison for ``TRAINER_ROLLOUT=shadow``."""
+    from exporter.trainer import cmd_trainer as run
+
+    def online(version: str) -> dict[str, Any] | None:
+        return next((c for c in online_figures(s) if c["version"] == version), None)
+
+    return run(s, args, online=online)

@@ -219,6 +219,7 @@ class _CoreFields(BaseSettings):
     trainer_epochs: int = Field(30, ge=1, description="ATTNREC_TRAINER_EPOCHS: max epochs per retrain")
     trainer_max_minutes: float = Field(5.0, gt=0, description="ATTNREC_TRAINER_MAX_MINUTES: training time budget per cycle")
     trainer_threads: int = Field(1, ge=1, description="ATTNREC_TRAINER_THREADS: torch threads (the trainer shares the box with the worker)")
+    trainer_rollout: Literal["promote", "shadow"] = Field("promote", description="ATTNREC_TRAINER_ROLLOUT: promote (a new model that passes the offline gate serves at once) or shadow (it is shadow-scored first, and a later cycle promotes it once the online gate has ONLINE_MIN_EVENTS events: ONLINE_MARGIN, 0 when unset)")
 
     # --- attnrec dashboard ---------------------------------------------------------------------
     dashboard_host: str = Field("127.0.0.1", min_length=1, description="ATTNREC_DASHBOARD_HOST: bind address; off-loopback requires ATTNREC_API_TOKEN")

@@ -22,6 +22,14 @@ One cycle:
    ``$ATTNREC_HOME/trainer/ckpt-<time>``.
 4. **Export and promote** through :func:`exporter.export.export_checkpoint` with
    ``promote=True``: parity gate, load checks, NDCG@10 gate with ``--margin`` (or ``--force``).
+   With ``TRAINER_ROLLOUT=shadow`` a new model that passes the offline gate is published and
+   shadow-scored instead (the registry's ``SHADOW``; workers score it beside the serving one),
+   and each later cycle first asks the online gate about it (:func:`exporter.gate.online_decision`
+   on the workers' shadow comparison, ``ONLINE_MARGIN`` over ``ONLINE_MIN_EVENTS`` next events):
+   promoted or rejected once the events are there, shadowing stops either way; until then the
+   cycle archives but does not retrain (a newer model would restart the count). An operator who
+   stops or changes the shadow (``attnrec models shadow``) takes the decision out of its hands.
+   With no serving model the first one is promoted as usual: there is nothing to compare online.
 
 Each cycle's summary is logged and appended to ``$ATTNREC_HOME/trainer/cycles.jsonl``.
 SIGTERM/SIGINT stop the loop between cycles (an archive in progress finishes first).
@@ -37,11 +45,11 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from attnrec.errors import AttnrecError, DataError, InvalidEventError, ModelError, TransientError
+from attnrec.errors import AttnrecError, DataError, InvalidEventError, ModelError, RegistryError, TransientError
 from attnrec.registry import fsync_dir
 from attnrec.settings import Settings, parse_duration
 
@@ -55,6 +63,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: A version's online shadow comparison (``events``, ``shadow_ndcg@10``, ``serving_ndcg@10``, ...)
+#: or None; the apps layer reads it from the workers' figures in Redis.
+OnlineFigures = Callable[[str], "dict[str, Any] | None"]
 
 #: Most events one archive pass reads.
 MAX_ARCHIVE_EVENTS = 1_000_000
@@ -261,8 +273,58 @@ def _save_state(s: Settings, state: dict[str, Any]) -> None:
     os.replace(tmp, _work_dir(s) / "state.json")
 
 
-def run_cycle(s: Settings, *, archive: bool = True) -> dict[str, Any]:
-    """One archive -> retrain -> export -> gated promote pass; returns its summary."""
+def _decide_shadowed(s: Settings, reg: Any, state: dict[str, Any], online: OnlineFigures | None,
+                     summary: dict[str, Any]) -> bool:
+    """``TRAINER_ROLLOUT=shadow``: the online gate on the version this trainer shadows, once its
+    events are there (promoted or rejected; shadowing stops). True while it still waits."""
+    from exporter.gate import promote_gated
+
+    mine = state.get("shadowing")
+    if not mine:
+        return False
+    if reg.shadow_version() != mine:  # an operator stopped or replaced it: theirs to decide
+        log.info("trainer: %s is no longer shadowed; leaving its roll-out to the operator", mine)
+        state["shadowing"] = None
+        summary["rollout"] = {"version": mine, "decision": "left to the operator"}
+        return False
+    fig = online(mine) if online is not None else None
+    need = s.online_min_events
+    if not fig or int(fig.get("events") or 0) < need:
+        n = int(fig.get("events") or 0) if fig else 0
+        summary["rollout"] = {"version": mine, "decision": "waiting", "events": n, "min_events": need}
+        log.info("trainer: %s shadow-scored over %d of the %d next events the online gate needs", mine, n, need)
+        return True
+    entry = promote_gated(reg, mine, force=False, margin=s.margin, online=fig,
+                          online_margin=s.online_margin if s.online_margin is not None else 0.0, online_min_events=need)
+    reg.set_shadow(None, reason=f"trainer: {mine} {entry['decision']} by the online gate")
+    state["shadowing"] = None
+    summary["rollout"] = {"version": mine, "decision": entry["decision"], "reason": entry["reason"]}
+    return False
+
+
+def _shadow_new(s: Settings, reg: Any, version: str, state: dict[str, Any]) -> dict[str, Any]:
+    """``TRAINER_ROLLOUT=shadow``: a new version that passes the offline gate is shadow-scored
+    (the online gate decides it in a later cycle); one that fails is rejected as usual."""
+    from attnrec.manifest import validation_ndcg
+    from exporter.gate import gate_decision
+
+    current = reg.current_version()
+    new_ndcg = validation_ndcg(reg.read_manifest(version).get("metrics", {}))
+    try:
+        cur_ndcg = validation_ndcg(reg.read_manifest(current).get("metrics", {}))
+    except RegistryError:  # CURRENT's directory is gone: nothing to compare (as promote_gated)
+        cur_ndcg = None
+    ok, reason = gate_decision(new_ndcg, cur_ndcg, s.margin)
+    figures = {"new_ndcg@10": new_ndcg, "current_ndcg@10": cur_ndcg, "current": current, "margin": s.margin}
+    if not ok:
+        return reg.record(version, decision="rejected", reason=reason, figures=figures, previous=current)  # type: ignore[no-any-return]
+    state["shadowing"] = version
+    return reg.set_shadow(version, reason=f"trainer: {reason}; shadow-scored until the online gate decides")  # type: ignore[no-any-return]
+
+
+def run_cycle(s: Settings, *, archive: bool = True, online: OnlineFigures | None = None) -> dict[str, Any]:
+    """One archive -> retrain -> export -> gated promote pass; returns its summary. ``online``:
+    a version's shadow comparison (``TRAINER_ROLLOUT=shadow``; ``apps.rollout.online_figures``)."""
     from attnrec.registry import Registry
     from exporter.export import export_checkpoint
 
@@ -275,7 +337,10 @@ def run_cycle(s: Settings, *, archive: bool = True) -> dict[str, Any]:
     new_events = sum(_count_lines(s.event_log / f) for f in new_files)
     reg = Registry(s.registry_dir)
     summary["new_events"] = new_events
-    if not files or (new_events < s.min_new_events and reg.current_version() is not None):
+    if s.trainer_rollout == "shadow" and _decide_shadowed(s, reg, state, online, summary):
+        summary["decision"] = "waiting"
+        summary["reason"] = f"{state['shadowing']} is shadow-scored until the online gate decides"
+    elif not files or (new_events < s.min_new_events and reg.current_version() is not None):
         summary["decision"] = "skipped"
         summary["reason"] = f"{new_events} new events < --min-new-events {s.min_new_events}"
         log.info("trainer: %s", summary["reason"])
@@ -286,13 +351,15 @@ def run_cycle(s: Settings, *, archive: bool = True) -> dict[str, Any]:
             summary["decision"], summary["reason"] = "skipped", f"no trainable data: {exc}"
             log.warning("trainer: %s", summary["reason"])
         else:
-            version = export_checkpoint(summary["train"]["checkpoint"], s.registry_dir, promote=True,
+            shadow = s.trainer_rollout == "shadow" and reg.current_version() is not None and not s.force
+            version = export_checkpoint(summary["train"]["checkpoint"], s.registry_dir, promote=not shadow,
                                         force=s.force, margin=s.margin, top_k=s.top_k)
-            last = reg.history()[-1]
+            last = _shadow_new(s, reg, version, state) if shadow else reg.history()[-1]
             summary.update(version=version, decision=last["decision"], reason=last["reason"],
                            figures=last.get("figures"), current=reg.current_version())
             state["trained_files"] = files
-            _save_state(s, state)
+    if "rollout" in summary or "train" in summary:
+        _save_state(s, state)
     _work_dir(s).mkdir(parents=True, exist_ok=True)
     with open(_work_dir(s) / "cycles.jsonl", "a") as f:
         f.write(json.dumps(summary) + "\n")
@@ -300,14 +367,15 @@ def run_cycle(s: Settings, *, archive: bool = True) -> dict[str, Any]:
     return summary
 
 
-def run_loop(s: Settings, *, stop: threading.Event | None = None, once: bool = False) -> int:
+def run_loop(s: Settings, *, stop: threading.Event | None = None, once: bool = False,
+             online: OnlineFigures | None = None) -> int:
     """Cycle every ``TRAINER_EVERY`` until ``stop`` is set (SIGTERM/SIGINT set it from the CLI)."""
     stop = stop or threading.Event()
     failures = 0
     while not stop.is_set():
         t0 = time.monotonic()
         try:
-            run_cycle(s)
+            run_cycle(s, online=online)
             failures = 0
         except TransientError as exc:
             failures += 1
@@ -324,14 +392,15 @@ def run_loop(s: Settings, *, stop: threading.Event | None = None, once: bool = F
 
 
 # --- command line -------------------------------------------------------------------------------
-def cmd_trainer(s: Settings, args: Any) -> int:
-    """``attnrec trainer``: cycles until SIGTERM/SIGINT (``--once``: one cycle)."""
+def cmd_trainer(s: Settings, args: Any, online: OnlineFigures | None = None) -> int:
+    """``attnrec trainer``: cycles until SIGTERM/SIGINT (``--once``: one cycle); ``online`` reads
+    the workers' shadow comparison (given by ``apps.rollout.cmd_trainer``)."""
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     log.info("trainer: every %s, event log %s, registry %s", s.trainer_every, s.event_log, s.registry_dir)
     try:
-        return run_loop(s, stop=stop, once=s.trainer_once)
+        return run_loop(s, stop=stop, once=s.trainer_once, online=online)
     except AttnrecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1 if isinstance(exc, ModelError) else 2

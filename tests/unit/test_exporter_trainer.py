@@ -61,3 +61,51 @@ def test_cycles_train_export_promote_and_skip(tmp_path: Path) -> None:
     assert items_2[: len(items_1)] == items_1
     cycles = [json.loads(line) for line in (tmp_path / "trainer" / "cycles.jsonl").read_text().splitlines()]
     assert [c["decision"] for c in cycles][:2] == ["promoted", "skipped"]
+
+
+def test_shadow_rollout_shadows_a_new_model_and_promotes_or_rejects_it_on_the_online_gate(tmp_path: Path) -> None:
+    """TRAINER_ROLLOUT=shadow: the first model serves at once; a later one is shadow-scored, the
+    trainer waits (no retraining) until the online gate has its events, then promotes it or
+    rejects it; shadowing stops either way, and an operator's change takes it out of its hands.
+    ``online`` is the workers' shadow comparison as ``attnrec models shadow --json`` shows it."""
+    from training.synth import generate
+
+    cfg = Settings(registry=tmp_path / "registry", home=tmp_path, trainer_epochs=2, min_new_events=100,
+                   trainer_rollout="shadow", online_min_events=500, online_margin=0.05,
+                   margin=0.95)  # the offline gate out of the way: 40 users make its figures noise
+    reg = Registry(cfg.registry_dir)
+    figures: dict[str, dict[str, object]] = {}
+    events = [orjson.dumps(e.to_dict()) for e in generate(40, 30, 2400, seed=3)]
+
+    def cycle(part: slice | None) -> dict[str, object]:
+        if part is not None:
+            write_event_file(cfg.event_log, events[part])
+        return run_cycle(cfg, archive=False, online=figures.get)
+
+    first = cycle(slice(0, 1000))
+    assert first["decision"] == "promoted" and reg.current_version() == first["version"]  # nothing to compare online
+    second = cycle(slice(1000, 1400))
+    v2 = second["version"]
+    assert second["decision"] == "shadow" and reg.shadow_version() == v2 and reg.current_version() == first["version"]
+    waiting = cycle(slice(1400, 1800))  # 400 new events, but v2 has no online figures yet: no retraining
+    assert waiting["decision"] == "waiting" and "train" not in waiting and waiting["rollout"]["events"] == 0
+    figures[v2] = {"version": v2, "events": 499, "shadow_ndcg@10": 0.30, "serving_ndcg@10": 0.20}
+    assert cycle(None)["rollout"] == {"version": v2, "decision": "waiting", "events": 499, "min_events": 500}
+    figures[v2]["events"] = 800  # +50 % online, the gate wants +5 %: promoted; the new events then train v3
+    decided = cycle(None)
+    assert decided["rollout"]["decision"] == "promoted" and reg.current_version() == v2
+    assert decided["decision"] == "shadow" and reg.shadow_version() == decided["version"] != v2, (decided["reason"], decided["figures"])
+    v3 = decided["version"]
+    figures[v3] = {"version": v3, "events": 900, "shadow_ndcg@10": 0.20, "serving_ndcg@10": 0.20}  # no better
+    rejected = cycle(None)
+    assert rejected["rollout"]["decision"] == "rejected" and "online ndcg@10 0.20000 < 0.21000" in rejected["rollout"]["reason"]
+    assert reg.current_version() == v2 and reg.shadow_version() is None and rejected["decision"] == "skipped"
+    hist = reg.history()
+    assert [h["decision"] for h in hist if h["version"] == v3] == ["shadow", "rejected", "shadow-off"]
+    assert hist[-2]["figures"]["online"]["events"] == 900  # the online figures are in the history
+    # an operator takes over: the trainer forgets its candidate
+    v4 = cycle(slice(1800, 2400))["version"]
+    assert reg.shadow_version() == v4
+    reg.set_shadow(None, reason="operator")
+    assert cycle(None)["rollout"] == {"version": v4, "decision": "left to the operator"}
+    assert reg.current_version() == v2
