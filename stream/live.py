@@ -233,6 +233,7 @@ class LiveLayer:
         Redis returned only its new entries (an incremental model's cached users); ``fresh``
         each user's Redis ``#seq`` and new events in the batch (a shadow's caches)."""
         policy, k = self.policy, self.s.top_k
+        self._to_shadow = None  # (a batch that failed after this point never hands its rows over)
         ids, _ = self.blocked(model)
         cand = self.shadow.model  # (none once it is the serving version: promoted while shadowed)
         shadowing = cand is not None and model is not None and cand.version != model.version
