@@ -47,3 +47,50 @@ def test_archive_commits_only_after_the_file_and_cycle_promotes(stack: Any, name
     assert second["archive"]["archived"] == 1000 and second["new_events"] == 1000
     assert second["decision"] in ("promoted", "rejected") and second["figures"]["current"] == cycle["version"]
     assert sorted(_archived_ids(cfg.event_log)) == sorted(e.event_id for e in events)
+
+
+def test_trainer_command_shadows_a_new_model_and_promotes_it_on_the_workers_online_figures(
+        stack: Any, names: dict[str, str], tmp_path: Path) -> None:
+    """``attnrec trainer --once --rollout shadow`` as deployed: a subprocess that archives from the
+    real Kafka and reads the online figures from the real Redis (the hash the workers write,
+    ``{online}:<policy>``; written here as a worker's flush would)."""
+    import subprocess
+    import sys
+
+    from attnrec.redis_util import redis_sync
+    from stream.live import ONLINE_KEY
+    from stream.policy import Policy
+    from tests.helpers import env_for
+    from training.synth import generate
+
+    s = settings_for(stack, names, tmp_path / "registry", trainer_group=f"{names['group_id']}-trainer", trainer_epochs=2,
+                     min_new_events=100, trainer_rollout="shadow", margin=0.95, online_margin=0.05, online_min_events=300,
+                     policy_name=f"p{tmp_path.name}"[:40])
+    ensure_topics(s)
+    env = env_for(s, tmp_path)
+    reg = Registry(s.registry_dir)
+    events = list(generate(60, 40, 3000, seed=5))
+
+    def trainer(batch: list[Any]) -> dict[str, Any]:
+        if batch:
+            with Feeder(s) as feeder:
+                feeder.send_all(batch)
+        run = subprocess.run([sys.executable, "-m", "apps", "trainer", "--once"], env=env, capture_output=True,
+                             text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-3000:]
+        return json.loads((tmp_path / "trainer" / "cycles.jsonl").read_text().splitlines()[-1])
+
+    first = trainer(events[:2000])
+    assert first["decision"] == "promoted"  # no serving model yet: nothing to compare online
+    second = trainer(events[2000:])
+    cand = second["version"]
+    assert second["decision"] == "shadow" and reg.shadow_version() == cand and reg.current_version() == first["version"]
+    assert trainer([])["rollout"] == {"version": cand, "decision": "waiting", "events": 0, "min_events": 300}
+    r = redis_sync(s)
+    key = ONLINE_KEY + Policy.from_settings(s).name
+    r.hset(key, mapping={f"shadow|{cand}|n": 400, f"shadow|{cand}|hits": 120, f"shadow|{cand}|ndcg": 60.0,
+                         f"shadow-base|{cand}|n": 400, f"shadow-base|{cand}|hits": 100, f"shadow-base|{cand}|ndcg": 50.0})
+    decided = trainer([])
+    assert decided["rollout"]["decision"] == "promoted", decided
+    assert "online ndcg@10 0.15000 >= 0.13125" in decided["rollout"]["reason"]
+    assert reg.current_version() == cand and reg.shadow_version() is None
