@@ -152,13 +152,7 @@ def _child(conn: Any, k: int, exclude_seen: bool, exclude_window: int, cache_byt
     """The shadow process: load the candidate when told, score each batch it is sent, answer
     with its lists; ends when the worker closes the pipe (or dies)."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s shadow: %(message)s")
-    try:  # Linux: run only on CPU nothing else wants (the serving path preempts it at once)
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except (OSError, AttributeError):
-        try:
-            os.nice(SHADOW_NICE)
-        except OSError as exc:
-            log.warning("shadow process keeps the worker's CPU priority: %s", exc)
+    _lower_priority()
     model: LoadedModel | None = None
     cache = KVCache(cache_bytes, cache_dtype)
     blocked: frozenset[str] = frozenset()
@@ -204,6 +198,20 @@ def _child(conn: Any, k: int, exclude_seen: bool, exclude_window: int, cache_byt
             log.exception("shadow scoring of a batch failed")
         conn.send(("result", model.version if model is not None else None, out, 1000 * (time.perf_counter() - t0), counts,
                    lost, len(cache) if cache.evictions else -1))
+
+
+def _lower_priority() -> None:
+    """Linux: every thread of this process runs only on CPU nothing else wants (the serving path
+    preempts it at once); the threads that imports started (numpy's, onnxruntime's) too, and the
+    ones started later inherit it. Elsewhere: nice +10."""
+    try:
+        for tid in [int(t) for t in os.listdir("/proc/self/task")]:
+            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+    except (OSError, AttributeError, ValueError):
+        try:
+            os.nice(SHADOW_NICE)
+        except OSError as exc:
+            log.warning("shadow process keeps the worker's CPU priority: %s", exc)
 
 
 def _in_step(cache: KVCache, user: str, seq: int) -> bool:

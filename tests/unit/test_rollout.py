@@ -216,6 +216,9 @@ async def test_shadow_samples_its_fraction_and_queues_at_most_max_pending(regist
             assert tag == rows[u][0] and serving == ["a"] and len(cand) == 10
             assert not set(cand) & {e.decode().split("|")[2] for e in window}, "a seen item was shadow-recommended"
         assert s._proc.pid != os.getpid() and s._proc.is_alive()  # scored in another process
+        if hasattr(os, "SCHED_IDLE"):  # Linux: every thread of it on idle CPU only, the imports' threads too
+            tids = [int(t) for t in os.listdir(f"/proc/{s._proc.pid}/task")]
+            assert len(tids) > 1 and all(os.sched_getscheduler(t) == os.SCHED_IDLE for t in tids)
     finally:
         s.close()
 
