@@ -11,7 +11,7 @@ from attnrec.errors import RegistryError
 from attnrec.manifest import validation_ndcg
 from attnrec.registry import Registry
 
-__all__ = ["gate_decision", "online_decision", "promote_gated"]
+__all__ = ["gate_decision", "offline_gate", "online_decision", "promote_gated"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,21 @@ def online_decision(online: dict[str, Any] | None, margin: float, min_events: in
                           f"margin {margin:+.1%})")
 
 
+def offline_gate(registry: Registry, version: str, margin: float) -> tuple[bool, str, dict[str, Any]]:
+    """:func:`gate_decision` for a published version against CURRENT's manifest: (pass, reason,
+    figures for the history entry)."""
+    current = registry.current_version()
+    cur_ndcg = None
+    if current:
+        try:
+            cur_ndcg = validation_ndcg(registry.read_manifest(current).get("metrics", {}))
+        except RegistryError:  # CURRENT names a version whose directory is gone: nothing to compare
+            log.warning("CURRENT %s has no readable manifest; gating %s without a comparison", current, version)
+    new_ndcg = validation_ndcg(registry.read_manifest(version).get("metrics", {}))
+    ok, reason = gate_decision(new_ndcg, cur_ndcg, margin)
+    return ok, reason, {"new_ndcg@10": new_ndcg, "current_ndcg@10": cur_ndcg, "current": current, "margin": margin}
+
+
 def promote_gated(registry: Registry, version: str, *, force: bool = False, margin: float = 0.02,
                   online: dict[str, Any] | None = None, online_margin: float | None = None,
                   online_min_events: int = 1000) -> dict[str, Any]:
@@ -53,17 +68,8 @@ def promote_gated(registry: Registry, version: str, *, force: bool = False, marg
 
     Returns the history entry (``decision`` is promoted, forced or rejected).
     """
-    new = registry.read_manifest(version)
-    current = registry.current_version()
-    cur_ndcg = None
-    if current:
-        try:
-            cur_ndcg = validation_ndcg(registry.read_manifest(current).get("metrics", {}))
-        except RegistryError:  # CURRENT names a version whose directory is gone: nothing to compare
-            log.warning("CURRENT %s has no readable manifest; gating %s without a comparison", current, version)
-    new_ndcg = validation_ndcg(new.get("metrics", {}))
-    ok, reason = gate_decision(new_ndcg, cur_ndcg, margin)
-    figures: dict[str, Any] = {"new_ndcg@10": new_ndcg, "current_ndcg@10": cur_ndcg, "current": current, "margin": margin}
+    ok, reason, figures = offline_gate(registry, version, margin)
+    current = figures["current"]
     if online_margin is not None:
         ok_online, why = online_decision(online, online_margin, online_min_events)
         figures["online"] = {**(online or {}), "margin": online_margin, "min_events": online_min_events}

@@ -49,7 +49,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from attnrec.errors import AttnrecError, DataError, InvalidEventError, ModelError, RegistryError, TransientError
+from attnrec.errors import AttnrecError, DataError, InvalidEventError, ModelError, TransientError
 from attnrec.registry import fsync_dir
 from attnrec.settings import Settings, parse_duration
 
@@ -305,19 +305,11 @@ def _decide_shadowed(s: Settings, reg: Any, state: dict[str, Any], online: Onlin
 def _shadow_new(s: Settings, reg: Any, version: str, state: dict[str, Any]) -> dict[str, Any]:
     """``TRAINER_ROLLOUT=shadow``: a new version that passes the offline gate is shadow-scored
     (the online gate decides it in a later cycle); one that fails is rejected as usual."""
-    from attnrec.manifest import validation_ndcg
-    from exporter.gate import gate_decision
+    from exporter.gate import offline_gate
 
-    current = reg.current_version()
-    new_ndcg = validation_ndcg(reg.read_manifest(version).get("metrics", {}))
-    try:
-        cur_ndcg = validation_ndcg(reg.read_manifest(current).get("metrics", {}))
-    except RegistryError:  # CURRENT's directory is gone: nothing to compare (as promote_gated)
-        cur_ndcg = None
-    ok, reason = gate_decision(new_ndcg, cur_ndcg, s.margin)
-    figures = {"new_ndcg@10": new_ndcg, "current_ndcg@10": cur_ndcg, "current": current, "margin": s.margin}
+    ok, reason, figures = offline_gate(reg, version, s.margin)
     if not ok:
-        return reg.record(version, decision="rejected", reason=reason, figures=figures, previous=current)  # type: ignore[no-any-return]
+        return reg.record(version, decision="rejected", reason=reason, figures=figures, previous=figures["current"])  # type: ignore[no-any-return]
     state["shadowing"] = version
     return reg.set_shadow(version, reason=f"trainer: {reason}; shadow-scored until the online gate decides")  # type: ignore[no-any-return]
 

@@ -90,12 +90,13 @@ class KVCache:
         self._users.move_to_end(user)
         return c
 
-    def put(self, user: str, kv: np.ndarray, n: int, seq: int, recent: Sequence[bytes]) -> None:
+    def put(self, user: str, kv: np.ndarray, n: int, seq: int, recent: Sequence[bytes],
+            seen: np.ndarray | None = None) -> None:
         """Store (or replace) a user's cache, then evict the least recently used beyond the bound."""
         old = self._users.pop(user, None)
         if old is not None:
             self.bytes -= old.nbytes
-        c = UserCache(np.ascontiguousarray(kv, dtype=self.dtype), int(n), int(seq), list(recent))
+        c = UserCache(np.ascontiguousarray(kv, dtype=self.dtype), int(n), int(seq), list(recent), seen)
         if c.nbytes > self.max_bytes:
             return
         self._users[user] = c
@@ -116,10 +117,7 @@ class KVCache:
             seen = seen[:keep]
         if self._users.get(user) is not c:
             kv = np.concatenate([c.kv[:, :, 1:], new_kv[:, :, None].astype(c.kv.dtype)], axis=2)
-            self.put(user, kv, min(c.n + 1, c.kv.shape[2]), c.seq + 1, [new_entry, *c.recent][:keep])
-            got = self._users.get(user)
-            if got is not None:
-                got.seen = seen
+            self.put(user, kv, min(c.n + 1, c.kv.shape[2]), c.seq + 1, [new_entry, *c.recent][:keep], seen)
             return
         c.seen = seen
         c.kv[:, :, :-1] = c.kv[:, :, 1:]

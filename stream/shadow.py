@@ -184,7 +184,7 @@ def _child(conn: Any, k: int, exclude_seen: bool, exclude_window: int, cache_byt
                 if model.incremental:
                     if cache.version != model.version:
                         cache.reset(model.version)
-                    lost = [u for u, r in rows.items() if r[5] and not _in_step(cache, u, r[3])]
+                    lost = [u for u, r in rows.items() if r[5] and cache.hit(u, r[3], 1) is None]  # cache gone
                     for u in lost:
                         del rows[u]
                     counts["lost"] = len(lost)
@@ -212,12 +212,6 @@ def _lower_priority() -> None:
             os.nice(SHADOW_NICE)
         except OSError as exc:
             log.warning("shadow process keeps the worker's CPU priority: %s", exc)
-
-
-def _in_step(cache: KVCache, user: str, seq: int) -> bool:
-    """The user's cache can take its one new event (a row sent with only that event)."""
-    c = cache.peek(user)
-    return c is not None and c.seq == seq - 1
 
 
 class Shadow:
