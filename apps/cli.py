@@ -54,7 +54,7 @@ _DATA = (("--data", "data"), ("--format", "data_format"), ("--threads", "train_t
          ("--quiet", "quiet"))
 _MODEL = tuple((f"--{name}", f"train_{name.replace('-', '_')}") for name in (
     "max-len", "d-model", "blocks", "heads", "dropout", "block", "epochs", "patience", "batch-size", "lr", "lr-decay",
-    "lr-patience", "output-dropout", "ema", "weight-decay", "label-smoothing", "loss", "negatives", "negatives-per",
+    "lr-patience", "output-dropout", "ema", "weight-decay", "label-smoothing", "denoise", "denoise-weight", "drop-hardest", "loss", "negatives", "negatives-per",
     "max-minutes", "bucket", "no-types", "no-gaps"))
 
 COMMANDS: tuple[Command, ...] = (

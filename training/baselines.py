@@ -96,9 +96,10 @@ class GRU4Rec(_Scorer):
         self.gru = nn.GRU(cfg.d_model, cfg.d_model, batch_first=True)
         self.drop_out = nn.Dropout(cfg.dropout)
 
-    def forward(self, items: torch.Tensor, types: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
+    def forward(self, items: torch.Tensor, types: torch.Tensor, gaps: torch.Tensor,
+                attentions: list[torch.Tensor] | None = None) -> torch.Tensor:
         """(B, T) left-padded -> states (B, T, d); the GRU starts at the first real event (padding
-        never enters it), pad positions are zeros."""
+        never enters it), pad positions are zeros. No attention: ``attentions`` stays empty."""
         B, T = items.shape
         valid = items != 0
         n = valid.sum(1)  # (B,)
@@ -125,9 +126,11 @@ class MeanPool(_Scorer):
                                 nn.Linear(cfg.ff_width, cfg.d_model), nn.Dropout(cfg.dropout))
         self.ln_f = nn.LayerNorm(cfg.d_model)
 
-    def forward(self, items: torch.Tensor, types: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
+    def forward(self, items: torch.Tensor, types: torch.Tensor, gaps: torch.Tensor,
+                attentions: list[torch.Tensor] | None = None) -> torch.Tensor:
         """(B, T) -> (B, T, d): at each position the mean of the event embeddings of the last
-        ``max_len`` real events up to it (causal), then norm + feed-forward + norm."""
+        ``max_len`` real events up to it (causal), then norm + feed-forward + norm. No
+        attention: ``attentions`` stays empty."""
         valid = (items != 0).unsqueeze(-1).to(torch.float32)  # (B, T, 1)
         x = self.emb_drop(self.emb(items, types, gaps)) * valid
         cs, cnt = x.cumsum(1), valid.cumsum(1)

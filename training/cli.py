@@ -34,7 +34,9 @@ _MODEL_FIELDS = {"train_max_len": "max_len", "train_d_model": "d_model", "train_
 _TRAIN_FIELDS = {"train_epochs": "epochs", "train_patience": "patience", "train_batch_size": "batch_size",
                  "train_lr": "lr", "train_lr_decay": "lr_decay", "train_lr_patience": "lr_patience",
                  "train_output_dropout": "output_dropout", "train_ema": "ema", "train_weight_decay": "weight_decay",
-                 "train_label_smoothing": "label_smoothing", "train_loss": "loss", "train_negatives": "n_negatives",
+                 "train_label_smoothing": "label_smoothing", "train_denoise": "denoise",
+                 "train_denoise_weight": "denoise_weight", "train_drop_hardest": "drop_hardest",
+                 "train_loss": "loss", "train_negatives": "n_negatives",
                  "train_negatives_per": "negatives_per", "train_max_minutes": "max_minutes",
                  "train_bucket": "bucket_batches"}
 

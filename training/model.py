@@ -347,11 +347,15 @@ class AttnRec(nn.Module):
             return None
         return self.rel_bias[b][:, dist]  # (H, Tq, T)
 
-    def forward(self, items: torch.Tensor, types: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
-        """Hidden states at every position, (B, T, d)."""
+    def forward(self, items: torch.Tensor, types: torch.Tensor, gaps: torch.Tensor,
+                attentions: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Hidden states at every position, (B, T, d); with a list ``attentions``, each block's
+        attention (B, T, T), heads averaged, is appended to it (training/denoise.py)."""
         x, allowed, dist = self._embed(items, types, gaps)
         for b, block in enumerate(self.blocks):
-            x, _, _, _ = block(x, allowed, bias=self._bias(b, dist))
+            x, att, _, _ = block(x, allowed, bias=self._bias(b, dist))
+            if attentions is not None:
+                attentions.append(att.mean(dim=1))
         return self.ln_f(x)  # (B, T, d)
 
     def final_state(self, items: torch.Tensor, types: torch.Tensor, gaps: torch.Tensor,

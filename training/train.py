@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from .content import content_model_fields
 from .data import Dataset
+from .denoise import attention_on, insert_random
 from .evaluate import PROTOCOL, evaluate, model_scorer
 from .features import N_EVENT_TYPES, N_GAP_BUCKETS, left_pad
 from .model import AttnRec, ConfigDict, ModelConfig
@@ -56,6 +57,9 @@ class TrainConfig(ConfigDict):
     ema: float = 0.0  # validate and keep an exponential moving average of the weights with this decay per step (0 = off)
     weight_decay: float = 0.0
     label_smoothing: float = 0.0  # loss=ce: share of the target's weight spread over all items
+    denoise: float = 0.0  # share of random events inserted into each training batch (training/denoise.py; 0 = off)
+    denoise_weight: float = 1.0  # weight of the attention mass on the inserted events in the loss
+    drop_hardest: float = 0.0  # share of each batch's positions with the largest loss left out of it (0 = off)
     loss: str = "ce"  # ce | sampled | bce
     n_negatives: int = 256  # for loss=sampled (bce always uses one)
     negatives_per: str = "row"  # loss=sampled: draw negatives per "position", per "row" or per "batch"
@@ -75,6 +79,9 @@ class TrainConfig(ConfigDict):
         assert 0 <= self.output_dropout < 1, f"output_dropout must be in [0, 1), got {self.output_dropout}"
         assert 0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}"
         assert self.label_smoothing == 0 or self.loss == "ce", "label_smoothing needs loss='ce'"
+        assert 0 <= self.denoise < 1, f"denoise must be in [0, 1), got {self.denoise}"
+        assert self.denoise_weight >= 0, f"denoise_weight must be >= 0, got {self.denoise_weight}"
+        assert 0 <= self.drop_hardest < 1, f"drop_hardest must be in [0, 1), got {self.drop_hardest}"
 
 
 
@@ -190,7 +197,19 @@ def training_arrays(ds: Dataset, max_len: int, all_windows: bool = False, warmup
 
 def _loss(model: AttnRec, cfg: TrainConfig, items: torch.Tensor, types: torch.Tensor, gaps: torch.Tensor,
           targets: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    hidden = model(items, types, gaps)  # (B, L, d)
+    if cfg.denoise:  # random events inserted, and the attention they get is a loss (training/denoise.py)
+        items, types, gaps, targets, inserted = insert_random(items, types, gaps, targets, cfg.denoise,
+                                                              model.cfg.n_items, gen)
+        atts: list[torch.Tensor] = []
+        hidden = model(items, types, gaps, attentions=atts)
+        return _next_item_loss(model, cfg, items, hidden, targets, gen) + \
+            cfg.denoise_weight * attention_on(atts, inserted, items != 0)
+    return _next_item_loss(model, cfg, items, model(items, types, gaps), targets, gen)
+
+
+def _next_item_loss(model: AttnRec, cfg: TrainConfig, items: torch.Tensor, hidden: torch.Tensor,
+                    targets: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """The next-item loss of ``cfg.loss`` over the hidden states (B, L, d) of the positions with a target."""
     sel = (targets > 1) & (items != 0)  # positions with a real next item
     h = hidden[sel]  # (N, d)
     y = targets[sel]  # (N,)
@@ -206,14 +225,19 @@ def _loss(model: AttnRec, cfg: TrainConfig, items: torch.Tensor, types: torch.Te
         cand, target = emb[2:], y - 2  # (n_items - 2, d): PAD and OOV are never predicted
         if warm is not None:  # targets are training events, so always among the kept items
             cand, target = cand[warm[2:]], (torch.cumsum(warm[2:].long(), 0) - 1)[target]
+        if cfg.drop_hardest:
+            return _truncated_mean(F.cross_entropy(h @ cand.t(), target, label_smoothing=cfg.label_smoothing,
+                                                   reduction="none"), cfg.drop_hardest)
         return F.cross_entropy(h @ cand.t(), target, label_smoothing=cfg.label_smoothing)
     if cfg.loss == "bce":
         neg = torch.randint(2, n_items, y.shape, generator=gen)  # (N,)
         pos_logit = (h * emb[y]).sum(-1)
         neg_logit = (h * emb[neg]).sum(-1)
-        return F.binary_cross_entropy_with_logits(pos_logit, torch.ones_like(pos_logit)) + \
-            F.binary_cross_entropy_with_logits(neg_logit, torch.zeros_like(neg_logit),
+        reduction = "none" if cfg.drop_hardest else "mean"
+        bce = F.binary_cross_entropy_with_logits(pos_logit, torch.ones_like(pos_logit), reduction=reduction) + \
+            F.binary_cross_entropy_with_logits(neg_logit, torch.zeros_like(neg_logit), reduction=reduction,
                                                weight=None if warm is None else warm[neg].to(neg_logit.dtype))
+        return _truncated_mean(bce, cfg.drop_hardest) if cfg.drop_hardest else bce
     pos_logit = (h * emb[y]).sum(-1, keepdim=True)  # (N, 1)
     K = cfg.n_negatives
     if cfg.negatives_per == "batch":
@@ -230,7 +254,18 @@ def _loss(model: AttnRec, cfg: TrainConfig, items: torch.Tensor, types: torch.Te
     if warm is not None:
         neg_logit = neg_logit.masked_fill(~warm[neg], -1e9)  # cold items are never negatives
     logits = torch.cat([pos_logit, neg_logit], dim=1)
+    if cfg.drop_hardest:
+        return _truncated_mean(F.cross_entropy(logits, torch.zeros(len(y), dtype=torch.long), reduction="none"),
+                               cfg.drop_hardest)
     return F.cross_entropy(logits, torch.zeros(len(y), dtype=torch.long))
+
+
+def _truncated_mean(per_position: torch.Tensor, drop: float) -> torch.Tensor:
+    """The mean of the per-position losses (N,) without the share ``drop`` of the largest: a
+    target the model finds very unlikely is more often a misclick than a lesson (truncated loss,
+    Wang et al., "Denoising Implicit Feedback for Recommendation", WSDM 2021)."""
+    keep = max(1, int(round(per_position.numel() * (1 - drop))))
+    return per_position.topk(keep, largest=False).values.mean()
 
 
 def _batches(lengths: np.ndarray, tcfg: TrainConfig, rng: np.random.Generator) -> list[torch.Tensor]:
