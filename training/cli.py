@@ -41,12 +41,16 @@ _TRAIN_FIELDS = {"train_epochs": "epochs", "train_patience": "patience", "train_
                  "train_bucket": "bucket_batches"}
 
 
-def configs(s: Settings, ds: Any, *, loss: str | None = None) -> tuple[Any, Any]:
+def configs(s: Settings, ds: Any, *, loss: str | None = None, baseline: bool = False) -> tuple[Any, Any]:
     """The data's default configurations with every ``ATTNREC_TRAIN_*`` setting that is set
-    applied on top (``loss``: the loss when the settings leave it unset)."""
+    applied on top (``loss``: the loss when the settings leave it unset). A ``baseline`` trains
+    without the attention model's denoising default unless ``ATTNREC_TRAIN_DENOISE`` is set: it
+    teaches attention where not to look, and the baselines keep their published recipes."""
     from .train import default_configs
 
     mcfg, tcfg = default_configs(ds)
+    if baseline:
+        tcfg.denoise = 0.0
     for src, dst in _MODEL_FIELDS.items():
         if getattr(s, src) is not None:
             setattr(mcfg, dst, getattr(s, src))
@@ -76,11 +80,11 @@ def _dataset(s: Settings, vocab: Any = None) -> Any:
     return load_dataset(s.data, s.data_format, vocab)
 
 
-def _fit(s: Settings, ds: Any, loss: str | None = None) -> tuple[Any, Any, dict[str, Any]]:
+def _fit(s: Settings, ds: Any, loss: str | None = None, baseline: bool = False) -> tuple[Any, Any, dict[str, Any]]:
     """Train with the data defaults and the settings; returns (model, tcfg, metrics)."""
     from .train import fit_and_evaluate
 
-    mcfg, tcfg = configs(s, ds, loss=loss)
+    mcfg, tcfg = configs(s, ds, loss=loss, baseline=baseline)
     log.info("model %s", mcfg)
     log.info("train %s", tcfg)
     model, metrics = fit_and_evaluate(ds, mcfg, tcfg, progress=not s.quiet)
@@ -156,11 +160,11 @@ def _fit_here(s: Settings, ds: Any, mode: str) -> tuple[Any, dict[str, Any], dic
     if mode in ("gru4rec", "meanpool"):
         from .baselines import fit_baseline
 
-        mcfg, tcfg = configs(s, ds)
+        mcfg, tcfg = configs(s, ds, baseline=True)
         model, metrics = fit_baseline(ds, mode, mcfg, tcfg, progress=not s.quiet)
         mdict = metrics["model"]
     else:
-        model, tcfg, metrics = _fit(s, ds, loss="bce" if mode == "sasrec-bce" else None)
+        model, tcfg, metrics = _fit(s, ds, loss="bce" if mode == "sasrec-bce" else None, baseline=mode != "train")
         mdict = model.cfg.to_dict()
     config = {"model": mdict, "train": tcfg.to_dict(), "best_epoch": metrics["best_epoch"],
               "epochs_run": metrics["epochs_run"], "stop_reason": metrics["stop_reason"],

@@ -14,6 +14,7 @@ unless ``--force``); then a summary JSON, a plot and a markdown table (printed).
     python docs/bench/noise_robustness.py --synthetic 1000,500,60000,7 --budget 20 --extra "--epochs 40" \\
         --parallel 2 --flags 'gru4rec:--lr 2e-3' --runs runs/noise-synth ...      # docs/BENCHMARKS.md's run
     python docs/bench/noise_robustness.py --runs runs/noise --render-only ...   # re-aggregate only
+    python docs/bench/noise_robustness.py --overlay plain=A.json --overlay denoise=B.json --png OUT.png  # compare grids
 """
 
 from __future__ import annotations
@@ -133,16 +134,52 @@ def plot(summary: dict[str, Any], png: Path, title: str) -> None:
             ax3.plot(ps, [r["attention_mass"] or 0 for r in rs], marker="o", label="attention mass on injected")
             ax3.plot(ps, [r["injected_share_of_window"] or 0 for r in rs], marker="s", linestyle="--",
                      label="injected share of the window")
-    ax1.set(xlabel="noise share P", ylabel="test NDCG@10", title="test NDCG@10")
-    ax2.set(xlabel="noise share P", ylabel="% vs P=0", title="NDCG@10 relative to P=0")
-    ax3.set(xlabel="noise share P", ylabel="share", title="attention model, last layer, final position")
-    for ax in (ax1, ax2, ax3):
+    ax3.set(ylabel="share", title="attention model, last layer, final position")
+    _finish(fig, (ax1, ax2, ax3), png, title, legend_size=8)
+
+
+def _finish(fig: Any, axes: tuple[Any, ...], png: Path, title: str, legend_size: int) -> None:
+    """Common labels of the three panels (NDCG@10, its change, attention), grid, legends; save."""
+    axes[0].set(xlabel="noise share P", ylabel="test NDCG@10", title="test NDCG@10")
+    axes[1].set(xlabel="noise share P", ylabel="% vs P=0", title="NDCG@10 relative to P=0")
+    axes[2].set(xlabel="noise share P")
+    for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=legend_size)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=110)
+
+
+def overlay(series: list[tuple[str, Path]], png: Path, title: str) -> None:
+    """One figure over several grids' summary JSONs (``--overlay LABEL=FILE``): each model of each
+    grid is a line labelled ``LABEL: model``; the attention panel shows each attention grid's
+    mass on injected events over their share of the window (1 = uniform)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4.5))
+    n = 0
+    for label, path in series:
+        summary = json.loads(path.read_text())
+        for model in summary["models"]:
+            rs = [r for r in summary["rows"] if r["model"] == model]
+            ps = [r["p"] for r in rs]
+            style = {"marker": "o", "label": f"{label}: {model}", "color": f"C{n % 10}"}  # one colour per line, all panels
+            n += 1
+            ax1.plot(ps, [r["ndcg@10"] for r in rs], **style)
+            ax2.plot(ps, [100 * (r["ndcg_drop"] or 0) for r in rs], **style)
+            noisy = [r for r in rs if r["p"] > 0 and r["attention_mass"] is not None]
+            if noisy:
+                ax3.plot([r["p"] for r in noisy], [r["attention_mass"] / r["injected_share_of_window"] for r in noisy],
+                         **style)
+    ax3.axhline(1.0, color="grey", linestyle="--", linewidth=1, label="uniform")
+    ax3.axhline(0.5, color="grey", linestyle=":", linewidth=1, label="half the share")
+    ax3.set(ylabel="mass / share", title="attention on injected / their share of the window", ylim=(0, 1.1))
+    _finish(fig, (ax1, ax2, ax3), png, title, legend_size=7)
 
 
 def synthetic_events(runs: Path, spec: str) -> str:
@@ -178,7 +215,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--render-only", action="store_true", help="only aggregate the existing run JSONs")
     p.add_argument("--json", default="docs/bench/noise_robustness.json")
     p.add_argument("--png", default="docs/img/noise_robustness.png")
+    p.add_argument("--overlay", action="append", default=[], type=lambda x: tuple(x.split("=", 1)), metavar="LABEL=JSON",
+                   help="only plot these grids' summary JSONs on one figure (--png) and stop")
+    p.add_argument("--title", default="", help="the --overlay figure's title")
     a = p.parse_args(argv)
+    if a.overlay:
+        overlay([(label, Path(f)) for label, f in a.overlay], Path(a.png), a.title)
+        return 0
     models = tuple(m.strip() for m in a.models.split(",") if m.strip())
     levels = tuple(float(x) for x in a.levels.split(","))
     bad = [m for m in models if m not in MODELS]

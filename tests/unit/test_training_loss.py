@@ -81,7 +81,7 @@ def test_default_recipe_for_short_item_sequences_is_sasrec_block_full_softmax_ra
     p.write_text("".join(f"{u} " + " ".join(str(1 + (u * 7 + k) % 300) for k in range(6)) + "\n" for u in range(1, 90)))
     m, t = default_configs(load_dataset(p, "s3"))
     assert (t.loss, m.block, t.bucket_batches, m.d_model) == ("ce", "sasrec", False, 128)
-    assert (t.lr, t.label_smoothing) == (5e-4, 0.1)
+    assert (t.lr, t.label_smoothing, t.denoise, t.drop_hardest) == (5e-4, 0.1, 0.2, 0.0)
 
 
 def test_default_recipe_for_long_item_sequences_is_full_softmax_random_batches_patient(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -95,7 +95,7 @@ def test_default_recipe_for_long_item_sequences_is_full_softmax_random_batches_p
     assert (m.max_len, m.n_blocks, m.dropout, m.block, m.d_model, m.positions) == (100, 2, 0.1, "pre_ln", 64, "relative")
     assert m.history_len == 199
     assert (t.loss, t.bucket_batches, t.patience) == ("ce", False, 20)
-    assert (t.lr, t.label_smoothing) == (1e-3, 0.0)
+    assert (t.lr, t.label_smoothing, t.denoise) == (1e-3, 0.0, 0.0)  # denoising not measured on long histories
 
 
 def test_learning_rate_decays_only_after_lr_patience_epochs_without_gain(tmp_path) -> None:  # type: ignore[no-untyped-def]
