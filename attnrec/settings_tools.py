@@ -57,7 +57,7 @@ class ToolFields(BaseSettings):
     train_ema: float | None = Field(None, ge=0, lt=1, description="ATTNREC_TRAIN_EMA: decay per step of the weight average that is validated and kept (0 = off)")
     train_weight_decay: float | None = Field(None, ge=0, description="ATTNREC_TRAIN_WEIGHT_DECAY: Adam weight decay")
     train_label_smoothing: float | None = Field(None, ge=0, lt=1, description="ATTNREC_TRAIN_LABEL_SMOOTHING: with loss ce, the share of the target's weight spread over all items (0 = off)")
-    train_denoise: float | None = Field(None, ge=0, lt=1, description="ATTNREC_TRAIN_DENOISE: share of random events inserted into every training batch, whose attention is a loss, so the model learns to look away from misclicks (training/denoise.py; 0 = off)")
+    train_denoise: float | None = Field(None, ge=0, lt=1, description="ATTNREC_TRAIN_DENOISE: share of random events inserted into every training batch, whose attention is a loss, so the model learns to look away from misclicks (training/denoise.py; 0 = off; unset: 0.2 for short histories, 0.1 for event streams, 0 for long histories)")
     train_denoise_weight: float | None = Field(None, ge=0, description="ATTNREC_TRAIN_DENOISE_WEIGHT: with DENOISE, the weight of the attention mass on the inserted events in the loss (unset: 1)")
     train_drop_hardest: float | None = Field(None, ge=0, lt=1, description="ATTNREC_TRAIN_DROP_HARDEST: share of each training batch's positions with the largest loss left out of it, so noisy targets (misclicks) teach less (0 = off)")
     train_loss: Literal["ce", "sampled", "bce"] | None = Field(None, description="ATTNREC_TRAIN_LOSS: full softmax, sampled softmax, or SASRec's BCE")
