@@ -233,23 +233,22 @@ def _next_item_loss(model: AttnRec, cfg: TrainConfig, items: torch.Tensor, hidde
     # item content: an item without training events (a cold item) is never a negative, or its
     # own content features (a title word no other item has) would only learn to push it down
     warm = model.trained_items() if hasattr(model, "trained_items") else None  # (n_items,) bool or None
+    # with drop_hardest, per-position losses, then the truncated mean; else the plain mean
+    reduction = "none" if cfg.drop_hardest else "mean"
     if cfg.loss == "ce":
         cand, target = emb[2:], y - 2  # (n_items - 2, d): PAD and OOV are never predicted
         if warm is not None:  # targets are training events, so always among the kept items
             cand, target = cand[warm[2:]], (torch.cumsum(warm[2:].long(), 0) - 1)[target]
-        if cfg.drop_hardest:
-            return _truncated_mean(F.cross_entropy(h @ cand.t(), target, label_smoothing=cfg.label_smoothing,
-                                                   reduction="none"), cfg.drop_hardest)
-        return F.cross_entropy(h @ cand.t(), target, label_smoothing=cfg.label_smoothing)
+        return _reduce(F.cross_entropy(h @ cand.t(), target, label_smoothing=cfg.label_smoothing,
+                                       reduction=reduction), cfg.drop_hardest)
     if cfg.loss == "bce":
         neg = torch.randint(2, n_items, y.shape, generator=gen)  # (N,)
         pos_logit = (h * emb[y]).sum(-1)
         neg_logit = (h * emb[neg]).sum(-1)
-        reduction = "none" if cfg.drop_hardest else "mean"
         bce = F.binary_cross_entropy_with_logits(pos_logit, torch.ones_like(pos_logit), reduction=reduction) + \
             F.binary_cross_entropy_with_logits(neg_logit, torch.zeros_like(neg_logit), reduction=reduction,
                                                weight=None if warm is None else warm[neg].to(neg_logit.dtype))
-        return _truncated_mean(bce, cfg.drop_hardest) if cfg.drop_hardest else bce
+        return _reduce(bce, cfg.drop_hardest)
     pos_logit = (h * emb[y]).sum(-1, keepdim=True)  # (N, 1)
     K = cfg.n_negatives
     if cfg.negatives_per == "batch":
@@ -266,10 +265,14 @@ def _next_item_loss(model: AttnRec, cfg: TrainConfig, items: torch.Tensor, hidde
     if warm is not None:
         neg_logit = neg_logit.masked_fill(~warm[neg], -1e9)  # cold items are never negatives
     logits = torch.cat([pos_logit, neg_logit], dim=1)
-    if cfg.drop_hardest:
-        return _truncated_mean(F.cross_entropy(logits, torch.zeros(len(y), dtype=torch.long), reduction="none"),
-                               cfg.drop_hardest)
-    return F.cross_entropy(logits, torch.zeros(len(y), dtype=torch.long))
+    return _reduce(F.cross_entropy(logits, torch.zeros(len(y), dtype=torch.long), reduction=reduction),
+                   cfg.drop_hardest)
+
+
+def _reduce(loss: torch.Tensor, drop: float) -> torch.Tensor:
+    """``loss`` as computed (already a mean) when ``drop`` is 0, else the truncated mean of the
+    per-position losses."""
+    return _truncated_mean(loss, drop) if drop else loss
 
 
 def _truncated_mean(per_position: torch.Tensor, drop: float) -> torch.Tensor:
