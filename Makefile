@@ -40,7 +40,7 @@ bench-quality: setup        ## full training runs on the public data (long; not 
 	bash training/bench_quality.sh
 
 microbench: setup           ## onnxruntime vs torch per-batch latency
-	$(BIN)/python -m exporter.microbench --json docs/bench/microbench.json
+	$(BIN)/python -m attnrec.exporter.microbench --json docs/bench/microbench.json
 
 lint: setup
 	$(BIN)/ruff check attnrec stream training exporter apps deploy tests

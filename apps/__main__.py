@@ -1,3 +1,3 @@
-from apps.cli import main
+from attnrec.apps.cli import main
 
 raise SystemExit(main())

@@ -58,67 +58,67 @@ _MODEL = tuple((f"--{name}", f"train_{name.replace('-', '_')}") for name in (
     "max-minutes", "bucket", "no-types", "no-gaps"))
 
 COMMANDS: tuple[Command, ...] = (
-    Command("stack", "local Kafka (KRaft) + Redis: up | down | status", "apps.stack:cmd_stack", _HOME,
+    Command("stack", "local Kafka (KRaft) + Redis: up | down | status", "attnrec.apps.stack:cmd_stack", _HOME,
             positionals=(("action", {"choices": ["up", "down", "status"]}),)),
-    Command("worker", "run the streaming worker (faust)", "apps.cli:cmd_worker",
+    Command("worker", "run the streaming worker (faust)", "attnrec.apps.cli:cmd_worker",
             (("--batch-size", "batch_size"), ("--batch-wait-ms", "batch_wait_ms"), ("--web-port", "web_port"),
              ("--web-host", "web_host"), ("--group-id", "group_id"), ("--scorer", "scorer"), *_REGISTRY, *_HOME)),
-    Command("replay", "produce click events to the clicks topic", "apps.replay:cmd_replay",
+    Command("replay", "produce click events to the clicks topic", "attnrec.apps.replay:cmd_replay",
             (("--data", "replay_data"), ("--synthetic", "replay_synthetic"), ("--rate", "replay_rate"),
              ("--count", "replay_count"), ("--seed", "replay_seed"), ("--topic", "replay_topic"),
              ("--scenario", "replay_scenario"), ("--burst-at", "replay_burst_at_s"), ("--burst-s", "replay_burst_s"),
              ("--burst-factor", "replay_burst_factor"), *_HOME)),
-    Command("demo", "the main job, end to end on the local stack", "apps.demo:cmd_demo",
+    Command("demo", "the main job, end to end on the local stack", "attnrec.apps.demo:cmd_demo",
             (("--events", "demo_events"), ("--rate", "demo_rate"), ("--train-seconds", "demo_train_seconds"),
              ("--keep-stack", "demo_keep_stack"), ("--scenario", "demo_scenario"), *_HOME)),
     Command("train", "train a model (defaults chosen from the data; early stopping on validation NDCG@10)",
-            "training.cli:cmd_train", (*_DATA, ("--out", "train_out"), *_MODEL, ("--items", "train_items"),
+            "attnrec.training.cli:cmd_train", (*_DATA, ("--out", "train_out"), *_MODEL, ("--items", "train_items"),
                                        ("--id-dropout", "train_id_dropout"))),
     Command("eval", "leave-one-out full-ranking evaluation of a checkpoint (--model), of the attention model trained "
             "here (--train) or of a baseline trained here (--baseline; evaluation only, never exported); --noise "
-            "trains and evaluates on noisy data", "training.cli:cmd_eval",
+            "trains and evaluates on noisy data", "attnrec.training.cli:cmd_eval",
             (*_DATA, ("--model", "eval_model"), ("--baseline", "eval_baseline"), ("--train", "eval_train"),
              ("--noise", "eval_noise"), ("--keep-history", "eval_keep_history"), ("--split", "eval_split"),
              ("--json", "eval_json"), *_MODEL)),
-    Command("export", "export a checkpoint to ONNX, check it and publish it to the registry", "exporter.cli:cmd_export",
+    Command("export", "export a checkpoint to ONNX, check it and publish it to the registry", "attnrec.exporter.cli:cmd_export",
             (("--checkpoint", "checkpoint"), *_REGISTRY, ("--promote", "promote"), *_GATE, ("--top-k", "top_k"),
              ("--quantize", "quantize"), *_HOME)),
     Command("models", "list, promote or roll back registry versions", "", subcommands=(
-        Command("list", "versions, newest first; * marks CURRENT", "exporter.cli:cmd_models_list",
+        Command("list", "versions, newest first; * marks CURRENT", "attnrec.exporter.cli:cmd_models_list",
                 (*_REGISTRY, ("--json", "models_json"), *_HOME)),
         Command("promote", "promote a published version through the NDCG@10 gate (and the online gate with --online-margin)",
-                "apps.rollout:cmd_models_promote",
+                "attnrec.apps.rollout:cmd_models_promote",
                 (*_REGISTRY, *_GATE, ("--online-margin", "online_margin"), ("--online-min-events", "online_min_events"),
                  *_HOME), positionals=(("version", {}),)),
         Command("shadow", "shadow-score VERSION beside CURRENT on live traffic; no VERSION: the comparison so far; --off: stop",
-                "apps.rollout:cmd_models_shadow", (*_REGISTRY, ("--off", "shadow_off"), ("--json", "models_json"), *_HOME),
+                "attnrec.apps.rollout:cmd_models_shadow", (*_REGISTRY, ("--off", "shadow_off"), ("--json", "models_json"), *_HOME),
                 positionals=(("version", {"nargs": "?"}),)),
-        Command("rollback", "make the previously promoted version CURRENT again", "exporter.cli:cmd_models_rollback",
+        Command("rollback", "make the previously promoted version CURRENT again", "attnrec.exporter.cli:cmd_models_rollback",
                 (*_REGISTRY, ("--reason", "rollback_reason"), *_HOME)),
     )),
     Command("schema", "the topics' JSON Schemas (docs/schemas/README.md): show one, validate JSON lines", "", subcommands=(
-        Command("show", "print a schema as JSON", "apps.schema:cmd_show",
+        Command("show", "print a schema as JSON", "attnrec.apps.schema:cmd_show",
                 positionals=(("name", {"help": "clicks, recs, clicks.dlq, model-updates or catalog (recs/1: a major)"}),)),
         Command("validate", "check JSON lines (FILE, or stdin) against a schema: line N: <reason>; exit 1 if any is invalid",
-                "apps.schema:cmd_validate",
+                "attnrec.apps.schema:cmd_validate",
                 positionals=(("name", {"help": "the schema, as for show"}),
                              ("file", {"nargs": "?", "default": "-", "help": "JSON lines (default: stdin)"}))),
     )),
     Command("trainer", "periodic archive -> retrain -> export -> gated promote (or shadow, then promote)",
-            "apps.rollout:cmd_trainer",
+            "attnrec.apps.rollout:cmd_trainer",
             (("--every", "trainer_every"), ("--rollout", "trainer_rollout"), ("--online-margin", "online_margin"),
              ("--online-min-events", "online_min_events"), ("--once", "trainer_once"), ("--events-dir", "events_dir"),
              ("--kafka-bootstrap", "kafka_bootstrap"), ("--clicks-topic", "clicks_topic"),
              ("--trainer-group", "trainer_group"), ("--min-new-events", "min_new_events"), ("--epochs", "trainer_epochs"),
              ("--max-minutes", "trainer_max_minutes"), ("--threads", "trainer_threads"), ("--top-k", "top_k"),
              *_REGISTRY, *_GATE, *_HOME)),
-    Command("bench", "end-to-end throughput/latency benchmark against the stack", "apps.bench.cli:cmd_bench",
+    Command("bench", "end-to-end throughput/latency benchmark against the stack", "attnrec.apps.bench.cli:cmd_bench",
             tuple((f"--{f.removeprefix('bench_').replace('_', '-')}", f) for f in Settings.model_fields
                   if f.startswith("bench_") and f not in ("bench_md",))
             + (("--benchmarks-md", "bench_md"), ("--batch-size", "batch_size"), ("--scorer", "scorer"), ("--quiet", "quiet"),
                ("--processing-guarantee", "processing_guarantee"), *_HOME)),
     Command("dashboard", "ops dashboard web page (throughput, latency, lag, dead letters, models, live feed)",
-            "stream.dashboard:cmd_dashboard",
+            "attnrec.stream.dashboard:cmd_dashboard",
             (("--dashboard-host", "dashboard_host"), ("--dashboard-port", "dashboard_port"),
              ("--latency-window-s", "latency_window_s"), ("--feed-backfill", "feed_backfill"),
              ("--latency-join", "latency_join"), ("--group-id", "group_id"), ("--kafka-bootstrap", "kafka_bootstrap"),
@@ -210,11 +210,11 @@ def _resolve(handler: str) -> Handler:
 # ------------------------------------------------------------------------------------- commands run here
 def cmd_worker(s: Settings, args: argparse.Namespace) -> int:
     """``attnrec worker``: create missing topics, then serve until SIGTERM/SIGINT."""
-    from stream.runner import run_worker
+    from attnrec.stream.runner import run_worker
 
     factory = None
     if s.scorer == "torch":
-        from exporter.eager import torch_session_factory  # needs torch: the benchmark's baseline only
+        from attnrec.exporter.eager import torch_session_factory  # needs torch: the benchmark's baseline only
 
         factory = torch_session_factory(s.ort_threads)
     run_worker(s, session_factory=factory)

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from apps.demo_kit import fresh_ids, say, start_worker, stop_worker, train_and_export, wait_ready, write_jsonl
-from apps.replay import RecsTracker, produce
-from apps.stack import free_port, local_stack
+from attnrec.apps.demo_kit import fresh_ids, say, start_worker, stop_worker, train_and_export, wait_ready, write_jsonl
+from attnrec.apps.replay import RecsTracker, produce
+from attnrec.apps.stack import free_port, local_stack
 from attnrec.kafka_util import ensure_topics
 from attnrec.settings import Settings
 
@@ -46,12 +46,12 @@ def cmd_demo(s: Settings, args: Any) -> int:
 
 def run_demo(s: Settings) -> int:
     if s.demo_scenario == "live":
-        from apps.demo_live import run_live_demo
+        from attnrec.apps.demo_live import run_live_demo
 
         return run_live_demo(s)
     from tqdm import tqdm
 
-    from training.synth import generate
+    from attnrec.training.synth import generate
 
     events, rate, train_seconds, keep_stack = s.demo_events, s.demo_rate, s.demo_train_seconds, s.demo_keep_stack
     t_start = time.monotonic()
@@ -105,7 +105,7 @@ def run_demo(s: Settings) -> int:
             """One cycle of the periodic trainer (`attnrec trainer`): archive what arrived on
             `clicks`, retrain warm-started from the serving model, export, gated promote."""
             try:
-                from exporter.trainer import run_cycle
+                from attnrec.exporter.trainer import run_cycle
 
                 events_dir = work / "events"
                 events_dir.mkdir(exist_ok=True)

@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from apps.stack import REPO_ROOT
+from attnrec.apps.stack import REPO_ROOT
 from attnrec.errors import StackError
 from attnrec.events import ClickEvent
 from attnrec.registry import Registry
@@ -28,8 +28,8 @@ def say(msg: str) -> None:
 
 def train_and_export(s: Settings, data: Path, out: Path, registry: Path, *, force: bool) -> tuple[str, dict[str, Any]]:
     """The training pipeline of ``attnrec train`` on the demo's events, then export and promote."""
-    from exporter.export import export_checkpoint
-    from training.cli import train_checkpoint
+    from attnrec.exporter.export import export_checkpoint
+    from attnrec.training.cli import train_checkpoint
 
     minutes = max(0.1, s.demo_train_seconds / 60.0)
     train_checkpoint(s.model_copy(update={"data": data, "data_format": "events", "train_out": out,
@@ -61,7 +61,7 @@ def write_jsonl(path: Path, events: Any) -> Path:
 
 def start_worker(env: dict[str, str], logf: Path) -> subprocess.Popen[bytes]:
     """``attnrec worker`` in its own session (so it can be stopped with its children), log to ``logf``."""
-    return subprocess.Popen([sys.executable, "-m", "apps", "worker"], env=env, cwd=REPO_ROOT,
+    return subprocess.Popen([sys.executable, "-m", "attnrec.apps", "worker"], env=env, cwd=REPO_ROOT,
                             stdout=open(logf, "ab"), stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
 
 

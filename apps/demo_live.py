@@ -1,7 +1,7 @@
 """``attnrec demo --scenario live``: live-stream commerce end to end on the local stack.
 
 1. start Kafka (KRaft) + Redis;
-2. generate one live-commerce world (:mod:`training.live`): rooms going live and ending,
+2. generate one live-commerce world (:mod:`attnrec.training.live`): rooms going live and ending,
    products on and off the shelf and selling out, viewers with favourite streamers, planted
    rules (a gift in a room is followed by a purchase of its products, ...);
 3. train an attention model on the world's past clicks, export and promote it;
@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from apps.bench.worker import scrape
-from apps.demo_kit import fresh_ids, say, start_worker, stop_worker, train_and_export, wait_ready, write_jsonl
-from apps.replay import RecsTracker, produce_live
-from apps.stack import free_port, local_stack
+from attnrec.apps.bench.worker import scrape
+from attnrec.apps.demo_kit import fresh_ids, say, start_worker, stop_worker, train_and_export, wait_ready, write_jsonl
+from attnrec.apps.replay import RecsTracker, produce_live
+from attnrec.apps.stack import free_port, local_stack
 from attnrec.events import CatalogEvent, ClickEvent
 from attnrec.kafka_util import ensure_topics
 from attnrec.settings import Settings
@@ -80,7 +80,7 @@ def run_live_demo(s: Settings) -> int:
 
 def live_demo(s: Settings, z: Sizes = Sizes()) -> dict[str, Any]:
     """The whole demo; prints as it goes and returns the summary's figures."""
-    from training.live import AvailabilityLog, generate_live
+    from attnrec.training.live import AvailabilityLog, generate_live
 
     t_start = time.monotonic()
     home = s.home.resolve()

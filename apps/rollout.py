@@ -6,7 +6,7 @@
     attnrec models shadow --off        stop shadowing
     attnrec models promote VERSION [--online-margin M --online-min-events N]
 
-The figures are the workers' online evaluation (:mod:`stream.online`) read from Redis: the
+The figures are the workers' online evaluation (:mod:`attnrec.stream.online`) read from Redis: the
 shadow's NDCG@10 / HR@10 against the serving model's on the same triggers, overlap@10 and, with
 ``ATTNREC_INTERLEAVE_FRACTION``, the team-draft win rate (docs/DEPLOY.md, "Rolling out a model").
 """
@@ -21,11 +21,11 @@ from attnrec.errors import AttnrecError, ConfigError, TransientError
 from attnrec.redis_util import redis_sync
 from attnrec.registry import Registry
 from attnrec.settings import Settings
-from exporter.cli import fail
-from exporter.gate import promote_gated
-from stream.live import ONLINE_KEY
-from stream.online import comparisons, totals
-from stream.policy import Policy
+from attnrec.exporter.cli import fail
+from attnrec.exporter.gate import promote_gated
+from attnrec.stream.live import ONLINE_KEY
+from attnrec.stream.online import comparisons, totals
+from attnrec.stream.policy import Policy
 
 __all__ = ["cmd_models_shadow", "cmd_models_promote", "cmd_trainer", "online_figures"]
 
@@ -105,9 +105,9 @@ def cmd_models_promote(s: Settings, args: Any) -> int:
 
 
 def cmd_trainer(s: Settings, args: Any) -> int:
-    """``attnrec trainer``: :func:`exporter.trainer.cmd_trainer`, with the workers' shadow
+    """``attnrec trainer``: :func:`attnrec.exporter.trainer.cmd_trainer`, with the workers' shadow
     comparison for ``TRAINER_ROLLOUT=shadow``."""
-    from exporter.trainer import cmd_trainer as run
+    from attnrec.exporter.trainer import cmd_trainer as run
 
     def online(version: str) -> dict[str, Any] | None:
         return next((c for c in online_figures(s) if c["version"] == version), None)

@@ -12,6 +12,7 @@ import base64
 import hashlib
 import logging
 import os
+import random
 import re
 import shutil
 import signal
@@ -35,11 +36,38 @@ _POM = REPO_ROOT / "deploy" / "kafka" / "pom.xml"
 _LOG4J = REPO_ROOT / "deploy" / "kafka" / "log4j2.xml"
 
 
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port() -> int:
-    """A TCP port that is free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port that is free on 127.0.0.1 right now, never one handed out before by this
+    process, and below the kernel's ephemeral range: a port from that range (``bind`` to 0) was
+    once taken by one of the many client connections the tests open before the server it was
+    meant for could bind it (Kafka: "Received a fatal error while waiting for all of the
+    SocketServer Acceptors to be started")."""
+    lo, _ = _ephemeral_range()
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, lo) if lo > 21000 else 0
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            port = int(s.getsockname()[1])
+        _HANDED_OUT.add(port)
+        return port
+    raise StackError("no free TCP port on 127.0.0.1")
 
 
 def _port_open(port: int, host: str = "127.0.0.1") -> bool:

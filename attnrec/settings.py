@@ -2,7 +2,7 @@
 
 Every option of every command is a field here: a field ``name`` is the variable
 ``ATTNREC_`` + ``name`` in capitals (each description starts with it), and a command-line flag, where a command
-has one, overrides the environment (:mod:`apps.cli` maps flags onto fields). The
+has one, overrides the environment (:mod:`attnrec.apps.cli` maps flags onto fields). The
 fields are grouped in sections (:data:`SECTIONS`); ``docs/CONFIGURATION.md`` is generated from
 this class (``python deploy/gen_config_doc.py``).
 

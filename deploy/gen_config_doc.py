@@ -20,7 +20,7 @@ if str(REPO) not in sys.path:
 
 from pydantic import SecretStr  # noqa: E402
 
-from apps.cli import COMMANDS  # noqa: E402
+from attnrec.apps.cli import COMMANDS  # noqa: E402
 from attnrec.settings import OTHER_VARIABLES, SECTIONS, Settings, env_name  # noqa: E402
 
 OUT = REPO / "docs" / "CONFIGURATION.md"

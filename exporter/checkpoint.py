@@ -1,6 +1,6 @@
 """A training checkpoint as the exporter reads it: the model, its configuration and
 vocabulary, and what the manifest carries besides (metrics, popularity, sample sequences for
-the parity gate and the golden input). The files are ``training.checkpoint``'s."""
+the parity gate and the golden input). The files are ``attnrec.training.checkpoint``'s."""
 
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def load_checkpoint(checkpoint_dir: str | Path) -> Checkpoint:
     path = Path(checkpoint_dir)
     if not path.is_dir():
         raise ModelError(f"checkpoint directory {path} does not exist")
-    from training.checkpoint import load_checkpoint as _load
+    from attnrec.training.checkpoint import load_checkpoint as _load
 
     model, config, vocab = _load(path)
     model.eval()

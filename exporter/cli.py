@@ -38,7 +38,7 @@ def fail(exc: AttnrecError) -> int:
 
 def cmd_export(s: Settings, args: Any) -> int:
     """``attnrec export``: torch checkpoint -> ONNX, parity gate, publish, optional gated promote."""
-    from exporter.export import export_checkpoint
+    from attnrec.exporter.export import export_checkpoint
 
     if s.checkpoint is None:
         raise ConfigError("--checkpoint is required (or set ATTNREC_CHECKPOINT)")

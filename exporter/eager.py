@@ -25,8 +25,8 @@ class TorchEagerSession:
     def __init__(self, checkpoint_dir: str | Path, top_k: int, threads: int = 1, *, step: bool = False) -> None:
         import torch
 
-        from exporter.checkpoint import load_checkpoint
-        from exporter.graph import ServingGraph, StepGraph
+        from attnrec.exporter.checkpoint import load_checkpoint
+        from attnrec.exporter.graph import ServingGraph, StepGraph
 
         torch.set_num_threads(threads)
         self.torch = torch
@@ -49,7 +49,7 @@ class TorchEagerSession:
 
 
 def torch_session_factory(threads: int = 1) -> Any:
-    """A :data:`stream.model.SessionFactory` giving each loaded model a torch-eager session."""
+    """A :data:`attnrec.stream.model.SessionFactory` giving each loaded model a torch-eager session."""
 
     def make(model: Any) -> tuple[TorchEagerSession, TorchEagerSession | None]:
         ckpt = model.manifest.get("checkpoint")

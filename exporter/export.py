@@ -1,10 +1,10 @@
 """torch -> ONNX export, the whole path: ``export_checkpoint``.
 
-Load a training checkpoint (:mod:`exporter.checkpoint`), wrap the model in the serving graph
-and export it (:mod:`exporter.graph`), check parity with torch on real and random sequences
-and record a golden input (:mod:`exporter.parity`), optionally try int8
-(:mod:`exporter.quantize`), publish to the registry (which re-checks the published files with
-onnxruntime), and optionally promote through the NDCG@10 gate (:mod:`exporter.gate`).
+Load a training checkpoint (:mod:`attnrec.exporter.checkpoint`), wrap the model in the serving graph
+and export it (:mod:`attnrec.exporter.graph`), check parity with torch on real and random sequences
+and record a golden input (:mod:`attnrec.exporter.parity`), optionally try int8
+(:mod:`attnrec.exporter.quantize`), publish to the registry (which re-checks the published files with
+onnxruntime), and optionally promote through the NDCG@10 gate (:mod:`attnrec.exporter.gate`).
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ from attnrec.manifest import (
     gap_boundaries_ms,
 )
 from attnrec.registry import Registry
-from exporter.checkpoint import Checkpoint, load_checkpoint
-from exporter.gate import promote_gated
-from exporter.graph import OPSET, export_onnx, export_step_onnx
-from exporter.parity import PARITY_MAX_ABS_DIFF, PARITY_MIN_TOP10_AGREEMENT, make_golden, parity_check
-from exporter.samples import input_len
-from exporter.step import make_golden_step, step_parity
+from attnrec.exporter.checkpoint import Checkpoint, load_checkpoint
+from attnrec.exporter.gate import promote_gated
+from attnrec.exporter.graph import OPSET, export_onnx, export_step_onnx
+from attnrec.exporter.parity import PARITY_MAX_ABS_DIFF, PARITY_MIN_TOP10_AGREEMENT, make_golden, parity_check
+from attnrec.exporter.samples import input_len
+from attnrec.exporter.step import make_golden_step, step_parity
 
 __all__ = ["build_manifest", "export_checkpoint"]
 
@@ -137,7 +137,7 @@ def export_checkpoint(checkpoint_dir: str | Path, registry_root: str | Path, *, 
                 quant["reason"] = "not tried: an incremental model's full and step graphs must stay exact together"
                 quantize = False
         if quantize:
-            from exporter.quantize import choose_quantization
+            from attnrec.exporter.quantize import choose_quantization
 
             qpath, report = choose_quantization(ckpt, serving, full, tmp)
             quant.update(report)

@@ -1,6 +1,6 @@
 """Model micro-benchmark: the exported serving graph in onnxruntime against torch eager.
 
-    python -m exporter.microbench --json runs/microbench.json [--checkpoint DIR] [--quick]
+    python -m attnrec.exporter.microbench --json runs/microbench.json [--checkpoint DIR] [--quick]
 
 Per-batch latency of one scoring call (the serving graph: model + exclusion + top-10) for
 batch 1, 32 and 256 at max_len 50 and 200, full-length rows (no padding: the worst case),
@@ -98,10 +98,10 @@ def run(*, checkpoint: str | None = None, quick: bool = False, top_k: int = 10) 
     import torch
 
     from attnrec.modelcheck import make_session
-    from exporter.checkpoint import load_checkpoint
-    from exporter.graph import ServingGraph, export_onnx
-    from exporter.quantize import quantize_graph
-    from training.model import AttnRec, ModelConfig
+    from attnrec.exporter.checkpoint import load_checkpoint
+    from attnrec.exporter.graph import ServingGraph, export_onnx
+    from attnrec.exporter.quantize import quantize_graph
+    from attnrec.training.model import AttnRec, ModelConfig
 
     min_iters, min_seconds = (3, 0.1) if quick else (10, 0.5)
     rng = np.random.default_rng(0)
@@ -157,7 +157,7 @@ def run(*, checkpoint: str | None = None, quick: bool = False, top_k: int = 10) 
     torch.set_num_threads(torch_threads_before)
     return {
         "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.executable).name, "-m", "exporter.microbench", *sys.argv[1:]]),
+        "command": " ".join([Path(sys.executable).name, "-m", "attnrec.exporter.microbench", *sys.argv[1:]]),
         "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "loadavg_before_after": None},
         "versions": {"onnxruntime": ort.__version__, "torch": torch.__version__, "numpy": np.__version__,
                      "python": platform.python_version()},
@@ -189,7 +189,7 @@ def markdown_table(report: dict[str, Any], *, metric: str = "p50_ms") -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m exporter.microbench", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m attnrec.exporter.microbench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", type=Path, required=True, help="write the results here")
     p.add_argument("--checkpoint", default=os.environ.get("ATTNREC_CHECKPOINT"),

@@ -18,9 +18,9 @@ import torch
 
 from attnrec.errors import ModelError
 from attnrec.modelcheck import make_session
-from exporter.checkpoint import Checkpoint
-from exporter.graph import ServingGraph
-from exporter.samples import input_len, pad_batch, random_seqs
+from attnrec.exporter.checkpoint import Checkpoint
+from attnrec.exporter.graph import ServingGraph
+from attnrec.exporter.samples import input_len, pad_batch, random_seqs
 
 __all__ = ["PARITY_MAX_ABS_DIFF", "PARITY_MIN_TOP10_AGREEMENT", "TIE_TOLERANCE", "top_agreement", "parity_check", "make_golden"]
 

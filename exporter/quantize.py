@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from exporter.samples import input_len, pad_batch, random_seqs
+from attnrec.exporter.samples import input_len, pad_batch, random_seqs
 
 __all__ = ["MAX_REL_NDCG_LOSS", "MIN_SPEEDUP", "VARIANTS", "quantize_graph", "sample_ndcg", "median_latency_ms",
            "evaluate_quantization", "choose_quantization"]
@@ -120,8 +120,8 @@ def protocol_ndcg(ckpt: Any, full_fp32: Path, full_int8: Path) -> tuple[float, f
     import torch
 
     from attnrec.modelcheck import make_session
-    from training.data import Vocab, load_dataset
-    from training.evaluate import evaluate
+    from attnrec.training.data import Vocab, load_dataset
+    from attnrec.training.evaluate import evaluate
 
     path = _dataset_path(ckpt.config)
     if path is None:

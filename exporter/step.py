@@ -25,10 +25,10 @@ import torch
 
 from attnrec.errors import ModelError
 from attnrec.modelcheck import make_session
-from exporter.checkpoint import Checkpoint
-from exporter.graph import ServingGraph, StepGraph
-from exporter.parity import PARITY_BATCHES, PARITY_MAX_ABS_DIFF, PARITY_MIN_TOP10_AGREEMENT, top_agreement
-from exporter.samples import input_len, pad_batch, random_seqs
+from attnrec.exporter.checkpoint import Checkpoint
+from attnrec.exporter.graph import ServingGraph, StepGraph
+from attnrec.exporter.parity import PARITY_BATCHES, PARITY_MAX_ABS_DIFF, PARITY_MIN_TOP10_AGREEMENT, top_agreement
+from attnrec.exporter.samples import input_len, pad_batch, random_seqs
 
 __all__ = ["step_cases", "step_parity", "make_golden_step"]
 

@@ -15,16 +15,16 @@ One cycle:
    (or there is no model yet), on the whole event log with the ``events`` loader. The item
    vocabulary is the current model's, grown by appending new items, so old items keep their
    indices, and the model is warm-started from the current one through
-   ``training.train.train(init_state=...)`` (old rows copied into the grown item table, new
+   ``attnrec.training.train.train(init_state=...)`` (old rows copied into the grown item table, new
    items' rows start fresh). With no current model (or its checkpoint directory gone) it
    trains from scratch; the cycle summary says which (``warm_start``).
 3. **Evaluate** (leave-one-out full ranking, validation and test), write a checkpoint under
    ``$ATTNREC_HOME/trainer/ckpt-<time>``.
-4. **Export and promote** through :func:`exporter.export.export_checkpoint` with
+4. **Export and promote** through :func:`attnrec.exporter.export.export_checkpoint` with
    ``promote=True``: parity gate, load checks, NDCG@10 gate with ``--margin`` (or ``--force``).
    With ``TRAINER_ROLLOUT=shadow`` a new model that passes the offline gate is published and
    shadow-scored instead (the registry's ``SHADOW``; workers score it beside the serving one),
-   and each later cycle first asks the online gate about it (:func:`exporter.gate.online_decision`
+   and each later cycle first asks the online gate about it (:func:`attnrec.exporter.gate.online_decision`
    on the workers' shadow comparison, ``ONLINE_MARGIN`` over ``ONLINE_MIN_EVENTS`` next events):
    promoted or rejected once the events are there, shadowing stops either way; until then the
    cycle archives but does not retrain (a newer model would restart the count). An operator who
@@ -180,7 +180,7 @@ def _current_checkpoint(s: Settings) -> tuple[str | None, Path | None]:
 
 def _grown_vocab(old_vocab: dict[str, Any] | None, events_dir: Path) -> Any:
     """The old vocabulary with every new item of the event log appended (old indices kept)."""
-    from training.data import Vocab, read_events
+    from attnrec.training.data import Vocab, read_events
 
     if old_vocab is None:
         return None
@@ -219,10 +219,10 @@ def _attributes_file(ckpt_path: Path | None) -> Path | None:
 
 def retrain(s: Settings) -> dict[str, Any]:
     """Train on the whole event log; returns {"checkpoint", "warm_start", "val_ndcg@10", ...}."""
-    from training.checkpoint import load_checkpoint, save_checkpoint
-    from training.data import load_dataset
-    from training.model import AttnRec
-    from training.train import default_configs, fit_and_evaluate
+    from attnrec.training.checkpoint import load_checkpoint, save_checkpoint
+    from attnrec.training.data import load_dataset
+    from attnrec.training.model import AttnRec
+    from attnrec.training.train import default_configs, fit_and_evaluate
 
     current, ckpt_path = _current_checkpoint(s)
     old_model = old_cfg = old_vocab = None
@@ -232,12 +232,12 @@ def retrain(s: Settings) -> dict[str, Any]:
     ds = load_dataset(s.event_log, "events", vocab)
     attributes = _attributes_file(ckpt_path)
     if attributes is not None:  # a model with item content keeps it: the same attribute file
-        from training.content import attach_content, load_item_attributes
+        from attnrec.training.content import attach_content, load_item_attributes
 
         attach_content(ds, load_item_attributes(attributes))
     mcfg, tcfg = default_configs(ds)
     if old_cfg is not None:  # keep the architecture; only the vocabulary grows
-        from training.model import ModelConfig
+        from attnrec.training.model import ModelConfig
 
         mcfg = ModelConfig.from_dict({**old_cfg["model"], "n_items": ds.vocab.n_items})
     tcfg.epochs, tcfg.max_minutes, tcfg.threads = s.trainer_epochs, s.trainer_max_minutes, s.trainer_threads
@@ -277,7 +277,7 @@ def _decide_shadowed(s: Settings, reg: Any, state: dict[str, Any], online: Onlin
                      summary: dict[str, Any]) -> bool:
     """``TRAINER_ROLLOUT=shadow``: the online gate on the version this trainer shadows, once its
     events are there (promoted or rejected; shadowing stops). True while it still waits."""
-    from exporter.gate import promote_gated
+    from attnrec.exporter.gate import promote_gated
 
     mine = state.get("shadowing")
     if not mine:
@@ -305,7 +305,7 @@ def _decide_shadowed(s: Settings, reg: Any, state: dict[str, Any], online: Onlin
 def _shadow_new(s: Settings, reg: Any, version: str, state: dict[str, Any]) -> dict[str, Any]:
     """``TRAINER_ROLLOUT=shadow``: a new version that passes the offline gate is shadow-scored
     (the online gate decides it in a later cycle); one that fails is rejected as usual."""
-    from exporter.gate import offline_gate
+    from attnrec.exporter.gate import offline_gate
 
     ok, reason, figures = offline_gate(reg, version, s.margin)
     if not ok:
@@ -316,9 +316,9 @@ def _shadow_new(s: Settings, reg: Any, version: str, state: dict[str, Any]) -> d
 
 def run_cycle(s: Settings, *, archive: bool = True, online: OnlineFigures | None = None) -> dict[str, Any]:
     """One archive -> retrain -> export -> gated promote pass; returns its summary. ``online``:
-    a version's shadow comparison (``TRAINER_ROLLOUT=shadow``; ``apps.rollout.online_figures``)."""
+    a version's shadow comparison (``TRAINER_ROLLOUT=shadow``; ``attnrec.apps.rollout.online_figures``)."""
     from attnrec.registry import Registry
-    from exporter.export import export_checkpoint
+    from attnrec.exporter.export import export_checkpoint
 
     summary: dict[str, Any] = {"started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
     if archive:
@@ -386,7 +386,7 @@ def run_loop(s: Settings, *, stop: threading.Event | None = None, once: bool = F
 # --- command line -------------------------------------------------------------------------------
 def cmd_trainer(s: Settings, args: Any, online: OnlineFigures | None = None) -> int:
     """``attnrec trainer``: cycles until SIGTERM/SIGINT (``--once``: one cycle); ``online`` reads
-    the workers' shadow comparison (given by ``apps.rollout.cmd_trainer``)."""
+    the workers' shadow comparison (given by ``attnrec.apps.rollout.cmd_trainer``)."""
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

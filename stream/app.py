@@ -1,9 +1,9 @@
 """The Faust worker's wiring: the app, its one agent and its web views. Nothing else.
 
 The agent (concurrency 1) consumes ``clicks`` with ``noack_take(B, within=W)`` into a
-:class:`stream.batcher.Batcher`, which runs batches through a
-:class:`stream.processor.Processor` (parse, Redis, model, recommendations; the decisions are
-:mod:`stream.logic`'s) and hands their records to a :class:`stream.sender.KafkaSender`. A
+:class:`attnrec.stream.batcher.Batcher`, which runs batches through a
+:class:`attnrec.stream.processor.Processor` (parse, Redis, model, recommendations; the decisions are
+:mod:`attnrec.stream.logic`'s) and hands their records to a :class:`attnrec.stream.sender.KafkaSender`. A
 batch's input events are acked, and so become committable, only once the broker has
 acknowledged every record it produced.
 """
@@ -22,13 +22,13 @@ from attnrec.errors import AttnrecError
 from attnrec.kafka_util import faust_credentials
 from attnrec.redis_util import redis_client
 from attnrec.settings import Settings
-from stream.batcher import Batcher, feed
-from stream.buffer import STATE_LOST, RedisBuffers
-from stream.metrics import WorkerMetrics
-from stream.model import ModelWatcher, SessionFactory
-from stream.processor import Processor
-from stream.sender import KafkaSender
-from stream.transactions import TransactionalSender
+from attnrec.stream.batcher import Batcher, feed
+from attnrec.stream.buffer import STATE_LOST, RedisBuffers
+from attnrec.stream.metrics import WorkerMetrics
+from attnrec.stream.model import ModelWatcher, SessionFactory
+from attnrec.stream.processor import Processor
+from attnrec.stream.sender import KafkaSender
+from attnrec.stream.transactions import TransactionalSender
 
 __all__ = ["faust_app", "add_agent", "add_catalog_agent", "add_views", "guard_redis_state", "create_app"]
 
@@ -68,7 +68,7 @@ def add_agent(app: faust.App, s: Settings, proc: Processor) -> None:
     """The one agent (concurrency 1) over ``clicks``: every event to a :class:`Batcher` over
     ``proc``, whose output goes through a :class:`KafkaSender` (at-least-once) or, exactly-once,
     a :class:`TransactionalSender` (and then faust neither acks nor commits: the transactions
-    commit the offsets, see :mod:`stream.transactions`)."""
+    commit the offsets, see :mod:`attnrec.stream.transactions`)."""
     exactly_once = s.processing_guarantee == "exactly_once"
     clicks = app.topic(s.clicks_topic, partitions=s.partitions, key_type=bytes, value_type=bytes, acks=not exactly_once)
     sender: KafkaSender | TransactionalSender
@@ -102,7 +102,7 @@ def add_agent(app: faust.App, s: Settings, proc: Processor) -> None:
 
 def add_catalog_agent(app: faust.App, s: Settings, proc: Processor) -> None:
     """With ``CATALOG``: an agent over the catalog topic that applies status events to the
-    availability state shared in Redis (:mod:`stream.catalog`); acked and committed by faust
+    availability state shared in Redis (:mod:`attnrec.stream.catalog`); acked and committed by faust
     once applied (applying again is harmless: the last status by event time wins)."""
     topic = app.topic(s.catalog_topic, partitions=s.partitions, key_type=bytes, value_type=bytes)
 
@@ -172,7 +172,7 @@ def add_views(app: faust.App, s: Settings, proc: Processor, *, buffers: RedisBuf
 
 
 async def guard_redis_state(s: Settings, buffers: RedisBuffers, proc: Processor, poll_s: float = 5.0) -> None:
-    """Keep Redis' state marker honest (:data:`stream.buffer.STATE_KEY`). Missing at a fresh
+    """Keep Redis' state marker honest (:data:`attnrec.stream.buffer.STATE_KEY`). Missing at a fresh
     start (the group has committed nothing) it is created, and so it is when Redis holds users'
     buffers without it (written by a version from before the marker); missing while the group
     has committed offsets and Redis holds no buffers at all (they were lost) the worker reports

@@ -1,5 +1,5 @@
 """Adaptive batching for one agent: every event as it arrives (:func:`feed`), in order, through
-the :class:`stream.processor.Processor`, with deliveries overlapping the next batches.
+the :class:`attnrec.stream.processor.Processor`, with deliveries overlapping the next batches.
 
 No window and no wait by default: when the worker is idle an event is processed the moment it
 arrives; while a batch is being processed the next events queue, and the next batch is all of
@@ -18,9 +18,9 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from stream.logic import RawRecord
-from stream.processor import Prepared, Processor, where
-from stream.sender import Outbox
+from attnrec.stream.logic import RawRecord
+from attnrec.stream.processor import Prepared, Processor, where
+from attnrec.stream.sender import Outbox
 
 __all__ = ["Batcher", "feed"]
 

@@ -1,6 +1,6 @@
 """Per-user key/value caches of an incremental model: the worker's accelerator, never the truth.
 
-With relative positions and a band of L events (:mod:`training.model`), an event's keys and
+With relative positions and a band of L events (:mod:`attnrec.training.model`), an event's keys and
 values in every block are fixed once it has arrived. The worker keeps, per user, every block's
 keys and values of the user's last L-1 events; scoring a new event is then one query per block
 over them (the model's step graph) instead of the whole history through the full graph.
@@ -111,7 +111,7 @@ class KVCache:
         """A hit's bookkeeping: roll the new event's keys/values into the cache (the oldest slot
         leaves the window), one more event in step with Redis, the entry at the head of
         ``recent`` (at most ``keep`` kept) and ``seen`` their item indices (the step row's, from
-        :func:`stream.logic.build_step_inputs`). A cache evicted since it was looked up is
+        :func:`attnrec.stream.logic.build_step_inputs`). A cache evicted since it was looked up is
         stored again."""
         if seen is not None:
             seen = seen[:keep]

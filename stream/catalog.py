@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 
 from attnrec.events import CatalogEvent
-from stream.buffer import redis_errors
+from attnrec.stream.buffer import redis_errors
 
 __all__ = ["CATALOG_KEYS", "APPLY_CATALOG_LUA", "Availability", "CatalogStore"]
 

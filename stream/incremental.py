@@ -1,5 +1,5 @@
 """A batch of an incremental model: which users the step graph can score from their cache, which
-need the full graph, and the cache's bookkeeping afterwards (semantics in :mod:`stream.cache`).
+need the full graph, and the cache's bookkeeping afterwards (semantics in :mod:`attnrec.stream.cache`).
 
 The processor calls, in order: :meth:`Incremental.lengths` (how many buffer entries Redis should
 return per user: a cached user needs only its new entries and the one before), then after the
@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 
 from attnrec.settings import Settings
-from stream.buffer import Applied, RedisBuffers
-from stream.cache import KVCache, UserCache
-from stream.logic import ModelInputs, Rows, StepInputs, build_inputs, build_step_inputs, merge_scored
-from stream.metrics import WorkerMetrics
-from stream.model import LoadedModel
+from attnrec.stream.buffer import Applied, RedisBuffers
+from attnrec.stream.cache import KVCache, UserCache
+from attnrec.stream.logic import ModelInputs, Rows, StepInputs, build_inputs, build_step_inputs, merge_scored
+from attnrec.stream.metrics import WorkerMetrics
+from attnrec.stream.model import LoadedModel
 
 __all__ = ["Plan", "Incremental"]
 
@@ -107,7 +107,7 @@ class Incremental:
     def commit(self, model: LoadedModel, plan: Plan,
                outputs: tuple[tuple[np.ndarray, ...] | None, tuple[np.ndarray, ...] | None]) -> tuple[Rows, tuple[np.ndarray, ...]]:
         """Roll the hits' caches forward, refill the misses' from the full graph, and merge the
-        rows of both graphs for :func:`stream.logic.recommend`."""
+        rows of both graphs for :func:`attnrec.stream.logic.recommend`."""
         full, step = outputs
         m = self.metrics
         m.rows.labels("full").inc(len(plan.full.users))

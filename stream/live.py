@@ -2,8 +2,8 @@
 before the model (the availability view, the policy's exclusions in the graph's input), after
 it (boosts, the trending fallback, the lists the online evaluation remembers) and after the
 batch (its trending counts, kept until the worker's once-a-second :meth:`LiveLayer.flush`
-writes them and the online-evaluation totals to Redis, for every worker and the dashboard). The decisions are :mod:`stream.policy`'s, :mod:`stream.online`'s and
-:mod:`stream.trending`'s; this module only wires them.
+writes them and the online-evaluation totals to Redis, for every worker and the dashboard). The decisions are :mod:`attnrec.stream.policy`'s, :mod:`attnrec.stream.online`'s and
+:mod:`attnrec.stream.trending`'s; this module only wires them.
 """
 
 from __future__ import annotations
@@ -21,16 +21,16 @@ from attnrec.errors import InvalidEventError, TransientError
 from attnrec.events import ClickEvent, parse_catalog_event
 from attnrec.manifest import OOV
 from attnrec.settings import Settings
-from stream.buffer import redis_errors
-from stream.catalog import Availability, CatalogStore
-from stream.interleave import in_experiment, team_draft
-from stream.logic import Recommendation
-from stream.metrics import WorkerMetrics
-from stream.model import LoadedModel
-from stream.online import OnlineEval
-from stream.policy import Policy, pad_rows
-from stream.shadow import Shadow, candidate_lists, overlap
-from stream.trending import Trending
+from attnrec.stream.buffer import redis_errors
+from attnrec.stream.catalog import Availability, CatalogStore
+from attnrec.stream.interleave import in_experiment, team_draft
+from attnrec.stream.logic import Recommendation
+from attnrec.stream.metrics import WorkerMetrics
+from attnrec.stream.model import LoadedModel
+from attnrec.stream.online import OnlineEval
+from attnrec.stream.policy import Policy, pad_rows
+from attnrec.stream.shadow import Shadow, candidate_lists, overlap
+from attnrec.stream.trending import Trending
 
 __all__ = ["ONLINE_KEY", "LiveLayer"]
 

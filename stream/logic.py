@@ -18,7 +18,7 @@ import orjson
 from attnrec.errors import InvalidEventError
 from attnrec.events import ClickEvent, dlq_envelope, parse_event
 from attnrec.manifest import OOV
-from stream.model import LoadedModel
+from attnrec.stream.model import LoadedModel
 
 __all__ = ["BufferEntry", "format_entry", "encode_entry", "decode_entry", "split_entry", "entry_item", "MAX_DLQ_RAW", "TIMING_HEADER", "timing_header", "RawRecord", "Parsed", "parse_records", "EntryTable", "ModelInputs", "build_inputs", "StepInputs", "build_step_inputs", "Rows", "merge_scored", "recommend", "Recommendation"]
 
@@ -298,7 +298,7 @@ class StepInputs:
 
 def build_step_inputs(model: LoadedModel, users: Sequence[str], new: Sequence[bytes], caches: Sequence[Any], *,
                       exclude_seen: bool = True, exclude_window: int = 0) -> StepInputs:
-    """Rows for the step graph: each user's new raw entry and its :class:`stream.cache.UserCache`
+    """Rows for the step graph: each user's new raw entry and its :class:`attnrec.stream.cache.UserCache`
     (keys/values, slots in use, the newest entries before the new one). The exclusion list is
     the full graph's (the items of the newest ``max(max_len, exclude_window)`` entries), so a
     step row recommends what a full-graph row would."""

@@ -9,7 +9,7 @@ Each user's lists are scored once, by the first event after them. Later sources 
 remembered recommendation by its trigger (:meth:`OnlineEval.add`): the shadow model's list
 (``shadow``) with the serving list it is paired with (``shadow-base``), and with interleaving
 the part of the published list each team contributed (``team-serving``, ``team-candidate``:
-a hit is a win, :mod:`stream.interleave`), all labelled by the candidate's version. The memory is bounded
+a hit is a win, :mod:`attnrec.stream.interleave`), all labelled by the candidate's version. The memory is bounded
 (least recently recommended users first out); a user whose partition moved to another worker
 is simply not scored there.
 """
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from attnrec.events import NEGATIVE_TYPES
-from stream.interleave import win_rate
+from attnrec.stream.interleave import win_rate
 
 __all__ = ["SOURCES", "Score", "OnlineEval", "totals", "comparisons", "series"]
 

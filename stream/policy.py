@@ -3,7 +3,7 @@
 Pure decisions, no I/O (the settings say which): hard exclusions go into the graph's
 ``exclude`` input, so the top-K is computed over eligible items only —
 
-- items that are unavailable now (:mod:`stream.catalog`), denied by id, or of a denied (or
+- items that are unavailable now (:mod:`attnrec.stream.catalog`), denied by id, or of a denied (or
   not allowed) category: one list for every row;
 - per row, with repeats allowed (``EXCLUDE_SEEN=false``, live streams): items the user
   interacted with within ``REPEAT_COOLDOWN_S``, and items skipped (a short view) or shown
@@ -28,8 +28,8 @@ from attnrec.events import NEGATIVE_TYPES
 from attnrec.manifest import OOV
 from attnrec.settings import Settings
 from attnrec.units import parse_boosts
-from stream.catalog import Availability
-from stream.logic import split_entry
+from attnrec.stream.catalog import Availability
+from attnrec.stream.logic import split_entry
 
 __all__ = ["Policy", "pad_rows"]
 

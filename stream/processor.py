@@ -3,7 +3,7 @@
 For each batch: parse and validate (bad messages become dead letters), apply to the Redis
 buffers in one Lua call, run the model once (in a thread for large batches, so the event loop
 keeps consuming), build one recommendation per user, hand the records to the producer and
-store the latest recommendations for the lookup API. The decisions are :mod:`stream.logic`'s;
+store the latest recommendations for the lookup API. The decisions are :mod:`attnrec.stream.logic`'s;
 this module moves bytes between Redis, the model and the producer, and retries.
 
 Processing a batch never raises on purpose (faust-streaming's ``take_events`` would ack the
@@ -35,10 +35,10 @@ from attnrec.errors import TransientError
 from attnrec.events import ClickEvent, dlq_envelope
 from attnrec.schemas import header as schema_header
 from attnrec.settings import Settings
-from stream.buffer import RETRY, Applied, RedisBuffers
-from stream.incremental import Incremental, Plan
-from stream.live import LiveLayer
-from stream.logic import (
+from attnrec.stream.buffer import RETRY, Applied, RedisBuffers
+from attnrec.stream.incremental import Incremental, Plan
+from attnrec.stream.live import LiveLayer
+from attnrec.stream.logic import (
     TIMING_HEADER,
     ModelInputs,
     Parsed,
@@ -49,10 +49,10 @@ from stream.logic import (
     recommend,
     timing_header,
 )
-from stream.metrics import WorkerMetrics
-from stream.model import LoadedModel, ModelWatcher
-from stream.sender import Outbox, SendFn
-from stream.transactions import FencedError, TransactionalSender
+from attnrec.stream.metrics import WorkerMetrics
+from attnrec.stream.model import LoadedModel, ModelWatcher
+from attnrec.stream.sender import Outbox, SendFn
+from attnrec.stream.transactions import FencedError, TransactionalSender
 
 __all__ = ["INLINE_SCORING_MAX_ROWS", "STAGES", "StageTimes", "Prepared", "Processor", "where"]
 
@@ -243,7 +243,7 @@ class Processor:
 
     async def _prepare_incremental(self, prep: Prepared, model: LoadedModel) -> Prepared:
         """:meth:`prepare` for an incremental model: Redis returns a cached user's new entries
-        only; hits go to the step graph, misses to the full graph (:mod:`stream.incremental`)."""
+        only; hits go to the step graph, misses to the full graph (:mod:`attnrec.stream.incremental`)."""
         s, st, inc = self.s, self.stages, self.incremental
         lengths = inc.lengths(model, prep.parsed.events)
         res = prep.res = await self.buffers.apply(prep.parsed.events, return_len=inc.full_len(model), user_len=lengths)

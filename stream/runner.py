@@ -6,7 +6,7 @@ import logging
 
 from attnrec.kafka_util import ensure_topics
 from attnrec.settings import Settings
-from stream.model import SessionFactory
+from attnrec.stream.model import SessionFactory
 
 __all__ = ["run_worker"]
 
@@ -15,10 +15,10 @@ log = logging.getLogger(__name__)
 
 def run_worker(settings: Settings, *, session_factory: SessionFactory | None = None) -> None:
     """Create missing topics, build the app and run it until SIGTERM/SIGINT.
-    ``session_factory``: see :func:`stream.app.create_app`."""
+    ``session_factory``: see :func:`attnrec.stream.app.create_app`."""
     import faust
 
-    from stream.app import create_app
+    from attnrec.stream.app import create_app
 
     ensure_topics(settings)
     app = create_app(settings, session_factory=session_factory)

@@ -17,7 +17,7 @@ from typing import Any
 from attnrec.errors import TransientError
 from attnrec.kafka_util import aiokafka_security
 from attnrec.settings import Settings
-from stream.logic import RawRecord
+from attnrec.stream.logic import RawRecord
 
 __all__ = ["Headers", "SendFn", "Outbox", "KafkaSender"]
 

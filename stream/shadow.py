@@ -17,7 +17,7 @@ Its lists are never published. What is kept, per candidate version:
 - overlap@10 with the serving model's list for the same user and trigger;
 - the online HR@10 / NDCG@10 of its list (source ``shadow``) and, on exactly the same triggers,
   of the serving model's (source ``shadow-base``), scored on the user's next event by
-  :class:`stream.online.OnlineEval` like every other source: the pair the promotion gate
+  :class:`attnrec.stream.online.OnlineEval` like every other source: the pair the promotion gate
   compares;
 - the candidate's scoring time per batch.
 
@@ -51,10 +51,10 @@ from typing import Any
 import numpy as np
 
 from attnrec.manifest import OOV
-from stream.cache import KVCache
-from stream.interleave import unit_hash
-from stream.logic import build_inputs, build_step_inputs
-from stream.model import LoadedModel, load_model
+from attnrec.stream.cache import KVCache
+from attnrec.stream.interleave import unit_hash
+from attnrec.stream.logic import build_inputs, build_step_inputs
+from attnrec.stream.model import LoadedModel, load_model
 
 __all__ = ["SHADOW_NICE", "ShadowResult", "Shadow", "candidate_lists", "incremental_lists", "overlap"]
 

@@ -40,7 +40,7 @@ event_id window): a redone event is not applied twice, and it triggers its recom
 (the first one was aborted).
 
 faust must not commit offsets of its own in this mode (a late plain commit could move the group
-back behind a transaction's): the clicks topic is consumed without acks (:mod:`stream.app`), and
+back behind a transaction's): the clicks topic is consumed without acks (:mod:`attnrec.stream.app`), and
 the committed offsets are the transactions'.
 """
 
@@ -55,7 +55,7 @@ from typing import Any
 from attnrec.errors import AttnrecError, TransientError
 from attnrec.kafka_util import aiokafka_security, committed_offsets
 from attnrec.settings import Settings
-from stream.sender import Headers, Outbox
+from attnrec.stream.sender import Headers, Outbox
 
 __all__ = ["FencedError", "TransactionalSender"]
 

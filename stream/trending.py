@@ -20,7 +20,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from attnrec.events import ClickEvent
-from stream.buffer import redis_errors
+from attnrec.stream.buffer import redis_errors
 
 __all__ = ["TYPE_WEIGHT", "BUCKETS", "Counts", "Trending", "bucket_counts"]
 

@@ -20,7 +20,7 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """One Kafka broker and one Redis server for the whole test session."""
-    from apps.stack import LocalStack, free_port
+    from attnrec.apps.stack import LocalStack, free_port
 
     st = LocalStack(tmp_path_factory.mktemp("stack"), kafka_port=free_port(), controller_port=free_port(), redis_port=free_port())
     st.up()

@@ -27,8 +27,8 @@ from attnrec import schemas
 from attnrec.kafka_util import make_consumer
 from attnrec.redis_util import redis_sync
 from attnrec.settings import Settings
-from stream.buffer import user_keys
-from stream.logic import decode_entry
+from attnrec.stream.buffer import user_keys
+from attnrec.stream.logic import decode_entry
 from tests.feeding import Feeder
 from tests.helpers import WorkerProc
 

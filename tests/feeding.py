@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
-from apps.replay import Pacer
+from attnrec.apps.replay import Pacer
 from attnrec.events import ClickEvent
 from attnrec.kafka_util import make_producer
 from attnrec.settings import Settings

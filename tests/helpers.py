@@ -9,15 +9,15 @@ from typing import Any
 
 import orjson
 
-from apps.bench.worker import WorkerHandle, settings_env
+from attnrec.apps.bench.worker import WorkerHandle, settings_env
 from attnrec.errors import AttnrecError
 from attnrec.redis_util import redis_client
 from attnrec.settings import Settings
-from stream.buffer import RedisBuffers
-from stream.logic import RawRecord
-from stream.metrics import WorkerMetrics
-from stream.model import ModelWatcher
-from stream.processor import Processor
+from attnrec.stream.buffer import RedisBuffers
+from attnrec.stream.logic import RawRecord
+from attnrec.stream.metrics import WorkerMetrics
+from attnrec.stream.model import ModelWatcher
+from attnrec.stream.processor import Processor
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,7 +35,7 @@ def settings_for(stack: Any, names: dict[str, str], registry: Path, **kw: Any) -
 
 def env_for(s: Settings, home: Path) -> dict[str, str]:
     """Environment of a subprocess with these settings and ``ATTNREC_HOME=home``: ours plus
-    :func:`apps.bench.worker.settings_env` (the worker's own way to pass settings on)."""
+    :func:`attnrec.apps.bench.worker.settings_env` (the worker's own way to pass settings on)."""
     env = dict(os.environ)
     env.update(settings_env(s.model_copy(update={"home": home})))
     return env
@@ -43,7 +43,7 @@ def env_for(s: Settings, home: Path) -> dict[str, str]:
 
 class WorkerProc(WorkerHandle):
     """`attnrec worker` as a real subprocess (so tests can SIGKILL it): the benchmark's
-    :class:`~apps.bench.worker.WorkerHandle` with ``ATTNREC_HOME=home`` and its log in ``home``."""
+    :class:`~attnrec.apps.bench.worker.WorkerHandle` with ``ATTNREC_HOME=home`` and its log in ``home``."""
 
     def __init__(self, s: Settings, home: Path, name: str = "worker") -> None:
         self.home = home
@@ -61,16 +61,16 @@ def build_small_registry(root: Path, *, seed: int = 3, n_events: int = 6000, n_u
                          train_args: tuple[str, ...] = ("--epochs", "2")) -> Path:
     """Train a tiny model on synthetic events (the world of ``seed``) for a few seconds, export
     and promote it."""
-    from exporter.export import export_checkpoint
+    from attnrec.exporter.export import export_checkpoint
 
     data = root / "train.jsonl"
-    from training.synth import generate
+    from attnrec.training.synth import generate
 
     with open(data, "wb") as f:
         for ev in generate(n_users, 300, n_events, seed=seed):
             f.write(ev.to_json() + b"\n")
     ckpt = root / "ckpt"
-    from apps.cli import main as cli_main
+    from attnrec.apps.cli import main as cli_main
 
     rc = cli_main(["train", "--data", str(data), "--format", "events", "--out", str(ckpt), *train_args,
                    "--max-len", "20", "--d-model", "32", "--quiet"])

@@ -9,7 +9,7 @@ For every validation/test case whose target event has a planted cause inside the
 
 Run it end to end (generate, train with the data defaults, evaluate, analyse):
 
-    python -m training.attention --users 1000 --items 500 --events 60000 --seed 7 --json out.json
+    python -m attnrec.training.attention --users 1000 --items 500 --events 60000 --seed 7 --json out.json
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def attention_mass(att: np.ndarray, injected: np.ndarray, valid: np.ndarray) -> 
 def noise_attention(model: AttnRec, ds: Dataset, injected: Any, split: str = "test",
                     batch_size: int = 256) -> dict[str, Any]:
     """:func:`attention_mass` of ``model`` on every case of ``split`` of a noisy dataset
-    (``injected``: the :class:`training.noise.NoiseInfo` that made it)."""
+    (``injected``: the :class:`attnrec.training.noise.NoiseInfo` that made it)."""
     from .evaluate import case_tensors
     from .noise import injected_mask
 

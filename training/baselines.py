@@ -9,12 +9,12 @@
   feed-forward and final norm of a SASRec block -- the attention model with its attention
   replaced by a uniform mean, and no positions.
 
-Both train with :func:`training.train.train` -- the same loss (full softmax, label smoothing and
+Both train with :func:`attnrec.training.train.train` -- the same loss (full softmax, label smoothing and
 learning rate from the data defaults), training targets, random batches, weight average,
 early stopping on validation NDCG@10, ``max_minutes`` budget rule and seed -- and are evaluated
-by :func:`training.evaluate.evaluate`. They read a window of ``max_len`` events (the model
+by :func:`attnrec.training.evaluate.evaluate`. They read a window of ``max_len`` events (the model
 config with ``positions="absolute"``: no warm-up columns), the same targets as the attention
-model's rows. They implement the scorer interface of :class:`training.model.AttnRec`:
+model's rows. They implement the scorer interface of :class:`attnrec.training.model.AttnRec`:
 ``forward`` (hidden states at every position), ``final_state`` (newest state, and ``None``
 for attention) and ``item_scores``, and hold the tied embeddings as ``item_emb``.
 
@@ -160,7 +160,7 @@ def build_baseline(name: str, mcfg: ModelConfig) -> nn.Module:
 def fit_baseline(ds: Dataset, name: str, mcfg: ModelConfig, tcfg: Any, *, progress: bool = False
                  ) -> tuple[nn.Module, dict[str, Any]]:
     """Train baseline ``name`` with the attention model's training loop and evaluate it on
-    validation and test (:func:`training.train.fit_and_evaluate`); returns (model, metrics)."""
+    validation and test (:func:`attnrec.training.train.fit_and_evaluate`); returns (model, metrics)."""
     from .train import fit_and_evaluate
 
     bcfg = baseline_config(mcfg)

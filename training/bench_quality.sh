@@ -52,7 +52,7 @@ noise() {
     --json docs/bench/noise_robustness.json --png docs/img/noise_robustness.png --flags "gru4rec:--lr 2e-3"
 }
 synth() {
-  run "$PYTHON" -m training.attention --users 1000 --items 500 --events 60000 --seed 7 --json "$OUT/synth.json"
+  run "$PYTHON" -m attnrec.training.attention --users 1000 --items 500 --events 60000 --seed 7 --json "$OUT/synth.json"
 }
 
 case "$what" in

@@ -3,7 +3,7 @@
 Importing this module does not import torch: the commands import it when they run. Options
 come from :class:`attnrec.settings.Settings` (``ATTNREC_DATA``, ``ATTNREC_TRAIN_*``,
 ``ATTNREC_EVAL_*``; flags in ``attnrec train --help``). Model and training options left unset
-are chosen from the data (``training.train.default_configs``).
+are chosen from the data (``attnrec.training.train.default_configs``).
 
     attnrec train --data PATH --format s3|gsasrec|events --out DIR [--items FILE]   (item content: training/content.py)
     attnrec eval  --model DIR --data PATH --format ... --json FILE

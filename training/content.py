@@ -248,7 +248,7 @@ def content_arrays(table: ContentTable, items: list[str], warm: set[int] | None 
 
 
 def attach_content(ds: Any, table: ContentTable, encoder: TitleEncoder | None = None) -> int:
-    """Join the attribute table into a :class:`training.data.Dataset` in place: items of the
+    """Join the attribute table into a :class:`attnrec.training.data.Dataset` in place: items of the
     table that no event mentions are appended to the vocabulary (cold items: existing indices
     keep theirs), and ``ds.content`` / ``ds.content_info`` are set. Returns the number of
     items appended."""

@@ -3,7 +3,7 @@ trained without and with the attribute file, under the published protocol (leave
 ranking, input items excluded), reported overall and on the test cases whose target is a cold
 item (one no training event names) and those whose target is warm.
 
-    python -m training.content_eval --users 2000 --items 480 --events 80000 --seed 7 --threads 1 \\
+    python -m attnrec.training.content_eval --users 2000 --items 480 --events 80000 --seed 7 --threads 1 \\
         --json runs/content.json
 
 Writes the events (``events.jsonl``) and the attribute file (``items.csv``) beside the JSON, so
@@ -45,7 +45,7 @@ def split_metrics(ds: Any, ranks: list[int], cold: set[str]) -> dict[str, Any]:
 
 
 def live_attributes(world: Any) -> Any:
-    """The attribute table of a :class:`training.live.LiveWorld`: rooms, products and videos."""
+    """The attribute table of a :class:`attnrec.training.live.LiveWorld`: rooms, products and videos."""
     from .content import ContentTable, ItemAttributes
     from .live import CATEGORIES
 

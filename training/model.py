@@ -159,7 +159,7 @@ class ContentEncoder(nn.Module):
         self.register_buffer("id_mask", torch.ones(n))
 
     def set_features(self, arrays: dict[str, Any]) -> None:
-        """Fill the buffers from :func:`training.content.content_arrays`."""
+        """Fill the buffers from :func:`attnrec.training.content.content_arrays`."""
         with torch.no_grad():
             for key, buf in (("category", self.f_category), ("brand", self.f_brand), ("price", self.f_price),
                              ("title", self.f_title), ("title_vec", self.f_title_vec), ("id_mask", self.id_mask)):
@@ -440,7 +440,7 @@ class AttnRec(nn.Module):
         return None if self.content is None else self.content.id_mask > 0
 
     def set_content(self, arrays: dict[str, Any]) -> None:
-        """Item content features per vocabulary index (:func:`training.content.content_arrays`)."""
+        """Item content features per vocabulary index (:func:`attnrec.training.content.content_arrays`)."""
         assert self.content is not None, "the model was configured without item content"
         self.content.set_features(arrays)
 

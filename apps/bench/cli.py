@@ -1,7 +1,7 @@
 """``attnrec bench``: what one invocation does, from its settings.
 
 Every option is a :class:`~attnrec.settings.Settings` field (``bench_*``, plus the worker's own
-``batch_size`` and ``scorer``); the flags are generated from them by :mod:`apps.cli`.
+``batch_size`` and ``scorer``); the flags are generated from them by :mod:`attnrec.apps.cli`.
 One invocation is one of: the generator alone (``bench_generator_only``); re-rendering saved
 sweeps (``bench_render``); the sweep (``bench_sweep``); or one configuration, repeated, with its
 baselines (``bench_baselines``: the same worker with B=1, with the torch-eager scorer, and the
@@ -39,7 +39,7 @@ def cmd_bench(s: Settings, args: argparse.Namespace) -> int:
     """Run the bench the settings describe; print its headline, write ``bench_json`` if set."""
     stack = None
     if s.bench_start_stack:
-        from apps.stack import local_stack
+        from attnrec.apps.stack import local_stack
 
         stack = local_stack(s)
         stack.up()

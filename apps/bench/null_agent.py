@@ -1,14 +1,14 @@
 """The floor of the framework: a faust agent that parses each click and produces one small
 record per event, with no Redis and no model — everything else the worker's own.
 
-It is built from the worker's parts (:func:`stream.app.faust_app`, :func:`stream.app.add_agent`
-with the same :class:`~stream.batcher.Batcher`, intake and :class:`~stream.sender.KafkaSender`,
+It is built from the worker's parts (:func:`attnrec.stream.app.faust_app`, :func:`attnrec.stream.app.add_agent`
+with the same :class:`~attnrec.stream.batcher.Batcher`, intake and :class:`~attnrec.stream.sender.KafkaSender`,
 the same settings), with a :class:`NullProcessor` in place of the
-:class:`~stream.processor.Processor`. So its latency and throughput, measured by the benchmark
+:class:`~attnrec.stream.processor.Processor`. So its latency and throughput, measured by the benchmark
 in the same run at the same offered rate, are what the worker would do if Redis, the model and
 the recommendation logic cost nothing; the ratio of the two is what attnrec adds.
 
-    python -m apps.bench.null_agent      # configured by ATTNREC_* like ``attnrec worker``
+    python -m attnrec.apps.bench.null_agent      # configured by ATTNREC_* like ``attnrec worker``
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ from collections.abc import Sequence
 
 import orjson
 
-from apps.cli import setup_logging
+from attnrec.apps.cli import setup_logging
 from attnrec.kafka_util import ensure_topics
 from attnrec.settings import load_settings
-from stream.app import add_agent, add_views, faust_app
-from stream.logic import TIMING_HEADER, RawRecord, parse_records, timing_header
-from stream.metrics import WorkerMetrics
-from stream.processor import Prepared, Processor
-from stream.sender import Outbox
+from attnrec.stream.app import add_agent, add_views, faust_app
+from attnrec.stream.logic import TIMING_HEADER, RawRecord, parse_records, timing_header
+from attnrec.stream.metrics import WorkerMetrics
+from attnrec.stream.processor import Prepared, Processor
+from attnrec.stream.sender import Outbox
 
 __all__ = ["NullProcessor", "main"]
 

@@ -34,7 +34,7 @@ SECTION = "## End-to-end throughput and latency"
 def machine_info() -> dict[str, Any]:
     import psutil
 
-    from apps.stack import REPO_ROOT
+    from attnrec.apps.stack import REPO_ROOT
 
     model = platform.processor() or ""
     try:

@@ -5,7 +5,7 @@ The generator produces events at ``rate`` events/s for ``duration_s`` seconds af
 most ``max_inflight`` events unanswered: a closed loop, so the backlog, and with it the latency
 at saturation, stays bounded and the figure is the worker's throughput, not the broker's disk.
 A paced run that falls 2 s behind stops offering and is marked saturated. The
-:class:`~apps.bench.tracker.CoverageTracker` matches recommendations to events.
+:class:`~attnrec.apps.bench.tracker.CoverageTracker` matches recommendations to events.
 
 Throughput = events covered inside the measured window (whoever produced them: at saturation
 the worker is still working through warm-up events) / (window opening -> last covering rec).

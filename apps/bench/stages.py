@@ -1,15 +1,15 @@
 """Where a worker's time goes per event, in process: the stage profile.
 
-It runs the worker's own hot path, :class:`stream.processor.Processor`, against the real Redis
+It runs the worker's own hot path, :class:`attnrec.stream.processor.Processor`, against the real Redis
 and the real model (onnxruntime, or the torch-eager baseline), with a
-:class:`stream.processor.StageTimes` attached: parse -> one Lua call -> build inputs -> one
+:class:`attnrec.stream.processor.StageTimes` attached: parse -> one Lua call -> build inputs -> one
 model run -> recommendations -> JSON -> store the latest recs, each step's wall time and the
 thread's CPU time summed apart. Kafka is left out (the records are handed over directly, and
 produced records go to an already-resolved future): the end-to-end runs measure it.
 
 Every batch is scored inline (on the calling thread), so the thread's CPU time includes the
 model; the first batch is a warm-up and is not counted. ``warm`` primes the parsed-entry memo
-(:class:`stream.logic.EntryTable`) with every user's buffer first, the steady state of a
+(:class:`attnrec.stream.logic.EntryTable`) with every user's buffer first, the steady state of a
 serving worker that has seen a returning user's older events in earlier batches; without it a
 cold start is measured (every entry parsed). Memo-warm, the 12,000-item L=50 shape measured
 348 µs of CPU per event at B=256 against 2,188 at B=1 (docs/BENCHMARKS.md).
@@ -42,19 +42,19 @@ REDIS_TIMEOUT_S = 120.0
 def stage_profile(s: Settings, registry: Path, items: Sequence[str], users: Sequence[str], *, batch_size: int,
                   events: int = 4096, scorer: str | None = None, warm: bool = True) -> dict[str, Any]:  # fmt: skip
     """Profile ``events`` events (plus one warm-up batch) of ``users`` in batches of
-    ``batch_size`` through :class:`stream.processor.Processor`; ``scorer`` (default
+    ``batch_size`` through :class:`attnrec.stream.processor.Processor`; ``scorer`` (default
     ``s.scorer``) is onnx or torch. Returns µs per event of each stage, wall and thread CPU."""
     from attnrec.redis_util import redis_client
-    from stream.buffer import RedisBuffers, user_keys
-    from stream.logic import RawRecord, build_inputs
-    from stream.metrics import WorkerMetrics
-    from stream.model import ModelWatcher
-    from stream.processor import STAGES, Processor, StageTimes
+    from attnrec.stream.buffer import RedisBuffers, user_keys
+    from attnrec.stream.logic import RawRecord, build_inputs
+    from attnrec.stream.metrics import WorkerMetrics
+    from attnrec.stream.model import ModelWatcher
+    from attnrec.stream.processor import STAGES, Processor, StageTimes
 
     scorer = scorer or s.scorer
     factory = None
     if scorer == "torch":
-        from exporter.eager import torch_session_factory
+        from attnrec.exporter.eager import torch_session_factory
 
         factory = torch_session_factory(s.ort_threads)
     watcher = ModelWatcher(registry, threads=s.ort_threads, session_factory=factory)

@@ -1,6 +1,6 @@
 """The worker under test: ``attnrec worker`` as a subprocess, its readiness and its metrics.
 
-The worker runs as its own process (``python -m apps worker``), configured only through
+The worker runs as its own process (``python -m attnrec.apps worker``), configured only through
 its environment (:func:`settings_env`: every settings field as ``ATTNREC_<FIELD>``), so the
 bench measures exactly what a deployment runs. Baselines are the same command with other
 settings: ``ATTNREC_BATCH_SIZE=1``, or ``ATTNREC_SCORER=torch`` (the exported graph in torch
@@ -39,8 +39,8 @@ __all__ = ["AGENTS", "settings_env", "WorkerHandle", "wait_ready", "scrape", "ap
 log = logging.getLogger(__name__)
 
 #: What a handle can run: the worker (``attnrec worker``), or the framework's floor, the null
-#: agent (:mod:`apps.bench.null_agent`; no Redis, no model).
-AGENTS = {"worker": "apps", "null": "apps.bench.null_agent"}
+#: agent (:mod:`attnrec.apps.bench.null_agent`; no Redis, no model).
+AGENTS = {"worker": "attnrec.apps", "null": "attnrec.apps.bench.null_agent"}
 
 
 def settings_env(s: Settings) -> dict[str, str]:
@@ -60,6 +60,15 @@ def settings_env(s: Settings) -> dict[str, str]:
     return env
 
 
+def _worker_module(src: Path) -> str:
+    """The module that runs ``worker`` in the source tree ``src``: ``attnrec.apps`` since the
+    folders install under one name, ``apps`` before that, ``attnrec`` before the apps layer."""
+    main = src / "apps" / "__main__.py"
+    if main.is_file():
+        return "attnrec.apps" if "attnrec.apps" in main.read_text() else "apps"
+    return "attnrec"
+
+
 class WorkerHandle:
     """An ``attnrec worker`` subprocess on a free port of 127.0.0.1, logging to
     ``log_dir/<name>-<port>.log``.
@@ -70,7 +79,7 @@ class WorkerHandle:
 
     def __init__(self, s: Settings, log_dir: Path, *, name: str | None = None, env_extra: dict[str, str] | None = None,
                  src: Path | None = None, agent: str = "worker") -> None:  # fmt: skip
-        from apps.stack import REPO_ROOT, free_port
+        from attnrec.apps.stack import REPO_ROOT, free_port
 
         self.s = s
         self.port = free_port()
@@ -81,11 +90,10 @@ class WorkerHandle:
         env.update(settings_env(s))
         env[env_name("web_port")] = str(self.port)
         env[env_name("web_host")] = "127.0.0.1"
-        module = "apps"
+        module = AGENTS["worker"]
         if src is not None:
             env["PYTHONPATH"] = str(src)
-            if not (src / "apps" / "__main__.py").is_file() and (src / "attnrec" / "__main__.py").is_file():
-                module = "attnrec"  # a tree from before the apps layer
+            module = _worker_module(src)
             if s.scorer == "torch" and not (src / "exporter" / "eager.py").is_file():
                 raise ConfigError(f"the worker source {src} has no ATTNREC_SCORER=torch (exporter/eager.py)")
         env.update(env_extra or {})

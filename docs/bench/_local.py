@@ -14,9 +14,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
 
-from apps.bench.models import ensure_model  # noqa: E402
-from apps.bench.worker import WorkerHandle  # noqa: E402
-from apps.stack import LocalStack, free_port  # noqa: E402
+from attnrec.apps.bench.models import ensure_model  # noqa: E402
+from attnrec.apps.bench.worker import WorkerHandle  # noqa: E402
+from attnrec.apps.stack import LocalStack, free_port  # noqa: E402
 from attnrec.kafka_util import ensure_topics  # noqa: E402
 from attnrec.settings import Settings, load_settings  # noqa: E402
 

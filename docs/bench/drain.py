@@ -15,8 +15,8 @@ import time
 
 from _local import start
 
-from apps.bench.worker import scrape
-from apps.replay import produce
+from attnrec.apps.bench.worker import scrape
+from attnrec.apps.replay import produce
 from attnrec.events import ClickEvent
 
 T0_MS = 1_764_300_000_000

@@ -188,7 +188,7 @@ def synthetic_events(runs: Path, spec: str) -> str:
     path = runs / f"synth-u{users}-i{items}-e{events}-s{seed}.jsonl"
     if not path.exists():
         sys.path.insert(0, str(REPO))
-        from training.synth import generate
+        from attnrec.training.synth import generate
 
         path.write_bytes(b"".join(e.to_json() + b"\n" for e in generate(users, items, events, seed=seed)))
     return str(path)

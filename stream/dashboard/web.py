@@ -30,11 +30,11 @@ from attnrec import schemas
 from attnrec.errors import AttnrecError, ConfigError
 from attnrec.redis_util import redis_client
 from attnrec.settings import Settings
-from stream.buffer import RedisBuffers
-from stream.dashboard.collector import Collector, CollectorConfig, explain
-from stream.live import ONLINE_KEY
-from stream.online import comparisons, series, totals
-from stream.trending import Trending
+from attnrec.stream.buffer import RedisBuffers
+from attnrec.stream.dashboard.collector import Collector, CollectorConfig, explain
+from attnrec.stream.live import ONLINE_KEY
+from attnrec.stream.online import comparisons, series, totals
+from attnrec.stream.trending import Trending
 
 __all__ = ["create_dashboard_app", "is_loopback", "run_dashboard"]
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from apps.cli import main as cli_main
+from attnrec.apps.cli import main as cli_main
 
 pytestmark = pytest.mark.integration
 
@@ -70,7 +70,7 @@ def test_bench_baselines_null_agent_ratios_hops_and_drain(stack: Any, tmp_path: 
     for k in ("p50", "p99", "events_per_s", "cpu_us_per_event"):
         assert rep["vs_null"][k]["median"] > 0, rep["vs_null"]
     hops = rep["summaries"][0]["hops_ms"]
-    from apps.bench.tracker import HOPS
+    from attnrec.apps.bench.tracker import HOPS
 
     assert set(HOPS) | {"total"} <= set(hops), hops
     assert all(hops[h]["p50"] >= -1.0 for h in HOPS), hops  # clocks of one box: ms-precision stamps

@@ -26,15 +26,15 @@ from typing import Any
 import aiohttp
 import pytest
 
-from apps.stack import free_port
+from attnrec.apps.stack import free_port
 from attnrec.errors import ConfigError
 from attnrec.events import ClickEvent
 from attnrec.kafka_util import ensure_topics
 from attnrec.redis_util import redis_sync
 from attnrec.registry import Registry
 from attnrec.settings import Settings
-from stream.buffer import user_keys
-from stream.logic import decode_entry
+from attnrec.stream.buffer import user_keys
+from attnrec.stream.logic import decode_entry
 from tests.feeding import Feeder, Raw
 from tests.helpers import REPO, WorkerProc, env_for, republish, settings_for
 
@@ -99,7 +99,7 @@ class DashboardProc:
         env = env_for(s, home)
         env.update({"ATTNREC_DASHBOARD_PORT": str(self.port), "ATTNREC_DASHBOARD_HOST": host, "ATTNREC_LATENCY_WINDOW_S": "30"})
         env.update(extra_env or {})
-        self.proc = subprocess.Popen([sys.executable, "-m", "apps", "dashboard"], env=env, cwd=REPO,
+        self.proc = subprocess.Popen([sys.executable, "-m", "attnrec.apps", "dashboard"], env=env, cwd=REPO,
                                      stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
 
     def url(self, path: str = "/") -> str:
@@ -327,7 +327,7 @@ def test_dashboard_in_headless_chromium(stack: Any, names: dict[str, str], regis
 @pytest.mark.integration
 def test_dashboard_off_loopback_requires_token(stack: Any, names: dict[str, str], registry_with_model: Path, tmp_path: Path) -> None:
     s = settings_for(stack, names, registry_with_model)
-    from stream.dashboard.web import create_dashboard_app
+    from attnrec.stream.dashboard.web import create_dashboard_app
 
     with pytest.raises(ConfigError, match="not loopback"):
         create_dashboard_app(s, host="0.0.0.0")
@@ -358,12 +358,12 @@ def test_dashboard_off_loopback_requires_token(stack: Any, names: dict[str, str]
     env = env_for(s, tmp_path)
     env.pop("ATTNREC_API_TOKEN", None)
     env.update({"ATTNREC_DASHBOARD_HOST": "0.0.0.0", "ATTNREC_DASHBOARD_PORT": str(free_port())})
-    out = subprocess.run([sys.executable, "-m", "apps", "dashboard"], env=env, cwd=REPO, capture_output=True, timeout=60)
+    out = subprocess.run([sys.executable, "-m", "attnrec.apps", "dashboard"], env=env, cwd=REPO, capture_output=True, timeout=60)
     assert out.returncode == 2 and b"ATTNREC_API_TOKEN" in out.stderr, out.stderr[-2000:]
 
 
 def test_explanations_and_percentiles() -> None:
-    from stream.dashboard.collector import explain, percentile
+    from attnrec.stream.dashboard.collector import explain, percentile
 
     assert explain([{"item_id": "X", "event_type": "purchase", "weight": 0.4123}, {"item_id": "Y", "event_type": "other", "weight": 0.2}]) == [
         "because you bought X — weight 0.41",

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from apps.demo_live import Sizes, live_demo
-from apps.stack import free_port
+from attnrec.apps.demo_live import Sizes, live_demo
+from attnrec.apps.stack import free_port
 from attnrec.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -21,12 +21,12 @@ from typing import Any
 import orjson
 import pytest
 
-from apps.stack import LocalStack, free_port
+from attnrec.apps.stack import LocalStack, free_port
 from attnrec.kafka_util import committed_offsets, ensure_topics
-from stream.buffer import STATE_KEY, user_keys
-from stream.logic import RawRecord
-from stream.sender import Outbox
-from stream.transactions import TransactionalSender
+from attnrec.stream.buffer import STATE_KEY, user_keys
+from attnrec.stream.logic import RawRecord
+from attnrec.stream.sender import Outbox
+from attnrec.stream.transactions import TransactionalSender
 from tests.faultkit import (
     SESSION_TIMEOUT_S,
     Scenario,

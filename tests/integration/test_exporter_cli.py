@@ -12,13 +12,13 @@ import numpy as np
 
 from attnrec.modelcheck import load_checked
 from attnrec.registry import Registry
-from exporter.testing import write_random_checkpoint
+from attnrec.exporter.testing import write_random_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def attnrec(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "apps", *args], cwd=REPO, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "attnrec.apps", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=300)
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from attnrec.kafka_util import ensure_topics
 from attnrec.registry import Registry
-from exporter.trainer import archive_from_kafka, run_cycle
+from attnrec.exporter.trainer import archive_from_kafka, run_cycle
 from tests.feeding import Feeder, Raw
 from tests.helpers import settings_for
 
@@ -22,7 +22,7 @@ def _archived_ids(events_dir: Path) -> list[str]:
 
 
 def test_archive_commits_only_after_the_file_and_cycle_promotes(stack: Any, names: dict[str, str], tmp_path: Path) -> None:
-    from training.synth import generate
+    from attnrec.training.synth import generate
 
     s = settings_for(stack, names, tmp_path / "registry")
     ensure_topics(s)
@@ -58,10 +58,10 @@ def test_trainer_command_shadows_a_new_model_and_promotes_it_on_the_workers_onli
     import sys
 
     from attnrec.redis_util import redis_sync
-    from stream.live import ONLINE_KEY
-    from stream.policy import Policy
+    from attnrec.stream.live import ONLINE_KEY
+    from attnrec.stream.policy import Policy
     from tests.helpers import env_for
-    from training.synth import generate
+    from attnrec.training.synth import generate
 
     s = settings_for(stack, names, tmp_path / "registry", trainer_group=f"{names['group_id']}-trainer", trainer_epochs=2,
                      min_new_events=100, trainer_rollout="shadow", margin=0.95, online_margin=0.05, online_min_events=300,
@@ -75,7 +75,7 @@ def test_trainer_command_shadows_a_new_model_and_promotes_it_on_the_workers_onli
         if batch:
             with Feeder(s) as feeder:
                 feeder.send_all(batch)
-        run = subprocess.run([sys.executable, "-m", "apps", "trainer", "--once"], env=env, capture_output=True,
+        run = subprocess.run([sys.executable, "-m", "attnrec.apps", "trainer", "--once"], env=env, capture_output=True,
                              text=True, timeout=600)
         assert run.returncode == 0, run.stderr[-3000:]
         return json.loads((tmp_path / "trainer" / "cycles.jsonl").read_text().splitlines()[-1])

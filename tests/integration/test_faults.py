@@ -29,8 +29,8 @@ import redis
 from attnrec.errors import StateLostError
 from attnrec.events import ClickEvent
 from attnrec.redis_util import redis_sync
-from stream.buffer import APPLIED, REDELIVERED, RETRY, STATE_KEY, RedisBuffers, user_keys
-from stream.logic import MAX_DLQ_RAW
+from attnrec.stream.buffer import APPLIED, REDELIVERED, RETRY, STATE_KEY, RedisBuffers, user_keys
+from attnrec.stream.logic import MAX_DLQ_RAW
 from tests.faultkit import (
     Scenario,
     assert_exact,
@@ -443,7 +443,7 @@ async def test_redis_aof_policy_cost_and_kill9(tmp_path: Path, report: dict[str,
     what it already write()s to the kernel; only a machine crash can, and only with everysec)."""
     import redis.asyncio as aioredis
 
-    from apps.stack import LocalStack, free_port
+    from attnrec.apps.stack import LocalStack, free_port
 
     st = LocalStack(tmp_path / "stack", redis_port=free_port())
     st.root.mkdir(parents=True)

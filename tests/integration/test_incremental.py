@@ -16,11 +16,11 @@ import pytest
 
 from attnrec.redis_util import redis_client
 from attnrec.settings import Settings
-from stream.buffer import RedisBuffers
-from stream.logic import RawRecord, build_inputs
-from stream.metrics import WorkerMetrics
-from stream.model import ModelWatcher
-from stream.processor import Processor
+from attnrec.stream.buffer import RedisBuffers
+from attnrec.stream.logic import RawRecord, build_inputs
+from attnrec.stream.metrics import WorkerMetrics
+from attnrec.stream.model import ModelWatcher
+from attnrec.stream.processor import Processor
 
 pytestmark = pytest.mark.integration
 
@@ -28,8 +28,8 @@ T0 = 1_764_300_000_000
 
 
 def _incremental_registry(root: Path) -> Path:
-    from exporter.export import export_checkpoint
-    from exporter.testing import write_random_checkpoint
+    from attnrec.exporter.export import export_checkpoint
+    from attnrec.exporter.testing import write_random_checkpoint
 
     ckpt = write_random_checkpoint(root / "ckpt", n_items=122, max_len=6, d_model=16, n_blocks=2, n_heads=2,
                                    positions="relative", n_samples=16, seed=5)

@@ -16,8 +16,8 @@ import pytest
 from attnrec.events import CatalogEvent
 from attnrec.redis_util import redis_client
 from attnrec.settings import Settings
-from stream.catalog import CATALOG_KEYS, CatalogStore
-from stream.logic import RawRecord
+from attnrec.stream.catalog import CATALOG_KEYS, CatalogStore
+from attnrec.stream.logic import RawRecord
 from tests.helpers import BatchRun as Run
 
 pytestmark = pytest.mark.integration
@@ -25,8 +25,8 @@ pytestmark = pytest.mark.integration
 
 def _registry(root: Path, positions: str) -> Path:
     """A random-weight model: a window model (absolute positions) or an incremental one."""
-    from exporter.export import export_checkpoint
-    from exporter.testing import write_random_checkpoint
+    from attnrec.exporter.export import export_checkpoint
+    from attnrec.exporter.testing import write_random_checkpoint
 
     ckpt = write_random_checkpoint(root / "ckpt", n_items=122, max_len=8, d_model=16, n_blocks=2, n_heads=2,
                                    positions=positions, n_samples=16, seed=5)
@@ -187,7 +187,7 @@ async def test_trending_is_the_fallback_and_online_counters_match_a_recount(stac
 
 async def test_trending_forgets_what_left_its_window(stack: Any, tmp_path: Path) -> None:
     from attnrec.events import ClickEvent
-    from stream.trending import Trending
+    from attnrec.stream.trending import Trending
 
     r = redis_client(Settings(redis_url=stack.redis_url))
     tr = Trending(r, window_s=60)  # 30 buckets of 2 s

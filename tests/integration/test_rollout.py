@@ -30,10 +30,10 @@ from attnrec.kafka_util import ensure_topics
 from attnrec.redis_util import redis_sync
 from attnrec.registry import Registry
 from attnrec.settings import Settings
-from stream.interleave import in_experiment
-from stream.live import ONLINE_KEY
-from stream.model import load_model
-from stream.online import comparisons, totals
+from attnrec.stream.interleave import in_experiment
+from attnrec.stream.live import ONLINE_KEY
+from attnrec.stream.model import load_model
+from attnrec.stream.online import comparisons, totals
 from tests.helpers import BatchRun, WorkerProc, build_small_registry, env_for, republish, settings_for
 
 pytestmark = pytest.mark.integration
@@ -51,8 +51,8 @@ def _state_marker(stack: Any) -> None:
 def _random_registry(root: Path, positions: str = "absolute") -> tuple[Path, str, str]:
     """Two random-weight models over the same items: serving (promoted) and candidate; window
     models (absolute positions) or incremental ones (relative)."""
-    from exporter.export import export_checkpoint
-    from exporter.testing import write_random_checkpoint
+    from attnrec.exporter.export import export_checkpoint
+    from attnrec.exporter.testing import write_random_checkpoint
 
     versions = []
     for seed in (5, 6):
@@ -170,7 +170,7 @@ async def _interleave(stack: Any, tmp: Path, reg: Registry, serving: str, cand: 
                       max_events: int) -> tuple[dict[str, Any], int]:
     """Stream the world-3 clicks through a worker interleaving ``cand`` with ``serving`` for
     every user; returns the comparison, and the events after which it first had a verdict (or 0)."""
-    from training.synth import generate
+    from attnrec.training.synth import generate
 
     reg.promote(serving, reason="test", verify=False)
     s = Settings(redis_url=stack.redis_url, registry=reg.root, home=tmp, policy_name=name, interleave_fraction=1.0)
@@ -221,7 +221,7 @@ def republish_into(reg: Registry, src: Registry, version: str) -> str:
 
 
 def _cli(s: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "apps", "models", *args], env=env_for(s, s.home), capture_output=True,
+    return subprocess.run([sys.executable, "-m", "attnrec.apps", "models", *args], env=env_for(s, s.home), capture_output=True,
                           text=True, timeout=60)
 
 

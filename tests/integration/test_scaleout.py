@@ -19,8 +19,8 @@ import redis
 from attnrec.events import ClickEvent
 from attnrec.kafka_util import ensure_topics
 from attnrec.redis_util import redis_sync
-from stream.buffer import user_keys
-from stream.logic import decode_entry
+from attnrec.stream.buffer import user_keys
+from attnrec.stream.logic import decode_entry
 from tests.feeding import T0, Feeder
 from tests.helpers import WorkerProc, settings_for
 
@@ -152,7 +152,7 @@ def test_redis_memory_per_user_for_sizing(stack: Any) -> None:
     import redis.asyncio as aioredis
 
     from attnrec.settings import Settings
-    from stream.buffer import RedisBuffers
+    from attnrec.stream.buffer import RedisBuffers
 
     d = Settings()
     tag = uuid.uuid4().hex[:8]

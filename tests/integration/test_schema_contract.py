@@ -27,7 +27,7 @@ import orjson
 import pytest
 from kafka.partitioner.default import murmur2
 
-from apps.bench.worker import WorkerHandle
+from attnrec.apps.bench.worker import WorkerHandle
 from attnrec import schemas
 from attnrec.kafka_util import ensure_topics, make_consumer
 from attnrec.registry import Registry

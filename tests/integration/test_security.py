@@ -24,8 +24,8 @@ from attnrec.errors import ConfigError
 from attnrec.events import ClickEvent
 from attnrec.kafka_util import ensure_topics, make_consumer
 from attnrec.settings import Settings, env_name
-from stream.buffer import user_keys
-from stream.logic import decode_entry
+from attnrec.stream.buffer import user_keys
+from attnrec.stream.logic import decode_entry
 from tests.feeding import Feeder
 from tests.helpers import WorkerProc
 
@@ -58,7 +58,7 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path] | None:
 def secure_stack(tmp_path_factory: pytest.TempPathFactory, certs: dict[str, Path] | None) -> Iterator[Any]:
     """A broker with SASL_PLAINTEXT and (with openssl) SASL_SSL listeners — PLAIN, SCRAM-SHA-256/512 —
     and a Redis with a password."""
-    from apps.stack import LocalStack, free_port
+    from attnrec.apps.stack import LocalStack, free_port
 
     st = LocalStack(
         tmp_path_factory.mktemp("secure-stack"),
@@ -82,7 +82,7 @@ def secure_stack(tmp_path_factory: pytest.TempPathFactory, certs: dict[str, Path
 @pytest.fixture(scope="module")
 def tls_redis(certs: dict[str, Path] | None) -> Iterator[dict[str, Any]]:
     """A Redis that speaks only TLS (certificate from a throw-away CA) and requires a password."""
-    from apps.stack import LocalStack, free_port
+    from attnrec.apps.stack import LocalStack, free_port
 
     if certs is None:
         pytest.fail("openssl not installed (deploy/setup-system.sh installs it): cannot make a test certificate")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from apps.stack import LocalStack, _pid_alive, free_port
+from attnrec.apps.stack import LocalStack, _pid_alive, free_port
 from attnrec.errors import StackError
 
 pytestmark = pytest.mark.integration

@@ -19,7 +19,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGES = ("attnrec", "stream", "training", "exporter", "apps")
+#: The repository's folders and the rooms they are, each installed as ``attnrec.<room>`` but
+#: the base, which is ``attnrec`` itself (pyproject's package-dir).
+FOLDERS = {"attnrec": "attnrec", "stream": "stream", "training": "training", "exporter": "exporter", "apps": "apps"}
+PACKAGES = tuple(FOLDERS)
 #: What each room may import besides itself (the base imports nothing of the project).
 MAY_IMPORT: dict[str, set[str]] = {
     "attnrec": set(),
@@ -32,16 +35,19 @@ MAX_LINES = 500
 
 
 def room(module: str) -> str:
-    return module.split(".")[0]
+    """``attnrec.stream.x`` -> stream; ``attnrec.settings`` -> attnrec (the base)."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in FOLDERS and parts[1] != "attnrec" else "attnrec"
 
 
 def modules() -> dict[str, Path]:
     out = {}
-    for pkg in PACKAGES:
-        for path in (REPO / pkg).rglob("*.py"):
-            rel = path.relative_to(REPO).with_suffix("")
+    for folder in FOLDERS:
+        for path in (REPO / folder).rglob("*.py"):
+            rel = path.relative_to(REPO / folder).with_suffix("")
             parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
-            out[".".join(parts)] = path
+            prefix = ("attnrec",) if folder == "attnrec" else ("attnrec", folder)
+            out[".".join(prefix + parts)] = path
     return out
 
 

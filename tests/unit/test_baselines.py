@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from apps.cli import main
-from training.attention import attention_mass, noise_attention
-from training.baselines import GRU4Rec, MeanPool, baseline_config, fit_baseline
-from training.data import Dataset, dataset_from_events
-from training.evaluate import evaluate
-from training.model import AttnRec, ModelConfig
-from training.noise import inject_noise
-from training.synth import generate
-from training.train import default_configs
+from attnrec.apps.cli import main
+from attnrec.training.attention import attention_mass, noise_attention
+from attnrec.training.baselines import GRU4Rec, MeanPool, baseline_config, fit_baseline
+from attnrec.training.data import Dataset, dataset_from_events
+from attnrec.training.evaluate import evaluate
+from attnrec.training.model import AttnRec, ModelConfig
+from attnrec.training.noise import inject_noise
+from attnrec.training.synth import generate
+from attnrec.training.train import default_configs
 
 
 @pytest.fixture(scope="module")

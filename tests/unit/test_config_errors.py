@@ -15,7 +15,7 @@ from attnrec.settings import load_settings
 
 def run(args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("ATTNREC_")}
-    return subprocess.run([sys.executable, "-m", "apps", *args], env={**clean, **env}, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "attnrec.apps", *args], env={**clean, **env}, capture_output=True, text=True,
                           timeout=60)
 
 

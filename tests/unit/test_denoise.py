@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from apps.cli import main
-from training.data import dataset_from_events
-from training.denoise import attention_on, insert_random
-from training.model import AttnRec, ModelConfig
-from training.synth import generate
-from training.train import TrainConfig, default_configs, train, training_arrays
+from attnrec.apps.cli import main
+from attnrec.training.data import dataset_from_events
+from attnrec.training.denoise import attention_on, insert_random
+from attnrec.training.model import AttnRec, ModelConfig
+from attnrec.training.synth import generate
+from attnrec.training.train import TrainConfig, default_configs, train, training_arrays
 
 
 def _rows() -> tuple[torch.Tensor, ...]:
@@ -120,7 +120,7 @@ def test_bad_denoise_setting_is_one_line_naming_it(capsys: pytest.CaptureFixture
 
 
 def test_truncated_mean_leaves_out_the_largest_losses() -> None:
-    from training.train import _truncated_mean
+    from attnrec.training.train import _truncated_mean
 
     per = torch.tensor([1.0, 9.0, 2.0, 3.0, 100.0, 4.0, 5.0, 6.0, 7.0, 8.0])
     assert _truncated_mean(per, 0.2).item() == pytest.approx(4.5)  # 100 and 9 left out
@@ -130,7 +130,7 @@ def test_truncated_mean_leaves_out_the_largest_losses() -> None:
 
 @pytest.mark.parametrize("loss", ["ce", "bce", "sampled"])
 def test_drop_hardest_leaves_out_the_worst_positions_for_every_loss(loss: str) -> None:
-    from training.train import _loss
+    from attnrec.training.train import _loss
 
     g = torch.Generator().manual_seed(3)
     items = torch.randint(2, 30, (6, 8), generator=g)
@@ -149,7 +149,7 @@ def test_drop_hardest_leaves_out_the_worst_positions_for_every_loss(loss: str) -
 
 def test_event_streams_train_with_denoising_and_baselines_without_unless_asked() -> None:
     from attnrec.settings import Settings
-    from training.cli import configs
+    from attnrec.training.cli import configs
 
     ds = dataset_from_events(generate(60, 50, 2400, seed=3), "tiny")
     assert default_configs(ds)[1].denoise == 0.1

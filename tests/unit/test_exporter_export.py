@@ -11,12 +11,12 @@ import pytest
 from attnrec.errors import ModelError
 from attnrec.modelcheck import load_checked
 from attnrec.registry import Registry
-from exporter.checkpoint import load_checkpoint
-from exporter.export import export_checkpoint
-from exporter.gate import gate_decision, promote_gated
-from exporter.graph import export_onnx
-from exporter.parity import PARITY_MAX_ABS_DIFF, parity_check
-from exporter.testing import write_random_checkpoint
+from attnrec.exporter.checkpoint import load_checkpoint
+from attnrec.exporter.export import export_checkpoint
+from attnrec.exporter.gate import gate_decision, promote_gated
+from attnrec.exporter.graph import export_onnx
+from attnrec.exporter.parity import PARITY_MAX_ABS_DIFF, parity_check
+from attnrec.exporter.testing import write_random_checkpoint
 
 N_ITEMS, MAX_LEN = 150, 16
 
@@ -132,7 +132,7 @@ def test_export_rejects_inconsistent_vocab_and_top_k(ckpt_dir: Path, tmp_path: P
 
 def test_cli_export_list_promote_rollback(ckpt_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    from apps.cli import main
+    from attnrec.apps.cli import main
 
     root = tmp_path / "registry"
     monkeypatch.setenv("ATTNREC_REGISTRY", str(root))  # flags default to ATTNREC_<FLAG>

@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def published(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """A registry holding one checked version of a random-weight model."""
-    from exporter.export import export_checkpoint
-    from exporter.testing import write_random_checkpoint
+    from attnrec.exporter.export import export_checkpoint
+    from attnrec.exporter.testing import write_random_checkpoint
 
     base = tmp_path_factory.mktemp("base")
     ckpt = write_random_checkpoint(base / "ckpt", n_items=120, max_len=12, d_model=16)

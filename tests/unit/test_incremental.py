@@ -10,10 +10,10 @@ import torch
 
 from attnrec.events import ClickEvent
 from attnrec.manifest import gap_boundaries_ms
-from stream.cache import KVCache, UserCache
-from stream.logic import build_inputs, build_step_inputs, encode_entry
-from stream.model import LoadedModel
-from training.model import AttnRec, ModelConfig
+from attnrec.stream.cache import KVCache, UserCache
+from attnrec.stream.logic import build_inputs, build_step_inputs, encode_entry
+from attnrec.stream.model import LoadedModel
+from attnrec.training.model import AttnRec, ModelConfig
 
 
 def _window(seq: tuple[torch.Tensor, ...], t: int, k: int) -> tuple[torch.Tensor, ...]:
@@ -67,8 +67,8 @@ def test_relative_positions_do_not_move_past_keys() -> None:
 
 
 def test_training_rows_keep_the_history_of_every_trained_position() -> None:
-    from training.data import Dataset, UserSeq, Vocab
-    from training.train import _windows, training_arrays
+    from attnrec.training.data import Dataset, UserSeq, Vocab
+    from attnrec.training.train import _windows, training_arrays
 
     L, warmup = 5, 8  # e.g. 2 blocks with a band of 5: a position depends on 8 earlier events
     users = [UserSeq(f"u{u}", list(range(2, 2 + n))) for u, n in enumerate((3, 20, 47))]

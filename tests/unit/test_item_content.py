@@ -18,7 +18,7 @@ from attnrec.errors import DataError, ModelCheckError
 from attnrec.manifest import verify_files
 from attnrec.modelcheck import load_checked
 from attnrec.registry import Registry
-from training.content import (
+from attnrec.training.content import (
     TEXT_BUCKETS,
     TITLE_TOKENS,
     ContentTable,
@@ -30,7 +30,7 @@ from training.content import (
     price_bucket,
     title_tokens,
 )
-from training.model import AttnRec, ModelConfig
+from attnrec.training.model import AttnRec, ModelConfig
 
 GOOD_CSV = """item_id,category,brand,price,title
 sku-1,shoes,acme,19.99,Acme Running Shoe
@@ -142,7 +142,7 @@ def test_content_arrays_index_by_vocabulary() -> None:
 
 def test_attach_content_appends_cold_items_and_keeps_indices() -> None:
     from attnrec.events import ClickEvent
-    from training.data import dataset_from_events
+    from attnrec.training.data import dataset_from_events
 
     evs = [ClickEvent(f"e{i}", "u1", it, "click", 1000 * i) for i, it in enumerate(["a", "b", "c", "a"])]
     ds = dataset_from_events(evs, "t")
@@ -224,7 +224,7 @@ def test_materialised_model_scores_the_same(relative: bool) -> None:
 def test_cold_items_are_never_negatives(loss: str) -> None:
     """Only ever a negative, a cold item's own features (a title word no other item has) would
     learn to push it down: the loss gives them no gradient, while a warm item's get one."""
-    from training.train import TrainConfig, _loss
+    from attnrec.training.train import TrainConfig, _loss
 
     m = _content_model()
     m.train()
@@ -242,11 +242,11 @@ def test_cold_items_are_never_negatives(loss: str) -> None:
 
 def test_training_learns_to_rank_cold_items_from_content(tmp_path: Path) -> None:
     """Tiny planted world: without content a cold target is never in the top 10; with it, often."""
-    from training.content_eval import split_metrics
-    from training.data import load_dataset
-    from training.evaluate import evaluate, model_scorer
-    from training.synth_content import generate_content, write_attributes_csv
-    from training.train import default_configs, train
+    from attnrec.training.content_eval import split_metrics
+    from attnrec.training.data import load_dataset
+    from attnrec.training.evaluate import evaluate, model_scorer
+    from attnrec.training.synth_content import generate_content, write_attributes_csv
+    from attnrec.training.train import default_configs, train
 
     torch.set_num_threads(1)
     evs, world, cold = generate_content(200, 96, 4000, seed=3, p_cold_target=0.5)
@@ -275,9 +275,9 @@ def test_training_learns_to_rank_cold_items_from_content(tmp_path: Path) -> None
 
 @pytest.mark.parametrize("positions", ["absolute", "relative"])
 def test_export_with_content_passes_parity_and_carries_the_attributes(tmp_path: Path, positions: str) -> None:
-    from exporter.checkpoint import load_checkpoint
-    from exporter.export import export_checkpoint
-    from exporter.testing import write_random_checkpoint
+    from attnrec.exporter.checkpoint import load_checkpoint
+    from attnrec.exporter.export import export_checkpoint
+    from attnrec.exporter.testing import write_random_checkpoint
 
     ckpt = write_random_checkpoint(tmp_path / "ckpt", n_items=80, max_len=8, d_model=16, n_blocks=2,
                                    n_heads=2, positions=positions, n_cold=10)
@@ -312,8 +312,8 @@ def test_export_with_content_passes_parity_and_carries_the_attributes(tmp_path: 
 
 def test_cli_train_with_items(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                               caplog: pytest.LogCaptureFixture) -> None:
-    from apps.cli import main
-    from training.synth_content import generate_content, write_attributes_csv
+    from attnrec.apps.cli import main
+    from attnrec.training.synth_content import generate_content, write_attributes_csv
 
     evs, world, cold = generate_content(40, 48, 600, seed=2)
     data = tmp_path / "e.jsonl"
@@ -341,8 +341,8 @@ def test_cli_train_with_items(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 def test_a_pretrained_title_encoder_plugs_in() -> None:
     """The hook for a pretrained text encoder: fixed per-item title vectors, projected."""
     from attnrec.events import ClickEvent
-    from training.data import dataset_from_events
-    from training.train import default_configs
+    from attnrec.training.data import dataset_from_events
+    from attnrec.training.train import default_configs
 
     class Fake:  # what a sentence-transformers model offers: encode(list of str) -> (n, dim)
         def encode(self, titles: list[str]) -> np.ndarray:
@@ -369,11 +369,11 @@ def test_periodic_trainer_keeps_the_item_content(tmp_path: Path) -> None:
     """A promoted content model is retrained with the attribute file of its checkpoint."""
     import orjson
 
-    from apps.cli import main
+    from attnrec.apps.cli import main
     from attnrec.settings import Settings
-    from exporter.export import export_checkpoint
-    from exporter.trainer import run_cycle, write_event_file
-    from training.synth_content import generate_content, write_attributes_csv
+    from attnrec.exporter.export import export_checkpoint
+    from attnrec.exporter.trainer import run_cycle, write_event_file
+    from attnrec.training.synth_content import generate_content, write_attributes_csv
 
     evs, world, _ = generate_content(40, 48, 1200, seed=4)
     data = tmp_path / "first.jsonl"

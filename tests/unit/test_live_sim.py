@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from attnrec.events import SHORT_VIEW_MS, CatalogEvent, ClickEvent, parse_catalog_event, parse_event
-from training.live import P_COMPANION, P_GIFT_BUY, P_VIDEO_ROOM, START_TS_MS, AvailabilityLog, LiveWorld, generate_live
+from attnrec.training.live import P_COMPANION, P_GIFT_BUY, P_VIDEO_ROOM, START_TS_MS, AvailabilityLog, LiveWorld, generate_live
 
 Event = ClickEvent | CatalogEvent
 
@@ -196,7 +196,7 @@ def test_domains_types_and_schema(stream: list[tuple[Event, str | None]]) -> Non
 
 @pytest.mark.parametrize("flag", [["--synthetic"], ["--data", "events.jsonl"]])
 def test_scenario_live_does_not_combine_with_other_sources(flag: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    from apps.cli import main
+    from attnrec.apps.cli import main
 
     assert main(["replay", "--scenario", "live", *flag]) == 2
     err = capsys.readouterr().err.strip()

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from apps.cli import main
-from training.data import Dataset, dataset_from_events
-from training.noise import inject_noise, injected_mask, n_injected
-from training.synth import generate
+from attnrec.apps.cli import main
+from attnrec.training.data import Dataset, dataset_from_events
+from attnrec.training.noise import inject_noise, injected_mask, n_injected
+from attnrec.training.synth import generate
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_no_noise_is_the_same_data(ds: Dataset) -> None:
 
 
 def test_injected_mask_right_aligns_the_window() -> None:
-    from training.noise import NoiseInfo
+    from attnrec.training.noise import NoiseInfo
 
     info = NoiseInfo(p=0.5, seed=0, injected=[[0, 3, 5], [1]])
     # user 0, input = events[:5] -> window of 4: events 1..4 -> injected: 3 (column 2)

@@ -5,8 +5,8 @@
   accepts and the parser rejects fails only for a documented reason (bytes, sizes, time
   strings: docs/schemas/README.md).
 - catalog: the same for :func:`parse_catalog_event`.
-- recs: what :func:`stream.logic.recommend` builds over random buffers and model outputs.
-- clicks.dlq: the envelopes :func:`stream.logic.parse_records` builds for any bytes.
+- recs: what :func:`attnrec.stream.logic.recommend` builds over random buffers and model outputs.
+- clicks.dlq: the envelopes :func:`attnrec.stream.logic.parse_records` builds for any bytes.
 
 Property-based (Hypothesis, the "ci" profile of tests/conftest.py); the records of a real
 worker run are checked by tests/integration/test_schema_contract.py.
@@ -33,7 +33,7 @@ from attnrec.events import (
     parse_catalog_event,
     parse_event,
 )
-from stream.logic import RawRecord, build_inputs, encode_entry, parse_records, recommend
+from attnrec.stream.logic import RawRecord, build_inputs, encode_entry, parse_records, recommend
 from tests.unit.test_worker_logic import make_model
 
 #: Why the parser may reject what the schema accepts (JSON Schema cannot say these).

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
-from apps.cli import main as cli_main
-from apps.schema import resolve, validate_lines
+from attnrec.apps.cli import main as cli_main
+from attnrec.apps.schema import resolve, validate_lines
 from attnrec import schemas
 from attnrec.errors import ConfigError
 from attnrec.registry import Registry
@@ -69,7 +69,7 @@ def test_loader_api() -> None:
 
 
 def test_the_worker_stamps_the_schema_header_it_documents() -> None:
-    from stream.processor import DLQ_SCHEMA, RECS_SCHEMA
+    from attnrec.stream.processor import DLQ_SCHEMA, RECS_SCHEMA
 
     assert RECS_SCHEMA == ("attnrec-schema", b"recs/1") and DLQ_SCHEMA == ("attnrec-schema", b"clicks.dlq/1")
     readme = (REPO / "docs" / "schemas" / "README.md").read_text()
@@ -279,7 +279,7 @@ async def test_the_dashboard_serves_the_package_schemas_read_only(tmp_path: Path
     from aiohttp.test_utils import TestClient, TestServer
 
     from attnrec.settings import Settings
-    from stream.dashboard.web import create_dashboard_app
+    from attnrec.stream.dashboard.web import create_dashboard_app
 
     s = Settings(registry=tmp_path / "registry", redis_url="redis://127.0.0.1:1/0")
     app = create_dashboard_app(s, collector=_NoCollector())  # type: ignore[arg-type]

@@ -5,10 +5,10 @@ import sys
 
 import pytest
 
-from apps.cli import build_parser
+from attnrec.apps.cli import build_parser
 from attnrec.errors import ConfigError
 from attnrec.settings import load_settings
-from stream.runner import _safe_url
+from attnrec.stream.runner import _safe_url
 
 
 def test_environment_and_overrides(monkeypatch: pytest.MonkeyPatch) -> None:

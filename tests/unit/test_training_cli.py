@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from apps.cli import build_parser, main
+from attnrec.apps.cli import build_parser, main
 from attnrec.events import EVENT_TYPES
-from training.synth import generate
+from attnrec.training.synth import generate
 
 EVAL_KEYS = {"dataset", "protocol", "users", "items", "metrics", "train_seconds", "config"}
 METRIC_KEYS = {"hr@10", "ndcg@10", "hr@20", "ndcg@20", "coverage@10"}
@@ -58,7 +58,7 @@ def test_smoke_train_then_eval(events: Path, tmp_path: Path, capsys: pytest.Capt
     assert all(0 < len(s["items"]) <= 20 and min(s["items"]) >= 2 for s in samples)
     assert 0 < len(json.loads((out / "popularity.json").read_text())) <= 100
 
-    from training.checkpoint import load_checkpoint
+    from attnrec.training.checkpoint import load_checkpoint
 
     model, cfg2, vocab2 = load_checkpoint(out)
     assert cfg2 == cfg and vocab2 == vocab and not model.training

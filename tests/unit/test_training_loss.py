@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training.model import AttnRec, ModelConfig
-from training.train import NEGATIVES_PER, TrainConfig, _loss
+from attnrec.training.model import AttnRec, ModelConfig
+from attnrec.training.train import NEGATIVES_PER, TrainConfig, _loss
 
 
 def _batch() -> tuple[torch.Tensor, ...]:
@@ -59,7 +59,7 @@ def test_label_smoothing_matches_its_definition_and_needs_full_softmax() -> None
 def test_batches_cover_every_row_once(bucket: bool) -> None:
     import numpy as np
 
-    from training.train import _batches
+    from attnrec.training.train import _batches
 
     lengths = np.random.default_rng(0).integers(1, 50, size=1000)
     tcfg = TrainConfig(batch_size=7, bucket_batches=bucket)
@@ -74,8 +74,8 @@ def test_batches_cover_every_row_once(bucket: bool) -> None:
 
 
 def test_default_recipe_for_short_item_sequences_is_sasrec_block_full_softmax_random_batches(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from training.data import load_dataset
-    from training.train import default_configs
+    from attnrec.training.data import load_dataset
+    from attnrec.training.train import default_configs
 
     p = tmp_path / "s3.txt"
     p.write_text("".join(f"{u} " + " ".join(str(1 + (u * 7 + k) % 300) for k in range(6)) + "\n" for u in range(1, 90)))
@@ -85,8 +85,8 @@ def test_default_recipe_for_short_item_sequences_is_sasrec_block_full_softmax_ra
 
 
 def test_default_recipe_for_long_item_sequences_is_full_softmax_random_batches_patient(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from training.data import load_dataset
-    from training.train import default_configs
+    from attnrec.training.data import load_dataset
+    from attnrec.training.train import default_configs
 
     p = tmp_path / "long.txt"  # 40 users with 120 events each (ML-1M-like), 40 validation users
     p.write_text("".join(f"{u} " + " ".join(str(1 + (u * 7 + k) % 300) for k in range(120)) + "\n" for u in range(1, 41)))
@@ -99,9 +99,9 @@ def test_default_recipe_for_long_item_sequences_is_full_softmax_random_batches_p
 
 
 def test_learning_rate_decays_only_after_lr_patience_epochs_without_gain(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from training.data import load_dataset
-    from training.model import ModelConfig
-    from training.train import train
+    from attnrec.training.data import load_dataset
+    from attnrec.training.model import ModelConfig
+    from attnrec.training.train import train
 
     p = tmp_path / "s3.txt"
     rng = __import__("random").Random(3)
@@ -124,7 +124,7 @@ def test_learning_rate_decays_only_after_lr_patience_epochs_without_gain(tmp_pat
 
 
 def test_weight_average_follows_the_live_weights_and_swaps_back() -> None:
-    from training.train import _Ema
+    from attnrec.training.train import _Ema
 
     torch.manual_seed(0)
     model = AttnRec(ModelConfig(n_items=20, max_len=5))
@@ -147,8 +147,8 @@ def test_weight_average_follows_the_live_weights_and_swaps_back() -> None:
 def test_default_weight_average_spans_a_few_epochs_of_steps(tmp_path, all_windows: bool) -> None:  # type: ignore[no-untyped-def]
     import math
 
-    from training.data import load_dataset
-    from training.train import EMA_EPOCHS, _windows, default_configs, training_arrays
+    from attnrec.training.data import load_dataset
+    from attnrec.training.train import EMA_EPOCHS, _windows, default_configs, training_arrays
 
     p = tmp_path / "s3.txt"
     p.write_text("".join(f"{u} " + " ".join(str(1 + (u + k) % 90) for k in range(3 + u % 140)) + "\n" for u in range(1, 400)))
@@ -163,8 +163,8 @@ def test_default_weight_average_spans_a_few_epochs_of_steps(tmp_path, all_window
 def test_default_width_for_event_streams_stays_at_the_serving_budget(tmp_path) -> None:  # type: ignore[no-untyped-def]
     import json
 
-    from training.data import load_dataset
-    from training.train import default_configs
+    from attnrec.training.data import load_dataset
+    from attnrec.training.train import default_configs
 
     p = tmp_path / "ev.jsonl"  # short histories, as Beauty's, but our own click events: d=64 (serving budget)
     rows = [{"event_id": f"e{u}-{k}", "user_id": f"u{u}", "item_id": f"i{(u * 7 + k) % 300}", "event_type": "click",

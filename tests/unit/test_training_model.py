@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training.model import BLOCKS, AttnRec, ModelConfig
+from attnrec.training.model import BLOCKS, AttnRec, ModelConfig
 
 
 def _model(**kw) -> AttnRec:  # type: ignore[no-untyped-def]
@@ -94,8 +94,8 @@ def test_sasrec_block_exports_and_passes_the_parity_gate(tmp_path) -> None:  # t
 
     from attnrec.modelcheck import load_checked
     from attnrec.registry import Registry
-    from exporter.export import export_checkpoint
-    from exporter.testing import write_random_checkpoint
+    from attnrec.exporter.export import export_checkpoint
+    from attnrec.exporter.testing import write_random_checkpoint
 
     ckpt = write_random_checkpoint(tmp_path / "c", n_items=80, max_len=10, d_model=16, n_blocks=2,
                                    n_event_types=0, n_gap_buckets=0)

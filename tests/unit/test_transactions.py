@@ -9,9 +9,9 @@ import asyncio
 import pytest
 
 from attnrec.settings import Settings
-from stream.logic import RawRecord
-from stream.sender import Outbox
-from stream.transactions import TransactionalSender
+from attnrec.stream.logic import RawRecord
+from attnrec.stream.sender import Outbox
+from attnrec.stream.transactions import TransactionalSender
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ import pytest
 
 from attnrec.events import MAX_MESSAGE_BYTES, ClickEvent
 from attnrec.manifest import OOV, PAD, gap_boundaries_ms
-from stream.buffer import user_keys
-from stream.logic import (
+from attnrec.stream.buffer import user_keys
+from attnrec.stream.logic import (
     BufferEntry,
     RawRecord,
     build_inputs,
@@ -26,7 +26,7 @@ from stream.logic import (
     parse_records,
     recommend,
 )
-from stream.model import LoadedModel
+from attnrec.stream.model import LoadedModel
 
 NOW = 1_764_300_000_000
 
@@ -272,7 +272,7 @@ def test_build_inputs_matches_the_per_entry_definition_on_random_batches(seed: i
 
 
 def test_entry_table_starts_over_when_full_and_names_malformed_entries() -> None:
-    from stream.logic import EntryTable
+    from attnrec.stream.logic import EntryTable
 
     m = make_model(["a", "b", "c"])
     t = EntryTable(m, capacity=4)
@@ -370,7 +370,7 @@ def test_recommend_one_per_user_in_given_order() -> None:
 def test_parse_records_cuts_huge_raw_to_fit_a_dead_letter() -> None:
     """A message near the broker's 1 MB limit: its base64 envelope would exceed the
     producer's request size, a permanent error the worker would retry forever."""
-    from stream.logic import MAX_DLQ_RAW
+    from attnrec.stream.logic import MAX_DLQ_RAW
 
     value = b'{"pad": "' + b"x" * 900_000 + b'"}'
     p = parse_records([rec(value, offset=5)], now_ms=NOW)
