@@ -19,10 +19,10 @@ import time
 from typing import Any
 
 import numpy as np
-
 from attnrec.apps.demo_kit import fresh_ids, say, start_worker, stop_worker, train_and_export, wait_ready, write_jsonl
 from attnrec.apps.replay import RecsTracker, produce
 from attnrec.apps.stack import free_port, local_stack
+
 from attnrec.kafka_util import ensure_topics
 from attnrec.settings import Settings
 
@@ -49,9 +49,8 @@ def run_demo(s: Settings) -> int:
         from attnrec.apps.demo_live import run_live_demo
 
         return run_live_demo(s)
-    from tqdm import tqdm
-
     from attnrec.training.synth import generate
+    from tqdm import tqdm
 
     events, rate, train_seconds, keep_stack = s.demo_events, s.demo_rate, s.demo_train_seconds, s.demo_keep_stack
     t_start = time.monotonic()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from attnrec.apps.stack import REPO_ROOT
+
 from attnrec.errors import StackError
 from attnrec.events import ClickEvent
 from attnrec.registry import Registry

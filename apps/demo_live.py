@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
 from attnrec.apps.bench.worker import scrape
 from attnrec.apps.demo_kit import fresh_ids, say, start_worker, stop_worker, train_and_export, wait_ready, write_jsonl
 from attnrec.apps.replay import RecsTracker, produce_live
 from attnrec.apps.stack import free_port, local_stack
+
 from attnrec.events import CatalogEvent, ClickEvent
 from attnrec.kafka_util import ensure_topics
 from attnrec.settings import Settings

@@ -17,15 +17,16 @@ import json
 import logging
 from typing import Any
 
-from attnrec.errors import AttnrecError, ConfigError, TransientError
-from attnrec.redis_util import redis_sync
-from attnrec.registry import Registry
-from attnrec.settings import Settings
 from attnrec.exporter.cli import fail
 from attnrec.exporter.gate import promote_gated
 from attnrec.stream.live import ONLINE_KEY
 from attnrec.stream.online import comparisons, totals
 from attnrec.stream.policy import Policy
+
+from attnrec.errors import AttnrecError, ConfigError, TransientError
+from attnrec.redis_util import redis_sync
+from attnrec.registry import Registry
+from attnrec.settings import Settings
 
 __all__ = ["cmd_models_shadow", "cmd_models_promote", "cmd_trainer", "online_figures"]
 

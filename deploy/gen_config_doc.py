@@ -18,9 +18,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from attnrec.apps.cli import COMMANDS  # noqa: E402
 from pydantic import SecretStr  # noqa: E402
 
-from attnrec.apps.cli import COMMANDS  # noqa: E402
 from attnrec.settings import OTHER_VARIABLES, SECTIONS, Settings, env_name  # noqa: E402
 
 OUT = REPO / "docs" / "CONFIGURATION.md"

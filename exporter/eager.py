@@ -24,7 +24,6 @@ class TorchEagerSession:
 
     def __init__(self, checkpoint_dir: str | Path, top_k: int, threads: int = 1, *, step: bool = False) -> None:
         import torch
-
         from attnrec.exporter.checkpoint import load_checkpoint
         from attnrec.exporter.graph import ServingGraph, StepGraph
 

@@ -14,6 +14,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from attnrec.exporter.checkpoint import Checkpoint, load_checkpoint
+from attnrec.exporter.gate import promote_gated
+from attnrec.exporter.graph import OPSET, export_onnx, export_step_onnx
+from attnrec.exporter.parity import PARITY_MAX_ABS_DIFF, PARITY_MIN_TOP10_AGREEMENT, make_golden, parity_check
+from attnrec.exporter.samples import input_len
+from attnrec.exporter.step import make_golden_step, step_parity
+
 from attnrec.errors import ModelError, ParityError
 from attnrec.manifest import (
     CACHE_OUTPUTS,
@@ -25,12 +32,6 @@ from attnrec.manifest import (
     gap_boundaries_ms,
 )
 from attnrec.registry import Registry
-from attnrec.exporter.checkpoint import Checkpoint, load_checkpoint
-from attnrec.exporter.gate import promote_gated
-from attnrec.exporter.graph import OPSET, export_onnx, export_step_onnx
-from attnrec.exporter.parity import PARITY_MAX_ABS_DIFF, PARITY_MIN_TOP10_AGREEMENT, make_golden, parity_check
-from attnrec.exporter.samples import input_len
-from attnrec.exporter.step import make_golden_step, step_parity
 
 __all__ = ["build_manifest", "export_checkpoint"]
 

@@ -317,8 +317,9 @@ def _shadow_new(s: Settings, reg: Any, version: str, state: dict[str, Any]) -> d
 def run_cycle(s: Settings, *, archive: bool = True, online: OnlineFigures | None = None) -> dict[str, Any]:
     """One archive -> retrain -> export -> gated promote pass; returns its summary. ``online``:
     a version's shadow comparison (``TRAINER_ROLLOUT=shadow``; ``attnrec.apps.rollout.online_figures``)."""
-    from attnrec.registry import Registry
     from attnrec.exporter.export import export_checkpoint
+
+    from attnrec.registry import Registry
 
     summary: dict[str, Any] = {"started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
     if archive:

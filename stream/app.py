@@ -16,12 +16,6 @@ import logging
 from typing import Any
 
 import faust
-from faust.web import Request, Response, View
-
-from attnrec.errors import AttnrecError
-from attnrec.kafka_util import faust_credentials
-from attnrec.redis_util import redis_client
-from attnrec.settings import Settings
 from attnrec.stream.batcher import Batcher, feed
 from attnrec.stream.buffer import STATE_LOST, RedisBuffers
 from attnrec.stream.metrics import WorkerMetrics
@@ -29,6 +23,12 @@ from attnrec.stream.model import ModelWatcher, SessionFactory
 from attnrec.stream.processor import Processor
 from attnrec.stream.sender import KafkaSender
 from attnrec.stream.transactions import TransactionalSender
+from faust.web import Request, Response, View
+
+from attnrec.errors import AttnrecError
+from attnrec.kafka_util import faust_credentials
+from attnrec.redis_util import redis_client
+from attnrec.settings import Settings
 
 __all__ = ["faust_app", "add_agent", "add_catalog_agent", "add_views", "guard_redis_state", "create_app"]
 

@@ -23,9 +23,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
+from attnrec.stream.buffer import redis_errors
 
 from attnrec.events import CatalogEvent
-from attnrec.stream.buffer import redis_errors
 
 __all__ = ["CATALOG_KEYS", "APPLY_CATALOG_LUA", "Availability", "CatalogStore"]
 

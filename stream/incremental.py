@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
-from attnrec.settings import Settings
 from attnrec.stream.buffer import Applied, RedisBuffers
 from attnrec.stream.cache import KVCache, UserCache
 from attnrec.stream.logic import ModelInputs, Rows, StepInputs, build_inputs, build_step_inputs, merge_scored
 from attnrec.stream.metrics import WorkerMetrics
 from attnrec.stream.model import LoadedModel
+
+from attnrec.settings import Settings
 
 __all__ = ["Plan", "Incremental"]
 

@@ -16,11 +16,6 @@ from typing import Any
 
 import numpy as np
 import redis.asyncio as aioredis
-
-from attnrec.errors import InvalidEventError, TransientError
-from attnrec.events import ClickEvent, parse_catalog_event
-from attnrec.manifest import OOV
-from attnrec.settings import Settings
 from attnrec.stream.buffer import redis_errors
 from attnrec.stream.catalog import Availability, CatalogStore
 from attnrec.stream.interleave import in_experiment, team_draft
@@ -31,6 +26,11 @@ from attnrec.stream.online import OnlineEval
 from attnrec.stream.policy import Policy, pad_rows
 from attnrec.stream.shadow import Shadow, candidate_lists, overlap
 from attnrec.stream.trending import Trending
+
+from attnrec.errors import InvalidEventError, TransientError
+from attnrec.events import ClickEvent, parse_catalog_event
+from attnrec.manifest import OOV
+from attnrec.settings import Settings
 
 __all__ = ["ONLINE_KEY", "LiveLayer"]
 

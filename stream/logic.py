@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 import orjson
+from attnrec.stream.model import LoadedModel
 
 from attnrec.errors import InvalidEventError
 from attnrec.events import ClickEvent, dlq_envelope, parse_event
 from attnrec.manifest import OOV
-from attnrec.stream.model import LoadedModel
 
 __all__ = ["BufferEntry", "format_entry", "encode_entry", "decode_entry", "split_entry", "entry_item", "MAX_DLQ_RAW", "TIMING_HEADER", "timing_header", "RawRecord", "Parsed", "parse_records", "EntryTable", "ModelInputs", "build_inputs", "StepInputs", "build_step_inputs", "Rows", "merge_scored", "recommend", "Recommendation"]
 

@@ -21,8 +21,9 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from attnrec.events import NEGATIVE_TYPES
 from attnrec.stream.interleave import win_rate
+
+from attnrec.events import NEGATIVE_TYPES
 
 __all__ = ["SOURCES", "Score", "OnlineEval", "totals", "comparisons", "series"]
 

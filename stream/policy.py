@@ -23,13 +23,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from attnrec.stream.catalog import Availability
+from attnrec.stream.logic import split_entry
 
 from attnrec.events import NEGATIVE_TYPES
 from attnrec.manifest import OOV
 from attnrec.settings import Settings
 from attnrec.units import parse_boosts
-from attnrec.stream.catalog import Availability
-from attnrec.stream.logic import split_entry
 
 __all__ = ["Policy", "pad_rows"]
 

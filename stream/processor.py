@@ -30,11 +30,6 @@ from dataclasses import field as dc_field
 from typing import Any, cast
 
 import orjson
-
-from attnrec.errors import TransientError
-from attnrec.events import ClickEvent, dlq_envelope
-from attnrec.schemas import header as schema_header
-from attnrec.settings import Settings
 from attnrec.stream.buffer import RETRY, Applied, RedisBuffers
 from attnrec.stream.incremental import Incremental, Plan
 from attnrec.stream.live import LiveLayer
@@ -53,6 +48,11 @@ from attnrec.stream.metrics import WorkerMetrics
 from attnrec.stream.model import LoadedModel, ModelWatcher
 from attnrec.stream.sender import Outbox, SendFn
 from attnrec.stream.transactions import FencedError, TransactionalSender
+
+from attnrec.errors import TransientError
+from attnrec.events import ClickEvent, dlq_envelope
+from attnrec.schemas import header as schema_header
+from attnrec.settings import Settings
 
 __all__ = ["INLINE_SCORING_MAX_ROWS", "STAGES", "StageTimes", "Prepared", "Processor", "where"]
 

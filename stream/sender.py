@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from dataclasses import field as dc_field
 from typing import Any
 
+from attnrec.stream.logic import RawRecord
+
 from attnrec.errors import TransientError
 from attnrec.kafka_util import aiokafka_security
 from attnrec.settings import Settings
-from attnrec.stream.logic import RawRecord
 
 __all__ = ["Headers", "SendFn", "Outbox", "KafkaSender"]
 

@@ -49,12 +49,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from attnrec.manifest import OOV
 from attnrec.stream.cache import KVCache
 from attnrec.stream.interleave import unit_hash
 from attnrec.stream.logic import build_inputs, build_step_inputs
 from attnrec.stream.model import LoadedModel, load_model
+
+from attnrec.manifest import OOV
 
 __all__ = ["SHADOW_NICE", "ShadowResult", "Shadow", "candidate_lists", "incremental_lists", "overlap"]
 

@@ -52,10 +52,11 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from attnrec.stream.sender import Headers, Outbox
+
 from attnrec.errors import AttnrecError, TransientError
 from attnrec.kafka_util import aiokafka_security, committed_offsets
 from attnrec.settings import Settings
-from attnrec.stream.sender import Headers, Outbox
 
 __all__ = ["FencedError", "TransactionalSender"]
 

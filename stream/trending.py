@@ -18,9 +18,9 @@ from collections.abc import Iterable
 from typing import Any
 
 import redis.asyncio as aioredis
+from attnrec.stream.buffer import redis_errors
 
 from attnrec.events import ClickEvent
-from attnrec.stream.buffer import redis_errors
 
 __all__ = ["TYPE_WEIGHT", "BUCKETS", "Counts", "Trending", "bucket_counts"]
 

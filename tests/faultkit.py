@@ -22,13 +22,13 @@ from typing import Any
 
 import orjson
 import redis
+from attnrec.stream.buffer import user_keys
+from attnrec.stream.logic import decode_entry
 
 from attnrec import schemas
 from attnrec.kafka_util import make_consumer
 from attnrec.redis_util import redis_sync
 from attnrec.settings import Settings
-from attnrec.stream.buffer import user_keys
-from attnrec.stream.logic import decode_entry
 from tests.feeding import Feeder
 from tests.helpers import WorkerProc
 

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 from attnrec.apps.replay import Pacer
+
 from attnrec.events import ClickEvent
 from attnrec.kafka_util import make_producer
 from attnrec.settings import Settings

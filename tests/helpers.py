@@ -8,16 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-
 from attnrec.apps.bench.worker import WorkerHandle, settings_env
-from attnrec.errors import AttnrecError
-from attnrec.redis_util import redis_client
-from attnrec.settings import Settings
 from attnrec.stream.buffer import RedisBuffers
 from attnrec.stream.logic import RawRecord
 from attnrec.stream.metrics import WorkerMetrics
 from attnrec.stream.model import ModelWatcher
 from attnrec.stream.processor import Processor
+
+from attnrec.errors import AttnrecError
+from attnrec.redis_util import redis_client
+from attnrec.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -18,15 +18,15 @@ import time
 from collections.abc import Sequence
 
 import orjson
-
 from attnrec.apps.cli import setup_logging
-from attnrec.kafka_util import ensure_topics
-from attnrec.settings import load_settings
 from attnrec.stream.app import add_agent, add_views, faust_app
 from attnrec.stream.logic import TIMING_HEADER, RawRecord, parse_records, timing_header
 from attnrec.stream.metrics import WorkerMetrics
 from attnrec.stream.processor import Prepared, Processor
 from attnrec.stream.sender import Outbox
+
+from attnrec.kafka_util import ensure_topics
+from attnrec.settings import load_settings
 
 __all__ = ["NullProcessor", "main"]
 

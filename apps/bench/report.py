@@ -33,7 +33,6 @@ SECTION = "## End-to-end throughput and latency"
 # --------------------------------------------------------------------------------- machine
 def machine_info() -> dict[str, Any]:
     import psutil
-
     from attnrec.apps.stack import REPO_ROOT
 
     model = platform.processor() or ""

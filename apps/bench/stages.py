@@ -44,12 +44,13 @@ def stage_profile(s: Settings, registry: Path, items: Sequence[str], users: Sequ
     """Profile ``events`` events (plus one warm-up batch) of ``users`` in batches of
     ``batch_size`` through :class:`attnrec.stream.processor.Processor`; ``scorer`` (default
     ``s.scorer``) is onnx or torch. Returns µs per event of each stage, wall and thread CPU."""
-    from attnrec.redis_util import redis_client
     from attnrec.stream.buffer import RedisBuffers, user_keys
     from attnrec.stream.logic import RawRecord, build_inputs
     from attnrec.stream.metrics import WorkerMetrics
     from attnrec.stream.model import ModelWatcher
     from attnrec.stream.processor import STAGES, Processor, StageTimes
+
+    from attnrec.redis_util import redis_client
 
     scorer = scorer or s.scorer
     factory = None

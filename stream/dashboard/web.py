@@ -25,16 +25,16 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-
-from attnrec import schemas
-from attnrec.errors import AttnrecError, ConfigError
-from attnrec.redis_util import redis_client
-from attnrec.settings import Settings
 from attnrec.stream.buffer import RedisBuffers
 from attnrec.stream.dashboard.collector import Collector, CollectorConfig, explain
 from attnrec.stream.live import ONLINE_KEY
 from attnrec.stream.online import comparisons, series, totals
 from attnrec.stream.trending import Trending
+
+from attnrec import schemas
+from attnrec.errors import AttnrecError, ConfigError
+from attnrec.redis_util import redis_client
+from attnrec.settings import Settings
 
 __all__ = ["create_dashboard_app", "is_loopback", "run_dashboard"]
 

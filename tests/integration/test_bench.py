@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from attnrec.apps.cli import main as cli_main
 
 pytestmark = pytest.mark.integration

@@ -25,16 +25,16 @@ from typing import Any
 
 import aiohttp
 import pytest
-
 from attnrec.apps.stack import free_port
+from attnrec.stream.buffer import user_keys
+from attnrec.stream.logic import decode_entry
+
 from attnrec.errors import ConfigError
 from attnrec.events import ClickEvent
 from attnrec.kafka_util import ensure_topics
 from attnrec.redis_util import redis_sync
 from attnrec.registry import Registry
 from attnrec.settings import Settings
-from attnrec.stream.buffer import user_keys
-from attnrec.stream.logic import decode_entry
 from tests.feeding import Feeder, Raw
 from tests.helpers import REPO, WorkerProc, env_for, republish, settings_for
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from attnrec.apps.demo_live import Sizes, live_demo
 from attnrec.apps.stack import free_port
+
 from attnrec.settings import Settings
 
 pytestmark = pytest.mark.integration

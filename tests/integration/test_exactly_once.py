@@ -20,13 +20,13 @@ from typing import Any
 
 import orjson
 import pytest
-
 from attnrec.apps.stack import LocalStack, free_port
-from attnrec.kafka_util import committed_offsets, ensure_topics
 from attnrec.stream.buffer import STATE_KEY, user_keys
 from attnrec.stream.logic import RawRecord
 from attnrec.stream.sender import Outbox
 from attnrec.stream.transactions import TransactionalSender
+
+from attnrec.kafka_util import committed_offsets, ensure_topics
 from tests.faultkit import (
     SESSION_TIMEOUT_S,
     Scenario,

@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from attnrec.exporter.testing import write_random_checkpoint
 
 from attnrec.modelcheck import load_checked
 from attnrec.registry import Registry
-from attnrec.exporter.testing import write_random_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 

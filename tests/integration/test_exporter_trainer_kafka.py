@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from attnrec.exporter.trainer import archive_from_kafka, run_cycle
 
 from attnrec.kafka_util import ensure_topics
 from attnrec.registry import Registry
-from attnrec.exporter.trainer import archive_from_kafka, run_cycle
 from tests.feeding import Feeder, Raw
 from tests.helpers import settings_for
 
@@ -57,11 +57,12 @@ def test_trainer_command_shadows_a_new_model_and_promotes_it_on_the_workers_onli
     import subprocess
     import sys
 
-    from attnrec.redis_util import redis_sync
     from attnrec.stream.live import ONLINE_KEY
     from attnrec.stream.policy import Policy
-    from tests.helpers import env_for
     from attnrec.training.synth import generate
+
+    from attnrec.redis_util import redis_sync
+    from tests.helpers import env_for
 
     s = settings_for(stack, names, tmp_path / "registry", trainer_group=f"{names['group_id']}-trainer", trainer_epochs=2,
                      min_new_events=100, trainer_rollout="shadow", margin=0.95, online_margin=0.05, online_min_events=300,

@@ -25,12 +25,12 @@ from typing import Any
 import orjson
 import pytest
 import redis
+from attnrec.stream.buffer import APPLIED, REDELIVERED, RETRY, STATE_KEY, RedisBuffers, user_keys
+from attnrec.stream.logic import MAX_DLQ_RAW
 
 from attnrec.errors import StateLostError
 from attnrec.events import ClickEvent
 from attnrec.redis_util import redis_sync
-from attnrec.stream.buffer import APPLIED, REDELIVERED, RETRY, STATE_KEY, RedisBuffers, user_keys
-from attnrec.stream.logic import MAX_DLQ_RAW
 from tests.faultkit import (
     Scenario,
     assert_exact,
@@ -442,7 +442,6 @@ async def test_redis_aof_policy_cost_and_kill9(tmp_path: Path, report: dict[str,
     acknowledged batch loses under each policy (nothing: a killed process cannot take back
     what it already write()s to the kernel; only a machine crash can, and only with everysec)."""
     import redis.asyncio as aioredis
-
     from attnrec.apps.stack import LocalStack, free_port
 
     st = LocalStack(tmp_path / "stack", redis_port=free_port())

@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from attnrec.stream.buffer import APPLIED, REDELIVERED, RETRY, RedisBuffers, user_keys
+from attnrec.stream.logic import decode_entry
 from hypothesis import given
 from hypothesis import strategies as st
 
 from attnrec.events import ClickEvent
-from attnrec.stream.buffer import APPLIED, REDELIVERED, RETRY, RedisBuffers, user_keys
-from attnrec.stream.logic import decode_entry
 
 pytestmark = pytest.mark.integration
 
@@ -111,7 +111,6 @@ def test_the_apply_script_keeps_every_event_once_whatever_the_duplicates_and_bat
 
     async def run() -> tuple[list[int], dict[str, list[str]], dict[str, int]]:
         import redis.asyncio as aioredis
-
         from attnrec.stream.buffer import STATE_KEY
 
         client = aioredis.from_url(stack.redis_url)

@@ -11,14 +11,14 @@ from typing import Any
 
 import orjson
 import pytest
+from attnrec.exporter.export import export_checkpoint
+from attnrec.exporter.testing import write_random_checkpoint
+from attnrec.stream.buffer import user_keys
 
 from attnrec.events import ClickEvent
 from attnrec.kafka_util import ensure_topics, make_consumer
 from attnrec.redis_util import redis_sync
 from attnrec.registry import Registry
-from attnrec.exporter.export import export_checkpoint
-from attnrec.exporter.testing import write_random_checkpoint
-from attnrec.stream.buffer import user_keys
 from tests.feeding import Feeder
 from tests.helpers import WorkerProc, settings_for
 

@@ -13,14 +13,14 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
-
-from attnrec.redis_util import redis_client
-from attnrec.settings import Settings
 from attnrec.stream.buffer import RedisBuffers
 from attnrec.stream.logic import RawRecord, build_inputs
 from attnrec.stream.metrics import WorkerMetrics
 from attnrec.stream.model import ModelWatcher
 from attnrec.stream.processor import Processor
+
+from attnrec.redis_util import redis_client
+from attnrec.settings import Settings
 
 pytestmark = pytest.mark.integration
 

@@ -12,12 +12,12 @@ from typing import Any
 
 import orjson
 import pytest
+from attnrec.stream.catalog import CATALOG_KEYS, CatalogStore
+from attnrec.stream.logic import RawRecord
 
 from attnrec.events import CatalogEvent
 from attnrec.redis_util import redis_client
 from attnrec.settings import Settings
-from attnrec.stream.catalog import CATALOG_KEYS, CatalogStore
-from attnrec.stream.logic import RawRecord
 from tests.helpers import BatchRun as Run
 
 pytestmark = pytest.mark.integration
@@ -186,8 +186,9 @@ async def test_trending_is_the_fallback_and_online_counters_match_a_recount(stac
 
 
 async def test_trending_forgets_what_left_its_window(stack: Any, tmp_path: Path) -> None:
-    from attnrec.events import ClickEvent
     from attnrec.stream.trending import Trending
+
+    from attnrec.events import ClickEvent
 
     r = redis_client(Settings(redis_url=stack.redis_url))
     tr = Trending(r, window_s=60)  # 30 buckets of 2 s

@@ -8,12 +8,12 @@ from typing import Any
 
 import orjson
 import pytest
+from attnrec.stream.buffer import user_keys
+from attnrec.stream.logic import decode_entry
 
 from attnrec.events import ClickEvent
 from attnrec.kafka_util import ensure_topics, make_consumer
 from attnrec.redis_util import redis_sync
-from attnrec.stream.buffer import user_keys
-from attnrec.stream.logic import decode_entry
 from tests.feeding import Feeder
 from tests.helpers import WorkerProc, settings_for
 

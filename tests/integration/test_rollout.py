@@ -24,16 +24,16 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+from attnrec.stream.interleave import in_experiment
+from attnrec.stream.live import ONLINE_KEY
+from attnrec.stream.model import load_model
+from attnrec.stream.online import comparisons, totals
 
 from attnrec import schemas
 from attnrec.kafka_util import ensure_topics
 from attnrec.redis_util import redis_sync
 from attnrec.registry import Registry
 from attnrec.settings import Settings
-from attnrec.stream.interleave import in_experiment
-from attnrec.stream.live import ONLINE_KEY
-from attnrec.stream.model import load_model
-from attnrec.stream.online import comparisons, totals
 from tests.helpers import BatchRun, WorkerProc, build_small_registry, env_for, republish, settings_for
 
 pytestmark = pytest.mark.integration

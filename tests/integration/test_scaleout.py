@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 import redis
+from attnrec.stream.buffer import user_keys
+from attnrec.stream.logic import decode_entry
 
 from attnrec.events import ClickEvent
 from attnrec.kafka_util import ensure_topics
 from attnrec.redis_util import redis_sync
-from attnrec.stream.buffer import user_keys
-from attnrec.stream.logic import decode_entry
 from tests.feeding import T0, Feeder
 from tests.helpers import WorkerProc, settings_for
 
@@ -150,9 +150,9 @@ def test_redis_memory_per_user_for_sizing(stack: Any) -> None:
     import uuid
 
     import redis.asyncio as aioredis
+    from attnrec.stream.buffer import RedisBuffers
 
     from attnrec.settings import Settings
-    from attnrec.stream.buffer import RedisBuffers
 
     d = Settings()
     tag = uuid.uuid4().hex[:8]

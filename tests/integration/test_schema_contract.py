@@ -25,9 +25,9 @@ from typing import Any
 
 import orjson
 import pytest
+from attnrec.apps.bench.worker import WorkerHandle
 from kafka.partitioner.default import murmur2
 
-from attnrec.apps.bench.worker import WorkerHandle
 from attnrec import schemas
 from attnrec.kafka_util import ensure_topics, make_consumer
 from attnrec.registry import Registry

@@ -19,13 +19,13 @@ from typing import Any
 import orjson
 import pytest
 import redis
+from attnrec.stream.buffer import user_keys
+from attnrec.stream.logic import decode_entry
 
 from attnrec.errors import ConfigError
 from attnrec.events import ClickEvent
 from attnrec.kafka_util import ensure_topics, make_consumer
 from attnrec.settings import Settings, env_name
-from attnrec.stream.buffer import user_keys
-from attnrec.stream.logic import decode_entry
 from tests.feeding import Feeder
 from tests.helpers import WorkerProc
 

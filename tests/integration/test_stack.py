@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from attnrec.apps.stack import LocalStack, _pid_alive, free_port
+
 from attnrec.errors import StackError
 
 pytestmark = pytest.mark.integration

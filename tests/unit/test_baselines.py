@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from attnrec.apps.cli import main
 from attnrec.training.attention import attention_mass, noise_attention
 from attnrec.training.baselines import GRU4Rec, MeanPool, baseline_config, fit_baseline

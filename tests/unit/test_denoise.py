@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from attnrec.apps.cli import main
 from attnrec.training.data import dataset_from_events
 from attnrec.training.denoise import attention_on, insert_random
@@ -148,8 +147,9 @@ def test_drop_hardest_leaves_out_the_worst_positions_for_every_loss(loss: str) -
 
 
 def test_event_streams_train_with_denoising_and_baselines_without_unless_asked() -> None:
-    from attnrec.settings import Settings
     from attnrec.training.cli import configs
+
+    from attnrec.settings import Settings
 
     ds = dataset_from_events(generate(60, 50, 2400, seed=3), "tiny")
     assert default_configs(ds)[1].denoise == 0.1

@@ -7,16 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from attnrec.errors import ModelError
-from attnrec.modelcheck import load_checked
-from attnrec.registry import Registry
 from attnrec.exporter.checkpoint import load_checkpoint
 from attnrec.exporter.export import export_checkpoint
 from attnrec.exporter.gate import gate_decision, promote_gated
 from attnrec.exporter.graph import export_onnx
 from attnrec.exporter.parity import PARITY_MAX_ABS_DIFF, parity_check
 from attnrec.exporter.testing import write_random_checkpoint
+
+from attnrec.errors import ModelError
+from attnrec.modelcheck import load_checked
+from attnrec.registry import Registry
 
 N_ITEMS, MAX_LEN = 150, 16
 

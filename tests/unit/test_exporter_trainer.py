@@ -7,11 +7,11 @@ from pathlib import Path
 
 import orjson
 import pytest
+from attnrec.exporter.trainer import run_cycle, write_event_file
 
 from attnrec.errors import ConfigError
 from attnrec.registry import Registry
 from attnrec.settings import Settings, load_settings, parse_duration
-from attnrec.exporter.trainer import run_cycle, write_event_file
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("10m", 600.0), ("30s", 30.0), ("1.5h", 5400.0), ("250ms", 0.25),

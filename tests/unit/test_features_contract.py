@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from attnrec.training.features import gap_bucket
 
 from attnrec.manifest import N_GAP_BUCKETS, gap_boundaries_ms
-from attnrec.training.features import gap_bucket
 
 
 @pytest.mark.parametrize("gap_ms", [0, 1, 999, 1000, 1001, 2999, 3000, 7_000, 86_400_000, 10**12])

@@ -10,6 +10,7 @@ import base64
 from typing import Any
 
 import orjson
+from attnrec.stream.logic import RawRecord, decode_entry, encode_entry, entry_item, parse_records, split_entry
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -22,7 +23,6 @@ from attnrec.events import (
     ClickEvent,
     parse_event,
 )
-from attnrec.stream.logic import RawRecord, decode_entry, encode_entry, entry_item, parse_records, split_entry
 
 #: Strings that break naive parsers: separators, quotes, controls, surrogates-free unicode.
 hostile = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=0, max_size=40) | st.sampled_from(

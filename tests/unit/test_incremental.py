@@ -7,13 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from attnrec.events import ClickEvent
-from attnrec.manifest import gap_boundaries_ms
 from attnrec.stream.cache import KVCache, UserCache
 from attnrec.stream.logic import build_inputs, build_step_inputs, encode_entry
 from attnrec.stream.model import LoadedModel
 from attnrec.training.model import AttnRec, ModelConfig
+
+from attnrec.events import ClickEvent
+from attnrec.manifest import gap_boundaries_ms
 
 
 def _window(seq: tuple[torch.Tensor, ...], t: int, k: int) -> tuple[torch.Tensor, ...]:

@@ -13,11 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from attnrec.errors import DataError, ModelCheckError
-from attnrec.manifest import verify_files
-from attnrec.modelcheck import load_checked
-from attnrec.registry import Registry
 from attnrec.training.content import (
     TEXT_BUCKETS,
     TITLE_TOKENS,
@@ -31,6 +26,11 @@ from attnrec.training.content import (
     title_tokens,
 )
 from attnrec.training.model import AttnRec, ModelConfig
+
+from attnrec.errors import DataError, ModelCheckError
+from attnrec.manifest import verify_files
+from attnrec.modelcheck import load_checked
+from attnrec.registry import Registry
 
 GOOD_CSV = """item_id,category,brand,price,title
 sku-1,shoes,acme,19.99,Acme Running Shoe
@@ -141,8 +141,9 @@ def test_content_arrays_index_by_vocabulary() -> None:
 
 
 def test_attach_content_appends_cold_items_and_keeps_indices() -> None:
-    from attnrec.events import ClickEvent
     from attnrec.training.data import dataset_from_events
+
+    from attnrec.events import ClickEvent
 
     evs = [ClickEvent(f"e{i}", "u1", it, "click", 1000 * i) for i, it in enumerate(["a", "b", "c", "a"])]
     ds = dataset_from_events(evs, "t")
@@ -340,9 +341,10 @@ def test_cli_train_with_items(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 def test_a_pretrained_title_encoder_plugs_in() -> None:
     """The hook for a pretrained text encoder: fixed per-item title vectors, projected."""
-    from attnrec.events import ClickEvent
     from attnrec.training.data import dataset_from_events
     from attnrec.training.train import default_configs
+
+    from attnrec.events import ClickEvent
 
     class Fake:  # what a sentence-transformers model offers: encode(list of str) -> (n, dim)
         def encode(self, titles: list[str]) -> np.ndarray:
@@ -368,12 +370,12 @@ def test_a_pretrained_title_encoder_plugs_in() -> None:
 def test_periodic_trainer_keeps_the_item_content(tmp_path: Path) -> None:
     """A promoted content model is retrained with the attribute file of its checkpoint."""
     import orjson
-
     from attnrec.apps.cli import main
-    from attnrec.settings import Settings
     from attnrec.exporter.export import export_checkpoint
     from attnrec.exporter.trainer import run_cycle, write_event_file
     from attnrec.training.synth_content import generate_content, write_attributes_csv
+
+    from attnrec.settings import Settings
 
     evs, world, _ = generate_content(40, 48, 1200, seed=4)
     data = tmp_path / "first.jsonl"

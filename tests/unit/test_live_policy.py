@@ -7,16 +7,16 @@ import math
 
 import numpy as np
 import pytest
-
-from attnrec.errors import ConfigError, InvalidEventError
-from attnrec.events import CatalogEvent, ClickEvent, parse_catalog_event, parse_event
-from attnrec.manifest import OOV
-from attnrec.settings import load_settings
 from attnrec.stream.catalog import Availability
 from attnrec.stream.logic import format_entry
 from attnrec.stream.online import OnlineEval
 from attnrec.stream.policy import Policy, pad_rows
 from attnrec.stream.trending import bucket_counts
+
+from attnrec.errors import ConfigError, InvalidEventError
+from attnrec.events import CatalogEvent, ClickEvent, parse_catalog_event, parse_event
+from attnrec.manifest import OOV
+from attnrec.settings import load_settings
 
 
 def test_catalog_events_parse_and_say_what_is_available() -> None:

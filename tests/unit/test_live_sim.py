@@ -8,9 +8,17 @@ import collections
 from typing import Any
 
 import pytest
+from attnrec.training.live import (
+    P_COMPANION,
+    P_GIFT_BUY,
+    P_VIDEO_ROOM,
+    START_TS_MS,
+    AvailabilityLog,
+    LiveWorld,
+    generate_live,
+)
 
 from attnrec.events import SHORT_VIEW_MS, CatalogEvent, ClickEvent, parse_catalog_event, parse_event
-from attnrec.training.live import P_COMPANION, P_GIFT_BUY, P_VIDEO_ROOM, START_TS_MS, AvailabilityLog, LiveWorld, generate_live
 
 Event = ClickEvent | CatalogEvent
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from attnrec.apps.cli import main
 from attnrec.training.data import Dataset, dataset_from_events
 from attnrec.training.noise import inject_noise, injected_mask, n_injected

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from attnrec import schemas
-from attnrec.registry import Registry
 from attnrec.exporter.gate import online_decision, promote_gated
 from attnrec.stream.interleave import credit, in_experiment, team_draft, win_rate
 from attnrec.stream.online import OnlineEval, comparisons, totals
 from attnrec.stream.shadow import Shadow, overlap
+
+from attnrec import schemas
+from attnrec.registry import Registry
 
 
 def test_team_draft_takes_each_teams_best_untaken_item_in_turn() -> None:
@@ -151,6 +151,7 @@ def registry_versions(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, s
     """A registry with two published versions of a random-weight model, validation NDCG@10 0.10 and 0.11."""
     from attnrec.exporter.export import export_checkpoint
     from attnrec.exporter.testing import write_random_checkpoint
+
     from tests.unit.test_exporter_registry import republish
 
     base = tmp_path_factory.mktemp("rollout")

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+from attnrec.stream.logic import RawRecord, build_inputs, encode_entry, parse_records, recommend
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -33,7 +34,6 @@ from attnrec.events import (
     parse_catalog_event,
     parse_event,
 )
-from attnrec.stream.logic import RawRecord, build_inputs, encode_entry, parse_records, recommend
 from tests.unit.test_worker_logic import make_model
 
 #: Why the parser may reject what the schema accepts (JSON Schema cannot say these).

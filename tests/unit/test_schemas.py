@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from jsonschema import Draft202012Validator
-
 from attnrec.apps.cli import main as cli_main
 from attnrec.apps.schema import resolve, validate_lines
+from jsonschema import Draft202012Validator
+
 from attnrec import schemas
 from attnrec.errors import ConfigError
 from attnrec.registry import Registry
@@ -277,9 +277,9 @@ class _NoCollector:
 
 async def test_the_dashboard_serves_the_package_schemas_read_only(tmp_path: Path) -> None:
     from aiohttp.test_utils import TestClient, TestServer
+    from attnrec.stream.dashboard.web import create_dashboard_app
 
     from attnrec.settings import Settings
-    from attnrec.stream.dashboard.web import create_dashboard_app
 
     s = Settings(registry=tmp_path / "registry", redis_url="redis://127.0.0.1:1/0")
     app = create_dashboard_app(s, collector=_NoCollector())  # type: ignore[arg-type]

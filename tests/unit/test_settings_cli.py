@@ -4,11 +4,11 @@ import subprocess
 import sys
 
 import pytest
-
 from attnrec.apps.cli import build_parser
+from attnrec.stream.runner import _safe_url
+
 from attnrec.errors import ConfigError
 from attnrec.settings import load_settings
-from attnrec.stream.runner import _safe_url
 
 
 def test_environment_and_overrides(monkeypatch: pytest.MonkeyPatch) -> None:

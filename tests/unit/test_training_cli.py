@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-
 from attnrec.apps.cli import build_parser, main
-from attnrec.events import EVENT_TYPES
 from attnrec.training.synth import generate
+
+from attnrec.events import EVENT_TYPES
 
 EVAL_KEYS = {"dataset", "protocol", "users", "items", "metrics", "train_seconds", "config"}
 METRIC_KEYS = {"hr@10", "ndcg@10", "hr@20", "ndcg@20", "coverage@10"}

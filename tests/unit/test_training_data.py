@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from attnrec.errors import DataError
 from attnrec.training.data import Vocab, dataset_from_events, load_dataset, read_events
 from attnrec.training.evaluate import evaluate, rank_metrics
 from attnrec.training.features import N_GAP_BUCKETS, OOV, PAD, encode_events, gap_bucket, left_pad, type_index
 from attnrec.training.synth import generate, generate_planted
 from attnrec.training.train import training_arrays
+
+from attnrec.errors import DataError
 
 REPO = Path(__file__).resolve().parents[2]
 DATA_DIR = Path(os.environ.get("ATTNREC_DATA_DIR", REPO.parent / "shared" / "data"))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from attnrec.training.model import AttnRec, ModelConfig
 from attnrec.training.train import NEGATIVES_PER, TrainConfig, _loss
 
@@ -58,7 +57,6 @@ def test_label_smoothing_matches_its_definition_and_needs_full_softmax() -> None
 @pytest.mark.parametrize("bucket", [True, False])
 def test_batches_cover_every_row_once(bucket: bool) -> None:
     import numpy as np
-
     from attnrec.training.train import _batches
 
     lengths = np.random.default_rng(0).integers(1, 50, size=1000)

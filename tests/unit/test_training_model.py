@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from attnrec.training.model import BLOCKS, AttnRec, ModelConfig
 
 
@@ -92,10 +91,11 @@ def test_sasrec_block_exports_and_passes_the_parity_gate(tmp_path) -> None:  # t
     """Both layouts have the same parameters; the exported graph keeps its contract."""
     import json
 
-    from attnrec.modelcheck import load_checked
-    from attnrec.registry import Registry
     from attnrec.exporter.export import export_checkpoint
     from attnrec.exporter.testing import write_random_checkpoint
+
+    from attnrec.modelcheck import load_checked
+    from attnrec.registry import Registry
 
     ckpt = write_random_checkpoint(tmp_path / "c", n_items=80, max_len=10, d_model=16, n_blocks=2,
                                    n_event_types=0, n_gap_buckets=0)

@@ -7,11 +7,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
-from attnrec.settings import Settings
 from attnrec.stream.logic import RawRecord
 from attnrec.stream.sender import Outbox
 from attnrec.stream.transactions import TransactionalSender
+
+from attnrec.settings import Settings
 
 
 @pytest.fixture

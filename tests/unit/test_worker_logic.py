@@ -12,9 +12,6 @@ import base64
 import numpy as np
 import orjson
 import pytest
-
-from attnrec.events import MAX_MESSAGE_BYTES, ClickEvent
-from attnrec.manifest import OOV, PAD, gap_boundaries_ms
 from attnrec.stream.buffer import user_keys
 from attnrec.stream.logic import (
     BufferEntry,
@@ -27,6 +24,9 @@ from attnrec.stream.logic import (
     recommend,
 )
 from attnrec.stream.model import LoadedModel
+
+from attnrec.events import MAX_MESSAGE_BYTES, ClickEvent
+from attnrec.manifest import OOV, PAD, gap_boundaries_ms
 
 NOW = 1_764_300_000_000
 
