@@ -118,7 +118,7 @@ COMMANDS: tuple[Command, ...] = (
             + (("--benchmarks-md", "bench_md"), ("--batch-size", "batch_size"), ("--scorer", "scorer"), ("--quiet", "quiet"),
                ("--processing-guarantee", "processing_guarantee"), *_HOME)),
     Command("dashboard", "ops dashboard web page (throughput, latency, lag, dead letters, models, live feed)",
-            "attnrec.stream.dashboard:cmd_dashboard",
+            "attnrec.apps.dashboard:cmd_dashboard",
             (("--dashboard-host", "dashboard_host"), ("--dashboard-port", "dashboard_port"),
              ("--latency-window-s", "latency_window_s"), ("--feed-backfill", "feed_backfill"),
              ("--latency-join", "latency_join"), ("--group-id", "group_id"), ("--kafka-bootstrap", "kafka_bootstrap"),

@@ -327,7 +327,7 @@ def test_dashboard_in_headless_chromium(stack: Any, names: dict[str, str], regis
 @pytest.mark.integration
 def test_dashboard_off_loopback_requires_token(stack: Any, names: dict[str, str], registry_with_model: Path, tmp_path: Path) -> None:
     s = settings_for(stack, names, registry_with_model)
-    from attnrec.stream.dashboard.web import create_dashboard_app
+    from attnrec.apps.dashboard.web import create_dashboard_app
 
     with pytest.raises(ConfigError, match="not loopback"):
         create_dashboard_app(s, host="0.0.0.0")
@@ -363,7 +363,7 @@ def test_dashboard_off_loopback_requires_token(stack: Any, names: dict[str, str]
 
 
 def test_explanations_and_percentiles() -> None:
-    from attnrec.stream.dashboard.collector import explain, percentile
+    from attnrec.apps.dashboard.collector import explain, percentile
 
     assert explain([{"item_id": "X", "event_type": "purchase", "weight": 0.4123}, {"item_id": "Y", "event_type": "other", "weight": 0.2}]) == [
         "because you bought X — weight 0.41",

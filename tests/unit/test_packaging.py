@@ -5,6 +5,7 @@ runs, and the worker's modules import without torch."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -29,9 +30,18 @@ def _packages_in_repo() -> set[str]:
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Built from a copy of the files git knows (as a fresh clone would be), so the build leaves
+    nothing behind in the checkout."""
     out = tmp_path_factory.mktemp("wheel")
+    src = tmp_path_factory.mktemp("src")
+    files = subprocess.check_output(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                                    text=True).split()
+    for f in files:
+        if (REPO / f).is_file():
+            (src / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / f, src / f)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
-                    str(REPO)], check=True, capture_output=True, timeout=300)
+                    str(src)], check=True, capture_output=True, timeout=300)
     (whl,) = out.glob("attnrec-*.whl")
     return whl
 
@@ -44,7 +54,7 @@ def test_the_wheel_holds_one_top_level_name_and_every_package(wheel: Path) -> No
     packages = {n.rpartition("/")[0].replace("/", ".") for n in names if n.endswith("/__init__.py")}
     missing = _packages_in_repo() - packages
     assert not missing, f"packages of the repository missing from the wheel (pyproject's packages list): {missing}"
-    for needed in ("attnrec/schemas/recs.v1.json", "attnrec/stream/static/dashboard/index.html"):
+    for needed in ("attnrec/schemas/recs.v1.json", "attnrec/apps/dashboard/static/dashboard/index.html"):
         assert needed in names, f"{needed} is not in the wheel (package-data)"
 
 

@@ -277,7 +277,7 @@ class _NoCollector:
 
 async def test_the_dashboard_serves_the_package_schemas_read_only(tmp_path: Path) -> None:
     from aiohttp.test_utils import TestClient, TestServer
-    from attnrec.stream.dashboard.web import create_dashboard_app
+    from attnrec.apps.dashboard.web import create_dashboard_app
 
     from attnrec.settings import Settings
 
@@ -290,5 +290,5 @@ async def test_the_dashboard_serves_the_package_schemas_read_only(tmp_path: Path
         r = await client.get("/schemas/settings.py")
         assert r.status == 404 and "recs.v1.json" in (await r.json())["error"]
         assert (await client.post("/schemas/recs.v1.json")).status == 405
-    js = (REPO / "stream" / "static" / "dashboard" / "dashboard.js").read_text()
+    js = (REPO / "apps" / "dashboard" / "static" / "dashboard" / "dashboard.js").read_text()
     assert 'href="/schemas/recs.v1.json"' in js and "recommendation schema" in js

@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 from attnrec.stream.buffer import RedisBuffers
-from attnrec.stream.dashboard.collector import Collector, CollectorConfig, explain
+from attnrec.apps.dashboard.collector import Collector, CollectorConfig, explain
 from attnrec.stream.live import ONLINE_KEY
 from attnrec.stream.online import comparisons, series, totals
 from attnrec.stream.trending import Trending
@@ -40,7 +40,7 @@ __all__ = ["create_dashboard_app", "is_loopback", "run_dashboard"]
 
 log = logging.getLogger(__name__)
 
-STATIC = Path(__file__).resolve().parents[1] / "static"
+STATIC = Path(__file__).resolve().parent / "static"
 COOKIE = "attnrec_token"
 _REGISTRY_TTL_S = 3.0
 _MAX_USER_ID = 256
