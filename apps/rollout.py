@@ -6,7 +6,7 @@
     attnrec models shadow --off        stop shadowing
     attnrec models promote VERSION [--online-margin M --online-min-events N]
 
-The figures are the workers' online evaluation (:mod:`attnrec.stream.online`) read from Redis: the
+The figures are the workers' online evaluation (:mod:`attnrec.stream.stages.online`) read from Redis: the
 shadow's NDCG@10 / HR@10 against the serving model's on the same triggers, overlap@10 and, with
 ``ATTNREC_INTERLEAVE_FRACTION``, the team-draft win rate (docs/DEPLOY.md, "Rolling out a model").
 """
@@ -19,9 +19,8 @@ from typing import Any
 
 from attnrec.exporter.cli import fail
 from attnrec.exporter.gate import promote_gated
-from attnrec.stream.live import ONLINE_KEY
-from attnrec.stream.online import comparisons, totals
-from attnrec.stream.policy import Policy
+from attnrec.stream.stages.online import ONLINE_KEY, comparisons, totals
+from attnrec.stream.stages.policy import Policy
 
 from attnrec.errors import AttnrecError, ConfigError, TransientError
 from attnrec.redis_util import redis_sync

@@ -15,7 +15,8 @@ retry) from *permanent* ones (dead-letter or abort).
     │   └── ModelCheckError         a registry model failed a load-time check (sha, contract, NaN)
     ├── RegistryError               registry layout/manifest problem, unknown version
     └── TransientError              a retryable infrastructure failure (Redis down, timeout)
-        └── StateLostError          Redis holds none of attnrec's state (an empty replacement)
+        ├── StateLostError          Redis holds none of attnrec's state (an empty replacement)
+        └── FencedError             exactly-once: the worker's transactional producer was fenced
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ __all__ = [
     "RegistryError",
     "TransientError",
     "StateLostError",
+    "FencedError",
 ]
 
 
@@ -79,3 +81,9 @@ class StateLostError(TransientError):
     """Redis answers but holds none of attnrec's state (its marker key is gone: a restart without
     persistence, or a failover to an empty replica). The worker pauses rather than apply events
     to empty buffers; the message says what the operator can do."""
+
+
+class FencedError(TransientError):
+    """Exactly-once: a transactional producer of the worker was fenced (another producer with
+    its transactional id started after it, or the broker timed its transaction out). The
+    batch's part is redone with a new producer, or given up when its partition moved."""

@@ -209,7 +209,7 @@ def check_model(version_dir: str | os.PathLike[str], manifest: dict[str, Any] | 
 @dataclass(frozen=True)
 class CheckedModel:
     """A version that passed every check: ``items[i - 2]`` is the id of model index ``i``.
-    The worker wraps it in :class:`attnrec.stream.model.LoadedModel` with its lookup tables."""
+    The worker wraps it in :class:`attnrec.stream.core.model.LoadedModel` with its lookup tables."""
 
     version: str
     path: Path

@@ -158,6 +158,9 @@ class _CoreFields(BaseSettings):
     trending_window_s: float = Field(
         1800.0, gt=0, description="ATTNREC_TRENDING_WINDOW_S: the trending-now window: per-item event counts (gift/purchase weigh more) of the last N seconds, the cold-start fallback"
     )
+    trending: bool = Field(
+        True, description="ATTNREC_TRENDING: keep trending now (weighted event counts of the last TRENDING_WINDOW_S, written to Redis once a second) and give a user the model cannot personalise its top items instead of the static popularity list"
+    )
     online_eval: bool = Field(
         True, description="ATTNREC_ONLINE_EVAL: prequential evaluation: whether each user's next event hits the top-10 emitted for them (model, trending-now and the static list), per model version and policy, in /metrics"
     )

@@ -48,7 +48,7 @@ class TorchEagerSession:
 
 
 def torch_session_factory(threads: int = 1) -> Any:
-    """A :data:`attnrec.stream.model.SessionFactory` giving each loaded model a torch-eager session."""
+    """A :data:`attnrec.stream.core.model.SessionFactory` giving each loaded model a torch-eager session."""
 
     def make(model: Any) -> tuple[TorchEagerSession, TorchEagerSession | None]:
         ckpt = model.manifest.get("checkpoint")

@@ -1,11 +1,12 @@
-"""The Faust worker's wiring: the app, its one agent and its web views. Nothing else.
+"""The Faust worker's wiring: the app, its agents, its web views, its background tasks. Nothing else.
 
-The agent (concurrency 1) consumes ``clicks`` with ``noack_take(B, within=W)`` into a
-:class:`attnrec.stream.batcher.Batcher`, which runs batches through a
-:class:`attnrec.stream.processor.Processor` (parse, Redis, model, recommendations; the decisions are
-:mod:`attnrec.stream.logic`'s) and hands their records to a :class:`attnrec.stream.sender.KafkaSender`. A
-batch's input events are acked, and so become committable, only once the broker has
-acknowledged every record it produced.
+The core (:mod:`attnrec.stream.core`) and the configured stages (:func:`attnrec.stream.stages.build_stages`)
+are built once from the settings (:func:`create_app`). The agent (concurrency 1) hands every
+``clicks`` event to a :class:`~attnrec.stream.core.batcher.Batcher`, which runs batches through the
+:class:`~attnrec.stream.core.processor.Processor` and their records through the
+:class:`~attnrec.stream.core.output.Output`. At least once, a batch's input events are acked, and
+so become committable, only once the broker has every record it produced; exactly once, they
+commit with its records in its transactions.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ import logging
 from typing import Any
 
 import faust
-from attnrec.stream.batcher import Batcher, feed
-from attnrec.stream.buffer import STATE_LOST, RedisBuffers
-from attnrec.stream.metrics import WorkerMetrics
-from attnrec.stream.model import ModelWatcher, SessionFactory
-from attnrec.stream.processor import Processor
-from attnrec.stream.sender import KafkaSender
-from attnrec.stream.transactions import TransactionalSender
+from attnrec.stream.core.batcher import Batcher, feed
+from attnrec.stream.core.buffer import STATE_LOST, RedisBuffers
+from attnrec.stream.core.metrics import WorkerMetrics
+from attnrec.stream.core.model import ModelWatcher, SessionFactory
+from attnrec.stream.core.output import KafkaSender, Output
+from attnrec.stream.core.processor import Processor
+from attnrec.stream.core.transactions import TransactionalSender
+from attnrec.stream.stages import build_stages
 from faust.web import Request, Response, View
 
 from attnrec.errors import AttnrecError
@@ -30,7 +32,7 @@ from attnrec.kafka_util import faust_credentials
 from attnrec.redis_util import redis_client
 from attnrec.settings import Settings
 
-__all__ = ["faust_app", "add_agent", "add_catalog_agent", "add_views", "guard_redis_state", "create_app"]
+__all__ = ["faust_app", "make_output", "add_agent", "add_catalog_agent", "add_views", "guard_redis_state", "create_app"]
 
 log = logging.getLogger(__name__)
 
@@ -64,16 +66,21 @@ def faust_app(s: Settings) -> faust.App:
     )
 
 
+def make_output(s: Settings, metrics: WorkerMetrics) -> Output:
+    """The worker's output for its processing guarantee: the transactional sender (exactly
+    once, :mod:`attnrec.stream.core.transactions`) or a plain producer (at least once)."""
+    if s.processing_guarantee == "exactly_once":
+        return Output(s, metrics, TransactionalSender(s), transactional=True)
+    return Output(s, metrics, KafkaSender(s))
+
+
 def add_agent(app: faust.App, s: Settings, proc: Processor) -> None:
     """The one agent (concurrency 1) over ``clicks``: every event to a :class:`Batcher` over
-    ``proc``, whose output goes through a :class:`KafkaSender` (at-least-once) or, exactly-once,
-    a :class:`TransactionalSender` (and then faust neither acks nor commits: the transactions
-    commit the offsets, see :mod:`attnrec.stream.transactions`)."""
-    exactly_once = s.processing_guarantee == "exactly_once"
-    clicks = app.topic(s.clicks_topic, partitions=s.partitions, key_type=bytes, value_type=bytes, acks=not exactly_once)
-    sender: KafkaSender | TransactionalSender
-    if exactly_once:
-        txn = sender = proc.txn = TransactionalSender(s)
+    ``proc``. Exactly once, faust neither acks nor commits (the transactions commit the
+    offsets), and the transactional sender follows the group's assignments."""
+    txn = proc.output.txn
+    clicks = app.topic(s.clicks_topic, partitions=s.partitions, key_type=bytes, value_type=bytes, acks=txn is None)
+    if txn is not None:
 
         async def on_revoked(app: Any, revoked: Any, **_: Any) -> None:
             txn.revoked(tp.partition for tp in revoked if tp.topic == s.clicks_topic)
@@ -83,33 +90,31 @@ def add_agent(app: faust.App, s: Settings, proc: Processor) -> None:
 
         app.on_partitions_revoked.connect(on_revoked, weak=False)
         app.on_partitions_assigned.connect(on_assigned, weak=False)
-    else:
-        sender = KafkaSender(s)
-    proc.send = sender.send
 
     @app.agent(clicks, concurrency=1, name="score")
     async def score(stream: Any) -> None:
         """Events in, handed to the :class:`Batcher` one by one as they arrive; the agent itself
         never waits for a batch (acks are the batcher's, once a batch's output is delivered)."""
-        batcher = Batcher(proc, _no_ack if exactly_once else stream.ack, s.batch_size, s.max_inflight,
+        batcher = Batcher(proc, _no_ack if txn is not None else stream.ack, s.batch_size, s.max_inflight,
                           max_pending=4 * s.batch_size, wait_s=s.batch_wait_ms / 1000.0)
         try:
             await feed(stream, batcher)
         finally:
             await batcher.close()
-            await sender.stop()
+            await proc.output.stop()
 
 
 def add_catalog_agent(app: faust.App, s: Settings, proc: Processor) -> None:
     """With ``CATALOG``: an agent over the catalog topic that applies status events to the
-    availability state shared in Redis (:mod:`attnrec.stream.catalog`); acked and committed by faust
+    availability state shared in Redis (:mod:`attnrec.stream.stages.catalog`); acked and committed by faust
     once applied (applying again is harmless: the last status by event time wins)."""
     topic = app.topic(s.catalog_topic, partitions=s.partitions, key_type=bytes, value_type=bytes)
+    stage = proc.stages["catalog"]
 
     @app.agent(topic, concurrency=1, name="catalog")
     async def catalog(stream: Any) -> None:
         async for values in stream.take(512, within=0.005):
-            await proc.live.apply_catalog(values)
+            await stage.apply(values)  # type: ignore[attr-defined]
 
 
 async def _no_ack(event: Any) -> None:
@@ -121,6 +126,7 @@ def add_views(app: faust.App, s: Settings, proc: Processor, *, buffers: RedisBuf
     """``/healthz``, ``/readyz`` (a model loaded, unless there is no ``watcher``, and partitions
     assigned), ``/metrics`` and, with ``buffers``, ``/recs/<user>``."""
     metrics = proc.metrics
+    lag = _Lag(s, metrics)
 
     def _authorized(request: Request) -> bool:
         if s.api_token is None:
@@ -151,7 +157,7 @@ def add_views(app: faust.App, s: Settings, proc: Processor, *, buffers: RedisBuf
             if app.consumer is not None:
                 assignment = app.consumer.assignment()
                 metrics.assigned.set(len(assignment))
-                proc.update_lag(assignment, app.consumer.highwater)
+                lag.update(proc.positions, assignment, app.consumer.highwater)
             return self.bytes(metrics.render(), content_type="text/plain; version=0.0.4")
 
     if buffers is None:
@@ -171,8 +177,36 @@ def add_views(app: faust.App, s: Settings, proc: Processor, *, buffers: RedisBuf
             return self.bytes(raw, content_type="application/json")
 
 
+class _Lag:
+    """``attnrec_consumer_lag{partition}`` = highwater - next offset to process, for each assigned
+    input partition this worker has processed since it started; the others' series dropped."""
+
+    def __init__(self, s: Settings, metrics: WorkerMetrics) -> None:
+        self.s, self.metrics = s, metrics
+        self._labels: set[str] = set()
+
+    def update(self, positions: dict[tuple[str, int], int], assignment: Any, highwater: Any) -> None:
+        live: set[str] = set()
+        for tp in assignment:
+            pos = positions.get((tp.topic, tp.partition))
+            if tp.topic != self.s.clicks_topic or pos is None:
+                continue
+            try:
+                hw = highwater(tp)
+            except Exception:  # not assigned any more, or no fetch response yet
+                hw = None
+            if hw is None:
+                continue
+            label = str(tp.partition)
+            live.add(label)
+            self.metrics.lag.labels(label).set(max(0, hw - pos))
+        for label in self._labels - live:
+            self.metrics.lag.remove(label)
+        self._labels = live
+
+
 async def guard_redis_state(s: Settings, buffers: RedisBuffers, proc: Processor, poll_s: float = 5.0) -> None:
-    """Keep Redis' state marker honest (:data:`attnrec.stream.buffer.STATE_KEY`). Missing at a fresh
+    """Keep Redis' state marker honest (:data:`attnrec.stream.core.buffer.STATE_KEY`). Missing at a fresh
     start (the group has committed nothing) it is created, and so it is when Redis holds users'
     buffers without it (written by a version from before the marker); missing while the group
     has committed offsets and Redis holds no buffers at all (they were lost) the worker reports
@@ -215,9 +249,10 @@ async def guard_redis_state(s: Settings, buffers: RedisBuffers, proc: Processor,
 
 
 def create_app(settings: Settings, *, session_factory: SessionFactory | None = None) -> faust.App:
-    """Build the worker: the faust app, its agent and its web views from one settings object.
-    ``session_factory`` replaces the onnxruntime session of every loaded model (the
-    ``ATTNREC_SCORER=torch`` baseline; the apps layer provides it)."""
+    """Build the worker from one settings object: the faust app, the core and the configured
+    stages, the agents, the web views and the background tasks. ``session_factory`` replaces the
+    onnxruntime session of every loaded model (the ``ATTNREC_SCORER=torch`` baseline; the apps
+    layer provides it)."""
     s = settings
     app = faust_app(s)
     metrics = WorkerMetrics()
@@ -231,9 +266,11 @@ def create_app(settings: Settings, *, session_factory: SessionFactory | None = N
     buffers = RedisBuffers(
         redis_client(s), max_len=s.buffer_len, ttl_s=s.buffer_ttl_s, dedupe_window=s.dedupe_window
     )
-    proc = Processor(s, buffers, metrics, watcher)
+    stages = build_stages(s, buffers.r, metrics, watcher)
+    proc = Processor(s, buffers, metrics, watcher, stages, make_output(s, metrics))
     app.attnrec = proc  # type: ignore[attr-defined]
     app.attnrec_metrics = metrics  # type: ignore[attr-defined]
+    log.info("stages on the batch path: %s", ", ".join(stages.names) or "none")
 
     @app.task
     async def _load_model() -> None:
@@ -245,9 +282,8 @@ def create_app(settings: Settings, *, session_factory: SessionFactory | None = N
             log.warning("no model promoted in %s yet: serving popularity fallbacks", s.registry_dir)
         watcher.start()
 
-    @app.task
-    async def _live_totals() -> None:
-        await proc.live.flush_forever()
+    for task in stages.tasks():
+        app.task(task)
 
     @app.task
     async def _redis_state() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from attnrec.stream.model import SessionFactory
+from attnrec.stream.core.model import SessionFactory
 
 from attnrec.kafka_util import ensure_topics
 from attnrec.settings import Settings

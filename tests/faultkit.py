@@ -22,8 +22,8 @@ from typing import Any
 
 import orjson
 import redis
-from attnrec.stream.buffer import user_keys
-from attnrec.stream.logic import decode_entry
+from attnrec.stream.core.buffer import user_keys
+from attnrec.stream.core.entries import decode_entry
 
 from attnrec import schemas
 from attnrec.kafka_util import make_consumer

@@ -9,11 +9,12 @@ from typing import Any
 
 import orjson
 from attnrec.apps.bench.worker import WorkerHandle, settings_env
-from attnrec.stream.buffer import RedisBuffers
-from attnrec.stream.logic import RawRecord
-from attnrec.stream.metrics import WorkerMetrics
-from attnrec.stream.model import ModelWatcher
-from attnrec.stream.processor import Processor
+from attnrec.stream.core.buffer import RedisBuffers
+from attnrec.stream.core.metrics import WorkerMetrics
+from attnrec.stream.core.model import ModelWatcher
+from attnrec.stream.core.processor import Processor
+from attnrec.stream.core.records import RawRecord
+from attnrec.stream.stages import build_stages
 
 from attnrec.errors import AttnrecError
 from attnrec.redis_util import redis_client
@@ -96,9 +97,11 @@ class BatchRun:
         self.s = s
         self.buffers = RedisBuffers(redis_client(s), max_len=s.buffer_len, ttl_s=3600, dedupe_window=64)
         watcher = ModelWatcher(registry or s.home / "no-registry")
-        self.proc = Processor(s, self.buffers, WorkerMetrics(), watcher)
+        metrics = WorkerMetrics()
+        self.stages = build_stages(s, self.buffers.r, metrics, watcher)
+        self.proc = Processor(s, self.buffers, metrics, watcher, self.stages)
         self.proc.set_model(watcher.load_now())
-        self.proc.send = self._send
+        self.proc.output.send = self._send
         self.recs: list[dict[str, Any]] = []
         self.offset = 0
 
@@ -117,5 +120,12 @@ class BatchRun:
             self.offset += 1
         n = len(self.recs)
         await self.proc.finish(await self.proc.prepare(records))
-        await self.proc.live.flush()  # the worker's once-a-second task
+        await self.flush()
         return self.recs[n:]
+
+    async def flush(self) -> None:
+        """What the worker's once-a-second tasks write (trending counts, online totals)."""
+        for stage in self.stages.all:
+            flush = getattr(stage, "flush", None)
+            if flush is not None:
+                await flush()

@@ -2,9 +2,9 @@
 record per event, with no Redis and no model — everything else the worker's own.
 
 It is built from the worker's parts (:func:`attnrec.stream.app.faust_app`, :func:`attnrec.stream.app.add_agent`
-with the same :class:`~attnrec.stream.batcher.Batcher`, intake and :class:`~attnrec.stream.sender.KafkaSender`,
-the same settings), with a :class:`NullProcessor` in place of the
-:class:`~attnrec.stream.processor.Processor`. So its latency and throughput, measured by the benchmark
+with the same :class:`~attnrec.stream.core.batcher.Batcher`, intake and
+:class:`~attnrec.stream.core.output.Output`, the same settings), with a :class:`NullProcessor` in place of
+the :class:`~attnrec.stream.core.processor.Processor`. So its latency and throughput, measured by the benchmark
 in the same run at the same offered rate, are what the worker would do if Redis, the model and
 the recommendation logic cost nothing; the ratio of the two is what attnrec adds.
 
@@ -19,11 +19,13 @@ from collections.abc import Sequence
 
 import orjson
 from attnrec.apps.cli import setup_logging
-from attnrec.stream.app import add_agent, add_views, faust_app
-from attnrec.stream.logic import TIMING_HEADER, RawRecord, parse_records, timing_header
-from attnrec.stream.metrics import WorkerMetrics
-from attnrec.stream.processor import Prepared, Processor
-from attnrec.stream.sender import Outbox
+from attnrec.stream.app import add_agent, add_views, faust_app, make_output
+from attnrec.stream.core.metrics import WorkerMetrics
+from attnrec.stream.core.output import Outbox
+from attnrec.stream.core.processor import Processor
+from attnrec.stream.core.records import RawRecord, parse_records
+from attnrec.stream.core.stage import Batch
+from attnrec.stream.stages.timing import TIMING_HEADER, timing_header
 
 from attnrec.kafka_util import ensure_topics
 from attnrec.settings import load_settings
@@ -35,35 +37,32 @@ log = logging.getLogger(__name__)
 
 class NullProcessor(Processor):
     """A batch is parsed, and each valid event gets one record on the recs topic
-    (``user_id``, ``trigger_event_id``, ``event_ts``, ``emitted_ts``); dead letters as usual."""
+    (``user_id``, ``trigger_event_id``, ``event_ts``, ``emitted_ts``); dead letters as usual.
+    No Redis, no model, no stages."""
 
-    async def prepare(self, records: Sequence[RawRecord]) -> Prepared:
-        prep = Prepared(records=records, parsed=parse_records(records), t0=time.perf_counter())
-        if self.s.timing_headers:
+    async def prepare(self, records: Sequence[RawRecord]) -> Batch:
+        return Batch(records, parse_records(records))
+
+    async def finish(self, batch: Batch) -> Outbox:
+        s, m, parsed = self.s, self.metrics, batch.parsed
+        async with self.output.batch(batch.records) as out:
+            await self.output.dead_letters(out, batch.records, parsed)
             now = time.time() * 1000
-            prep.milestones += [now, now, now]  # no Redis, no model: their hops are zero
-        return prep
-
-    async def _finish(self, prep: Prepared, out: Outbox) -> Outbox:
-        s, m, parsed = self.s, self.metrics, prep.parsed
-        for (key, env, _reason), src in zip(parsed.dead, parsed.dead_sources, strict=True):
-            await out.send(self.send, s.dlq_topic, key, env, partition=prep.records[src].partition)
-        now_ms = int(time.time() * 1000)
-        for (ev, _, _), src in zip(parsed.events, parsed.sources, strict=True):
-            value = orjson.dumps({"user_id": ev.user_id, "trigger_event_id": ev.event_id, "event_ts": ev.ts,
-                                  "emitted_ts": now_ms})
-            headers = None
-            if s.timing_headers:
-                headers = [(TIMING_HEADER, timing_header(prep.records[src], prep.milestones, time.time() * 1000))]
-            await out.send(self.send, s.recs_topic, ev.user_id.encode(), value, headers,
-                           partition=prep.records[src].partition)
+            marks = [now, now, now]  # no Redis, no model: their hops are zero
+            for (ev, _, _), src in zip(parsed.events, parsed.sources, strict=True):
+                value = orjson.dumps({"user_id": ev.user_id, "trigger_event_id": ev.event_id, "event_ts": ev.ts,
+                                      "emitted_ts": int(now)})
+                rec = batch.records[src]
+                headers = [(TIMING_HEADER, timing_header(rec, marks, time.time() * 1000))] if s.timing_headers else None
+                await out.send(self.output.send, s.recs_topic, ev.user_id.encode(), value, headers,
+                               partition=rec.partition, offset=rec.offset)
         m.events.inc(len(parsed.events))
         m.recs.inc(len(parsed.events))
         for _, _, reason in parsed.dead:
             m.dead.labels(reason).inc()
-        m.batch_size.observe(len(prep.records))
+        m.batch_size.observe(len(batch.records))
         self.batches += 1
-        for r in prep.records:
+        for r in batch.records:
             if r.offset + 1 > self.positions.get((r.topic, r.partition), -1):
                 self.positions[(r.topic, r.partition)] = r.offset + 1
         return out
@@ -78,7 +77,8 @@ def main() -> None:
     setup_logging(s.log_level)
     ensure_topics(s)
     app = faust_app(s)
-    proc = NullProcessor(s, None, WorkerMetrics(), None)  # type: ignore[arg-type]
+    metrics = WorkerMetrics()
+    proc = NullProcessor(s, None, metrics, None, output=make_output(s, metrics))  # type: ignore[arg-type]
     add_agent(app, s, proc)
     add_views(app, s, proc)
     log.info("null agent starting: kafka=%s group=%s B=%d web=%s:%d", s.kafka_bootstrap, s.group_id, s.batch_size,

@@ -1,15 +1,17 @@
 """Where a worker's time goes per event, in process: the stage profile.
 
-It runs the worker's own hot path, :class:`attnrec.stream.processor.Processor`, against the real Redis
-and the real model (onnxruntime, or the torch-eager baseline), with a
-:class:`attnrec.stream.processor.StageTimes` attached: parse -> one Lua call -> build inputs -> one
-model run -> recommendations -> JSON -> store the latest recs, each step's wall time and the
-thread's CPU time summed apart. Kafka is left out (the records are handed over directly, and
-produced records go to an already-resolved future): the end-to-end runs measure it.
+It runs the worker's own hot path, :class:`attnrec.stream.core.processor.Processor` with the
+stages the settings configure (:func:`attnrec.stream.stages.build_stages`), against the real
+Redis and the real model (onnxruntime, or the torch-eager baseline), with the profile stage
+(:class:`attnrec.stream.stages.profile.ProfileStage`) attached: parse -> one Lua call -> build
+inputs -> one model run -> recommendations -> JSON -> store the latest recs, each step's wall
+time and the thread's CPU time summed apart, and each enabled stage's hooks charged to the
+stage. Kafka is left out (the records are handed over directly, and produced records go to an
+already-resolved future): the end-to-end runs measure it.
 
 Every batch is scored inline (on the calling thread), so the thread's CPU time includes the
 model; the first batch is a warm-up and is not counted. ``warm`` primes the parsed-entry memo
-(:class:`attnrec.stream.logic.EntryTable`) with every user's buffer first, the steady state of a
+(:class:`attnrec.stream.core.inputs.EntryTable`) with every user's buffer first, the steady state of a
 serving worker that has seen a returning user's older events in earlier batches; without it a
 cold start is measured (every entry parsed). Memo-warm, the 12,000-item L=50 shape measured
 348 µs of CPU per event at B=256 against 2,188 at B=1 (docs/BENCHMARKS.md).
@@ -42,13 +44,16 @@ REDIS_TIMEOUT_S = 120.0
 def stage_profile(s: Settings, registry: Path, items: Sequence[str], users: Sequence[str], *, batch_size: int,
                   events: int = 4096, scorer: str | None = None, warm: bool = True) -> dict[str, Any]:  # fmt: skip
     """Profile ``events`` events (plus one warm-up batch) of ``users`` in batches of
-    ``batch_size`` through :class:`attnrec.stream.processor.Processor`; ``scorer`` (default
+    ``batch_size`` through :class:`attnrec.stream.core.processor.Processor`; ``scorer`` (default
     ``s.scorer``) is onnx or torch. Returns µs per event of each stage, wall and thread CPU."""
-    from attnrec.stream.buffer import RedisBuffers, user_keys
-    from attnrec.stream.logic import RawRecord, build_inputs
-    from attnrec.stream.metrics import WorkerMetrics
-    from attnrec.stream.model import ModelWatcher
-    from attnrec.stream.processor import STAGES, Processor, StageTimes
+    from attnrec.stream.core.buffer import RedisBuffers, user_keys
+    from attnrec.stream.core.inputs import build_inputs
+    from attnrec.stream.core.metrics import WorkerMetrics
+    from attnrec.stream.core.model import ModelWatcher
+    from attnrec.stream.core.processor import STEPS, Processor
+    from attnrec.stream.core.records import RawRecord
+    from attnrec.stream.stages import build_stages
+    from attnrec.stream.stages.profile import ProfileStage
 
     from attnrec.redis_util import redis_client
 
@@ -103,15 +108,17 @@ def stage_profile(s: Settings, registry: Path, items: Sequence[str], users: Sequ
             if done:
                 return
 
-    async def go() -> StageTimes:
+    async def go() -> ProfileStage:
         bufs = RedisBuffers(redis_client(s, timeout_s=REDIS_TIMEOUT_S), max_len=s.buffer_len, ttl_s=s.buffer_ttl_s,
                             dedupe_window=s.dedupe_window)  # fmt: skip
         await bufs.mark_state("benchmark stage profile")
-        proc = Processor(s, bufs, metrics, watcher)
+        built = build_stages(s, bufs.r, metrics, watcher, profile=True)
+        prof = built["profile"]
+        assert isinstance(prof, ProfileStage)
+        proc = Processor(s, bufs, metrics, watcher, built)
         proc.set_model(model)
-        proc.send = no_kafka
+        proc.output.send = no_kafka
         proc.inline_rows = 10**9  # score on this thread, so its CPU time counts the model
-        stages = proc.stages = StageTimes()
         try:
             if warm:
                 for i in range(0, len(users), 500):
@@ -126,27 +133,34 @@ def stage_profile(s: Settings, registry: Path, items: Sequence[str], users: Sequ
             for bi, batch in enumerate(batches):
                 await run_batch(proc, batch)
                 if bi == 0:
-                    stages.reset()  # warm-up batch
+                    prof.reset()  # warm-up batch
                     base[:] = cache_counts()  # hits and misses before the measured batches
+            names[:] = [n for n in built.names if n != "profile"]
         finally:
+            built.close()
             await bufs.r.aclose()
-        return stages
+        return prof
 
     def cache_counts() -> tuple[float, float]:
         get = metrics.registry.get_sample_value
         return get("attnrec_cache_hits_total") or 0.0, get("attnrec_cache_misses_total") or 0.0
 
     base = [0.0, 0.0]
+    names: list[str] = []
     c0 = time.process_time()
     st = asyncio.run(go())
     cpu = time.process_time() - c0
     n = max(1, st.events)
-    per = {k: round(1e6 * st.wall[k] / n, 1) for k in STAGES}
-    per["total"] = round(sum(per.values()), 1)
-    cpu_per = {k: round(1e6 * st.cpu[k] / n, 1) for k in STAGES}
-    cpu_per["total"] = round(sum(cpu_per.values()), 1)
+    steps = STEPS[1:]
+    per = {k: round(1e6 * st.wall[k] / n, 1) for k in steps}
+    cpu_per = {k: round(1e6 * st.cpu[k] / n, 1) for k in steps}
+    stage_wall = {k: round(1e6 * st.stage_wall.get(k, 0.0) / n, 1) for k in names}
+    stage_cpu = {k: round(1e6 * st.stage_cpu.get(k, 0.0) / n, 1) for k in names}
+    per["total"] = round(sum(per.values()) + sum(stage_wall.values()), 1)
+    cpu_per["total"] = round(sum(cpu_per.values()) + sum(stage_cpu.values()), 1)
     hits, misses = cache_counts()
     return {"batch_size": batch_size, "scorer": scorer, "warm": warm, "events": st.events, "us_per_event": per,
+            "stages": names, "stage_us_per_event": stage_wall, "stage_cpu_us_per_event": stage_cpu,
             "cache": {"hits": hits - base[0], "misses": misses - base[1]} if model.incremental else None,
             "cpu_us_per_event": cpu_per, "process_cpu_us_per_event": round(1e6 * cpu / n, 1),
             "load_avg": loadavg()}  # fmt: skip

@@ -25,11 +25,10 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from attnrec.stream.buffer import RedisBuffers
 from attnrec.apps.dashboard.collector import Collector, CollectorConfig, explain
-from attnrec.stream.live import ONLINE_KEY
-from attnrec.stream.online import comparisons, series, totals
-from attnrec.stream.trending import Trending
+from attnrec.stream.core.buffer import RedisBuffers
+from attnrec.stream.stages.online import ONLINE_KEY, comparisons, series, totals
+from attnrec.stream.stages.trending import Trending
 
 from attnrec import schemas
 from attnrec.errors import AttnrecError, ConfigError

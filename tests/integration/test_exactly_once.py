@@ -21,10 +21,10 @@ from typing import Any
 import orjson
 import pytest
 from attnrec.apps.stack import LocalStack, free_port
-from attnrec.stream.buffer import STATE_KEY, user_keys
-from attnrec.stream.logic import RawRecord
-from attnrec.stream.sender import Outbox
-from attnrec.stream.transactions import TransactionalSender
+from attnrec.stream.core.buffer import STATE_KEY, user_keys
+from attnrec.stream.core.output import Outbox
+from attnrec.stream.core.records import RawRecord
+from attnrec.stream.core.transactions import TransactionalSender
 
 from attnrec.kafka_util import committed_offsets, ensure_topics
 from tests.faultkit import (

@@ -57,8 +57,8 @@ def test_trainer_command_shadows_a_new_model_and_promotes_it_on_the_workers_onli
     import subprocess
     import sys
 
-    from attnrec.stream.live import ONLINE_KEY
-    from attnrec.stream.policy import Policy
+    from attnrec.stream.stages.online import ONLINE_KEY
+    from attnrec.stream.stages.policy import Policy
     from attnrec.training.synth import generate
 
     from attnrec.redis_util import redis_sync

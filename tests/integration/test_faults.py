@@ -25,8 +25,8 @@ from typing import Any
 import orjson
 import pytest
 import redis
-from attnrec.stream.buffer import APPLIED, REDELIVERED, RETRY, STATE_KEY, RedisBuffers, user_keys
-from attnrec.stream.logic import MAX_DLQ_RAW
+from attnrec.stream.core.buffer import APPLIED, REDELIVERED, RETRY, STATE_KEY, RedisBuffers, user_keys
+from attnrec.stream.core.records import MAX_DLQ_RAW
 
 from attnrec.errors import StateLostError
 from attnrec.events import ClickEvent

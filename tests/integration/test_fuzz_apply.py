@@ -3,7 +3,7 @@ streams: producer retries (an event sent again, at a later offset of its partiti
 redeliveries (a partition consumed again from an earlier offset, after a crash or a
 rebalance), partitions interleaved in any order, and any batch boundaries.
 
-The rules (``attnrec.stream.buffer.APPLY_LUA``), from what a consumer of the partitions saw so far:
+The rules (``attnrec.stream.core.buffer.APPLY_LUA``), from what a consumer of the partitions saw so far:
 
 - a record at or below the highest offset already seen on its partition is a redelivery: 0;
 - otherwise an event_id already applied (at another offset) is a producer's retry: 2;
@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from attnrec.stream.buffer import APPLIED, REDELIVERED, RETRY, RedisBuffers, user_keys
-from attnrec.stream.logic import decode_entry
+from attnrec.stream.core.buffer import APPLIED, REDELIVERED, RETRY, RedisBuffers, user_keys
+from attnrec.stream.core.entries import decode_entry
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -111,7 +111,7 @@ def test_the_apply_script_keeps_every_event_once_whatever_the_duplicates_and_bat
 
     async def run() -> tuple[list[int], dict[str, list[str]], dict[str, int]]:
         import redis.asyncio as aioredis
-        from attnrec.stream.buffer import STATE_KEY
+        from attnrec.stream.core.buffer import STATE_KEY
 
         client = aioredis.from_url(stack.redis_url)
         try:

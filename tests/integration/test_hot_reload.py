@@ -13,7 +13,7 @@ import orjson
 import pytest
 from attnrec.exporter.export import export_checkpoint
 from attnrec.exporter.testing import write_random_checkpoint
-from attnrec.stream.buffer import user_keys
+from attnrec.stream.core.buffer import user_keys
 
 from attnrec.events import ClickEvent
 from attnrec.kafka_util import ensure_topics, make_consumer

@@ -13,11 +13,12 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
-from attnrec.stream.buffer import RedisBuffers
-from attnrec.stream.logic import RawRecord, build_inputs
-from attnrec.stream.metrics import WorkerMetrics
-from attnrec.stream.model import ModelWatcher
-from attnrec.stream.processor import Processor
+from attnrec.stream.core.buffer import RedisBuffers
+from attnrec.stream.core.inputs import build_inputs
+from attnrec.stream.core.metrics import WorkerMetrics
+from attnrec.stream.core.model import ModelWatcher
+from attnrec.stream.core.processor import Processor
+from attnrec.stream.core.records import RawRecord
 
 from attnrec.redis_util import redis_client
 from attnrec.settings import Settings
@@ -59,7 +60,7 @@ async def test_step_by_step_equals_the_full_graph_and_survives_a_lost_cache(stac
     model = watcher.load_now()
     assert model is not None and model.incremental and model.history_len == 11
     proc.set_model(model)
-    proc.send = _delivered
+    proc.output.send = _delivered
     proc.inline_rows = 10**9  # score on this loop: the outputs stay on the prepared batch
     rng = random.Random(7)
     items = [f"item-{i}" for i in range(2, 122)]
@@ -68,7 +69,7 @@ async def test_step_by_step_equals_the_full_graph_and_survives_a_lost_cache(stac
     offset = 0
     for rnd in range(520):
         if rnd == 260:
-            proc.incremental.cache.reset(model.version)  # the cache is lost (a rebalance): rebuilt from Redis
+            proc.scoring.cache.reset(model.version)  # the cache is lost (a rebalance): rebuilt from Redis
         batch = []
         for u in users:
             ev = {"event_id": f"{u}-{rnd}", "user_id": u, "item_id": rng.choice(items),
@@ -78,10 +79,10 @@ async def test_step_by_step_equals_the_full_graph_and_survives_a_lost_cache(stac
         prep = await proc.prepare(batch)
         plan = prep.plan
         assert plan is not None
-        full_out, step_out = prep.outputs
+        full_out, step_out = prep.scoring.result()  # scored inline: a finished future
         if plan.step.users:
             # the reference: the full graph on the same users' Redis buffers (the same history)
-            raw = await buffers.recent(plan.step.users, proc.incremental.full_len(model))
+            raw = await buffers.recent(plan.step.users, proc.scoring.full_len(model))
             ref_in = build_inputs(model, raw, plan.step.users, exclude_seen=True, exclude_window=s.exclude_window)
             assert ref_in.users == plan.step.users
             ref_items, ref_scores = model.run(ref_in.items, ref_in.types, ref_in.gaps, ref_in.exclude)[:2]

@@ -12,8 +12,8 @@ from typing import Any
 
 import orjson
 import pytest
-from attnrec.stream.catalog import CATALOG_KEYS, CatalogStore
-from attnrec.stream.logic import RawRecord
+from attnrec.stream.core.records import RawRecord
+from attnrec.stream.stages.catalog import CATALOG_KEYS, CatalogStore
 
 from attnrec.events import CatalogEvent
 from attnrec.redis_util import redis_client
@@ -101,8 +101,7 @@ async def test_no_recommendation_holds_an_unavailable_denied_or_cooling_item(sta
     # back on the shelf: may be recommended again (it is no longer in the graph's exclusions)
     await other.apply([CatalogEvent(f"on-{i}", i, "on_shelf", t + 1) for i in gone])
     prep = await run.proc.prepare([RawRecord("clicks", 0, 10**6, b"x", orjson.dumps(events(9)[0]))])
-    excl = (prep.plan.full.exclude if prep.plan and prep.plan.full.users else prep.plan.step.exclude) if incremental \
-        else prep.inputs.exclude
+    excl = prep.plan.full.exclude if prep.plan.full.users else prep.plan.step.exclude
     seen = {e.item_id for e in await run.buffers.get_buffer(users[0])}
     allowed = {model.item_index[i.encode()] for i in {*food, *seen}} | {0, 1}
     assert set(excl.ravel().tolist()) <= allowed  # the items back on the shelf are no longer excluded
@@ -125,8 +124,8 @@ async def test_repeats_cool_down_and_boosts_reorder(stack: Any, clean_catalog: A
         run.offset += 1
         prep = await run.proc.prepare(records)
         await run.proc.finish(prep)
-        assert prep.inputs is not None
-        return {model.item_ids[i] for i in prep.inputs.exclude.ravel().tolist() if i > 1}
+        assert prep.plan is not None and prep.plan.full.users
+        return {model.item_ids[i] for i in prep.plan.full.exclude.ravel().tolist() if i > 1}
 
     got = await excluded({"event_id": "1", "user_id": u, "item_id": a, "event_type": "click", "ts": t})
     assert a in got  # just clicked: cooling down
@@ -167,7 +166,7 @@ async def test_trending_is_the_fallback_and_online_counters_match_a_recount(stac
     for r in recs:  # trending now, minus what the user has seen
         assert r["fallback"] and [it["item_id"] for it in r["items"]] == hot[:6], r
     # the next events: hot-5 for everyone; recount HR@10 from the lists remembered
-    lists = {u: dict(run.proc.live.online._last[u]) for u in (r["user_id"] for r in recs)}
+    lists = {u: dict(run.stages["online"].online._last[u]) for u in (r["user_id"] for r in recs)}
     await run.batch([{"event_id": f"x{k}", "user_id": f"tr-{tag}-{k}", "item_id": hot[5], "event_type": "click",
                       "ts": t + 200} for k in range(6)])
     m = run.proc.metrics
@@ -186,7 +185,7 @@ async def test_trending_is_the_fallback_and_online_counters_match_a_recount(stac
 
 
 async def test_trending_forgets_what_left_its_window(stack: Any, tmp_path: Path) -> None:
-    from attnrec.stream.trending import Trending
+    from attnrec.stream.stages.trending import Trending
 
     from attnrec.events import ClickEvent
 

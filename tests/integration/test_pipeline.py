@@ -8,8 +8,8 @@ from typing import Any
 
 import orjson
 import pytest
-from attnrec.stream.buffer import user_keys
-from attnrec.stream.logic import decode_entry
+from attnrec.stream.core.buffer import user_keys
+from attnrec.stream.core.entries import decode_entry
 
 from attnrec.events import ClickEvent
 from attnrec.kafka_util import ensure_topics, make_consumer

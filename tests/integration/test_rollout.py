@@ -24,10 +24,9 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
-from attnrec.stream.interleave import in_experiment
-from attnrec.stream.live import ONLINE_KEY
-from attnrec.stream.model import load_model
-from attnrec.stream.online import comparisons, totals
+from attnrec.stream.core.model import load_model
+from attnrec.stream.stages.interleave import in_experiment
+from attnrec.stream.stages.online import ONLINE_KEY, comparisons, totals
 
 from attnrec import schemas
 from attnrec.kafka_util import ensure_topics
@@ -64,7 +63,7 @@ def _random_registry(root: Path, positions: str = "absolute") -> tuple[Path, str
 
 async def _wait_idle(run: BatchRun) -> None:
     for _ in range(3000):
-        if run.proc.live.shadow.idle:
+        if run.stages["shadow"].shadow.idle:
             return
         await asyncio.sleep(0.01)  # the event loop reads the shadow process's answers
     raise AssertionError("the shadow never finished its batch")
@@ -97,7 +96,7 @@ async def test_shadow_never_publishes_never_changes_serving_and_its_counters_mat
     plain = BatchRun(Settings(redis_url=stack.redis_url, registry=reg, home=tmp_path, policy_name=f"a{tag}"), reg)
     shadowed = BatchRun(Settings(redis_url=stack.redis_url, registry=reg, home=tmp_path, policy_name=f"b{tag}"), reg)
     candidate = load_model(Registry(reg).version_dir(cand))
-    shadowed.proc.live.set_shadow(candidate)
+    shadowed.stages["shadow"].set_candidate(candidate)
     items = plain.proc.model.item_ids[2:]
     rng = np.random.default_rng(11)
     n_users, rounds = 24, 12
@@ -121,7 +120,7 @@ async def test_shadow_never_publishes_never_changes_serving_and_its_counters_mat
             assert ra["items"] == rb["items"] and ra["because"] == rb["because"]
             assert not any("team" in it for it in rb["items"])
     # the counters against a recount: each round's lists scored on the next round's click
-    await shadowed.proc.live.flush()
+    await shadowed.flush()
     shown = {(int(rec["user_id"].rsplit("u", 1)[1]), r): [it["item_id"] for it in rec["items"]]
              for r in range(rounds) for rec in out["b"][r]}
     want = {"shadow": [0, 0, 0.0], "shadow-base": [0, 0, 0.0]}
@@ -144,7 +143,7 @@ async def test_shadow_never_publishes_never_changes_serving_and_its_counters_mat
     assert want["shadow"][1] != want["shadow-base"][1] or want["shadow"][2] != pytest.approx(want["shadow-base"][2])
     (c,) = comparisons(list(rows.values()))
     # the last round's lists wait for the next batch to join them (nothing scored them yet)
-    assert c["lists"] == n_users * (rounds - 1) and len(shadowed.proc.live.shadow.done) == 1
+    assert c["lists"] == n_users * (rounds - 1) and len(shadowed.stages["shadow"].shadow.done) == 1
     assert c["overlap@10"] * c["lists"] == pytest.approx(overlap, abs=1e-6)
     assert plain.proc.metrics.shadow_batches.labels("scored")._value.get() == 0
     assert shadowed.proc.metrics.shadow_batches.labels("scored")._value.get() == rounds
@@ -152,10 +151,10 @@ async def test_shadow_never_publishes_never_changes_serving_and_its_counters_mat
     # (counted as the results are joined: the last round's is not yet)
     if positions == "relative":  # every user's first batch by the full graph, then one step per new event
         assert rows_by == {"step": n_users * (rounds - 2), "full": n_users, "lost": 0}
-        assert shadowed.proc.live.shadow.event_rows == n_users * (rounds - 1)  # sent the new event, not the window
+        assert shadowed.stages["shadow"].shadow.event_rows == n_users * (rounds - 1)  # sent the new event, not the window
     else:
         assert rows_by == {"step": 0, "full": n_users * (rounds - 1), "lost": 0}
-        assert shadowed.proc.live.shadow.event_rows == 0
+        assert shadowed.stages["shadow"].shadow.event_rows == 0
 
 
 def _world_registry(root: Path, seed: int) -> tuple[Registry, str]:
@@ -175,7 +174,7 @@ async def _interleave(stack: Any, tmp: Path, reg: Registry, serving: str, cand: 
     reg.promote(serving, reason="test", verify=False)
     s = Settings(redis_url=stack.redis_url, registry=reg.root, home=tmp, policy_name=name, interleave_fraction=1.0)
     run = BatchRun(s, reg.root)
-    run.proc.live.set_shadow(load_model(reg.version_dir(cand)))
+    run.stages["shadow"].set_candidate(load_model(reg.version_dir(cand)))
     decided_at, batch = 0, []
     comp: dict[str, Any] = {}
     r = redis_sync(s)

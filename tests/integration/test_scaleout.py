@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 import redis
-from attnrec.stream.buffer import user_keys
-from attnrec.stream.logic import decode_entry
+from attnrec.stream.core.buffer import user_keys
+from attnrec.stream.core.entries import decode_entry
 
 from attnrec.events import ClickEvent
 from attnrec.kafka_util import ensure_topics
@@ -150,7 +150,7 @@ def test_redis_memory_per_user_for_sizing(stack: Any) -> None:
     import uuid
 
     import redis.asyncio as aioredis
-    from attnrec.stream.buffer import RedisBuffers
+    from attnrec.stream.core.buffer import RedisBuffers
 
     from attnrec.settings import Settings
 

@@ -19,8 +19,8 @@ from typing import Any
 import orjson
 import pytest
 import redis
-from attnrec.stream.buffer import user_keys
-from attnrec.stream.logic import decode_entry
+from attnrec.stream.core.buffer import user_keys
+from attnrec.stream.core.entries import decode_entry
 
 from attnrec.errors import ConfigError
 from attnrec.events import ClickEvent

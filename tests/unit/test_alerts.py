@@ -53,7 +53,7 @@ def test_a_broken_threshold_fails_the_tests(tmp_path: Path) -> None:
 
 def _worker_series() -> set[str]:
     """Every series name the worker exports (histograms' _bucket/_sum/_count, counters' _total)."""
-    from attnrec.stream.metrics import WorkerMetrics
+    from attnrec.stream.core.metrics import WorkerMetrics
 
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",), "info": ("_info",)}
     return {fam.name + sfx for fam in WorkerMetrics().registry.collect() for sfx in suffixes.get(fam.type, ("",))}

@@ -1,4 +1,4 @@
-"""The worker's batch pipeline (``attnrec.stream.batcher.Batcher``) with a recording stand-in for the
+"""The worker's batch pipeline (``attnrec.stream.core.batcher.Batcher``) with a recording stand-in for the
 Processor: the orchestration only — order of Redis applies and of recommendations, the
 fallback to the whole-batch path, acks only after delivery, what a stop leaves unacked.
 The real Processor runs against Kafka and Redis in tests/integration (pipeline, faults)."""
@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
-from attnrec.stream.batcher import Batcher
-from attnrec.stream.sender import Outbox
+from attnrec.stream.core.batcher import Batcher
+from attnrec.stream.core.output import Outbox
 
 
 @dataclass
@@ -41,6 +41,7 @@ class FakeProcessor:
         self.fail = set(fail or ())
         self.slow_scoring = slow_scoring
         self.txn: Any = None
+        self.output = self  # delivery (and exactly-once, the transactions) are the output's
 
     def _step(self, step: str, records: Any) -> None:
         first = records[0].offset

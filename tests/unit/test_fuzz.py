@@ -10,7 +10,8 @@ import base64
 from typing import Any
 
 import orjson
-from attnrec.stream.logic import RawRecord, decode_entry, encode_entry, entry_item, parse_records, split_entry
+from attnrec.stream.core.entries import decode_entry, encode_entry, entry_item, split_entry
+from attnrec.stream.core.records import RawRecord, parse_records
 from hypothesis import given
 from hypothesis import strategies as st
 

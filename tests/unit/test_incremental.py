@@ -1,15 +1,16 @@
 """Incremental attention without services: the step equals the full graph (torch), training rows
 keep every trained position's history, the cache's rules, and step rows exclude what full rows
-exclude (``training/model.py``, ``training/train.py``, ``stream/cache.py``, ``stream/logic.py``)."""
+exclude (``training/model.py``, ``training/train.py``, ``stream/core/cache.py``, ``stream/core/inputs.py``)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from attnrec.stream.cache import KVCache, UserCache
-from attnrec.stream.logic import build_inputs, build_step_inputs, encode_entry
-from attnrec.stream.model import LoadedModel
+from attnrec.stream.core.cache import KVCache, UserCache
+from attnrec.stream.core.entries import encode_entry
+from attnrec.stream.core.inputs import build_inputs, build_step_inputs
+from attnrec.stream.core.model import LoadedModel
 from attnrec.training.model import AttnRec, ModelConfig
 
 from attnrec.events import ClickEvent

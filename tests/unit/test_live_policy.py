@@ -7,11 +7,11 @@ import math
 
 import numpy as np
 import pytest
-from attnrec.stream.catalog import Availability
-from attnrec.stream.logic import format_entry
-from attnrec.stream.online import OnlineEval
-from attnrec.stream.policy import Policy, pad_rows
-from attnrec.stream.trending import bucket_counts
+from attnrec.stream.core.entries import format_entry
+from attnrec.stream.stages.catalog import Availability
+from attnrec.stream.stages.online import OnlineEval
+from attnrec.stream.stages.policy import Policy, pad_rows
+from attnrec.stream.stages.trending import bucket_counts
 
 from attnrec.errors import ConfigError, InvalidEventError
 from attnrec.events import CatalogEvent, ClickEvent, parse_catalog_event, parse_event

@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from attnrec.exporter.gate import online_decision, promote_gated
-from attnrec.stream.interleave import credit, in_experiment, team_draft, win_rate
-from attnrec.stream.online import OnlineEval, comparisons, totals
-from attnrec.stream.shadow import Shadow, overlap
+from attnrec.stream.stages.candidate import overlap
+from attnrec.stream.stages.interleave import credit, in_experiment, team_draft, win_rate
+from attnrec.stream.stages.online import OnlineEval, comparisons, totals
+from attnrec.stream.stages.shadow import Shadow
 
 from attnrec import schemas
 from attnrec.registry import Registry
@@ -188,13 +189,13 @@ def test_shadow_pointer_and_online_promotion_go_to_the_history(registry_versions
 async def test_shadow_samples_its_fraction_and_queues_at_most_max_pending(registry_versions: tuple[Path, str, str]) -> None:
     import asyncio
 
-    from attnrec.stream.logic import format_entry
-    from attnrec.stream.model import load_model
+    from attnrec.stream.core.entries import format_entry
+    from attnrec.stream.core.model import load_model
 
     root, v1, _ = registry_versions
     m = load_model(Registry(root).version_dir(v1))
     window = [format_entry(1_764_300_000_000 + i, "click", m.item_ids[2 + i]).encode() for i in range(5)][::-1]
-    from attnrec.stream.interleave import unit_hash
+    from attnrec.stream.stages.interleave import unit_hash
 
     users = [f"u{i}" for i in range(40)]
     sampled = [u for u in users if unit_hash("shadow|" + u) < 0.5]
@@ -232,10 +233,10 @@ def test_overlap() -> None:
 def test_an_incremental_candidate_is_shadow_scored_from_its_own_caches_like_from_its_full_graph(tmp_path: Path) -> None:
     from attnrec.exporter.export import export_checkpoint
     from attnrec.exporter.testing import write_random_checkpoint
-    from attnrec.stream.cache import KVCache
-    from attnrec.stream.logic import format_entry
-    from attnrec.stream.model import load_model
-    from attnrec.stream.shadow import candidate_lists, incremental_lists
+    from attnrec.stream.core.cache import KVCache
+    from attnrec.stream.core.entries import format_entry
+    from attnrec.stream.core.model import load_model
+    from attnrec.stream.stages.candidate import candidate_lists, incremental_lists
 
     ckpt = write_random_checkpoint(tmp_path / "ckpt", n_items=80, max_len=6, d_model=16, n_blocks=2, n_heads=2,
                                    positions="relative", n_samples=16, seed=9)
@@ -271,8 +272,8 @@ async def test_a_user_sent_only_its_new_event_without_a_cache_is_reported_lost_a
 
     from attnrec.exporter.export import export_checkpoint
     from attnrec.exporter.testing import write_random_checkpoint
-    from attnrec.stream.logic import format_entry
-    from attnrec.stream.model import load_model
+    from attnrec.stream.core.entries import format_entry
+    from attnrec.stream.core.model import load_model
 
     ckpt = write_random_checkpoint(tmp_path / "ckpt", n_items=40, max_len=6, d_model=16, n_blocks=1, n_heads=2,
                                    positions="relative", n_samples=8, seed=3)

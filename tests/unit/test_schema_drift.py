@@ -5,8 +5,8 @@
   accepts and the parser rejects fails only for a documented reason (bytes, sizes, time
   strings: docs/schemas/README.md).
 - catalog: the same for :func:`parse_catalog_event`.
-- recs: what :func:`attnrec.stream.logic.recommend` builds over random buffers and model outputs.
-- clicks.dlq: the envelopes :func:`attnrec.stream.logic.parse_records` builds for any bytes.
+- recs: what :func:`attnrec.stream.core.inputs.recommend` builds over random buffers and model outputs.
+- clicks.dlq: the envelopes :func:`attnrec.stream.core.inputs.parse_records` builds for any bytes.
 
 Property-based (Hypothesis, the "ci" profile of tests/conftest.py); the records of a real
 worker run are checked by tests/integration/test_schema_contract.py.
@@ -19,7 +19,10 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
-from attnrec.stream.logic import RawRecord, build_inputs, encode_entry, parse_records, recommend
+from attnrec.stream.core.entries import encode_entry
+from attnrec.stream.core.inputs import build_inputs
+from attnrec.stream.core.recommend import recommend
+from attnrec.stream.core.records import RawRecord, parse_records
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

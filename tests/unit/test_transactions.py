@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from attnrec.stream.logic import RawRecord
-from attnrec.stream.sender import Outbox
-from attnrec.stream.transactions import TransactionalSender
+from attnrec.stream.core.output import Outbox
+from attnrec.stream.core.records import RawRecord
+from attnrec.stream.core.transactions import TransactionalSender
 
 from attnrec.settings import Settings
 

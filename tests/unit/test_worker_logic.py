@@ -1,4 +1,4 @@
-"""The worker's pure logic (``stream/logic.py``) without Kafka, Redis or onnxruntime.
+"""The worker's pure logic (``stream/core/``: records, entries, inputs, recommend) without Kafka, Redis or onnxruntime.
 
 A :class:`LoadedModel` is a plain dataclass: the tests build one by hand with a tiny
 vocabulary and no session (``build_inputs`` and ``recommend`` never touch the session), and
@@ -12,18 +12,12 @@ import base64
 import numpy as np
 import orjson
 import pytest
-from attnrec.stream.buffer import user_keys
-from attnrec.stream.logic import (
-    BufferEntry,
-    RawRecord,
-    build_inputs,
-    decode_entry,
-    dlq_reason,
-    encode_entry,
-    parse_records,
-    recommend,
-)
-from attnrec.stream.model import LoadedModel
+from attnrec.stream.core.buffer import user_keys
+from attnrec.stream.core.entries import BufferEntry, decode_entry, encode_entry
+from attnrec.stream.core.inputs import build_inputs
+from attnrec.stream.core.model import LoadedModel
+from attnrec.stream.core.recommend import recommend
+from attnrec.stream.core.records import RawRecord, dlq_reason, parse_records
 
 from attnrec.events import MAX_MESSAGE_BYTES, ClickEvent
 from attnrec.manifest import OOV, PAD, gap_boundaries_ms
@@ -272,7 +266,7 @@ def test_build_inputs_matches_the_per_entry_definition_on_random_batches(seed: i
 
 
 def test_entry_table_starts_over_when_full_and_names_malformed_entries() -> None:
-    from attnrec.stream.logic import EntryTable
+    from attnrec.stream.core.inputs import EntryTable
 
     m = make_model(["a", "b", "c"])
     t = EntryTable(m, capacity=4)
@@ -370,7 +364,7 @@ def test_recommend_one_per_user_in_given_order() -> None:
 def test_parse_records_cuts_huge_raw_to_fit_a_dead_letter() -> None:
     """A message near the broker's 1 MB limit: its base64 envelope would exceed the
     producer's request size, a permanent error the worker would retry forever."""
-    from attnrec.stream.logic import MAX_DLQ_RAW
+    from attnrec.stream.core.records import MAX_DLQ_RAW
 
     value = b'{"pad": "' + b"x" * 900_000 + b'"}'
     p = parse_records([rec(value, offset=5)], now_ms=NOW)

@@ -52,13 +52,13 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from attnrec.stream.sender import Headers, Outbox
+from attnrec.stream.core.output import Headers, Outbox
 
-from attnrec.errors import AttnrecError, TransientError
+from attnrec.errors import FencedError, TransientError
 from attnrec.kafka_util import aiokafka_security, committed_offsets
 from attnrec.settings import Settings
 
-__all__ = ["FencedError", "TransactionalSender"]
+__all__ = ["TransactionalSender"]
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +71,6 @@ CommittedFn = Callable[[], Awaitable[dict[int, int]]]
 #: as NOT_ENOUGH_REPLICAS, KAFKA-15459); the step takes about a millisecond, so waiting 100 ms
 #: before the retry was most of a batch's latency.
 RETRY_BACKOFF_MS = 10
-
-
-class FencedError(AttnrecError):
-    """A partition's producer was fenced: another producer with its transactional id started
-    after it (another worker's, or the broker timed out its transaction)."""
 
 
 def _fenced(exc: BaseException) -> bool:

@@ -11,6 +11,8 @@ a popularity estimate, not an exactly-once ledger.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 import uuid
 from collections import defaultdict
@@ -18,11 +20,15 @@ from collections.abc import Iterable
 from typing import Any
 
 import redis.asyncio as aioredis
-from attnrec.stream.buffer import redis_errors
+from attnrec.stream.core.buffer import redis_errors
+from attnrec.stream.core.stage import Batch, Stage
 
+from attnrec.errors import TransientError
 from attnrec.events import ClickEvent
 
-__all__ = ["TYPE_WEIGHT", "BUCKETS", "Counts", "Trending", "bucket_counts"]
+__all__ = ["TYPE_WEIGHT", "BUCKETS", "Counts", "Trending", "bucket_counts", "TrendingStage"]
+
+log = logging.getLogger(__name__)
 
 #: What one event adds to its item's trending score, by type (absent: 0).
 TYPE_WEIGHT = {"view": 1.0, "click": 1.0, "other": 1.0, "like": 1.5, "share": 1.5, "cart": 2.0, "purchase": 3.0, "gift": 3.0}
@@ -145,3 +151,62 @@ class Trending:
         """Re-read :attr:`latest` (the whole catalogue's top ``n``): the worker does it once a
         second, off the hot path, and every batch reads the list it left."""
         self.latest = await self.top("all", n)
+
+
+class TrendingStage(Stage):
+    """Trending now on the batch path: a user the model cannot personalise gets the catalogue's
+    trending items (minus what the batch keeps out) instead of the static popularity list; the
+    batch's events are counted in memory and written, with the top list re-read, once a second
+    (:meth:`run`): nothing of it waits on Redis in a batch, and a crash loses at most a second
+    of an estimate."""
+
+    name = "trending"
+    every_s = 1.0  # how often the counts are written and the top list re-read
+
+    def __init__(self, client: aioredis.Redis, window_s: float, k: int = 10) -> None:
+        self.trending = Trending(client, window_s)
+        self.k = k
+        self._counts = self.trending.counter()
+        self._latest: list[tuple[str, float]] | None = None
+        self._candidates: list[tuple[str, bytes]] = []
+
+    @property
+    def candidates(self) -> list[tuple[str, bytes]]:
+        """The latest top list as (item id, its UTF-8 bytes), best first."""
+        if self._latest is not self.trending.latest:
+            self._latest = self.trending.latest
+            self._candidates = [(i, i.encode()) for i, _ in self._latest]
+        return self._candidates
+
+    async def rewrite(self, batch: Batch) -> None:
+        cands = None
+        for rec in batch.recs:
+            if rec.fallback:
+                cands = self.candidates if cands is None else cands
+                items = batch.pick(cands, self.k, rec.user_id)
+                if items:  # else the static popularity list stays
+                    rec.payload["items"] = [{"item_id": i, "score": 0.0} for i in items]
+
+    def observe(self, batch: Batch) -> None:
+        """Count the batch's events (buckets older than the window are dropped, so the unwritten
+        counts stay bounded)."""
+        self._counts.add(batch.events)
+
+    async def flush(self) -> None:
+        """Write the counts gathered since the last flush (one round trip), then re-read the
+        top list the next batches read."""
+        counts, self._counts = self._counts, self.trending.counter()
+        if counts:
+            with redis_errors():
+                async with self.trending.r.pipeline(transaction=False) as pipe:
+                    await self.trending.queue(pipe, counts)
+                    await pipe.execute()
+        await self.trending.refresh()
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.every_s)
+            try:
+                await self.flush()
+            except TransientError as exc:  # estimates: the counts of that second are dropped
+                log.warning("trending counts not written: %s", exc)

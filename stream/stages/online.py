@@ -9,23 +9,42 @@ Each user's lists are scored once, by the first event after them. Later sources 
 remembered recommendation by its trigger (:meth:`OnlineEval.add`): the shadow model's list
 (``shadow``) with the serving list it is paired with (``shadow-base``), and with interleaving
 the part of the published list each team contributed (``team-serving``, ``team-candidate``:
-a hit is a win, :mod:`attnrec.stream.interleave`), all labelled by the candidate's version. The memory is bounded
+a hit is a win, :mod:`attnrec.stream.stages.interleave`), all labelled by the candidate's version. The memory is bounded
 (least recently recommended users first out); a user whose partition moved to another worker
 is simply not scored there.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
+import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from attnrec.stream.interleave import win_rate
+import redis.asyncio as aioredis
+from attnrec.stream.core.buffer import redis_errors
+from attnrec.stream.core.metrics import WorkerMetrics
+from attnrec.stream.core.model import LoadedModel
+from attnrec.stream.core.stage import Batch, Stage
+from attnrec.stream.stages.interleave import win_rate
+from attnrec.stream.stages.trending import TrendingStage
 
-from attnrec.events import NEGATIVE_TYPES
+from attnrec.errors import TransientError
+from attnrec.events import NEGATIVE_TYPES, ClickEvent
 
-__all__ = ["SOURCES", "Score", "OnlineEval", "totals", "comparisons", "series"]
+__all__ = ["SOURCES", "ONLINE_KEY", "Score", "OnlineEval", "OnlineStage", "totals", "comparisons", "series"]
+
+log = logging.getLogger(__name__)
+
+#: Hash of the online-evaluation totals of a policy, all workers together (``{online}:<policy>``),
+#: fields ``<source>|<version>|n`` (events scored), ``|hits`` and ``|ndcg`` (sums); a per-minute
+#: copy ``{online}:<policy>:<epoch minute>`` (kept a day) is the dashboard's time series.
+ONLINE_KEY = "{online}:"
+_ONLINE_TTL_S = 86400
 
 SOURCES = ("model", "trending", "static", "shadow", "shadow-base", "team-serving", "team-candidate")
 _K = 10
@@ -146,3 +165,111 @@ def series(t: Sequence[int], minutes: Sequence[dict[bytes, bytes]]) -> dict[str,
             n, h = acc[src]
             out[src].append(h / n if n else None)
     return out
+
+
+class OnlineStage(Stage):
+    """``ONLINE_EVAL``: the online evaluation on the batch path. Once a batch's records are on
+    their way, the batch's events score the lists remembered for their users, then the batch's
+    own lists are remembered: the published one (``model``), trending now (with the trending
+    stage) and the static list, each minus what the user may not be shown, plus any list a
+    stage attached to the recommendation (``Recommendation.lists``). Counters in ``/metrics``;
+    the totals of all workers in Redis, written once a second (:meth:`run`)."""
+
+    name = "online"
+    every_s = 1.0  # how often the totals are written
+
+    def __init__(self, client: aioredis.Redis, metrics: WorkerMetrics, policy_name: str = "default",
+                 trending: TrendingStage | None = None, capacity: int = 200_000) -> None:  # fmt: skip
+        self.r = client
+        self.metrics = metrics
+        self.policy_name = policy_name
+        self.trending = trending
+        self.online = OnlineEval(capacity)
+        self.sums: dict[str, float] = {}  # totals since the last flush (field -> sum)
+        self._counters: dict[tuple[str, str], tuple[Any, Any, Any, str]] = {}
+        self._joiners: list[Callable[[], None]] = []
+        self._static: tuple[str | None, list[tuple[str, bytes]]] = (None, [])
+
+    def join(self, joiner: Callable[[], None]) -> None:
+        """``joiner()`` runs before each batch's events are scored: where lists computed later
+        for a remembered recommendation join it (:meth:`OnlineEval.add`; the shadow's)."""
+        self._joiners.append(joiner)
+
+    def add(self, field: str, value: float) -> None:
+        self.sums[field] = self.sums.get(field, 0) + value
+
+    def observe(self, batch: Batch) -> None:
+        for joiner in self._joiners:
+            joiner()
+        self._score(batch.events)
+        self._remember(batch)
+
+    def _score(self, events: Sequence[ClickEvent]) -> None:
+        """Score the remembered lists of each user against its first event of the batch."""
+        seen: set[str] = set()
+        sums, counters = self.sums, self._counters
+        for ev in events:
+            if ev.user_id in seen:
+                continue
+            seen.add(ev.user_id)
+            for sc in self.online.observe(ev.user_id, ev.item_id, ev.event_type):
+                key = (sc.source, sc.version)
+                c = counters.get(key)
+                if c is None:  # the labelled children, looked up once (labels() is slow)
+                    labels = (sc.source, sc.version, self.policy_name)
+                    m = self.metrics
+                    c = counters[key] = (m.online_events.labels(*labels), m.online_hits.labels(*labels),
+                                         m.online_ndcg.labels(*labels), f"{sc.source}|{sc.version}|")
+                c[0].inc()
+                sums[c[3] + "n"] = sums.get(c[3] + "n", 0) + 1
+                if sc.hit:
+                    c[1].inc()
+                    c[2].inc(sc.ndcg)
+                    sums[c[3] + "hits"] = sums.get(c[3] + "hits", 0) + 1
+                    sums[c[3] + "ndcg"] = sums.get(c[3] + "ndcg", 0.0) + sc.ndcg
+
+    def _static_list(self, model: LoadedModel | None) -> list[tuple[str, bytes]]:
+        version = model.version if model is not None else None
+        if self._static[0] != version:
+            pop = model.popularity if model is not None and model.popularity else []
+            self._static = (version, [(i, i.encode()) for i in pop])
+        return self._static[1]
+
+    def _remember(self, batch: Batch) -> None:
+        trending = self.trending.candidates if self.trending is not None else None
+        static = self._static_list(batch.model)
+        for rec in batch.recs:
+            u, p = rec.user_id, rec.payload
+            lists: dict[str, tuple[str, Sequence[str]]] = {
+                "model": ("fallback" if rec.fallback else str(p["model_version"]), rec.items)}
+            if trending is not None:
+                lists["trending"] = ("trending", batch.pick(trending, _K, u))
+            lists["static"] = ("static", batch.pick(static, _K, u))
+            lists.update(rec.lists)
+            self.online.remember(u, lists, p["trigger_event_id"])
+
+    async def flush(self) -> None:
+        """Write the totals gathered since the last flush to Redis (one round trip)."""
+        sums, self.sums = self.sums, {}
+        if not sums:
+            return
+        key = ONLINE_KEY + self.policy_name
+        minute = f"{key}:{int(time.time() // 60)}"
+        with redis_errors():
+            async with self.r.pipeline(transaction=False) as pipe:
+                for h in (key, minute):
+                    for f, v in sums.items():
+                        if f.endswith(("|ndcg", "|overlap")):
+                            pipe.hincrbyfloat(h, f, v)
+                        else:
+                            pipe.hincrby(h, f, int(v))
+                pipe.expire(minute, _ONLINE_TTL_S)
+                await pipe.execute()
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.every_s)
+            try:
+                await self.flush()
+            except TransientError as exc:  # estimates: that second's totals are dropped
+                log.warning("online-evaluation totals not written: %s", exc)

@@ -18,16 +18,22 @@ GET): a change applied by any worker is in the next batch of every worker.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
-from attnrec.stream.buffer import redis_errors
+from attnrec.stream.core.buffer import redis_errors
+from attnrec.stream.core.metrics import WorkerMetrics
+from attnrec.stream.core.stage import Batch, Stage
 
-from attnrec.events import CatalogEvent
+from attnrec.errors import InvalidEventError, TransientError
+from attnrec.events import CatalogEvent, parse_catalog_event
+from attnrec.settings import Settings
 
-__all__ = ["CATALOG_KEYS", "APPLY_CATALOG_LUA", "Availability", "CatalogStore"]
+__all__ = ["CATALOG_KEYS", "APPLY_CATALOG_LUA", "Availability", "CatalogStore", "CatalogStage"]
 
 log = logging.getLogger(__name__)
 
@@ -121,3 +127,54 @@ class CatalogStore:
                                  {k.decode(): v.decode() for k, v in rooms.items()})
         log.debug("availability v%d: %d unavailable items", self.view.version, len(self.view.unavailable))
         return True
+
+
+class CatalogStage(Stage):
+    """``CATALOG``: the availability state on the batch path. Each batch starts from the state
+    as of now (one GET when nothing changed), so a change applied by any worker is in the next
+    batch of every worker; the catalog agent applies the topic (:meth:`apply`). What is
+    unavailable is kept out by the policy stage, which reads :attr:`view`."""
+
+    name = "catalog"
+
+    def __init__(self, s: Settings, client: aioredis.Redis, metrics: WorkerMetrics) -> None:
+        self.s = s
+        self.store = CatalogStore(client)
+        self.metrics = metrics
+
+    @property
+    def view(self) -> Availability:
+        return self.store.view
+
+    async def begin(self, batch: Batch) -> None:
+        if await self.store.refresh():
+            self.metrics.catalog_unavailable.set(len(self.store.view.unavailable))
+
+    async def apply(self, values: Sequence[bytes | None]) -> None:
+        """Apply a batch of catalog records to the shared state, retrying Redis trouble until
+        it succeeds; an invalid record is logged, counted and skipped (it cannot change what
+        is available)."""
+        events = []
+        for v in values:
+            try:
+                events.append(parse_catalog_event(v))
+            except InvalidEventError as exc:
+                self.metrics.catalog_events.labels("invalid").inc()
+                log.warning("catalog record skipped: %s", exc)
+        attempt = 0
+        while events:
+            try:
+                flags = await self.store.apply(events)
+                break
+            except TransientError as exc:
+                attempt += 1
+                delay = min(self.s.retry_max_s, 0.05 * 2 ** min(attempt, 10))
+                log.warning("catalog batch of %d failed (attempt %d): %s; retrying in %.2fs", len(events), attempt, exc, delay)
+                await asyncio.sleep(delay)
+        else:
+            return
+        now = time.time() * 1000
+        for ev, applied in zip(events, flags, strict=True):
+            self.metrics.catalog_events.labels("applied" if applied else "stale").inc()
+            self.metrics.catalog_delay_ms.observe(max(0.0, now - ev.ts))
+        self.metrics.catalog_unavailable.set(len(self.store.view.unavailable))

@@ -1,5 +1,5 @@
 """Adaptive batching for one agent: every event as it arrives (:func:`feed`), in order, through
-the :class:`attnrec.stream.processor.Processor`, with deliveries overlapping the next batches.
+the :class:`attnrec.stream.core.processor.Processor`, with deliveries overlapping the next batches.
 
 No window and no wait by default: when the worker is idle an event is processed the moment it
 arrives; while a batch is being processed the next events queue, and the next batch is all of
@@ -18,9 +18,10 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from attnrec.stream.logic import RawRecord
-from attnrec.stream.processor import Prepared, Processor, where
-from attnrec.stream.sender import Outbox
+from attnrec.stream.core.output import Outbox
+from attnrec.stream.core.processor import Processor, where
+from attnrec.stream.core.records import RawRecord
+from attnrec.stream.core.stage import Batch
 
 __all__ = ["Batcher", "feed"]
 
@@ -66,7 +67,7 @@ class Batcher:
             raise RuntimeError("batch task ended")
         if not self._pending:
             self._first_t = time.monotonic()
-        txn = self.proc.txn
+        txn = self.proc.output.txn
         self._pending.append((event, time.time() * 1000, txn.epoch(event.message.partition) if txn else 0))
         self._have.set()
         if len(self._pending) >= self.batch_size:
@@ -82,7 +83,7 @@ class Batcher:
         if not self._pending:
             self._first_t = time.monotonic()
         now = time.time() * 1000
-        txn = self.proc.txn
+        txn = self.proc.output.txn
         self._pending.extend((e, now, txn.epoch(e.message.partition) if txn else 0) for e in events)
         self._have.set()
         if len(self._pending) >= self.batch_size:
@@ -101,7 +102,7 @@ class Batcher:
         recommendations stay in batch order. A batch whose fast path fails at any step is
         re-run whole by :meth:`Processor.process` (retries, backoff, poison isolation) before
         anything after it is applied."""
-        prev: tuple[list[Any], list[RawRecord], Prepared | None] | None = None
+        prev: tuple[list[Any], list[RawRecord], Batch | None] | None = None
         while True:
             if prev is not None and (self._stopping or len(self._pending) < self.batch_size):
                 # overlap only with a full batch: a partial one would only shrink the batches
@@ -123,7 +124,7 @@ class Batcher:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._full.wait(), linger)
             taken = self._take()
-            txn = self.proc.txn
+            txn = self.proc.output.txn
             if txn is not None:  # exactly-once: events of a partition revoked since they arrived are dropped
                 live = [t for t in taken if txn.current(t[0].message.partition, t[2])]
                 if len(live) < len(taken):
@@ -138,7 +139,7 @@ class Batcher:
                 for e, received, epoch in taken
             ]  # fmt: skip
             try:
-                prep: Prepared | None = await self.proc.prepare(records)
+                prep: Batch | None = await self.proc.prepare(records)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -165,7 +166,7 @@ class Batcher:
             self._room.set()
         return events
 
-    async def _complete(self, events: list[Any], records: list[RawRecord], prep: Prepared | None) -> None:
+    async def _complete(self, events: list[Any], records: list[RawRecord], prep: Batch | None) -> None:
         out: Outbox | None = None
         if prep is not None:
             try:
@@ -184,7 +185,7 @@ class Batcher:
             await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
 
     async def _deliver_then_ack(self, out: Outbox, events: list[Any]) -> None:
-        if not await self.proc.deliver(out):
+        if not await self.proc.output.deliver(out):
             return  # exactly-once: the partitions moved to another worker; it redoes these events
         for e in events:
             await self.ack(e)

@@ -3,7 +3,7 @@
 Pure decisions, no I/O (the settings say which): hard exclusions go into the graph's
 ``exclude`` input, so the top-K is computed over eligible items only —
 
-- items that are unavailable now (:mod:`attnrec.stream.catalog`), denied by id, or of a denied (or
+- items that are unavailable now (:mod:`attnrec.stream.stages.catalog`), denied by id, or of a denied (or
   not allowed) category: one list for every row;
 - per row, with repeats allowed (``EXCLUDE_SEEN=false``, live streams): items the user
   interacted with within ``REPEAT_COOLDOWN_S``, and items skipped (a short view) or shown
@@ -23,15 +23,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from attnrec.stream.catalog import Availability
-from attnrec.stream.logic import split_entry
+from attnrec.stream.core.entries import split_entry
+from attnrec.stream.core.model import LoadedModel
+from attnrec.stream.core.stage import Batch, Stage
+from attnrec.stream.stages.catalog import Availability, CatalogStage
 
 from attnrec.events import NEGATIVE_TYPES
 from attnrec.manifest import OOV
 from attnrec.settings import Settings
 from attnrec.units import parse_boosts
 
-__all__ = ["Policy", "pad_rows"]
+__all__ = ["Policy", "pad_rows", "PolicyStage", "BoostStage"]
+
+_NO_CATALOG = Availability()  # without CATALOG: everything available, one object (the memo's key)
 
 _NEGATIVE = frozenset(t.encode() for t in NEGATIVE_TYPES)
 
@@ -55,6 +59,11 @@ class Policy:
     def from_settings(cls, s: Settings) -> Policy:
         return cls(s.policy_name, s.exclude_seen, int(1000 * s.repeat_cooldown_s), int(1000 * s.negative_cooldown_s),
                    _names(s.deny_items), _names(s.allow_categories), _names(s.deny_categories), parse_boosts(s.boosts))
+
+    @property
+    def has_rules(self) -> bool:
+        """Whether anything is kept out besides the user's seen items (boosts aside)."""
+        return bool(self.deny_items or self.allow_categories or self.deny_categories or self.scans_rows)
 
     @property
     def scans_rows(self) -> bool:
@@ -117,3 +126,73 @@ def pad_rows(rows: Iterable[Sequence[int]], n_rows: int) -> np.ndarray:
         if r:
             out[i, : len(r)] = r
     return out
+
+
+class PolicyStage(Stage):
+    """The deployment's hard rules on the batch path: the blocked items (unavailable with
+    ``CATALOG``, denied, of a ruled-out category) for every row, and with repeats allowed each
+    row's cool-downs. They go into the graph's ``exclude`` input, so the top-K is over eligible
+    items and a recommendation keeps its K items, and into ``batch.blocked`` / ``batch.held``,
+    which every other list of the batch (fallbacks, baselines, a candidate's) obeys too."""
+
+    name = "policy"
+
+    def __init__(self, policy: Policy, catalog: CatalogStage | None = None) -> None:
+        self.policy = policy
+        self.catalog = catalog
+        self._key: tuple[Any, ...] = ()
+        self._blocked: tuple[frozenset[str], np.ndarray] = (frozenset(), np.zeros(0, dtype=np.int64))
+
+    @property
+    def view(self) -> Availability:
+        return self.catalog.view if self.catalog is not None else _NO_CATALOG
+
+    def blocked(self, model: LoadedModel | None) -> tuple[frozenset[str], np.ndarray]:
+        """The items no row may get, as ids and as ``model``'s indices (memoised per model
+        version and availability version)."""
+        view = self.view
+        key = (model.version if model is not None else None, view.version)
+        if key != self._key:
+            ids = frozenset(self.policy.blocked(view))
+            idx = model.item_index if model is not None else {}
+            arr = np.fromiter(sorted({j for i in ids if (j := idx.get(i.encode())) is not None}), dtype=np.int64)
+            self._key, self._blocked = key, (ids, arr)
+        return self._blocked
+
+    async def begin(self, batch: Batch) -> None:
+        batch.blocked = self.blocked(batch.model)[0]
+        if self.policy.scans_rows:
+            batch.held = self.policy.cooldown_items
+
+    def exclude(self, batch: Batch, rows: Any) -> np.ndarray | None:
+        assert batch.model is not None
+        _, glob = self.blocked(batch.model)
+        n = len(rows.users)
+        parts = []
+        if glob.size:
+            parts.append(np.broadcast_to(glob, (n, glob.size)))
+        if self.policy.scans_rows:
+            idx = batch.model.item_index
+            cool = [[idx.get(i.encode(), OOV) for i in self.policy.cooldown_items(w)] for w in rows.windows]
+            if any(cool):
+                parts.append(pad_rows(cool, n))
+        if not parts:
+            return None
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+
+
+class BoostStage(Stage):
+    """``BOOSTS``: scores added to the model's candidates by item or category, which reorder
+    its top-K (they cannot lift an item from outside it)."""
+
+    name = "boosts"
+
+    def __init__(self, policy: Policy, catalog: CatalogStage | None = None) -> None:
+        self.policy = policy
+        self.catalog = catalog
+
+    async def rewrite(self, batch: Batch) -> None:
+        category = self.catalog.view.category if self.catalog is not None else {}
+        for rec in batch.recs:
+            if not rec.fallback:
+                rec.payload["items"] = self.policy.boost(rec.payload["items"], category)

@@ -111,7 +111,7 @@ class KVCache:
         """A hit's bookkeeping: roll the new event's keys/values into the cache (the oldest slot
         leaves the window), one more event in step with Redis, the entry at the head of
         ``recent`` (at most ``keep`` kept) and ``seen`` their item indices (the step row's, from
-        :func:`attnrec.stream.logic.build_step_inputs`). A cache evicted since it was looked up is
+        :func:`attnrec.stream.core.inputs.build_step_inputs`). A cache evicted since it was looked up is
         stored again."""
         if seen is not None:
             seen = seen[:keep]

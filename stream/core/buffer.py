@@ -3,7 +3,7 @@
 Keys (hash-tagged so each user's keys share one Redis Cluster slot):
 
 - ``{u:<user_id>}:recent`` list of entries ``"<ts>|<event_type>|<item_id>"`` (the format is
-  :mod:`attnrec.stream.logic`'s: ``encode_entry`` / ``split_entry``), newest first,
+  :mod:`attnrec.stream.core.inputs`'s: ``encode_entry`` / ``split_entry``), newest first,
   capped at ``max_len``, TTL refreshed on write.
 - ``{u:<user_id>}:ev``     sorted set of the last ``dedupe_window`` applied event_ids
   (catches a producer's retry, which arrives at a new offset).
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
-from attnrec.stream.logic import BufferEntry, decode_entry, encode_entry
+from attnrec.stream.core.entries import BufferEntry, decode_entry, encode_entry
 
 from attnrec.errors import StateLostError, TransientError
 from attnrec.events import ClickEvent
@@ -132,7 +132,7 @@ class Applied:
 
     ``raw`` holds each distinct user's newest ``return_len`` entries as Redis returned them
     (bytes, newest first). The hot path parses them through a memo
-    (:class:`attnrec.stream.logic.EntryTable`), because splitting every entry of every window on every
+    (:class:`attnrec.stream.core.inputs.EntryTable`), because splitting every entry of every window on every
     batch cost more than the model (docs/BENCHMARKS.md); :attr:`buffers` decodes them all, for
     tests and tools.
     """
