@@ -17,20 +17,21 @@ import logging
 from typing import Any
 
 import faust
-from attnrec.stream.core.batcher import Batcher, feed
-from attnrec.stream.core.buffer import STATE_LOST, RedisBuffers
-from attnrec.stream.core.metrics import WorkerMetrics
-from attnrec.stream.core.model import ModelWatcher, SessionFactory
-from attnrec.stream.core.output import KafkaSender, Output
-from attnrec.stream.core.processor import Processor
-from attnrec.stream.core.transactions import TransactionalSender
-from attnrec.stream.stages import build_stages
 from faust.web import Request, Response, View
 
 from attnrec.errors import AttnrecError
 from attnrec.kafka_util import faust_credentials
 from attnrec.redis_util import redis_client
 from attnrec.settings import Settings
+
+from .core.batcher import Batcher, feed
+from .core.buffer import STATE_LOST, RedisBuffers
+from .core.metrics import WorkerMetrics
+from .core.model import ModelWatcher, SessionFactory
+from .core.output import KafkaSender, Output
+from .core.processor import Processor
+from .core.transactions import TransactionalSender
+from .stages import build_stages
 
 __all__ = ["faust_app", "make_output", "add_agent", "add_catalog_agent", "add_views", "guard_redis_state", "create_app"]
 

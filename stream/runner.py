@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from attnrec.stream.core.model import SessionFactory
-
 from attnrec.kafka_util import ensure_topics
 from attnrec.settings import Settings
+
+from .core.model import SessionFactory
 
 __all__ = ["run_worker"]
 
@@ -18,7 +18,8 @@ def run_worker(settings: Settings, *, session_factory: SessionFactory | None = N
     """Create missing topics, build the app and run it until SIGTERM/SIGINT.
     ``session_factory``: see :func:`attnrec.stream.app.create_app`."""
     import faust
-    from attnrec.stream.app import create_app
+
+    from .app import create_app
 
     ensure_topics(settings)
     app = create_app(settings, session_factory=session_factory)

@@ -202,12 +202,12 @@ def _stage_rows(profiles: list[dict[str, Any]]) -> list[str]:
              "wall µs",
              "(includes waiting for Redis and for the CPU):", "",
              "| scorer | B | items | L | parse | redis (1 Lua call) | build inputs | model | recommend | JSON | "
-             "store recs | stages (each enabled one) | total | load |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "store recs | send | stages (each enabled one) | total | load |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for sp in profiles:
         u, c = sp["us_per_event"], sp.get("cpu_us_per_event", {})
-        cells = " | ".join(f"{c.get(k, 0):.0f} / {u[k]:.0f}" for k in ("parse", "redis", "inputs", "model", "recommend",
-                                                                      "serialize", "store_recs"))  # fmt: skip
+        cells = " | ".join(f"{c.get(k, 0):.0f} / {u.get(k, 0):.0f}" for k in ("parse", "redis", "inputs", "model",
+                                                                             "recommend", "serialize", "store_recs", "send"))  # fmt: skip
         su, sc = sp.get("stage_us_per_event") or {}, sp.get("stage_cpu_us_per_event") or {}
         stages = ", ".join(f"{k} {sc.get(k, 0):.0f} / {su.get(k, 0):.0f}" for k in sp.get("stages") or []) or "none"
         lines.append(f"| {sp['scorer']} | {sp['batch_size']} | {sp['catalog_items']:,} | {sp['max_len']} | {cells} | "

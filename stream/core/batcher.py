@@ -18,10 +18,10 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from attnrec.stream.core.output import Outbox
-from attnrec.stream.core.processor import Processor, where
-from attnrec.stream.core.records import RawRecord
-from attnrec.stream.core.stage import Batch
+from .output import Outbox
+from .processor import Processor, where
+from .records import RawRecord
+from .stage import Batch
 
 __all__ = ["Batcher", "feed"]
 

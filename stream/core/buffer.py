@@ -26,10 +26,11 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
-from attnrec.stream.core.entries import BufferEntry, decode_entry, encode_entry
 
 from attnrec.errors import StateLostError, TransientError
 from attnrec.events import ClickEvent
+
+from .entries import BufferEntry, decode_entry, encode_entry
 
 __all__ = ["STATE_KEY", "STATE_LOST", "RedisBuffers", "Applied", "APPLIED", "REDELIVERED", "RETRY", "user_keys", "APPLY_LUA", "redis_errors"]
 

@@ -9,10 +9,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from attnrec.stream.core.entries import split_entry
-from attnrec.stream.core.model import LoadedModel
 
 from attnrec.manifest import OOV
+
+from .entries import split_entry
+from .model import LoadedModel
 
 __all__ = ["EntryTable", "ModelInputs", "build_inputs", "StepInputs", "build_step_inputs"]
 

@@ -21,8 +21,6 @@ from dataclasses import field as dc_field
 from typing import Any, Protocol
 
 import orjson
-from attnrec.stream.core.metrics import WorkerMetrics
-from attnrec.stream.core.records import Parsed, RawRecord, dlq_reason
 
 from attnrec.errors import FencedError, TransientError
 from attnrec.events import dlq_envelope
@@ -30,11 +28,16 @@ from attnrec.kafka_util import aiokafka_security
 from attnrec.schemas import header as schema_header
 from attnrec.settings import Settings
 
-__all__ = ["Headers", "SendFn", "Outbox", "KafkaSender", "Transactions", "Output", "DLQ_SCHEMA"]
+from .metrics import WorkerMetrics
+from .recommend import Recommendation
+from .records import Parsed, RawRecord, dlq_reason
+
+__all__ = ["Headers", "SendFn", "Outbox", "KafkaSender", "Transactions", "Output", "RECS_SCHEMA", "DLQ_SCHEMA"]
 
 log = logging.getLogger(__name__)
-#: The ``attnrec-schema`` header of every dead letter (``clicks.dlq/1``: docs/schemas/README.md).
-DLQ_SCHEMA = schema_header("clicks.dlq")
+#: The ``attnrec-schema`` header of every record produced (``recs/1``, ``clicks.dlq/1``:
+#: docs/schemas/README.md).
+RECS_SCHEMA, DLQ_SCHEMA = schema_header("recs"), schema_header("clicks.dlq")
 
 Headers = list[tuple[str, bytes]] | None
 #: async (topic, key, value, headers, input partition) -> the broker's delivery future; the input
@@ -216,6 +219,21 @@ class Output:
         except BaseException:
             await self.txn.abort(out.offsets)
             raise
+
+    async def publish(self, records: Sequence[RawRecord], parsed: Parsed, recs: Sequence[Recommendation]) -> Outbox:
+        """Hand a batch's dead letters and recommendations (each with its trigger's partition
+        and offset) to the producer; exactly once, in the batch's transactions."""
+        t0 = time.perf_counter()
+        async with self.batch(records) as out:
+            await self.dead_letters(out, records, parsed)
+            topic, send = self.s.recs_topic, self.send
+            for r in recs:
+                src = records[r.source]
+                await out.send(send, topic, r.user_id.encode(), r.data, [RECS_SCHEMA, *r.headers], partition=src.partition,
+                               offset=src.offset)
+        out.enqueue_ms = 1000 * (time.perf_counter() - t0)
+        out.event_ts = [r.payload["event_ts"] for r in recs]
+        return out
 
     async def dead_letters(self, out: Outbox, records: Sequence[RawRecord], parsed: Parsed) -> None:
         """Hand the batch's invalid records to the dead-letter topic."""

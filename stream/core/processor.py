@@ -22,27 +22,25 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from attnrec.stream.core.buffer import RETRY, RedisBuffers
-from attnrec.stream.core.metrics import WorkerMetrics
-from attnrec.stream.core.model import LoadedModel, ModelWatcher
-from attnrec.stream.core.output import Outbox, Output
-from attnrec.stream.core.recommend import recommend
-from attnrec.stream.core.records import RawRecord, parse_records
-from attnrec.stream.core.scoring import Scoring
-from attnrec.stream.core.stage import Batch, Stages
-
 from attnrec.errors import TransientError
-from attnrec.schemas import header as schema_header
 from attnrec.settings import Settings
+
+from .buffer import RETRY, RedisBuffers
+from .metrics import WorkerMetrics
+from .model import LoadedModel, ModelWatcher
+from .output import Outbox, Output
+from .recommend import recommend
+from .records import RawRecord, parse_records
+from .scoring import Scoring
+from .stage import Batch, Stages
 
 __all__ = ["STEPS", "Processor", "where"]
 
 log = logging.getLogger(__name__)
 
-#: The steps of a batch, in order, as stages see them (``Stage.step``).
-STEPS = ("start", "parse", "redis", "inputs", "model", "recommend", "serialize", "store_recs")
-#: The ``attnrec-schema`` header of every recommendation (``recs/1``: docs/schemas/README.md).
-RECS_SCHEMA = schema_header("recs")
+#: The steps of a batch, in order, as stages see them (``Stage.step``): "model" comes twice (the
+#: run started, the scores in hand); "send" ends a batch that had events and dead letters only.
+STEPS = ("start", "parse", "redis", "inputs", "model", "recommend", "serialize", "store_recs", "send")
 
 
 class Processor:
@@ -152,21 +150,20 @@ class Processor:
         return batch
 
     async def finish(self, batch: Batch) -> Outbox:
-        """Second half: wait for the scores, build one recommendation per user, hand them and
-        the dead letters to the producer and store the latest recommendations. Raises on
+        """Second half: wait for the scores, build one recommendation per user, store the latest
+        ones for the lookup API, and hand them and the dead letters to the producer. Raises on
         failure. The returned :class:`Outbox` still has to be delivered."""
-        async with self.output.batch(batch.records) as out:
-            await self.output.dead_letters(out, batch.records, batch.parsed)
-            if batch.parsed.events:
-                await self._recommend(batch, out)
-        self._count(batch)
+        if batch.parsed.events:
+            await self._recommend(batch)
+        out = await self.output.publish(batch.records, batch.parsed, batch.recs)
+        self._done(batch)
         return out
 
-    async def _recommend(self, batch: Batch, out: Outbox) -> None:
+    async def _recommend(self, batch: Batch) -> None:
         s, stages, res = self.s, self.stages, batch.applied
         assert res is not None
         outputs = await batch.scoring if batch.scoring is not None else None
-        t2 = batch.t2 = time.perf_counter()
+        batch.t2 = time.perf_counter()
         stages.step(batch, "model")
         sources: dict[str, int] = {}
         for (ev, _, _), src, code in zip(batch.parsed.events, batch.parsed.sources, res.codes, strict=True):
@@ -182,20 +179,17 @@ class Processor:
                                inputs=rows, sources=sources, keep_out=batch.keep_out)  # fmt: skip
         await stages.rewrite(batch)
         stages.step(batch, "recommend")
-        payloads = {r.user_id: r.to_json() for r in batch.recs}
         for r in batch.recs:
-            src = batch.records[r.source]
-            await out.send(self.output.send, s.recs_topic, r.user_id.encode(), payloads[r.user_id],
-                           [RECS_SCHEMA, *r.headers], partition=src.partition, offset=src.offset)
+            r.data = r.to_json()
         stages.step(batch, "serialize")
-        await self.buffers.store_recs(payloads)
-        stages.observe(batch)
+        await self.buffers.store_recs({r.user_id: r.data for r in batch.recs})
         stages.step(batch, "store_recs")
-        out.enqueue_ms = 1000 * (time.perf_counter() - t2)
-        out.event_ts = [r.payload["event_ts"] for r in batch.recs]
 
-    def _count(self, batch: Batch) -> None:
-        """Metrics once the batch is done (a retried batch counts once), and the positions."""
+    def _done(self, batch: Batch) -> None:
+        """The batch is on its way: the stages observe it; metrics (a retried batch counts once)
+        and the positions."""
+        self.stages.observe(batch)
+        self.stages.step(batch, "send")
         m, parsed, res = self.metrics, batch.parsed, batch.applied
         if res is not None:
             n_new = sum(res.applied)

@@ -10,11 +10,12 @@ from typing import Any
 
 import numpy as np
 import orjson
-from attnrec.stream.core.entries import entry_item, split_entry
-from attnrec.stream.core.model import LoadedModel
 
 from attnrec.events import ClickEvent
 from attnrec.manifest import OOV
+
+from .entries import entry_item, split_entry
+from .model import LoadedModel
 
 __all__ = ["Rows", "merge_scored", "Recommendation", "recommend"]
 
@@ -51,6 +52,7 @@ class Recommendation:
     source: int = -1  # the index of its trigger among the batch's records
     headers: list[tuple[str, bytes]] = field(default_factory=list)
     lists: dict[str, tuple[str, list[str]]] = field(default_factory=dict)
+    data: bytes = b""  # the payload as JSON, once the stages are done with it
 
     @property
     def fallback(self) -> bool:

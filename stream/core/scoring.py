@@ -20,14 +20,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from attnrec.stream.core.buffer import Applied, RedisBuffers
-from attnrec.stream.core.cache import KVCache, UserCache
-from attnrec.stream.core.inputs import ModelInputs, StepInputs, build_inputs, build_step_inputs
-from attnrec.stream.core.metrics import WorkerMetrics
-from attnrec.stream.core.model import LoadedModel
-from attnrec.stream.core.recommend import Rows, merge_scored
 
 from attnrec.settings import Settings
+
+from .buffer import Applied, RedisBuffers
+from .cache import KVCache, UserCache
+from .inputs import ModelInputs, StepInputs, build_inputs, build_step_inputs
+from .metrics import WorkerMetrics
+from .model import LoadedModel
+from .recommend import Rows, merge_scored
 
 __all__ = ["Plan", "Scoring"]
 

@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from attnrec.stream.core.buffer import Applied
-from attnrec.stream.core.model import LoadedModel
-from attnrec.stream.core.recommend import Recommendation, Rows
-from attnrec.stream.core.records import Parsed, RawRecord
 
 from attnrec.events import ClickEvent
+
+from .buffer import Applied
+from .model import LoadedModel
+from .recommend import Recommendation, Rows
+from .records import Parsed, RawRecord
 
 __all__ = ["HOOKS", "Batch", "Stage", "Stages"]
 

@@ -52,11 +52,11 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from attnrec.stream.core.output import Headers, Outbox
-
 from attnrec.errors import FencedError, TransientError
 from attnrec.kafka_util import aiokafka_security, committed_offsets
 from attnrec.settings import Settings
+
+from .output import Headers, Outbox
 
 __all__ = ["TransactionalSender"]
 

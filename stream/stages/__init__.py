@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from attnrec.stream.core.metrics import WorkerMetrics
-from attnrec.stream.core.model import ModelWatcher
-from attnrec.stream.core.stage import Stage, Stages
-
 from attnrec.settings import Settings
+
+from ..core.metrics import WorkerMetrics
+from ..core.model import ModelWatcher
+from ..core.stage import Stage, Stages
 
 __all__ = ["build_stages"]
 
@@ -30,10 +30,10 @@ def build_stages(s: Settings, client: Any, metrics: WorkerMetrics, watcher: Mode
                  profile: bool = False) -> Stages:
     """The stages ``s`` configures, in the order their hooks run (``client``: the Redis client
     the shared ones write to). ``profile``: the benchmark's stage profile, last."""
-    from attnrec.stream.stages.catalog import CatalogStage
-    from attnrec.stream.stages.online import OnlineStage
-    from attnrec.stream.stages.policy import BoostStage, Policy, PolicyStage
-    from attnrec.stream.stages.trending import TrendingStage
+    from .catalog import CatalogStage
+    from .online import OnlineStage
+    from .policy import BoostStage, Policy, PolicyStage
+    from .trending import TrendingStage
 
     policy = Policy.from_settings(s)
     catalog = CatalogStage(s, client, metrics) if s.catalog else None
@@ -46,17 +46,17 @@ def build_stages(s: Settings, client: Any, metrics: WorkerMetrics, watcher: Mode
         BoostStage(policy, catalog) if policy.boosts else None,
     ]
     if online is not None and (s.shadow_fraction > 0 or s.interleave_fraction > 0):
-        from attnrec.stream.stages.rollout import ShadowStage
+        from .rollout import ShadowStage
 
         stages.append(ShadowStage(s, metrics, watcher, online))
     stages.append(online)
     if s.timing_headers:
-        from attnrec.stream.stages.timing import TimingStage
+        from .timing import TimingStage
 
         stages.append(TimingStage())
     prof = None
     if profile:
-        from attnrec.stream.stages.profile import ProfileStage
+        from .profile import ProfileStage
 
         stages.append(prof := ProfileStage())
     built = Stages([st for st in stages if st is not None])

@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from attnrec.stream.core.cache import KVCache
-from attnrec.stream.core.inputs import build_inputs, build_step_inputs
-from attnrec.stream.core.model import LoadedModel, load_model
 
 from attnrec.manifest import OOV
+
+from ..core.cache import KVCache
+from ..core.inputs import build_inputs, build_step_inputs
+from ..core.model import LoadedModel, load_model
 
 __all__ = ["SHADOW_NICE", "candidate_lists", "incremental_lists", "overlap", "shadow_process"]
 

@@ -25,13 +25,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
-from attnrec.stream.core.buffer import redis_errors
-from attnrec.stream.core.metrics import WorkerMetrics
-from attnrec.stream.core.stage import Batch, Stage
 
 from attnrec.errors import InvalidEventError, TransientError
 from attnrec.events import CatalogEvent, parse_catalog_event
 from attnrec.settings import Settings
+
+from ..core.buffer import redis_errors
+from ..core.metrics import WorkerMetrics
+from ..core.stage import Batch, Stage
 
 __all__ = ["CATALOG_KEYS", "APPLY_CATALOG_LUA", "Availability", "CatalogStore", "CatalogStage"]
 

@@ -26,15 +26,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from attnrec.stream.core.buffer import redis_errors
-from attnrec.stream.core.metrics import WorkerMetrics
-from attnrec.stream.core.model import LoadedModel
-from attnrec.stream.core.stage import Batch, Stage
-from attnrec.stream.stages.interleave import win_rate
-from attnrec.stream.stages.trending import TrendingStage
 
 from attnrec.errors import TransientError
 from attnrec.events import NEGATIVE_TYPES, ClickEvent
+
+from ..core.buffer import redis_errors
+from ..core.metrics import WorkerMetrics
+from ..core.model import LoadedModel
+from ..core.stage import Batch, Stage
+from .interleave import win_rate
+from .trending import TrendingStage
 
 __all__ = ["SOURCES", "ONLINE_KEY", "Score", "OnlineEval", "OnlineStage", "totals", "comparisons", "series"]
 

@@ -23,15 +23,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from attnrec.stream.core.entries import split_entry
-from attnrec.stream.core.model import LoadedModel
-from attnrec.stream.core.stage import Batch, Stage
-from attnrec.stream.stages.catalog import Availability, CatalogStage
 
 from attnrec.events import NEGATIVE_TYPES
 from attnrec.manifest import OOV
 from attnrec.settings import Settings
 from attnrec.units import parse_boosts
+
+from ..core.entries import split_entry
+from ..core.model import LoadedModel
+from ..core.stage import Batch, Stage
+from .catalog import Availability, CatalogStage
 
 __all__ = ["Policy", "pad_rows", "PolicyStage", "BoostStage"]
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import time
 
-from attnrec.stream.core.processor import STEPS
-from attnrec.stream.core.stage import Batch, Stage, Stages
+from ..core.processor import STEPS
+from ..core.stage import Batch, Stage, Stages
 
 __all__ = ["ProfileStage"]
 

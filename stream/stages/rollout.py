@@ -21,15 +21,15 @@ import logging
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
-from attnrec.stream.core.metrics import WorkerMetrics
-from attnrec.stream.core.model import LoadedModel, ModelWatcher
-from attnrec.stream.core.stage import Batch, Stage
-from attnrec.stream.stages.candidate import candidate_lists, overlap
-from attnrec.stream.stages.interleave import in_experiment, team_draft
-from attnrec.stream.stages.online import OnlineStage
-from attnrec.stream.stages.shadow import Shadow
-
 from attnrec.settings import Settings
+
+from ..core.metrics import WorkerMetrics
+from ..core.model import LoadedModel, ModelWatcher
+from ..core.stage import Batch, Stage
+from .candidate import candidate_lists, overlap
+from .interleave import in_experiment, team_draft
+from .online import OnlineStage
+from .shadow import Shadow
 
 __all__ = ["ShadowStage"]
 

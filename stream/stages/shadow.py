@@ -46,9 +46,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from attnrec.stream.core.model import LoadedModel
-from attnrec.stream.stages.candidate import shadow_process
-from attnrec.stream.stages.interleave import unit_hash
+from ..core.model import LoadedModel
+from .candidate import shadow_process
+from .interleave import unit_hash
 
 __all__ = ["ShadowResult", "Shadow"]
 

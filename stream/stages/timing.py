@@ -11,8 +11,8 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from attnrec.stream.core.records import RawRecord
-from attnrec.stream.core.stage import Batch, Stage
+from ..core.records import RawRecord
+from ..core.stage import Batch, Stage
 
 __all__ = ["TIMING_HEADER", "timing_header", "TimingStage"]
 

@@ -20,11 +20,12 @@ from collections.abc import Iterable
 from typing import Any
 
 import redis.asyncio as aioredis
-from attnrec.stream.core.buffer import redis_errors
-from attnrec.stream.core.stage import Batch, Stage
 
 from attnrec.errors import TransientError
 from attnrec.events import ClickEvent
+
+from ..core.buffer import redis_errors
+from ..core.stage import Batch, Stage
 
 __all__ = ["TYPE_WEIGHT", "BUCKETS", "Counts", "Trending", "bucket_counts", "TrendingStage"]
 

@@ -69,8 +69,7 @@ def test_loader_api() -> None:
 
 
 def test_the_worker_stamps_the_schema_header_it_documents() -> None:
-    from attnrec.stream.core.output import DLQ_SCHEMA
-    from attnrec.stream.core.processor import RECS_SCHEMA
+    from attnrec.stream.core.output import DLQ_SCHEMA, RECS_SCHEMA
 
     assert RECS_SCHEMA == ("attnrec-schema", b"recs/1") and DLQ_SCHEMA == ("attnrec-schema", b"clicks.dlq/1")
     readme = (REPO / "docs" / "schemas" / "README.md").read_text()
