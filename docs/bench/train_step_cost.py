@@ -1,6 +1,6 @@
 """Seconds per training step (forward + backward + Adam) for the loss / width choices in
-docs/BENCHMARKS.md (Quality, session 3): random batches of 128 rows of the data's training
-arrays, 2 warm-up steps, median of the rest.
+docs/BENCHMARKS.md (Quality, "Training step cost", measured 2026-11-28): random batches of 128
+rows of the data's training arrays, 2 warm-up steps, median of the rest.
 
     python docs/bench/train_step_cost.py --data ../shared/data/ml1m-gsasrec --format gsasrec --threads 1
     python docs/bench/train_step_cost.py --data ../shared/data/amazon-beauty/Beauty.txt --format s3 \
