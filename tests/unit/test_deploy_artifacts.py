@@ -363,8 +363,8 @@ def test_dockerfile_is_multi_stage_non_root_and_the_worker_has_no_torch() -> Non
     assert not [d for d in project["dependencies"] if d.lower().startswith(("torch", "onnx=", "onnxscript"))]
     assert any(d.startswith("torch") for d in project["optional-dependencies"]["train"])
     ignore = (DOCKERFILE.parent / "Dockerfile.dockerignore").read_text().split()
-    for pkg in ("attnrec/", "stream/", "training/", "exporter/"):
-        assert f"!{pkg}" in ignore
+    for pkg in ("attnrec/", "stream/", "training/", "exporter/", "apps/"):
+        assert f"!{pkg}" in ignore, f"the image build context leaves out {pkg}, which the Dockerfile copies"
 
 
 def test_the_worker_image_commands_work_without_torch() -> None:
@@ -375,13 +375,13 @@ def test_the_worker_image_commands_work_without_torch() -> None:
     code = (
         "import sys\n"
         "for m in ('torch', 'onnx', 'onnxscript', 'matplotlib', 'pyarrow'): sys.modules[m] = None\n"
-        "from apps.cli import build_parser\n"
+        "from attnrec.apps.cli import build_parser\n"
         "p = build_parser()\n"
         "sub = next(a for a in p._actions if a.__class__.__name__ == '_SubParsersAction')\n"
         "missing = {'worker', 'dashboard', 'models', 'replay'} - set(sub.choices)\n"
         "assert not missing, missing\n"
         "from attnrec.settings import Settings\n"
-        "from stream.app import create_app\n"
+        "from attnrec.stream.app import create_app\n"
         "create_app(Settings())\n"
         "print('ok')\n"
     )

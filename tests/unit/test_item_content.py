@@ -112,7 +112,7 @@ def test_title_tokens_are_hashed_words_then_char_trigrams() -> None:
 
 def test_hashing_is_stable_across_processes() -> None:
     """Python's own hash() is salted per process; the title hashing must not be."""
-    code = "from training.content import title_tokens; print(title_tokens('Zeta Phone X über-case'))"
+    code = "from attnrec.training.content import title_tokens; print(title_tokens('Zeta Phone X über-case'))"
     outs = set()
     for seed in ("1", "2"):
         env = {**os.environ, "PYTHONHASHSEED": seed}

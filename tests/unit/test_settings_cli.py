@@ -56,11 +56,11 @@ def test_worker_imports_without_torch() -> None:
         "import sys, importlib.abc\n"
         "class Block(importlib.abc.MetaPathFinder):\n"
         "    def find_spec(self, name, path, target=None):\n"
-        "        if name == 'torch' or name.startswith('torch.') or name.startswith('training'):\n"
+        "        if name == 'torch' or name.startswith('torch.') or name.startswith('attnrec.training'):\n"
         "            raise ImportError('blocked ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import stream.app, stream.runner, attnrec.modelcheck, apps.cli\n"
-        "apps.cli.build_parser()\n"
+        "import attnrec.stream.app, attnrec.stream.runner, attnrec.modelcheck, attnrec.apps.cli\n"
+        "attnrec.apps.cli.build_parser()\n"
         "print('ok')\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
