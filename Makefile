@@ -15,7 +15,7 @@ system-deps:
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[train,dev]'
+	$(BIN)/pip install -q -e '.[train,dev,bench]'
 	@touch $(STAMP)
 
 demo: setup                 ## the main job, end to end (< 5 min once dependencies are cached)

@@ -20,9 +20,11 @@ from typing import Any
 
 import psutil
 
-from attnrec.kafka_util import ensure_topics, make_producer
+from attnrec.errors import AttnrecError
+from attnrec.kafka_util import ensure_topics
 from attnrec.settings import Settings
 
+from .clients import produce, rd_producer
 from .host import cpu_seconds, loadavg
 from .load import EventSource
 from .run import batch_sizes
@@ -47,15 +49,13 @@ def drain_once(base: Settings, *, registry: Path, items: Sequence[str], users: S
     tracker = CoverageTracker(s).start()
     tracker.t_measure = 0.0  # every covered event counts
     src = iter(EventSource(items, users, seed=seed))
-    producer = make_producer(s)
-    try:
-        for _ in range(events):
-            eid, user, key, value = next(src)
-            tracker.sent(eid, user, time.perf_counter(), True)
-            producer.send(s.clicks_topic, key=key, value=value)
-        producer.flush(120)
-    finally:
-        producer.close(10)
+    producer = rd_producer(s, linger_ms=5)
+    for _ in range(events):
+        eid, user, key, value = next(src)
+        tracker.sent(eid, user, time.perf_counter(), True)
+        produce(producer, s.clicks_topic, key, value)
+    if producer.flush(120):
+        raise AttnrecError("the drain's backlog could not be produced within 120 s")
     load_before = loadavg()
     w = WorkerHandle(s, log_dir, agent=agent, name=f"drain-{agent}")
     try:

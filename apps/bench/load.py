@@ -164,23 +164,23 @@ def generator_ceiling(s: Settings, seconds: float = 5.0, items: Sequence[str] | 
     throw-away topic."""
     import psutil
 
-    from attnrec.kafka_util import admin_client, ensure_topics, make_producer
+    from attnrec.kafka_util import admin_client, ensure_topics
+
+    from .clients import produce, rd_producer
 
     topic = f"bench-gen-{uuid.uuid4().hex[:8]}"
     ensure_topics(s, [topic])
     src = iter(EventSource(items or [f"item-{i}" for i in range(2, 12_002)], bench_users("gen-", 5000)))
-    p = make_producer(s)
+    p = rd_producer(s, linger_ms=5)
     me = psutil.Process()
     c0, t0, n = cpu_seconds(me), time.perf_counter(), 0
-    try:
-        while time.perf_counter() - t0 < seconds:
-            for _ in range(500):
-                _, _, key, value = next(src)
-                p.send(topic, key=key, value=value)
-            n += 500
-        p.flush(60)
-    finally:
-        p.close(10)
+    while time.perf_counter() - t0 < seconds:
+        for _ in range(500):
+            _, _, key, value = next(src)
+            produce(p, topic, key, value)
+        p.poll(0)
+        n += 500
+    p.flush(60)
     wall = time.perf_counter() - t0
     try:
         a = admin_client(s)

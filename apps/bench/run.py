@@ -34,6 +34,7 @@ import numpy as np
 from attnrec.errors import AttnrecError
 from attnrec.settings import Settings
 
+from .clients import produce, rd_producer
 from .host import cpu_seconds, loadavg, stack_procs
 from .load import EventSource, redis_bytes_per_user
 from .tracker import HOPS, CoverageTracker
@@ -139,8 +140,6 @@ def run_once(s: Settings, cfg: RunConfig, *, items: Sequence[str], users: Sequen
     import psutil
     from tqdm import tqdm
 
-    from attnrec.kafka_util import make_producer
-
     token = api_token(s)
     tracker = CoverageTracker(s).start()
     wproc = psutil.Process(worker_pid) if worker_pid else None
@@ -151,7 +150,7 @@ def run_once(s: Settings, cfg: RunConfig, *, items: Sequence[str], users: Sequen
     # paced: a short linger (each ms of it adds up to a ms to every latency, the null agent's too;
     # none at all makes every event a produce request, whose CPU in the generator and the broker
     # starves the worker on a small box); max: 5 ms batches, for the generator's own throughput
-    producer = make_producer(s, linger_ms=s.bench_generator_linger_ms if cfg.rate else 5)
+    producer = rd_producer(s, linger_ms=s.bench_generator_linger_ms if cfg.rate else 5)
     load_before = loadavg()
     m0: dict[str, float] = {}
     cpu0 = me0 = 0.0
@@ -165,7 +164,7 @@ def run_once(s: Settings, cfg: RunConfig, *, items: Sequence[str], users: Sequen
     overloaded = False
     tm0 = t_measure
     backlog_cap = max(cfg.max_inflight, int(2 * (cfg.rate or 0)))  # paced: stop once 2 s behind
-    n = 0
+    n = shown = polled = 0
 
     def open_window() -> None:
         nonlocal tm0, m0, cpu0, me0, oc0
@@ -188,19 +187,27 @@ def run_once(s: Settings, cfg: RunConfig, *, items: Sequence[str], users: Sequen
                 if n - tracker.done > backlog_cap:
                     overloaded = True  # far beyond capacity: stop offering, the point is saturated
                     break
-                ahead = (n + 1) / cfg.rate - (now - t_start)
-                if ahead > 0.0005:
-                    time.sleep(ahead)
-            elif n - tracker.done >= cfg.max_inflight:
-                time.sleep(0.001)
-                continue
-            eid, user, key, value = next(src)
-            tracker.sent(eid, user, time.perf_counter(), measuring)
-            producer.send(s.clicks_topic, key=key, value=value)
-            n += 1
-            if n % 200 == 0:
-                bar.update(200)
-                if n % 2000 == 0:
+                # every event due by now, at once; then sleep until the next one is due (no spinning)
+                due = int((now - t_start) * cfg.rate) + 1 - n
+                if due <= 0:
+                    time.sleep(max(0.0, min((n + 1) / cfg.rate - (now - t_start), t_end - now)))
+                    continue
+            else:
+                due = min(500, cfg.max_inflight - (n - tracker.done))
+                if due <= 0:
+                    time.sleep(0.001)
+                    continue
+            for _ in range(due):
+                eid, user, key, value = next(src)
+                tracker.sent(eid, user, time.perf_counter(), measuring)
+                produce(producer, s.clicks_topic, key, value)
+            n += due
+            producer.poll(0)  # serve librdkafka's (error-only) delivery reports
+            if n - shown >= 200:
+                bar.update(n - shown)
+                shown = n
+                if n - polled >= 2000:
+                    polled = n
                     bar.set_postfix(done=tracker.done, refresh=False)
                     if wproc is not None:
                         try:
@@ -208,7 +215,8 @@ def run_once(s: Settings, cfg: RunConfig, *, items: Sequence[str], users: Sequen
                         except psutil.Error:
                             pass
         t_sent = time.perf_counter()
-        producer.flush(60)
+        if producer.flush(60):
+            raise AttnrecError("the load generator could not deliver its events within 60 s")
         # drain: wait until every event is covered or dead-lettered, as long as the worker
         # makes progress (no new answer for drain_stall_s, or drain_timeout_s in all: stop)
         deadline = time.monotonic() + cfg.drain_timeout_s
@@ -221,10 +229,9 @@ def run_once(s: Settings, cfg: RunConfig, *, items: Sequence[str], users: Sequen
                 last_done, last_change = tracker.done, time.monotonic()
             elif time.monotonic() - last_change > cfg.drain_stall_s:
                 break
-        bar.update(n % 200)
+        bar.update(n - shown)
     finally:
         bar.close()
-        producer.close(10)
         tracker.stop()
     m1 = scrape(metrics_url, token) if metrics_url else {}
     tm1 = time.perf_counter()
@@ -311,21 +318,18 @@ def warm_caches(sess: Session, timeout_s: float = 180.0) -> dict[str, Any]:
     """One event for every user, then wait until each is answered: an incremental model's
     worker then holds every user's key/value cache, the steady state of a serving worker
     (its users' caches warm). Returns the events sent, answered and the seconds it took."""
-    from attnrec.kafka_util import make_producer
-
     tracker = CoverageTracker(sess.s).start()
     src = EventSource(sess.items, sess.users, seed=999)
-    producer = make_producer(sess.s)
+    producer = rd_producer(sess.s, linger_ms=5)
     t0 = time.monotonic()
     try:
         for eid, user, key, value in src.one_per_user():
             tracker.sent(eid, user, time.perf_counter(), False)
-            producer.send(sess.s.clicks_topic, key=key, value=value)
+            produce(producer, sess.s.clicks_topic, key, value)
         producer.flush(60)
         while tracker.done < tracker.n_sent and time.monotonic() - t0 < timeout_s:
             time.sleep(0.05)
     finally:
-        producer.close(10)
         tracker.stop()
     out = {"sent": tracker.n_sent, "answered": tracker.done, "seconds": round(time.monotonic() - t0, 1)}
     log.info("warmed %d users' caches in %.1fs", tracker.done, out["seconds"])

@@ -4,6 +4,9 @@ One run::
 
     generator (this process) --clicks--> worker (subprocess) --recs--> tracker (this process)
 
+Both ends are librdkafka clients (:mod:`attnrec.apps.bench.clients`); the tracker reads
+``read_committed``, as the worker's users are told to.
+
 Accounting (why a rec "covers" several events). The worker emits one recommendation per user
 per batch, after all that user's events in the batch were applied; its ``trigger_event_id`` is
 the user's last event in the batch. Events of one user are produced in order to one partition
@@ -44,6 +47,8 @@ HOPS = ("produce_to_broker", "broker_to_worker", "queued_in_worker", "parse_and_
         "recommend_and_enqueue", "producer_to_broker", "broker_to_consumer")
 
 log = logging.getLogger(__name__)
+#: librdkafka's timestamp type of a record stamped by the broker (confluent_kafka.TIMESTAMP_LOG_APPEND_TIME)
+_LOG_APPEND_TIME = 2
 
 
 class CoverageTracker:
@@ -116,43 +121,44 @@ class CoverageTracker:
         self._t.join(10)
 
     def _run(self) -> None:
-        from kafka import TopicPartition
+        from confluent_kafka import TopicPartition
 
-        from attnrec.kafka_util import make_consumer
+        from .clients import rd_consumer
 
+        c = rd_consumer(self.s)  # read committed, as the worker's users read it
         try:
-            # min_bytes=1: a fetch returns as soon as a rec exists; max_wait only paces idle polling
-            c = make_consumer(self.s, group_id=None, auto_offset_reset="latest", fetch_max_wait_ms=100,
-                              fetch_min_bytes=1)  # fmt: skip
             tps = []
             deadline = time.monotonic() + 30
             for topic in (self.s.recs_topic, self.s.dlq_topic):
-                parts = None
+                parts: list[int] = []
                 while not parts and time.monotonic() < deadline:
-                    parts = c.partitions_for_topic(topic)
+                    md = c.list_topics(topic, timeout=5).topics.get(topic)
+                    parts = sorted(md.partitions) if md is not None and md.error is None else []
                     if not parts:
                         time.sleep(0.2)
-                tps += [TopicPartition(topic, p) for p in sorted(parts or ())]
+                # start at each partition's end, resolved now: nothing produced after start() is missed
+                tps += [TopicPartition(topic, p, _end_offset(c, TopicPartition(topic, p), deadline)) for p in parts]
             c.assign(tps)
-            c.seek_to_end()
-            for tp in tps:
-                c.position(tp)
         except BaseException as exc:  # reported by start()
             self._error = exc
             self._ready.set()
+            c.close()
             return
         self._ready.set()
+        dlq = self.s.dlq_topic
         try:
             while not self._stop.is_set():
-                batch = c.poll(timeout_ms=50, max_records=10000)
+                msgs = c.consume(num_messages=10000, timeout=0.05)
+                if not msgs:
+                    continue
                 now = time.perf_counter()
-                for tp, msgs in batch.items():
-                    dead = tp.topic == self.s.dlq_topic
-                    for m in msgs:
-                        if dead:
-                            self._on_dead(m.value)
-                        else:
-                            self._on_rec(orjson.loads(m.value), now, m)
+                for m in msgs:
+                    if m.error() is not None:
+                        continue
+                    if m.topic() == dlq:
+                        self._on_dead(m.value())
+                    else:
+                        self._on_rec(orjson.loads(m.value()), now, m)
         finally:
             c.close()
 
@@ -180,7 +186,7 @@ class CoverageTracker:
                 self.latencies.append(1000.0 * (now - t_sent))
                 self.n_measured_covered += 1
                 self.last_measured_cover = now
-        if lst[k][2] and record is not None and record.headers:
+        if lst[k][2] and record is not None and record.headers():
             self._hops(lst[k][1], now, record)
         if self.first_cover is None:
             self.first_cover = now
@@ -192,16 +198,17 @@ class CoverageTracker:
 
     def _hops(self, t_sent: float, now: float, record: Any) -> None:
         """Split a trigger's latency at the worker's milestones (``attnrec-timing``) and the
-        broker's append time of the recommendation (``record.timestamp``, LogAppendTime)."""
-        raw = dict(record.headers).get("attnrec-timing")
-        if raw is None or record.timestamp_type != 1:
+        broker's append time of the recommendation (``record.timestamp()``, LogAppendTime)."""
+        raw = dict(record.headers()).get("attnrec-timing")
+        ts_type, ts = record.timestamp()
+        if raw is None or ts_type != _LOG_APPEND_TIME:
             return
         try:
             appended, received, start, redis_done, model_done, handed = (float(x) for x in raw.split(b","))
         except ValueError:
             return
         sent_ms, now_ms = 1000.0 * (self._epoch + t_sent), 1000.0 * (self._epoch + now)
-        marks = (sent_ms, appended, received, start, redis_done, model_done, handed, float(record.timestamp), now_ms)
+        marks = (sent_ms, appended, received, start, redis_done, model_done, handed, float(ts), now_ms)
         self.hops.append(tuple(b - a for a, b in zip(marks, marks[1:], strict=False)))
 
     def _on_dead(self, raw_env: bytes) -> None:
@@ -216,3 +223,16 @@ class CoverageTracker:
 
     def lost(self) -> int:
         return max(0, self.n_sent - self.n_covered - self.n_dead)
+
+
+def _end_offset(consumer: Any, tp: Any, deadline: float) -> int:
+    """The partition's high watermark; a topic created a moment ago may not have a leader yet."""
+    from confluent_kafka import KafkaException
+
+    while True:
+        try:
+            return int(consumer.get_watermark_offsets(tp, timeout=5)[1])
+        except KafkaException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
