@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from attnrec.apps.stack import LocalStack, _pid_alive, free_port
+from attnrec.apps.stack import LocalStack, free_port
+from attnrec.apps.stack.processes import pid_alive
 
 from attnrec.errors import StackError
 
@@ -26,7 +27,7 @@ def test_up_twice_is_harmless_and_down_leaves_nothing(tmp_path: Path) -> None:
     status = st.status()
     assert not status["kafka"]["running"] and not status["redis"]["running"]
     for pid, marker in zip(pids, ("kafka.Kafka", "redis-server"), strict=True):
-        assert pid is not None and not _pid_alive(int(pid), marker)
+        assert pid is not None and not pid_alive(int(pid), marker)
     st.down()  # idempotent
 
 
