@@ -49,7 +49,7 @@ def run_demo(s: Settings) -> int:
         from attnrec.apps.demo_live import run_live_demo
 
         return run_live_demo(s)
-    from attnrec.training.synth import generate
+    from attnrec.training.sim.synth import generate
     from tqdm import tqdm
 
     events, rate, train_seconds, keep_stack = s.demo_events, s.demo_rate, s.demo_train_seconds, s.demo_keep_stack

@@ -1,7 +1,7 @@
 """``attnrec demo --scenario live``: live-stream commerce end to end on the local stack.
 
 1. start Kafka (KRaft) + Redis;
-2. generate one live-commerce world (:mod:`attnrec.training.live`): rooms going live and ending,
+2. generate one live-commerce world (:mod:`attnrec.training.sim.live`): rooms going live and ending,
    products on and off the shelf and selling out, viewers with favourite streamers, planted
    rules (a gift in a room is followed by a purchase of its products, ...);
 3. train an attention model on the world's past clicks, export and promote it;
@@ -80,7 +80,8 @@ def run_live_demo(s: Settings) -> int:
 
 def live_demo(s: Settings, z: Sizes = Sizes()) -> dict[str, Any]:
     """The whole demo; prints as it goes and returns the summary's figures."""
-    from attnrec.training.live import AvailabilityLog, generate_live
+    from attnrec.training.sim.availability import AvailabilityLog
+    from attnrec.training.sim.live import generate_live
 
     t_start = time.monotonic()
     home = s.home.resolve()

@@ -2,7 +2,7 @@
 
 Used by ``attnrec replay``, the demo and the benchmark. Events come from a file (JSONL or CSV
 of our schema, or a DIGINETICA ``item-views`` CSV) or from the synthetic generator; or, with
-``--scenario live``, from the live-commerce simulator (:mod:`attnrec.training.live`), whose click events
+``--scenario live``, from the live-commerce simulator (:mod:`attnrec.training.sim.live`), whose click events
 go to the clicks topic and whose catalog events (rooms live/ended, products on/off the shelf,
 stock) go to the catalog topic, each sent at its ts offset from the first (so a burst in the
 schedule is a burst on the wire).
@@ -85,8 +85,8 @@ def iter_file_events(path: Path) -> Iterator[ClickEvent]:
 
 
 def iter_synthetic(count: int, seed: int = 7, n_users: int | None = None, n_items: int | None = None, restamp: bool = False) -> Iterator[ClickEvent]:
-    """Synthetic events (training.synth), optionally re-stamped to "now" keeping their gaps."""
-    from attnrec.training.synth import generate
+    """Synthetic events (training/sim/synth.py), optionally re-stamped to "now" keeping their gaps."""
+    from attnrec.training.sim.synth import generate
 
     users = n_users or max(50, count // 40)
     items = n_items or max(200, min(3000, count // 10))
@@ -105,7 +105,7 @@ def iter_synthetic(count: int, seed: int = 7, n_users: int | None = None, n_item
 def iter_live(s: Settings) -> Iterator[ClickEvent | CatalogEvent]:
     """The live scenario of these settings: ``REPLAY_COUNT`` click events at ``REPLAY_RATE``
     (rate max: scheduled at 1000/s), the burst of ``REPLAY_BURST_*``, seed ``REPLAY_SEED``."""
-    from attnrec.training.live import generate_live
+    from attnrec.training.sim.live import generate_live
 
     return generate_live(s.replay_count, seed=s.replay_seed, rate=parse_rate(s.replay_rate) or 1000.0,
                          burst_at_s=s.replay_burst_at_s, burst_s=s.replay_burst_s, burst_factor=s.replay_burst_factor)  # fmt: skip

@@ -65,7 +65,7 @@ def build_small_registry(root: Path, *, seed: int = 3, n_events: int = 6000, n_u
     from attnrec.exporter.export import export_checkpoint
 
     data = root / "train.jsonl"
-    from attnrec.training.synth import generate
+    from attnrec.training.sim.synth import generate
 
     with open(data, "wb") as f:
         for ev in generate(n_users, 300, n_events, seed=seed):

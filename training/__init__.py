@@ -1,18 +1,18 @@
 """Offline training: datasets and splits, the attention model, the training loop, full-ranking
-evaluation, baselines and the synthetic event generator.
+evaluation and baselines; the simulated event streams it is tried on are in ``sim/``.
 
 Modules (import them directly; this package imports nothing so that the torch-free parts stay
 torch-free):
 
-- ``attnrec.training.features``   feature encoding with the vocabularies of ``attnrec.manifest`` (torch-free)
-- ``attnrec.training.synth``      synthetic click events with planted causes (torch-free)
 - ``attnrec.training.cli``        the ``attnrec train`` / ``attnrec eval`` commands (torch imported lazily)
+- ``attnrec.training.features``   feature encoding with the vocabularies of ``attnrec.manifest`` (torch-free)
 - ``attnrec.training.data``       loaders (s3, gsasrec, events), vocabulary, leave-one-out split
 - ``attnrec.training.model``      ``ModelConfig``, ``AttnRec``
 - ``attnrec.training.train``      ``TrainConfig``, ``default_configs``, ``train``, ``fit_and_evaluate`` (the pipeline)
 - ``attnrec.training.evaluate``   ``evaluate`` (one seeded function, parameterised by split), baselines' scorers
 - ``attnrec.training.checkpoint`` ``save_checkpoint``, ``load_checkpoint``
 - ``attnrec.training.attention``  planted-cause hit rate and faithfulness of the attention on synthetic data
+- ``attnrec.training.sim``        simulated streams: planted causes, item content, live commerce (torch-free)
 """
 
 __all__: list[str] = []

@@ -1,4 +1,4 @@
-"""Item content, measured: the same synthetic content-driven events (``training/synth_content.py``)
+"""Item content, measured: the same synthetic content-driven events (``training/sim/content.py``)
 trained without and with the attribute file, under the published protocol (leave-one-out, full
 ranking, input items excluded), reported overall and on the test cases whose target is a cold
 item (one no training event names) and those whose target is warm.
@@ -9,7 +9,7 @@ item (one no training event names) and those whose target is warm.
 Writes the events (``events.jsonl``) and the attribute file (``items.csv``) beside the JSON, so
 ``attnrec train --data DIR/events.jsonl --items DIR/items.csv`` reproduces the "with" run.
 
-``--scenario live``: the live-commerce simulator's clicks (``training/live.py``) with the
+``--scenario live``: the live-commerce simulator's clicks (``training/sim/live.py``) with the
 attributes its world knows (category: the room's; brand: the streamer, i.e. the room; title:
 the kind of item and its category). That world has no item without events, so there is no cold
 item to measure: only overall figures.
@@ -45,9 +45,9 @@ def split_metrics(ds: Any, ranks: list[int], cold: set[str]) -> dict[str, Any]:
 
 
 def live_attributes(world: Any) -> Any:
-    """The attribute table of a :class:`attnrec.training.live.LiveWorld`: rooms, products and videos."""
+    """The attribute table of a :class:`attnrec.training.sim.world.LiveWorld`: rooms, products and videos."""
     from .content import ContentTable, ItemAttributes
-    from .live import CATEGORIES
+    from .sim.world import CATEGORIES
 
     rows = []
     for r, room in enumerate(world.rooms):
@@ -79,7 +79,7 @@ def measure(out: Path, *, users: int, items: int, events: int, seed: int, thread
     from .content import attach_content, load_item_attributes
     from .data import load_dataset
     from .evaluate import evaluate, model_scorer
-    from .synth_content import generate_content, write_attributes_csv
+    from .sim.content import generate_content, write_attributes_csv
     from .train import default_configs, fit_and_evaluate
 
     torch.set_num_threads(threads)
@@ -87,7 +87,8 @@ def measure(out: Path, *, users: int, items: int, events: int, seed: int, thread
     if scenario == "live":
         from attnrec.events import ClickEvent
 
-        from .live import LiveWorld, generate_live
+        from .sim.live import generate_live
+        from .sim.world import LiveWorld
 
         lw = LiveWorld(seed, n_users=users, n_rooms=40)
         evs = [e for e in generate_live(events, seed=seed, world=lw) if isinstance(e, ClickEvent)]

@@ -188,7 +188,7 @@ def synthetic_events(runs: Path, spec: str) -> str:
     path = runs / f"synth-u{users}-i{items}-e{events}-s{seed}.jsonl"
     if not path.exists():
         sys.path.insert(0, str(REPO))
-        from attnrec.training.synth import generate
+        from attnrec.training.sim.synth import generate
 
         path.write_bytes(b"".join(e.to_json() + b"\n" for e in generate(users, items, events, seed=seed)))
     return str(path)
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default="../shared/data/amazon-beauty/Beauty.txt")
     p.add_argument("--format", default="s3")
     p.add_argument("--synthetic", metavar="USERS,ITEMS,EVENTS,SEED",
-                   help="instead of --data: write training/synth.py's events (e.g. 1000,500,60000,7) to --runs and use them")
+                   help="instead of --data: write training/sim/synth.py's events (e.g. 1000,500,60000,7) to --runs and use them")
     p.add_argument("--budget", type=float, default=5.0, help="training minutes per run (attnrec eval --max-minutes)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--levels", default=",".join(f"{x:g}" for x in LEVELS), help="noise shares P, comma-separated")

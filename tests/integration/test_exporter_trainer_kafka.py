@@ -22,7 +22,7 @@ def _archived_ids(events_dir: Path) -> list[str]:
 
 
 def test_archive_commits_only_after_the_file_and_cycle_promotes(stack: Any, names: dict[str, str], tmp_path: Path) -> None:
-    from attnrec.training.synth import generate
+    from attnrec.training.sim.synth import generate
 
     s = settings_for(stack, names, tmp_path / "registry")
     ensure_topics(s)
@@ -59,7 +59,7 @@ def test_trainer_command_shadows_a_new_model_and_promotes_it_on_the_workers_onli
 
     from attnrec.stream.stages.online import ONLINE_KEY
     from attnrec.stream.stages.policy import Policy
-    from attnrec.training.synth import generate
+    from attnrec.training.sim.synth import generate
 
     from attnrec.redis_util import redis_sync
     from tests.helpers import env_for

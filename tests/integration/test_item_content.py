@@ -27,7 +27,7 @@ def _train_with_content(root: Path) -> tuple[Path, Any]:
     every item, a short training run with ``--items``, export and promote."""
     from attnrec.apps.cli import main
     from attnrec.exporter.export import export_checkpoint
-    from attnrec.training.synth_content import generate_content, write_attributes_csv
+    from attnrec.training.sim.content import generate_content, write_attributes_csv
 
     evs, world, cold = generate_content(300, 160, 12_000, seed=5)
     train_evs = [e for e in evs if e.item_id not in cold]

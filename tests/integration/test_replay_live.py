@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import pytest
 from attnrec.apps.cli import main
-from attnrec.training.live import generate_live
+from attnrec.training.sim.live import generate_live
 
 from attnrec.events import CatalogEvent, ClickEvent, parse_catalog_event, parse_event
 from attnrec.kafka_util import make_consumer

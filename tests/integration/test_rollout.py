@@ -169,7 +169,7 @@ async def _interleave(stack: Any, tmp: Path, reg: Registry, serving: str, cand: 
                       max_events: int) -> tuple[dict[str, Any], int]:
     """Stream the world-3 clicks through a worker interleaving ``cand`` with ``serving`` for
     every user; returns the comparison, and the events after which it first had a verdict (or 0)."""
-    from attnrec.training.synth import generate
+    from attnrec.training.sim.synth import generate
 
     reg.promote(serving, reason="test", verify=False)
     s = Settings(redis_url=stack.redis_url, registry=reg.root, home=tmp, policy_name=name, interleave_fraction=1.0)

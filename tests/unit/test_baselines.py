@@ -16,7 +16,7 @@ from attnrec.training.data import Dataset, dataset_from_events
 from attnrec.training.evaluate import evaluate
 from attnrec.training.model import AttnRec, ModelConfig
 from attnrec.training.noise import inject_noise
-from attnrec.training.synth import generate
+from attnrec.training.sim.synth import generate
 from attnrec.training.train import default_configs
 
 

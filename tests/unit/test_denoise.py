@@ -9,7 +9,7 @@ from attnrec.apps.cli import main
 from attnrec.training.data import dataset_from_events
 from attnrec.training.denoise import attention_on, insert_random
 from attnrec.training.model import AttnRec, ModelConfig
-from attnrec.training.synth import generate
+from attnrec.training.sim.synth import generate
 from attnrec.training.train import TrainConfig, default_configs, train, training_arrays
 
 

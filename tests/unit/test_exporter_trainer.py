@@ -35,7 +35,7 @@ def test_write_event_file_is_atomic_and_skips_empty(tmp_path: Path) -> None:
 
 
 def test_cycles_train_export_promote_and_skip(tmp_path: Path) -> None:
-    from attnrec.training.synth import generate
+    from attnrec.training.sim.synth import generate
 
     cfg = Settings(registry=tmp_path / "registry", home=tmp_path, trainer_epochs=2, min_new_events=100)
     events = [orjson.dumps(e.to_dict()) for e in generate(40, 30, 1500, seed=3)]
@@ -68,7 +68,7 @@ def test_shadow_rollout_shadows_a_new_model_and_promotes_or_rejects_it_on_the_on
     trainer waits (no retraining) until the online gate has its events, then promotes it or
     rejects it; shadowing stops either way, and an operator's change takes it out of its hands.
     ``online`` is the workers' shadow comparison as ``attnrec models shadow --json`` shows it."""
-    from attnrec.training.synth import generate
+    from attnrec.training.sim.synth import generate
 
     cfg = Settings(registry=tmp_path / "registry", home=tmp_path, trainer_epochs=2, min_new_events=100,
                    trainer_rollout="shadow", online_min_events=500, online_margin=0.05,

@@ -246,7 +246,7 @@ def test_training_learns_to_rank_cold_items_from_content(tmp_path: Path) -> None
     from attnrec.training.content_eval import split_metrics
     from attnrec.training.data import load_dataset
     from attnrec.training.evaluate import evaluate, model_scorer
-    from attnrec.training.synth_content import generate_content, write_attributes_csv
+    from attnrec.training.sim.content import generate_content, write_attributes_csv
     from attnrec.training.train import default_configs, train
 
     torch.set_num_threads(1)
@@ -314,7 +314,7 @@ def test_export_with_content_passes_parity_and_carries_the_attributes(tmp_path: 
 def test_cli_train_with_items(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                               caplog: pytest.LogCaptureFixture) -> None:
     from attnrec.apps.cli import main
-    from attnrec.training.synth_content import generate_content, write_attributes_csv
+    from attnrec.training.sim.content import generate_content, write_attributes_csv
 
     evs, world, cold = generate_content(40, 48, 600, seed=2)
     data = tmp_path / "e.jsonl"
@@ -373,7 +373,7 @@ def test_periodic_trainer_keeps_the_item_content(tmp_path: Path) -> None:
     from attnrec.apps.cli import main
     from attnrec.exporter.export import export_checkpoint
     from attnrec.exporter.trainer import run_cycle, write_event_file
-    from attnrec.training.synth_content import generate_content, write_attributes_csv
+    from attnrec.training.sim.content import generate_content, write_attributes_csv
 
     from attnrec.settings import Settings
 

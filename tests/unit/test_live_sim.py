@@ -1,4 +1,4 @@
-"""The live-commerce simulator (training.live): deterministic, ordered, consistent with its own
+"""The live-commerce simulator (training/sim): deterministic, ordered, consistent with its own
 catalog (no click on a room that is not live or a product that is off the shelf or sold out),
 bursty on request, and with its planted rules firing at the stated rates."""
 
@@ -8,15 +8,9 @@ import collections
 from typing import Any
 
 import pytest
-from attnrec.training.live import (
-    P_COMPANION,
-    P_GIFT_BUY,
-    P_VIDEO_ROOM,
-    START_TS_MS,
-    AvailabilityLog,
-    LiveWorld,
-    generate_live,
-)
+from attnrec.training.sim.availability import AvailabilityLog
+from attnrec.training.sim.live import P_COMPANION, P_GIFT_BUY, P_VIDEO_ROOM, START_TS_MS, generate_live
+from attnrec.training.sim.world import LiveWorld
 
 from attnrec.events import SHORT_VIEW_MS, CatalogEvent, ClickEvent, parse_catalog_event, parse_event
 

@@ -8,7 +8,7 @@ import pytest
 from attnrec.apps.cli import main
 from attnrec.training.data import Dataset, dataset_from_events
 from attnrec.training.noise import inject_noise, injected_mask, n_injected
-from attnrec.training.synth import generate
+from attnrec.training.sim.synth import generate
 
 
 @pytest.fixture(scope="module")

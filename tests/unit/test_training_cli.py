@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from attnrec.apps.cli import build_parser, main
-from attnrec.training.synth import generate
+from attnrec.training.sim.synth import generate
 
 from attnrec.events import EVENT_TYPES
 

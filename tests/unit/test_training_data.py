@@ -15,7 +15,7 @@ import torch
 from attnrec.training.data import Vocab, dataset_from_events, load_dataset, read_events
 from attnrec.training.evaluate import evaluate, rank_metrics
 from attnrec.training.features import N_GAP_BUCKETS, OOV, PAD, encode_events, gap_bucket, left_pad, type_index
-from attnrec.training.synth import generate, generate_planted
+from attnrec.training.sim.synth import generate, generate_planted
 from attnrec.training.train import training_arrays
 
 from attnrec.errors import DataError

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from attnrec.events import ClickEvent
 
-from .content import ContentTable, ItemAttributes
+from ..content import ContentTable, ItemAttributes
 from .synth import START_TS_MS
 
 __all__ = ["ContentWorld", "generate_content", "write_attributes_csv", "P_BRAND", "P_CATEGORY"]

@@ -1,7 +1,8 @@
-"""A deterministic live-stream-commerce world and its event stream (torch-free; used by
-``attnrec replay --scenario live``, the demo and the tests).
+"""A deterministic live-stream-commerce world's event stream (torch-free; used by ``attnrec
+replay --scenario live``, the demo and the tests). The world is :mod:`.world`'s, the
+availability a stream implies :mod:`.availability`'s.
 
-The world (fixed by ``seed``, see :class:`LiveWorld`):
+The world (fixed by ``seed``, see :class:`~attnrec.training.sim.world.LiveWorld`):
 
 - streamers, each with a live room ``live-<r>`` in one category (``CATEGORIES``). Rooms go live
   and end on a schedule of stream time: sessions of ``LIVE_S`` seconds, breaks of ``OFF_S``
@@ -54,14 +55,16 @@ import heapq
 import itertools
 import math
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, overload
 
 from attnrec.events import SHORT_VIEW_MS, CatalogEvent, ClickEvent
 
-__all__ = ["LiveWorld", "generate_live", "AvailabilityLog", "CATEGORIES", "P_GIFT_BUY", "P_VIDEO_ROOM", "P_COMPANION",
-           "P_RESTOCK", "LIVE_S", "OFF_S", "RESTOCK_S", "FLASH_RESTOCK_S", "START_TS_MS"]
+from .world import CATEGORIES, LiveWorld, cumulative
+
+__all__ = ["generate_live", "P_GIFT_BUY", "P_VIDEO_ROOM", "P_COMPANION", "P_RESTOCK", "LIVE_S", "OFF_S", "RESTOCK_S",
+           "FLASH_RESTOCK_S", "START_TS_MS"]
 
 P_GIFT_BUY = 0.6  # rule (a): gift in room r -> purchase/cart of one of r's products
 P_VIDEO_ROOM = 0.5  # rule (b): long view of streamer r's video -> room r, if live
@@ -71,8 +74,7 @@ LIVE_S = (20.0, 60.0)  # a room's live session, seconds of stream time (uniform)
 OFF_S = (20.0, 70.0)  # a room's break between sessions
 RESTOCK_S = (5.0, 20.0)  # sold out -> restocked
 FLASH_RESTOCK_S = (1.0, 5.0)  # sold out in a burst -> restocked (always), with burst_factor / 2 x the stock
-START_TS_MS = 1_764_288_000_000  # 2025-11-28T00:00:00Z, as training.synth
-CATEGORIES = ("beauty", "fashion", "food", "gaming", "tech", "home", "sports", "music", "pets", "books")
+START_TS_MS = 1_764_288_000_000  # 2025-11-28T00:00:00Z, as training/sim/synth.py
 
 _GIFT, _VIDEO, _BUY = 0, 1, 2  # rule kinds
 _RULE_P = (P_GIFT_BUY, P_VIDEO_ROOM, P_COMPANION)
@@ -82,123 +84,6 @@ _ROOM_ACTS = ("like", "gift", "click", "pview", "cart", "purchase", "share", "le
 _ROOM_W = ((0.18, 0.14, 0.10, 0.14, 0.10, 0.08, 0.04, 0.22), (0.08, 0.30, 0.04, 0.08, 0.15, 0.22, 0.03, 0.10))
 _FEED_ACTS = ("video", "room", "impression", "shop")
 _FEED_W = ((0.40, 0.35, 0.12, 0.13), (0.20, 0.60, 0.08, 0.12))
-
-
-def _cum(weights: Iterable[float]) -> list[float]:
-    c = list(itertools.accumulate(weights))
-    return [x / c[-1] for x in c]
-
-
-class LiveWorld:
-    """Streamers, rooms, products, videos and users, fixed by ``seed`` (see the module text).
-
-    ``stock_scale`` multiplies the initial stock counts (5-25 per product), so that a higher
-    event rate does not sell everything out at once.
-    """
-
-    def __init__(self, seed: int = 7, *, n_users: int = 500, n_rooms: int = 40, n_videos: int | None = None,
-                 stock_scale: int = 1) -> None:  # fmt: skip
-        n_videos = n_videos if n_videos is not None else 3 * n_rooms
-        assert n_users >= 2 and n_rooms >= 2 and n_videos >= 1, "need at least 2 users, 2 rooms and a video"
-        rng = random.Random(f"live-world-{seed}")
-        self.seed = seed
-        self.rooms = [f"live-{r}" for r in range(n_rooms)]
-        self.room_cat = [rng.randrange(len(CATEGORIES)) for _ in range(n_rooms)]
-        self.cat_rooms = [[r for r, c in enumerate(self.room_cat) if c == cat] for cat in range(len(CATEGORIES))]
-        self.room_products: list[list[str]] = []
-        self.product_room: dict[str, int] = {}
-        self.companion: dict[str, str] = {}
-        self.stock0: dict[str, int] = {}
-        for r in range(n_rooms):
-            prods = [f"prod-{r}-{k}" for k in range(rng.randint(3, 6))]
-            self.room_products.append(prods)
-            for k, p in enumerate(prods):
-                self.product_room[p] = r
-                self.companion[p] = prods[(k + rng.randrange(1, len(prods))) % len(prods)]
-                self.stock0[p] = rng.randint(5, 25) * max(1, stock_scale)
-        self.videos = [f"vid-{k}" for k in range(n_videos)]
-        self.video_room = [rng.randrange(n_rooms) for _ in range(n_videos)]
-        self.room_videos: list[list[int]] = [[] for _ in range(n_rooms)]
-        self.cat_videos: list[list[int]] = [[] for _ in CATEGORIES]
-        for v, r in enumerate(self.video_room):
-            self.room_videos[r].append(v)
-            self.cat_videos[self.room_cat[r]].append(v)
-        # Zipf-like popularity of rooms and videos (what "trending" sees)
-        self.room_order = rng.sample(range(n_rooms), n_rooms)
-        self.room_cum = _cum(1.0 / (k + 1) ** 0.9 for k in range(n_rooms))
-        self.video_order = rng.sample(range(n_videos), n_videos)
-        self.video_cum = _cum(1.0 / (k + 1) ** 0.9 for k in range(n_videos))
-        # users: favourite streamers (popular ones more often), preferred categories, activity
-        self.users = [f"u{k}" for k in range(n_users)]
-        self.favs = [tuple(dict.fromkeys(self.popular_room(rng) for _ in range(rng.randint(1, 3)))) for _ in range(n_users)]
-        self.prefs = [(self.room_cat[favs[0]], rng.randrange(len(CATEGORIES))) for favs in self.favs]
-        self.activity_cum = _cum(rng.lognormvariate(0.0, 0.8) for _ in range(n_users))
-
-    def popular_room(self, rng: random.Random) -> int:
-        return self.room_order[bisect.bisect_left(self.room_cum, rng.random())]
-
-    def popular_video(self, rng: random.Random) -> int:
-        return self.video_order[bisect.bisect_left(self.video_cum, rng.random())]
-
-
-class AvailabilityLog:
-    """Availability from catalog events: an item is available iff its last status is
-    ``live``, ``on_shelf`` or ``stock`` > 0; an item never mentioned (a video) is available.
-
-    :meth:`apply` events as they come; :meth:`available` answers for now or for a time ``ts``
-    (the last status at or before ``ts``; an item's events at one ts count in their order).
-    As the worker's store, an event older than the item's last one leaves "now" unchanged.
-    """
-
-    def __init__(self, events: Iterable[object] = ()) -> None:
-        self._now: dict[str, tuple[int, bool]] = {}  # item -> (ts, available) of its last status
-        self._hist: dict[str, tuple[list[int], list[bool]]] = {}  # item -> ts, availability (one per ts)
-        for ev in events:
-            if isinstance(ev, CatalogEvent):
-                self.apply(ev)
-
-    def apply(self, ev: CatalogEvent) -> None:
-        ok, item = ev.available, ev.item_id
-        if ev.ts >= self._now.get(item, (-1, True))[0]:
-            self._now[item] = (ev.ts, ok)
-        times, av = self._hist.setdefault(item, ([], []))
-        i = bisect.bisect_right(times, ev.ts)
-        if i and times[i - 1] == ev.ts:
-            av[i - 1] = ok
-        else:
-            times.insert(i, ev.ts)
-            av.insert(i, ok)
-
-    def available(self, item_id: str, ts: int | None = None) -> bool:
-        return self.unavailable_since(item_id, ts) is None
-
-    def unavailable_since(self, item_id: str, ts: int | None = None) -> int | None:
-        """None if the item is available (now, or at ``ts``), else the ts of the status that
-        made it unavailable (the first of an unbroken run of unavailable statuses)."""
-        h = self._hist.get(item_id)
-        if h is None:
-            return None
-        times, av = h
-        if ts is None:
-            last_ts, ok = self._now[item_id]
-            if ok:
-                return None
-            i = bisect.bisect_right(times, last_ts) - 1
-        else:
-            i = bisect.bisect_right(times, ts) - 1
-            if i < 0 or av[i]:
-                return None
-        while i > 0 and not av[i - 1]:
-            i -= 1
-        return times[i]
-
-    def items(self) -> set[str]:
-        """Every item a catalog event named."""
-        return set(self._now)
-
-    def unavailable(self) -> set[str]:
-        """The items unavailable now."""
-        return {k for k, (_, ok) in self._now.items() if not ok}
 
 
 @dataclass(slots=True)
@@ -447,8 +332,8 @@ class _Sim:
             out.clear()
 
 
-_ROOM_CUM = (_cum(_ROOM_W[0]), _cum(_ROOM_W[1]))
-_FEED_CUM = (_cum(_FEED_W[0]), _cum(_FEED_W[1]))
+_ROOM_CUM = (cumulative(_ROOM_W[0]), cumulative(_ROOM_W[1]))
+_FEED_CUM = (cumulative(_FEED_W[0]), cumulative(_FEED_W[1]))
 
 
 @overload
