@@ -221,8 +221,9 @@ def retrain(s: Settings) -> dict[str, Any]:
     """Train on the whole event log; returns {"checkpoint", "warm_start", "val_ndcg@10", ...}."""
     from attnrec.training.checkpoint import load_checkpoint, save_checkpoint
     from attnrec.training.data import load_dataset
+    from attnrec.training.defaults import default_configs
     from attnrec.training.model import AttnRec
-    from attnrec.training.train import default_configs, fit_and_evaluate
+    from attnrec.training.train import fit_and_evaluate
 
     current, ckpt_path = _current_checkpoint(s)
     old_model = old_cfg = old_vocab = None

@@ -4,11 +4,13 @@ evaluation and baselines; the simulated event streams it is tried on are in ``si
 Modules (import them directly; this package imports nothing so that the torch-free parts stay
 torch-free):
 
+- ``attnrec.training.config``     ``ModelConfig``, ``TrainConfig``: the configurations and their defaults (torch-free)
 - ``attnrec.training.cli``        the ``attnrec train`` / ``attnrec eval`` commands (torch imported lazily)
 - ``attnrec.training.features``   feature encoding with the vocabularies of ``attnrec.manifest`` (torch-free)
 - ``attnrec.training.data``       loaders (s3, gsasrec, events), vocabulary, leave-one-out split
-- ``attnrec.training.model``      ``ModelConfig``, ``AttnRec``
-- ``attnrec.training.train``      ``TrainConfig``, ``default_configs``, ``train``, ``fit_and_evaluate`` (the pipeline)
+- ``attnrec.training.defaults``   ``default_configs``: the configurations chosen from the data, with their evidence
+- ``attnrec.training.model``      ``AttnRec``, the model
+- ``attnrec.training.train``      ``train``, ``fit_and_evaluate`` (the pipeline), the losses and training rows
 - ``attnrec.training.evaluate``   ``evaluate`` (one seeded function, parameterised by split), baselines' scorers
 - ``attnrec.training.checkpoint`` ``save_checkpoint``, ``load_checkpoint``
 - ``attnrec.training.attention``  planted-cause hit rate and faithfulness of the attention on synthetic data

@@ -160,8 +160,9 @@ def noise_attention(model: AttnRec, ds: Dataset, injected: Any, split: str = "te
 def synthetic_benchmark(n_users: int, n_items: int, n_events: int, seed: int, threads: int = 2,
                         progress: bool = False, max_minutes: float = 15.0) -> dict[str, Any]:
     """Generate synthetic events, train with the data defaults, compare with popularity, analyse attention."""
+    from .defaults import default_configs
     from .sim.synth import generate_planted
-    from .train import default_configs, train
+    from .train import train
 
     torch.set_num_threads(threads)
     t0 = time.monotonic()

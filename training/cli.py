@@ -3,7 +3,7 @@
 Importing this module does not import torch: the commands import it when they run. Options
 come from :class:`attnrec.settings.Settings` (``ATTNREC_DATA``, ``ATTNREC_TRAIN_*``,
 ``ATTNREC_EVAL_*``; flags in ``attnrec train --help``). Model and training options left unset
-are chosen from the data (``attnrec.training.train.default_configs``).
+are chosen from the data (``attnrec.training.defaults.default_configs``).
 
     attnrec train --data PATH --format s3|gsasrec|events --out DIR [--items FILE]   (item content: training/content.py)
     attnrec eval  --model DIR --data PATH --format ... --json FILE
@@ -46,7 +46,7 @@ def configs(s: Settings, ds: Any, *, loss: str | None = None, baseline: bool = F
     applied on top (``loss``: the loss when the settings leave it unset). A ``baseline`` trains
     without the attention model's denoising default unless ``ATTNREC_TRAIN_DENOISE`` is set: it
     teaches attention where not to look, and the baselines keep their published recipes."""
-    from .train import default_configs
+    from .defaults import default_configs
 
     mcfg, tcfg = default_configs(ds)
     if baseline:

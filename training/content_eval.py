@@ -78,9 +78,10 @@ def measure(out: Path, *, users: int, items: int, events: int, seed: int, thread
 
     from .content import attach_content, load_item_attributes
     from .data import load_dataset
+    from .defaults import default_configs
     from .evaluate import evaluate, model_scorer
     from .sim.content import generate_content, write_attributes_csv
-    from .train import default_configs, fit_and_evaluate
+    from .train import fit_and_evaluate
 
     torch.set_num_threads(threads)
     out.mkdir(parents=True, exist_ok=True)

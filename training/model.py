@@ -29,7 +29,9 @@ length) in one of two layouts (``ModelConfig.block``):
 
 "sasrec" is the block of the SASRec authors' code (and of RecTools' SASRec): the query is
 normalised, keys and values are not, and the residuals start from the normalised tensors.
-Scores are the final hidden state dotted with the (tied) item embeddings.
+Scores are the final hidden state dotted with the (tied) item embeddings. The configuration,
+:class:`ModelConfig`, is declared in ``training/config.py`` with its defaults (torch-free: code
+that only reads a configuration needs no torch).
 
 With item content (``ModelConfig.has_content``; ``training/content.py``) an item's vector is its
 id embedding (masked for cold items and, in training, by id-dropout) plus a content vector
@@ -46,90 +48,17 @@ id embedding (masked for cold items and, in training, by id-dropout) plus a cont
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-__all__ = ["ConfigDict", "ModelConfig", "AttnRec", "MASK_VALUE", "BLOCKS", "POSITIONS"]
+from .config import BLOCKS, POSITIONS, ModelConfig
+
+__all__ = ["ModelConfig", "AttnRec", "MASK_VALUE", "BLOCKS", "POSITIONS"]
 
 #: Added to masked attention logits. Finite so a fully masked row gives zeros, not NaN.
 MASK_VALUE = -1e9
-#: Position schemes, see the module docstring.
-POSITIONS = ("absolute", "relative")
-#: Block layouts, see the module docstring.
-BLOCKS = ("pre_ln", "sasrec")
-
-
-class ConfigDict:
-    """``to_dict`` / ``from_dict`` of a config dataclass (unknown keys of an older or newer
-    checkpoint are ignored)."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)  # type: ignore[call-overload]
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Any:
-        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-
-@dataclass
-class ModelConfig(ConfigDict):
-    n_items: int  # item vocabulary size, counting PAD (0) and OOV (1)
-    max_len: int = 50  # longest sequence the position embedding covers
-    d_model: int = 64  # embedding / hidden width
-    n_blocks: int = 1  # transformer blocks
-    n_heads: int = 1  # attention heads (d_model must divide evenly)
-    dropout: float = 0.2  # on embeddings, attention weights and residual branches
-    d_ff: int = 0  # feed-forward hidden width; 0 = d_model (SASRec's point-wise FFN)
-    n_event_types: int = 0  # event-type vocabulary incl. PAD; 0 = not used
-    n_gap_buckets: int = 0  # time-gap vocabulary incl. PAD; 0 = not used
-    block: str = "pre_ln"  # block layout: "pre_ln" or "sasrec" (see the module docstring)
-    positions: str = "absolute"  # "absolute" or "relative" (cacheable; see the module docstring)
-    # item content (training/content.py); all 0 = none. Vocabulary sizes count 0 = unknown / padding.
-    n_categories: int = 0
-    n_brands: int = 0
-    n_price_buckets: int = 0
-    n_text_buckets: int = 0  # hashed title n-grams
-    title_tokens: int = 0  # title tokens per item
-    text_vec_dim: int = 0  # a pretrained title encoder's vector width
-    id_dropout: float = 0.0  # training: share of item ids masked per step, so items are scored from content too
-
-    def __post_init__(self) -> None:
-        assert self.n_items >= 3, f"n_items={self.n_items} must count PAD, OOV and at least one item"
-        assert self.d_model % self.n_heads == 0, f"d_model={self.d_model} not divisible by n_heads={self.n_heads}"
-        assert self.max_len >= 1 and self.n_blocks >= 1, "max_len and n_blocks must be positive"
-        assert self.block in BLOCKS, f"block must be one of {BLOCKS}, got {self.block!r}"
-        assert self.positions in POSITIONS, f"positions must be one of {POSITIONS}, got {self.positions!r}"
-        assert 0 <= self.id_dropout < 1, f"id_dropout must be in [0, 1), got {self.id_dropout}"
-
-    @property
-    def has_content(self) -> bool:
-        return bool(self.n_categories or self.n_brands or self.n_price_buckets or self.n_text_buckets
-                    or self.text_vec_dim)
-
-    @property
-    def relative(self) -> bool:
-        return self.positions == "relative"
-
-    @property
-    def history_len(self) -> int:
-        """Events the newest position's state depends on: n_blocks*(L-1)+1 with the band mask;
-        ``max_len`` with absolute positions (the window itself)."""
-        return self.n_blocks * (self.max_len - 1) + 1 if self.relative else self.max_len
-
-    @property
-    def warmup(self) -> int:
-        """Events a training row keeps before its first trained position (relative: the
-        history a position depends on; absolute: none, as SASRec trains)."""
-        return self.history_len - 1 if self.relative else 0
-
-    @property
-    def ff_width(self) -> int:
-        return self.d_ff or self.d_model
-
 
 
 class ContentEncoder(nn.Module):

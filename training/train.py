@@ -17,157 +17,25 @@ import logging
 import math
 import sys
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .content import content_model_fields
+from .config import ModelConfig, TrainConfig
 from .data import Dataset
 from .denoise import attention_on, insert_random
 from .evaluate import PROTOCOL, evaluate, model_scorer
-from .features import N_EVENT_TYPES, N_GAP_BUCKETS, left_pad
-from .model import AttnRec, ConfigDict, ModelConfig
+from .features import left_pad
+from .model import AttnRec
 
-__all__ = ["TrainConfig", "default_configs", "train", "fit_and_evaluate", "training_arrays"]
+__all__ = ["TrainConfig", "train", "fit_and_evaluate", "training_arrays", "row_windows"]
 
 log = logging.getLogger(__name__)
 
-LOSSES = ("ce", "sampled", "bce")
-NEGATIVES_PER = ("position", "row", "batch")
-#: Default weight averaging: the EMA's horizon in epochs (decay per step = 1 - 1 / (this * steps per epoch)).
-EMA_EPOCHS = 6
-#: Default id-dropout of a model with item content (ModelConfig.id_dropout).
-CONTENT_ID_DROPOUT = 0.3
-#: Default share of random events inserted into each training batch (TrainConfig.denoise) of
-#: event streams, and of short benchmark histories (e.g. Beauty); long histories: none.
-DENOISE = 0.1
-DENOISE_SHORT = 0.2
-#: Above this catalogue size the default loss is sampled softmax instead of full softmax.
-FULL_SOFTMAX_MAX_ITEMS = 200_000
 
-
-@dataclass
-class TrainConfig(ConfigDict):
-    epochs: int = 200  # upper bound; early stopping usually ends training much sooner
-    patience: int = 10  # epochs without a better validation NDCG@10 before stopping
-    batch_size: int = 128
-    lr: float = 1e-3
-    lr_decay: float = 1.0  # multiply the learning rate by this after lr_patience epochs without a gain (1 = constant)
-    lr_patience: int = 2  # epochs without a better validation NDCG@10 before each decay
-    output_dropout: float = 0.0  # dropout on the item embeddings used as the output layer (RecTools' SASRec does this)
-    ema: float = 0.0  # validate and keep an exponential moving average of the weights with this decay per step (0 = off)
-    weight_decay: float = 0.0
-    label_smoothing: float = 0.0  # loss=ce: share of the target's weight spread over all items
-    denoise: float = 0.0  # share of random events inserted into each training batch (training/denoise.py; 0 = off)
-    denoise_weight: float = 1.0  # weight of the attention mass on the inserted events in the loss
-    drop_hardest: float = 0.0  # share of each batch's positions with the largest loss left out of it (0 = off)
-    loss: str = "ce"  # ce | sampled | bce
-    n_negatives: int = 256  # for loss=sampled (bce always uses one)
-    negatives_per: str = "row"  # loss=sampled: draw negatives per "position", per "row" or per "batch"
-    seed: int = 42
-    max_minutes: float = 90.0  # wall-clock budget; training stops after the epoch that crosses it
-    val_max_users: int = 0  # per-epoch validation on a seeded subset (0 = all validation users)
-    all_windows: bool = False  # train on every max_len window of long histories, not only the newest
-    bucket_batches: bool = False  # batch rows of similar length: less padding, but it trained worse on Beauty
-    threads: int = 2  # torch intra-op threads
-
-    def __post_init__(self) -> None:
-        assert self.loss in LOSSES, f"loss must be one of {LOSSES}, got {self.loss!r}"
-        assert self.negatives_per in NEGATIVES_PER, f"negatives_per must be one of {NEGATIVES_PER}"
-        assert 0 < self.lr_decay <= 1, f"lr_decay must be in (0, 1], got {self.lr_decay}"
-        assert self.lr_patience >= 1, f"lr_patience must be >= 1, got {self.lr_patience}"
-        assert 0 <= self.ema < 1, f"ema must be in [0, 1), got {self.ema}"
-        assert 0 <= self.output_dropout < 1, f"output_dropout must be in [0, 1), got {self.output_dropout}"
-        assert 0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}"
-        assert self.label_smoothing == 0 or self.loss == "ce", "label_smoothing needs loss='ce'"
-        assert 0 <= self.denoise < 1, f"denoise must be in [0, 1), got {self.denoise}"
-        assert self.denoise_weight >= 0, f"denoise_weight must be >= 0, got {self.denoise_weight}"
-        assert 0 <= self.drop_hardest < 1, f"drop_hardest must be in [0, 1), got {self.drop_hardest}"
-
-
-
-def default_configs(ds: Dataset) -> tuple[ModelConfig, TrainConfig]:
-    """Defaults chosen by the data: sequence length from the length distribution, depth and
-    dropout from the mean length, loss from the catalogue size, side features when the data has
-    them, the weight-average decay from the steps per epoch, denoising (``DENOISE``,
-    ``DENOISE_SHORT``) but for long histories (docs/BENCHMARKS.md, Quality).
-
-    Width: 128 for short histories of benchmark files, else 64 (see the comment below).
-    Block: the SASRec authors' block (``block="sasrec"``) for short histories, pre-LN for long
-    ones. With random batches and the weight average, the SASRec block reached Beauty's pre-LN
-    plateau (validation NDCG@10 0.066) in 8 epochs instead of ~20 and peaked higher (0.068;
-    test 0.0556 / HR@10 0.0900 against 0.0526 / 0.0869). (Session 2 had measured it lower, but
-    with length-bucketed batches.) Long histories (ML-1M) keep pre-LN, measured there.
-    Loss: full softmax up to ``FULL_SOFTMAX_MAX_ITEMS``; on Beauty it reached a higher
-    validation NDCG@10 (0.066) than sampled softmax with 256 uniform negatives per row (0.048
-    pre-LN, 0.057 SASRec block), although each epoch costs ~4x more CPU (the sampled figures
-    were measured with ``bucket_batches``; see docs/BENCHMARKS.md, Quality).
-    Short benchmark histories also train at half the learning rate (5e-4) with label smoothing
-    0.1 (session 5; the comment below)."""
-    st = ds.stats()
-    p90 = st["p90_len"]
-    long_seqs = st["mean_len"] >= 50
-    if ds.fmt == "events":
-        max_len = 50  # our own click streams: the serving latency budget (DESIGN.md) is measured at L=50
-    elif long_seqs:
-        # ML-1M: a band of 100 in each of 2 blocks reaches 199 events back, which the worker's
-        # Redis buffer (200) holds, so a lost cache is rebuilt exactly
-        max_len = 100
-    else:  # short histories: cover most of them (Beauty -> 50)
-        max_len = int(min(200, max(50, 50 * math.ceil(p90 / 50))))
-    short_benchmark = ds.fmt != "events" and not long_seqs  # e.g. Beauty
-    mcfg = ModelConfig(
-        n_items=ds.vocab.n_items,
-        max_len=max_len,
-        # event streams: the serving latency budget (DESIGN.md) is measured at d=64; long dense
-        # histories: 64 as in the published ML-1M configurations; short sparse histories: 128
-        # (Beauty: test NDCG@10 0.0556 -> 0.0563, best epoch 7 instead of 12; BENCHMARKS, session 4)
-        d_model=128 if short_benchmark else 64,
-        n_blocks=2 if long_seqs else 1,
-        n_heads=1,
-        dropout=0.1 if long_seqs else 0.2,  # dense long histories (ML-1M) need less (as in SASRec+ / RecTools)
-        block="pre_ln" if long_seqs else "sasrec",
-        n_event_types=N_EVENT_TYPES if ds.has_types else 0,
-        n_gap_buckets=N_GAP_BUCKETS if ds.has_time else 0,
-        positions="relative",  # cacheable: the worker scores a new event with one step (docs/DESIGN.md)
-        # item content (attnrec train --items): attribute and title features, and id-dropout so
-        # the model learns to score from content (cold items have only that)
-        **(content_model_fields(ds.content_info or {}, ds.content) if ds.content is not None else {}),
-        id_dropout=CONTENT_ID_DROPOUT if ds.content is not None else 0.0,
-    )
-    tcfg = TrainConfig(
-        loss="ce" if ds.vocab.n_items <= FULL_SOFTMAX_MAX_ITEMS else "sampled",
-        # validation on a few hundred users is noisy (+-0.01 NDCG@10): wait longer before stopping
-        patience=20 if len(ds.val) <= 1_000 else 10,
-        val_max_users=10_000 if len(ds.val) > 100_000 else 0,
-        # histories longer than the window on average: use all of them, not only the newest L+1
-        all_windows=st["mean_len"] > max_len,
-    )
-    if short_benchmark and tcfg.loss == "ce":
-        # half the learning rate and label smoothing 0.1: Beauty peaks later (epoch ~13 instead of 7)
-        # and higher (test HR@10 0.0905 -> 0.092 on the mean of seeds; BENCHMARKS, session 5). Event
-        # streams keep 1e-3 and no smoothing (not measured there; the periodic retrainer's runs are
-        # capped in epochs and minutes, and the slower start would cost them).
-        tcfg.lr, tcfg.label_smoothing = 5e-4, 0.1
-    if not long_seqs:
-        # denoising (training/denoise.py). Short benchmark histories: 0.2 lifted Beauty test HR@10 /
-        # NDCG@10 from 0.0902 / 0.0567 to 0.0944 / 0.0585 on the mean of seeds 42-44 (0.1: 0.0920 /
-        # 0.0572). Event streams: 0.1 cut the last layer's attention on inserted misclicks from
-        # 0.79x to 0.36x their share of the window at -1.8 % test NDCG@10 on clean synthetic data
-        # (0.2 cost more accuracy there). Not measured on long histories (ML-1M). docs/BENCHMARKS.md.
-        tcfg.denoise = DENOISE_SHORT if short_benchmark else DENOISE
-    # Validate and keep a moving average of the weights over the last ~EMA_EPOCHS epochs:
-    # on Beauty it lifted test NDCG@10 0.0506 -> 0.0526 and HR@10 0.0819 -> 0.0869 at no cost.
-    rows = sum(len(_windows(n, max_len, tcfg.all_windows, mcfg.warmup)) for n in ds.train_len)
-    steps = max(1, math.ceil(rows / tcfg.batch_size))
-    tcfg.ema = round(1.0 - 1.0 / (EMA_EPOCHS * steps), 6)
-    return mcfg, tcfg
-
-
-def _windows(n_train: int, max_len: int, all_windows: bool, warmup: int = 0) -> list[tuple[int, int]]:
+def row_windows(n_train: int, max_len: int, all_windows: bool, warmup: int = 0) -> list[tuple[int, int]]:
     """The training rows of a history with ``n_train`` training events, as ``(lo, n)``: inputs
     ``[lo, n-1)``, targets ``[lo+1, n)``. A row holds ``max_len + warmup`` inputs; when it does
     not start at the user's first event, its first ``warmup`` positions see less past than a
@@ -186,7 +54,7 @@ def _windows(n_train: int, max_len: int, all_windows: bool, warmup: int = 0) -> 
 
 def training_arrays(ds: Dataset, max_len: int, all_windows: bool = False, warmup: int = 0) -> tuple[np.ndarray, ...]:
     """(items, types, gaps, targets) int64 arrays (R, max_len + warmup): every user's newest
-    window (and, with ``all_windows``, the older ones, see :func:`_windows`); input = all but the
+    window (and, with ``all_windows``, the older ones, see :func:`row_windows`); input = all but the
     newest event, target = the next event at each position (0 where there is none or where the
     position's past is cut by the window's start).
 
@@ -195,7 +63,7 @@ def training_arrays(ds: Dataset, max_len: int, all_windows: bool = False, warmup
     width = max_len + warmup
     rows: list[list[list[int]]] = [[], [], [], []]
     for s, n_train in zip(ds.users, ds.train_len, strict=True):
-        for lo, n in _windows(n_train, max_len, all_windows, warmup):
+        for lo, n in row_windows(n_train, max_len, all_windows, warmup):
             items = s.items[lo:n]
             targets = list(items[1:])
             if lo > 0 and warmup:

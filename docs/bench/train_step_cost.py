@@ -15,10 +15,10 @@ from dataclasses import replace
 
 import numpy as np
 import torch
-
 from attnrec.training.data import load_dataset
+from attnrec.training.defaults import default_configs
 from attnrec.training.model import AttnRec, ModelConfig
-from attnrec.training.train import TrainConfig, _loss, batch_tensors, default_configs, training_arrays
+from attnrec.training.train import TrainConfig, _loss, batch_tensors, training_arrays
 
 
 def step_seconds(arrays: list[torch.Tensor], mcfg: ModelConfig, tcfg: TrainConfig, steps: int) -> float:

@@ -13,11 +13,11 @@ from attnrec.apps.cli import main
 from attnrec.training.attention import attention_mass, noise_attention
 from attnrec.training.baselines import GRU4Rec, MeanPool, baseline_config, fit_baseline
 from attnrec.training.data import Dataset, dataset_from_events
+from attnrec.training.defaults import default_configs
 from attnrec.training.evaluate import evaluate
 from attnrec.training.model import AttnRec, ModelConfig
 from attnrec.training.noise import inject_noise
 from attnrec.training.sim.synth import generate
-from attnrec.training.train import default_configs
 
 
 @pytest.fixture(scope="module")

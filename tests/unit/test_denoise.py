@@ -7,10 +7,11 @@ import pytest
 import torch
 from attnrec.apps.cli import main
 from attnrec.training.data import dataset_from_events
+from attnrec.training.defaults import default_configs
 from attnrec.training.denoise import attention_on, insert_random
 from attnrec.training.model import AttnRec, ModelConfig
 from attnrec.training.sim.synth import generate
-from attnrec.training.train import TrainConfig, default_configs, train, training_arrays
+from attnrec.training.train import TrainConfig, train, training_arrays
 
 
 def _rows() -> tuple[torch.Tensor, ...]:

@@ -69,7 +69,7 @@ def test_relative_positions_do_not_move_past_keys() -> None:
 
 def test_training_rows_keep_the_history_of_every_trained_position() -> None:
     from attnrec.training.data import Dataset, UserSeq, Vocab
-    from attnrec.training.train import _windows, training_arrays
+    from attnrec.training.train import row_windows, training_arrays
 
     L, warmup = 5, 8  # e.g. 2 blocks with a band of 5: a position depends on 8 earlier events
     users = [UserSeq(f"u{u}", list(range(2, 2 + n))) for u, n in enumerate((3, 20, 47))]
@@ -79,7 +79,7 @@ def test_training_rows_keep_the_history_of_every_trained_position() -> None:
     seen: dict[int, list[int]] = {}
     row = 0
     for u, s in enumerate(users):
-        for lo, _n in _windows(len(s.items), L, True, warmup):
+        for lo, _n in row_windows(len(s.items), L, True, warmup):
             real = np.flatnonzero(items[row] != 0)
             for p in np.flatnonzero(targets[row] != 0):
                 r = p - real[0]  # position among the row's real events

@@ -245,9 +245,10 @@ def test_training_learns_to_rank_cold_items_from_content(tmp_path: Path) -> None
     """Tiny planted world: without content a cold target is never in the top 10; with it, often."""
     from attnrec.training.content_eval import split_metrics
     from attnrec.training.data import load_dataset
+    from attnrec.training.defaults import default_configs
     from attnrec.training.evaluate import evaluate, model_scorer
     from attnrec.training.sim.content import generate_content, write_attributes_csv
-    from attnrec.training.train import default_configs, train
+    from attnrec.training.train import train
 
     torch.set_num_threads(1)
     evs, world, cold = generate_content(200, 96, 4000, seed=3, p_cold_target=0.5)
@@ -342,7 +343,7 @@ def test_cli_train_with_items(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 def test_a_pretrained_title_encoder_plugs_in() -> None:
     """The hook for a pretrained text encoder: fixed per-item title vectors, projected."""
     from attnrec.training.data import dataset_from_events
-    from attnrec.training.train import default_configs
+    from attnrec.training.defaults import default_configs
 
     from attnrec.events import ClickEvent
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from attnrec.training.config import NEGATIVES_PER
 from attnrec.training.model import AttnRec, ModelConfig
-from attnrec.training.train import NEGATIVES_PER, TrainConfig, _loss
+from attnrec.training.train import TrainConfig, _loss
 
 
 def _batch() -> tuple[torch.Tensor, ...]:
@@ -73,7 +74,7 @@ def test_batches_cover_every_row_once(bucket: bool) -> None:
 
 def test_default_recipe_for_short_item_sequences_is_sasrec_block_full_softmax_random_batches(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from attnrec.training.data import load_dataset
-    from attnrec.training.train import default_configs
+    from attnrec.training.defaults import default_configs
 
     p = tmp_path / "s3.txt"
     p.write_text("".join(f"{u} " + " ".join(str(1 + (u * 7 + k) % 300) for k in range(6)) + "\n" for u in range(1, 90)))
@@ -84,7 +85,7 @@ def test_default_recipe_for_short_item_sequences_is_sasrec_block_full_softmax_ra
 
 def test_default_recipe_for_long_item_sequences_is_full_softmax_random_batches_patient(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from attnrec.training.data import load_dataset
-    from attnrec.training.train import default_configs
+    from attnrec.training.defaults import default_configs
 
     p = tmp_path / "long.txt"  # 40 users with 120 events each (ML-1M-like), 40 validation users
     p.write_text("".join(f"{u} " + " ".join(str(1 + (u * 7 + k) % 300) for k in range(120)) + "\n" for u in range(1, 41)))
@@ -146,14 +147,15 @@ def test_default_weight_average_spans_a_few_epochs_of_steps(tmp_path, all_window
     import math
 
     from attnrec.training.data import load_dataset
-    from attnrec.training.train import EMA_EPOCHS, _windows, default_configs, training_arrays
+    from attnrec.training.defaults import EMA_EPOCHS, default_configs
+    from attnrec.training.train import row_windows, training_arrays
 
     p = tmp_path / "s3.txt"
     p.write_text("".join(f"{u} " + " ".join(str(1 + (u + k) % 90) for k in range(3 + u % 140)) + "\n" for u in range(1, 400)))
     ds = load_dataset(p, "s3")
     m, t = default_configs(ds)
     rows = training_arrays(ds, m.max_len, all_windows, m.warmup)[0].shape[0]
-    assert sum(len(_windows(n, m.max_len, all_windows, m.warmup)) for n in ds.train_len) == rows
+    assert sum(len(row_windows(n, m.max_len, all_windows, m.warmup)) for n in ds.train_len) == rows
     rows = training_arrays(ds, m.max_len, t.all_windows, m.warmup)[0].shape[0]
     assert t.ema == pytest.approx(1 - 1 / (EMA_EPOCHS * math.ceil(rows / t.batch_size)), abs=1e-6)
 
@@ -162,7 +164,7 @@ def test_default_width_for_event_streams_stays_at_the_serving_budget(tmp_path) -
     import json
 
     from attnrec.training.data import load_dataset
-    from attnrec.training.train import default_configs
+    from attnrec.training.defaults import default_configs
 
     p = tmp_path / "ev.jsonl"  # short histories, as Beauty's, but our own click events: d=64 (serving budget)
     rows = [{"event_id": f"e{u}-{k}", "user_id": f"u{u}", "item_id": f"i{(u * 7 + k) % 300}", "event_type": "click",
