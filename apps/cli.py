@@ -1,9 +1,10 @@
-"""The ``attnrec`` command line: one entry point; every flag is a :class:`Settings` field.
+"""The ``attnrec`` command line: one entry point; every flag is a field of the command's settings.
 
-Each command lists the settings it exposes as flags (:data:`COMMANDS`); a flag's type, help
-and default come from the field, and its value overrides the field's ``ATTNREC_*`` variable.
-Settings are built and checked once, before a command runs: a bad value ends the command with
-one line naming the variable (and flag), the value and what is expected, exit status 2.
+Each command names its settings class (the base :class:`~attnrec.settings.Settings` or the
+tool's subclass) and the fields it exposes as flags (:data:`COMMANDS`); a flag's type, help and
+default come from the field, and its value overrides the field's ``ATTNREC_*`` variable. The
+command's settings are built and checked once, before it runs: a bad value ends the command
+with one line naming the variable (and flag), the value and what is expected, exit status 2.
 
 Commands whose code needs torch (train, eval, export, trainer, bench) import it only when run,
 so ``attnrec worker`` works in an image without torch.
@@ -22,11 +23,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from attnrec.apps.bench.settings import BenchSettings
+from attnrec.apps.dashboard.settings import DashboardSettings
+from attnrec.apps.settings import DemoSettings, ReplaySettings
+from attnrec.apps.stack.settings import StackSettings
+from attnrec.exporter.settings import ModelsSettings, TrainerSettings
+from attnrec.training.settings import TrainingSettings
+
 from attnrec import __version__
 from attnrec.errors import AttnrecError, ConfigError, ModelError
 from attnrec.settings import Settings, env_name, load_settings
 
-__all__ = ["COMMANDS", "Command", "build_parser", "main", "setup_logging"]
+__all__ = ["COMMANDS", "Command", "build_parser", "main", "setup_logging", "settings_classes"]
 
 log = logging.getLogger("attnrec")
 
@@ -35,13 +43,15 @@ Handler = Callable[[Settings, argparse.Namespace], int]
 
 @dataclass(frozen=True)
 class Command:
-    """A sub-command: its handler (``module:function``, imported when it runs) and its flags
-    as ``(flag, settings field)`` pairs; ``alias`` flags are extra spellings of a flag."""
+    """A sub-command: its handler (``module:function``, imported when it runs), its settings
+    class and its flags as ``(flag, settings field)`` pairs; ``alias`` flags are extra
+    spellings of a flag."""
 
     name: str
     help: str
     handler: str
     flags: tuple[tuple[str, str], ...] = ()
+    settings: type[Settings] = Settings
     aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)
     positionals: tuple[tuple[str, dict[str, Any]], ...] = ()
     subcommands: tuple[Command, ...] = ()
@@ -59,7 +69,7 @@ _MODEL = tuple((f"--{name}", f"train_{name.replace('-', '_')}") for name in (
 
 COMMANDS: tuple[Command, ...] = (
     Command("stack", "local Kafka (KRaft) + Redis: up | down | status", "attnrec.apps.stack:cmd_stack", _HOME,
-            positionals=(("action", {"choices": ["up", "down", "status"]}),)),
+            StackSettings, positionals=(("action", {"choices": ["up", "down", "status"]}),)),
     Command("worker", "run the streaming worker (faust)", "attnrec.apps.cli:cmd_worker",
             (("--batch-size", "batch_size"), ("--batch-wait-ms", "batch_wait_ms"), ("--web-port", "web_port"),
              ("--web-host", "web_host"), ("--group-id", "group_id"), ("--scorer", "scorer"), *_REGISTRY, *_HOME)),
@@ -67,34 +77,35 @@ COMMANDS: tuple[Command, ...] = (
             (("--data", "replay_data"), ("--synthetic", "replay_synthetic"), ("--rate", "replay_rate"),
              ("--count", "replay_count"), ("--seed", "replay_seed"), ("--topic", "replay_topic"),
              ("--scenario", "replay_scenario"), ("--burst-at", "replay_burst_at_s"), ("--burst-s", "replay_burst_s"),
-             ("--burst-factor", "replay_burst_factor"), *_HOME)),
+             ("--burst-factor", "replay_burst_factor"), *_HOME), ReplaySettings),
     Command("demo", "the main job, end to end on the local stack", "attnrec.apps.demo:cmd_demo",
             (("--events", "demo_events"), ("--rate", "demo_rate"), ("--train-seconds", "demo_train_seconds"),
-             ("--keep-stack", "demo_keep_stack"), ("--scenario", "demo_scenario"), *_HOME)),
+             ("--keep-stack", "demo_keep_stack"), ("--scenario", "demo_scenario"), *_HOME), DemoSettings),
     Command("train", "train a model (defaults chosen from the data; early stopping on validation NDCG@10)",
-            "attnrec.training.cli:cmd_train", (*_DATA, ("--out", "train_out"), *_MODEL, ("--items", "train_items"),
-                                       ("--id-dropout", "train_id_dropout"))),
+            "attnrec.training.cli:cmd_train",
+            (*_DATA, ("--out", "train_out"), *_MODEL, ("--items", "train_items"), ("--id-dropout", "train_id_dropout")),
+            TrainingSettings),
     Command("eval", "leave-one-out full-ranking evaluation of a checkpoint (--model), of the attention model trained "
             "here (--train) or of a baseline trained here (--baseline; evaluation only, never exported); --noise "
             "trains and evaluates on noisy data", "attnrec.training.cli:cmd_eval",
             (*_DATA, ("--model", "eval_model"), ("--baseline", "eval_baseline"), ("--train", "eval_train"),
              ("--noise", "eval_noise"), ("--keep-history", "eval_keep_history"), ("--split", "eval_split"),
-             ("--json", "eval_json"), *_MODEL)),
+             ("--json", "eval_json"), *_MODEL), TrainingSettings),
     Command("export", "export a checkpoint to ONNX, check it and publish it to the registry", "attnrec.exporter.cli:cmd_export",
             (("--checkpoint", "checkpoint"), *_REGISTRY, ("--promote", "promote"), *_GATE, ("--top-k", "top_k"),
-             ("--quantize", "quantize"), *_HOME)),
+             ("--quantize", "quantize"), *_HOME), ModelsSettings),
     Command("models", "list, promote or roll back registry versions", "", subcommands=(
         Command("list", "versions, newest first; * marks CURRENT", "attnrec.exporter.cli:cmd_models_list",
-                (*_REGISTRY, ("--json", "models_json"), *_HOME)),
+                (*_REGISTRY, ("--json", "models_json"), *_HOME), ModelsSettings),
         Command("promote", "promote a published version through the NDCG@10 gate (and the online gate with --online-margin)",
                 "attnrec.apps.rollout:cmd_models_promote",
                 (*_REGISTRY, *_GATE, ("--online-margin", "online_margin"), ("--online-min-events", "online_min_events"),
-                 *_HOME), positionals=(("version", {}),)),
+                 *_HOME), ModelsSettings, positionals=(("version", {}),)),
         Command("shadow", "shadow-score VERSION beside CURRENT on live traffic; no VERSION: the comparison so far; --off: stop",
                 "attnrec.apps.rollout:cmd_models_shadow", (*_REGISTRY, ("--off", "shadow_off"), ("--json", "models_json"), *_HOME),
-                positionals=(("version", {"nargs": "?"}),)),
+                ModelsSettings, positionals=(("version", {"nargs": "?"}),)),
         Command("rollback", "make the previously promoted version CURRENT again", "attnrec.exporter.cli:cmd_models_rollback",
-                (*_REGISTRY, ("--reason", "rollback_reason"), *_HOME)),
+                (*_REGISTRY, ("--reason", "rollback_reason"), *_HOME), ModelsSettings),
     )),
     Command("schema", "the topics' JSON Schemas (docs/schemas/README.md): show one, validate JSON lines", "", subcommands=(
         Command("show", "print a schema as JSON", "attnrec.apps.schema:cmd_show",
@@ -111,20 +122,32 @@ COMMANDS: tuple[Command, ...] = (
              ("--kafka-bootstrap", "kafka_bootstrap"), ("--clicks-topic", "clicks_topic"),
              ("--trainer-group", "trainer_group"), ("--min-new-events", "min_new_events"), ("--epochs", "trainer_epochs"),
              ("--max-minutes", "trainer_max_minutes"), ("--threads", "trainer_threads"), ("--top-k", "top_k"),
-             *_REGISTRY, *_GATE, *_HOME)),
+             *_REGISTRY, *_GATE, *_HOME), TrainerSettings),
     Command("bench", "end-to-end throughput/latency benchmark against the stack", "attnrec.apps.bench.cli:cmd_bench",
-            tuple((f"--{f.removeprefix('bench_').replace('_', '-')}", f) for f in Settings.model_fields
+            tuple((f"--{f.removeprefix('bench_').replace('_', '-')}", f) for f in BenchSettings.model_fields
                   if f.startswith("bench_") and f not in ("bench_md",))
             + (("--benchmarks-md", "bench_md"), ("--batch-size", "batch_size"), ("--scorer", "scorer"), ("--quiet", "quiet"),
-               ("--processing-guarantee", "processing_guarantee"), *_HOME)),
+               ("--processing-guarantee", "processing_guarantee"), *_HOME), BenchSettings),
     Command("dashboard", "ops dashboard web page (throughput, latency, lag, dead letters, models, live feed)",
             "attnrec.apps.dashboard:cmd_dashboard",
             (("--dashboard-host", "dashboard_host"), ("--dashboard-port", "dashboard_port"),
              ("--latency-window-s", "latency_window_s"), ("--feed-backfill", "feed_backfill"),
              ("--latency-join", "latency_join"), ("--group-id", "group_id"), ("--kafka-bootstrap", "kafka_bootstrap"),
-             ("--redis-url", "redis_url"), *_REGISTRY, *_HOME),
+             ("--redis-url", "redis_url"), *_REGISTRY, *_HOME), DashboardSettings,
             aliases={"--dashboard-host": ("--host",), "--dashboard-port": ("--port",)}),
 )
+
+
+def settings_classes() -> list[type[Settings]]:
+    """Every command's settings class, the base first, each once (docs/CONFIGURATION.md's order)."""
+    out: list[type[Settings]] = [Settings]
+    todo = list(COMMANDS)
+    while todo:
+        cmd = todo.pop(0)
+        todo += cmd.subcommands
+        if not cmd.subcommands and cmd.settings not in out:
+            out.append(cmd.settings)
+    return out
 
 
 def setup_logging(level: str = "INFO") -> None:
@@ -150,10 +173,10 @@ def _choices(annotation: Any) -> list[str] | None:
     return None
 
 
-def _add_flag(p: argparse.ArgumentParser, flag: str, name: str, aliases: tuple[str, ...] = ()) -> None:
-    """One flag for a settings field: its value stays a string (``Settings`` converts and checks
-    it, so a bad flag gets the same message as a bad variable); default None = unset."""
-    f = Settings.model_fields[name]
+def _add_flag(p: argparse.ArgumentParser, cls: type[Settings], flag: str, name: str, aliases: tuple[str, ...] = ()) -> None:
+    """One flag for a field of ``cls``: its value stays a string (the settings class converts
+    and checks it, so a bad flag gets the same message as a bad variable); default None = unset."""
+    f = cls.model_fields[name]
     desc = (f.description or "").split(": ", 1)[-1] if ": " in (f.description or "") else ""
     default = "unset" if f.default is None else f.default
     text = f"{desc} ({env_name(name)}; default {default})".strip().replace("%", "%%")
@@ -182,15 +205,15 @@ def _add_command(sub: Any, cmd: Command) -> None:
     for name, kw in cmd.positionals:
         p.add_argument(name, **kw)
     for flag, name in cmd.flags:
-        _add_flag(p, flag, name, cmd.aliases.get(flag, ()))
-    p.set_defaults(_handler=cmd.handler, _flags=dict((n, f) for f, n in cmd.flags))
+        _add_flag(p, cmd.settings, flag, name, cmd.aliases.get(flag, ()))
+    p.set_defaults(_handler=cmd.handler, _flags=dict((n, f) for f, n in cmd.flags), _settings=cmd.settings)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="attnrec", description="Real-time attention-based recommendations over event streams. "
                                 "Every flag also reads its ATTNREC_* variable (see docs/CONFIGURATION.md).")
     p.add_argument("--version", action="version", version=f"attnrec {__version__}")
-    _add_flag(p, "--log-level", "log_level")
+    _add_flag(p, Settings, "--log-level", "log_level")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for cmd in COMMANDS:
         _add_command(sub, cmd)
@@ -228,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     flags["log_level"] = "--log-level"
     overrides = {name: getattr(args, name) for name in flags if getattr(args, name, None) is not None}
     try:
-        s = load_settings(flags={name: flags[name] for name in overrides}, **overrides)
+        known = set().union(*(c.variables() for c in settings_classes()))
+        s = load_settings(args._settings, flags={name: flags[name] for name in overrides}, known=known, **overrides)
     except ConfigError as exc:
         print(f"attnrec: error: {exc}", file=sys.stderr)
         return 2

@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 from attnrec.apps.demo_kit import fresh_ids, say, start_worker, stop_worker, train_and_export, wait_ready, write_jsonl
 from attnrec.apps.replay import RecsTracker, produce
+from attnrec.apps.settings import DemoSettings
 from attnrec.apps.stack import free_port, local_stack
 
 from attnrec.kafka_util import ensure_topics
-from attnrec.settings import Settings
 
 __all__ = ["run_demo", "cmd_demo"]
 
@@ -39,12 +39,12 @@ def _drained(tracker: Any, events: list[Any]) -> bool:
     return all(eid in tracker.triggers_seen for eid in last.values())
 
 
-def cmd_demo(s: Settings, args: Any) -> int:
+def cmd_demo(s: DemoSettings, args: Any) -> int:
     """``attnrec demo``: exit 0 when events went in and recommendations came out."""
     return run_demo(s)
 
 
-def run_demo(s: Settings) -> int:
+def run_demo(s: DemoSettings) -> int:
     if s.demo_scenario == "live":
         from attnrec.apps.demo_live import run_live_demo
 
@@ -104,6 +104,7 @@ def run_demo(s: Settings) -> int:
             """One cycle of the periodic trainer (`attnrec trainer`): archive what arrived on
             `clicks`, retrain warm-started from the serving model, export, gated promote."""
             try:
+                from attnrec.exporter.settings import TrainerSettings
                 from attnrec.exporter.trainer import run_cycle
 
                 events_dir = work / "events"
@@ -111,11 +112,11 @@ def run_demo(s: Settings) -> int:
                 shutil.copy(train_file, events_dir / "0000-history.jsonl")  # the offline history
                 # what the trainer's archive step would have read from `clicks` (kept out of the demo's time)
                 write_jsonl(events_dir / "0001-phase1.jsonl", future[:half])
-                cfg = s.model_copy(update={
-                    "registry": registry, "home": work, "events_dir": events_dir, "kafka_bootstrap": st.bootstrap,
-                    "trainer_group": f"attnrec-demo-trainer-{int(time.time())}", "min_new_events": 1,
-                    "trainer_epochs": 30, "trainer_max_minutes": min(30.0, train_seconds) / 60.0, "trainer_threads": 1,
-                })  # fmt: skip
+                cfg = TrainerSettings.from_settings(
+                    s, registry=registry, home=work, events_dir=events_dir, kafka_bootstrap=st.bootstrap,
+                    trainer_group=f"attnrec-demo-trainer-{int(time.time())}", min_new_events=1,
+                    trainer_epochs=30, trainer_max_minutes=min(30.0, train_seconds) / 60.0, trainer_threads=1,
+                )  # fmt: skip
                 summary = run_cycle(cfg, archive=False)
                 retrain_result.update(version=summary.get("version"), promoted=summary.get("decision") in ("promoted", "forced"),
                                       reason=summary.get("reason"), warm=summary.get("train", {}).get("warm_start"))  # fmt: skip

@@ -26,11 +26,11 @@ import numpy as np
 from attnrec.apps.bench.worker import scrape
 from attnrec.apps.demo_kit import fresh_ids, say, start_worker, stop_worker, train_and_export, wait_ready, write_jsonl
 from attnrec.apps.replay import RecsTracker, produce_live
+from attnrec.apps.settings import DemoSettings
 from attnrec.apps.stack import free_port, local_stack
 
 from attnrec.events import CatalogEvent, ClickEvent
 from attnrec.kafka_util import ensure_topics
-from attnrec.settings import Settings
 
 __all__ = ["Sizes", "live_demo", "run_live_demo", "online_table", "histogram_quantiles"]
 
@@ -71,14 +71,14 @@ def _metrics(port: int) -> str:
         return r.read().decode()
 
 
-def run_live_demo(s: Settings) -> int:
+def run_live_demo(s: DemoSettings) -> int:
     """``attnrec demo --scenario live``: exit 0 when recommendations came out and none held an
     item unavailable for more than a second, and every user's last click was answered."""
     summary = live_demo(s)
     return 0 if summary["recs"] > 0 and summary["late"] == 0 and summary["missing"] == 0 else 1
 
 
-def live_demo(s: Settings, z: Sizes = Sizes()) -> dict[str, Any]:
+def live_demo(s: DemoSettings, z: Sizes = Sizes()) -> dict[str, Any]:
     """The whole demo; prints as it goes and returns the summary's figures."""
     from attnrec.training.sim.availability import AvailabilityLog
     from attnrec.training.sim.live import generate_live

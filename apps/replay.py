@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from attnrec.apps.settings import ReplaySettings
 
 from attnrec.errors import ConfigError, DataError
 from attnrec.events import CatalogEvent, ClickEvent, parse_event
@@ -102,7 +103,7 @@ def iter_synthetic(count: int, seed: int = 7, n_users: int | None = None, n_item
         yield ClickEvent(ev.event_id, ev.user_id, ev.item_id, ev.event_type, now + (ev.ts - first) // 1000, ev.context)
 
 
-def iter_live(s: Settings) -> Iterator[ClickEvent | CatalogEvent]:
+def iter_live(s: ReplaySettings) -> Iterator[ClickEvent | CatalogEvent]:
     """The live scenario of these settings: ``REPLAY_COUNT`` click events at ``REPLAY_RATE``
     (rate max: scheduled at 1000/s), the burst of ``REPLAY_BURST_*``, seed ``REPLAY_SEED``."""
     from attnrec.training.sim.live import generate_live
@@ -298,7 +299,7 @@ def produce_live(
     return n_click, n_cat
 
 
-def replay_live(s: Settings) -> tuple[int, int]:
+def replay_live(s: ReplaySettings) -> tuple[int, int]:
     """``--scenario live``: the simulator's clicks to ``REPLAY_TOPIC`` (default the clicks topic)
     and its catalog events to ``CATALOG_TOPIC``, paced by their ts (``REPLAY_RATE`` and the
     burst are in the schedule; rate max: no pacing). Returns (clicks, catalog events) sent."""
@@ -317,7 +318,7 @@ def replay_live(s: Settings) -> tuple[int, int]:
     return n, m
 
 
-def replay(s: Settings) -> int:
+def replay(s: ReplaySettings) -> int:
     """Produce ``REPLAY_COUNT`` events from ``REPLAY_DATA`` or the synthetic generator to
     ``REPLAY_TOPIC`` (default the clicks topic) at ``REPLAY_RATE``; returns how many were sent.
     With ``REPLAY_SCENARIO`` live: :func:`replay_live` (returns the click events sent)."""
@@ -342,7 +343,7 @@ def replay(s: Settings) -> int:
     return n
 
 
-def cmd_replay(s: Settings, args: Any) -> int:
+def cmd_replay(s: ReplaySettings, args: Any) -> int:
     """``attnrec replay``: prints ``{"produced": N, "topic": T}`` (live scenario: also
     ``"catalog": M, "catalog_topic": C``)."""
     if s.replay_scenario is not None:

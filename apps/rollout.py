@@ -19,6 +19,7 @@ from typing import Any
 
 from attnrec.exporter.cli import fail
 from attnrec.exporter.gate import promote_gated
+from attnrec.exporter.settings import ModelsSettings, TrainerSettings
 from attnrec.stream.stages.online import ONLINE_KEY, comparisons, totals
 from attnrec.stream.stages.policy import Policy
 
@@ -47,7 +48,7 @@ def _fmt(x: Any, spec: str = ".4f") -> str:
     return "-" if x is None else format(x, spec)
 
 
-def cmd_models_shadow(s: Settings, args: Any) -> int:
+def cmd_models_shadow(s: ModelsSettings, args: Any) -> int:
     reg = Registry(s.registry_dir)
     version = getattr(args, "version", None)
     try:
@@ -86,7 +87,7 @@ def cmd_models_shadow(s: Settings, args: Any) -> int:
     return 0
 
 
-def cmd_models_promote(s: Settings, args: Any) -> int:
+def cmd_models_promote(s: ModelsSettings, args: Any) -> int:
     """``attnrec models promote VERSION``: the NDCG@10 gate (``--force`` overrides it) and, with
     ``--online-margin``, the online gate on the shadow comparison."""
     try:
@@ -104,7 +105,7 @@ def cmd_models_promote(s: Settings, args: Any) -> int:
     return 1 if entry["decision"] == "rejected" else 0
 
 
-def cmd_trainer(s: Settings, args: Any) -> int:
+def cmd_trainer(s: TrainerSettings, args: Any) -> int:
     """``attnrec trainer``: :func:`attnrec.exporter.trainer.cmd_trainer`, with the workers' shadow
     comparison for ``TRAINER_ROLLOUT=shadow``."""
     from attnrec.exporter.trainer import cmd_trainer as run

@@ -1,10 +1,18 @@
-"""One typed, frozen settings object per process, read from the environment (``ATTNREC_<NAME>``).
+"""The settings every attnrec process shares, read from the environment (``ATTNREC_<NAME>``).
 
-Every option of every command is a field here: a field ``name`` is the variable
-``ATTNREC_`` + ``name`` in capitals (each description starts with it), and a command-line flag, where a command
-has one, overrides the environment (:mod:`attnrec.apps.cli` maps flags onto fields). The
-fields are grouped in sections (:data:`SECTIONS`); ``docs/CONFIGURATION.md`` is generated from
-this class (``python deploy/gen_config_doc.py``).
+One typed, frozen settings object per process. :class:`Settings` holds what the worker and
+the services around it need: where things live, Kafka, Redis, the worker, the web API and
+logging. Each tool's options live with the tool, in a subclass: the local stack
+(``attnrec.apps.stack.settings``), replay and demo (``attnrec.apps.settings``), training and
+evaluation (``attnrec.training.settings``), export, the registry and the periodic trainer
+(``attnrec.exporter.settings``), the dashboard and the benchmark (``settings`` of
+``attnrec.apps.dashboard`` / ``attnrec.apps.bench``). A command builds its own class (the
+``Command`` entries of :mod:`attnrec.apps.cli`), so a worker never holds a tool's fields.
+
+A field ``name`` is the variable ``ATTNREC_`` + ``name`` in capitals (each description starts
+with it); a command-line flag, where a command has one, overrides the environment. Each class
+names the sections its own fields are listed under (:attr:`Settings.sections`);
+``docs/CONFIGURATION.md`` is generated from all the classes (``python deploy/gen_config_doc.py``).
 
 Everything is validated when the object is built: a bad value raises :class:`ConfigError`
 with one line naming the variable (and the flag it came from), the value and what is
@@ -18,23 +26,25 @@ import difflib
 import logging
 import os
 import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, Self, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from attnrec.errors import ConfigError
-from attnrec.settings_tools import ToolFields
 from attnrec.units import parse_boosts, parse_duration, parse_rate
 
-__all__ = ["Settings", "SECTIONS", "ENV_PREFIX", "OTHER_VARIABLES", "env_name", "load_settings", "parse_duration", "parse_rate", "section_of"]
+__all__ = ["Settings", "ENV_PREFIX", "OTHER_VARIABLES", "env_name", "load_settings", "parse_duration", "parse_rate",
+           "is_secret"]
 
 ENV_PREFIX = "ATTNREC_"
-#: ``ATTNREC_*`` variables read outside :class:`Settings` (docs/CONFIGURATION.md lists them too).
+#: ``ATTNREC_*`` variables read outside the settings classes (docs/CONFIGURATION.md lists them too).
 OTHER_VARIABLES: dict[str, str] = {
     "ATTNREC_SECRETS_DIR": "a directory of files named after settings' variables, each holding that setting's value (Docker/Kubernetes secret mounts); the environment wins when both are set",
+    "ATTNREC_DATA_DIR": "the public datasets (Beauty, ML-1M) the test suite reads (default ../shared/data)",
     "ATTNREC_IMAGE_TAG": "docker compose: the tag of the attnrec images (deploy/compose)",
     "ATTNREC_SKIP_CHROMIUM": "1: make's system set-up does not install Chromium (only the dashboard's browser test needs it)",
     "ATTNREC_RELIABILITY_JSON": "the fault tests write their figures (docs/RELIABILITY.md) to this file",
@@ -42,23 +52,7 @@ OTHER_VARIABLES: dict[str, str] = {
     "ATTNREC_UPDATE_DOCS": "1: the dashboard's browser test refreshes docs/img/dashboard.png",
 }
 log = logging.getLogger(__name__)
-
-#: Section headings of ``docs/CONFIGURATION.md``, keyed by the first field of each section.
-SECTIONS: dict[str, str] = {
-    "home": "Where things live",
-    "kafka_bootstrap": "Kafka",
-    "redis_url": "Redis",
-    "batch_size": "The worker",
-    "web_host": "Web API and logging",
-    "kafka_port": "Local stack (`attnrec stack`)",
-    "replay_data": "Replay (`attnrec replay`)",
-    "demo_events": "Demo (`attnrec demo`)",
-    "data": "Training and evaluation (`attnrec train`, `attnrec eval`)",
-    "checkpoint": "Export and the registry (`attnrec export`, `attnrec models`)",
-    "trainer_every": "Periodic trainer (`attnrec trainer`)",
-    "dashboard_host": "Dashboard (`attnrec dashboard`)",
-    "bench_rate": "Benchmark (`attnrec bench`)",
-}
+S = TypeVar("S", bound="Settings")
 
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -69,13 +63,30 @@ def env_name(field: str) -> str:
     return ENV_PREFIX + field.upper()
 
 
-class _CoreFields(BaseSettings):
-    """The settings of the services: worker, dashboard, trainer, registry, local stack."""
+def is_secret(cls: type[BaseSettings], field: str) -> bool:
+    """Whether ``field`` of ``cls`` holds a secret (a :class:`SecretStr`: never printed)."""
+    return "SecretStr" in str(cls.model_fields[field].annotation)
+
+
+class Settings(BaseSettings):
+    """What the worker and every other process need: where things live, Kafka, Redis, the
+    worker, the web API and logging. Tools subclass it with their own fields."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid", validate_default=True)
+
+    #: Section headings of ``docs/CONFIGURATION.md`` for the fields this class adds, keyed by
+    #: the first field of each section (a subclass names its own).
+    sections: ClassVar[dict[str, str]] = {
+        "home": "Where things live",
+        "kafka_bootstrap": "Kafka",
+        "redis_url": "Redis",
+        "batch_size": "The worker",
+        "web_host": "Web API and logging",
+    }
 
     # --- where things live -------------------------------------------------------------------
     home: Path = Field(Path(".attnrec"), description="ATTNREC_HOME: data dir (stack, registry, event log, bench cache)")
     registry: Path | None = Field(None, description="ATTNREC_REGISTRY: model registry dir (default HOME/registry)")
-    data_dir: Path = Field(Path("../shared/data"), description="ATTNREC_DATA_DIR: the public datasets (Beauty, ML-1M) for tests and make bench-quality")
 
     # --- Kafka ---------------------------------------------------------------------------------
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="ATTNREC_KAFKA_BOOTSTRAP: host:port[,host:port]")
@@ -104,9 +115,6 @@ class _CoreFields(BaseSettings):
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="ATTNREC_REDIS_URL: redis://, rediss:// or unix:// URL")
     redis_username: str | None = Field(None, description="ATTNREC_REDIS_USERNAME: ACL user")
     redis_password: SecretStr | None = Field(None, description="ATTNREC_REDIS_PASSWORD: AUTH password (never logged)")
-    redis_appendfsync: Literal["everysec", "always"] = Field(
-        "everysec", description="ATTNREC_REDIS_APPENDFSYNC: AOF fsync policy of the local stack's Redis (always survives a machine crash, ~12% slower)"
-    )
     redis_empty_ok: bool = Field(
         False, description="ATTNREC_REDIS_EMPTY_OK: a worker that finds Redis without attnrec's state while the consumer group has committed offsets (the buffers were lost) starts over with empty buffers instead of pausing"
     )
@@ -191,52 +199,7 @@ class _CoreFields(BaseSettings):
     web_port: int = Field(6066, ge=1, le=65535, description="ATTNREC_WEB_PORT: worker web port (lookup, health, metrics)")
     api_token: SecretStr | None = Field(None, description="ATTNREC_API_TOKEN: bearer token required off-loopback")
     log_level: str = Field("INFO", description="ATTNREC_LOG_LEVEL: DEBUG, INFO, WARNING, ERROR or CRITICAL")
-
-    # --- local stack ---------------------------------------------------------------------------
-    kafka_port: int = Field(9092, ge=1, le=65535, description="ATTNREC_KAFKA_PORT: local broker port (stack up)")
-    kafka_controller_port: int = Field(9093, ge=1, le=65535, description="ATTNREC_KAFKA_CONTROLLER_PORT: local KRaft controller port")
-    redis_port: int = Field(6379, ge=1, le=65535, description="ATTNREC_REDIS_PORT: local Redis port (stack up)")
-    kafka_home: Path | None = Field(None, description="ATTNREC_KAFKA_HOME (or KAFKA_HOME): use an installed Kafka")
-    kafka_libs: Path = Field(
-        Path.home() / ".cache" / "attnrec" / "kafka-libs", description="ATTNREC_KAFKA_LIBS: where Maven puts the Kafka jars the stack runs"
-    )
-
-    # --- attnrec export / models ---------------------------------------------------------------
-    checkpoint: Path | None = Field(None, description="ATTNREC_CHECKPOINT: training checkpoint directory to export")
-    promote: bool = Field(False, description="ATTNREC_PROMOTE: promote through the NDCG@10 gate after publishing")
-    force: bool = Field(False, description="ATTNREC_FORCE: promote even when the NDCG@10 gate says no")
-    margin: float = Field(0.02, ge=0, lt=1, description="ATTNREC_MARGIN: largest tolerated relative drop of validation NDCG@10 at promotion")
-    online_margin: float | None = Field(None, ge=-1, lt=10, description="ATTNREC_ONLINE_MARGIN: promotion also requires the version, shadow-scored, to beat the serving one's online NDCG@10 on the same triggers by this relative margin (unset: offline gate only)")
-    shadow_off: bool = Field(False, description="ATTNREC_SHADOW_OFF: attnrec models shadow --off stops shadow scoring")
-    online_min_events: int = Field(1000, ge=1, description="ATTNREC_ONLINE_MIN_EVENTS: next events the online gate needs before it decides")
-    quantize: bool = Field(False, description="ATTNREC_QUANTIZE: try dynamic int8; kept only if faster here and < 1% relative NDCG@10 loss")
-    models_json: bool = Field(False, description="ATTNREC_MODELS_JSON: attnrec models list prints versions and history as JSON")
-    rollback_reason: str = Field("manual rollback", description="ATTNREC_ROLLBACK_REASON: recorded in HISTORY.jsonl by attnrec models rollback")
-
-    # --- attnrec trainer -----------------------------------------------------------------------
-    trainer_every: str = Field("10m", description="ATTNREC_TRAINER_EVERY: time between cycles (30s, 10m, 1h, ...)")
-    trainer_once: bool = Field(False, description="ATTNREC_TRAINER_ONCE: one cycle, then exit")
-    events_dir: Path | None = Field(None, description="ATTNREC_EVENTS_DIR: event log directory (default HOME/events)")
-    trainer_group: str = Field("attnrec-trainer", min_length=1, description="ATTNREC_TRAINER_GROUP: consumer group of the archiver")
-    min_new_events: int = Field(100, ge=0, description="ATTNREC_MIN_NEW_EVENTS: retrain only after this many new events")
-    trainer_epochs: int = Field(30, ge=1, description="ATTNREC_TRAINER_EPOCHS: max epochs per retrain")
-    trainer_max_minutes: float = Field(5.0, gt=0, description="ATTNREC_TRAINER_MAX_MINUTES: training time budget per cycle")
-    trainer_threads: int = Field(1, ge=1, description="ATTNREC_TRAINER_THREADS: torch threads (the trainer shares the box with the worker)")
-    trainer_rollout: Literal["promote", "shadow"] = Field("promote", description="ATTNREC_TRAINER_ROLLOUT: promote (a new model that passes the offline gate serves at once) or shadow (it is shadow-scored first, and a later cycle promotes it once the online gate has ONLINE_MIN_EVENTS events: ONLINE_MARGIN, 0 when unset)")
-
-    # --- attnrec dashboard ---------------------------------------------------------------------
-    dashboard_host: str = Field("127.0.0.1", min_length=1, description="ATTNREC_DASHBOARD_HOST: bind address; off-loopback requires ATTNREC_API_TOKEN")
-    dashboard_port: int = Field(6080, ge=1, le=65535, description="ATTNREC_DASHBOARD_PORT: dashboard port")
-    latency_window_s: float = Field(60.0, gt=0, description="ATTNREC_LATENCY_WINDOW_S: rolling window of latency percentiles, serving versions, dead letters/min")
-    feed_backfill: int = Field(20, ge=0, description="ATTNREC_FEED_BACKFILL: recommendations read back per partition at start")
-    latency_join: bool = Field(True, description="ATTNREC_LATENCY_JOIN: read clicks to measure produce->rec latency by event_id; off: emitted_ts - event_ts from the recs alone, cheaper at high rates")
-
-
-class Settings(ToolFields, _CoreFields):
-    """Everything a worker, dashboard, trainer, tool or the stack manager needs (the tools'
-    fields are in :mod:`attnrec.settings_tools`)."""
-
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid", validate_default=True)
+    quiet: bool = Field(False, description="ATTNREC_QUIET: no progress bars (the tools: train, eval, replay, bench)")
 
     # ------------------------------------------------------------------------------ validation
     @field_validator("kafka_bootstrap")
@@ -280,33 +243,6 @@ class Settings(ToolFields, _CoreFields):
             raise ValueError(f"expected one of {', '.join(_LOG_LEVELS)}")
         return v.upper()
 
-    @field_validator("replay_rate", "bench_rate")
-    @classmethod
-    def _rate(cls, v: str) -> str:
-        parse_rate(v)
-        return v.strip().lower()
-
-    @field_validator("trainer_every")
-    @classmethod
-    def _every(cls, v: str) -> str:
-        if parse_duration(v) <= 0:
-            raise ValueError("expected a positive duration")
-        return v
-
-    @field_validator("bench_sweep_ladder", "bench_sweep_short_ladder")
-    @classmethod
-    def _ladder(cls, v: str) -> str:
-        for x in v.split(","):
-            parse_rate(x)
-        return v
-
-    @field_validator("bench_sweep_shapes")
-    @classmethod
-    def _shapes(cls, v: str | None) -> str | None:
-        if v is not None and not re.fullmatch(r"\s*\d+[xX]\d+\s*(,\s*\d+[xX]\d+\s*)*", v):
-            raise ValueError("expected ITEMSxL[,ITEMSxL], e.g. 3000x50,100000x50")
-        return v
-
     @field_validator("boosts")
     @classmethod
     def _boosts(cls, v: str) -> str:
@@ -314,10 +250,10 @@ class Settings(ToolFields, _CoreFields):
         return v
 
     @model_validator(mode="after")
-    def _check(self) -> Settings:
-        for name in ("api_token", "kafka_password", "redis_password"):
+    def _check(self) -> Self:
+        for name in type(self).model_fields:
             secret = getattr(self, name)
-            if secret is not None and not secret.get_secret_value().strip():
+            if is_secret(type(self), name) and secret is not None and not secret.get_secret_value().strip():
                 raise ConfigError(f"{env_name(name)} is set but empty (an empty secret is never a credential)")
         if self.kafka_security_protocol.startswith("SASL") and not self.kafka_username:
             raise ConfigError("ATTNREC_KAFKA_USERNAME is required with a SASL security protocol")
@@ -332,37 +268,28 @@ class Settings(ToolFields, _CoreFields):
     def registry_dir(self) -> Path:
         return self.registry if self.registry is not None else self.home / "registry"
 
-    @property
-    def stack_dir(self) -> Path:
-        return self.home / "stack"
+    @classmethod
+    def variables(cls) -> set[str]:
+        """The ``ATTNREC_*`` variables this class reads."""
+        return {env_name(f) for f in cls.model_fields}
 
-    @property
-    def event_log(self) -> Path:
-        return self.events_dir if self.events_dir is not None else self.home / "events"
-
-    @property
-    def bench_cache_dir(self) -> Path:
-        return self.bench_cache if self.bench_cache is not None else self.home / "bench"
-
-
-def section_of(field: str) -> str:
-    """The :data:`SECTIONS` heading a settings field is listed under."""
-    heading = ""
-    for name in Settings.model_fields:
-        heading = SECTIONS.get(name, heading)
-        if name == field:
-            return heading
-    raise KeyError(field)
+    @classmethod
+    def from_settings(cls, s: Settings, **updates: Any) -> Self:
+        """This class built from another settings object (e.g. the demo's training settings
+        from the demo's): the fields both have keep ``s``'s values, ``updates`` replace some,
+        the others are read from the environment as usual, and everything is checked again."""
+        shared = {name: getattr(s, name) for name in cls.model_fields if name in type(s).model_fields}
+        return _build(cls, {**shared, **updates}, {})
 
 
-def _describe(err: dict[str, Any], flags: dict[str, str]) -> str:
+def _describe(cls: type[Settings], err: Mapping[str, Any], flags: Mapping[str, str]) -> str:
     """One error of a ValidationError as ``VARIABLE (--flag)='value': what is expected``."""
     field = str(err["loc"][0]) if err.get("loc") else ""
     where = env_name(field) if field else "settings"
     if field in flags:
         where += f" ({flags[field]})"
     value = err.get("input")
-    shown = "(secret)" if field in ("api_token", "kafka_password", "redis_password") else repr(value)
+    shown = "(secret)" if field in cls.model_fields and is_secret(cls, field) else repr(value)
     if len(shown) > 80:
         shown = shown[:77] + "..."
     kind, ctx = err.get("type", ""), err.get("ctx") or {}
@@ -381,13 +308,23 @@ def _describe(err: dict[str, Any], flags: dict[str, str]) -> str:
     return f"{where}={shown}: expected {expected}"
 
 
-def load_settings(flags: dict[str, str] | None = None, **overrides: Any) -> Settings:
-    """Settings from the environment, with command-line overrides (``None`` values are ignored).
+def _build(cls: type[S], values: dict[str, Any], flags: Mapping[str, str]) -> S:
+    try:
+        return cls(**values)
+    except ValidationError as exc:
+        raise ConfigError("; ".join(_describe(cls, e, flags) for e in exc.errors())) from None
+
+
+def load_settings(cls: type[S] = Settings, flags: Mapping[str, str] | None = None,  # type: ignore[assignment]
+                  known: Iterable[str] | None = None, **overrides: Any) -> S:
+    """``cls`` from the environment, with command-line overrides (``None`` values are ignored).
 
     ``flags`` names the flag each override came from (field -> ``--flag``), for the error
-    message. Secrets can also come from files: with ``ATTNREC_SECRETS_DIR=/run/secrets`` a file
-    named ``ATTNREC_KAFKA_PASSWORD`` (or any other setting's variable) there supplies that
-    value (Docker/Kubernetes secret mounts); the environment wins when both are set.
+    message; ``known`` are the variables of every settings class (a variable none of them
+    reads is logged as a likely typo; default: ``cls``'s). Secrets can also come from files:
+    with ``ATTNREC_SECRETS_DIR=/run/secrets`` a file named ``ATTNREC_KAFKA_PASSWORD`` (or any
+    other setting's variable) there supplies that value (Docker/Kubernetes secret mounts); the
+    environment wins when both are set.
     """
     clean: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
     secrets_dir = os.environ.get("ATTNREC_SECRETS_DIR")
@@ -395,18 +332,13 @@ def load_settings(flags: dict[str, str] | None = None, **overrides: Any) -> Sett
         if not Path(secrets_dir).is_dir():
             raise ConfigError(f"ATTNREC_SECRETS_DIR={secrets_dir!r}: expected a directory")
         clean["_secrets_dir"] = secrets_dir
-    _warn_unknown(os.environ)
-    if "kafka_home" not in clean and os.environ.get("KAFKA_HOME") and not os.environ.get("ATTNREC_KAFKA_HOME"):
-        clean["kafka_home"] = Path(os.environ["KAFKA_HOME"])
-    try:
-        return Settings(**clean)
-    except ValidationError as exc:
-        raise ConfigError("; ".join(_describe(e, flags or {}) for e in exc.errors())) from None
+    _warn_unknown(os.environ, set(known) if known is not None else cls.variables())
+    return _build(cls, clean, flags or {})
 
 
-def _warn_unknown(environ: Any) -> None:
+def _warn_unknown(environ: Mapping[str, str], known: set[str]) -> None:
     """Log each ``ATTNREC_*`` variable that is no setting (a typo would otherwise be ignored)."""
-    known = {env_name(f) for f in Settings.model_fields} | set(OTHER_VARIABLES)
+    known = known | set(OTHER_VARIABLES)
     for name in sorted(n for n in environ if n.startswith(ENV_PREFIX) and n not in known):
         close = difflib.get_close_matches(name, known, n=1)
         log.warning("%s is not an attnrec setting%s; it is ignored", name, f" (did you mean {close[0]}?)" if close else "")

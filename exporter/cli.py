@@ -1,7 +1,7 @@
 """``attnrec export`` and ``attnrec models``: the commands over export and the registry.
 
 Importing this module imports neither torch nor onnx: the commands import what they need when
-they run. Options come from :class:`attnrec.settings.Settings` (``ATTNREC_CHECKPOINT``,
+they run. Options come from :class:`attnrec.exporter.settings.ModelsSettings` (``ATTNREC_CHECKPOINT``,
 ``ATTNREC_REGISTRY`` else ``$ATTNREC_HOME/registry``, ``ATTNREC_PROMOTE``, ``ATTNREC_FORCE``,
 ``ATTNREC_MARGIN``, ``ATTNREC_TOP_K``, ``ATTNREC_QUANTIZE``; flags in ``--help``).
 
@@ -24,7 +24,8 @@ from typing import Any
 
 from attnrec.errors import AttnrecError, ConfigError, ModelError
 from attnrec.registry import Registry
-from attnrec.settings import Settings
+
+from .settings import ModelsSettings
 
 __all__ = ["cmd_export", "cmd_models_list", "cmd_models_rollback", "fail"]
 
@@ -36,7 +37,7 @@ def fail(exc: AttnrecError) -> int:
     return 1 if isinstance(exc, ModelError) else 2
 
 
-def cmd_export(s: Settings, args: Any) -> int:
+def cmd_export(s: ModelsSettings, args: Any) -> int:
     """``attnrec export``: torch checkpoint -> ONNX, parity gate, publish, optional gated promote."""
     from attnrec.exporter.export import export_checkpoint
 
@@ -64,7 +65,7 @@ def cmd_export(s: Settings, args: Any) -> int:
     return 0
 
 
-def cmd_models_list(s: Settings, args: Any) -> int:
+def cmd_models_list(s: ModelsSettings, args: Any) -> int:
     """``attnrec models list``: versions, newest first; * marks CURRENT (``--json``: and the history)."""
     reg = Registry(s.registry_dir)
     versions = reg.versions()
@@ -84,7 +85,7 @@ def cmd_models_list(s: Settings, args: Any) -> int:
     return 0
 
 
-def cmd_models_rollback(s: Settings, args: Any) -> int:
+def cmd_models_rollback(s: ModelsSettings, args: Any) -> int:
     """``attnrec models rollback``: the previously promoted version becomes CURRENT again."""
     reg = Registry(s.registry_dir)
     before = reg.current_version()

@@ -51,7 +51,9 @@ from typing import Any
 
 from attnrec.errors import AttnrecError, DataError, InvalidEventError, ModelError, TransientError
 from attnrec.registry import fsync_dir
-from attnrec.settings import Settings, parse_duration
+from attnrec.settings import parse_duration
+
+from .settings import TrainerSettings
 
 __all__ = [
     "write_event_file",
@@ -72,7 +74,7 @@ OnlineFigures = Callable[[str], "dict[str, Any] | None"]
 MAX_ARCHIVE_EVENTS = 1_000_000
 
 
-def _work_dir(s: Settings) -> Path:
+def _work_dir(s: TrainerSettings) -> Path:
     return s.home / "trainer"
 
 
@@ -102,7 +104,7 @@ def write_event_file(events_dir: Path, lines: Iterable[bytes]) -> Path | None:
     return final
 
 
-def archive_from_kafka(s: Settings, *, idle_s: float = 2.0, join_timeout_s: float = 60.0) -> dict[str, Any]:
+def archive_from_kafka(s: TrainerSettings, *, idle_s: float = 2.0, join_timeout_s: float = 60.0) -> dict[str, Any]:
     """Drain new ``clicks`` into the event log; commit offsets only after the file is durable."""
     import orjson
     from kafka import KafkaConsumer
@@ -166,7 +168,7 @@ def archive_from_kafka(s: Settings, *, idle_s: float = 2.0, join_timeout_s: floa
 
 
 # --- 2-3. retrain -------------------------------------------------------------------------------
-def _current_checkpoint(s: Settings) -> tuple[str | None, Path | None]:
+def _current_checkpoint(s: TrainerSettings) -> tuple[str | None, Path | None]:
     from attnrec.registry import Registry
 
     reg = Registry(s.registry_dir)
@@ -217,7 +219,7 @@ def _attributes_file(ckpt_path: Path | None) -> Path | None:
     return ckpt_path / name if name and (ckpt_path / name).is_file() else None
 
 
-def retrain(s: Settings) -> dict[str, Any]:
+def retrain(s: TrainerSettings) -> dict[str, Any]:
     """Train on the whole event log; returns {"checkpoint", "warm_start", "val_ndcg@10", ...}."""
     from attnrec.training.checkpoint import load_checkpoint, save_checkpoint
     from attnrec.training.data import load_dataset
@@ -262,19 +264,19 @@ def _count_lines(path: Path) -> int:
         return sum(1 for line in f if line.strip())
 
 
-def _state(s: Settings) -> dict[str, Any]:
+def _state(s: TrainerSettings) -> dict[str, Any]:
     path = _work_dir(s) / "state.json"
     return json.loads(path.read_text()) if path.is_file() else {"trained_files": []}
 
 
-def _save_state(s: Settings, state: dict[str, Any]) -> None:
+def _save_state(s: TrainerSettings, state: dict[str, Any]) -> None:
     _work_dir(s).mkdir(parents=True, exist_ok=True)
     tmp = _work_dir(s) / "state.json.tmp"
     tmp.write_text(json.dumps(state))
     os.replace(tmp, _work_dir(s) / "state.json")
 
 
-def _decide_shadowed(s: Settings, reg: Any, state: dict[str, Any], online: OnlineFigures | None,
+def _decide_shadowed(s: TrainerSettings, reg: Any, state: dict[str, Any], online: OnlineFigures | None,
                      summary: dict[str, Any]) -> bool:
     """``TRAINER_ROLLOUT=shadow``: the online gate on the version this trainer shadows, once its
     events are there (promoted or rejected; shadowing stops). True while it still waits."""
@@ -303,7 +305,7 @@ def _decide_shadowed(s: Settings, reg: Any, state: dict[str, Any], online: Onlin
     return False
 
 
-def _shadow_new(s: Settings, reg: Any, version: str, state: dict[str, Any]) -> dict[str, Any]:
+def _shadow_new(s: TrainerSettings, reg: Any, version: str, state: dict[str, Any]) -> dict[str, Any]:
     """``TRAINER_ROLLOUT=shadow``: a new version that passes the offline gate is shadow-scored
     (the online gate decides it in a later cycle); one that fails is rejected as usual."""
     from attnrec.exporter.gate import offline_gate
@@ -315,7 +317,7 @@ def _shadow_new(s: Settings, reg: Any, version: str, state: dict[str, Any]) -> d
     return reg.set_shadow(version, reason=f"trainer: {reason}; shadow-scored until the online gate decides")  # type: ignore[no-any-return]
 
 
-def run_cycle(s: Settings, *, archive: bool = True, online: OnlineFigures | None = None) -> dict[str, Any]:
+def run_cycle(s: TrainerSettings, *, archive: bool = True, online: OnlineFigures | None = None) -> dict[str, Any]:
     """One archive -> retrain -> export -> gated promote pass; returns its summary. ``online``:
     a version's shadow comparison (``TRAINER_ROLLOUT=shadow``; ``attnrec.apps.rollout.online_figures``)."""
     from attnrec.exporter.export import export_checkpoint
@@ -361,7 +363,7 @@ def run_cycle(s: Settings, *, archive: bool = True, online: OnlineFigures | None
     return summary
 
 
-def run_loop(s: Settings, *, stop: threading.Event | None = None, once: bool = False,
+def run_loop(s: TrainerSettings, *, stop: threading.Event | None = None, once: bool = False,
              online: OnlineFigures | None = None) -> int:
     """Cycle every ``TRAINER_EVERY`` until ``stop`` is set (SIGTERM/SIGINT set it from the CLI)."""
     stop = stop or threading.Event()
@@ -386,7 +388,7 @@ def run_loop(s: Settings, *, stop: threading.Event | None = None, once: bool = F
 
 
 # --- command line -------------------------------------------------------------------------------
-def cmd_trainer(s: Settings, args: Any, online: OnlineFigures | None = None) -> int:
+def cmd_trainer(s: TrainerSettings, args: Any, online: OnlineFigures | None = None) -> int:
     """``attnrec trainer``: cycles until SIGTERM/SIGINT (``--once``: one cycle); ``online`` reads
     the workers' shadow comparison (given by ``attnrec.apps.rollout.cmd_trainer``)."""
     stop = threading.Event()

@@ -23,8 +23,10 @@ from attnrec.settings import Settings
 REPO = Path(__file__).resolve().parents[1]
 
 
-def settings_for(stack: Any, names: dict[str, str], registry: Path, **kw: Any) -> Settings:
-    return Settings(
+def settings_for(stack: Any, names: dict[str, str], registry: Path, cls: type[Settings] = Settings, **kw: Any) -> Any:
+    """``cls`` (the worker's settings unless a tool's) on the test stack, with a test's topic
+    and group ``names`` and the fields ``kw``."""
+    return cls(
         kafka_bootstrap=stack.bootstrap,
         redis_url=kw.pop("redis_url", stack.redis_url),
         registry=registry,
@@ -35,8 +37,9 @@ def settings_for(stack: Any, names: dict[str, str], registry: Path, **kw: Any) -
 
 
 def env_for(s: Settings, home: Path) -> dict[str, str]:
-    """Environment of a subprocess with these settings and ``ATTNREC_HOME=home``: ours plus
-    :func:`attnrec.apps.bench.worker.settings_env` (the worker's own way to pass settings on)."""
+    """Environment of a subprocess with these settings (every field of their class) and
+    ``ATTNREC_HOME=home``: ours plus :func:`attnrec.apps.bench.worker.settings_env` (the worker's
+    own way to pass settings on)."""
     env = dict(os.environ)
     env.update(settings_env(s.model_copy(update={"home": home})))
     return env

@@ -5,6 +5,7 @@ Modules (import them directly; this package imports nothing so that the torch-fr
 torch-free):
 
 - ``attnrec.training.config``     ``ModelConfig``, ``TrainConfig``: the configurations and their defaults (torch-free)
+- ``attnrec.training.settings``   ``TrainingSettings``: the settings of train/eval (torch-free)
 - ``attnrec.training.cli``        the ``attnrec train`` / ``attnrec eval`` commands (torch imported lazily)
 - ``attnrec.training.features``   feature encoding with the vocabularies of ``attnrec.manifest`` (torch-free)
 - ``attnrec.training.data``       loaders (s3, gsasrec, events), vocabulary, leave-one-out split

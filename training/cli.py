@@ -1,7 +1,7 @@
 """``attnrec train`` and ``attnrec eval``: the commands over the training pipeline.
 
 Importing this module does not import torch: the commands import it when they run. Options
-come from :class:`attnrec.settings.Settings` (``ATTNREC_DATA``, ``ATTNREC_TRAIN_*``,
+come from :class:`attnrec.training.settings.TrainingSettings` (``ATTNREC_DATA``, ``ATTNREC_TRAIN_*``,
 ``ATTNREC_EVAL_*``; flags in ``attnrec train --help``). Model and training options left unset
 are chosen from the data (``attnrec.training.defaults.default_configs``).
 
@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from attnrec.errors import ConfigError
-from attnrec.settings import Settings
+
+from .settings import TrainingSettings
 
 __all__ = ["configs", "train_checkpoint", "cmd_train", "cmd_eval"]
 
@@ -41,7 +42,7 @@ _TRAIN_FIELDS = {"train_epochs": "epochs", "train_patience": "patience", "train_
                  "train_bucket": "bucket_batches"}
 
 
-def configs(s: Settings, ds: Any, *, loss: str | None = None, baseline: bool = False) -> tuple[Any, Any]:
+def configs(s: TrainingSettings, ds: Any, *, loss: str | None = None, baseline: bool = False) -> tuple[Any, Any]:
     """The data's default configurations with every ``ATTNREC_TRAIN_*`` setting that is set
     applied on top (``loss``: the loss when the settings leave it unset). A ``baseline`` trains
     without the attention model's denoising default unless ``ATTNREC_TRAIN_DENOISE`` is set: it
@@ -72,7 +73,7 @@ def configs(s: Settings, ds: Any, *, loss: str | None = None, baseline: bool = F
     return mcfg, tcfg
 
 
-def _dataset(s: Settings, vocab: Any = None) -> Any:
+def _dataset(s: TrainingSettings, vocab: Any = None) -> Any:
     from .data import load_dataset
 
     if s.data is None:
@@ -80,7 +81,7 @@ def _dataset(s: Settings, vocab: Any = None) -> Any:
     return load_dataset(s.data, s.data_format, vocab)
 
 
-def _fit(s: Settings, ds: Any, loss: str | None = None, baseline: bool = False) -> tuple[Any, Any, dict[str, Any]]:
+def _fit(s: TrainingSettings, ds: Any, loss: str | None = None, baseline: bool = False) -> tuple[Any, Any, dict[str, Any]]:
     """Train with the data defaults and the settings; returns (model, tcfg, metrics)."""
     from .train import fit_and_evaluate
 
@@ -103,7 +104,7 @@ def _sigterm_stops_training() -> None:
         signal.signal(signal.SIGTERM, handler)
 
 
-def train_checkpoint(s: Settings) -> tuple[Path, dict[str, Any]]:
+def train_checkpoint(s: TrainingSettings) -> tuple[Path, dict[str, Any]]:
     """Load ``ATTNREC_DATA``, train, evaluate and write the checkpoint to ``ATTNREC_TRAIN_OUT``;
     returns its path and metrics (the demo trains through this too)."""
     import torch
@@ -125,7 +126,7 @@ def train_checkpoint(s: Settings) -> tuple[Path, dict[str, Any]]:
     return Path(s.train_out), metrics
 
 
-def cmd_train(s: Settings, args: Any) -> int:
+def cmd_train(s: TrainingSettings, args: Any) -> int:
     """``attnrec train``: prints a one-line JSON summary."""
     _sigterm_stops_training()
     out, metrics = train_checkpoint(s)
@@ -140,7 +141,7 @@ def _metrics(m: dict[str, Any]) -> dict[str, float]:
     return {k: m[k] for k in ("hr@10", "ndcg@10", "hr@20", "ndcg@20", "coverage@10")}
 
 
-def _eval_mode(s: Settings) -> str:
+def _eval_mode(s: TrainingSettings) -> str:
     """What ``attnrec eval`` evaluates: "model" (a checkpoint), "train" or a baseline's name."""
     modes = [m for m, on in (("model", s.eval_model is not None), ("train", s.eval_train),
                              ("baseline", s.eval_baseline is not None)) if on]
@@ -155,7 +156,7 @@ def _eval_mode(s: Settings) -> str:
     return s.eval_baseline or modes[0]
 
 
-def _fit_here(s: Settings, ds: Any, mode: str) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+def _fit_here(s: TrainingSettings, ds: Any, mode: str) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """Train ``mode`` (train, sasrec-bce, gru4rec, meanpool) on ``ds``; (model, config, metrics)."""
     if mode in ("gru4rec", "meanpool"):
         from .baselines import fit_baseline
@@ -175,7 +176,7 @@ def _fit_here(s: Settings, ds: Any, mode: str) -> tuple[Any, dict[str, Any], dic
     return model, config, metrics
 
 
-def cmd_eval(s: Settings, args: Any) -> int:
+def cmd_eval(s: TrainingSettings, args: Any) -> int:
     """``attnrec eval``: the result JSON on stdout, and in ``ATTNREC_EVAL_JSON`` unless ``-``.
 
     Evaluates a checkpoint (``--model``), or trains here and evaluates the attention model

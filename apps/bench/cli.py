@@ -1,7 +1,7 @@
 """``attnrec bench``: what one invocation does, from its settings.
 
-Every option is a :class:`~attnrec.settings.Settings` field (``bench_*``, plus the worker's own
-``batch_size`` and ``scorer``); the flags are generated from them by :mod:`attnrec.apps.cli`.
+Every option is a field of :class:`~attnrec.apps.bench.settings.BenchSettings` (``bench_*``, plus the
+worker's own ``batch_size`` and ``scorer``); the flags are generated from them by :mod:`attnrec.apps.cli`.
 One invocation is one of: the generator alone (``bench_generator_only``); re-rendering saved
 sweeps (``bench_render``); the sweep (``bench_sweep``); or one configuration, repeated, with its
 baselines (``bench_baselines``: the same worker with B=1, with the torch-eager scorer, and the
@@ -20,13 +20,14 @@ import sys
 from dataclasses import replace
 from typing import Any
 
-from attnrec.settings import Settings, parse_rate
+from attnrec.settings import parse_rate
 
 from .drain import drain_once
 from .load import generator_ceiling
 from .models import ensure_model, registry_model, shadow_registry
 from .report import benchmarks_section, machine_info, merge_reports, plot, resummarise, update_benchmarks_md
 from .run import RunConfig, rate_label, run_repeat, summarise, warm_caches
+from .settings import BenchSettings
 from .sweep import SweepPlan, run_sweep
 from .worker import open_session
 
@@ -35,7 +36,7 @@ __all__ = ["cmd_bench", "headline"]
 log = logging.getLogger(__name__)
 
 
-def cmd_bench(s: Settings, args: argparse.Namespace) -> int:
+def cmd_bench(s: BenchSettings, args: argparse.Namespace) -> int:
     """Run the bench the settings describe; print its headline, write ``bench_json`` if set."""
     stack = None
     if s.bench_start_stack:
@@ -92,7 +93,7 @@ def _mmm(v: dict[str, Any], digits: int) -> str:
     return f"{f.format(v['median'])} ({f.format(v['min'])}–{f.format(v['max'])})"
 
 
-def bench(s: Settings) -> dict[str, Any]:
+def bench(s: BenchSettings) -> dict[str, Any]:
     """The report of the bench ``s`` describes (see the module docstring)."""
     if s.bench_generator_only:
         return {"generator_alone": generator_ceiling(s, s.bench_duration), "machine": machine_info()}
@@ -103,7 +104,7 @@ def bench(s: Settings) -> dict[str, Any]:
     return single(s)
 
 
-def render(s: Settings) -> dict[str, Any]:
+def render(s: BenchSettings) -> dict[str, Any]:
     """Re-render the plot and the BENCHMARKS.md section from saved sweep JSONs (runs merged, the
     first file's machine); ``docs/bench/notes.md``-style hand-written findings are appended."""
     assert s.bench_render
@@ -124,7 +125,7 @@ def _shapes(text: str) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in (re.split("[xX]", x.strip()) for x in text.split(","))]
 
 
-def sweep(s: Settings) -> dict[str, Any]:
+def sweep(s: BenchSettings) -> dict[str, Any]:
     """The ``make bench`` matrix; writes ``bench.json`` and the plot to ``bench_out_dir`` and,
     unless ``bench_no_md``, the section of ``bench_md``."""
     plan = SweepPlan(repeats=max(3, s.bench_repeats), duration_s=s.bench_duration, warmup_s=s.bench_warmup,
@@ -148,7 +149,7 @@ def sweep(s: Settings) -> dict[str, Any]:
     return rep
 
 
-def _variants(s: Settings) -> list[tuple[str, Settings]]:
+def _variants(s: BenchSettings) -> list[tuple[str, BenchSettings]]:
     """(agent, settings) of each configuration one invocation measures: the configured worker,
     and with ``bench_baselines`` the same worker one event at a time (B=1), with the torch-eager
     scorer, with the other processing guarantee, shadow-scoring a second model (agent
@@ -171,7 +172,7 @@ def _variants(s: Settings) -> list[tuple[str, Settings]]:
     return out
 
 
-def _label(agent: str, v: Settings, rate: float | None) -> str:
+def _label(agent: str, v: BenchSettings, rate: float | None) -> str:
     who = f"{v.scorer} B={v.batch_size}" if agent in ("worker", "shadow") else f"null B={v.batch_size}"
     if agent in ("worker", "shadow") and v.processing_guarantee != "exactly_once":
         who += " at-least-once"
@@ -200,7 +201,7 @@ def vs_null(worker_runs: list[dict[str, Any]], null_runs: list[dict[str, Any]]) 
     return out
 
 
-def single(s: Settings) -> dict[str, Any]:
+def single(s: BenchSettings) -> dict[str, Any]:
     """One configuration (``batch_size``, ``scorer``) at ``bench_rate``, ``bench_repeats`` times,
     plus its baselines, all in one run: every variant's worker is up for the whole run and the
     repeats go round the variants (worker #1, baselines #1, worker #2, ...), so each ratio pairs
@@ -288,5 +289,5 @@ def _drain_summary(drains: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _progress(s: Settings) -> bool:
+def _progress(s: BenchSettings) -> bool:
     return not s.quiet and sys.stderr.isatty()

@@ -13,7 +13,7 @@ import logging
 import os
 from typing import Any
 
-from attnrec.settings import Settings
+from attnrec.apps.stack.settings import StackSettings
 
 __all__ = ["loadavg", "cpu_seconds", "stack_procs"]
 
@@ -46,7 +46,7 @@ def cpu_seconds(proc: Any) -> float:
     return total
 
 
-def stack_procs(s: Settings) -> dict[str, Any]:
+def stack_procs(s: StackSettings) -> dict[str, Any]:
     """psutil handles of the local stack's Kafka and Redis (from their pid files), when running here."""
     import psutil
 

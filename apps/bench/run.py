@@ -32,11 +32,11 @@ from typing import Any
 import numpy as np
 
 from attnrec.errors import AttnrecError
-from attnrec.settings import Settings
 
 from .clients import produce, rd_producer
 from .host import cpu_seconds, loadavg, stack_procs
 from .load import EventSource, redis_bytes_per_user
+from .settings import BenchSettings
 from .tracker import HOPS, CoverageTracker
 from .worker import Session, api_token, quiesce, scrape
 
@@ -133,7 +133,7 @@ def hop_summary(hops: list[tuple[float, ...]]) -> dict[str, Any] | None:
     return out
 
 
-def run_once(s: Settings, cfg: RunConfig, *, items: Sequence[str], users: Sequence[str], worker_pid: int | None = None,
+def run_once(s: BenchSettings, cfg: RunConfig, *, items: Sequence[str], users: Sequence[str], worker_pid: int | None = None,
              metrics_url: str | None = None, progress: bool = True,
              model_info: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     """Drive one load level against a worker already consuming ``s.clicks_topic``."""

@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from attnrec.errors import AttnrecError
-from attnrec.settings import Settings
 
 from .load import bench_users, cleanup_users, generator_ceiling, prefill
 from .models import ensure_model
 from .report import machine_info, short_error
 from .run import RunConfig, rate_label, run_repeated, summarise
+from .settings import BenchSettings
 from .stages import stage_profile
 from .worker import open_session
 
@@ -58,7 +58,7 @@ class SweepPlan:
         return self.shapes or [(c, L) for c in self.catalogs for L in self.lengths]
 
 
-def run_sweep(base: Settings, plan: SweepPlan, *, cache: Path, users: int, progress: bool,
+def run_sweep(base: BenchSettings, plan: SweepPlan, *, cache: Path, users: int, progress: bool,
               out_dir: Path, worker_src: Path | None = None) -> dict[str, Any]:  # fmt: skip
     """Run ``plan`` against the stack of ``base``; the sweep report (see :func:`sweep_report`)."""
     machine = machine_info()
@@ -111,7 +111,7 @@ def run_sweep(base: Settings, plan: SweepPlan, *, cache: Path, users: int, progr
     return rep
 
 
-def profile_stages(base: Settings, plan: SweepPlan, *, cache: Path, users: int) -> list[dict[str, Any]]:
+def profile_stages(base: BenchSettings, plan: SweepPlan, *, cache: Path, users: int) -> list[dict[str, Any]]:
     """The in-process stage profiles: the key shape at each of :data:`STAGE_STEPS`, then every
     other shape at B=256 (how the cost grows with catalogue and length)."""
     key = plan.key

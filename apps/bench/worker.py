@@ -1,7 +1,7 @@
 """The worker under test: ``attnrec worker`` as a subprocess, its readiness and its metrics.
 
 The worker runs as its own process (``python -m attnrec.apps worker``), configured only through
-its environment (:func:`settings_env`: every settings field as ``ATTNREC_<FIELD>``), so the
+its environment (:func:`settings_env`: every field of the base settings as ``ATTNREC_<FIELD>``), so the
 bench measures exactly what a deployment runs. Baselines are the same command with other
 settings: ``ATTNREC_BATCH_SIZE=1``, or ``ATTNREC_SCORER=torch`` (the exported graph in torch
 eager mode; the worker command builds that scorer itself). The process gets its own process
@@ -43,10 +43,11 @@ log = logging.getLogger(__name__)
 AGENTS = {"worker": "attnrec.apps", "null": "attnrec.apps.bench.null_agent"}
 
 
-def settings_env(s: Settings) -> dict[str, str]:
-    """``ATTNREC_*`` environment reproducing ``s`` in a subprocess (unset fields are left out)."""
+def settings_env(s: Settings, cls: type[Settings] | None = None) -> dict[str, str]:
+    """``ATTNREC_*`` environment reproducing ``s`` in a subprocess (unset fields are left out):
+    the fields of ``cls`` (default: all of ``s``'s class; a worker needs the base's only)."""
     env: dict[str, str] = {}
-    for name in type(s).model_fields:
+    for name in (cls or type(s)).model_fields:
         v = getattr(s, name)
         if v is None:
             continue
@@ -87,7 +88,7 @@ class WorkerHandle:
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log = log_dir / f"{name}-{self.port}.log"
         env = dict(os.environ)
-        env.update(settings_env(s))
+        env.update(settings_env(s, Settings))  # the worker's own settings, not the tool's
         env[env_name("web_port")] = str(self.port)
         env[env_name("web_host")] = "127.0.0.1"
         module = AGENTS["worker"]

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from attnrec.settings import Settings
+from attnrec.apps.dashboard.settings import DashboardSettings
 
 __all__ = ["cmd_dashboard"]
 
 
-def cmd_dashboard(s: Settings, args: Any) -> int:
+def cmd_dashboard(s: DashboardSettings, args: Any) -> int:
     """Serve the dashboard on ``DASHBOARD_HOST:DASHBOARD_PORT`` until interrupted."""
     from attnrec.apps.dashboard.collector import CollectorConfig
     from attnrec.apps.dashboard.web import run_dashboard

@@ -3,7 +3,8 @@
 - :mod:`.local` — :class:`LocalStack` (both servers under one root), ``attnrec stack up|down|status``;
 - :mod:`.kafka_broker` — the broker: its jars, configuration, listeners, start and stop;
 - :mod:`.redis_server` — Redis with AOF on;
-- :mod:`.processes` — free ports, pid files, stopping a server.
+- :mod:`.processes` — free ports, pid files, stopping a server;
+- :mod:`.settings` — :class:`StackSettings`, the local stack's ports and paths.
 """
 
 from .local import LocalStack, cmd_stack, local_stack

@@ -11,10 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from attnrec.settings import Settings
-
 from .kafka_broker import KafkaBroker
 from .redis_server import RedisServer
+from .settings import StackSettings
 
 __all__ = ["LocalStack", "local_stack", "cmd_stack"]
 
@@ -66,7 +65,7 @@ class LocalStack(KafkaBroker, RedisServer):
         return out
 
 
-def local_stack(s: Settings) -> LocalStack:
+def local_stack(s: StackSettings) -> LocalStack:
     """The local stack these settings describe (under HOME/stack, on the configured ports)."""
     return LocalStack(
         s.stack_dir,
@@ -80,7 +79,7 @@ def local_stack(s: Settings) -> LocalStack:
     )
 
 
-def cmd_stack(s: Settings, args: Any) -> int:
+def cmd_stack(s: StackSettings, args: Any) -> int:
     """``attnrec stack up|down|status``; status exits 3 when a part is not running."""
     st = local_stack(s)
     if args.action == "up":

@@ -15,6 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
 
 from attnrec.apps.bench.models import ensure_model  # noqa: E402
+from attnrec.apps.bench.settings import BenchSettings  # noqa: E402
 from attnrec.apps.bench.worker import WorkerHandle  # noqa: E402
 from attnrec.apps.stack import LocalStack, free_port  # noqa: E402
 from attnrec.kafka_util import ensure_topics  # noqa: E402
@@ -39,7 +40,7 @@ class Bench:
 
 def start(name: str, overrides: list[str]) -> Bench:
     """Start the stack and a ready worker; ``overrides`` are ``ATTNREC_<SETTING>=value`` strings."""
-    base = load_settings()
+    base = load_settings(BenchSettings)  # the model cache and the Kafka jars are the benchmark's and the stack's
     root = (base.home / "bench-scripts" / name).resolve()
     registry, items = ensure_model(base.bench_cache_dir, CATALOG, MAX_LEN)
     stack = LocalStack(root / "stack", kafka_port=free_port(), controller_port=free_port(), redis_port=free_port(),

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 from attnrec.apps.demo_live import Sizes, live_demo
+from attnrec.apps.settings import DemoSettings
 from attnrec.apps.stack import free_port
-
-from attnrec.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -18,8 +17,8 @@ pytestmark = pytest.mark.integration
 @pytest.mark.timeout(420)
 def test_live_demo_on_a_small_world(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     kafka, controller, redis = free_port(), free_port(), free_port()
-    s = Settings(home=tmp_path, kafka_port=kafka, kafka_controller_port=controller, redis_port=redis,
-                 kafka_bootstrap=f"127.0.0.1:{kafka}", redis_url=f"redis://127.0.0.1:{redis}/0", demo_train_seconds=25)
+    s = DemoSettings(home=tmp_path, kafka_port=kafka, kafka_controller_port=controller, redis_port=redis,
+                     kafka_bootstrap=f"127.0.0.1:{kafka}", redis_url=f"redis://127.0.0.1:{redis}/0", demo_train_seconds=25)
     out = live_demo(s, Sizes(n_train=12_000, pre_s=8, burst_s=10, post_s=8, burst_factor=5))
     printed = capsys.readouterr().out
     print(printed[-3000:])

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from attnrec.exporter.settings import TrainerSettings
 from attnrec.exporter.trainer import archive_from_kafka, run_cycle
 
 from attnrec.kafka_util import ensure_topics
@@ -26,8 +27,8 @@ def test_archive_commits_only_after_the_file_and_cycle_promotes(stack: Any, name
 
     s = settings_for(stack, names, tmp_path / "registry")
     ensure_topics(s)
-    cfg = s.model_copy(update={"home": tmp_path, "trainer_group": f"{s.group_id}-trainer", "trainer_epochs": 2,
-                               "min_new_events": 100})
+    cfg = TrainerSettings.from_settings(s, home=tmp_path, trainer_group=f"{s.group_id}-trainer", trainer_epochs=2,
+                                        min_new_events=100)
     events = list(generate(60, 40, 3000, seed=5))
     with Feeder(s) as feeder:
         feeder.send_all([*events[:2000], *(Raw(b"{not json %d" % i, key=b"bad") for i in range(3))])
@@ -64,7 +65,7 @@ def test_trainer_command_shadows_a_new_model_and_promotes_it_on_the_workers_onli
     from attnrec.redis_util import redis_sync
     from tests.helpers import env_for
 
-    s = settings_for(stack, names, tmp_path / "registry", trainer_group=f"{names['group_id']}-trainer", trainer_epochs=2,
+    s = settings_for(stack, names, tmp_path / "registry", TrainerSettings, trainer_group=f"{names['group_id']}-trainer", trainer_epochs=2,
                      min_new_events=100, trainer_rollout="shadow", margin=0.95, online_margin=0.05, online_min_events=300,
                      policy_name=f"p{tmp_path.name}"[:40])
     ensure_topics(s)

@@ -146,7 +146,11 @@ def test_every_attnrec_variable_in_the_code_is_documented() -> None:
 
 
 def test_every_setting_names_its_variable_first() -> None:
-    from attnrec.settings import Settings, env_name
+    """Over every command's settings class: the base's fields and each tool's own."""
+    from attnrec.apps.cli import settings_classes
 
-    wrong = [n for n, f in Settings.model_fields.items() if not (f.description or "").startswith(env_name(n))]
+    from attnrec.settings import env_name
+
+    wrong = sorted({n for cls in settings_classes() for n, f in cls.model_fields.items()
+                    if not (f.description or "").startswith(env_name(n))})
     assert not wrong, f"descriptions that do not start with their variable: {wrong}"

@@ -31,6 +31,10 @@ def run(args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
     (["bench", "--rate", "fast"], {}, "ATTNREC_BENCH_RATE (--rate)='fast': expected a positive number of events/s or 'max'"),
     (["trainer"], {"ATTNREC_TRAINER_EVERY": "soon"}, "ATTNREC_TRAINER_EVERY='soon': expected a duration"),
     (["train", "--epochs", "-3"], {}, "ATTNREC_TRAIN_EPOCHS (--epochs)='-3': expected a number >= 1"),
+    (["replay", "--rate", "fast"], {}, "ATTNREC_REPLAY_RATE (--rate)='fast': expected a positive number of events/s or 'max'"),
+    (["demo"], {"ATTNREC_DEMO_EVENTS": "5"}, "ATTNREC_DEMO_EVENTS='5': expected a number >= 100"),
+    (["dashboard", "--port", "0"], {}, "ATTNREC_DASHBOARD_PORT (--dashboard-port)='0': expected a number >= 1"),
+    (["stack", "status"], {"ATTNREC_REDIS_APPENDFSYNC": "no"}, "ATTNREC_REDIS_APPENDFSYNC='no': expected one of everysec or always"),
 ])  # fmt: skip
 def test_bad_setting_is_one_line_exit_2(args: list[str], env: dict[str, str], message: str) -> None:
     r = run(args, **env)

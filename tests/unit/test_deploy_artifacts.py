@@ -6,8 +6,9 @@ Docker cannot run here, so the files are checked statically:
   check-jsonschema ships (read from its package data: its CLI is not needed);
 - ``deploy/k8s/*.yaml`` against the Kubernetes JSON schemas vendored under
   ``deploy/k8s/schemas/`` (from the kubernetes-validate wheel, strict flavour: unknown fields fail);
-- every ``attnrec.settings.Settings`` field a deployed process reads (all but the sections of
-  the hand-run tools: replay, demo, train/eval, export/models, bench) is set in the compose
+- every setting a deployed process reads (the worker's ``attnrec.settings.Settings``, and what
+  the trainer's and the dashboard's classes add: not the export/gate options the trainer
+  inherits from ``attnrec models``, nor the hand-run tools' classes) is set in the compose
   environment and in the k8s ConfigMap/Secret wiring, or listed there as optional / not
   applicable / given on the command line;
 - ``docs/CONFIGURATION.md`` is what ``deploy/gen_config_doc.py`` generates today.
@@ -24,10 +25,13 @@ from typing import Any
 
 import jsonschema
 import pytest
+from attnrec.apps.cli import settings_classes
+from attnrec.apps.dashboard.settings import DashboardSettings
+from attnrec.exporter.settings import ModelsSettings, TrainerSettings
 from referencing import Registry, Resource
 from ruamel.yaml import YAML
 
-from attnrec.settings import SECTIONS, Settings, section_of
+from attnrec.settings import Settings, is_secret
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -36,11 +40,15 @@ K8S = DEPLOY / "k8s"
 K8S_SCHEMAS = K8S / "schemas" / "v1.34.0"
 DOCKERFILE = DEPLOY / "docker" / "Dockerfile"
 
-SECRET_FIELDS = {n for n, f in Settings.model_fields.items() if "SecretStr" in str(f.annotation)}
-#: Sections of commands run by hand (tools), not by a deployed process: not in the deployment files.
-TOOL_SECTIONS = {SECTIONS[f] for f in ("replay_data", "demo_events", "data", "checkpoint", "bench_rate")}
-ALL_VARS = {"ATTNREC_" + n.upper() for n in Settings.model_fields if section_of(n) not in TOOL_SECTIONS}
-ANY_VARS = {"ATTNREC_" + n.upper() for n in Settings.model_fields}
+#: The deployed processes' settings: the worker's, the trainer's, the dashboard's.
+DEPLOYED = (Settings, TrainerSettings, DashboardSettings)
+SECRET_FIELDS = {n for cls in DEPLOYED for n in cls.model_fields if is_secret(cls, n)}
+#: What the deployed processes read: the base, plus what the trainer and the dashboard add (the
+#: trainer's export and gate options are ``attnrec models``' and come on its command line).
+DEPLOYED_FIELDS = set(Settings.model_fields) | {
+    n for cls in DEPLOYED[1:] for n in cls.model_fields if n not in ModelsSettings.model_fields}
+ALL_VARS = {"ATTNREC_" + n.upper() for n in DEPLOYED_FIELDS}
+ANY_VARS = {"ATTNREC_" + n.upper() for cls in settings_classes() for n in cls.model_fields}
 
 
 def load_yaml_docs(path: Path) -> list[Any]:
@@ -52,13 +60,16 @@ def var(field: str) -> str:
 
 
 def settings_from_env(env: dict[str, str]) -> Settings:
-    """Settings built from a deployment's environment block (secrets given dummy values)."""
+    """Each deployed process's settings built from a deployment's environment block (secrets
+    given dummy values); returns the worker's."""
     kw: dict[str, Any] = {}
     for k, v in env.items():
         assert k in ANY_VARS, f"{k} is not a setting (typo?)"
         name = k.removeprefix("ATTNREC_").lower()
         kw[name] = "dummy-secret" if name in SECRET_FIELDS or str(v).startswith("${") else v
-    return Settings(**kw)
+    for cls in DEPLOYED[1:]:
+        cls(**{k: v for k, v in kw.items() if k in cls.model_fields})
+    return Settings(**{k: v for k, v in kw.items() if k in Settings.model_fields})
 
 
 # ----------------------------------------------------------------------------- docs
@@ -71,7 +82,7 @@ def test_configuration_doc_is_up_to_date() -> None:
     spec.loader.exec_module(mod)
     assert mod.main(["--check"]) == 0, "docs/CONFIGURATION.md is stale: run python deploy/gen_config_doc.py"
     text = (REPO / "docs" / "CONFIGURATION.md").read_text()
-    for field in Settings.model_fields:
+    for field in (n for cls in settings_classes() for n in cls.model_fields):
         assert var(field) in text, f"{var(field)} missing from docs/CONFIGURATION.md"
 
 

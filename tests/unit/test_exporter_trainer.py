@@ -7,11 +7,12 @@ from pathlib import Path
 
 import orjson
 import pytest
+from attnrec.exporter.settings import TrainerSettings
 from attnrec.exporter.trainer import run_cycle, write_event_file
 
 from attnrec.errors import ConfigError
 from attnrec.registry import Registry
-from attnrec.settings import Settings, load_settings, parse_duration
+from attnrec.settings import load_settings, parse_duration
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("10m", 600.0), ("30s", 30.0), ("1.5h", 5400.0), ("250ms", 0.25),
@@ -24,7 +25,7 @@ def test_parse_duration_rejects_garbage() -> None:
     with pytest.raises(ValueError, match="duration such as 30s, 10m or 1h, got 'soon'"):
         parse_duration("soon")
     with pytest.raises(ConfigError, match="ATTNREC_TRAINER_EVERY='soon': expected a duration"):
-        load_settings(trainer_every="soon")
+        load_settings(TrainerSettings, trainer_every="soon")
 
 
 def test_write_event_file_is_atomic_and_skips_empty(tmp_path: Path) -> None:
@@ -37,7 +38,7 @@ def test_write_event_file_is_atomic_and_skips_empty(tmp_path: Path) -> None:
 def test_cycles_train_export_promote_and_skip(tmp_path: Path) -> None:
     from attnrec.training.sim.synth import generate
 
-    cfg = Settings(registry=tmp_path / "registry", home=tmp_path, trainer_epochs=2, min_new_events=100)
+    cfg = TrainerSettings(registry=tmp_path / "registry", home=tmp_path, trainer_epochs=2, min_new_events=100)
     events = [orjson.dumps(e.to_dict()) for e in generate(40, 30, 1500, seed=3)]
     write_event_file(cfg.event_log, events[:1000])
     first = run_cycle(cfg, archive=False)
@@ -70,7 +71,7 @@ def test_shadow_rollout_shadows_a_new_model_and_promotes_or_rejects_it_on_the_on
     ``online`` is the workers' shadow comparison as ``attnrec models shadow --json`` shows it."""
     from attnrec.training.sim.synth import generate
 
-    cfg = Settings(registry=tmp_path / "registry", home=tmp_path, trainer_epochs=2, min_new_events=100,
+    cfg = TrainerSettings(registry=tmp_path / "registry", home=tmp_path, trainer_epochs=2, min_new_events=100,
                    trainer_rollout="shadow", online_min_events=500, online_margin=0.05,
                    margin=0.95)  # the offline gate out of the way: 40 users make its figures noise
     reg = Registry(cfg.registry_dir)

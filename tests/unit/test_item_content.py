@@ -373,10 +373,9 @@ def test_periodic_trainer_keeps_the_item_content(tmp_path: Path) -> None:
     import orjson
     from attnrec.apps.cli import main
     from attnrec.exporter.export import export_checkpoint
+    from attnrec.exporter.settings import TrainerSettings
     from attnrec.exporter.trainer import run_cycle, write_event_file
     from attnrec.training.sim.content import generate_content, write_attributes_csv
-
-    from attnrec.settings import Settings
 
     evs, world, _ = generate_content(40, 48, 1200, seed=4)
     data = tmp_path / "first.jsonl"
@@ -384,7 +383,7 @@ def test_periodic_trainer_keeps_the_item_content(tmp_path: Path) -> None:
     items = write_attributes_csv(tmp_path / "items.csv", world)
     assert main(["train", "--data", str(data), "--out", str(tmp_path / "ckpt"), "--items", str(items), "--epochs", "1",
                  "--max-len", "10", "--d-model", "16", "--threads", "1", "--quiet"]) == 0
-    cfg = Settings(registry=tmp_path / "registry", home=tmp_path, trainer_epochs=1, min_new_events=100, trainer_threads=1)
+    cfg = TrainerSettings(registry=tmp_path / "registry", home=tmp_path, trainer_epochs=1, min_new_events=100, trainer_threads=1)
     first = export_checkpoint(tmp_path / "ckpt", cfg.registry_dir, promote=True)
     write_event_file(cfg.event_log, [orjson.dumps(e.to_dict()) for e in evs])
     out = run_cycle(cfg, archive=False)

@@ -34,7 +34,7 @@ def test_env_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ATTNREC_TRAIN_EPOCHS", "7")
     monkeypatch.setenv("ATTNREC_DATA_FORMAT", "s3")
     args = build_parser().parse_args(["train", "--data", "x", "--out", "y"])
-    s = load_settings(**{k: getattr(args, k) for k in args._flags if getattr(args, k) is not None})
+    s = load_settings(args._settings, **{k: getattr(args, k) for k in args._flags if getattr(args, k) is not None})
     assert s.train_epochs == 7 and s.data_format == "s3" and s.train_max_len is None
 
 

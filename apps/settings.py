@@ -1,0 +1,51 @@
+"""The settings of the commands in ``apps/`` that are one module each: ``attnrec replay`` and
+``attnrec demo`` (the local stack's, the benchmark's and the dashboard's live in their packages)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from attnrec.apps.stack.settings import StackSettings
+from pydantic import Field, field_validator
+
+from attnrec.settings import Settings
+from attnrec.units import parse_rate
+
+__all__ = ["ReplaySettings", "DemoSettings"]
+
+
+class ReplaySettings(Settings):
+    """The base settings plus what ``attnrec replay`` sends, how fast and where."""
+
+    sections: ClassVar[dict[str, str]] = {"replay_data": "Replay (`attnrec replay`)"}
+
+    replay_data: Path | None = Field(None, description="ATTNREC_REPLAY_DATA: JSONL/CSV file of click events, or a DIGINETICA item-views CSV")
+    replay_synthetic: bool = Field(False, description="ATTNREC_REPLAY_SYNTHETIC: synthetic events with planted structure instead of a file")
+    replay_rate: str = Field("1000", description="ATTNREC_REPLAY_RATE: events/s, or max")
+    replay_count: int = Field(10_000, ge=0, description="ATTNREC_REPLAY_COUNT: events to send (0 = the whole file)")
+    replay_seed: int = Field(7, description="ATTNREC_REPLAY_SEED: seed of the synthetic events")
+    replay_scenario: Literal["live"] | None = Field(None, description="ATTNREC_REPLAY_SCENARIO: live: the live-commerce simulator (rooms, products, stock, bursts) to the clicks and catalog topics")
+    replay_burst_at_s: float | None = Field(None, ge=0, description="ATTNREC_REPLAY_BURST_AT_S: live scenario: a burst starts this many seconds in (unset: none)")
+    replay_burst_s: float = Field(60.0, gt=0, description="ATTNREC_REPLAY_BURST_S: live scenario: the burst's length")
+    replay_burst_factor: float = Field(10.0, ge=1, description="ATTNREC_REPLAY_BURST_FACTOR: live scenario: the burst's rate over the base rate")
+    replay_topic: str | None = Field(None, description="ATTNREC_REPLAY_TOPIC: target topic (default CLICKS_TOPIC)")
+
+    @field_validator("replay_rate")
+    @classmethod
+    def _rate(cls, v: str) -> str:
+        parse_rate(v)
+        return v.strip().lower()
+
+
+class DemoSettings(StackSettings):
+    """The local stack's settings plus the demo's; the demo builds the training and trainer
+    settings it needs from these (``from_settings``), so ``ATTNREC_TRAIN_*`` still apply."""
+
+    sections: ClassVar[dict[str, str]] = {"demo_events": "Demo (`attnrec demo`)"}
+
+    demo_events: int = Field(6000, ge=100, description="ATTNREC_DEMO_EVENTS: events replayed live")
+    demo_rate: float = Field(500.0, gt=0, description="ATTNREC_DEMO_RATE: replay rate, events/s")
+    demo_train_seconds: float = Field(60.0, gt=0, description="ATTNREC_DEMO_TRAIN_SECONDS: training budget of each model")
+    demo_scenario: Literal["synthetic", "live"] = Field("synthetic", description="ATTNREC_DEMO_SCENARIO: synthetic (planted follow-ups) or live (the live-commerce simulator, with the catalog topic, a burst and online evaluation)")
+    demo_keep_stack: bool = Field(False, description="ATTNREC_DEMO_KEEP_STACK: leave Kafka and Redis running afterwards")
