@@ -16,6 +16,7 @@ import argparse
 import importlib
 import json
 import logging
+import re
 import sys
 import types
 import typing
@@ -28,7 +29,7 @@ from attnrec.apps.dashboard.settings import DashboardSettings
 from attnrec.apps.settings import DemoSettings, ReplaySettings
 from attnrec.apps.stack.settings import StackSettings
 from attnrec.exporter.settings import ModelsSettings, TrainerSettings
-from attnrec.training.settings import TrainingSettings
+from attnrec.training.settings import TrainingSettings, option_flags
 
 from attnrec import __version__
 from attnrec.errors import AttnrecError, ConfigError, ModelError
@@ -60,12 +61,8 @@ class Command:
 _HOME = (("--home", "home"),)
 _REGISTRY = (("--registry", "registry"),)
 _GATE = (("--force", "force"), ("--margin", "margin"))
-_DATA = (("--data", "data"), ("--format", "data_format"), ("--threads", "train_threads"), ("--seed", "train_seed"),
-         ("--quiet", "quiet"))
-_MODEL = tuple((f"--{name}", f"train_{name.replace('-', '_')}") for name in (
-    "max-len", "d-model", "blocks", "heads", "dropout", "block", "epochs", "patience", "batch-size", "lr", "lr-decay",
-    "lr-patience", "output-dropout", "ema", "weight-decay", "label-smoothing", "denoise", "denoise-weight", "drop-hardest", "loss", "negatives", "negatives-per",
-    "max-minutes", "bucket", "no-types", "no-gaps"))
+_DATA = (("--data", "data"), ("--format", "data_format"), ("--quiet", "quiet"))
+_FEATURES = (("--no-types", "train_no_types"), ("--no-gaps", "train_no_gaps"))
 
 COMMANDS: tuple[Command, ...] = (
     Command("stack", "local Kafka (KRaft) + Redis: up | down | status", "attnrec.apps.stack:cmd_stack", _HOME,
@@ -83,14 +80,14 @@ COMMANDS: tuple[Command, ...] = (
              ("--keep-stack", "demo_keep_stack"), ("--scenario", "demo_scenario"), *_HOME), DemoSettings),
     Command("train", "train a model (defaults chosen from the data; early stopping on validation NDCG@10)",
             "attnrec.training.cli:cmd_train",
-            (*_DATA, ("--out", "train_out"), *_MODEL, ("--items", "train_items"), ("--id-dropout", "train_id_dropout")),
+            (*_DATA, ("--out", "train_out"), *option_flags("train"), *_FEATURES, ("--items", "train_items")),
             TrainingSettings),
     Command("eval", "leave-one-out full-ranking evaluation of a checkpoint (--model), of the attention model trained "
             "here (--train) or of a baseline trained here (--baseline; evaluation only, never exported); --noise "
             "trains and evaluates on noisy data", "attnrec.training.cli:cmd_eval",
             (*_DATA, ("--model", "eval_model"), ("--baseline", "eval_baseline"), ("--train", "eval_train"),
              ("--noise", "eval_noise"), ("--keep-history", "eval_keep_history"), ("--split", "eval_split"),
-             ("--json", "eval_json"), *_MODEL), TrainingSettings),
+             ("--json", "eval_json"), *option_flags("eval"), *_FEATURES), TrainingSettings),
     Command("export", "export a checkpoint to ONNX, check it and publish it to the registry", "attnrec.exporter.cli:cmd_export",
             (("--checkpoint", "checkpoint"), *_REGISTRY, ("--promote", "promote"), *_GATE, ("--top-k", "top_k"),
              ("--quantize", "quantize"), *_HOME), ModelsSettings),
@@ -179,6 +176,9 @@ def _add_flag(p: argparse.ArgumentParser, cls: type[Settings], flag: str, name: 
     f = cls.model_fields[name]
     desc = (f.description or "").split(": ", 1)[-1] if ": " in (f.description or "") else ""
     default = "unset" if f.default is None else f.default
+    said = re.search(r" \(unset: ([^()]*)\)$", desc)  # a training option says what unset means
+    if f.default is None and said:
+        desc, default = desc[: said.start()], said.group(1)
     text = f"{desc} ({env_name(name)}; default {default})".strip().replace("%", "%%")
     kw: dict[str, Any] = {"dest": name, "default": None, "help": text}
     if _is_bool(f.annotation):

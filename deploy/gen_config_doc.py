@@ -40,7 +40,8 @@ options (`attnrec.apps.stack.settings.StackSettings`, `attnrec.apps.settings.Rep
 and `TrainerSettings`, `attnrec.apps.dashboard.settings.DashboardSettings`,
 `attnrec.apps.bench.settings.BenchSettings`: the later sections). Every command-line flag is
 one of these settings (the "flags" column says which command has it) and overrides the
-environment. Every value is checked at start-up:
+environment. The training options (`ATTNREC_TRAIN_*` of the model and the training loop) are
+declared once, as the fields of `training/config.py`. Every value is checked at start-up:
 a bad one ends the command with one line naming the variable (and the flag), the value and
 what is expected, exit status 2 — for example
 `attnrec: error: ATTNREC_BATCH_SIZE='abc': expected an integer`. A variable that starts with

@@ -4,8 +4,8 @@ evaluation and baselines; the simulated event streams it is tried on are in ``si
 Modules (import them directly; this package imports nothing so that the torch-free parts stay
 torch-free):
 
-- ``attnrec.training.config``     ``ModelConfig``, ``TrainConfig``: the configurations and their defaults (torch-free)
-- ``attnrec.training.settings``   ``TrainingSettings``: the settings of train/eval (torch-free)
+- ``attnrec.training.config``     ``ModelConfig``, ``TrainConfig``: every training option, declared once (torch-free)
+- ``attnrec.training.settings``   ``TrainingSettings``: the settings and flags of train/eval, derived from the configs (torch-free)
 - ``attnrec.training.cli``        the ``attnrec train`` / ``attnrec eval`` commands (torch imported lazily)
 - ``attnrec.training.features``   feature encoding with the vocabularies of ``attnrec.manifest`` (torch-free)
 - ``attnrec.training.data``       loaders (s3, gsasrec, events), vocabulary, leave-one-out split

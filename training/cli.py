@@ -1,9 +1,9 @@
 """``attnrec train`` and ``attnrec eval``: the commands over the training pipeline.
 
 Importing this module does not import torch: the commands import it when they run. Options
-come from :class:`attnrec.training.settings.TrainingSettings` (``ATTNREC_DATA``, ``ATTNREC_TRAIN_*``,
-``ATTNREC_EVAL_*``; flags in ``attnrec train --help``). Model and training options left unset
-are chosen from the data (``attnrec.training.defaults.default_configs``).
+come from :class:`attnrec.training.settings.TrainingSettings` (``ATTNREC_DATA``,
+``ATTNREC_TRAIN_*``, ``ATTNREC_EVAL_*``; flags in ``attnrec train --help``). Model and training
+options left unset are chosen from the data (``attnrec.training.defaults.default_configs``).
 
     attnrec train --data PATH --format s3|gsasrec|events --out DIR [--items FILE]   (item content: training/content.py)
     attnrec eval  --model DIR --data PATH --format ... --json FILE
@@ -22,49 +22,32 @@ from typing import Any
 
 from attnrec.errors import ConfigError
 
-from .settings import TrainingSettings
+from .config import ModelConfig
+from .settings import OPTIONS, TrainingSettings
 
 __all__ = ["configs", "train_checkpoint", "cmd_train", "cmd_eval"]
 
 log = logging.getLogger(__name__)
 
-#: Settings field -> ModelConfig field, TrainConfig field (None = left to the data defaults).
-_MODEL_FIELDS = {"train_max_len": "max_len", "train_d_model": "d_model", "train_blocks": "n_blocks",
-                 "train_heads": "n_heads", "train_dropout": "dropout", "train_block": "block",
-                 "train_id_dropout": "id_dropout"}
-_TRAIN_FIELDS = {"train_epochs": "epochs", "train_patience": "patience", "train_batch_size": "batch_size",
-                 "train_lr": "lr", "train_lr_decay": "lr_decay", "train_lr_patience": "lr_patience",
-                 "train_output_dropout": "output_dropout", "train_ema": "ema", "train_weight_decay": "weight_decay",
-                 "train_label_smoothing": "label_smoothing", "train_denoise": "denoise",
-                 "train_denoise_weight": "denoise_weight", "train_drop_hardest": "drop_hardest",
-                 "train_loss": "loss", "train_negatives": "n_negatives",
-                 "train_negatives_per": "negatives_per", "train_max_minutes": "max_minutes",
-                 "train_bucket": "bucket_batches"}
-
-
 def configs(s: TrainingSettings, ds: Any, *, loss: str | None = None, baseline: bool = False) -> tuple[Any, Any]:
-    """The data's default configurations with every ``ATTNREC_TRAIN_*`` setting that is set
-    applied on top (``loss``: the loss when the settings leave it unset). A ``baseline`` trains
-    without the attention model's denoising default unless ``ATTNREC_TRAIN_DENOISE`` is set: it
-    teaches attention where not to look, and the baselines keep their published recipes."""
+    """The data's default configurations with every training option the settings set applied on
+    top (``loss``: the loss when the settings leave it unset). A ``baseline`` trains without the
+    attention model's denoising default unless ``ATTNREC_TRAIN_DENOISE`` is set: it teaches
+    attention where not to look, and the baselines keep their published recipes."""
     from .defaults import default_configs
 
     mcfg, tcfg = default_configs(ds)
     if baseline:
         tcfg.denoise = 0.0
-    for src, dst in _MODEL_FIELDS.items():
-        if getattr(s, src) is not None:
-            setattr(mcfg, dst, getattr(s, src))
     if loss is not None and s.train_loss is None:
         tcfg.loss = loss
-    for src, dst in _TRAIN_FIELDS.items():
-        if getattr(s, src) is not None:
-            setattr(tcfg, dst, getattr(s, src))
+    for cls, name, setting, _, _ in OPTIONS:
+        if getattr(s, setting) is not None:
+            setattr(mcfg if cls is ModelConfig else tcfg, name, getattr(s, setting))
     if s.train_no_types:
         mcfg.n_event_types = 0
     if s.train_no_gaps:
         mcfg.n_gap_buckets = 0
-    tcfg.seed, tcfg.threads = s.train_seed, s.train_threads
     try:
         mcfg.__post_init__()
         tcfg.__post_init__()

@@ -30,8 +30,8 @@ length) in one of two layouts (``ModelConfig.block``):
 "sasrec" is the block of the SASRec authors' code (and of RecTools' SASRec): the query is
 normalised, keys and values are not, and the residuals start from the normalised tensors.
 Scores are the final hidden state dotted with the (tied) item embeddings. The configuration,
-:class:`ModelConfig`, is declared in ``training/config.py`` with its defaults (torch-free: code
-that only reads a configuration needs no torch).
+:class:`ModelConfig`, is declared in ``training/config.py`` with its defaults (torch-free: the
+settings and the command line read its fields).
 
 With item content (``ModelConfig.has_content``; ``training/content.py``) an item's vector is its
 id embedding (masked for cold items and, in training, by id-dropout) plus a content vector

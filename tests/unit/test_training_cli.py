@@ -38,6 +38,65 @@ def test_env_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.train_epochs == 7 and s.data_format == "s3" and s.train_max_len is None
 
 
+#: The flags of attnrec train / eval before the options were generated (docs/BENCHMARKS.md's commands use them).
+OLD_FLAGS = ("--max-len", "--d-model", "--blocks", "--heads", "--dropout", "--block", "--epochs", "--patience",
+             "--batch-size", "--lr", "--lr-decay", "--lr-patience", "--output-dropout", "--ema", "--weight-decay",
+             "--label-smoothing", "--denoise", "--denoise-weight", "--drop-hardest", "--loss", "--negatives",
+             "--negatives-per", "--max-minutes", "--bucket", "--no-types", "--no-gaps", "--threads", "--seed", "--data",
+             "--format", "--quiet")
+
+
+def _flags(command: str) -> set[str]:
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    return {o for a in sub.choices[command]._actions for o in a.option_strings}  # type: ignore[index]
+
+
+def test_training_options_are_declared_once_in_the_configs() -> None:
+    """Every option field of ModelConfig / TrainConfig is a setting with the field's bounds and
+    choices and a flag of train and eval (id_dropout: train only, with --items); the flags and
+    variables of before are all still there, and nothing but the options became one."""
+    from attnrec.training.config import ModelConfig, TrainConfig, options
+    from attnrec.training.settings import TrainingSettings
+
+    train, evl = _flags("train"), _flags("eval")
+    assert set(OLD_FLAGS) <= train and set(OLD_FLAGS) <= evl
+    assert {"--out", "--items", "--id-dropout"} <= train and not {"--out", "--items", "--id-dropout"} & evl
+    mapping = {"n_blocks": "blocks", "n_heads": "heads", "n_negatives": "negatives", "bucket_batches": "bucket"}
+    declared = set()
+    for cls in (ModelConfig, TrainConfig):
+        for name, opt, _ in options(cls):
+            setting = "train_" + mapping.get(name, name)
+            declared.add(setting)
+            f = TrainingSettings.model_fields[setting]
+            bounds = {k: getattr(m, k) for m in f.metadata for k in ("ge", "gt", "le", "lt") if getattr(m, k, None) is not None}
+            assert bounds == {k: getattr(opt, k) for k in ("ge", "gt", "le", "lt") if getattr(opt, k) is not None}, name
+            assert f.description and opt.help in f.description, name
+            if opt.choices:
+                assert str(opt.choices[0]) in str(f.annotation), name
+    assert {"train_max_len", "train_blocks", "train_negatives", "train_bucket", "train_max_minutes", "train_seed",
+            "train_threads", "train_id_dropout"} <= declared
+    generated = {n for n in TrainingSettings.model_fields if n.startswith("train_")}
+    assert generated - declared == {"train_out", "train_no_types", "train_no_gaps", "train_items"}
+    assert not {"train_val_max_users", "train_all_windows", "train_d_ff", "train_positions"} & generated
+
+
+def test_a_flag_sets_its_config_field_and_the_config_checks_the_same_bounds() -> None:
+    from attnrec.training.cli import configs
+    from attnrec.training.config import TrainConfig
+    from attnrec.training.data import dataset_from_events
+    from attnrec.training.settings import TrainingSettings
+
+    ds = dataset_from_events(generate(40, 30, 1200, seed=3), "tiny")
+    args = build_parser().parse_args(["eval", "--blocks", "3", "--negatives", "64", "--bucket", "--max-minutes", "2",
+                                      "--loss", "sampled", "--seed", "5"])
+    s = TrainingSettings(**{k: getattr(args, k) for k in args._flags if getattr(args, k) is not None})
+    mcfg, tcfg = configs(s, ds)
+    assert (mcfg.n_blocks, tcfg.n_negatives, tcfg.bucket_batches, tcfg.max_minutes, tcfg.loss, tcfg.seed) == (
+        3, 64, True, 2.0, "sampled", 5)
+    with pytest.raises(AssertionError, match="lr_decay must be > 0 and <= 1, got 1.5"):
+        TrainConfig(lr_decay=1.5)
+
+
 def test_smoke_train_then_eval(events: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "ckpt"
     assert _run(["train", "--data", str(events), "--format", "events", "--out", str(out), "--epochs", "3",
