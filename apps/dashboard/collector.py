@@ -15,13 +15,13 @@ group or commits anything) and an admin client. It
   consumer group: committed offsets, lag per partition, members and who owns which partition.
 
 Nothing here reads a worker's memory, so any number of workers is shown correctly.
-:meth:`Collector.snapshot` returns a JSON-ready dict; the web layer only serves it.
+:meth:`Collector.snapshot` returns a JSON-ready dict; the web layer only serves it. The
+figures themselves (feed rows, rates, percentiles) are :mod:`attnrec.apps.dashboard.figures`'.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections import OrderedDict, deque
@@ -33,39 +33,11 @@ from kafka import TopicPartition
 
 from attnrec.settings import Settings
 
-__all__ = ["Collector", "CollectorConfig", "percentile", "explain"]
+from .figures import assignment_topics, chart_point, dead_letter_row, feed_row
+
+__all__ = ["Collector", "CollectorConfig"]
 
 log = logging.getLogger(__name__)
-
-_VERBS = {
-    "view": "viewed",
-    "click": "clicked",
-    "like": "liked",
-    "cart": "added to cart",
-    "purchase": "bought",
-    "gift": "gifted",
-    "share": "shared",
-}
-
-
-def explain(because: list[dict[str, Any]]) -> list[str]:
-    """``[{"item_id": "X", "event_type": "purchase", "weight": 0.41}]`` -> ``["because you bought X — weight 0.41"]``."""
-    out = []
-    for b in because:
-        verb = _VERBS.get(str(b.get("event_type")), "interacted with")
-        w = b.get("weight")
-        wt = f" — weight {float(w):.2f}" if isinstance(w, (int, float)) else ""
-        out.append(f"because you {verb} {b.get('item_id')}{wt}")
-    return out
-
-
-def percentile(sorted_values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile of an ascending list (None when empty)."""
-    if not sorted_values:
-        return None
-    k = max(0, min(len(sorted_values) - 1, math.ceil(q / 100.0 * len(sorted_values)) - 1))
-    return sorted_values[k]
-
 
 @dataclass(frozen=True)
 class CollectorConfig:
@@ -254,22 +226,7 @@ class Collector:
                     lats.append(latency)
                 else:
                     self._pending.put(trig, m.timestamp)
-            because = rec.get("because") or []
-            items.append({
-                "user_id": rec.get("user_id"),
-                "items": [it.get("item_id") for it in (rec.get("items") or [])[:5]],
-                "scores": [it.get("score") for it in (rec.get("items") or [])[:5]],
-                "because": because,
-                "explanations": explain(because),
-                "model_version": rec.get("model_version"),
-                "fallback": bool(rec.get("fallback")),
-                "trigger_event_id": trig,
-                "emitted_ts": rec.get("emitted_ts"),
-                "kafka_ts": m.timestamp,
-                "partition": m.partition,
-                "offset": m.offset,
-                "latency_ms": latency,
-            })  # fmt: skip
+            items.append(feed_row(rec, m, latency))
         with self._lock:
             self._recs_seen += len(records)
             self._lat.extend((wall, x) for x in lats)
@@ -279,18 +236,7 @@ class Collector:
                     self._recent_recs.append((wall, str(it["model_version"]), it["fallback"]))
 
     def _on_dead(self, records: list[Any]) -> None:
-        rows = []
-        for m in records:
-            try:
-                env = orjson.loads(m.value)
-            except Exception:
-                env = {"error": "(dead letter is not JSON)"}
-            rows.append({
-                "error": str(env.get("error"))[:500],
-                "topic": env.get("topic"), "partition": env.get("partition"), "offset": env.get("offset"),
-                "ts": env.get("ts") or m.timestamp,
-                "key": m.key.decode("utf-8", "replace") if m.key else None,
-            })  # fmt: skip
+        rows = [dead_letter_row(m) for m in records]
         with self._lock:
             self._dead_seen += len(records)
             for r in rows:
@@ -348,7 +294,7 @@ class Collector:
         for m in d.get("members", []) or []:
             parts: list[int] = []
             asg = m.get("member_assignment")
-            for t in _assignment_topics(asg):
+            for t in assignment_topics(asg):
                 if t[0] == self.s.clicks_topic:
                     parts.extend(t[1])
             members.append({
@@ -359,36 +305,16 @@ class Collector:
         return {"id": gid, "state": d.get("group_state"), "members": members}
 
     def _add_sample(self, wall: float, clicks: int, recs: int, dead: int, lag: int) -> None:
-        """Append one point; rates are differences over the last ~5 s of points. Lock held."""
+        """Append one chart point (:func:`chart_point`) and forget what left the window. Lock held."""
         cut = wall - self.cfg.window_s
         while self._lat and self._lat[0][0] < cut:
             self._lat.popleft()
         while self._recent_recs and self._recent_recs[0][0] < cut:
             self._recent_recs.popleft()
         lats = sorted(x for _, x in self._lat)
-        prev = self._samples
-        ref = None
-        for smp in reversed(prev):  # the newest point at least 5 s old, else the oldest
-            ref = smp
-            if wall - smp["t"] >= 5.0:
-                break
-        dt = (wall - ref["t"]) if ref else 0.0
-        ev_rate = (clicks - ref["events_total"]) / dt if ref and dt > 0 else 0.0
-        rec_rate = (recs - ref["recs_total"]) / dt if ref and dt > 0 else 0.0
-        old = None  # dead letters over the last minute: total now minus total a window ago
-        for smp in prev:
-            if smp["t"] >= cut:
-                old = smp
-                break
-        dead_min = (dead - old["dead_total"]) * 60.0 / max(self.cfg.window_s, 1.0) if old else 0.0
-        prev.append({
-            "t": wall, "events_total": clicks, "recs_total": recs, "dead_total": dead, "lag": lag,
-            "events_per_s": max(0.0, ev_rate), "recs_per_s": max(0.0, rec_rate),
-            "p50": percentile(lats, 50), "p99": percentile(lats, 99), "latency_n": len(lats),
-            "dead_per_min": max(0.0, dead_min),
-        })  # fmt: skip
-        while prev and prev[0]["t"] < wall - self.cfg.history_s:
-            prev.popleft()
+        self._samples.append(chart_point(self._samples, wall, clicks, recs, dead, lag, lats, self.cfg.window_s))
+        while self._samples and self._samples[0]["t"] < wall - self.cfg.history_s:
+            self._samples.popleft()
 
     # ------------------------------------------------------------------ reading
     def snapshot(self) -> dict[str, Any]:
@@ -437,24 +363,3 @@ class Collector:
                 "errors": errors,
             }
         return out
-
-
-def _assignment_topics(asg: Any) -> list[tuple[str, list[int]]]:
-    """(topic, partitions) pairs from a decoded ConsumerProtocolAssignment, whatever its shape."""
-    if asg is None or isinstance(asg, (bytes, bytearray)):
-        return []
-    if isinstance(asg, dict):
-        parts = asg.get("assigned_partitions") or asg.get("partitions") or []
-    else:
-        parts = getattr(asg, "assigned_partitions", None) or getattr(asg, "partitions", None) or []
-        if callable(getattr(asg, "to_dict", None)) and not parts:
-            return _assignment_topics(asg.to_dict())
-    out: list[tuple[str, list[int]]] = []
-    for t in parts:
-        if isinstance(t, dict):
-            out.append((str(t.get("topic")), [int(p) for p in t.get("partitions") or []]))
-        elif isinstance(t, (tuple, list)) and len(t) == 2:
-            out.append((str(t[0]), [int(p) for p in t[1]]))
-        else:
-            out.append((str(getattr(t, "topic", None)), [int(p) for p in getattr(t, "partitions", []) or []]))
-    return out

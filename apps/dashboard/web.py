@@ -25,7 +25,8 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from attnrec.apps.dashboard.collector import Collector, CollectorConfig, explain
+from attnrec.apps.dashboard.collector import Collector, CollectorConfig
+from attnrec.apps.dashboard.figures import explain
 from attnrec.stream.core.buffer import RedisBuffers
 from attnrec.stream.stages.online import ONLINE_KEY, comparisons, series, totals
 from attnrec.stream.stages.trending import Trending

@@ -363,7 +363,7 @@ def test_dashboard_off_loopback_requires_token(stack: Any, names: dict[str, str]
 
 
 def test_explanations_and_percentiles() -> None:
-    from attnrec.apps.dashboard.collector import explain, percentile
+    from attnrec.apps.dashboard.figures import explain, percentile
 
     assert explain([{"item_id": "X", "event_type": "purchase", "weight": 0.4123}, {"item_id": "Y", "event_type": "other", "weight": 0.2}]) == [
         "because you bought X — weight 0.41",
