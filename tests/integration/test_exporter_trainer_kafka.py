@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from attnrec.exporter.archive import archive_from_kafka
 from attnrec.exporter.settings import TrainerSettings
-from attnrec.exporter.trainer import archive_from_kafka, run_cycle
+from attnrec.exporter.trainer import run_cycle
 
 from attnrec.kafka_util import ensure_topics
 from attnrec.registry import Registry

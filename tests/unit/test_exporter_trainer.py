@@ -7,8 +7,9 @@ from pathlib import Path
 
 import orjson
 import pytest
+from attnrec.exporter.archive import write_event_file
 from attnrec.exporter.settings import TrainerSettings
-from attnrec.exporter.trainer import run_cycle, write_event_file
+from attnrec.exporter.trainer import run_cycle
 
 from attnrec.errors import ConfigError
 from attnrec.registry import Registry

@@ -372,9 +372,10 @@ def test_periodic_trainer_keeps_the_item_content(tmp_path: Path) -> None:
     """A promoted content model is retrained with the attribute file of its checkpoint."""
     import orjson
     from attnrec.apps.cli import main
+    from attnrec.exporter.archive import write_event_file
     from attnrec.exporter.export import export_checkpoint
     from attnrec.exporter.settings import TrainerSettings
-    from attnrec.exporter.trainer import run_cycle, write_event_file
+    from attnrec.exporter.trainer import run_cycle
     from attnrec.training.sim.content import generate_content, write_attributes_csv
 
     evs, world, _ = generate_content(40, 48, 1200, seed=4)
