@@ -192,7 +192,8 @@ class TrainConfig(ConfigDict):
     val_max_users: int = 0  # per-epoch validation on a seeded subset (0 = all validation users)
     all_windows: bool = False  # train on every max_len window of long histories, not only the newest
     bucket_batches: bool = field(default=False, metadata=option(
-        "batches of rows of similar length instead of random batches (less padding; it trained worse on Beauty)",
+        "batches of rows of similar length instead of random batches (less padding, ~11 % less CPU per epoch on "
+        "Beauty, but ~0.01 lower validation NDCG@10)",
         name="bucket"))
     threads: int = field(default=2, metadata=option("torch intra-op threads", ge=1, pinned=True))
 
