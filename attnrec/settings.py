@@ -44,7 +44,7 @@ ENV_PREFIX = "ATTNREC_"
 #: ``ATTNREC_*`` variables read outside the settings classes (docs/CONFIGURATION.md lists them too).
 OTHER_VARIABLES: dict[str, str] = {
     "ATTNREC_SECRETS_DIR": "a directory of files named after settings' variables, each holding that setting's value (Docker/Kubernetes secret mounts); the environment wins when both are set",
-    "ATTNREC_DATA_DIR": "the public datasets (Beauty, ML-1M) the test suite reads (default ../shared/data)",
+    "ATTNREC_DATA_DIR": "the public datasets (Beauty, ML-1M) the test suite and make bench-quality (training/bench_quality.sh) read (default ../shared/data)",
     "ATTNREC_IMAGE_TAG": "docker compose: the tag of the attnrec images (deploy/compose)",
     "ATTNREC_SKIP_CHROMIUM": "1: make's system set-up does not install Chromium (only the dashboard's browser test needs it)",
     "ATTNREC_RELIABILITY_JSON": "the fault tests write their figures (docs/RELIABILITY.md) to this file",
