@@ -1,3 +1,3 @@
-from attnrec.apps.cli import main
+from .cli import main
 
 raise SystemExit(main())

@@ -24,16 +24,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from attnrec.apps.bench.settings import BenchSettings
-from attnrec.apps.dashboard.settings import DashboardSettings
-from attnrec.apps.settings import DemoSettings, ReplaySettings
-from attnrec.apps.stack.settings import StackSettings
-from attnrec.exporter.settings import ModelsSettings, TrainerSettings
-from attnrec.training.settings import TrainingSettings, option_flags
-
 from attnrec import __version__
 from attnrec.errors import AttnrecError, ConfigError, ModelError
 from attnrec.settings import Settings, env_name, load_settings
+
+from ..exporter.settings import ModelsSettings, TrainerSettings
+from ..training.settings import TrainingSettings, option_flags
+from .bench.settings import BenchSettings
+from .dashboard.settings import DashboardSettings
+from .settings import DemoSettings, ReplaySettings
+from .stack.settings import StackSettings
 
 __all__ = ["COMMANDS", "Command", "build_parser", "main", "setup_logging", "settings_classes"]
 
@@ -233,11 +233,11 @@ def _resolve(handler: str) -> Handler:
 # ------------------------------------------------------------------------------------- commands run here
 def cmd_worker(s: Settings, args: argparse.Namespace) -> int:
     """``attnrec worker``: create missing topics, then serve until SIGTERM/SIGINT."""
-    from attnrec.stream.runner import run_worker
+    from ..stream.runner import run_worker
 
     factory = None
     if s.scorer == "torch":
-        from attnrec.exporter.eager import torch_session_factory  # needs torch: the benchmark's baseline only
+        from ..exporter.eager import torch_session_factory  # needs torch: the benchmark's baseline only
 
         factory = torch_session_factory(s.ort_threads)
     run_worker(s, session_factory=factory)

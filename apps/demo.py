@@ -19,12 +19,13 @@ import time
 from typing import Any
 
 import numpy as np
-from attnrec.apps.demo_kit import fresh_ids, say, start_worker, stop_worker, train_and_export, wait_ready, write_jsonl
-from attnrec.apps.replay import RecsTracker, produce
-from attnrec.apps.settings import DemoSettings
-from attnrec.apps.stack import free_port, local_stack
 
 from attnrec.kafka_util import ensure_topics
+
+from .demo_kit import fresh_ids, say, start_worker, stop_worker, train_and_export, wait_ready, write_jsonl
+from .replay import RecsTracker, produce
+from .settings import DemoSettings
+from .stack import free_port, local_stack
 
 __all__ = ["run_demo", "cmd_demo"]
 
@@ -46,11 +47,12 @@ def cmd_demo(s: DemoSettings, args: Any) -> int:
 
 def run_demo(s: DemoSettings) -> int:
     if s.demo_scenario == "live":
-        from attnrec.apps.demo_live import run_live_demo
+        from .demo_live import run_live_demo
 
         return run_live_demo(s)
-    from attnrec.training.sim.synth import generate
     from tqdm import tqdm
+
+    from ..training.sim.synth import generate
 
     events, rate, train_seconds, keep_stack = s.demo_events, s.demo_rate, s.demo_train_seconds, s.demo_keep_stack
     t_start = time.monotonic()
@@ -104,8 +106,8 @@ def run_demo(s: DemoSettings) -> int:
             """One cycle of the periodic trainer (`attnrec trainer`): archive what arrived on
             `clicks`, retrain warm-started from the serving model, export, gated promote."""
             try:
-                from attnrec.exporter.settings import TrainerSettings
-                from attnrec.exporter.trainer import run_cycle
+                from ..exporter.settings import TrainerSettings
+                from ..exporter.trainer import run_cycle
 
                 events_dir = work / "events"
                 events_dir.mkdir(exist_ok=True)

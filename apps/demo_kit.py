@@ -13,12 +13,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from attnrec.apps.settings import DemoSettings
-from attnrec.apps.stack import REPO_ROOT
-
 from attnrec.errors import StackError
 from attnrec.events import ClickEvent
 from attnrec.registry import Registry
+
+from .settings import DemoSettings
+from .stack import REPO_ROOT
 
 __all__ = ["fresh_ids", "say", "train_and_export", "wait_ready", "write_jsonl", "start_worker", "stop_worker"]
 
@@ -30,9 +30,9 @@ def say(msg: str) -> None:
 def train_and_export(s: DemoSettings, data: Path, out: Path, registry: Path, *, force: bool) -> tuple[str, dict[str, Any]]:
     """The training pipeline of ``attnrec train`` on the demo's events (its settings built from
     the demo's, so ``ATTNREC_TRAIN_*`` apply), then export and promote."""
-    from attnrec.exporter.export import export_checkpoint
-    from attnrec.training.cli import train_checkpoint
-    from attnrec.training.settings import TrainingSettings
+    from ..exporter.export import export_checkpoint
+    from ..training.cli import train_checkpoint
+    from ..training.settings import TrainingSettings
 
     minutes = max(0.1, s.demo_train_seconds / 60.0)
     train_checkpoint(TrainingSettings.from_settings(s, data=data, data_format="events", train_out=out,

@@ -23,14 +23,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from attnrec.apps.bench.worker import scrape
-from attnrec.apps.demo_kit import fresh_ids, say, start_worker, stop_worker, train_and_export, wait_ready, write_jsonl
-from attnrec.apps.replay import RecsTracker, produce_live
-from attnrec.apps.settings import DemoSettings
-from attnrec.apps.stack import free_port, local_stack
 
 from attnrec.events import CatalogEvent, ClickEvent
 from attnrec.kafka_util import ensure_topics
+
+from .bench.worker import scrape
+from .demo_kit import fresh_ids, say, start_worker, stop_worker, train_and_export, wait_ready, write_jsonl
+from .replay import RecsTracker, produce_live
+from .settings import DemoSettings
+from .stack import free_port, local_stack
 
 __all__ = ["Sizes", "live_demo", "run_live_demo", "online_table", "histogram_quantiles"]
 
@@ -80,8 +81,8 @@ def run_live_demo(s: DemoSettings) -> int:
 
 def live_demo(s: DemoSettings, z: Sizes = Sizes()) -> dict[str, Any]:
     """The whole demo; prints as it goes and returns the summary's figures."""
-    from attnrec.training.sim.availability import AvailabilityLog
-    from attnrec.training.sim.live import generate_live
+    from ..training.sim.availability import AvailabilityLog
+    from ..training.sim.live import generate_live
 
     t_start = time.monotonic()
     home = s.home.resolve()

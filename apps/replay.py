@@ -23,12 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from attnrec.apps.settings import ReplaySettings
 
 from attnrec.errors import ConfigError, DataError
 from attnrec.events import CatalogEvent, ClickEvent, parse_event
 from attnrec.kafka_util import ensure_topics, make_consumer, make_producer
 from attnrec.settings import Settings, parse_rate
+
+from .settings import ReplaySettings
 
 __all__ = ["iter_file_events", "iter_synthetic", "iter_live", "Pacer", "produce", "produce_live", "replay", "replay_live",
            "cmd_replay", "RecsTracker"]
@@ -87,7 +88,7 @@ def iter_file_events(path: Path) -> Iterator[ClickEvent]:
 
 def iter_synthetic(count: int, seed: int = 7, n_users: int | None = None, n_items: int | None = None, restamp: bool = False) -> Iterator[ClickEvent]:
     """Synthetic events (training/sim/synth.py), optionally re-stamped to "now" keeping their gaps."""
-    from attnrec.training.sim.synth import generate
+    from ..training.sim.synth import generate
 
     users = n_users or max(50, count // 40)
     items = n_items or max(200, min(3000, count // 10))
@@ -106,7 +107,7 @@ def iter_synthetic(count: int, seed: int = 7, n_users: int | None = None, n_item
 def iter_live(s: ReplaySettings) -> Iterator[ClickEvent | CatalogEvent]:
     """The live scenario of these settings: ``REPLAY_COUNT`` click events at ``REPLAY_RATE``
     (rate max: scheduled at 1000/s), the burst of ``REPLAY_BURST_*``, seed ``REPLAY_SEED``."""
-    from attnrec.training.sim.live import generate_live
+    from ..training.sim.live import generate_live
 
     return generate_live(s.replay_count, seed=s.replay_seed, rate=parse_rate(s.replay_rate) or 1000.0,
                          burst_at_s=s.replay_burst_at_s, burst_s=s.replay_burst_s, burst_factor=s.replay_burst_factor)  # fmt: skip

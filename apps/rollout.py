@@ -17,16 +17,16 @@ import json
 import logging
 from typing import Any
 
-from attnrec.exporter.cli import fail
-from attnrec.exporter.gate import promote_gated
-from attnrec.exporter.settings import ModelsSettings, TrainerSettings
-from attnrec.stream.stages.online import ONLINE_KEY, comparisons, totals
-from attnrec.stream.stages.policy import Policy
-
 from attnrec.errors import AttnrecError, ConfigError, TransientError
 from attnrec.redis_util import redis_sync
 from attnrec.registry import Registry
 from attnrec.settings import Settings
+
+from ..exporter.cli import fail
+from ..exporter.gate import promote_gated
+from ..exporter.settings import ModelsSettings, TrainerSettings
+from ..stream.stages.online import ONLINE_KEY, comparisons, totals
+from ..stream.stages.policy import Policy
 
 __all__ = ["cmd_models_shadow", "cmd_models_promote", "cmd_trainer", "online_figures"]
 
@@ -108,7 +108,7 @@ def cmd_models_promote(s: ModelsSettings, args: Any) -> int:
 def cmd_trainer(s: TrainerSettings, args: Any) -> int:
     """``attnrec trainer``: :func:`attnrec.exporter.trainer.cmd_trainer`, with the workers' shadow
     comparison for ``TRAINER_ROLLOUT=shadow``."""
-    from attnrec.exporter.trainer import cmd_trainer as run
+    from ..exporter.trainer import cmd_trainer as run
 
     def online(version: str) -> dict[str, Any] | None:
         return next((c for c in online_figures(s) if c["version"] == version), None)

@@ -6,11 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from attnrec.apps.stack.settings import StackSettings
 from pydantic import Field, field_validator
 
 from attnrec.settings import Settings
 from attnrec.units import parse_rate
+
+from .stack.settings import StackSettings
 
 __all__ = ["ReplaySettings", "DemoSettings"]
 

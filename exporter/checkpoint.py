@@ -86,7 +86,7 @@ def load_checkpoint(checkpoint_dir: str | Path) -> Checkpoint:
     path = Path(checkpoint_dir)
     if not path.is_dir():
         raise ModelError(f"checkpoint directory {path} does not exist")
-    from attnrec.training.checkpoint import load_checkpoint as _load
+    from ..training.checkpoint import load_checkpoint as _load
 
     model, config, vocab = _load(path)
     model.eval()

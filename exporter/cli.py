@@ -39,7 +39,7 @@ def fail(exc: AttnrecError) -> int:
 
 def cmd_export(s: ModelsSettings, args: Any) -> int:
     """``attnrec export``: torch checkpoint -> ONNX, parity gate, publish, optional gated promote."""
-    from attnrec.exporter.export import export_checkpoint
+    from .export import export_checkpoint
 
     if s.checkpoint is None:
         raise ConfigError("--checkpoint is required (or set ATTNREC_CHECKPOINT)")

@@ -24,8 +24,9 @@ class TorchEagerSession:
 
     def __init__(self, checkpoint_dir: str | Path, top_k: int, threads: int = 1, *, step: bool = False) -> None:
         import torch
-        from attnrec.exporter.checkpoint import load_checkpoint
-        from attnrec.exporter.graph import ServingGraph, StepGraph
+
+        from .checkpoint import load_checkpoint
+        from .graph import ServingGraph, StepGraph
 
         torch.set_num_threads(threads)
         self.torch = torch

@@ -14,13 +14,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from attnrec.exporter.checkpoint import Checkpoint, load_checkpoint
-from attnrec.exporter.gate import promote_gated
-from attnrec.exporter.graph import OPSET, export_onnx, export_step_onnx
-from attnrec.exporter.parity import PARITY_MAX_ABS_DIFF, PARITY_MIN_TOP10_AGREEMENT, make_golden, parity_check
-from attnrec.exporter.samples import input_len
-from attnrec.exporter.step import make_golden_step, step_parity
-
 from attnrec.errors import ModelError, ParityError
 from attnrec.manifest import (
     CACHE_OUTPUTS,
@@ -32,6 +25,13 @@ from attnrec.manifest import (
     gap_boundaries_ms,
 )
 from attnrec.registry import Registry
+
+from .checkpoint import Checkpoint, load_checkpoint
+from .gate import promote_gated
+from .graph import OPSET, export_onnx, export_step_onnx
+from .parity import PARITY_MAX_ABS_DIFF, PARITY_MIN_TOP10_AGREEMENT, make_golden, parity_check
+from .samples import input_len
+from .step import make_golden_step, step_parity
 
 __all__ = ["build_manifest", "export_checkpoint"]
 
@@ -138,7 +138,7 @@ def export_checkpoint(checkpoint_dir: str | Path, registry_root: str | Path, *, 
                 quant["reason"] = "not tried: an incremental model's full and step graphs must stay exact together"
                 quantize = False
         if quantize:
-            from attnrec.exporter.quantize import choose_quantization
+            from .quantize import choose_quantization
 
             qpath, report = choose_quantization(ckpt, serving, full, tmp)
             quant.update(report)

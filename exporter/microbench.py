@@ -96,12 +96,13 @@ def _batch(rng: np.random.Generator, B: int, L: int, cfg: dict[str, Any]) -> dic
 def run(*, checkpoint: str | None = None, quick: bool = False, top_k: int = 10) -> dict[str, Any]:
     import onnxruntime as ort
     import torch
-    from attnrec.exporter.checkpoint import load_checkpoint
-    from attnrec.exporter.graph import ServingGraph, export_onnx
-    from attnrec.exporter.quantize import quantize_graph
-    from attnrec.training.model import AttnRec, ModelConfig
 
     from attnrec.modelcheck import make_session
+
+    from ..training.model import AttnRec, ModelConfig
+    from .checkpoint import load_checkpoint
+    from .graph import ServingGraph, export_onnx
+    from .quantize import quantize_graph
 
     min_iters, min_seconds = (3, 0.1) if quick else (10, 0.5)
     rng = np.random.default_rng(0)

@@ -15,12 +15,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from attnrec.exporter.checkpoint import Checkpoint
-from attnrec.exporter.graph import ServingGraph
-from attnrec.exporter.samples import input_len, pad_batch, random_seqs
 
 from attnrec.errors import ModelError
 from attnrec.modelcheck import make_session
+
+from .checkpoint import Checkpoint
+from .graph import ServingGraph
+from .samples import input_len, pad_batch, random_seqs
 
 __all__ = ["PARITY_MAX_ABS_DIFF", "PARITY_MIN_TOP10_AGREEMENT", "TIE_TOLERANCE", "top_agreement", "parity_check", "make_golden"]
 

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from attnrec.exporter.samples import input_len, pad_batch, random_seqs
+
+from .samples import input_len, pad_batch, random_seqs
 
 __all__ = ["MAX_REL_NDCG_LOSS", "MIN_SPEEDUP", "VARIANTS", "quantize_graph", "sample_ndcg", "median_latency_ms",
            "evaluate_quantization", "choose_quantization"]
@@ -117,10 +118,11 @@ def protocol_ndcg(ckpt: Any, full_fp32: Path, full_int8: Path) -> tuple[float, f
     """Validation NDCG@10 of the fp32 and int8 full-score graphs with training.evaluate, or
     None when the checkpoint's data is not available (or has changed since training)."""
     import torch
-    from attnrec.training.data import Vocab, load_dataset
-    from attnrec.training.evaluate import evaluate
 
     from attnrec.modelcheck import make_session
+
+    from ..training.data import Vocab, load_dataset
+    from ..training.evaluate import evaluate
 
     path = _dataset_path(ckpt.config)
     if path is None:

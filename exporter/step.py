@@ -22,13 +22,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from attnrec.exporter.checkpoint import Checkpoint
-from attnrec.exporter.graph import ServingGraph, StepGraph
-from attnrec.exporter.parity import PARITY_BATCHES, PARITY_MAX_ABS_DIFF, PARITY_MIN_TOP10_AGREEMENT, top_agreement
-from attnrec.exporter.samples import input_len, pad_batch, random_seqs
 
 from attnrec.errors import ModelError
 from attnrec.modelcheck import make_session
+
+from .checkpoint import Checkpoint
+from .graph import ServingGraph, StepGraph
+from .parity import PARITY_BATCHES, PARITY_MAX_ABS_DIFF, PARITY_MIN_TOP10_AGREEMENT, top_agreement
+from .samples import input_len, pad_batch, random_seqs
 
 __all__ = ["step_cases", "step_parity", "make_golden_step"]
 

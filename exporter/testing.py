@@ -25,7 +25,7 @@ def write_random_checkpoint(path: str | Path, *, n_items: int = 200, max_len: in
     ``positions="relative"`` an incremental model (random relative-position biases too). With
     ``n_cold >= 0`` a model with item content: a random attribute file (``item_attributes.csv``,
     ``content.json``) whose last ``n_cold`` items are cold (no id embedding)."""
-    from attnrec.training.model import AttnRec, ModelConfig
+    from ..training.model import AttnRec, ModelConfig
 
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
@@ -73,7 +73,7 @@ def write_random_checkpoint(path: str | Path, *, n_items: int = 200, max_len: in
 def _random_content(out: Path, n_items: int, n_cold: int, seed: int) -> tuple[dict[str, Any], dict[str, int]]:
     """A random attribute file in ``out`` (as training/checkpoint.py leaves it) -> the content
     arrays and the ModelConfig fields."""
-    from attnrec.training.content import content_arrays, content_model_fields, load_item_attributes
+    from ..training.content import content_arrays, content_model_fields, load_item_attributes
 
     rng = np.random.default_rng(seed + 1)
     path = out / "item_attributes.csv"

@@ -82,7 +82,7 @@ def _current_checkpoint(s: TrainerSettings) -> tuple[str | None, Path | None]:
 
 def _grown_vocab(old_vocab: dict[str, Any] | None, events_dir: Path) -> Any:
     """The old vocabulary with every new item of the event log appended (old indices kept)."""
-    from attnrec.training.data import Vocab, read_events
+    from ..training.data import Vocab, read_events
 
     if old_vocab is None:
         return None
@@ -121,11 +121,11 @@ def _attributes_file(ckpt_path: Path | None) -> Path | None:
 
 def retrain(s: TrainerSettings) -> dict[str, Any]:
     """Train on the whole event log; returns {"checkpoint", "warm_start", "val_ndcg@10", ...}."""
-    from attnrec.training.checkpoint import load_checkpoint, save_checkpoint
-    from attnrec.training.data import load_dataset
-    from attnrec.training.defaults import default_configs
-    from attnrec.training.model import AttnRec
-    from attnrec.training.train import fit_and_evaluate
+    from ..training.checkpoint import load_checkpoint, save_checkpoint
+    from ..training.data import load_dataset
+    from ..training.defaults import default_configs
+    from ..training.model import AttnRec
+    from ..training.train import fit_and_evaluate
 
     current, ckpt_path = _current_checkpoint(s)
     old_model = old_cfg = old_vocab = None
@@ -135,12 +135,12 @@ def retrain(s: TrainerSettings) -> dict[str, Any]:
     ds = load_dataset(s.event_log, "events", vocab)
     attributes = _attributes_file(ckpt_path)
     if attributes is not None:  # a model with item content keeps it: the same attribute file
-        from attnrec.training.content import attach_content, load_item_attributes
+        from ..training.content import attach_content, load_item_attributes
 
         attach_content(ds, load_item_attributes(attributes))
     mcfg, tcfg = default_configs(ds)
     if old_cfg is not None:  # keep the architecture; only the vocabulary grows
-        from attnrec.training.model import ModelConfig
+        from ..training.model import ModelConfig
 
         mcfg = ModelConfig.from_dict({**old_cfg["model"], "n_items": ds.vocab.n_items})
     tcfg.epochs, tcfg.max_minutes, tcfg.threads = s.trainer_epochs, s.trainer_max_minutes, s.trainer_threads
@@ -180,7 +180,7 @@ def _decide_shadowed(s: TrainerSettings, reg: Any, state: dict[str, Any], online
                      summary: dict[str, Any]) -> bool:
     """``TRAINER_ROLLOUT=shadow``: the online gate on the version this trainer shadows, once its
     events are there (promoted or rejected; shadowing stops). True while it still waits."""
-    from attnrec.exporter.gate import promote_gated
+    from .gate import promote_gated
 
     mine = state.get("shadowing")
     if not mine:
@@ -208,7 +208,7 @@ def _decide_shadowed(s: TrainerSettings, reg: Any, state: dict[str, Any], online
 def _shadow_new(s: TrainerSettings, reg: Any, version: str, state: dict[str, Any]) -> dict[str, Any]:
     """``TRAINER_ROLLOUT=shadow``: a new version that passes the offline gate is shadow-scored
     (the online gate decides it in a later cycle); one that fails is rejected as usual."""
-    from attnrec.exporter.gate import offline_gate
+    from .gate import offline_gate
 
     ok, reason, figures = offline_gate(reg, version, s.margin)
     if not ok:
@@ -220,9 +220,9 @@ def _shadow_new(s: TrainerSettings, reg: Any, version: str, state: dict[str, Any
 def run_cycle(s: TrainerSettings, *, archive: bool = True, online: OnlineFigures | None = None) -> dict[str, Any]:
     """One archive -> retrain -> export -> gated promote pass; returns its summary. ``online``:
     a version's shadow comparison (``TRAINER_ROLLOUT=shadow``; ``attnrec.apps.rollout.online_figures``)."""
-    from attnrec.exporter.export import export_checkpoint
-
     from attnrec.registry import Registry
+
+    from .export import export_checkpoint
 
     summary: dict[str, Any] = {"started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
     if archive:

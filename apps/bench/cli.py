@@ -26,8 +26,9 @@ from .drain import drain_once
 from .load import generator_ceiling
 from .models import ensure_model, registry_model, shadow_registry
 from .report import benchmarks_section, machine_info, merge_reports, plot, resummarise, update_benchmarks_md
-from .run import RunConfig, rate_label, run_repeat, summarise, warm_caches
+from .run import RunConfig, rate_label, run_repeat, warm_caches
 from .settings import BenchSettings
+from .summary import summarise
 from .sweep import SweepPlan, run_sweep
 from .worker import open_session
 
@@ -40,7 +41,7 @@ def cmd_bench(s: BenchSettings, args: argparse.Namespace) -> int:
     """Run the bench the settings describe; print its headline, write ``bench_json`` if set."""
     stack = None
     if s.bench_start_stack:
-        from attnrec.apps.stack import local_stack
+        from ..stack import local_stack
 
         stack = local_stack(s)
         stack.up()

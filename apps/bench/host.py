@@ -13,7 +13,7 @@ import logging
 import os
 from typing import Any
 
-from attnrec.apps.stack.settings import StackSettings
+from ..stack.settings import StackSettings
 
 __all__ = ["loadavg", "cpu_seconds", "stack_procs"]
 

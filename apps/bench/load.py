@@ -97,8 +97,8 @@ def bench_users(prefix: str, n: int) -> list[str]:
 def prefill(s: Settings, users: Sequence[str], items: Sequence[str], length: int, seed: int = 1) -> None:
     """Replace each user's buffer by ``length`` view entries of random items, one second apart
     from an hour ago (the worker's encoding, newest first)."""
-    from attnrec.stream.core.buffer import user_keys
-    from attnrec.stream.core.entries import format_entry
+    from ...stream.core.buffer import user_keys
+    from ...stream.core.entries import format_entry
 
     r = redis_sync(s, timeout_s=REDIS_TIMEOUT_S)
     try:
@@ -122,7 +122,7 @@ def prefill(s: Settings, users: Sequence[str], items: Sequence[str], length: int
 def redis_bytes_per_user(s: Settings, users: Sequence[str], sample: int = 200) -> float | None:
     """Mean ``MEMORY USAGE`` of a sample of the users' keys (all four of each); None when Redis
     does not allow the command."""
-    from attnrec.stream.core.buffer import user_keys
+    from ...stream.core.buffer import user_keys
 
     r = redis_sync(s, timeout_s=REDIS_TIMEOUT_S)
     try:

@@ -32,8 +32,8 @@ def ensure_model(cache: Path, n_items: int, max_len: int, *, d_model: int = 64, 
     root = (cache / "models" / f"n{n_items}-L{max_len}-d{d_model}-b{n_blocks}{tag}").resolve()
     reg = root / "registry"
     if Registry(reg).current_version() is None:
-        from attnrec.exporter.export import export_checkpoint
-        from attnrec.exporter.testing import write_random_checkpoint
+        from ...exporter.export import export_checkpoint
+        from ...exporter.testing import write_random_checkpoint
 
         t0 = time.monotonic()
         log.info("building a random-weight model: %d items, max_len %d (cached in %s)", n_items, max_len, root)

@@ -18,17 +18,18 @@ import time
 from collections.abc import Sequence
 
 import orjson
-from attnrec.apps.cli import setup_logging
-from attnrec.stream.app import add_agent, add_views, faust_app, make_output
-from attnrec.stream.core.metrics import WorkerMetrics
-from attnrec.stream.core.output import Outbox
-from attnrec.stream.core.processor import Processor
-from attnrec.stream.core.records import RawRecord, parse_records
-from attnrec.stream.core.stage import Batch
-from attnrec.stream.stages.timing import TIMING_HEADER, timing_header
 
 from attnrec.kafka_util import ensure_topics
 from attnrec.settings import load_settings
+
+from ...stream.app import add_agent, add_views, faust_app, make_output
+from ...stream.core.metrics import WorkerMetrics
+from ...stream.core.output import Outbox
+from ...stream.core.processor import Processor
+from ...stream.core.records import RawRecord, parse_records
+from ...stream.core.stage import Batch
+from ...stream.stages.timing import TIMING_HEADER, timing_header
+from ..cli import setup_logging
 
 __all__ = ["NullProcessor", "main"]
 

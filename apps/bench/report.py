@@ -17,7 +17,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from .run import summarise, worker_eps
+from .summary import summarise, worker_eps
 
 __all__ = ["machine_info", "merge_reports", "resummarise", "markdown_rows", "plot", "METHOD_MD", "SECTION",
            "benchmarks_section", "update_benchmarks_md", "short_error"]
@@ -33,7 +33,8 @@ SECTION = "## End-to-end throughput and latency"
 # --------------------------------------------------------------------------------- machine
 def machine_info() -> dict[str, Any]:
     import psutil
-    from attnrec.apps.stack import REPO_ROOT
+
+    from ..stack import REPO_ROOT
 
     model = platform.processor() or ""
     try:

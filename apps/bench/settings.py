@@ -7,10 +7,11 @@ import re
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from attnrec.apps.stack.settings import StackSettings
 from pydantic import Field, field_validator
 
 from attnrec.units import parse_rate
+
+from ..stack.settings import StackSettings
 
 __all__ = ["BenchSettings"]
 

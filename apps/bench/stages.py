@@ -46,21 +46,21 @@ def stage_profile(s: Settings, registry: Path, items: Sequence[str], users: Sequ
     """Profile ``events`` events (plus one warm-up batch) of ``users`` in batches of
     ``batch_size`` through :class:`attnrec.stream.core.processor.Processor`; ``scorer`` (default
     ``s.scorer``) is onnx or torch. Returns µs per event of each stage, wall and thread CPU."""
-    from attnrec.stream.core.buffer import RedisBuffers, user_keys
-    from attnrec.stream.core.inputs import build_inputs
-    from attnrec.stream.core.metrics import WorkerMetrics
-    from attnrec.stream.core.model import ModelWatcher
-    from attnrec.stream.core.processor import STEPS, Processor
-    from attnrec.stream.core.records import RawRecord
-    from attnrec.stream.stages import build_stages
-    from attnrec.stream.stages.profile import ProfileStage
-
     from attnrec.redis_util import redis_client
+
+    from ...stream.core.buffer import RedisBuffers, user_keys
+    from ...stream.core.inputs import build_inputs
+    from ...stream.core.metrics import WorkerMetrics
+    from ...stream.core.model import ModelWatcher
+    from ...stream.core.processor import STEPS, Processor
+    from ...stream.core.records import RawRecord
+    from ...stream.stages import build_stages
+    from ...stream.stages.profile import ProfileStage
 
     scorer = scorer or s.scorer
     factory = None
     if scorer == "torch":
-        from attnrec.exporter.eager import torch_session_factory
+        from ...exporter.eager import torch_session_factory
 
         factory = torch_session_factory(s.ort_threads)
     watcher = ModelWatcher(registry, threads=s.ort_threads, session_factory=factory)

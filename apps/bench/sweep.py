@@ -24,9 +24,10 @@ from attnrec.errors import AttnrecError
 from .load import bench_users, cleanup_users, generator_ceiling, prefill
 from .models import ensure_model
 from .report import machine_info, short_error
-from .run import RunConfig, rate_label, run_repeated, summarise
+from .run import RunConfig, rate_label, run_repeated
 from .settings import BenchSettings
 from .stages import stage_profile
+from .summary import summarise
 from .worker import open_session
 
 __all__ = ["SweepPlan", "run_sweep", "sweep_report"]

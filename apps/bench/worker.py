@@ -80,7 +80,7 @@ class WorkerHandle:
 
     def __init__(self, s: Settings, log_dir: Path, *, name: str | None = None, env_extra: dict[str, str] | None = None,
                  src: Path | None = None, agent: str = "worker") -> None:  # fmt: skip
-        from attnrec.apps.stack import REPO_ROOT, free_port
+        from ..stack import REPO_ROOT, free_port
 
         self.s = s
         self.port = free_port()

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from attnrec.apps.dashboard.settings import DashboardSettings
+from .settings import DashboardSettings
 
 __all__ = ["cmd_dashboard"]
 
 
 def cmd_dashboard(s: DashboardSettings, args: Any) -> int:
     """Serve the dashboard on ``DASHBOARD_HOST:DASHBOARD_PORT`` until interrupted."""
-    from attnrec.apps.dashboard.collector import CollectorConfig
-    from attnrec.apps.dashboard.web import run_dashboard
+    from .collector import CollectorConfig
+    from .web import run_dashboard
 
     cfg = CollectorConfig(window_s=s.latency_window_s, backfill=s.feed_backfill, join_clicks=s.latency_join)
     run_dashboard(s, host=s.dashboard_host, port=s.dashboard_port, config=cfg)

@@ -25,16 +25,17 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from attnrec.apps.dashboard.collector import Collector, CollectorConfig
-from attnrec.apps.dashboard.figures import explain
-from attnrec.stream.core.buffer import RedisBuffers
-from attnrec.stream.stages.online import ONLINE_KEY, comparisons, series, totals
-from attnrec.stream.stages.trending import Trending
 
 from attnrec import schemas
 from attnrec.errors import AttnrecError, ConfigError
 from attnrec.redis_util import redis_client
 from attnrec.settings import Settings
+
+from ...stream.core.buffer import RedisBuffers
+from ...stream.stages.online import ONLINE_KEY, comparisons, series, totals
+from ...stream.stages.trending import Trending
+from .collector import Collector, CollectorConfig
+from .figures import explain
 
 __all__ = ["create_dashboard_app", "is_loopback", "run_dashboard"]
 
