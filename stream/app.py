@@ -26,14 +26,15 @@ from attnrec.settings import Settings
 
 from .core.batcher import Batcher, feed
 from .core.buffer import STATE_LOST, RedisBuffers
+from .core.kip447 import GroupMetadata
 from .core.metrics import WorkerMetrics
 from .core.model import ModelWatcher, SessionFactory
 from .core.output import KafkaSender, Output
 from .core.processor import Processor
-from .core.transactions import TransactionalSender
+from .core.transactions import Transactions
 from .stages import build_stages
 
-__all__ = ["faust_app", "make_output", "add_agent", "add_catalog_agent", "add_views", "guard_redis_state", "create_app"]
+__all__ = ["faust_app", "make_output", "group_metadata", "add_agent", "add_catalog_agent", "add_views", "guard_redis_state", "create_app"]
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +69,20 @@ def faust_app(s: Settings) -> faust.App:
 
 
 def make_output(s: Settings, metrics: WorkerMetrics) -> Output:
-    """The worker's output for its processing guarantee: the transactional sender (exactly
-    once, :mod:`attnrec.stream.core.transactions`) or a plain producer (at least once)."""
+    """The worker's output for its processing guarantee: its transactions (exactly once,
+    :mod:`attnrec.stream.core.transactions`) or a plain producer (at least once)."""
     if s.processing_guarantee == "exactly_once":
-        return Output(s, metrics, TransactionalSender(s), transactional=True)
+        return Output(s, metrics, Transactions(s, metrics), transactional=True)
     return Output(s, metrics, KafkaSender(s))
+
+
+def group_metadata(app: faust.App, s: Settings) -> GroupMetadata:
+    """The worker's membership of its consumer group now, as the group coordinator knows it
+    (generation, member id): what its transactions commit offsets as (KIP-447). Read from faust's
+    aiokafka consumer, which runs in a thread of its own (two attributes read, never written)."""
+    coordinator = app.consumer._thread._ensure_consumer()._coordinator  # noqa: SLF001 (faust keeps no public handle)
+    return GroupMetadata(s.group_id, int(coordinator.generation), str(coordinator.member_id),
+                         getattr(coordinator, "_group_instance_id", None))
 
 
 def add_agent(app: faust.App, s: Settings, proc: Processor) -> None:
@@ -81,7 +91,8 @@ def add_agent(app: faust.App, s: Settings, proc: Processor) -> None:
     offsets), and the transactional sender follows the group's assignments."""
     txn = proc.output.txn
     clicks = app.topic(s.clicks_topic, partitions=s.partitions, key_type=bytes, value_type=bytes, acks=txn is None)
-    if txn is not None:
+    if isinstance(txn, Transactions):
+        txn.group = lambda: group_metadata(app, s)
 
         async def on_revoked(app: Any, revoked: Any, **_: Any) -> None:
             txn.revoked(tp.partition for tp in revoked if tp.topic == s.clicks_topic)

@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# the stacks the tests start (and the demos and benches they run) use the JVM's first tier only:
+# a faster start for many short-lived brokers (apps/stack/kafka_broker.py)
+os.environ.setdefault("ATTNREC_KAFKA_JIT", "quick")
 
 
 def data_dir() -> Path:
@@ -22,7 +25,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """One Kafka broker and one Redis server for the whole test session."""
     from attnrec.apps.stack import LocalStack, free_port
 
-    st = LocalStack(tmp_path_factory.mktemp("stack"), kafka_port=free_port(), controller_port=free_port(), redis_port=free_port())
+    st = LocalStack(tmp_path_factory.mktemp("stack"), kafka_port=free_port(), controller_port=free_port(), redis_port=free_port(), kafka_jit="quick")
     st.up()
     try:
         yield st

@@ -26,6 +26,7 @@ from ...stream.app import add_agent, add_views, faust_app, make_output
 from ...stream.core.metrics import WorkerMetrics
 from ...stream.core.output import Outbox
 from ...stream.core.processor import Processor
+from ...stream.core.recommend import Recommendation
 from ...stream.core.records import RawRecord, parse_records
 from ...stream.core.stage import Batch
 from ...stream.stages.timing import TIMING_HEADER, timing_header
@@ -46,17 +47,16 @@ class NullProcessor(Processor):
 
     async def finish(self, batch: Batch) -> Outbox:
         s, m, parsed = self.s, self.metrics, batch.parsed
-        async with self.output.batch(batch.records) as out:
-            await self.output.dead_letters(out, batch.records, parsed)
-            now = time.time() * 1000
-            marks = [now, now, now]  # no Redis, no model: their hops are zero
-            for (ev, _, _), src in zip(parsed.events, parsed.sources, strict=True):
-                value = orjson.dumps({"user_id": ev.user_id, "trigger_event_id": ev.event_id, "event_ts": ev.ts,
-                                      "emitted_ts": int(now)})
-                rec = batch.records[src]
-                headers = [(TIMING_HEADER, timing_header(rec, marks, time.time() * 1000))] if s.timing_headers else None
-                await out.send(self.output.send, s.recs_topic, ev.user_id.encode(), value, headers,
-                               partition=rec.partition, offset=rec.offset)
+        now = time.time() * 1000
+        marks = [now, now, now]  # no Redis, no model: their hops are zero
+        recs = []
+        for (ev, _, _), src in zip(parsed.events, parsed.sources, strict=True):
+            payload = {"user_id": ev.user_id, "trigger_event_id": ev.event_id, "event_ts": ev.ts, "emitted_ts": int(now)}
+            rec = Recommendation(ev.user_id, payload, src, data=orjson.dumps(payload))
+            if s.timing_headers:
+                rec.headers.append((TIMING_HEADER, timing_header(batch.records[src], marks, time.time() * 1000)))
+            recs.append(rec)
+        out = await self.output.publish(batch.records, parsed, recs)
         m.events.inc(len(parsed.events))
         m.recs.inc(len(parsed.events))
         for _, _, reason in parsed.dead:

@@ -164,7 +164,7 @@ def run_once(s: BenchSettings, cfg: RunConfig, *, items: Sequence[str], users: S
         nonlocal tm0, m0, cpu0, me0, oc0
         tracker.t_measure = tm0 = time.perf_counter()
         m0 = scrape(metrics_url, token) if metrics_url else {}
-        cpu0, me0 = (cpu_seconds(wproc) if wproc else 0.0), cpu_seconds(me)
+        cpu0, me0 = (cpu_seconds(wproc) if wproc else 0.0), cpu_seconds(me, children=False)
         oc0 = {k: cpu_seconds(p) for k, p in others.items()}
 
     try:
@@ -229,7 +229,7 @@ def run_once(s: BenchSettings, cfg: RunConfig, *, items: Sequence[str], users: S
         tracker.stop()
     m1 = scrape(metrics_url, token) if metrics_url else {}
     tm1 = time.perf_counter()
-    cpu1, me1 = (cpu_seconds(wproc) if wproc else 0.0), cpu_seconds(me)
+    cpu1, me1 = (cpu_seconds(wproc) if wproc else 0.0), cpu_seconds(me, children=False)
     oc1 = {k: cpu_seconds(p) for k, p in others.items()}
     if wproc is not None:
         try:

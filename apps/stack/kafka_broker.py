@@ -34,6 +34,7 @@ class KafkaBroker(Processes):
     kafka_home: Path | None
     kafka_libs: Path
     kafka_heap: str
+    kafka_jit: str
     sasl_port: int | None
     sasl_users: dict[str, str]
     sasl_mechanisms: tuple[str, ...]
@@ -194,7 +195,9 @@ class KafkaBroker(Processes):
             "-Xms128m",
             f"-Xmx{self.kafka_heap}",
             "-XX:+UseG1GC",
-            "-XX:TieredStopAtLevel=1",
+            # quick: C1 only, a faster start for the test suite's many short-lived stacks; the
+            # broker then costs ~2x the CPU per request, so a benchmark runs the full JIT
+            *(["-XX:TieredStopAtLevel=1"] if self.kafka_jit == "quick" else []),
             f"-Dlog4j2.configurationFile={_LOG4J}",
             "-cp",
             self.kafka_classpath(),

@@ -30,6 +30,7 @@ class LocalStack(KafkaBroker, RedisServer):
     kafka_libs: Path = field(default_factory=lambda: Path.home() / ".cache" / "attnrec" / "kafka-libs")
     redis_password: str | None = field(default=None, repr=False)
     kafka_heap: str = "768m"
+    kafka_jit: str = "full"  # "quick": the JVM's first tier only (starts faster, runs slower: tests)
     redis_appendfsync: str = "everysec"
     # Optional SASL_PLAINTEXT listener beside the PLAINTEXT one (which the broker keeps for
     # itself and for the stack's own health checks). ``sasl_users`` maps user -> password;
@@ -76,6 +77,7 @@ def local_stack(s: StackSettings) -> LocalStack:
         kafka_libs=s.kafka_libs,
         redis_password=s.redis_password.get_secret_value() if s.redis_password else None,
         redis_appendfsync=s.redis_appendfsync,
+        kafka_jit=s.kafka_jit,
     )
 
 

@@ -29,8 +29,12 @@ class WorkerMetrics:
         self.state_lost = Gauge("attnrec_redis_state_lost", "1 while Redis holds none of attnrec's state (paused)",
                                 registry=r)
         self.fenced = Counter("attnrec_producers_fenced_total",
-                              "Transactional producers fenced (by another worker's, or a transaction the broker timed out): "
-                              "replaced, the transaction redone", registry=r)
+                              "Transactions refused because the group moved on from this worker (KIP-447) or the broker "
+                              "timed the producer out: aborted, and redone without what is no longer this worker's",
+                              registry=r)
+        self.transactions = Counter("attnrec_transactions_total",
+                                    "Kafka transactions committed (exactly once: the batches that finished while the "
+                                    "previous one committed share one)", registry=r)
         self.void_parts = Counter("attnrec_batch_parts_void_total",
                                   "Batch parts (one input partition each) dropped uncommitted: the partition is another "
                                   "worker's (exactly-once)", registry=r)

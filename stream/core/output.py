@@ -12,17 +12,16 @@ once, the records and the offsets commit together in the batch's transactions
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dc_field
 from typing import Any, Protocol
 
 import orjson
 
-from attnrec.errors import FencedError, TransientError
+from attnrec.errors import TransientError
 from attnrec.events import dlq_envelope
 from attnrec.kafka_util import aiokafka_security
 from attnrec.schemas import header as schema_header
@@ -32,7 +31,7 @@ from .metrics import WorkerMetrics
 from .recommend import Recommendation
 from .records import Parsed, RawRecord, dlq_reason
 
-__all__ = ["Headers", "SendFn", "Outbox", "KafkaSender", "Transactions", "Output", "RECS_SCHEMA", "DLQ_SCHEMA"]
+__all__ = ["Headers", "SendFn", "Record", "Outbox", "KafkaSender", "Transactions", "Output", "RECS_SCHEMA", "DLQ_SCHEMA"]
 
 log = logging.getLogger(__name__)
 #: The ``attnrec-schema`` header of every record produced (``recs/1``, ``clicks.dlq/1``:
@@ -40,23 +39,28 @@ log = logging.getLogger(__name__)
 RECS_SCHEMA, DLQ_SCHEMA = schema_header("recs"), schema_header("clicks.dlq")
 
 Headers = list[tuple[str, bytes]] | None
-#: async (topic, key, value, headers, input partition) -> the broker's delivery future; the input
-#: partition routes a record to its transaction (exactly-once), a plain producer ignores it
+#: async (topic, key, value, headers, input partition) -> the broker's delivery future
 SendFn = Callable[[str, "bytes | None", bytes, Headers, "int | None"], Awaitable["asyncio.Future[Any]"]]
+#: One produced record: topic, key, value, headers, and the input partition and offset of the
+#: event that triggered it (None for neither).
+Record = tuple[str, "bytes | None", bytes, Headers, "int | None", "int | None"]
 
 
 @dataclass
 class Outbox:
-    """The records one batch produced, and the broker's delivery futures for them."""
+    """The records one batch produced. At least once, each is sent at once and its delivery
+    future kept; exactly once (``deferred``), they wait for the transaction that commits them
+    with the batch's input offsets (:mod:`attnrec.stream.core.transactions`)."""
 
-    records: list[tuple[str, bytes | None, bytes, Headers, int | None]] = dc_field(default_factory=list)
+    deferred: bool = False
+    records: list[Record] = dc_field(default_factory=list)
     futures: list[asyncio.Future[Any]] = dc_field(default_factory=list)
     enqueue_ms: float = 0.0
     event_ts: list[int] = dc_field(default_factory=list)
-    #: exactly-once, per input partition of the batch: the offset after its last event (committed
-    #: with the batch's transaction on that partition), its first event's offset, the partition's
-    #: assignment epoch when the events were received (stream.transactions), and the partitions
-    #: whose part of the batch is void (not produced, not committed: another worker redoes it)
+    #: exactly-once, per input partition of the batch: the offset after its last event, its
+    #: first event's offset, the partition's assignment epoch when the events were received,
+    #: and the partitions whose part of the batch is void (not produced, not committed: another
+    #: worker redoes it)
     offsets: dict[int, int] = dc_field(default_factory=dict)
     starts: dict[int, int] = dc_field(default_factory=dict)
     epochs: dict[int, int | None] = dc_field(default_factory=dict)
@@ -65,6 +69,9 @@ class Outbox:
     #: batch's first event (the partition's previous owner finished those events after this
     #: worker was assigned it): records triggered by an event before it are not produced
     floors: dict[int, int] = dc_field(default_factory=dict)
+    #: exactly-once: resolved when the transaction holding the batch committed (True), or when
+    #: nothing of it was left to commit (False: every part void)
+    done: asyncio.Future[bool] | None = None
 
     def cover(self, records: Sequence[RawRecord]) -> Outbox:
         """Exactly-once: note the input partitions, offsets and epochs of ``records``."""
@@ -75,22 +82,24 @@ class Outbox:
             self.epochs[p] = r.epoch if p not in self.epochs or r.epoch == self.epochs[p] else None
         return self
 
-    def indices(self, partition: int) -> list[int]:
-        """The records produced in ``partition``'s transaction."""
-        return [i for i, rec in enumerate(self.records) if rec[4] == partition]
+    def live(self) -> list[Record]:
+        """Exactly-once: the records a transaction produces now (void parts and events the
+        previous owner finished left out)."""
+        return [r for r in self.records if r[4] is None or (r[4] not in self.void and (r[5] is None or r[5] >= self.floors.get(r[4], -1)))]
 
-    async def send(self, send: SendFn, topic: str, key: bytes | None, value: bytes, headers: Headers = None,
+    async def send(self, send: SendFn | None, topic: str, key: bytes | None, value: bytes, headers: Headers = None,
                    partition: int | None = None, offset: int | None = None) -> None:
-        """Produce one record triggered by the input event at ``partition``/``offset``."""
-        if partition is not None and partition in self.void:
-            return  # exactly-once: that partition's part of the batch is another worker's
-        if partition is not None and offset is not None and offset < self.floors.get(partition, -1):
-            return  # exactly-once: the partition's previous owner produced it (and committed past it)
+        """Produce one record triggered by the input event at ``partition``/``offset`` (exactly
+        once: keep it for the transaction)."""
+        if self.deferred:
+            self.records.append((topic, key, value, headers, partition, offset))
+            return
+        assert send is not None
         try:
             fut = await send(topic, key, value, headers, partition)
         except Exception as exc:  # aiokafka errors while enqueuing (broker down, buffer full…)
             raise TransientError(f"kafka produce to {topic}: {type(exc).__name__}: {exc}") from exc
-        self.records.append((topic, key, value, headers, partition))
+        self.records.append((topic, key, value, headers, partition, offset))
         self.futures.append(fut)
 
     async def wait(self) -> list[int]:
@@ -102,25 +111,18 @@ class Outbox:
 
     async def resend(self, send: SendFn, indices: list[int]) -> None:
         for i in indices:
-            topic, key, value, headers, partition = self.records[i]
+            topic, key, value, headers, partition, _ = self.records[i]
             try:
                 self.futures[i] = await send(topic, key, value, headers, partition)
             except Exception as exc:
                 raise TransientError(f"kafka produce to {topic}: {type(exc).__name__}: {exc}") from exc
 
     def extend(self, other: Outbox) -> None:
+        """At least once: the records of ``other`` too (the poison isolation's one-event batches)."""
         self.records += other.records
         self.futures += other.futures
         self.enqueue_ms += other.enqueue_ms
         self.event_ts += other.event_ts
-        for part, off in other.offsets.items():
-            self.offsets[part] = max(off, self.offsets.get(part, off))
-        for part, start in other.starts.items():
-            self.starts[part] = min(start, self.starts.get(part, start))
-        self.epochs.update(other.epochs)
-        self.void |= other.void
-        for part, floor in other.floors.items():
-            self.floors[part] = max(floor, self.floors.get(part, floor))
 
 
 class KafkaSender:
@@ -176,26 +178,19 @@ class KafkaSender:
 class Transactions(Protocol):
     """What :class:`Output` needs of the exactly-once sender (:mod:`attnrec.stream.core.transactions`)."""
 
-    async def begin(self, out: Outbox, partitions: Iterable[int] | None = None) -> None: ...
-
-    async def abort(self, partitions: Iterable[int]) -> None: ...
-
-    async def commit_one(self, out: Outbox, part: int) -> bool: ...
-
-    async def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers = None,
-                   partition: int | None = None) -> asyncio.Future[Any]: ...
-
-    async def stop(self) -> None: ...
+    def enqueue(self, out: Outbox) -> None: ...
 
     def epoch(self, partition: int) -> int | None: ...
 
     def current(self, partition: int, epoch: int | None) -> bool: ...
 
+    async def stop(self) -> None: ...
+
 
 class Output:
     """Where a batch's records go and how they are confirmed: a plain producer whose deliveries
-    are awaited (at least once), or with ``txn`` the batch's transactions, committed with its
-    input offsets (exactly once)."""
+    are awaited (at least once), or with ``transactional`` the worker's transactions, which
+    commit them with the batch's input offsets (exactly once)."""
 
     def __init__(self, s: Settings, metrics: WorkerMetrics, sender: Any = None, *, transactional: bool = False) -> None:
         self.s = s
@@ -203,57 +198,41 @@ class Output:
         self.sender = sender  # a KafkaSender, or with ``transactional`` the Transactions
         self.txn: Transactions | None = sender if transactional else None
         #: async (topic, key, value, headers, input partition) -> delivery future (tests may set their own)
-        self.send: SendFn | None = sender.send if sender is not None else None
-
-    @contextlib.asynccontextmanager
-    async def batch(self, records: Sequence[RawRecord]) -> AsyncIterator[Outbox]:
-        """An :class:`Outbox` for the output of ``records``; exactly once, in transactions
-        opened for their partitions, aborted when the block raises."""
-        out = Outbox()
-        if self.txn is None:
-            yield out
-            return
-        await self.txn.begin(out.cover(records))  # the offsets its transactions commit
-        try:
-            yield out
-        except BaseException:
-            await self.txn.abort(out.offsets)
-            raise
+        self.send: SendFn | None = sender.send if sender is not None and not transactional else None
 
     async def publish(self, records: Sequence[RawRecord], parsed: Parsed, recs: Sequence[Recommendation]) -> Outbox:
         """Hand a batch's dead letters and recommendations (each with its trigger's partition
-        and offset) to the producer; exactly once, in the batch's transactions."""
+        and offset) to the producer, or exactly once to the next transaction."""
         t0 = time.perf_counter()
-        async with self.batch(records) as out:
-            await self.dead_letters(out, records, parsed)
-            topic, send = self.s.recs_topic, self.send
-            for r in recs:
-                src = records[r.source]
-                await out.send(send, topic, r.user_id.encode(), r.data, [RECS_SCHEMA, *r.headers], partition=src.partition,
-                               offset=src.offset)
+        out = Outbox(deferred=self.txn is not None)
+        if self.txn is not None:
+            out.cover(records)
+        for (key, env, reason), src in zip(parsed.dead, parsed.dead_sources, strict=True):
+            log.warning("dead letter (%s): %s", reason, orjson.loads(env)["error"])
+            await out.send(self.send, self.s.dlq_topic, key, env, [DLQ_SCHEMA], records[src].partition, records[src].offset)
+        topic, send = self.s.recs_topic, self.send
+        for r in recs:
+            src = records[r.source]
+            await out.send(send, topic, r.user_id.encode(), r.data, [RECS_SCHEMA, *r.headers], src.partition, src.offset)
         out.enqueue_ms = 1000 * (time.perf_counter() - t0)
         out.event_ts = [r.payload["event_ts"] for r in recs]
+        if self.txn is not None:
+            self.txn.enqueue(out)
         return out
 
-    async def dead_letters(self, out: Outbox, records: Sequence[RawRecord], parsed: Parsed) -> None:
-        """Hand the batch's invalid records to the dead-letter topic."""
-        for (key, env, _reason), src in zip(parsed.dead, parsed.dead_sources, strict=True):
-            log.warning("dead letter (%s): %s", _reason, orjson.loads(env)["error"])
-            await out.send(self.send, self.s.dlq_topic, key, env, [DLQ_SCHEMA], partition=records[src].partition,
-                           offset=records[src].offset)
-
     async def deliver(self, out: Outbox) -> bool:
-        """Wait until the broker has every record of ``out``; re-send what failed, with
-        backoff, until it is delivered. Exactly-once: commit the batch's transactions (a failed
-        commit is aborted, and the records are sent again in new ones with the same offsets).
-        Returns False when the batch's partitions are another worker's now (its output void,
-        its events not to be acked). Never raises except on cancellation."""
+        """Wait until the broker has every record of ``out``: at least once, re-send what
+        failed, with backoff, until it is delivered; exactly once, until the transaction holding
+        it committed. Returns False when nothing of the batch was this worker's to commit any
+        more (its partitions moved: another worker redoes its events). Never raises except on
+        cancellation."""
         t0 = time.perf_counter()
-        if self.txn is not None:
-            if not await self._commit(out):
+        if out.done is not None:
+            if not await out.done:
+                self.metrics.void_parts.inc(len(out.void))
                 return False
         attempt = 0
-        while self.txn is None:
+        while out.done is None:
             failed = await out.wait()
             if not failed:
                 break
@@ -264,67 +243,37 @@ class Output:
                         len(failed), len(out.records), attempt, delay)  # fmt: skip
             await asyncio.sleep(delay)
             try:
-                await out.resend(self.send, failed)
+                await out.resend(self.send, failed)  # type: ignore[arg-type]
             except TransientError as exc:
                 log.warning("re-send failed: %s", exc)
+        if out.void:
+            self.metrics.void_parts.inc(len(out.void))
         self.metrics.produce_ms.observe(out.enqueue_ms + 1000 * (time.perf_counter() - t0))
         now = time.time() * 1000
         for ts in out.event_ts:
             self.metrics.e2e_ms.observe(max(0.0, now - ts))
         return True
 
-    async def _commit(self, out: Outbox) -> bool:
-        """Commit ``out``'s transactions, one input partition at a time; a failed one is redone
-        in a new transaction until it commits or its part of the batch is void (the partition
-        is another worker's). True when every part committed."""
-        await asyncio.gather(*(self._commit_part(out, part) for part in sorted(out.offsets)))
-        if out.void:
-            self.metrics.void_parts.inc(len(out.void))
-            log.info("batch's part(s) in partition(s) %s void: another worker processes or processed them", sorted(out.void))
-        return not out.void
-
-    async def _commit_part(self, out: Outbox, part: int) -> None:
-        """One partition's transaction of ``out`` (the partitions' commits run side by side)."""
-        assert self.txn is not None
-        attempt = 0
-        while True:
-            try:
-                await self.txn.commit_one(out, part)
-                return
-            except TransientError as exc:
-                attempt += 1
-                if isinstance(exc, FencedError):
-                    self.metrics.fenced.inc()
-                self.metrics.retries.labels("transient").inc()
-                delay = min(self.s.retry_max_s, 0.05 * 2 ** min(attempt, 10))
-                log.warning("transaction of partition %d failed (attempt %d): %s; its %d records again in %.2fs",
-                            part, attempt, exc, len(out.indices(part)), delay)  # fmt: skip
-                await asyncio.sleep(delay)
-                try:
-                    await self.txn.begin(out, [part])
-                    if part not in out.void:
-                        await out.resend(self.send, out.indices(part))
-                except TransientError as e:
-                    log.warning("re-send in a new transaction failed: %s", e)
-                    await self.txn.abort([part])
-
     async def dead_letter_poison(self, r: RawRecord, attempts: int, exc: BaseException | None = None) -> Outbox:
         """Dead-letter one event that failed ``attempts`` times on its own, and deliver it (in
-        its own transaction, exactly once). Returns an empty :class:`Outbox` (nothing left to
+        the next transaction, exactly once). Returns an empty :class:`Outbox` (nothing left to
         deliver)."""
         why = f": {type(exc).__name__}: {exc}" if exc is not None else ""
         msg = f"poison: processing failed {attempts} times{why}"[:1000]
         env = dlq_envelope(msg, r.value, r.key, r.topic, r.partition, r.offset, int(time.time() * 1000))
         log.error("dead-lettering poison event at %s:%d@%d: %s", r.topic, r.partition, r.offset, msg)
+        out = Outbox(deferred=self.txn is not None)
+        if self.txn is not None:
+            out.cover([r])
         while True:
             try:
-                async with self.batch([r]) as out:
-                    await out.send(self.send, self.s.dlq_topic, r.key, env, [DLQ_SCHEMA], partition=r.partition,
-                                   offset=r.offset)
+                await out.send(self.send, self.s.dlq_topic, r.key, env, [DLQ_SCHEMA], r.partition, r.offset)
                 break
             except TransientError as e:
                 log.warning("cannot dead-letter yet: %s", e)
                 await asyncio.sleep(1.0)
+        if self.txn is not None:
+            self.txn.enqueue(out)
         await self.deliver(out)
         self.metrics.dead.labels(dlq_reason(msg)).inc()
         return Outbox()

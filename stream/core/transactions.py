@@ -1,47 +1,37 @@
-"""Exactly-once output: a batch's recommendations, dead letters and input offsets in Kafka
-transactions (consume-transform-produce), one transactional producer per input partition.
+"""Exactly-once output: every batch's recommendations, dead letters and input offsets commit in
+one Kafka transaction of the worker's one transactional producer, fenced by the consumer group's
+generation (KIP-447, :mod:`attnrec.stream.core.kip447`).
 
-Fencing. aiokafka commits offsets in a transaction by group id only (no group generation,
-KIP-447), so a worker's claim on an input partition is checked three ways:
+Who fences whom:
 
-- **transactional id per partition**: the producer of input partition ``p`` is
-  ``<group>-<clicks topic>-<p>``. Starting it (InitProducerId) aborts the open transaction of
-  any other producer with that id and fences it: its later commits fail.
-- **assignment epochs**: every assignment or revocation of ``p`` starts a new epoch of ``p`` on
-  this worker. An event is stamped with its partition's epoch when the worker receives it; a
-  batch is committed only while its epochs are current, events of an older epoch are dropped
-  (the partition's next owner reads them again from the committed offset), and each epoch
-  starts a producer of its own (so the new owner of ``p`` fences the old one at assignment).
-- **the committed offset**, read once a producer has started (its start fenced every earlier
-  producer of ``p``, so no older owner can commit after that read):
+- **the group coordinator fences a zombie.** Offsets are committed with the consumer's group
+  metadata (generation, member id); once the group has moved on from a member (it was paused
+  past its session timeout, or left), the coordinator refuses its commits, so its transaction
+  can only abort and a ``read_committed`` consumer never sees what it produced.
+- **a new owner waits for the old owner's commit in flight.** Before a partition's first batch
+  of an assignment commits, the worker reads the group's committed offset of that partition
+  *stable* (OffsetFetch ``require_stable``: the coordinator holds the answer while a transaction
+  that commits offsets of the partition is open). If it is past events this worker holds, the
+  previous owner committed them after this worker fetched its start position: they are done,
+  the records they triggered are not produced again (``Outbox.floors``).
+- **assignment epochs** drop what a worker holds of a partition it lost: every assignment or
+  revocation of a partition starts a new epoch on this worker; events are stamped with their
+  partition's epoch on arrival, and a part of a batch whose epoch has passed is void (not
+  produced, not committed: the partition's next owner reads those events again).
 
-  - the first producer of a new epoch (an assignment): if the group's committed offset is past
-    the first event the worker received, the previous owner finished those events after this
-    worker fetched its start position (a worker that leaves commits its last batch on the way
-    out, and aiokafka's transactional offset commit carries no group generation). They are
-    done: their recommendations are not produced again, and the batch continues from the
-    committed offset.
-  - a replacement within an epoch (after a failed or fenced producer) commits its first batch
-    only if the committed offset is not beyond the batch's first event. If it is, another
-    worker has processed ``p`` since this worker last did: this worker is a zombie (it was
-    paused past its session timeout, say) and gives ``p`` up until its next assignment (which
-    comes: the group has moved on without it).
-
-So a fenced producer is not trusted to mean "someone else owns p" (a transaction the broker
-timed out fences its producer too); it is replaced and the committed offset decides.
-
-One batch, for each input partition it touches: begin; produce its users' recommendations and
-its dead letters; add the offset after its last event to the transaction; commit. A consumer of
-``recs`` with ``isolation.level=read_committed`` sees a batch's records exactly when its input
-offsets are committed. A failure before the commit aborts: the records disappear for such a
-consumer, the offsets are not committed, and the partition's part of the batch is redone in a
-new transaction. Redis is not part of the transaction but is idempotent (offset watermark +
-event_id window): a redone event is not applied twice, and it triggers its recommendation again
-(the first one was aborted).
+One transaction per commit, not per batch: finished batches queue (:meth:`Transactions.enqueue`)
+and one task commits everything queued in one transaction — their records, then the offset
+after the last event of each input partition — while the next batches are read, applied and
+scored. An idle stream commits each batch at once; under load, the batches that finish while a
+transaction commits share the next one (Kafka Streams' commit interval, chosen by the load). A
+failed transaction is aborted and redone, with the parts that became void left out, before
+anything after it; a ``read_committed`` consumer sees a batch's records exactly when its input
+offsets are committed. Redis is not part of the transaction but is idempotent (offset watermark
++ event_id window): a redone event is not applied twice, and it triggers its recommendation
+again (the first one was aborted).
 
 faust must not commit offsets of its own in this mode (a late plain commit could move the group
-back behind a transaction's): the clicks topic is consumed without acks (:mod:`attnrec.stream.app`), and
-the committed offsets are the transactions'.
+back behind a transaction's): the clicks topic is consumed without acks (:mod:`attnrec.stream.app`).
 """
 
 from __future__ import annotations
@@ -49,54 +39,52 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+import uuid
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from attnrec.errors import FencedError, TransientError
-from attnrec.kafka_util import aiokafka_security, committed_offsets
+from attnrec.kafka_util import aiokafka_security
 from attnrec.settings import Settings
 
-from .output import Headers, Outbox
+from .kip447 import GroupFencedError, GroupMetadata, TransactionalProducer
+from .metrics import WorkerMetrics
+from .output import Outbox
 
-__all__ = ["TransactionalSender"]
+__all__ = ["Transactions"]
 
 log = logging.getLogger(__name__)
 
-CommittedFn = Callable[[], Awaitable[dict[int, int]]]
-
-#: aiokafka's retry backoff for the transactional producers (its default is 100 ms). A produce
-#: into a transaction whose coordinator is still writing an earlier step (another partition's
-#: AddPartitionsToTxn, the previous transaction's markers) is refused as retriable
-#: (CONCURRENT_TRANSACTIONS, which the broker reports to clients of aiokafka's protocol version
-#: as NOT_ENOUGH_REPLICAS, KAFKA-15459); the step takes about a millisecond, so waiting 100 ms
-#: before the retry was most of a batch's latency.
+#: aiokafka's retry backoff for the transactional producer (its default is 100 ms). A produce
+#: into a transaction whose coordinator is still writing an earlier step is refused as
+#: retriable (CONCURRENT_TRANSACTIONS, which the broker reports to clients of aiokafka's
+#: protocol version as NOT_ENOUGH_REPLICAS, KAFKA-15459); the step takes about a millisecond.
 RETRY_BACKOFF_MS = 10
+_FENCED = ("ProducerFenced", "InvalidProducerEpoch", "TransactionalIdAuthorizationFailed", "IllegalStateError")
 
 
-def _fenced(exc: BaseException) -> bool:
-    return type(exc).__name__ in ("ProducerFenced", "InvalidProducerEpoch", "TransactionalIdAuthorizationFailed")
+class Transactions:
+    """The worker's transactional producer, the queue of finished batches and the task that
+    commits them, and the worker's ownership of its input partitions (epochs, floors)."""
 
-
-class TransactionalSender:
-    """One transactional aiokafka producer per input partition and assignment epoch, and a lock
-    per partition so a partition's transactions follow one another in batch order."""
-
-    def __init__(self, s: Settings, committed: CommittedFn | None = None) -> None:
+    def __init__(self, s: Settings, metrics: WorkerMetrics | None = None,
+                 group: Callable[[], GroupMetadata] | None = None) -> None:  # fmt: skip
         self.s = s
-        self._committed = committed or self._group_committed
-        self._producers: dict[int, tuple[Any, int]] = {}  # partition -> (producer, the epoch it serves)
-        self._locks: dict[int, asyncio.Lock] = {}
-        self._open: set[int] = set()
-        self._unverified: dict[int, float] = {}  # partition -> when its producer started (it has not committed yet)
-        # partition -> (epoch, the committed offset read once that epoch's producer had started)
-        self._floors: dict[int, tuple[int, int]] = {}
-        self._fetch: tuple[float, asyncio.Future[dict[int, int]]] | None = None
+        self.metrics = metrics
+        #: the consumer's group metadata now (the app sets it to faust's consumer's)
+        self.group: Callable[[], GroupMetadata] = group or (lambda: GroupMetadata(s.group_id))
+        self.transactional_id = f"{s.group_id}-{s.clicks_topic}-{uuid.uuid4().hex[:12]}"
+        self._producer: TransactionalProducer | None = None
         self.epochs: dict[int, int] = {}
         self.owned: set[int] | None = None  # None until the first assignment (then every partition is)
-        self._warming: asyncio.Task[None] | None = None
-
-    def transactional_id(self, partition: int) -> str:
-        return f"{self.s.group_id}-{self.s.clicks_topic}-{partition}"
+        self._floors: dict[int, tuple[int, int]] = {}  # partition -> (epoch, stable committed offset then)
+        self._queue: list[Outbox] = []
+        self._committing: list[Outbox] = []
+        self._have = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.transactions = 0  # committed
+        self.records = 0  # produced in transactions (committed or not)
 
     # ------------------------------------------------------------------ ownership
     def epoch(self, partition: int) -> int | None:
@@ -109,7 +97,7 @@ class TransactionalSender:
         return epoch is not None and self.epoch(partition) == epoch
 
     def revoked(self, partitions: Iterable[int]) -> None:
-        """Partitions taken away (a rebalance starts): their batches in flight are void."""
+        """Partitions taken away (a rebalance starts): what this worker holds of them is void."""
         parts = set(partitions)
         for p in parts:
             self.epochs[p] = self.epochs.get(p, 0) + 1
@@ -117,213 +105,189 @@ class TransactionalSender:
 
     def assigned(self, partitions: Iterable[int]) -> None:
         """The worker's whole new assignment: a new epoch for each partition that was not
-        already this worker's, whose producer is started (fencing the previous owner's) right
-        away in the background; the producers of partitions no longer owned are stopped."""
+        already this worker's."""
         parts = set(partitions)
-        before = self.owned or set()
-        for p in parts - before:
+        for p in parts - (self.owned or set()):
             self.epochs[p] = self.epochs.get(p, 0) + 1
         self.owned = parts
-        self._warming = asyncio.ensure_future(self._warm(sorted(parts - before), sorted(set(self._producers) - parts)))
 
-    def lost(self, partition: int, epoch: int) -> None:
-        """Another worker has processed the partition since this one did: give it up until the
-        next assignment (which the group's next rebalance brings)."""
-        if self.current(partition, epoch):
-            self.revoked([partition])
-            log.warning("partition %d was processed by another worker since this one last did: leaving it to that "
-                        "worker until the next rebalance", partition)  # fmt: skip
+    # ------------------------------------------------------------------ the queue
+    def enqueue(self, out: Outbox) -> None:
+        """A finished batch: its records and offsets commit in the next transaction."""
+        if self._task is None or self._task.done():
+            if self._task is not None and self._task.done() and not self._task.cancelled():
+                self._task.result()  # a dead committer is a bug: surface it
+            self._task = asyncio.ensure_future(self._run())
+        out.done = asyncio.get_running_loop().create_future()
+        self._queue.append(out)
+        self._have.set()
 
-    async def _warm(self, starting: list[int], stopping: list[int]) -> None:
-        for p in stopping:
-            async with self._lock(p):
-                if p not in self._open:
-                    await self._drop(p)
-        for p in starting:
-            epoch = self.epoch(p)
-            if epoch is None:
+    async def _run(self) -> None:
+        """The committer: everything queued since the last transaction, in one."""
+        while True:
+            await self._have.wait()
+            outs, self._queue = self._queue, []
+            self._have.clear()
+            if not outs:
                 continue
-            async with self._lock(p):
-                try:
-                    await self._producer(p, epoch)
-                except TransientError as exc:  # the first batch of p tries again
-                    log.warning("%s", exc)
-
-    def _lock(self, partition: int) -> asyncio.Lock:
-        return self._locks.setdefault(partition, asyncio.Lock())
-
-    # ------------------------------------------------------------------ producers
-    async def _producer(self, partition: int, epoch: int) -> Any:
-        have = self._producers.get(partition)
-        if have is not None and have[1] == epoch:
-            return have[0]
-        if have is not None:
-            await self._drop(partition)
-        from aiokafka import AIOKafkaProducer
-
-        p = AIOKafkaProducer(
-            bootstrap_servers=self.s.kafka_bootstrap,
-            transactional_id=self.transactional_id(partition),
-            enable_idempotence=True,
-            acks="all",
-            linger_ms=int(self.s.producer_linger_ms),
-            max_batch_size=512 * 1024,
-            request_timeout_ms=30000,
-            retry_backoff_ms=RETRY_BACKOFF_MS,
-            transaction_timeout_ms=int(self.s.transaction_timeout_s * 1000),
-            **aiokafka_security(self.s),
-        )
-        try:
-            await p.start()  # InitProducerId: aborts and fences any other producer of this partition
-        except Exception as exc:
-            await p.stop()
-            raise TransientError(f"kafka transactional producer for partition {partition}: "
-                                 f"{type(exc).__name__}: {exc}") from exc
-        self._producers[partition] = (p, epoch)
-        self._unverified[partition] = time.monotonic()
-        return p
-
-    async def _apply_floor(self, out: Outbox, part: int, epoch: int) -> None:
-        """Events of ``part`` before its floor were finished by the previous owner after this
-        worker fetched its start position: they produce nothing here. The floor is the group's
-        committed offset read once the epoch's first producer had started (which fenced every
-        earlier one, so no older owner commits after it), read at the epoch's first batch."""
-        if self._floors.get(part, (None, -1))[0] != epoch:
-            committed = (await self._committed_since(self._unverified.get(part, 0.0))).get(part)
-            self._floors[part] = (epoch, -1 if committed is None else committed)
-        floor = self._floors[part][1]
-        if floor <= out.starts[part]:
-            return
-        log.info("partition %d: its previous owner committed up to offset %d after this worker was assigned it "
-                 "(this batch starts at %d): the events before it are done", part, floor, out.starts[part])  # fmt: skip
-        out.floors[part] = floor
-        out.starts[part] = min(floor, out.offsets[part])
-
-    async def _drop(self, partition: int) -> None:
-        have = self._producers.pop(partition, None)
-        self._unverified.pop(partition, None)
-        if have is not None:
+            self._committing = outs
             try:
-                await have[0].stop()
-            except Exception as exc:  # a fenced producer may refuse to flush
-                log.debug("stopping the producer of partition %d: %s", partition, exc)
+                await self._commit(outs)
+            except BaseException:
+                for out in outs:
+                    if out.done is not None and not out.done.done():
+                        out.done.cancel()
+                raise
+            finally:
+                self._committing = []
+            for out in outs:
+                if out.done is not None and not out.done.done():
+                    out.done.set_result(not set(out.offsets) <= out.void)
 
-    async def _group_committed(self) -> dict[int, int]:
-        return await asyncio.to_thread(committed_offsets, self.s, self.s.group_id, self.s.clicks_topic)
+    async def _commit(self, outs: Sequence[Outbox]) -> None:
+        """Commit ``outs`` in one transaction; a failure aborts it and it is redone, without the
+        parts that became void, until it commits or nothing of it is left."""
+        attempt = 0
+        while True:
+            try:
+                offsets = await self._prepare(outs)
+                if not offsets:
+                    return  # every part void or done by the previous owner
+                await self._transaction(outs, offsets)
+                self.transactions += 1
+                if self.metrics is not None:
+                    self.metrics.transactions.inc()
+                return
+            except (TransientError, FencedError, GroupFencedError) as exc:
+                attempt += 1
+                fenced = isinstance(exc, (FencedError, GroupFencedError))
+                if self.metrics is not None:
+                    (self.metrics.fenced if fenced else self.metrics.retries.labels("transient")).inc()
+                delay = min(self.s.retry_max_s, 0.05 * 2 ** min(attempt, 10))
+                log.warning("transaction of %d batch(es) failed (attempt %d): %s; again in %.2fs", len(outs), attempt,
+                            exc, delay)  # fmt: skip
+                await asyncio.sleep(delay)
 
-    async def _committed_since(self, t: float) -> dict[int, int]:
-        """The group's committed offsets, read after time ``t`` (partitions verified together
-        share one read)."""
-        if self._fetch is None or self._fetch[0] < t or (self._fetch[1].done() and self._fetch[1].exception()):
-            self._fetch = (time.monotonic(), asyncio.ensure_future(self._committed()))
-        return await asyncio.shield(self._fetch[1])
-
-    # ------------------------------------------------------------------ transactions
-    async def begin(self, out: Outbox, partitions: Iterable[int] | None = None) -> None:
-        """Open a transaction for each of the batch's partitions (in partition order, so two
-        batches never wait on each other crosswise). A partition whose epoch has passed is
-        marked void in ``out`` instead (its records are not produced)."""
-        done: list[int] = []
-        try:
-            for part in sorted(set(out.offsets if partitions is None else partitions)):
-                epoch = out.epochs.get(part)
-                if not self.current(part, epoch):
-                    out.void.add(part)
+    async def _prepare(self, outs: Sequence[Outbox]) -> dict[int, int]:
+        """Mark the parts whose epoch has passed void; apply each partition's floor (read stable
+        at the first commit of an epoch); the offset to commit per live partition."""
+        need = {p for out in outs for p, e in out.epochs.items() if p not in out.void and self.current(p, e)
+                and self._floors.get(p, (None, -1))[0] != e}
+        if need:
+            committed = await self._stable(sorted(need))
+            for p in need:
+                self._floors[p] = (self.epochs.get(p, 0), committed.get(p, -1))
+        offsets: dict[int, int] = {}
+        for out in outs:
+            for p, end in out.offsets.items():
+                if p in out.void or not self.current(p, out.epochs.get(p)):
+                    out.void.add(p)
                     continue
-                assert epoch is not None
-                await self._lock(part).acquire()
-                done.append(part)
-                if not self.current(part, epoch):  # the partition was revoked while we waited
-                    out.void.add(part)
-                    self._close(part)
-                    continue
-                p = await self._producer(part, epoch)
-                await self._apply_floor(out, part, epoch)
-                if out.floors.get(part, -1) >= out.offsets[part]:  # all of it was done
-                    out.void.add(part)
-                    self._close(part)
-                    continue
-                await p.begin_transaction()
-                self._open.add(part)
-        except BaseException:
-            await self.abort(done)
-            raise
+                floor = self._floors[p][1]
+                if floor > out.starts[p]:
+                    if out.floors.get(p) != floor:
+                        log.info("partition %d: committed up to offset %d by its previous owner after this worker was "
+                                 "assigned it (this batch starts at %d): the events before it are done", p, floor,
+                                 out.starts[p])  # fmt: skip
+                    out.floors[p] = floor
+                    if floor >= end:
+                        out.void.add(p)  # all of it done
+                        continue
+                offsets[p] = max(end, offsets.get(p, 0))
+        return offsets
 
-    async def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers = None,
-                   partition: int | None = None) -> asyncio.Future[Any]:
-        """Enqueue a record in the open transaction of input partition ``partition``."""
-        assert partition is not None and partition in self._open, f"no open transaction for partition {partition}"
-        return await self._producers[partition][0].send(topic, value=value, key=key, headers=headers)  # type: ignore[no-any-return]
-
-    async def commit_one(self, out: Outbox, part: int) -> bool:
-        """Commit the batch's transaction on input partition ``part`` with its offset. False: the
-        partition's part of the batch is void (the partition is not this worker's any more, or
-        another worker has processed it since). Raises FencedError when the producer was fenced
-        (it is dropped: the next :meth:`begin` starts a new one) and TransientError on another
-        failure (the transaction is aborted); either way the part can be redone."""
+    async def _transaction(self, outs: Sequence[Outbox], offsets: dict[int, int]) -> None:
         from aiokafka import TopicPartition
 
-        if part in out.void:
-            return False
-        epoch = out.epochs.get(part)
-        if part not in self._open:
-            raise TransientError(f"no open transaction for partition {part}")
+        p = await self._producer_started()
+        futures: list[asyncio.Future[Any]] = []
         try:
-            if not self.current(part, epoch):
-                await self.abort([part])
-                out.void.add(part)
-                return False
-            assert epoch is not None
-            if part in self._unverified:
-                committed = (await self._committed_since(self._unverified[part])).get(part)
-                if committed is not None and committed > out.starts[part]:
-                    log.warning("partition %d: the group's committed offset %d is past this batch's first event "
-                                "(%d)", part, committed, out.starts[part])  # fmt: skip
-                    await self.abort([part])
-                    self.lost(part, epoch)
-                    out.void.add(part)
-                    return False
-            p = self._producers[part][0]
-            await p.send_offsets_to_transaction({TopicPartition(self.s.clicks_topic, part): out.offsets[part]},
-                                                self.s.group_id)
+            await p.begin_transaction()
+            for out in outs:
+                for topic, key, value, headers, _, _ in out.live():
+                    futures.append(await p.send(topic, value=value, key=key, headers=headers))
+            self.records += len(futures)
+            topic = self.s.clicks_topic
+            await p.send_offsets_to_transaction({TopicPartition(topic, q): o for q, o in offsets.items()}, self.group())
             await p.commit_transaction()
-            self._unverified.pop(part, None)
-            self._close(part)
-            return True
-        except Exception as exc:
-            if part not in self._open:
-                raise TransientError(f"partition {part}: {type(exc).__name__}: {exc}") from exc
-            if _fenced(exc):
-                await self._drop(part)
-                self._close(part)
-                raise FencedError(f"partition {part}'s producer was fenced: {exc}") from exc
-            await self.abort([part])
-            raise TransientError(f"kafka transaction commit: {type(exc).__name__}: {exc}") from exc
+        except BaseException as exc:
+            for f in futures:  # their errors are the transaction's: retrieved here, reported below
+                if f.done() and not f.cancelled():
+                    f.exception()
+            await self._abort(p, exc)
+            if isinstance(exc, GroupFencedError):
+                raise
+            if type(exc).__name__ in _FENCED:
+                raise FencedError(f"the transactional producer was fenced: {exc}") from exc
+            if isinstance(exc, Exception):
+                raise TransientError(f"kafka transaction: {type(exc).__name__}: {exc}") from exc
+            raise
 
-    async def abort(self, partitions: Iterable[int]) -> None:
-        """Abort the open transactions of these partitions (a producer that cannot abort is
-        dropped: the next transaction starts a new one)."""
-        for part in sorted(set(partitions)):
-            have = self._producers.get(part)
+    async def _abort(self, p: TransactionalProducer, exc: BaseException) -> None:
+        """Abort after a failure; a producer that cannot abort (fenced, timed out by the
+        coordinator) is replaced by a new one at the next transaction."""
+        try:
+            if p._txn_manager.is_in_transaction() or p._txn_manager.has_error():  # noqa: SLF001
+                await p.abort_transaction()
+        except Exception as e:
+            log.warning("abort failed (%s: %s) after %s; a new producer starts", type(e).__name__, e, exc)
+            await self._drop()
+        if type(exc).__name__ in _FENCED:
+            await self._drop()
+
+    # ------------------------------------------------------------------ the producer
+    async def _producer_started(self) -> TransactionalProducer:
+        if self._producer is None:
+            p = TransactionalProducer(
+                bootstrap_servers=self.s.kafka_bootstrap,
+                transactional_id=self.transactional_id,
+                enable_idempotence=True,
+                acks="all",
+                linger_ms=int(self.s.producer_linger_ms),
+                max_batch_size=512 * 1024,
+                request_timeout_ms=30000,
+                retry_backoff_ms=RETRY_BACKOFF_MS,
+                transaction_timeout_ms=int(self.s.transaction_timeout_s * 1000),
+                **aiokafka_security(self.s),
+            )
             try:
-                if have is not None and part in self._open:
-                    await have[0].abort_transaction()
+                await p.start()  # InitProducerId
             except Exception as exc:
-                log.warning("abort of partition %d's transaction failed (%s: %s); dropping its producer", part,
-                            type(exc).__name__, exc)
-                await self._drop(part)
-            finally:
-                self._close(part)
+                await p.stop()
+                raise TransientError(f"kafka transactional producer {self.transactional_id}: {type(exc).__name__}: "
+                                     f"{exc}") from exc
+            self._producer = p
+        return self._producer
 
-    def _close(self, part: int) -> None:
-        self._open.discard(part)
-        lock = self._locks.get(part)
-        if lock is not None and lock.locked():
-            lock.release()
+    async def _drop(self) -> None:
+        p, self._producer = self._producer, None
+        if p is not None:
+            try:
+                await p.stop()
+            except Exception as exc:  # a fenced producer may refuse to flush
+                log.debug("stopping the transactional producer: %s", exc)
+
+    async def _stable(self, partitions: list[int]) -> dict[int, int]:
+        """The group's committed offsets of ``partitions``, once no transaction commits any."""
+        p = await self._producer_started()
+        try:
+            return await p.committed(self.s.group_id, self.s.clicks_topic, partitions,
+                                     timeout_s=self.s.transaction_timeout_s + 30)  # fmt: skip
+        except Exception as exc:
+            raise TransientError(f"committed offsets of group {self.s.group_id}: {type(exc).__name__}: {exc}") from exc
+
+    async def idle(self, timeout_s: float) -> bool:
+        """Wait until everything queued has committed (or ``timeout_s``); True when it has."""
+        deadline = time.monotonic() + timeout_s
+        while self._queue or self._committing:
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.005)
+        return True
 
     async def stop(self) -> None:
-        if self._warming is not None and not self._warming.done():
-            self._warming.cancel()
-        await self.abort(list(self._open))
-        for part in list(self._producers):
-            await self._drop(part)
+        """Commit what is queued (a stop request), then stop the producer."""
+        if self._task is not None and not self._task.done():
+            await self.idle(30.0)
+            self._task.cancel()
+        await self._drop()

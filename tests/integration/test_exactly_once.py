@@ -24,7 +24,7 @@ from attnrec.apps.stack import LocalStack, free_port
 from attnrec.stream.core.buffer import STATE_KEY, user_keys
 from attnrec.stream.core.output import Outbox
 from attnrec.stream.core.records import RawRecord
-from attnrec.stream.core.transactions import TransactionalSender
+from attnrec.stream.core.transactions import Transactions
 
 from attnrec.kafka_util import committed_offsets, ensure_topics
 from tests.faultkit import (
@@ -77,9 +77,9 @@ def test_a_producer_retry_triggers_no_second_recommendation(scenario: Callable[.
 def test_zombie_worker_paused_past_its_session_is_fenced(scenario: Callable[..., Scenario],
                                                           report: dict[str, Any]) -> None:
     """Worker A paused (SIGSTOP) longer than its session timeout: its partitions move to B. A
-    resumes with batches in hand; their transactions are fenced (B's producers took the
-    partitions' transactional ids), so nothing A does after the pause reaches a committed
-    consumer or the offsets."""
+    resumes with batches in hand; the group coordinator refuses their offsets (A's generation is
+    not the group's any more, KIP-447), so their transactions abort and nothing A does after the
+    pause reaches a committed consumer or the offsets."""
     sc = scenario(buffer_len=4000)
     a, b = sc.worker("a"), sc.worker("b")
     f = sc.feeder()
@@ -220,50 +220,62 @@ def test_buffers_from_before_the_state_marker_are_adopted(scenario: Callable[...
 
 def test_the_previous_owners_late_commit_is_taken_over_not_fled(stack: Any, names: dict[str, str],
                                                                 registry_with_model: Path) -> None:
-    """A worker that leaves commits its last batch on its way out; the partition's new owner
-    may have fetched its start position before that commit landed (aiokafka's transactional
-    offset commit carries no group generation). The new owner must skip what the previous one
-    finished and go on from there, not take itself for a zombie and leave the partition idle
-    (it did: the scale-out test then found the partition's later events never applied)."""
+    """A worker that leaves may commit its last batch on its way out, after the partition's new
+    owner fetched its start position. The new owner reads the committed offset stable before its
+    first commit of the partition (KIP-447's require_stable: it waits while the old owner's
+    transaction is open), skips what the previous owner finished and goes on from there."""
     s = settings_for(stack, names, registry_with_model, partitions=1)
     ensure_topics(s)
 
-    def records(lo: int, hi: int, epoch: int) -> list[RawRecord]:
-        return [RawRecord(s.clicks_topic, 0, o, b"u", b"{}", epoch=epoch) for o in range(lo, hi)]
-
-    async def batch(txn: TransactionalSender, lo: int, hi: int) -> tuple[bool, Outbox]:
+    def outbox(txn: Transactions, lo: int, hi: int) -> Outbox:
         epoch = txn.epoch(0)
         assert epoch is not None
-        out = Outbox().cover(records(lo, hi, epoch))
-        await txn.begin(out)
-        for o in range(lo, hi):  # one record per event, keyed by its offset
-            await out.send(txn.send, s.recs_topic, str(o).encode(), b"{}", partition=0, offset=o)
-        return await txn.commit_one(out, 0), out
+        out = Outbox(deferred=True).cover([RawRecord(s.clicks_topic, 0, o, b"u", b"{}", epoch=epoch) for o in range(lo, hi)])
+        out.records = [(s.recs_topic, str(o).encode(), b"{}", None, 0, o) for o in range(lo, hi)]  # one per event
+        return out
 
-    async def main() -> tuple[bool, Outbox]:
-        old, new = TransactionalSender(s), TransactionalSender(s)
+    async def commit(txn: Transactions, lo: int, hi: int) -> tuple[bool, Outbox]:
+        out = outbox(txn, lo, hi)
+        txn.enqueue(out)
+        assert out.done is not None
+        return await out.done, out
+
+    async def main() -> tuple[bool, Outbox, float]:
+        old, new = Transactions(s), Transactions(s)
         try:
             old.assigned([0])
-            assert (await batch(old, 0, 10))[0]
+            assert (await commit(old, 0, 10))[0]
             # the group moves partition 0 to the new owner, whose consumer starts at the committed
-            # offset, 10; then the old owner's last batch commits (it was on its way out) ...
-            assert (await batch(old, 10, 15))[0]
-            new.assigned([0])  # ... and the new owner's producer starts, fencing the old one's
-            await asyncio.sleep(0)
-            if new._warming is not None:
-                await new._warming
-            # its first batches, from the position it fetched (formed before either commits):
-            first, _ = await batch(new, 10, 13)  # all done by the old owner: nothing to commit
+            # offset, 10; the old owner's last batch is still in its transaction ...
+            producer = await old._producer_started()
+            await producer.begin_transaction()
+            for o in range(10, 15):
+                await producer.send(s.recs_topic, key=str(o).encode(), value=b"{}")
+            from aiokafka import TopicPartition
+            await producer.send_offsets_to_transaction({TopicPartition(s.clicks_topic, 0): 15}, old.group())
+            new.assigned([0])
+
+            async def late() -> None:
+                await asyncio.sleep(1.0)
+                await producer.commit_transaction()  # ... and commits a second later
+
+            t0 = time.monotonic()
+            task = asyncio.ensure_future(late())
+            first, _ = await commit(new, 10, 13)  # all done by the old owner: nothing to commit
+            waited = time.monotonic() - t0
+            await task
             assert not first
-            return await batch(new, 13, 20)  # partly done
+            ok, out = await commit(new, 13, 20)  # partly done
+            return ok, out, waited
         finally:
             await old.stop()
             await new.stop()
 
-    ok, out = asyncio.run(main())
+    ok, out, waited = asyncio.run(main())
     assert ok, "the new owner gave its partition up"
+    assert waited >= 0.9, f"the new owner committed before the old owner's transaction ended ({waited:.2f}s)"
     assert committed_offsets(s, s.group_id, s.clicks_topic)[0] == 20
     got = read_topic(s, s.recs_topic, lambda recs: len(recs) >= 20, timeout=30)
     keys = sorted(int(r.key) for r in got)
     assert keys == list(range(20)), f"each event's record exactly once: {keys}"
-    assert out.floors == {0: 15} and out.starts == {0: 15}
+    assert out.floors == {0: 15}

@@ -62,6 +62,7 @@ def secure_stack(tmp_path_factory: pytest.TempPathFactory, certs: dict[str, Path
 
     st = LocalStack(
         tmp_path_factory.mktemp("secure-stack"),
+        kafka_jit="quick",
         kafka_port=free_port(),
         controller_port=free_port(),
         redis_port=free_port(),

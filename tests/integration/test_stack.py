@@ -14,7 +14,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_up_twice_is_harmless_and_down_leaves_nothing(tmp_path: Path) -> None:
-    st = LocalStack(tmp_path / "stack", kafka_port=free_port(), controller_port=free_port(), redis_port=free_port(), kafka_heap="384m")
+    st = LocalStack(tmp_path / "stack", kafka_port=free_port(), controller_port=free_port(), redis_port=free_port(), kafka_heap="384m", kafka_jit="quick")
     try:
         st.up()
         first = st.status()
@@ -32,6 +32,6 @@ def test_up_twice_is_harmless_and_down_leaves_nothing(tmp_path: Path) -> None:
 
 
 def test_busy_port_is_reported(tmp_path: Path, stack: LocalStack) -> None:
-    other = LocalStack(tmp_path / "s2", kafka_port=free_port(), controller_port=free_port(), redis_port=stack.redis_port)
+    other = LocalStack(tmp_path / "s2", kafka_port=free_port(), controller_port=free_port(), redis_port=stack.redis_port, kafka_jit="quick")
     with pytest.raises(StackError, match="port .* is taken"):
         other.start_redis()
