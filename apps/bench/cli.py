@@ -71,13 +71,15 @@ def headline(rep: dict[str, Any]) -> str:
     if len(sums) > 1:
         lines.append(f"{'':16} {'events/s':>18} {'p50 ms':>18} {'p99 ms':>18} {'worker CPU µs/ev':>16} {'mean batch':>10}")
         for sm in sums:
-            who = f"{sm.get('scorer')} B={sm.get('batch_size')}" if sm.get("agent") != "null" else "null agent"
+            who = (f"{sm.get('scorer')} B={sm.get('batch_size')}" + ("" if sm.get("processing_guarantee") != "at_least_once" else " ALO")
+                   if sm.get("agent") not in ("null", "plain") else f"{sm.get('agent')} agent")
             cpu = (sm.get("cpu_us_per_event") or {}).get("worker")
             lines.append(f"{who:16} {_mmm(sm['events_per_s'], 0):>18} {_mmm(sm['p50'], 1):>18} {_mmm(sm['p99'], 1):>18} "
                          f"{cpu if cpu is not None else '–':>16} {sm.get('mean_batch') or '–':>10}")
-    if rep.get("vs_null"):
-        lines.append("attnrec / null agent (paired runs, median (min–max)): " + ", ".join(
-            f"{k} {_mmm(v, 2)}" for k, v in rep["vs_null"].items()))
+    for floor in ("null", "plain"):
+        if rep.get(f"vs_{floor}"):
+            lines.append(f"attnrec / {floor} agent (paired runs, median (min–max)): " + ", ".join(
+                f"{k} {_mmm(v, 2)}" for k, v in rep[f"vs_{floor}"].items()))
     head_hops = (sums[0].get("hops_ms") if sums else None) or {}
     if head_hops:
         lines.append("hops, p50 ms: " + ", ".join(f"{k} {v['p50']}" for k, v in head_hops.items()))
@@ -170,11 +172,13 @@ def _variants(s: BenchSettings) -> list[tuple[str, BenchSettings]]:
             out.append(("shadow", s))
         if "null" in which:
             out.append(("null", s))
+        if "plain" in which:
+            out.append(("plain", s))
     return out
 
 
 def _label(agent: str, v: BenchSettings, rate: float | None) -> str:
-    who = f"{v.scorer} B={v.batch_size}" if agent in ("worker", "shadow") else f"null B={v.batch_size}"
+    who = f"{v.scorer} B={v.batch_size}" if agent in ("worker", "shadow") else f"{agent} B={v.batch_size}"
     if agent in ("worker", "shadow") and v.processing_guarantee != "exactly_once":
         who += " at-least-once"
     if agent == "shadow":
@@ -262,10 +266,11 @@ def single(s: BenchSettings) -> dict[str, Any]:
         rep["ratios"] = {_label(a, v, rate).rsplit(" @", 1)[0]:
                          round(base_eps / max(1e-9, g["summary"]["events_per_s"]["median"]), 2)
                          for (a, v), g in zip(variants[1:], groups[1:], strict=True)}  # fmt: skip
-    null = [g for (a, _), g in zip(variants, groups, strict=True) if a == "null"]
-    if null:
-        rep["null_agent"] = null[0]["summary"]
-        rep["vs_null"] = vs_null(head["runs"], null[0]["runs"])
+    for floor in ("null", "plain"):
+        got = [g for (a, _), g in zip(variants, groups, strict=True) if a == floor]
+        if got:
+            rep[f"{floor}_agent"] = got[0]["summary"]
+            rep[f"vs_{floor}"] = vs_null(head["runs"], got[0]["runs"])
     if drains:
         rep["drain"] = _drain_summary(drains)
     for w in head["summary"]["warnings"]:

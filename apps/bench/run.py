@@ -286,6 +286,7 @@ def run_once(s: BenchSettings, cfg: RunConfig, *, items: Sequence[str], users: S
                                                        "ort_threads", "partitions", "top_k", "exclude_seen",
                                                        "processing_guarantee")},
         "mean_batch": round(ev_done / batches, 1) if batches else None,
+        "transactions_per_s": round(d.get("attnrec_transactions_total", 0.0) / window, 1) if ev_done else None,
         "batch_sizes": batch_sizes(d, "attnrec_batch_size"),
         "cache": cache_figures(d, m1),
         "shadow": shadow_figures(d),

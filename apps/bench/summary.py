@@ -46,7 +46,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     if wev:
         out["worker_events_per_s"] = round(statistics.median(wev), 1)
     for k in ("offered_rate", "catalog_items", "max_len", "batch_size", "scorer", "mean_batch", "worker_cpu_cores",
-              "worker_rss_mb", "redis_bytes_per_user", "generator_cpu_cores"):
+              "worker_rss_mb", "redis_bytes_per_user", "generator_cpu_cores", "transactions_per_s"):
         vals = [r[k] for r in runs if r.get(k) is not None]
         if vals:
             out[k] = statistics.median(vals) if isinstance(vals[0], (int, float)) else vals[0]

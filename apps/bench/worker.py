@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 #: What a handle can run: the worker (``attnrec worker``), or the framework's floor, the null
 #: agent (:mod:`attnrec.apps.bench.null_agent`; no Redis, no model).
-AGENTS = {"worker": "attnrec.apps", "null": "attnrec.apps.bench.null_agent"}
+AGENTS = {"worker": "attnrec.apps", "null": "attnrec.apps.bench.null_agent", "plain": "attnrec.apps.bench.plain_agent"}
 
 
 def settings_env(s: Settings, cls: type[Settings] | None = None) -> dict[str, str]:
