@@ -128,7 +128,7 @@ class Settings(BaseSettings):
         0.0, ge=0, description="ATTNREC_BATCH_WAIT_MS: extra wait for a partial batch to fill (W); 0 = none: an event is processed at once when the worker is idle, and batches grow with the backlog up to BATCH_SIZE"
     )
     processing_guarantee: Literal["exactly_once", "at_least_once"] = Field(
-        "exactly_once", description="ATTNREC_PROCESSING_GUARANTEE: exactly_once: a batch's recommendations, dead letters and input offsets in one Kafka transaction per input partition (consumers read recs with isolation.level=read_committed and see each trigger's recommendation once); at_least_once: plain produce, offsets committed after delivery (lower latency; a crash can repeat recommendations)"
+        "exactly_once", description="ATTNREC_PROCESSING_GUARANTEE: exactly_once: batches' recommendations, dead letters and input offsets in Kafka transactions fenced by the consumer group (KIP-447) (consumers read recs with isolation.level=read_committed and see each trigger's recommendation once); at_least_once: plain produce, offsets committed after delivery (lower latency; a crash can repeat recommendations)"
     )
     transaction_timeout_s: float = Field(
         60.0, gt=0, description="ATTNREC_TRANSACTION_TIMEOUT_S: the broker aborts a transaction left open this long (a worker that died mid-batch)"

@@ -1,6 +1,6 @@
 """Exactly-once output: every batch's recommendations, dead letters and input offsets commit in
-one Kafka transaction of the worker's one transactional producer, fenced by the consumer group's
-generation (KIP-447, :mod:`attnrec.stream.core.kip447`).
+one Kafka transaction of the worker's transactional producers (two, used in turn: :data:`PRODUCERS`),
+fenced by the consumer group's generation (KIP-447, :mod:`attnrec.stream.core.kip447`).
 
 Who fences whom:
 
