@@ -237,6 +237,10 @@ def single(s: BenchSettings) -> dict[str, Any]:
             for (agent, _v), sess in zip(variants, sessions, strict=True):
                 if agent in ("worker", "shadow") and sess.worker is not None:
                     sess.info["warm"] = warm_caches(sess)
+        if s.bench_warm_round:
+            warm = replace(cfg, duration_s=min(cfg.duration_s, 10.0), warmup_s=min(cfg.warmup_s, 2.0))
+            for i, (agent, v) in enumerate(variants):
+                run_repeat(sessions[i], replace(warm, label=_label(agent, v, rate) + " (warm-up, not measured)"), -1, False)
         for r in range(s.bench_repeats):
             for i, (agent, v) in enumerate(variants):
                 runs[i].append(run_repeat(sessions[i], replace(cfg, label=_label(agent, v, rate)), r, _progress(s)))

@@ -41,6 +41,7 @@ class BenchSettings(StackSettings):
     bench_agent: Literal["worker", "null", "plain"] = Field("worker", description="ATTNREC_BENCH_AGENT: what is measured: the worker, the null agent alone (the framework's floor: no Redis, no model) or the plain aiokafka loop (no faust)")
     bench_generator_linger_ms: int = Field(1, ge=0, description="ATTNREC_BENCH_GENERATOR_LINGER_MS: linger of the load generator's producer at a paced rate (rate max: 5 ms); part of every measured latency, the null agent's too")
     bench_warm: bool = Field(True, description="ATTNREC_BENCH_WARM: before measuring, one event per user, so an incremental model's worker holds every user's cache (a serving worker's steady state)")
+    bench_warm_round: bool = Field(True, description="ATTNREC_BENCH_WARM_ROUND: one unmeasured round of every variant before the measured repeats, at the same rate for up to 10 s each (a fresh stack's broker is still compiling: the first measured repeat ran 2-10x slower)")
     bench_drain: int = Field(0, ge=0, description="ATTNREC_BENCH_DRAIN: also drain a backlog of this many events through the worker and the null agent, one after the other, per repeat (0 = no drain)")
     bench_no_worker: bool = Field(False, description="ATTNREC_BENCH_NO_WORKER: measure a running worker on the settings' topics")
     bench_metrics_url: str | None = Field(None, description="ATTNREC_BENCH_METRICS_URL: with NO_WORKER, its /metrics URL")

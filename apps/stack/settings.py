@@ -25,7 +25,7 @@ class StackSettings(Settings):
         "everysec", description="ATTNREC_REDIS_APPENDFSYNC: AOF fsync policy of the local stack's Redis (always survives a machine crash, ~12% slower)"
     )
     kafka_jit: Literal["full", "quick"] = Field(
-        "full", description="ATTNREC_KAFKA_JIT: full: the JVM's optimising compiler, as a production broker runs (what the benchmark measures); quick: the first tier only, a faster start and ~2x the broker's CPU per request (the test suite's stacks)"
+        "full", description="ATTNREC_KAFKA_JIT: full: the JVM's optimising compiler, as a production broker runs (what the benchmark measures); quick: the first tier only, a faster start and ~2x the broker's CPU per request (the test suite's stacks; attnrec demo's default)"
     )
     kafka_home: Path | None = Field(None, description="ATTNREC_KAFKA_HOME (or KAFKA_HOME): use an installed Kafka")
     kafka_libs: Path = Field(
