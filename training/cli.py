@@ -192,6 +192,7 @@ def cmd_eval(s: TrainingSettings, args: Any) -> int:
     keep = s.eval_keep_history
     config: dict[str, Any]
     noise: dict[str, Any] | None = None
+    splits: dict[str, Any] | None = None
     train_cpu = 0.0
     if mode == "model":
         from .checkpoint import load_checkpoint
@@ -220,6 +221,9 @@ def cmd_eval(s: TrainingSettings, args: Any) -> int:
             model, config, metrics = _fit_here(s, ds, mode)
             train_seconds, train_cpu = metrics["train_seconds"], metrics["train_cpu_seconds"]
             res = {**metrics[s.eval_split], **metrics["per_user"][s.eval_split]}
+            # trained here: both splits (the validation figures choose, the test figures report)
+            splits = {k: {"metrics": _metrics(metrics[k]), "intervals": metrics[k]["intervals"],
+                          "per_user": metrics["per_user"][k]} for k in ("val", "test")}
             if keep:  # early stopping validated as always (history excluded); the report keeps it
                 res = evaluate(model_scorer(model), ds, s.eval_split, model.cfg.history_len, seed=s.train_seed,
                                keep_history=True, return_ranks=True)
@@ -242,6 +246,8 @@ def cmd_eval(s: TrainingSettings, args: Any) -> int:
         out["comparisons"] = [compare_results([here], [load_result(x, s.eval_split) for x in parse_side(side)])
                               for side in s.eval_compare]
     out["per_user"] = per_user
+    if splits is not None and not keep:
+        out["all_splits"] = splits
     return _write_result(s, out)
 
 
@@ -259,6 +265,8 @@ def _write_result(s: TrainingSettings, out: dict[str, Any]) -> int:
         with open(s.eval_json, "w") as f:
             f.write(json.dumps(out, indent=1) + "\n")
     shown = {k: v for k, v in out.items() if k != "per_user"}
+    if "all_splits" in shown:
+        shown["all_splits"] = {k: {m: v for m, v in sp.items() if m != "per_user"} for k, sp in shown["all_splits"].items()}
     sys.stdout.write(json.dumps(shown, indent=1) + "\n")
     return 0
 

@@ -2,7 +2,8 @@
 
 A result is one model's per-user ranks of the targets of one split, from any of:
 
-- a result JSON of ``attnrec eval --json FILE`` (its ``per_user``, ``split``, ``protocol``);
+- a result JSON of ``attnrec eval --json FILE`` (its ``per_user``, ``split``, ``protocol``; a
+  model trained there keeps both splits, ``all_splits``);
 - a checkpoint directory of ``attnrec train`` or its ``per_user.json`` (``val`` and ``test``;
   the split is the command's ``--split``).
 
@@ -66,7 +67,9 @@ def load_result(spec: str, split: str) -> Result:
             raise ConfigError(f"{spec}: a checkpoint without per_user.json (trained before per-user results were "
                               "kept): evaluate it with attnrec eval --model ... --json FILE and compare that")
     data = _read(path)
-    if "per_user" in data:  # a result JSON of attnrec eval
+    if split in data.get("all_splits", {}):  # a result JSON of a model trained by attnrec eval: both splits
+        pu, protocol = data["all_splits"][split]["per_user"], data.get("protocol")
+    elif "per_user" in data:  # a result JSON of attnrec eval
         if data.get("split") != split:
             raise ConfigError(f"{spec}: a result of split {data.get('split')!r}, not {split!r} (--split)")
         pu, protocol = data["per_user"], data.get("protocol")

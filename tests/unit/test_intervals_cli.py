@@ -139,3 +139,17 @@ def test_ml1m_loo_all_reads_every_line_as_a_user(tmp_path: Path) -> None:
     assert ds.name == "ml1m-loo-all" and [u.user_id for u in ds.users] == ["1", "2", "3"]
     assert ds.train_len == [2, 2, 3] and ds.val == [(0, 2), (2, 3)] and ds.test == [(0, 3), (2, 4)]
     assert [ds.vocab.item_id(ds.users[2].items[i]) for i in (3, 4)] == ["7", "9"]
+
+
+def test_a_model_trained_by_eval_keeps_both_splits(events: Path, tmp_path: Path) -> None:
+    """Validation chooses, test reports: a baseline trained here keeps the per-user ranks of
+    both splits, so either can be compared later whatever --split printed."""
+    from attnrec.training.compare import load_result
+
+    res_file = tmp_path / "gru.json"
+    assert main(["eval", "--baseline", "gru4rec", "--data", str(events), "--format", "events", "--split", "val",
+                 "--epochs", "1", "--max-len", "20", "--quiet", "--threads", "1", "--json", str(res_file)]) == 0
+    res = json.loads(res_file.read_text())
+    assert res["all_splits"]["val"]["metrics"] == res["metrics"]
+    test = load_result(str(res_file), "test")
+    assert len(test.ranks) == 80 and test.ranks != load_result(str(res_file), "val").ranks
