@@ -35,7 +35,7 @@ def configs(s: TrainingSettings, ds: Any, *, loss: str | None = None, baseline: 
     top (``loss``: the loss when the settings leave it unset). A ``baseline`` trains without the
     attention model's denoising default unless ``ATTNREC_TRAIN_DENOISE`` is set: it teaches
     attention where not to look, and the baselines keep their published recipes."""
-    from .defaults import default_configs
+    from .defaults import default_configs, ema_decay
 
     mcfg, tcfg = default_configs(ds)
     if baseline:
@@ -49,6 +49,8 @@ def configs(s: TrainingSettings, ds: Any, *, loss: str | None = None, baseline: 
         mcfg.n_event_types = 0
     if s.train_no_gaps:
         mcfg.n_gap_buckets = 0
+    if s.train_ema is None and tcfg.ema:  # the horizon in epochs of the rows and batches as set
+        tcfg.ema = ema_decay(ds, mcfg, tcfg)
     try:
         mcfg.__post_init__()
         tcfg.__post_init__()

@@ -200,6 +200,11 @@ class TrainConfig(ConfigDict):
         "(after WARMUP_EPOCHS of linear warm-up)", choices=LR_SCHEDULES))
     warmup_epochs: float = field(default=0.0, metadata=option(
         "epochs of linear learning-rate warm-up from 0 (0 = none)", ge=0))
+    warmup_targets: bool = field(default=False, metadata=option(
+        "relative positions: train the positions of each training row's warm-up too (the events a row keeps before "
+        "its first trained position so that position sees a served event's whole past): every position of a row is "
+        "a target, about half the CPU per target when histories outrun the band, but the row's first positions see "
+        "less past than a served event does"))
     val_max_users: int = 0  # per-epoch validation on a seeded subset (0 = all validation users)
     all_windows: bool = False  # train on every max_len window of long histories, not only the newest
     bucket_batches: bool = field(default=False, metadata=option(
@@ -211,3 +216,11 @@ class TrainConfig(ConfigDict):
     def __post_init__(self) -> None:
         self.check_options()
         assert self.label_smoothing == 0 or self.loss == "ce", "label_smoothing needs loss='ce'"
+
+    def rows(self, mcfg: ModelConfig) -> tuple[int, int]:
+        """(max_len, warmup) of the training rows (:func:`attnrec.training.train.training_arrays`):
+        ``max_len`` trained positions after ``warmup`` untrained ones, or with ``warmup_targets``
+        all ``history_len`` positions trained."""
+        if self.warmup_targets:
+            return mcfg.max_len + mcfg.warmup, 0
+        return mcfg.max_len, mcfg.warmup

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["RESAMPLES", "LEVEL", "SEED", "METHOD", "per_user_values", "bootstrap_interval", "compare", "bound_interval",
-           "intervals", "mean_over_seeds"]
+           "intervals", "mean_over_seeds", "ratio_interval"]
 
 #: Bootstrap resamples of every reported interval.
 RESAMPLES = 1000
@@ -121,6 +121,18 @@ def compare(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, *,
             "interval": [round(lo, 5), round(hi, 5)], "relative": round(diff / mb, 4) if mb else None,
             "verdict": verdict, "paired": paired, "users": [len(va), len(vb)] if not paired else len(va),
             "resamples": resamples, "seed": seed, "level": level}
+
+
+def ratio_interval(num: Sequence[float] | np.ndarray, den: Sequence[float] | np.ndarray, *,
+                   resamples: int = RESAMPLES, seed: int = 0, level: float = LEVEL) -> tuple[float, float]:
+    """Bootstrap interval of ``mean(num) / mean(den)`` over cases (paired: each draw takes a
+    case's two values together), e.g. how many times the score drops more when one event is
+    removed than when another is."""
+    a, b = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
+    assert a.shape == b.shape and a.ndim == 1 and len(a), "need two per-case vectors of one length"
+    draws = _resampled_means(np.stack([a, b], axis=1), resamples, np.random.default_rng(seed))  # (R, 2)
+    ok = draws[:, 1] != 0
+    return _percentiles(draws[ok, 0] / draws[ok, 1], level)
 
 
 def bound_interval(mean: float, n: int, level: float = LEVEL) -> tuple[float, float]:

@@ -268,7 +268,8 @@ def train(
     opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     base_lr = tcfg.lr  # a schedule's peak; a plateau decay (lr_decay) scales it
     ema = _Ema(model, tcfg.ema) if tcfg.ema else None
-    arrays = [torch.from_numpy(a) for a in training_arrays(ds, mcfg.max_len, tcfg.all_windows, mcfg.warmup)]
+    row_len, warmup = tcfg.rows(mcfg)  # (max_len, warm-up) of a training row
+    arrays = [torch.from_numpy(a) for a in training_arrays(ds, row_len, tcfg.all_windows, warmup)]
     n = arrays[0].shape[0]
     if n == 0:
         from attnrec.errors import ModelError

@@ -153,3 +153,21 @@ def test_a_model_trained_by_eval_keeps_both_splits(events: Path, tmp_path: Path)
     assert res["all_splits"]["val"]["metrics"] == res["metrics"]
     test = load_result(str(res_file), "test")
     assert len(test.ranks) == 80 and test.ranks != load_result(str(res_file), "val").ranks
+
+
+def test_warmup_targets_train_every_position_of_a_row() -> None:
+    from attnrec.training.config import ModelConfig, TrainConfig
+    from attnrec.training.data import Dataset, UserSeq, Vocab, _loo
+    from attnrec.training.train import training_arrays
+
+    mcfg = ModelConfig(n_items=40, max_len=5, n_blocks=2, positions="relative")  # history 9, warm-up 8
+    assert TrainConfig().rows(mcfg) == (5, 8) and TrainConfig(warmup_targets=True).rows(mcfg) == (13, 0)
+    users = [UserSeq("a", list(range(2, 32)))]  # 30 events: 28 for training
+    tl, val, test = _loo(users)
+    ds = Dataset("d", "s3", Vocab([str(i) for i in range(38)]), users, tl, val, test)
+    plain = training_arrays(ds, 5, True, 8)[3]
+    every = training_arrays(ds, 13, True, 0)[3]
+    assert plain.shape[1] == every.shape[1] == 13
+    # the same 27 targets either way, in fewer rows when the warm-up positions are trained too
+    assert sorted(plain[plain > 1].tolist()) == sorted(every[every > 1].tolist()) == list(range(3, 30))
+    assert len(every) < len(plain)

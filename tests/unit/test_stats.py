@@ -95,3 +95,14 @@ def test_bound_interval_is_wider_than_the_bootstrap_for_ndcg_and_close_for_hr() 
 def test_mean_over_seeds_is_per_user() -> None:
     out = mean_over_seeds([np.array([1.0, 0.0, 0.5]), np.array([0.0, 0.0, 1.0])])
     assert out.tolist() == [0.5, 0.0, 0.75]
+
+
+def test_ratio_interval_holds_the_ratio_of_means_and_is_paired() -> None:
+    from attnrec.training.stats import ratio_interval
+
+    rng = np.random.default_rng(2)
+    den = rng.exponential(1.0, size=2000)
+    num = 3.0 * den + rng.normal(0, 0.1, size=2000)  # three times the other, case by case
+    lo, hi = ratio_interval(num, den, seed=0)
+    assert lo < num.mean() / den.mean() < hi and hi - lo < 0.05
+    assert ratio_interval(num, den, seed=0) == (lo, hi)
