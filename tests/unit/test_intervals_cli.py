@@ -171,3 +171,49 @@ def test_warmup_targets_train_every_position_of_a_row() -> None:
     # the same 27 targets either way, in fewer rows when the warm-up positions are trained too
     assert sorted(plain[plain > 1].tolist()) == sorted(every[every > 1].tolist()) == list(range(3, 30))
     assert len(every) < len(plain)
+
+
+def test_deletion_check_scores_each_removal_as_computed_by_hand(checkpoint: Path, events: Path) -> None:
+    """One sampled case recomputed outside the check: the top-1 item with the history masked,
+    and its score's drop when the newest or the most-attended event is removed."""
+    import math
+
+    import torch
+    from attnrec.training.attention import deletion_check
+    from attnrec.training.checkpoint import load_checkpoint
+    from attnrec.training.data import Vocab, load_dataset
+    from attnrec.training.features import left_pad
+
+    model, _, vocab = load_checkpoint(str(checkpoint))
+    ds = load_dataset(events, "events", Vocab.from_dict(vocab))
+    cases = [(u, cut) for u, cut in ds.split("test") if cut >= 2]
+    full = deletion_check(model, ds, "test", seed=3)
+    assert full["cases"] == len(cases) > 50
+    top, rnd = full["score_drop"]["top"]["mean"], full["score_drop"]["random"]["mean"]
+    assert full["factor"] == pytest.approx(top / rnd, rel=1e-2)
+    lo, hi = full["factor_interval"]
+    assert lo <= full["factor"] <= hi
+    assert deletion_check(model, ds, "test", seed=3) == full  # seeded: the same picks, the same figures
+
+    res = deletion_check(model, ds, "test", max_cases=1, seed=3)
+    (i,) = np.random.default_rng(3).choice(len(cases), size=1, replace=False)
+    u, cut = cases[int(i)]
+    s, L = ds.users[u], model.cfg.history_len
+    lo_ = max(0, cut - L)
+    row = [s.items[lo_:cut], (s.types or [0] * len(s.items))[lo_:cut], (s.gaps or [0] * len(s.items))[lo_:cut]]
+
+    def score(r: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        h, att = model.final_state(*(torch.tensor([left_pad(x, L)]) for x in r))
+        sc = model.item_scores(h)[0].clone()
+        sc[:2] = -math.inf
+        sc[torch.tensor(s.items[:cut])] = -math.inf
+        return sc, att[0]
+
+    with torch.no_grad():
+        sc, att = score(row)
+        best = int(sc.argmax())
+        n = len(row[0])
+        nw = min(n, att.shape[0])
+        for key, pos in (("newest", n - 1), ("top", n - nw + int(att[att.shape[0] - nw :].argmax()))):
+            sc2, _ = score([x[:pos] + x[pos + 1 :] for x in row])
+            assert res["score_drop"][key]["mean"] == pytest.approx(float(sc[best] - sc2[best]), abs=2e-4), key
