@@ -5,7 +5,8 @@ A default is chosen on validation figures only: the test split is for reporting.
 below names the validation evidence, Beauty's validation NDCG@10 on all 22,363 users unless it
 says otherwise, with the date and the commit that recorded it in docs/BENCHMARKS.md (``git show
 <commit> -- docs/BENCHMARKS.md``: the run's command, machine and load). Where no validation
-evidence was recorded, the comment says so; those defaults are open questions, not findings.
+evidence was recorded, the comment says so; those defaults are open questions, not findings
+(docs/BENCHMARKS.md, Defaults, lists them with the CPU it would take to verify each).
 """
 
 from __future__ import annotations
