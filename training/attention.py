@@ -123,8 +123,11 @@ def deletion_check(model: AttnRec, ds: Dataset, split: str = "test", *, max_case
     excluded) and how much its score drops when the top-explained event is removed from the
     input, against removing a uniformly random event of the window (seeded) and the newest
     event. ``factor`` = mean drop (top-explained) / mean drop (random), with its 95 %
-    bootstrap interval over cases; ``max_cases`` > 0 takes a seeded sample of the cases."""
-    from .stats import bootstrap_interval, ratio_interval
+    bootstrap interval over cases (meaningful only when the random drop is clearly above 0);
+    ``difference`` = the paired difference of the two drops with its interval, and ``passes``
+    when that interval lies above 0 (removing the explained event lowers the score more than
+    removing a random one). ``max_cases`` > 0 takes a seeded sample of the cases."""
+    from .stats import bootstrap_interval, compare, ratio_interval
 
     L = model.cfg.history_len
     rng = np.random.default_rng(seed)
@@ -159,9 +162,12 @@ def deletion_check(model: AttnRec, ds: Dataset, split: str = "test", *, max_case
         return {"cases": 0}
     top, rnd = np.asarray(drops["top"]), np.asarray(drops["random"])
     lo, hi = ratio_interval(top, rnd, seed=seed)
+    diff = compare(top, rnd, seed=seed)
     return {"split": split, "cases": len(cases), "mean_window": round(float(np.mean(windows)), 2),
             "factor": round(float(top.mean() / rnd.mean()), 3) if rnd.mean() else None,
             "factor_interval": [round(lo, 3), round(hi, 3)],
+            "difference": {"top_minus_random": diff["diff"], "interval": diff["interval"]},
+            "passes": diff["verdict"] == "a ahead",
             "score_drop": {k: {"mean": round(float(np.mean(v)), 4), "median": round(float(np.median(v)), 4),
                                "interval": [round(x, 4) for x in bootstrap_interval(v, seed=seed)]}
                            for k, v in drops.items()},

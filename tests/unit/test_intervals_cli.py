@@ -194,6 +194,10 @@ def test_deletion_check_scores_each_removal_as_computed_by_hand(checkpoint: Path
     lo, hi = full["factor_interval"]
     assert lo <= full["factor"] <= hi
     assert deletion_check(model, ds, "test", seed=3) == full  # seeded: the same picks, the same figures
+    d = full["difference"]  # paired: top minus random, case by case
+    assert d["top_minus_random"] == pytest.approx(top - rnd, abs=2e-4)
+    assert d["interval"][0] <= d["top_minus_random"] <= d["interval"][1]
+    assert full["passes"] == (d["interval"][0] > 0)
 
     res = deletion_check(model, ds, "test", max_cases=1, seed=3)
     (i,) = np.random.default_rng(3).choice(len(cases), size=1, replace=False)
