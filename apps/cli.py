@@ -87,7 +87,7 @@ COMMANDS: tuple[Command, ...] = (
             "trains and evaluates on noisy data", "attnrec.training.cli:cmd_eval",
             (*_DATA, ("--model", "eval_model"), ("--baseline", "eval_baseline"), ("--train", "eval_train"),
              ("--noise", "eval_noise"), ("--keep-history", "eval_keep_history"), ("--split", "eval_split"),
-             ("--json", "eval_json"), *option_flags("eval"), *_FEATURES), TrainingSettings),
+             ("--json", "eval_json"), ("--compare", "eval_compare"), *option_flags("eval"), *_FEATURES), TrainingSettings),
     Command("export", "export a checkpoint to ONNX, check it and publish it to the registry", "attnrec.exporter.cli:cmd_export",
             (("--checkpoint", "checkpoint"), *_REGISTRY, ("--promote", "promote"), *_GATE, ("--top-k", "top_k"),
              ("--quantize", "quantize"), *_HOME), ModelsSettings),

@@ -20,6 +20,7 @@ import logging
 import math
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,7 +31,7 @@ from .evaluate import PROTOCOL, evaluate, model_scorer, popularity_scorer
 from .features import left_pad
 from .model import AttnRec
 
-__all__ = ["attention_report", "attention_mass", "noise_attention", "synthetic_benchmark"]
+__all__ = ["attention_report", "deletion_check", "attention_mass", "noise_attention", "planted_data", "synthetic_benchmark"]
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,74 @@ def attention_report(model: AttnRec, ds: Dataset, causes: dict[str, tuple[str, .
     }
 
 
+@torch.no_grad()
+def deletion_check(model: AttnRec, ds: Dataset, split: str = "test", *, max_cases: int = 0, seed: int = 0,
+                   batch_size: int = 256) -> dict[str, Any]:
+    """Is the explanation faithful on real data? For each case of ``split`` with at least two
+    events in the explanation's window: the top-1 recommendation (PAD, OOV and the history
+    excluded) and how much its score drops when the top-explained event is removed from the
+    input, against removing a uniformly random event of the window (seeded) and the newest
+    event. ``factor`` = mean drop (top-explained) / mean drop (random), with its 95 %
+    bootstrap interval over cases (meaningful only when the random drop is clearly above 0);
+    ``difference`` = the paired difference of the two drops with its interval, and ``passes``
+    when that interval lies above 0 (removing the explained event lowers the score more than
+    removing a random one). ``max_cases`` > 0 takes a seeded sample of the cases."""
+    from .stats import bootstrap_interval, compare, ratio_interval
+
+    L = model.cfg.history_len
+    rng = np.random.default_rng(seed)
+    cases = [(u, cut) for u, cut in ds.split(split) if cut >= 2]
+    if max_cases and len(cases) > max_cases:
+        cases = [cases[i] for i in np.sort(rng.choice(len(cases), size=max_cases, replace=False))]
+    drops: dict[str, list[float]] = {"top": [], "random": [], "newest": []}
+    flips: dict[str, list[bool]] = {"top": [], "random": [], "newest": []}
+    windows: list[int] = []
+    for b0 in range(0, len(cases), batch_size):
+        batch = cases[b0 : b0 + batch_size]
+        rows = [_window(ds, u, cut, L)[:3] for u, cut in batch]
+        h, att = model.final_state(*_tensors(rows, L))  # (B, d), (B, W)
+        scores = _masked(model.item_scores(h), ds, batch)
+        best = scores.argmax(1)  # (B,)
+        s0 = scores.gather(1, best.unsqueeze(1))[:, 0]
+        removed: dict[str, list[tuple[list[int], ...]]] = {k: [] for k in drops}
+        for r, row in enumerate(rows):
+            n = len(row[0])
+            nw = min(n, att.shape[1])  # events in the explanation's window
+            windows.append(nw)
+            picks = {"top": n - nw + int(att[r, att.shape[1] - nw :].argmax()),
+                     "random": n - nw + int(rng.integers(nw)), "newest": n - 1}
+            for k, pos in picks.items():
+                removed[k].append(tuple([x[:pos] + x[pos + 1 :] for x in row]))
+        for k, rws in removed.items():
+            h2, _ = model.final_state(*_tensors(rws, L))
+            sc2 = _masked(model.item_scores(h2), ds, batch)
+            drops[k].extend((s0 - sc2.gather(1, best.unsqueeze(1))[:, 0]).tolist())
+            flips[k].extend((sc2.argmax(1) != best).tolist())
+    if not cases:
+        return {"cases": 0}
+    top, rnd = np.asarray(drops["top"]), np.asarray(drops["random"])
+    lo, hi = ratio_interval(top, rnd, seed=seed)
+    diff = compare(top, rnd, seed=seed)
+    return {"split": split, "cases": len(cases), "mean_window": round(float(np.mean(windows)), 2),
+            "factor": round(float(top.mean() / rnd.mean()), 3) if rnd.mean() else None,
+            "factor_interval": [round(lo, 3), round(hi, 3)],
+            "difference": {"top_minus_random": diff["diff"], "interval": diff["interval"]},
+            "passes": diff["verdict"] == "a ahead",
+            "score_drop": {k: {"mean": round(float(np.mean(v)), 4), "median": round(float(np.median(v)), 4),
+                               "interval": [round(x, 4) for x in bootstrap_interval(v, seed=seed)]}
+                           for k, v in drops.items()},
+            "top1_changed": {k: round(float(np.mean(v)), 4) for k, v in flips.items()}}
+
+
+def _masked(scores: torch.Tensor, ds: Dataset, batch: list[tuple[int, int]]) -> torch.Tensor:
+    """Scores with PAD, OOV and each case's history at -inf (the evaluation's exclusions)."""
+    scores = scores.clone()
+    scores[:, :2] = -math.inf
+    for r, (u, cut) in enumerate(batch):
+        scores[r, torch.tensor(ds.users[u].items[:cut])] = -math.inf
+    return scores
+
+
 def attention_mass(att: np.ndarray, injected: np.ndarray, valid: np.ndarray) -> dict[str, Any]:
     """Share of attention on injected events against their share of the window.
 
@@ -157,34 +226,56 @@ def noise_attention(model: AttnRec, ds: Dataset, injected: Any, split: str = "te
     return out
 
 
-def synthetic_benchmark(n_users: int, n_items: int, n_events: int, seed: int, threads: int = 2,
-                        progress: bool = False, max_minutes: float = 15.0) -> dict[str, Any]:
-    """Generate synthetic events, train with the data defaults, compare with popularity, analyse attention."""
-    from .defaults import default_configs
+def planted_data(n_users: int, n_items: int, n_events: int, seed: int) -> tuple[Dataset, dict[str, tuple[str, ...]]]:
+    """The synthetic events with planted causes (the same for the same arguments) and the
+    causes of each event that has one (event id -> cause event ids)."""
     from .sim.synth import generate_planted
-    from .train import train
 
-    torch.set_num_threads(threads)
-    t0 = time.monotonic()
     events, causes = [], {}
     for ev, c in generate_planted(n_users, n_items, n_events, seed=seed):
         events.append(ev)
         if c:
             causes[ev.event_id] = c
+    return dataset_from_events(events, f"synth-u{n_users}-i{n_items}-e{n_events}-s{seed}"), causes
+
+
+def synthetic_benchmark(n_users: int, n_items: int, n_events: int, seed: int, threads: int = 2,
+                        progress: bool = False, max_minutes: float = 0.0, *, max_cpu_minutes: float = 0.0,
+                        epochs: int | None = None, save: str | None = None, model_dir: str | None = None
+                        ) -> dict[str, Any]:
+    """Generate synthetic events, train with the data defaults (or load ``model_dir``, a
+    checkpoint of the same data), compare with popularity, analyse attention; ``save`` writes
+    the trained checkpoint there."""
+    from .checkpoint import load_checkpoint, save_checkpoint
+    from .defaults import default_configs
+    from .train import fit_and_evaluate
+
+    torch.set_num_threads(threads)
+    t0 = time.monotonic()
+    ds, causes = planted_data(n_users, n_items, n_events, seed)
     gen_s = time.monotonic() - t0
-    ds = dataset_from_events(events, f"synth-u{n_users}-i{n_items}-e{n_events}-s{seed}")
-    mcfg, tcfg = default_configs(ds)
-    tcfg.seed, tcfg.threads, tcfg.max_minutes = seed, threads, max_minutes
-    model, info = train(ds, mcfg, tcfg, progress=progress)
+    if model_dir is not None:
+        model, config, _ = load_checkpoint(model_dir)
+        mcfg, tcfg = model.cfg, None
+        info = json.loads((Path(model_dir) / "metrics.json").read_text())
+    else:
+        mcfg, tcfg = default_configs(ds)
+        tcfg.seed, tcfg.threads, tcfg.max_minutes, tcfg.max_cpu_minutes = seed, threads, max_minutes, max_cpu_minutes
+        if epochs is not None:
+            tcfg.epochs = epochs
+        model, info = fit_and_evaluate(ds, mcfg, tcfg, progress=progress)
+        if save is not None:
+            save_checkpoint(save, model, tcfg, ds, info)
     test = evaluate(model_scorer(model), ds, "test", mcfg.history_len)
     pop = evaluate(popularity_scorer(ds), ds, "test", mcfg.history_len)
     keys = ("hr@10", "ndcg@10", "hr@20", "ndcg@20", "coverage@10")
     return {
         "dataset": ds.name, "protocol": PROTOCOL, "seed": seed, "generate_seconds": round(gen_s, 2),
         "data": ds.stats(), "model": mcfg.to_dict(), "train_seconds": info["train_seconds"],
+        "train_cpu_seconds": info.get("train_cpu_seconds"), "checkpoint": model_dir or save,
         "best_epoch": info["best_epoch"], "epochs_run": info["epochs_run"], "stop_reason": info["stop_reason"],
-        "train": tcfg.to_dict(), "test": {k: test[k] for k in keys},
-        "popular_test": {k: pop[k] for k in keys},
+        "train": tcfg.to_dict() if tcfg is not None else None, "test": {k: test[k] for k in keys},
+        "val_ndcg@10": info["val"]["ndcg@10"], "popular_test": {k: pop[k] for k in keys},
         "attention": attention_report(model, ds, causes, seed=seed),
     }
 
@@ -197,10 +288,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--events", type=int, default=60_000)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--max-minutes", type=float, default=15.0, help="training budget")
+    p.add_argument("--max-minutes", type=float, default=0.0, help="wall-clock training budget (0 = none)")
+    p.add_argument("--max-cpu-minutes", type=float, default=0.0, help="CPU-time training budget (0 = none)")
+    p.add_argument("--epochs", type=int, default=None, help="at most this many epochs (default: the data defaults')")
+    p.add_argument("--save", default=None, help="write the trained checkpoint to this directory")
+    p.add_argument("--model", default=None, help="analyse this checkpoint (trained on the same arguments) instead")
     p.add_argument("--json", default="-")
     a = p.parse_args(argv)
-    res = synthetic_benchmark(a.users, a.items, a.events, a.seed, a.threads, progress=True, max_minutes=a.max_minutes)
+    res = synthetic_benchmark(a.users, a.items, a.events, a.seed, a.threads, progress=True, max_minutes=a.max_minutes,
+                              max_cpu_minutes=a.max_cpu_minutes, epochs=a.epochs, save=a.save, model_dir=a.model)
     text = json.dumps(res, indent=1)
     if a.json != "-":
         with open(a.json, "w") as f:

@@ -4,8 +4,10 @@
                       "data_fingerprint", "data_files", "created_at"}
     model.pt         state_dict
     vocab.json       {"items": [item ids of indices 2..], "event_types": [...]}
-    metrics.json     best epoch, validation and test metrics (protocol loo-full-ranking),
-                     per-epoch curve, train_seconds
+    metrics.json     best epoch, validation and test metrics (protocol loo-full-ranking) with
+                     their 95 % bootstrap intervals over users, per-epoch curve, train_seconds
+    per_user.json    {"dataset", "protocol", "val": {"user_ids", "ranks"}, "test": {...}}: each
+                     user's rank of the target (attnrec eval --compare pairs models on it)
     curve.png        training curve
     popularity.json  the top-100 item ids by training count
     samples.json     up to 256 real training inputs: [{"items", "types", "gaps"}] (model indices,
@@ -119,7 +121,12 @@ def save_checkpoint(
     torch.save(model.state_dict(), tmp)
     os.replace(tmp, d / "model.pt")
     _write_json(d / "vocab.json", ds.vocab.to_dict())
-    _write_json(d / "metrics.json", metrics)
+    per_user = metrics.get("per_user")
+    _write_json(d / "metrics.json", {k: v for k, v in metrics.items() if k != "per_user"})
+    if per_user is not None:  # per-user ranks of val and test: intervals, paired comparisons
+        _write_json(d / "per_user.json", {"dataset": ds.name, "protocol": metrics.get("protocol"), **per_user})
+    else:
+        (d / "per_user.json").unlink(missing_ok=True)
     _write_json(d / "popularity.json", popularity(ds))
     _write_json(d / "samples.json", _samples(ds, model.cfg.max_len, seed=tcfg.seed, warmup=model.cfg.warmup,
                                                    length=model.cfg.history_len))

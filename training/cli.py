@@ -9,6 +9,7 @@ options left unset are chosen from the data (``attnrec.training.defaults.default
     attnrec eval  --model DIR --data PATH --format ... --json FILE
     attnrec eval  --baseline popular|sasrec-bce|gru4rec|meanpool --data PATH --format ... --json FILE
     attnrec eval  --train [--noise P] [--keep-history] --data PATH --format ... --json FILE
+    attnrec eval  --compare A B [--split val]      (saved results, paired on users: training/compare.py)
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def configs(s: TrainingSettings, ds: Any, *, loss: str | None = None, baseline: 
     top (``loss``: the loss when the settings leave it unset). A ``baseline`` trains without the
     attention model's denoising default unless ``ATTNREC_TRAIN_DENOISE`` is set: it teaches
     attention where not to look, and the baselines keep their published recipes."""
-    from .defaults import default_configs
+    from .defaults import default_configs, ema_decay
 
     mcfg, tcfg = default_configs(ds)
     if baseline:
@@ -48,6 +49,8 @@ def configs(s: TrainingSettings, ds: Any, *, loss: str | None = None, baseline: 
         mcfg.n_event_types = 0
     if s.train_no_gaps:
         mcfg.n_gap_buckets = 0
+    if s.train_ema is None and tcfg.ema:  # the horizon in epochs of the rows and batches as set
+        tcfg.ema = ema_decay(ds, mcfg, tcfg)
     try:
         mcfg.__post_init__()
         tcfg.__post_init__()
@@ -128,6 +131,10 @@ def _eval_mode(s: TrainingSettings) -> str:
     """What ``attnrec eval`` evaluates: "model" (a checkpoint), "train" or a baseline's name."""
     modes = [m for m, on in (("model", s.eval_model is not None), ("train", s.eval_train),
                              ("baseline", s.eval_baseline is not None)) if on]
+    if not modes and s.eval_compare:
+        if len(s.eval_compare) != 2:
+            raise ConfigError(f"--compare alone compares two sides A B, got {len(s.eval_compare)}")
+        return "compare"
     if not modes:
         raise ConfigError("--model DIR, --train or --baseline is required "
                           "(or set ATTNREC_EVAL_MODEL / ATTNREC_EVAL_TRAIN / ATTNREC_EVAL_BASELINE)")
@@ -166,13 +173,20 @@ def cmd_eval(s: TrainingSettings, args: Any) -> int:
     (``--train``) or a baseline (``--baseline``: popular, sasrec-bce, gru4rec, meanpool). What
     is trained here is evaluation only: nothing is exported. ``--noise P`` trains and evaluates
     on data with a share P of random items inserted (training/noise.py); ``--keep-history``
-    leaves the user's input items in the ranking (training/evaluate.py)."""
+    leaves the user's input items in the ranking (training/evaluate.py). Every metric comes
+    with its 95 % bootstrap interval over users, and the file keeps the per-user ranks
+    (``per_user``); ``--compare`` pairs this result with saved ones, or alone two saved sides
+    (training/compare.py)."""
     import torch
 
     from .data import Vocab
     from .evaluate import evaluate, model_scorer, popularity_scorer, protocol
+    from .stats import METHOD
+    from .train import with_intervals
 
     mode = _eval_mode(s)
+    if mode == "compare":
+        return _write_result(s, _compare(s, *s.eval_compare))
     if mode not in ("model", "popular"):
         _sigterm_stops_training()  # as attnrec train: the best epoch so far is evaluated
     torch.set_num_threads(s.train_threads)
@@ -180,6 +194,7 @@ def cmd_eval(s: TrainingSettings, args: Any) -> int:
     keep = s.eval_keep_history
     config: dict[str, Any]
     noise: dict[str, Any] | None = None
+    splits: dict[str, Any] | None = None
     train_cpu = 0.0
     if mode == "model":
         from .checkpoint import load_checkpoint
@@ -189,7 +204,7 @@ def cmd_eval(s: TrainingSettings, args: Any) -> int:
         if config.get("data_fingerprint") and config["data_fingerprint"] != ds.fingerprint:
             log.warning("evaluating on data that differs from the training data (fingerprint mismatch)")
         res = evaluate(model_scorer(model), ds, s.eval_split, model.cfg.history_len, seed=s.train_seed,
-                       keep_history=keep)
+                       keep_history=keep, return_ranks=True)
         train_seconds, model_name = _train_seconds(s.eval_model), str(s.eval_model)
     else:
         ds = _dataset(s)
@@ -201,30 +216,60 @@ def cmd_eval(s: TrainingSettings, args: Any) -> int:
             noise = info.summary(ds)
         model_name = "attention model, trained here" if mode == "train" else f"baseline:{mode}"
         if mode == "popular":
-            res = evaluate(popularity_scorer(ds), ds, s.eval_split, 50, seed=s.train_seed, keep_history=keep)
+            res = evaluate(popularity_scorer(ds), ds, s.eval_split, 50, seed=s.train_seed, keep_history=keep,
+                           return_ranks=True)
             train_seconds, config = 0.0, {"baseline": "popular"}
         else:
             model, config, metrics = _fit_here(s, ds, mode)
             train_seconds, train_cpu = metrics["train_seconds"], metrics["train_cpu_seconds"]
-            res = metrics[s.eval_split]
+            res = {**metrics[s.eval_split], **metrics["per_user"][s.eval_split]}
+            # trained here: both splits (the validation figures choose, the test figures report)
+            splits = {k: {"metrics": _metrics(metrics[k]), "intervals": metrics[k]["intervals"],
+                          "per_user": metrics["per_user"][k]} for k in ("val", "test")}
             if keep:  # early stopping validated as always (history excluded); the report keeps it
                 res = evaluate(model_scorer(model), ds, s.eval_split, model.cfg.history_len, seed=s.train_seed,
-                               keep_history=True)
+                               keep_history=True, return_ranks=True)
             if info is not None and mode in ("train", "sasrec-bce"):
                 from .attention import noise_attention
 
                 noise["attention"] = noise_attention(model, ds, info, s.eval_split)  # type: ignore[index]
     detail = protocol(keep)
+    res, per_user = with_intervals(res)
     out = {"dataset": ds.name, "protocol": detail["name"], "protocol_detail": detail, "split": s.eval_split,
            "users": res["users"], "items": len(ds.vocab.items), "metrics": _metrics(res),
+           "intervals": res["intervals"], "interval_method": METHOD,
            "train_seconds": train_seconds, "train_cpu_seconds": train_cpu, "threads": s.train_threads,
            "seed": s.train_seed, "eval_seconds": round(time.monotonic() - t0, 1), "config": config,
            "model": model_name, "noise": noise, "data_fingerprint": ds.fingerprint}
-    text = json.dumps(out, indent=1)
+    if s.eval_compare:  # this result (a) against each saved one (b), paired on the users
+        from .compare import Result, compare_results, load_result, parse_side
+
+        here = Result(model_name, s.eval_split, detail["name"], ds.name, per_user["user_ids"], per_user["ranks"])
+        out["comparisons"] = [compare_results([here], [load_result(x, s.eval_split) for x in parse_side(side)])
+                              for side in s.eval_compare]
+    out["per_user"] = per_user
+    if splits is not None and not keep:
+        out["all_splits"] = splits
+    return _write_result(s, out)
+
+
+def _compare(s: TrainingSettings, a: str, b: str) -> dict[str, Any]:
+    """``attnrec eval --compare A B``: saved results compared, nothing evaluated."""
+    from .compare import compare_files, parse_side
+
+    return compare_files(parse_side(a), parse_side(b), s.eval_split)
+
+
+def _write_result(s: TrainingSettings, out: dict[str, Any]) -> int:
+    """The result JSON to ``ATTNREC_EVAL_JSON`` (unless ``-``); on stdout without the per-user
+    ranks (thousands of numbers), which the file keeps."""
     if s.eval_json and s.eval_json != "-":
         with open(s.eval_json, "w") as f:
-            f.write(text + "\n")
-    sys.stdout.write(text + "\n")
+            f.write(json.dumps(out, indent=1) + "\n")
+    shown = {k: v for k, v in out.items() if k != "per_user"}
+    if "all_splits" in shown:
+        shown["all_splits"] = {k: {m: v for m, v in sp.items() if m != "per_user"} for k, sp in shown["all_splits"].items()}
+    sys.stdout.write(json.dumps(shown, indent=1) + "\n")
     return 0
 
 

@@ -19,7 +19,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 __all__ = ["Option", "option", "options", "ConfigDict", "ModelConfig", "TrainConfig", "BLOCKS", "POSITIONS", "LOSSES",
-           "NEGATIVES_PER", "DATA"]
+           "NEGATIVES_PER", "LR_SCHEDULES", "DATA"]
 
 #: Block layouts (training/model.py's docstring).
 BLOCKS = ("pre_ln", "sasrec")
@@ -27,6 +27,8 @@ BLOCKS = ("pre_ln", "sasrec")
 POSITIONS = ("absolute", "relative")
 #: Training losses (training/train.py's docstring).
 LOSSES = ("ce", "sampled", "bce")
+#: Learning-rate schedules (training/train.py: ``lr_factor``).
+LR_SCHEDULES = ("constant", "linear", "cosine")
 #: Where loss "sampled" draws its negatives.
 NEGATIVES_PER = ("position", "row", "batch")
 #: What leaving an option unset means when :func:`default_configs` picks it from the data.
@@ -189,6 +191,20 @@ class TrainConfig(ConfigDict):
     seed: int = field(default=42, metadata=option("random seed of training and of the evaluation's sampling", pinned=True))
     max_minutes: float = field(default=90.0, metadata=option(
         "wall-clock training budget in minutes: training stops after the epoch that crosses it (0 = none)", ge=0))
+    max_cpu_minutes: float = field(default=0.0, metadata=option(
+        "CPU-time training budget in minutes (the process's CPU time, all threads, validation included): no epoch "
+        "starts that the last epoch's CPU time says would end past it (0 = none). A paused or slowed run stops at "
+        "the same epoch, unlike MAX_MINUTES", ge=0))
+    lr_schedule: str = field(default="constant", metadata=option(
+        "learning rate over the run: constant, or decaying to 0 at the end of EPOCHS, linearly or along a cosine "
+        "(after WARMUP_EPOCHS of linear warm-up)", choices=LR_SCHEDULES))
+    warmup_epochs: float = field(default=0.0, metadata=option(
+        "epochs of linear learning-rate warm-up from 0 (0 = none)", ge=0))
+    warmup_targets: bool = field(default=False, metadata=option(
+        "relative positions: train the positions of each training row's warm-up too (the events a row keeps before "
+        "its first trained position so that position sees a served event's whole past): every position of a row is "
+        "a target, about half the CPU per target when histories outrun the band, but the row's first positions see "
+        "less past than a served event does"))
     val_max_users: int = 0  # per-epoch validation on a seeded subset (0 = all validation users)
     all_windows: bool = False  # train on every max_len window of long histories, not only the newest
     bucket_batches: bool = field(default=False, metadata=option(
@@ -200,3 +216,11 @@ class TrainConfig(ConfigDict):
     def __post_init__(self) -> None:
         self.check_options()
         assert self.label_smoothing == 0 or self.loss == "ce", "label_smoothing needs loss='ce'"
+
+    def rows(self, mcfg: ModelConfig) -> tuple[int, int]:
+        """(max_len, warmup) of the training rows (:func:`attnrec.training.train.training_arrays`):
+        ``max_len`` trained positions after ``warmup`` untrained ones, or with ``warmup_targets``
+        all ``history_len`` positions trained."""
+        if self.warmup_targets:
+            return mcfg.max_len + mcfg.warmup, 0
+        return mcfg.max_len, mcfg.warmup

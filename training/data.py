@@ -8,6 +8,8 @@ Three formats, one typed interface (:class:`Dataset`):
 - ``gsasrec``: the gSASRec split directory (``train/input.txt``, ``val/input.txt``,
   ``val/output.txt``, ``test/output.txt``). Training on ``train/input.txt``; validation and
   test on the validation users (test input = validation input + validation target).
+- ``ml1m-loo-all`` (ours, never comparable with published figures): every line of a gSASRec
+  split's ``train/input.txt`` is a user (no user column), leave-one-out as s3: all 6,040 users.
 - ``events``: our click events (JSONL, CSV with header ``user_id,item_id,ts,event_type``,
   Parquet, or a directory of ``*.jsonl`` files); sorted per user by ts; leave-one-out as s3.
   Duplicate ``event_id``s (an at-least-once archive) are dropped.
@@ -37,7 +39,7 @@ __all__ = ["FORMATS", "Vocab", "UserSeq", "Dataset", "load_dataset", "read_event
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("s3", "gsasrec", "events")
+FORMATS = ("s3", "gsasrec", "events", "ml1m-loo-all")
 
 
 @dataclass
@@ -184,8 +186,10 @@ def _read_int_lines(path: Path, min_tokens: int) -> list[list[str]]:
     return rows
 
 
-def _load_s3(path: Path, vocab: Vocab | None) -> Dataset:
-    rows = _read_int_lines(path, 2)
+def _load_s3(path: Path, vocab: Vocab | None, fmt: str = "s3") -> Dataset:
+    rows = _read_int_lines(path, 2 if fmt == "s3" else 1)
+    if fmt != "s3":  # ml1m-loo-all: no user column, the line number is the user
+        rows = [[str(i + 1), *r] for i, r in enumerate(rows)]
     seen_users: dict[str, int] = {}
     for i, r in enumerate(rows):
         if r[0] in seen_users:
@@ -194,7 +198,7 @@ def _load_s3(path: Path, vocab: Vocab | None) -> Dataset:
     vocab = vocab or _build_vocab((r[1:] for r in rows), numeric=True)
     users = [UserSeq(r[0], [vocab.index(t) for t in r[1:]]) for r in rows]
     tl, val, test = _loo(users)
-    return Dataset(path.stem, "s3", vocab, users, tl, val, test, fingerprint([path]), [str(path)])
+    return Dataset(path.stem if fmt == "s3" else fmt, fmt, vocab, users, tl, val, test, fingerprint([path]), [str(path)])
 
 
 # ---------------------------------------------------------------------------------- gsasrec
@@ -368,7 +372,7 @@ def _load_events(path: Path, vocab: Vocab | None) -> Dataset:
 
 
 def load_dataset(path: str | Path, fmt: str, vocab: Vocab | None = None) -> Dataset:
-    """Load ``path`` in format ``fmt`` (s3 | gsasrec | events). With ``vocab`` (from a
+    """Load ``path`` in format ``fmt`` (s3 | gsasrec | events | ml1m-loo-all). With ``vocab`` (from a
     checkpoint) item ids are mapped through it, unknown ones to OOV."""
     p = Path(path)
     if fmt == "s3":
@@ -379,6 +383,8 @@ def load_dataset(path: str | Path, fmt: str, vocab: Vocab | None = None) -> Data
         ds = _load_gsasrec(p, vocab)
     elif fmt == "events":
         ds = _load_events(p, vocab)
+    elif fmt == "ml1m-loo-all":
+        ds = _load_s3(p / "train/input.txt" if p.is_dir() else p, vocab, fmt)
     else:
         raise DataError(f"unknown data format {fmt!r}; use one of {', '.join(FORMATS)}")
     log.info("loaded %s (%s): %s", p, fmt, ds.stats())

@@ -5,7 +5,8 @@ A default is chosen on validation figures only: the test split is for reporting.
 below names the validation evidence, Beauty's validation NDCG@10 on all 22,363 users unless it
 says otherwise, with the date and the commit that recorded it in docs/BENCHMARKS.md (``git show
 <commit> -- docs/BENCHMARKS.md``: the run's command, machine and load). Where no validation
-evidence was recorded, the comment says so; those defaults are open questions, not findings.
+evidence was recorded, the comment says so; those defaults are open questions, not findings
+(docs/BENCHMARKS.md, Defaults, lists them with the CPU it would take to verify each).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from .data import Dataset
 from .features import N_EVENT_TYPES, N_GAP_BUCKETS
 from .train import row_windows
 
-__all__ = ["default_configs", "EMA_EPOCHS", "CONTENT_ID_DROPOUT", "DENOISE", "DENOISE_SHORT", "FULL_SOFTMAX_MAX_ITEMS"]
+__all__ = ["default_configs", "ema_decay", "EMA_EPOCHS", "CONTENT_ID_DROPOUT", "DENOISE", "DENOISE_SHORT", "FULL_SOFTMAX_MAX_ITEMS"]
 
 #: Default weight averaging: the EMA's horizon in epochs (decay per step = 1 - 1 / (this * steps per epoch)).
 EMA_EPOCHS = 6
@@ -121,7 +122,14 @@ def default_configs(ds: Dataset) -> tuple[ModelConfig, TrainConfig]:
     # Validate and keep a moving average of the weights over the last ~EMA_EPOCHS epochs. Beauty,
     # seed 42, pre-LN d=64: validation peak 0.0663 against 0.0658 without it (2026-11-28, 26d44ed):
     # a small gain, on one seed; a slower average (0.9995) was compared on test figures only.
-    rows = sum(len(row_windows(n, max_len, tcfg.all_windows, mcfg.warmup)) for n in ds.train_len)
-    steps = max(1, math.ceil(rows / tcfg.batch_size))
-    tcfg.ema = round(1.0 - 1.0 / (EMA_EPOCHS * steps), 6)
+    tcfg.ema = ema_decay(ds, mcfg, tcfg)
     return mcfg, tcfg
+
+
+def ema_decay(ds: Dataset, mcfg: ModelConfig, tcfg: TrainConfig) -> float:
+    """The weight average's decay per step for a horizon of ``EMA_EPOCHS`` epochs of these
+    configurations' training rows and batches."""
+    row_len, warmup = tcfg.rows(mcfg)
+    rows = sum(len(row_windows(n, row_len, tcfg.all_windows, warmup)) for n in ds.train_len)
+    steps = max(1, math.ceil(rows / tcfg.batch_size))
+    return round(1.0 - 1.0 / (EMA_EPOCHS * steps), 6)

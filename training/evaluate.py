@@ -112,7 +112,9 @@ def evaluate(
     module docstring (``keep_history``: do not exclude the user's input items).
 
     ``max_users`` > 0 evaluates a seeded random subset of that many cases (used only for
-    per-epoch validation on big data; reported results use all cases).
+    per-epoch validation on big data; reported results use all cases). ``return_ranks`` adds
+    each case's rank and user id (``ranks``, ``user_ids``), from which
+    :mod:`attnrec.training.stats` computes intervals and paired comparisons.
     """
     cases = list(ds.split(split))
     if max_users and len(cases) > max_users:
@@ -144,6 +146,7 @@ def evaluate(
     out: dict[str, Any] = rank_metrics(ranks, ks)
     out["coverage@10"] = float(covered.sum().item() / max(n_items - 2, 1))
     out["users"] = len(cases)
-    if return_ranks:
+    if return_ranks:  # per-user results: the bootstrap intervals and paired comparisons (training/stats.py)
         out["ranks"] = ranks.tolist()
+        out["user_ids"] = [ds.users[u].user_id for u, _ in cases]
     return out

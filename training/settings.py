@@ -53,7 +53,7 @@ class _Data(Settings):
     """The data both commands read (first, so the documentation lists them first)."""
 
     data: Path | None = Field(None, description="ATTNREC_DATA: dataset: a file, a gsasrec split directory, or a directory of *.jsonl events")
-    data_format: Literal["s3", "gsasrec", "events"] = Field("events", description="ATTNREC_DATA_FORMAT: s3, gsasrec or events")
+    data_format: Literal["s3", "gsasrec", "events", "ml1m-loo-all"] = Field("events", description="ATTNREC_DATA_FORMAT: s3, gsasrec, events, or ml1m-loo-all (ours: every user of a gsasrec directory's train/input.txt split leave-one-out; training/data.py)")
     train_out: Path | None = Field(None, description="ATTNREC_TRAIN_OUT: checkpoint directory to write (attnrec train)")
 
 
@@ -77,3 +77,4 @@ class TrainingSettings(_Options):  # type: ignore[misc,valid-type]
     eval_keep_history: bool = Field(False, description="ATTNREC_EVAL_KEEP_HISTORY: do not exclude the user's input items from the ranking (default: excluded, the published protocol)")
     eval_split: Literal["test", "val"] = Field("test", description="ATTNREC_EVAL_SPLIT: which split to report")
     eval_json: str = Field("-", description="ATTNREC_EVAL_JSON: write the result JSON to this file (- = stdout only)")
+    eval_compare: list[str] | None = Field(None, description="ATTNREC_EVAL_COMPARE: saved results (a result JSON of attnrec eval, or a checkpoint directory) to compare with, paired on the users of SPLIT: the bootstrap interval of the per-user difference of each metric, a tie when it holds 0; alone, two sides A B (each one file or several joined by commas, averaged per user: seeds) are compared without evaluating anything (training/compare.py)")

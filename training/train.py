@@ -30,7 +30,8 @@ from .evaluate import PROTOCOL, evaluate, model_scorer
 from .features import left_pad
 from .model import AttnRec
 
-__all__ = ["TrainConfig", "train", "fit_and_evaluate", "training_arrays", "row_windows"]
+__all__ = ["TrainConfig", "train", "fit_and_evaluate", "training_arrays", "row_windows", "lr_factor",
+           "with_intervals"]
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +169,18 @@ def _batches(lengths: np.ndarray, tcfg: TrainConfig, rng: np.random.Generator) -
     return [torch.from_numpy(out[i]) for i in rng.permutation(len(out))]
 
 
+def lr_factor(step: int, total: int, schedule: str, warmup: int) -> float:
+    """The learning rate's multiplier at optimiser step ``step`` (0-based) of ``total``: a linear
+    warm-up over the first ``warmup`` steps, then constant, or decaying to 0 at ``total``
+    (``linear`` or ``cosine``)."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant" or total <= warmup:
+        return 1.0
+    frac = min(1.0, (step - warmup) / (total - warmup))
+    return 1.0 - frac if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * frac))
+
+
 class _Ema:
     """Exponential moving average of a model's parameters, updated after every optimiser step
     (decay warmed up as ``min(decay, (1 + n) / (10 + n))`` so early averages are not stale)."""
@@ -204,10 +217,17 @@ def batch_tensors(
 
 def _epoch(model: AttnRec, opt: torch.optim.Optimizer, tcfg: TrainConfig, arrays: list[torch.Tensor],
            batches: list[torch.Tensor], gen: torch.Generator, bar: Any, best: dict[str, Any],
-           ema: _Ema | None = None) -> float:
-    """One pass over the training rows, batch by batch; returns the summed batch loss."""
+           ema: _Ema | None = None, schedule: tuple[int, int, float] | None = None) -> float:
+    """One pass over the training rows, batch by batch; returns the summed batch loss.
+    ``schedule``: (steps so far, steps of the whole run, base rate) when the learning rate
+    follows ``tcfg.lr_schedule`` / ``warmup_epochs`` (:func:`lr_factor`)."""
     total = 0.0
-    for idx in batches:
+    for i, idx in enumerate(batches):
+        if schedule is not None:
+            done, steps, base = schedule
+            f = lr_factor(done + i, steps, tcfg.lr_schedule, round(tcfg.warmup_epochs * len(batches)))
+            for g in opt.param_groups:
+                g["lr"] = base * f
         loss = _loss(model, tcfg, *batch_tensors(arrays, idx), gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -246,8 +266,10 @@ def train(
     if ds.content is not None and getattr(model, "content", None) is not None:
         model.set_content(ds.content)  # item content features (training/content.py), over a warm start's
     opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    base_lr = tcfg.lr  # a schedule's peak; a plateau decay (lr_decay) scales it
     ema = _Ema(model, tcfg.ema) if tcfg.ema else None
-    arrays = [torch.from_numpy(a) for a in training_arrays(ds, mcfg.max_len, tcfg.all_windows, mcfg.warmup)]
+    row_len, warmup = tcfg.rows(mcfg)  # (max_len, warm-up) of a training row
+    arrays = [torch.from_numpy(a) for a in training_arrays(ds, row_len, tcfg.all_windows, warmup)]
     n = arrays[0].shape[0]
     if n == 0:
         from attnrec.errors import ModelError
@@ -271,10 +293,16 @@ def train(
         if bar is not None:
             bar.reset()
             bar.set_description(f"epoch {epoch}/{tcfg.epochs}")
+        if tcfg.max_cpu_minutes and history and \
+                time.process_time() - c0 + history[-1]["epoch_cpu_seconds"] > tcfg.max_cpu_minutes * 60:
+            stop_reason = f"CPU budget of {tcfg.max_cpu_minutes} min"
+            break
         batches = _batches(lengths, tcfg, np_rng)
         total, te, ce = 0.0, time.monotonic(), time.process_time()
+        scheduled = tcfg.lr_schedule != "constant" or tcfg.warmup_epochs > 0
         try:
-            total = _epoch(model, opt, tcfg, arrays, batches, gen, bar, best, ema)
+            total = _epoch(model, opt, tcfg, arrays, batches, gen, bar, best, ema,
+                           ((epoch - 1) * steps, tcfg.epochs * steps, base_lr) if scheduled else None)
             model.eval()
             if ema is not None:
                 ema.swap()  # validate (and keep, if best) the averaged weights
@@ -296,6 +324,7 @@ def train(
         else:
             bad += 1
             if tcfg.lr_decay < 1 and bad % tcfg.lr_patience == 0:
+                base_lr *= tcfg.lr_decay
                 for g in opt.param_groups:
                     g["lr"] *= tcfg.lr_decay
                 log.info("no validation gain for %d epochs: learning rate -> %.2e", bad, opt.param_groups[0]["lr"])
@@ -325,16 +354,30 @@ def fit_and_evaluate(ds: Dataset, mcfg: ModelConfig, tcfg: TrainConfig, *, progr
     demo): :func:`train`, then the one seeded evaluation on validation and test.
 
     Returns the best model and its metrics (``metrics.json`` of a checkpoint): protocol,
-    dataset, best epoch, stop reason, wall and CPU seconds, val and test figures, data
-    statistics and the learning curve."""
+    dataset, best epoch, stop reason, wall and CPU seconds, val and test figures with their
+    bootstrap intervals, data statistics and the learning curve; ``per_user`` holds each
+    split's per-user ranks (the checkpoint keeps them in ``per_user.json``)."""
     model, info = train(ds, mcfg, tcfg, progress=progress, init_state=init_state, model=model)
     scorer = model_scorer(model)
     t0 = time.monotonic()
-    val = evaluate(scorer, ds, "val", mcfg.history_len, seed=tcfg.seed)
-    test = evaluate(scorer, ds, "test", mcfg.history_len, seed=tcfg.seed)
+    val, val_users = with_intervals(evaluate(scorer, ds, "val", mcfg.history_len, seed=tcfg.seed, return_ranks=True))
+    test, test_users = with_intervals(evaluate(scorer, ds, "test", mcfg.history_len, seed=tcfg.seed, return_ranks=True))
     metrics = {"protocol": PROTOCOL, "dataset": ds.name, "best_epoch": info["best_epoch"],
                "epochs_run": info["epochs_run"], "stop_reason": info["stop_reason"],
                "train_seconds": info["train_seconds"], "train_cpu_seconds": info["train_cpu_seconds"],
                "eval_seconds": round(time.monotonic() - t0, 1),
-               "val": val, "test": test, "data": ds.stats(), "curve": info["curve"]}
+               "val": val, "test": test, "data": ds.stats(), "curve": info["curve"],
+               "per_user": {"val": val_users, "test": test_users}}
     return model, metrics
+
+
+def with_intervals(res: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An :func:`evaluate` result with ``return_ranks`` -> (its metrics with ``intervals``: the
+    95 % bootstrap interval over users of each, :mod:`attnrec.training.stats`; its per-user
+    results ``{"user_ids", "ranks"}``)."""
+    from .stats import intervals, per_user_values
+
+    res = dict(res)
+    per_user = {"user_ids": res.pop("user_ids"), "ranks": res.pop("ranks")}
+    res["intervals"] = intervals(per_user_values(per_user["ranks"])) if per_user["ranks"] else {}
+    return res, per_user
