@@ -61,7 +61,8 @@ class Command:
 _HOME = (("--home", "home"),)
 _REGISTRY = (("--registry", "registry"),)
 _GATE = (("--force", "force"), ("--margin", "margin"))
-_DATA = (("--data", "data"), ("--format", "data_format"), ("--quiet", "quiet"))
+_DATA = (("--data", "data"), ("--format", "data_format"), ("--columns", "data_columns"), ("--types", "data_types"),
+         ("--time-unit", "data_time_unit"), ("--min-item-support", "data_min_item_support"), ("--quiet", "quiet"))
 _FEATURES = (("--no-types", "train_no_types"), ("--no-gaps", "train_no_gaps"))
 
 COMMANDS: tuple[Command, ...] = (
@@ -71,7 +72,9 @@ COMMANDS: tuple[Command, ...] = (
             (("--batch-size", "batch_size"), ("--batch-wait-ms", "batch_wait_ms"), ("--web-port", "web_port"),
              ("--web-host", "web_host"), ("--group-id", "group_id"), ("--scorer", "scorer"), *_REGISTRY, *_HOME)),
     Command("replay", "produce click events to the clicks topic", "attnrec.apps.replay:cmd_replay",
-            (("--data", "replay_data"), ("--synthetic", "replay_synthetic"), ("--rate", "replay_rate"),
+            (("--data", "replay_data"), ("--format", "replay_format"), ("--columns", "replay_columns"),
+             ("--types", "replay_types"), ("--time-unit", "replay_time_unit"), ("--order", "replay_order"),
+             ("--synthetic", "replay_synthetic"), ("--rate", "replay_rate"),
              ("--count", "replay_count"), ("--seed", "replay_seed"), ("--topic", "replay_topic"),
              ("--scenario", "replay_scenario"), ("--burst-at", "replay_burst_at_s"), ("--burst-s", "replay_burst_s"),
              ("--burst-factor", "replay_burst_factor"), *_HOME), ReplaySettings),
