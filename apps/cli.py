@@ -122,7 +122,7 @@ COMMANDS: tuple[Command, ...] = (
              ("--kafka-bootstrap", "kafka_bootstrap"), ("--clicks-topic", "clicks_topic"),
              ("--trainer-group", "trainer_group"), ("--min-new-events", "min_new_events"), ("--epochs", "trainer_epochs"),
              ("--max-minutes", "trainer_max_minutes"), ("--threads", "trainer_threads"), ("--top-k", "top_k"),
-             ("--min-item-support", "trainer_min_item_support"),
+             ("--min-item-support", "trainer_min_item_support"), ("--holdout", "trainer_holdout"),
              *_REGISTRY, *_GATE, *_HOME), TrainerSettings),
     Command("bench", "end-to-end throughput/latency benchmark against the stack", "attnrec.apps.bench.cli:cmd_bench",
             tuple((f"--{f.removeprefix('bench_').replace('_', '-')}", f) for f in BenchSettings.model_fields

@@ -106,7 +106,8 @@ def retrain(s: TrainerSettings) -> dict[str, Any]:
     t0 = time.monotonic()
     out = retrain_events(read_events(s.event_log), s.event_log.stem or s.event_log.name, previous,
                          epochs=s.trainer_epochs, threads=s.trainer_threads, max_minutes=s.trainer_max_minutes,
-                         min_item_support=s.trainer_min_item_support, attributes=_attributes_file(ckpt_path),
+                         min_item_support=s.trainer_min_item_support, holdout=s.trainer_holdout,
+                         attributes=_attributes_file(ckpt_path),
                          fingerprint=fingerprint(files), files=[str(p) for p in files])
     metrics = out.metrics
     metrics.update(parent_version=current)

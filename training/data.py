@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -171,6 +172,23 @@ def sparsity(item_counts: Iterable[int], min_item_support: int = 1) -> dict[str,
     return out
 
 
+def holdout_split(users: list[UserSeq], share: float) -> tuple[list[int], list[tuple[int, int]], list[tuple[int, int]]]:
+    """Validation on the last event of a share of the users (at least two events; chosen by a
+    hash of the user id, so the same users whatever the order), everything else trained on, no
+    test split: for retraining on short sessions, where leave-one-out would hold out two of a
+    session's three or four next events."""
+    train_len, val = [], []
+    cut = int(share * 2**32)
+    for u, s in enumerate(users):
+        n = len(s.items)
+        if n >= 2 and zlib.crc32(s.user_id.encode()) < cut:
+            train_len.append(n - 1)
+            val.append((u, n - 1))
+        else:
+            train_len.append(n)
+    return train_len, val, []
+
+
 def _loo(users: list[UserSeq]) -> tuple[list[int], list[tuple[int, int]], list[tuple[int, int]]]:
     """Leave-one-out: last = test, second-to-last = validation; users shorter than 3 train only."""
     train_len, val, test = [], [], []
@@ -299,9 +317,11 @@ def item_order(by_user: dict[str, list[ClickEvent]], min_item_support: int = 1) 
 
 
 def dataset_from_events(events: Iterable[ClickEvent], name: str, vocab: Vocab | None = None,
-                        fp: str = "", files: list[str] | None = None, min_item_support: int = 1) -> Dataset:
+                        fp: str = "", files: list[str] | None = None, min_item_support: int = 1,
+                        holdout: float = 0.0) -> Dataset:
     """A dataset of events (users canonical, see the module text); ``vocab`` maps the items (a
-    checkpoint's), else a vocabulary of the items with at least ``min_item_support`` events."""
+    checkpoint's), else a vocabulary of the items with at least ``min_item_support`` events.
+    Split leave-one-out, or with ``holdout`` > 0 by :func:`holdout_split`."""
     by_user = users_from_events(events)
     if not by_user:
         raise DataError(f"{name}: no events")
@@ -317,7 +337,7 @@ def dataset_from_events(events: Iterable[ClickEvent], name: str, vocab: Vocab | 
             gap_buckets([e.ts for e in evs], len(evs)),
             [e.event_id for e in evs],
         ))
-    tl, val, test = _loo(users)
+    tl, val, test = holdout_split(users, holdout) if holdout > 0 else _loo(users)
     ds = Dataset(name, "events", vocab, users, tl, val, test, fp, files or [])
     ds.sparsity = sparsity(counts.values(), min_item_support)
     return ds

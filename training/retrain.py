@@ -104,10 +104,11 @@ def warm_state(old_state: dict[str, Any], model: Any) -> dict[str, Any]:
 def retrain_events(events: Iterable[ClickEvent], name: str, previous: Previous | None, *, epochs: int,
                    threads: int = 1, max_minutes: float = 0.0, min_item_support: int = 1, arch: str = "attention",
                    attributes: Path | None = None, fingerprint: str = "", files: list[str] | None = None,
-                   seed: int | None = None, progress: bool = False) -> Retrained:
+                   seed: int | None = None, holdout: float = 0.0, progress: bool = False) -> Retrained:
     """Train on ``events`` as the periodic trainer does (module text): warm-started from
     ``previous`` when given. ``attributes``: the item file of a model with item content.
-    ``max_minutes`` 0: no time budget (the epochs and patience decide)."""
+    ``max_minutes`` 0: no time budget (the epochs and patience decide). ``holdout`` > 0: validate
+    on the last event of that share of the users instead of leave-one-out (training/data.py)."""
     import torch
 
     from .data import dataset_from_events, users_from_events
@@ -119,7 +120,7 @@ def retrain_events(events: Iterable[ClickEvent], name: str, previous: Previous |
         raise ValueError(f"unknown architecture {arch!r}; use one of {ARCHITECTURES}")
     events = list(events)
     vocab = grown_vocab(previous.vocab, users_from_events(events), min_item_support) if previous is not None else None
-    ds = dataset_from_events(events, name, vocab, fingerprint, files, min_item_support)
+    ds = dataset_from_events(events, name, vocab, fingerprint, files, min_item_support, holdout)
     if attributes is not None:  # a model with item content keeps it: the same attribute file
         from .content import attach_content, load_item_attributes
 
