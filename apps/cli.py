@@ -29,7 +29,7 @@ from attnrec.errors import AttnrecError, ConfigError, ModelError
 from attnrec.settings import Settings, env_name, load_settings
 
 from ..exporter.settings import ModelsSettings, TrainerSettings
-from ..training.settings import TrainingSettings, option_flags
+from ..training.settings import PrequentialSettings, TrainingSettings, option_flags
 from .bench.settings import BenchSettings
 from .dashboard.settings import DashboardSettings
 from .settings import DemoSettings, ReplaySettings
@@ -91,6 +91,17 @@ COMMANDS: tuple[Command, ...] = (
             (*_DATA, ("--model", "eval_model"), ("--baseline", "eval_baseline"), ("--train", "eval_train"),
              ("--noise", "eval_noise"), ("--keep-history", "eval_keep_history"), ("--split", "eval_split"),
              ("--json", "eval_json"), ("--compare", "eval_compare"), *option_flags("eval"), *_FEATURES), TrainingSettings),
+    Command("prequential", "every method on a log's next events, event by event, retrained every --every of event time as the "
+            "periodic trainer does: HR@10, NDCG@10, MRR@20 with 95 % bootstrap intervals, per day or hour, with seen items "
+            "excluded and allowed", "attnrec.training.prequential_cli:cmd_prequential",
+            (*_DATA, ("--start", "preq_start"), ("--every", "preq_every"), ("--end", "preq_end"),
+             ("--test-from", "preq_test_from"), ("--methods", "preq_methods"), ("--epochs", "preq_epochs"),
+             ("--holdout", "preq_holdout"),
+             ("--margin", "preq_margin"), ("--exclude-window", "preq_exclude_window"),
+             ("--trending-window-s", "preq_trending_window_s"), ("--trending-weights", "preq_trending_weights"),
+             ("--knn-k", "preq_knn_k"), ("--knn-sample", "preq_knn_sample"), ("--per", "preq_per"),
+             ("--resamples", "preq_resamples"), ("--reference", "preq_reference"), ("--json", "preq_json"),
+             ("--plot", "preq_plot"), ("--threads", "train_threads"), ("--seed", "train_seed")), PrequentialSettings),
     Command("export", "export a checkpoint to ONNX, check it and publish it to the registry", "attnrec.exporter.cli:cmd_export",
             (("--checkpoint", "checkpoint"), *_REGISTRY, ("--promote", "promote"), *_GATE, ("--top-k", "top_k"),
              ("--quantize", "quantize"), *_HOME), ModelsSettings),
