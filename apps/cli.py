@@ -29,7 +29,7 @@ from attnrec.errors import AttnrecError, ConfigError, ModelError
 from attnrec.settings import Settings, env_name, load_settings
 
 from ..exporter.settings import ModelsSettings, TrainerSettings
-from ..training.settings import TrainingSettings, option_flags
+from ..training.settings import PrequentialSettings, TrainingSettings, option_flags
 from .bench.settings import BenchSettings
 from .dashboard.settings import DashboardSettings
 from .settings import DemoSettings, ReplaySettings
@@ -61,7 +61,8 @@ class Command:
 _HOME = (("--home", "home"),)
 _REGISTRY = (("--registry", "registry"),)
 _GATE = (("--force", "force"), ("--margin", "margin"))
-_DATA = (("--data", "data"), ("--format", "data_format"), ("--quiet", "quiet"))
+_DATA = (("--data", "data"), ("--format", "data_format"), ("--columns", "data_columns"), ("--types", "data_types"),
+         ("--time-unit", "data_time_unit"), ("--min-item-support", "data_min_item_support"), ("--quiet", "quiet"))
 _FEATURES = (("--no-types", "train_no_types"), ("--no-gaps", "train_no_gaps"))
 
 COMMANDS: tuple[Command, ...] = (
@@ -71,7 +72,9 @@ COMMANDS: tuple[Command, ...] = (
             (("--batch-size", "batch_size"), ("--batch-wait-ms", "batch_wait_ms"), ("--web-port", "web_port"),
              ("--web-host", "web_host"), ("--group-id", "group_id"), ("--scorer", "scorer"), *_REGISTRY, *_HOME)),
     Command("replay", "produce click events to the clicks topic", "attnrec.apps.replay:cmd_replay",
-            (("--data", "replay_data"), ("--synthetic", "replay_synthetic"), ("--rate", "replay_rate"),
+            (("--data", "replay_data"), ("--format", "replay_format"), ("--columns", "replay_columns"),
+             ("--types", "replay_types"), ("--time-unit", "replay_time_unit"), ("--order", "replay_order"),
+             ("--synthetic", "replay_synthetic"), ("--rate", "replay_rate"),
              ("--count", "replay_count"), ("--seed", "replay_seed"), ("--topic", "replay_topic"),
              ("--scenario", "replay_scenario"), ("--burst-at", "replay_burst_at_s"), ("--burst-s", "replay_burst_s"),
              ("--burst-factor", "replay_burst_factor"), *_HOME), ReplaySettings),
@@ -88,6 +91,17 @@ COMMANDS: tuple[Command, ...] = (
             (*_DATA, ("--model", "eval_model"), ("--baseline", "eval_baseline"), ("--train", "eval_train"),
              ("--noise", "eval_noise"), ("--keep-history", "eval_keep_history"), ("--split", "eval_split"),
              ("--json", "eval_json"), ("--compare", "eval_compare"), *option_flags("eval"), *_FEATURES), TrainingSettings),
+    Command("prequential", "every method on a log's next events, event by event, retrained every --every of event time as the "
+            "periodic trainer does: HR@10, NDCG@10, MRR@20 with 95 % bootstrap intervals, per day or hour, with seen items "
+            "excluded and allowed", "attnrec.training.prequential_cli:cmd_prequential",
+            (*_DATA, ("--start", "preq_start"), ("--every", "preq_every"), ("--end", "preq_end"),
+             ("--test-from", "preq_test_from"), ("--methods", "preq_methods"), ("--epochs", "preq_epochs"),
+             ("--holdout", "preq_holdout"),
+             ("--margin", "preq_margin"), ("--exclude-window", "preq_exclude_window"),
+             ("--trending-window-s", "preq_trending_window_s"), ("--trending-weights", "preq_trending_weights"),
+             ("--knn-k", "preq_knn_k"), ("--knn-sample", "preq_knn_sample"), ("--per", "preq_per"),
+             ("--resamples", "preq_resamples"), ("--reference", "preq_reference"), ("--json", "preq_json"),
+             ("--plot", "preq_plot"), ("--threads", "train_threads"), ("--seed", "train_seed")), PrequentialSettings),
     Command("export", "export a checkpoint to ONNX, check it and publish it to the registry", "attnrec.exporter.cli:cmd_export",
             (("--checkpoint", "checkpoint"), *_REGISTRY, ("--promote", "promote"), *_GATE, ("--top-k", "top_k"),
              ("--quantize", "quantize"), *_HOME), ModelsSettings),
@@ -119,6 +133,7 @@ COMMANDS: tuple[Command, ...] = (
              ("--kafka-bootstrap", "kafka_bootstrap"), ("--clicks-topic", "clicks_topic"),
              ("--trainer-group", "trainer_group"), ("--min-new-events", "min_new_events"), ("--epochs", "trainer_epochs"),
              ("--max-minutes", "trainer_max_minutes"), ("--threads", "trainer_threads"), ("--top-k", "top_k"),
+             ("--min-item-support", "trainer_min_item_support"), ("--holdout", "trainer_holdout"),
              *_REGISTRY, *_GATE, *_HOME), TrainerSettings),
     Command("bench", "end-to-end throughput/latency benchmark against the stack", "attnrec.apps.bench.cli:cmd_bench",
             tuple((f"--{f.removeprefix('bench_').replace('_', '-')}", f) for f in BenchSettings.model_fields

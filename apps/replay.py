@@ -1,7 +1,9 @@
 """Producing click events to Kafka at a paced rate, and tracking the recommendations they cause.
 
 Used by ``attnrec replay``, the demo and the benchmark. Events come from a file (JSONL or CSV
-of our schema, or a DIGINETICA ``item-views`` CSV) or from the synthetic generator; or, with
+of our schema, or an event log a user brings: yoochoose, Taobao UserBehavior, DIGINETICA item
+views, any CSV/JSONL with a column mapping; :mod:`attnrec.training.logs`), sent in time order,
+or from the synthetic generator; or, with
 ``--scenario live``, from the live-commerce simulator (:mod:`attnrec.training.sim.live`), whose click events
 go to the clicks topic and whose catalog events (rooms live/ended, products on/off the shelf,
 stock) go to the catalog topic, each sent at its ts offset from the first (so a burst in the
@@ -11,7 +13,6 @@ schedule is a burst on the wire).
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import json
 import logging
 import threading
@@ -37,36 +38,34 @@ __all__ = ["iter_file_events", "iter_synthetic", "iter_live", "Pacer", "produce"
 log = logging.getLogger(__name__)
 
 
-def _diginetica(path: Path) -> Iterator[ClickEvent]:
-    """DIGINETICA ``session_id;user_id;item_id;timeframe;eventdate`` rows as view events.
+def iter_file_events(path: Path, fmt: str = "auto", spec: Any = None, order: str = "time") -> Iterator[ClickEvent]:
+    """The events of a file (or a log's directory) in format ``fmt``: ``events`` (JSONL or CSV of
+    our schema), an event log of :mod:`attnrec.training.logs` read as ``spec`` says (yoochoose,
+    taobao, diginetica, table), or ``auto``: a DIGINETICA item-views CSV by its header, else our
+    schema. ``order`` time: sorted by time (a log sorted by session is replayed as it happened;
+    the whole log is read first), file: as the file has them (streamed)."""
+    from ..training.logs import LOG_FORMATS, LogSpec, in_time_order, read_log
 
-    The user is the user_id when known, else the session. ``timeframe`` is milliseconds since
-    the session's first event, added to the event date.
-    """
-    with open(path, newline="") as f:
-        rd = csv.reader(f, delimiter=";")
-        header = next(rd, None)
-        if header is None or header[:3] != ["session_id", "user_id", "item_id"]:
-            raise DataError(f"{path}:1: not a DIGINETICA item-views header: {header}")
-        for n, row in enumerate(rd, start=2):
-            if len(row) < 5:
-                raise DataError(f"{path}:{n}: expected 5 fields, got {len(row)}")
-            sid, uid, item, frame, date = row[:5]
-            day = dt.datetime.fromisoformat(date).replace(tzinfo=dt.UTC)
-            ts = int(day.timestamp() * 1000) + int(frame or 0)
-            user = uid if uid and uid != "NA" else f"s{sid}"
-            yield ClickEvent(f"dg-{sid}-{n}", user, f"dg{item}", "view", ts, {"session_id": sid})
-
-
-def iter_file_events(path: Path) -> Iterator[ClickEvent]:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")
-    with open(path, "rb") as f:
-        head = f.readline()
-    if head.startswith(b"session_id;user_id;item_id"):
-        yield from _diginetica(path)
-        return
+    if fmt == "auto":
+        fmt = "events"
+        if path.is_file():
+            with open(path, "rb") as f:
+                if f.readline().startswith((b"session_id;user_id;item_id", b"sessionId;userId;itemId")):
+                    fmt = "diginetica"
+    if fmt in LOG_FORMATS:
+        events: Iterable[ClickEvent] = read_log(path, spec if spec is not None and spec.fmt == fmt else LogSpec(fmt))
+    elif path.is_dir():
+        raise DataError(f"{path}: a directory; format events replays one file")
+    else:
+        events = _schema_events(path)
+    yield from (in_time_order(events) if order == "time" else events)
+
+
+def _schema_events(path: Path) -> Iterator[ClickEvent]:
+    """JSONL (one event per line) or CSV with a header of our schema's fields."""
     if path.suffix == ".csv":
         with open(path, newline="") as f:
             for n, row in enumerate(csv.DictReader(f), start=2):
@@ -331,13 +330,20 @@ def replay(s: ReplaySettings) -> int:
         return replay_live(s)[0]
     if (s.replay_data is None) == (not s.replay_synthetic):
         raise ConfigError("give either --data FILE (ATTNREC_REPLAY_DATA) or --synthetic (ATTNREC_REPLAY_SYNTHETIC)")
-    ensure_topics(s)
     count = s.replay_count
     if s.replay_synthetic:
         events: Iterable[ClickEvent] = iter_synthetic(count, seed=s.replay_seed)
     else:
         assert s.replay_data is not None
-        events = itertools.islice(iter_file_events(s.replay_data), count) if count else iter_file_events(s.replay_data)
+        from ..training.settings import log_spec
+
+        spec = log_spec(s.replay_format, s.replay_columns, s.replay_types, s.replay_time_unit) \
+            if s.replay_format != "auto" else None
+        it = iter_file_events(s.replay_data, s.replay_format, spec, s.replay_order)
+        if s.replay_order == "time":  # read (and check) the whole log before anything is sent
+            it = iter(list(it))
+        events = itertools.islice(it, count) if count else it
+    ensure_topics(s)
     with tqdm(total=count or None, unit="ev", desc="replay", mininterval=0.5, disable=s.quiet) as bar:
         n = produce(s, events, rate=parse_rate(s.replay_rate), topic=s.replay_topic, progress=bar.update)
     log.info("produced %d events to %s", n, s.replay_topic or s.clicks_topic)

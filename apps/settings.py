@@ -21,7 +21,12 @@ class ReplaySettings(Settings):
 
     sections: ClassVar[dict[str, str]] = {"replay_data": "Replay (`attnrec replay`)"}
 
-    replay_data: Path | None = Field(None, description="ATTNREC_REPLAY_DATA: JSONL/CSV file of click events, or a DIGINETICA item-views CSV")
+    replay_data: Path | None = Field(None, description="ATTNREC_REPLAY_DATA: a file of click events (JSONL/CSV of our schema) or an event log (a file, or a directory of its files: REPLAY_FORMAT)")
+    replay_format: Literal["auto", "events", "yoochoose", "taobao", "diginetica", "table"] = Field("auto", description="ATTNREC_REPLAY_FORMAT: the file's format: events (our schema), yoochoose (session-rec TSV or the challenge's .dat), taobao (UserBehavior CSV), diginetica (item views), table (any CSV/JSONL with REPLAY_COLUMNS); auto: a DIGINETICA header, else events")
+    replay_columns: str | None = Field(None, description="ATTNREC_REPLAY_COLUMNS: format table: user=COL (or session=COL),item=COL,time=COL[,type=COL][,category=COL]; column numbers from 0 for a CSV without a header")
+    replay_types: str | None = Field(None, description="ATTNREC_REPLAY_TYPES: the log's event types as ours, VALUE=TYPE,... (pv=view,fav=like,buy=purchase; *=TYPE for the rest; TYPE drop leaves the rows out)")
+    replay_time_unit: Literal["auto", "s", "ms", "iso"] = Field("auto", description="ATTNREC_REPLAY_TIME_UNIT: format table: unix seconds, milliseconds or ISO 8601 (auto: numbers below 10^11 are seconds, text ISO 8601)")
+    replay_order: Literal["time", "file"] = Field("time", description="ATTNREC_REPLAY_ORDER: time: the events sorted by time, as they happened (the file is read whole first); file: in the file's order, streamed")
     replay_synthetic: bool = Field(False, description="ATTNREC_REPLAY_SYNTHETIC: synthetic events with planted structure instead of a file")
     replay_rate: str = Field("1000", description="ATTNREC_REPLAY_RATE: events/s, or max")
     replay_count: int = Field(10_000, ge=0, description="ATTNREC_REPLAY_COUNT: events to send (0 = the whole file)")

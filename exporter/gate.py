@@ -1,6 +1,9 @@
 """The promotion gate: a published version becomes CURRENT unless its validation NDCG@10 is
-worse than the current one's by more than a margin (or an operator forces it); every decision,
-with its figures, goes to the registry's history."""
+worse than the current one's by more than a margin, or, when no model serves yet, it is not
+better than the popularity fallback on the same validation cases (or an operator forces it);
+every decision, with its figures, goes to the registry's history. The rule itself,
+:func:`gate_decision`, lives with the retraining it judges (training/retrain.py), so the
+prequential evaluation applies the same one."""
 
 from __future__ import annotations
 
@@ -11,22 +14,11 @@ from attnrec.errors import RegistryError
 from attnrec.manifest import validation_ndcg
 from attnrec.registry import Registry
 
+from ..training.retrain import gate_decision
+
 __all__ = ["gate_decision", "offline_gate", "online_decision", "promote_gated"]
 
 log = logging.getLogger(__name__)
-
-
-def gate_decision(new_ndcg: float | None, current_ndcg: float | None, margin: float) -> tuple[bool, str]:
-    """Promote unless the new validation NDCG@10 is worse than current's by more than
-    ``margin`` (relative). Returns (promote, reason)."""
-    if new_ndcg is None:
-        return False, "the new model has no validation ndcg@10"
-    if current_ndcg is None:
-        return True, "no current model (or it has no validation ndcg@10) to compare with"
-    floor = current_ndcg * (1.0 - margin)
-    if new_ndcg >= floor:
-        return True, f"validation ndcg@10 {new_ndcg:.5f} >= {floor:.5f} (current {current_ndcg:.5f} - {margin:.1%})"
-    return False, f"validation ndcg@10 {new_ndcg:.5f} < {floor:.5f} (current {current_ndcg:.5f} - {margin:.1%})"
 
 
 def online_decision(online: dict[str, Any] | None, margin: float, min_events: int) -> tuple[bool, str]:
@@ -54,9 +46,12 @@ def offline_gate(registry: Registry, version: str, margin: float) -> tuple[bool,
             cur_ndcg = validation_ndcg(registry.read_manifest(current).get("metrics", {}))
         except RegistryError:  # CURRENT names a version whose directory is gone: nothing to compare
             log.warning("CURRENT %s has no readable manifest; gating %s without a comparison", current, version)
-    new_ndcg = validation_ndcg(registry.read_manifest(version).get("metrics", {}))
-    ok, reason = gate_decision(new_ndcg, cur_ndcg, margin)
-    return ok, reason, {"new_ndcg@10": new_ndcg, "current_ndcg@10": cur_ndcg, "current": current, "margin": margin}
+    metrics = registry.read_manifest(version).get("metrics", {})
+    new_ndcg = validation_ndcg(metrics)
+    pop_ndcg = validation_ndcg(metrics.get("val_popular") or {}) if isinstance(metrics, dict) else None
+    ok, reason = gate_decision(new_ndcg, cur_ndcg, margin, pop_ndcg if cur_ndcg is None else None)
+    return ok, reason, {"new_ndcg@10": new_ndcg, "current_ndcg@10": cur_ndcg, "popular_ndcg@10": pop_ndcg,
+                        "current": current, "margin": margin}
 
 
 def promote_gated(registry: Registry, version: str, *, force: bool = False, margin: float = 0.02,

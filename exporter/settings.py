@@ -44,6 +44,8 @@ class TrainerSettings(ModelsSettings):
     trainer_epochs: int = Field(30, ge=1, description="ATTNREC_TRAINER_EPOCHS: max epochs per retrain")
     trainer_max_minutes: float = Field(5.0, gt=0, description="ATTNREC_TRAINER_MAX_MINUTES: training time budget per cycle")
     trainer_threads: int = Field(1, ge=1, description="ATTNREC_TRAINER_THREADS: torch threads (the trainer shares the box with the worker)")
+    trainer_holdout: float = Field(0.0, ge=0, lt=1, description="ATTNREC_TRAINER_HOLDOUT: validate each retrain on the last event of this share of the users and train on everything else (0: leave-one-out, the last two events of every user held out)")
+    trainer_min_item_support: int = Field(1, ge=1, description="ATTNREC_TRAINER_MIN_ITEM_SUPPORT: a new item joins the vocabulary once it has this many events (rarer ones read as unknown and are never recommended; the worker still records them)")
     trainer_rollout: Literal["promote", "shadow"] = Field("promote", description="ATTNREC_TRAINER_ROLLOUT: promote (a new model that passes the offline gate serves at once) or shadow (it is shadow-scored first, and a later cycle promotes it once the online gate has ONLINE_MIN_EVENTS events: ONLINE_MARGIN, 0 when unset)")
 
     @field_validator("trainer_every")

@@ -7,7 +7,9 @@ One cycle:
 1. **Archive** what is new on ``clicks`` into the event log, durably, and only then commit the
    consumer offsets (:mod:`attnrec.exporter.archive`).
 2. **Retrain** when at least ``--min-new-events`` events arrived since the last training
-   (or there is no model yet), on the whole event log with the ``events`` loader. The item
+   (or there is no model yet), on the whole event log with the ``events`` loader, as
+   :func:`attnrec.training.retrain.retrain_events` does it (the prequential evaluation runs the
+   same function). The item
    vocabulary is the current model's, grown by appending new items, so old items keep their
    indices, and the model is warm-started from the current one through
    ``attnrec.training.train.train(init_state=...)`` (old rows copied into the grown item table, new
@@ -16,7 +18,8 @@ One cycle:
 3. **Evaluate** (leave-one-out full ranking, validation and test), write a checkpoint under
    ``$ATTNREC_HOME/trainer/ckpt-<time>``.
 4. **Export and promote** through :func:`attnrec.exporter.export.export_checkpoint` with
-   ``promote=True``: parity gate, load checks, NDCG@10 gate with ``--margin`` (or ``--force``).
+   ``promote=True``: parity gate, load checks, NDCG@10 gate with ``--margin`` (or ``--force``);
+   with no serving model, the new one must beat the popularity fallback on validation.
    With ``TRAINER_ROLLOUT=shadow`` a new model that passes the offline gate is published and
    shadow-scored instead (the registry's ``SHADOW``; workers score it beside the serving one),
    and each later cycle first asks the online gate about it (:func:`attnrec.exporter.gate.online_decision`
@@ -80,37 +83,6 @@ def _current_checkpoint(s: TrainerSettings) -> tuple[str | None, Path | None]:
     return current, path if path is not None and (path / "model.pt").is_file() else None
 
 
-def _grown_vocab(old_vocab: dict[str, Any] | None, events_dir: Path) -> Any:
-    """The old vocabulary with every new item of the event log appended (old indices kept)."""
-    from ..training.data import Vocab, read_events
-
-    if old_vocab is None:
-        return None
-    old = Vocab.from_dict(old_vocab)
-    known = set(old.items)
-    new: dict[str, None] = {}
-    for ev in read_events(events_dir):
-        if ev.item_id not in known:
-            new.setdefault(ev.item_id, None)
-    return Vocab(list(old.items) + list(new), list(old.event_types))
-
-
-def _warm_state(old_state: dict[str, Any], model: Any) -> dict[str, Any]:
-    """The old weights in the new model's shapes: grown tables keep old rows, new rows fresh."""
-    state = model.state_dict()
-    for name, new in state.items():
-        old = old_state.get(name)
-        if old is None:
-            continue
-        if old.shape == new.shape:
-            state[name] = old.clone()
-        elif old.dim() == new.dim() and all(o <= n for o, n in zip(old.shape, new.shape, strict=False)):
-            grown = new.clone()
-            grown[tuple(slice(0, o) for o in old.shape)] = old
-            state[name] = grown
-    return state
-
-
 def _attributes_file(ckpt_path: Path | None) -> Path | None:
     """The item attribute file a checkpoint with item content was trained with (its copy)."""
     if ckpt_path is None or not (ckpt_path / "content.json").is_file():
@@ -120,42 +92,31 @@ def _attributes_file(ckpt_path: Path | None) -> Path | None:
 
 
 def retrain(s: TrainerSettings) -> dict[str, Any]:
-    """Train on the whole event log; returns {"checkpoint", "warm_start", "val_ndcg@10", ...}."""
+    """Train on the whole event log (:func:`attnrec.training.retrain.retrain_events`, warm-started
+    from the serving model's checkpoint when there is one); returns {"checkpoint", "warm_start",
+    "val_ndcg@10", ...}."""
     from ..training.checkpoint import load_checkpoint, save_checkpoint
-    from ..training.data import load_dataset
-    from ..training.defaults import default_configs
-    from ..training.model import AttnRec
-    from ..training.train import fit_and_evaluate
+    from ..training.data import fingerprint
+    from ..training.eventfiles import event_files, read_events
+    from ..training.retrain import Previous, retrain_events
 
     current, ckpt_path = _current_checkpoint(s)
-    old_model = old_cfg = old_vocab = None
-    if ckpt_path is not None:
-        old_model, old_cfg, old_vocab = load_checkpoint(ckpt_path)
-    vocab = _grown_vocab(old_vocab, s.event_log)
-    ds = load_dataset(s.event_log, "events", vocab)
-    attributes = _attributes_file(ckpt_path)
-    if attributes is not None:  # a model with item content keeps it: the same attribute file
-        from ..training.content import attach_content, load_item_attributes
-
-        attach_content(ds, load_item_attributes(attributes))
-    mcfg, tcfg = default_configs(ds)
-    if old_cfg is not None:  # keep the architecture; only the vocabulary grows
-        from ..training.model import ModelConfig
-
-        mcfg = ModelConfig.from_dict({**old_cfg["model"], "n_items": ds.vocab.n_items})
-    tcfg.epochs, tcfg.max_minutes, tcfg.threads = s.trainer_epochs, s.trainer_max_minutes, s.trainer_threads
-    tcfg.patience = min(tcfg.patience, max(2, s.trainer_epochs // 3))
-    init = _warm_state(old_model.state_dict(), AttnRec(mcfg)) if old_model is not None else None
-    warm = init is not None
+    previous = Previous(*load_checkpoint(ckpt_path)) if ckpt_path is not None else None
+    files = event_files(s.event_log)
     t0 = time.monotonic()
-    model, metrics = fit_and_evaluate(ds, mcfg, tcfg, init_state=init)
-    metrics.update(warm_start=warm, parent_version=current)
+    out = retrain_events(read_events(s.event_log), s.event_log.stem or s.event_log.name, previous,
+                         epochs=s.trainer_epochs, threads=s.trainer_threads, max_minutes=s.trainer_max_minutes,
+                         min_item_support=s.trainer_min_item_support, holdout=s.trainer_holdout,
+                         attributes=_attributes_file(ckpt_path),
+                         fingerprint=fingerprint(files), files=[str(p) for p in files])
+    metrics = out.metrics
+    metrics.update(parent_version=current)
     val, test = metrics["val"], metrics["test"]
     stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S")
-    out = save_checkpoint(_work_dir(s) / f"ckpt-{stamp}", model, tcfg, ds, metrics)
-    return {"checkpoint": str(out), "warm_start": warm, "items": ds.vocab.n_items - 2,
-            "users": len(ds.users), "val_ndcg@10": val["ndcg@10"], "test_ndcg@10": test["ndcg@10"],
-            "train_seconds": round(time.monotonic() - t0, 1)}
+    path = save_checkpoint(_work_dir(s) / f"ckpt-{stamp}", out.model, out.tcfg, out.ds, metrics)
+    return {"checkpoint": str(path), "warm_start": out.warm_start, "items": out.ds.vocab.n_items - 2,
+            "users": len(out.ds.users), "val_ndcg@10": val["ndcg@10"], "test_ndcg@10": test["ndcg@10"],
+            "val_popular_ndcg@10": metrics["val_popular"]["ndcg@10"], "train_seconds": round(time.monotonic() - t0, 1)}
 
 
 # --- 4. the cycle and the loop ------------------------------------------------------------------

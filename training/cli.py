@@ -24,7 +24,7 @@ from typing import Any
 from attnrec.errors import ConfigError
 
 from .config import ModelConfig
-from .settings import OPTIONS, TrainingSettings
+from .settings import OPTIONS, TrainingSettings, log_spec
 
 __all__ = ["configs", "train_checkpoint", "cmd_train", "cmd_eval"]
 
@@ -64,7 +64,22 @@ def _dataset(s: TrainingSettings, vocab: Any = None) -> Any:
 
     if s.data is None:
         raise ConfigError("--data is required (or set ATTNREC_DATA)")
-    return load_dataset(s.data, s.data_format, vocab)
+    ds = load_dataset(s.data, s.data_format, vocab, spec=log_spec(s.data_format, s.data_columns, s.data_types, s.data_time_unit),
+                      min_item_support=s.data_min_item_support)
+    _report_sparsity(ds)
+    return ds
+
+
+def _report_sparsity(ds: Any) -> None:
+    """Say how sparse the data is, and what to do about it when most items have one event."""
+    sp = ds.sparsity
+    if not sp:
+        return
+    log.info("%s: %d items, %d of them (%.0f %%) with one event, median %g events per item", ds.name, sp["items_seen"],
+             sp["items_one_event"], 100 * sp["share_items_one_event"], sp["median_events_per_item"])
+    if sp["share_items_one_event"] >= 0.3 and sp["min_item_support"] <= 1:
+        log.warning("%s: %.0f %% of the items have a single event; the model cannot learn them. "
+                    "--min-item-support 2 (or more) keeps them out of the vocabulary", ds.name, 100 * sp["share_items_one_event"])
 
 
 def _fit(s: TrainingSettings, ds: Any, loss: str | None = None, baseline: bool = False) -> tuple[Any, Any, dict[str, Any]]:
@@ -118,7 +133,7 @@ def cmd_train(s: TrainingSettings, args: Any) -> int:
     out, metrics = train_checkpoint(s)
     summary = {"out": str(out), "dataset": metrics["dataset"], "best_epoch": metrics["best_epoch"],
                "train_seconds": metrics["train_seconds"], "train_cpu_seconds": metrics["train_cpu_seconds"],
-               "val": metrics["val"], "test": metrics["test"]}
+               "val": metrics["val"], "test": metrics["test"], "data": metrics.get("data")}
     sys.stdout.write(json.dumps(summary) + "\n")
     return 0
 

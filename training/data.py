@@ -13,6 +13,16 @@ Three formats, one typed interface (:class:`Dataset`):
 - ``events``: our click events (JSONL, CSV with header ``user_id,item_id,ts,event_type``,
   Parquet, or a directory of ``*.jsonl`` files); sorted per user by ts; leave-one-out as s3.
   Duplicate ``event_id``s (an at-least-once archive) are dropped.
+- ``yoochoose``, ``taobao``, ``diginetica``, ``table``: the event logs users bring
+  (:mod:`attnrec.training.logs`: the public formats, and any CSV/JSONL with a column and type
+  mapping), read into events and split as ``events``.
+
+Event data keeps its users in a canonical order, by (first event time, user id), and its item
+vocabulary in the order items first occur there, so the same events give the same dataset
+however they were read (an archive of a Kafka topic interleaves its partitions). With
+``min_item_support`` > 1 the items with fewer events are left out of the vocabulary (they read
+as OOV, the model never recommends them; the worker still records them in the buffers); every
+event dataset reports its sparsity (``stats()``: items with one event, median events per item).
 
 Every user is kept as one full time-ordered sequence (items, event types, time-gap buckets);
 a split case is ``(user, cut)``: input = the first ``cut`` events, target = event ``cut``.
@@ -20,26 +30,28 @@ a split case is ``(user, cut)``: input = the first ``cut`` events, target = even
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import logging
+import zlib
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
+from attnrec.errors import DataError
+from attnrec.events import EVENT_TYPES, ClickEvent
 
-from attnrec.errors import DataError, InvalidEventError
-from attnrec.events import EVENT_TYPES, ClickEvent, event_from_dict
-
+from .eventfiles import event_files, read_events
 from .features import OOV, PAD, gap_buckets, type_index
+from .logs import LOG_FORMATS, LogSpec, log_files, read_log
 
-__all__ = ["FORMATS", "Vocab", "UserSeq", "Dataset", "load_dataset", "read_events", "fingerprint"]
+__all__ = ["FORMATS", "Vocab", "UserSeq", "Dataset", "load_dataset", "read_events", "fingerprint", "sparsity",
+           "users_from_events", "dataset_from_events"]
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("s3", "gsasrec", "events", "ml1m-loo-all")
+FORMATS = ("s3", "gsasrec", "events", "ml1m-loo-all", *LOG_FORMATS)
 
 
 @dataclass
@@ -99,6 +111,8 @@ class Dataset:
     #: item content per vocabulary index (training/content.py: ``attach_content``), None without
     content: dict[str, Any] | None = None
     content_info: dict[str, Any] | None = None
+    #: how sparse the data is (:func:`sparsity`), counted before ``min_item_support``
+    sparsity: dict[str, Any] = field(default_factory=dict)
 
     @property
     def has_types(self) -> bool:
@@ -124,6 +138,7 @@ class Dataset:
             "p90_len": lengths[int(0.9 * (n - 1))] if n else 0,
             "val_users": len(self.val),
             "test_users": len(self.test),
+            **self.sparsity,
         }
 
 
@@ -136,6 +151,42 @@ def fingerprint(paths: Sequence[Path]) -> str:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()
+
+
+def sparsity(item_counts: Iterable[int], min_item_support: int = 1) -> dict[str, Any]:
+    """How sparse a log is, from its events per item: items with one event (count and share),
+    the median events per item, and with ``min_item_support`` the items and events it leaves out."""
+    counts = sorted(item_counts)
+    n, events = len(counts), sum(counts)
+    out: dict[str, Any] = {
+        "items_seen": n,
+        "items_one_event": sum(1 for c in counts if c == 1),
+        "share_items_one_event": round(sum(1 for c in counts if c == 1) / max(n, 1), 4),
+        "median_events_per_item": (counts[(n - 1) // 2] + counts[n // 2]) / 2 if n else 0,
+        "min_item_support": min_item_support,
+    }
+    if min_item_support > 1:
+        rare = [c for c in counts if c < min_item_support]
+        out["items_below_support"] = len(rare)
+        out["share_events_below_support"] = round(sum(rare) / max(events, 1), 4)
+    return out
+
+
+def holdout_split(users: list[UserSeq], share: float) -> tuple[list[int], list[tuple[int, int]], list[tuple[int, int]]]:
+    """Validation on the last event of a share of the users (at least two events; chosen by a
+    hash of the user id, so the same users whatever the order), everything else trained on, no
+    test split: for retraining on short sessions, where leave-one-out would hold out two of a
+    session's three or four next events."""
+    train_len, val = [], []
+    cut = int(share * 2**32)
+    for u, s in enumerate(users):
+        n = len(s.items)
+        if n >= 2 and zlib.crc32(s.user_id.encode()) < cut:
+            train_len.append(n - 1)
+            val.append((u, n - 1))
+        else:
+            train_len.append(n)
+    return train_len, val, []
 
 
 def _loo(users: list[UserSeq]) -> tuple[list[int], list[tuple[int, int]], list[tuple[int, int]]]:
@@ -198,7 +249,9 @@ def _load_s3(path: Path, vocab: Vocab | None, fmt: str = "s3") -> Dataset:
     vocab = vocab or _build_vocab((r[1:] for r in rows), numeric=True)
     users = [UserSeq(r[0], [vocab.index(t) for t in r[1:]]) for r in rows]
     tl, val, test = _loo(users)
-    return Dataset(path.stem if fmt == "s3" else fmt, fmt, vocab, users, tl, val, test, fingerprint([path]), [str(path)])
+    ds = Dataset(path.stem if fmt == "s3" else fmt, fmt, vocab, users, tl, val, test, fingerprint([path]), [str(path)])
+    ds.sparsity = sparsity(Counter(t for r in rows for t in r[1:]).values())
+    return ds
 
 
 # ---------------------------------------------------------------------------------- gsasrec
@@ -240,119 +293,41 @@ def _load_gsasrec(root: Path, vocab: Vocab | None) -> Dataset:
 # ---------------------------------------------------------------------------------- events
 
 
-def _events_jsonl(path: Path) -> Iterable[ClickEvent]:
-    with open(path, "rb") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield event_from_dict(orjson.loads(line))
-            except orjson.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: not JSON ({exc})") from None
-            except InvalidEventError as exc:
-                raise DataError(f"{path}:{lineno}: {exc}") from None
-
-
-_CSV_COLUMNS = ("user_id", "item_id", "ts")
-
-
-def _csv_event(path: Path, lineno: int, row: dict[str, Any], n: int) -> ClickEvent:
-    d = {k: row.get(k) for k in (*_CSV_COLUMNS, "event_type", "event_id")}
-    d["event_type"] = d["event_type"] or "click"
-    d["event_id"] = d["event_id"] or f"{path.name}:{n}"
-    ts = d["ts"]
-    if isinstance(ts, str) and ts.strip().lstrip("-").isdigit():
-        d["ts"] = int(ts)
-    try:
-        return event_from_dict(d)
-    except InvalidEventError as exc:
-        raise DataError(f"{path}:{lineno}: {exc}") from None
-
-
-def _events_csv(path: Path) -> Iterable[ClickEvent]:
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in _CSV_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DataError(f"{path}:1: CSV header lacks column(s) {', '.join(missing)}")
-        for n, row in enumerate(reader):
-            if None in row:
-                raise DataError(f"{path}:{reader.line_num}: more fields than the header has")
-            yield _csv_event(path, reader.line_num, row, n)
-
-
-def _events_parquet(path: Path) -> Iterable[ClickEvent]:
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path)
-    except Exception as exc:  # pyarrow raises several types for a bad file
-        raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
-    missing = [c for c in _CSV_COLUMNS if c not in table.column_names]
-    if missing:
-        raise DataError(f"{path}: Parquet file lacks column(s) {', '.join(missing)}")
-    for n, row in enumerate(table.to_pylist()):
-        ts = row.get("ts")
-        if hasattr(ts, "timestamp"):  # a pyarrow timestamp column
-            row["ts"] = int(ts.timestamp() * 1000)
-        yield _csv_event(path, n + 1, {k: (None if v is None else v) for k, v in row.items()}, n)
-
-
-def _event_files(path: Path) -> list[Path]:
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix in (".jsonl", ".json", ".csv", ".parquet"))
-        if not files:
-            raise DataError(f"{path}: directory holds no *.jsonl, *.csv or *.parquet files")
-        return files
-    if not path.exists():
-        raise DataError(f"{path}: no such file or directory")
-    return [path]
-
-
-def read_events(path: str | Path) -> list[ClickEvent]:
-    """All events of a file or directory (JSONL / CSV / Parquet), duplicates by event_id dropped."""
-    out: list[ClickEvent] = []
-    seen: set[str] = set()
-    dups = 0
-    for p in _event_files(Path(path)):
-        if p.suffix == ".csv":
-            it = _events_csv(p)
-        elif p.suffix == ".parquet":
-            it = _events_parquet(p)
-        else:
-            it = _events_jsonl(p)
-        for ev in it:
-            if ev.event_id in seen:
-                dups += 1
-                continue
-            seen.add(ev.event_id)
-            out.append(ev)
-    if dups:
-        log.info("dropped %d duplicate events (same event_id) from %s", dups, path)
-    return out
-
-
 def users_from_events(events: Iterable[ClickEvent]) -> dict[str, list[ClickEvent]]:
-    """Group by user, each user's events sorted by ts (stable: ties keep input order)."""
+    """Group by user, each user's events sorted by ts (stable: ties keep input order), the users
+    in the canonical order: by (first event time, user id)."""
     by_user: dict[str, list[ClickEvent]] = {}
     for ev in events:
         by_user.setdefault(ev.user_id, []).append(ev)
     for evs in by_user.values():
         evs.sort(key=lambda e: e.ts)
-    return by_user
+    return dict(sorted(by_user.items(), key=lambda kv: (kv[1][0].ts, kv[0])))
+
+
+def item_order(by_user: dict[str, list[ClickEvent]], min_item_support: int = 1) -> tuple[list[str], Counter[str]]:
+    """The items of ``by_user`` in the order they first occur (users in their order, each user's
+    events in time order) with at least ``min_item_support`` events, and every item's count."""
+    counts: Counter[str] = Counter(e.item_id for evs in by_user.values() for e in evs)
+    order: dict[str, None] = {}
+    for evs in by_user.values():
+        for e in evs:
+            if counts[e.item_id] >= min_item_support:
+                order.setdefault(e.item_id, None)
+    return list(order), counts
 
 
 def dataset_from_events(events: Iterable[ClickEvent], name: str, vocab: Vocab | None = None,
-                        fp: str = "", files: list[str] | None = None) -> Dataset:
+                        fp: str = "", files: list[str] | None = None, min_item_support: int = 1,
+                        holdout: float = 0.0) -> Dataset:
+    """A dataset of events (users canonical, see the module text); ``vocab`` maps the items (a
+    checkpoint's), else a vocabulary of the items with at least ``min_item_support`` events.
+    Split leave-one-out, or with ``holdout`` > 0 by :func:`holdout_split`."""
     by_user = users_from_events(events)
     if not by_user:
         raise DataError(f"{name}: no events")
+    items, counts = item_order(by_user, min_item_support)
     if vocab is None:
-        order: dict[str, None] = {}
-        for evs in by_user.values():
-            for e in evs:
-                order.setdefault(e.item_id, None)
-        vocab = Vocab(list(order))
+        vocab = Vocab(items)
     users = []
     for uid, evs in by_user.items():
         users.append(UserSeq(
@@ -362,18 +337,30 @@ def dataset_from_events(events: Iterable[ClickEvent], name: str, vocab: Vocab | 
             gap_buckets([e.ts for e in evs], len(evs)),
             [e.event_id for e in evs],
         ))
-    tl, val, test = _loo(users)
-    return Dataset(name, "events", vocab, users, tl, val, test, fp, files or [])
+    tl, val, test = holdout_split(users, holdout) if holdout > 0 else _loo(users)
+    ds = Dataset(name, "events", vocab, users, tl, val, test, fp, files or [])
+    ds.sparsity = sparsity(counts.values(), min_item_support)
+    return ds
 
 
-def _load_events(path: Path, vocab: Vocab | None) -> Dataset:
-    files = _event_files(path)
-    return dataset_from_events(read_events(path), path.stem or path.name, vocab, fingerprint(files), [str(p) for p in files])
+def _load_events(path: Path, vocab: Vocab | None, min_item_support: int = 1) -> Dataset:
+    files = event_files(path)
+    return dataset_from_events(read_events(path), path.stem or path.name, vocab, fingerprint(files), [str(p) for p in files],
+                               min_item_support)
 
 
-def load_dataset(path: str | Path, fmt: str, vocab: Vocab | None = None) -> Dataset:
-    """Load ``path`` in format ``fmt`` (s3 | gsasrec | events | ml1m-loo-all). With ``vocab`` (from a
-    checkpoint) item ids are mapped through it, unknown ones to OOV."""
+def _load_log(path: Path, spec: LogSpec, vocab: Vocab | None, min_item_support: int = 1) -> Dataset:
+    files = log_files(path, spec.fmt)
+    return dataset_from_events(read_log(path, spec), path.stem or path.name, vocab, fingerprint(files),
+                               [str(p) for p in files], min_item_support)
+
+
+def load_dataset(path: str | Path, fmt: str, vocab: Vocab | None = None, *, spec: LogSpec | None = None,
+                 min_item_support: int = 1) -> Dataset:
+    """Load ``path`` in format ``fmt`` (s3 | gsasrec | events | ml1m-loo-all, or a log format of
+    :mod:`attnrec.training.logs`, read as ``spec`` says). With ``vocab`` (from a checkpoint)
+    item ids are mapped through it, unknown ones to OOV; without, event data keeps the items
+    with at least ``min_item_support`` events."""
     p = Path(path)
     if fmt == "s3":
         if not p.is_file():
@@ -382,9 +369,11 @@ def load_dataset(path: str | Path, fmt: str, vocab: Vocab | None = None) -> Data
     elif fmt == "gsasrec":
         ds = _load_gsasrec(p, vocab)
     elif fmt == "events":
-        ds = _load_events(p, vocab)
+        ds = _load_events(p, vocab, min_item_support)
     elif fmt == "ml1m-loo-all":
         ds = _load_s3(p / "train/input.txt" if p.is_dir() else p, vocab, fmt)
+    elif fmt in LOG_FORMATS:
+        ds = _load_log(p, spec if spec is not None and spec.fmt == fmt else LogSpec(fmt), vocab, min_item_support)
     else:
         raise DataError(f"unknown data format {fmt!r}; use one of {', '.join(FORMATS)}")
     log.info("loaded %s (%s): %s", p, fmt, ds.stats())

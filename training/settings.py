@@ -21,7 +21,7 @@ from attnrec.settings import Settings, env_name
 
 from .config import ModelConfig, Option, TrainConfig, options
 
-__all__ = ["TrainingSettings", "OPTIONS", "option_flags"]
+__all__ = ["TrainingSettings", "PrequentialSettings", "OPTIONS", "option_flags", "log_spec"]
 
 #: ``(config class, field, setting, option, the field's default)`` of every training option,
 #: model options first.
@@ -49,11 +49,19 @@ def _field(cls: type, name: str, setting: str, opt: Option, default: Any) -> tup
     return typ | None, Field(None, description=desc, **bounds)
 
 
+#: The formats ``--format`` takes (training/data.py; the event logs: training/logs.py).
+DataFormat = Literal["s3", "gsasrec", "events", "ml1m-loo-all", "yoochoose", "taobao", "diginetica", "table"]
+
+
 class _Data(Settings):
     """The data both commands read (first, so the documentation lists them first)."""
 
-    data: Path | None = Field(None, description="ATTNREC_DATA: dataset: a file, a gsasrec split directory, or a directory of *.jsonl events")
-    data_format: Literal["s3", "gsasrec", "events", "ml1m-loo-all"] = Field("events", description="ATTNREC_DATA_FORMAT: s3, gsasrec, events, or ml1m-loo-all (ours: every user of a gsasrec directory's train/input.txt split leave-one-out; training/data.py)")
+    data: Path | None = Field(None, description="ATTNREC_DATA: dataset: a file, a gsasrec split directory, a directory of *.jsonl events, or an event log (a file or a directory of its files)")
+    data_format: DataFormat = Field("events", description="ATTNREC_DATA_FORMAT: s3, gsasrec, events (our schema), ml1m-loo-all (ours: every user of a gsasrec directory's train/input.txt split leave-one-out; training/data.py), or an event log: yoochoose (session-rec TSV or the challenge's .dat files), taobao (UserBehavior CSV), diginetica (item views), table (any CSV/JSONL with DATA_COLUMNS)")
+    data_columns: str | None = Field(None, description="ATTNREC_DATA_COLUMNS: format table: where each field is, user=COL (or session=COL),item=COL,time=COL[,type=COL][,category=COL]; column numbers from 0 for a CSV without a header")
+    data_types: str | None = Field(None, description="ATTNREC_DATA_TYPES: event types of a log as ours, VALUE=TYPE,... (pv=view,fav=like,buy=purchase; *=TYPE for the rest; TYPE drop leaves the rows out); taobao's pv/cart/fav/buy are mapped unless overridden")
+    data_time_unit: Literal["auto", "s", "ms", "iso"] = Field("auto", description="ATTNREC_DATA_TIME_UNIT: format table: unix seconds, milliseconds or ISO 8601 times (auto: numbers below 10^11 are seconds, text is ISO 8601)")
+    data_min_item_support: int = Field(1, ge=1, description="ATTNREC_DATA_MIN_ITEM_SUPPORT: event data: items with fewer events are left out of the vocabulary (read as unknown, never recommended; the worker still records them); training reports how many items have one event")
     train_out: Path | None = Field(None, description="ATTNREC_TRAIN_OUT: checkpoint directory to write (attnrec train)")
 
 
@@ -78,3 +86,47 @@ class TrainingSettings(_Options):  # type: ignore[misc,valid-type]
     eval_split: Literal["test", "val"] = Field("test", description="ATTNREC_EVAL_SPLIT: which split to report")
     eval_json: str = Field("-", description="ATTNREC_EVAL_JSON: write the result JSON to this file (- = stdout only)")
     eval_compare: list[str] | None = Field(None, description="ATTNREC_EVAL_COMPARE: saved results (a result JSON of attnrec eval, or a checkpoint directory) to compare with, paired on the users of SPLIT: the bootstrap interval of the per-user difference of each metric, a tie when it holds 0; alone, two sides A B (each one file or several joined by commas, averaged per user: seeds) are compared without evaluating anything (training/compare.py)")
+
+
+def log_spec(fmt: str, columns: str | None, types: str | None, time_unit: str = "auto") -> Any:
+    """The :class:`~attnrec.training.logs.LogSpec` of these settings' values (None for s3, gsasrec
+    and events); a mapping that does not apply to the format is a :class:`ConfigError`."""
+    from attnrec.errors import ConfigError, DataError
+
+    from .logs import LOG_FORMATS, LogSpec, parse_columns, parse_types
+
+    if fmt not in LOG_FORMATS:
+        if columns or types:
+            raise ConfigError(f"--columns and --types read an event log (yoochoose, taobao, diginetica, table), not format {fmt}")
+        return None
+    if columns and fmt != "table":
+        raise ConfigError(f"--columns is for format table; format {fmt} knows its columns")
+    try:
+        return LogSpec(fmt, parse_columns(columns) if columns else None, parse_types(types) if types else {}, time_unit)
+    except DataError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+class PrequentialSettings(TrainingSettings):
+    """``attnrec train``'s settings plus the prequential run's."""
+
+    sections: ClassVar[dict[str, str]] = {"preq_start": "Prequential evaluation (`attnrec prequential`)"}
+
+    preq_start: str | None = Field(None, description="ATTNREC_PREQ_START: where evaluation starts: an ISO 8601 time (UTC unless it says) or a duration after the log's first event (4d); the methods are first fitted on the events before it")
+    preq_every: str = Field("1d", description="ATTNREC_PREQ_EVERY: retrain every this much event time (30m, 6h, 1d), as the periodic trainer would")
+    preq_end: str | None = Field(None, description="ATTNREC_PREQ_END: evaluate next events before this time (unset: to the end of the log)")
+    preq_test_from: str | None = Field(None, description="ATTNREC_PREQ_TEST_FROM: next events from this time on are reported as test, earlier ones as validation (choose defaults on validation only); unset: one split, all")
+    preq_methods: str = Field("popular,trending,vsknn,vmis,gru4rec,attention-frozen,attention", description="ATTNREC_PREQ_METHODS: comma-separated: popular, trending, vsknn, vmis, gru4rec, attention-frozen (trained once, on the events before START), attention (retrained every EVERY, warm-started, through the promotion gate)")
+    preq_epochs: int = Field(30, ge=1, description="ATTNREC_PREQ_EPOCHS: the most epochs of each retrain (patience a third of them), as ATTNREC_TRAINER_EPOCHS")
+    preq_holdout: float = Field(0.0, ge=0, lt=1, description="ATTNREC_PREQ_HOLDOUT: each retrain validates on the last event of this share of the users, as ATTNREC_TRAINER_HOLDOUT (0: leave-one-out)")
+    preq_margin: float = Field(0.02, ge=0, lt=1, description="ATTNREC_PREQ_MARGIN: the promotion gate's margin for the retrained attention model, as ATTNREC_MARGIN")
+    preq_exclude_window: int = Field(50, ge=1, description="ATTNREC_PREQ_EXCLUDE_WINDOW: with seen items excluded, the items of the user's newest N events are (the worker's EXCLUDE_WINDOW)")
+    preq_trending_window_s: float = Field(1800.0, gt=0, description="ATTNREC_PREQ_TRENDING_WINDOW_S: trending now's window (the worker's TRENDING_WINDOW_S)")
+    preq_trending_weights: str | None = Field(None, description="ATTNREC_PREQ_TRENDING_WEIGHTS: trending's weight per event type, TYPE=W,... (unset: the worker's: purchase, gift 3, cart 2, like, share 1.5, view, click 1)")
+    preq_knn_k: int = Field(100, ge=1, description="ATTNREC_PREQ_KNN_K: neighbours of the session kNN methods")
+    preq_knn_sample: int = Field(500, ge=1, description="ATTNREC_PREQ_KNN_SAMPLE: the most recent sessions per item the session kNN methods consider")
+    preq_per: Literal["auto", "day", "hour"] = Field("auto", description="ATTNREC_PREQ_PER: figures per day or per hour of the next event (auto: per day when the evaluation spans over two days)")
+    preq_resamples: int = Field(1000, ge=10, description="ATTNREC_PREQ_RESAMPLES: bootstrap resamples of the users for the 95 % intervals")
+    preq_reference: str = Field("attention", description="ATTNREC_PREQ_REFERENCE: the method the others' paired differences are taken against")
+    preq_json: Path | None = Field(None, description="ATTNREC_PREQ_JSON: write the run's figures (JSON) here")
+    preq_plot: Path | None = Field(None, description="ATTNREC_PREQ_PLOT: draw HR@10 and MRR@20 per period of every method (PNG) here")

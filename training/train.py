@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from .config import ModelConfig, TrainConfig
 from .data import Dataset
 from .denoise import attention_on, insert_random
-from .evaluate import PROTOCOL, evaluate, model_scorer
+from .evaluate import PROTOCOL, evaluate, model_scorer, popularity_scorer
 from .features import left_pad
 from .model import AttnRec
 
@@ -362,12 +362,15 @@ def fit_and_evaluate(ds: Dataset, mcfg: ModelConfig, tcfg: TrainConfig, *, progr
     t0 = time.monotonic()
     val, val_users = with_intervals(evaluate(scorer, ds, "val", mcfg.history_len, seed=tcfg.seed, return_ranks=True))
     test, test_users = with_intervals(evaluate(scorer, ds, "test", mcfg.history_len, seed=tcfg.seed, return_ranks=True))
+    # the popularity fallback on the same validation cases: a first model must beat it to serve
+    # (the promotion gate, training/retrain.py)
+    pop = evaluate(popularity_scorer(ds), ds, "val", mcfg.history_len, seed=tcfg.seed)
     metrics = {"protocol": PROTOCOL, "dataset": ds.name, "best_epoch": info["best_epoch"],
                "epochs_run": info["epochs_run"], "stop_reason": info["stop_reason"],
                "train_seconds": info["train_seconds"], "train_cpu_seconds": info["train_cpu_seconds"],
                "eval_seconds": round(time.monotonic() - t0, 1),
-               "val": val, "test": test, "data": ds.stats(), "curve": info["curve"],
-               "per_user": {"val": val_users, "test": test_users}}
+               "val": val, "test": test, "val_popular": {k: pop[k] for k in ("hr@10", "ndcg@10", "users")},
+               "data": ds.stats(), "curve": info["curve"], "per_user": {"val": val_users, "test": test_users}}
     return model, metrics
 
 

@@ -7,6 +7,11 @@ bucket (``{trend:<scope>}:<bucket>``, one hash tag per scope, expiring after the
 reading a scope is one script call (ZUNIONSTORE of the window's buckets, the top of it). Purchases and gifts weigh more than
 views; impressions and skips count nothing. A batch that is retried counts twice: trending is
 a popularity estimate, not an exactly-once ledger.
+
+Time is the stream's: the window ends at the newest event time seen (an event stamped ahead of
+the wall clock, clock skew, does not move it). The top list is re-read once a second and as soon
+as the stream's time enters a new bucket, so a log replayed faster than it happened (a day in
+minutes) still sees the trending of its own moment, not of a second of wall time earlier.
 """
 
 from __future__ import annotations
@@ -52,9 +57,10 @@ class Counts:
 
     def add(self, events: Iterable[ClickEvent]) -> None:
         newest = self.newest_ts
+        ahead = int(time.time() * 1000) + self.bucket_ms  # later than this is clock skew: no clock
         for ev in events:
             w = TYPE_WEIGHT.get(ev.event_type, 0.0)
-            if ev.ts > newest:
+            if newest < ev.ts <= ahead:
                 newest = ev.ts
             if not w:
                 continue
@@ -162,7 +168,7 @@ class TrendingStage(Stage):
     of an estimate."""
 
     name = "trending"
-    every_s = 1.0  # how often the counts are written and the top list re-read
+    every_s = 1.0  # how often the counts are written and the top list re-read (and at each new bucket)
 
     def __init__(self, client: aioredis.Redis, window_s: float, k: int = 10) -> None:
         self.trending = Trending(client, window_s)
@@ -170,6 +176,8 @@ class TrendingStage(Stage):
         self._counts = self.trending.counter()
         self._latest: list[tuple[str, float]] | None = None
         self._candidates: list[tuple[str, bytes]] = []
+        self._bucket = -1  # the stream-time bucket of the last re-read
+        self._due = asyncio.Event()  # the stream's time entered a new bucket: write and re-read now
 
     @property
     def candidates(self) -> list[tuple[str, bytes]]:
@@ -192,6 +200,8 @@ class TrendingStage(Stage):
         """Count the batch's events (buckets older than the window are dropped, so the unwritten
         counts stay bounded)."""
         self._counts.add(batch.events)
+        if self._counts.newest_ts // self.trending.bucket_ms > self._bucket:
+            self._due.set()
 
     async def flush(self) -> None:
         """Write the counts gathered since the last flush (one round trip), then re-read the
@@ -203,10 +213,15 @@ class TrendingStage(Stage):
                     await self.trending.queue(pipe, counts)
                     await pipe.execute()
         await self.trending.refresh()
+        self._bucket = self.trending.now_ms // self.trending.bucket_ms
 
     async def run(self) -> None:
         while True:
-            await asyncio.sleep(self.every_s)
+            try:  # once a second, or when the stream's time enters a new bucket
+                await asyncio.wait_for(self._due.wait(), self.every_s)
+            except TimeoutError:
+                pass
+            self._due.clear()
             try:
                 await self.flush()
             except TransientError as exc:  # estimates: the counts of that second are dropped

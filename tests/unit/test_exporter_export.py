@@ -98,6 +98,31 @@ def test_gate_decision(new: float | None, cur: float | None, margin: float, ok: 
     assert decided is ok and why in reason
 
 
+@pytest.mark.parametrize(("new", "pop", "ok", "why"), [
+    (0.050, 0.020, True, "validation ndcg@10 0.05000 > 0.02000 of the popularity fallback"),
+    (0.0012, 0.0030, False, "not better than the popularity fallback on validation (ndcg@10 0.00120 <= 0.00300)"),
+    (0.0030, 0.0030, False, "the fallback (trending now, then the popularity list) keeps serving"),
+])
+def test_a_first_model_must_beat_the_popularity_fallback(new: float, pop: float, ok: bool, why: str) -> None:
+    decided, reason = gate_decision(new, None, 0.02, pop)
+    assert decided is ok and why in reason
+    assert gate_decision(new, 0.9 * new, 0.02, pop)[0]  # with a current model the margin rule alone decides
+
+
+def test_gate_keeps_the_fallback_serving_when_a_first_model_trails_popularity(tmp_path: Path) -> None:
+    root = tmp_path / "registry"
+    weak = write_random_checkpoint(tmp_path / "weak", n_items=N_ITEMS, max_len=MAX_LEN, d_model=16, n_blocks=2, n_heads=2,
+                                   ndcg=0.0012, seed=3)
+    metrics = json.loads((weak / "metrics.json").read_text())
+    (weak / "metrics.json").write_text(json.dumps({**metrics, "val_popular": {"ndcg@10": 0.0030, "hr@10": 0.007}}))
+    version = export_checkpoint(weak, root, promote=True)
+    reg = Registry(root)
+    assert reg.current_version() is None
+    last = reg.history()[-1]
+    assert last["decision"] == "rejected" and last["version"] == version
+    assert "not better than the popularity fallback" in last["reason"] and last["figures"]["popular_ndcg@10"] == 0.003
+
+
 def test_promotion_gate_rejects_worse_model_and_force_overrides(ckpt_dir: Path, tmp_path: Path) -> None:
     root = tmp_path / "registry"
     good = export_checkpoint(ckpt_dir, root, promote=True)

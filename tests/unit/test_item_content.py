@@ -385,7 +385,7 @@ def test_periodic_trainer_keeps_the_item_content(tmp_path: Path) -> None:
     assert main(["train", "--data", str(data), "--out", str(tmp_path / "ckpt"), "--items", str(items), "--epochs", "1",
                  "--max-len", "10", "--d-model", "16", "--threads", "1", "--quiet"]) == 0
     cfg = TrainerSettings(registry=tmp_path / "registry", home=tmp_path, trainer_epochs=1, min_new_events=100, trainer_threads=1)
-    first = export_checkpoint(tmp_path / "ckpt", cfg.registry_dir, promote=True)
+    first = export_checkpoint(tmp_path / "ckpt", cfg.registry_dir, promote=True, force=True)  # 1 epoch: no match for popularity
     write_event_file(cfg.event_log, [orjson.dumps(e.to_dict()) for e in evs])
     out = run_cycle(cfg, archive=False)
     reg = Registry(cfg.registry_dir)

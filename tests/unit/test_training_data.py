@@ -19,6 +19,7 @@ from attnrec.training.sim.synth import generate, generate_planted
 from attnrec.training.train import training_arrays
 
 from attnrec.errors import DataError
+from attnrec.events import ClickEvent
 
 REPO = Path(__file__).resolve().parents[2]
 DATA_DIR = Path(os.environ.get("ATTNREC_DATA_DIR", REPO.parent / "shared" / "data"))
@@ -211,3 +212,17 @@ def test_all_windows_cover_every_training_target_once(tmp_path: Path) -> None:
     want = sorted(x for s, n in zip(ds.users, ds.train_len, strict=True) for x in s.items[1:n])
     assert got == want and items.shape[1] == 5
     assert len(training_arrays(ds, 5)[0]) == 2  # default: only the newest window per user
+
+
+def test_holdout_split_validates_a_share_of_users_whatever_the_order() -> None:
+    evs = [ClickEvent(f"e{k}", f"s{k // 3}", f"i{k % 7}", "click", 1_396_310_400_000 + 1000 * k) for k in range(3000)]  # 1,000 sessions of 3
+    ds = dataset_from_events(evs, "t", holdout=0.2)
+    held = {ds.users[u].user_id for u, _ in ds.val}
+    assert 150 < len(held) < 250 and ds.test == []
+    assert all(ds.train_len[u] == 2 and cut == 2 for u, cut in ds.val)
+    assert sum(ds.train_len) == 3000 - len(held)  # everything else is trained on
+    again = dataset_from_events(list(reversed(evs)), "t", holdout=0.2)
+    assert {again.users[u].user_id for u, _ in again.val} == held
+    assert [u.user_id for u in again.users] == [u.user_id for u in ds.users]  # the canonical user order
+    loo = dataset_from_events(evs, "t")
+    assert sum(loo.train_len) == 1000 and len(loo.val) == len(loo.test) == 1000  # two of three held out
