@@ -211,7 +211,7 @@ def _add_flag(p: argparse.ArgumentParser, cls: type[Settings], flag: str, name: 
 
 
 def _add_command(sub: Any, cmd: Command) -> None:
-    p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+    p = sub.add_parser(cmd.name, help=cmd.help.replace("%", "%%"), description=cmd.help.replace("%", "%%"))
     if cmd.subcommands:
         inner = p.add_subparsers(dest=f"{cmd.name}_command", required=True, metavar="COMMAND")
         for c in cmd.subcommands:

@@ -134,3 +134,25 @@ def test_a_worker_subprocess_gets_the_base_settings_only() -> None:
     worker = settings_env(b, Settings)
     assert worker["ATTNREC_BATCH_SIZE"] == "32" and not any(k.startswith("ATTNREC_BENCH_") for k in worker)
     assert settings_env(b)["ATTNREC_BENCH_RATE"] == "500"
+
+
+def test_every_commands_help_formats() -> None:
+    """argparse formats help strings with %: a command's or a setting's "95 %" must not break
+    ``attnrec --help`` (it once did, for the prequential command)."""
+    import argparse
+
+    from attnrec.apps.cli import build_parser
+
+    parser = build_parser()
+    assert "prequential" in parser.format_help()
+
+    def walk(p: argparse.ArgumentParser) -> int:
+        n = 1
+        p.format_help()
+        for a in p._actions:  # noqa: SLF001
+            if isinstance(a, argparse._SubParsersAction):  # noqa: SLF001
+                for sp in a.choices.values():
+                    n += walk(sp)
+        return n
+
+    assert walk(parser) > 15
