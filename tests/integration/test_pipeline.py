@@ -59,7 +59,11 @@ def test_click_to_recommendation(stack: Any, names: dict[str, str], registry_wit
                 feeder.send_raw(b"{not json", key=b"bad")
                 feeder.send_raw(orjson.dumps({"event_id": "x", "user_id": "u"}), key=b"bad")
             feeder.flush()
-            time.sleep(0.6)  # one event per user per batch: every event triggers its own recommendation
+            # the next round only once this one's recommendations are out: one event per user per
+            # batch, so every event triggers its own (a slow round on a busy box would otherwise
+            # share a batch with the next, and a user's two events one recommendation)
+            got = collect(s, s.recs_topic, len(sent))
+            assert len(got) >= len(sent), f"round {r}: {len(got)} recommendations of {len(sent)}\n{w.tail()}"
         feeder.close()
 
         recs = collect(s, s.recs_topic, len(sent))
