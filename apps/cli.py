@@ -66,7 +66,9 @@ _DATA = (("--data", "data"), ("--format", "data_format"), ("--columns", "data_co
 _FEATURES = (("--no-types", "train_no_types"), ("--no-gaps", "train_no_gaps"))
 
 COMMANDS: tuple[Command, ...] = (
-    Command("stack", "local Kafka (KRaft) + Redis: up | down | status", "attnrec.apps.stack:cmd_stack", _HOME,
+    Command("stack", "local Kafka (KRaft) + Redis: up | down | status (up --brokers 3 --redis-cluster: a 3-broker "
+            "cluster and a Redis Cluster)", "attnrec.apps.stack:cmd_stack",
+            (("--brokers", "brokers"), ("--redis-cluster", "redis_cluster"), *_HOME),
             StackSettings, positionals=(("action", {"choices": ["up", "down", "status"]}),)),
     Command("worker", "run the streaming worker (faust)", "attnrec.apps.cli:cmd_worker",
             (("--batch-size", "batch_size"), ("--batch-wait-ms", "batch_wait_ms"), ("--web-port", "web_port"),

@@ -14,8 +14,11 @@ retry) from *permanent* ones (dead-letter or abort).
     │   ├── ParityError             torch and onnxruntime disagree beyond the thresholds
     │   └── ModelCheckError         a registry model failed a load-time check (sha, contract, NaN)
     ├── RegistryError               registry layout/manifest problem, unknown version
-    └── TransientError              a retryable infrastructure failure (Redis down, timeout)
+    └── TransientError              a retryable infrastructure failure (Redis down, timeout, a
+        │                           Redis Cluster slot moving: MOVED, ASK, CLUSTERDOWN, TRYAGAIN)
         ├── StateLostError          Redis holds none of attnrec's state (an empty replacement)
+        ├── LostWritesError         Redis lost writes it had acknowledged (a failover to a replica
+        │                           that had not received them)
         └── FencedError             exactly-once: the worker's transactional producer was fenced
 """
 
@@ -33,6 +36,7 @@ __all__ = [
     "RegistryError",
     "TransientError",
     "StateLostError",
+    "LostWritesError",
     "FencedError",
 ]
 
@@ -81,6 +85,15 @@ class StateLostError(TransientError):
     """Redis answers but holds none of attnrec's state (its marker key is gone: a restart without
     persistence, or a failover to an empty replica). The worker pauses rather than apply events
     to empty buffers; the message says what the operator can do."""
+
+
+class LostWritesError(TransientError):
+    """Redis answers and holds attnrec's state, but no longer holds writes it acknowledged to
+    this worker: a partition's applied offset in a slot is below what this worker applied there
+    (a failover to a replica that had not received the last writes, a restart that lost the
+    AOF's tail). Those events' offsets may already be committed, so Kafka will not bring them
+    back: the worker pauses rather than serve from buffers that miss them; the message names
+    the partitions and the offsets to replay from."""
 
 
 class FencedError(TransientError):

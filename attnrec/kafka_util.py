@@ -90,8 +90,10 @@ def admin_client(s: Settings, timeout_s: float = 30.0) -> KafkaAdminClient:
 def ensure_topics(s: Settings, names: Iterable[str] | None = None, partitions: int | None = None,
                   ready_timeout_s: float = 60.0, configs: dict[str, str] | None = None) -> None:  # fmt: skip
     """Create the product's topics when missing (idempotent), then wait until the broker
-    describes every partition of each with a leader. ``configs`` are topic configs of the topics
-    created here (e.g. the benchmark's ``message.timestamp.type=LogAppendTime``).
+    describes every partition of each with a leader. Replicas: ``REPLICATION_FACTOR``, else the
+    brokers' ``default.replication.factor`` (-1 in the request: Kafka >= 2.4). ``configs`` are
+    topic configs of the topics created here (e.g. the benchmark's
+    ``message.timestamp.type=LogAppendTime``; ``MIN_INSYNC_REPLICAS`` adds ``min.insync.replicas``).
 
     The wait matters: faust subscribes once at start-up, and a topic missing from its first
     metadata is ignored for good ("Ignoring missing topic"), leaving a worker that never gets
@@ -102,8 +104,11 @@ def ensure_topics(s: Settings, names: Iterable[str] | None = None, partitions: i
     admin = admin_client(s)
     try:
         existing = set(admin.list_topics())
-        new = [NewTopic(t, num_partitions=(1 if t == s.updates_topic else n), replication_factor=1,
-                        topic_configs=dict(configs or {})) for t in names if t not in existing]
+        topic_configs = dict(configs or {})
+        if s.min_insync_replicas:
+            topic_configs.setdefault("min.insync.replicas", str(s.min_insync_replicas))
+        new = [NewTopic(t, num_partitions=(1 if t == s.updates_topic else n), replication_factor=s.replication_factor or -1,
+                        topic_configs=topic_configs) for t in names if t not in existing]
         if new:
             try:
                 admin.create_topics(new)

@@ -35,10 +35,17 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from attnrec.errors import ConfigError
-from attnrec.units import parse_boosts, parse_duration, parse_rate
+from attnrec.units import (
+    CLUSTER_SCHEMES,
+    RedisClusterURL,
+    parse_boosts,
+    parse_duration,
+    parse_rate,
+    parse_redis_cluster_url,
+)
 
 __all__ = ["Settings", "ENV_PREFIX", "OTHER_VARIABLES", "env_name", "load_settings", "parse_duration", "parse_rate",
-           "is_secret"]
+           "is_secret", "RedisClusterURL", "parse_redis_cluster_url", "CLUSTER_SCHEMES"]
 
 ENV_PREFIX = "ATTNREC_"
 #: ``ATTNREC_*`` variables read outside the settings classes (docs/CONFIGURATION.md lists them too).
@@ -96,6 +103,12 @@ class Settings(BaseSettings):
     updates_topic: str = Field("model-updates", description="ATTNREC_UPDATES_TOPIC: registry notifications")
     catalog_topic: str = Field("catalog", description="ATTNREC_CATALOG_TOPIC: room/item status events (live, ended, on_shelf, off_shelf, stock), read with CATALOG")
     partitions: int = Field(8, ge=1, description="ATTNREC_PARTITIONS: partitions when we create topics")
+    replication_factor: int | None = Field(
+        None, ge=1, description="ATTNREC_REPLICATION_FACTOR: replicas of each topic we create (unset: the brokers' default.replication.factor; 3 on a production cluster)"
+    )
+    min_insync_replicas: int | None = Field(
+        None, ge=1, description="ATTNREC_MIN_INSYNC_REPLICAS: min.insync.replicas of each topic we create (unset: the brokers' default; 2 with 3 replicas: a write is acknowledged once two brokers have it)"
+    )
     group_id: str = Field("attnrec-worker", min_length=1, description="ATTNREC_GROUP_ID: consumer group of the workers")
     kafka_session_timeout_s: float = Field(
         10.0, gt=0, description="ATTNREC_KAFKA_SESSION_TIMEOUT_S: a dead worker's partitions move after this long"
@@ -112,11 +125,17 @@ class Settings(BaseSettings):
     kafka_ssl_cafile: Path | None = Field(None, description="ATTNREC_KAFKA_SSL_CAFILE: CA bundle for TLS")
 
     # --- Redis ---------------------------------------------------------------------------------
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="ATTNREC_REDIS_URL: redis://, rediss:// or unix:// URL")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="ATTNREC_REDIS_URL: redis://, rediss:// or unix:// URL of one Redis, or redis+cluster://host:port[,host:port...] (rediss+cluster:// for TLS) of a Redis Cluster: a few of its nodes, the client discovers the rest")
     redis_username: str | None = Field(None, description="ATTNREC_REDIS_USERNAME: ACL user")
     redis_password: SecretStr | None = Field(None, description="ATTNREC_REDIS_PASSWORD: AUTH password (never logged)")
     redis_empty_ok: bool = Field(
         False, description="ATTNREC_REDIS_EMPTY_OK: a worker that finds Redis without attnrec's state while the consumer group has committed offsets (the buffers were lost) starts over with empty buffers instead of pausing"
+    )
+    redis_wait_replicas: int = Field(
+        0, ge=0, description="ATTNREC_REDIS_WAIT_REPLICAS: a batch's Redis writes count as done (and its offsets may commit) only once this many replicas of every master written have them (WAIT): a failover then loses nothing committed, and a master without a live replica pauses the workers; 0 = off: replication is asynchronous, and a failover that lost acknowledged writes pauses the workers with the partitions to replay"
+    )
+    redis_wait_timeout_ms: int = Field(
+        1000, ge=1, description="ATTNREC_REDIS_WAIT_TIMEOUT_MS: how long a batch waits for its replicas (REDIS_WAIT_REPLICAS) before it is retried"
     )
     redis_timeout_s: float = Field(
         5.0, gt=0, description="ATTNREC_REDIS_TIMEOUT_S: socket timeout; a batch's Lua call on a saturated box took 3.6-7 s (docs/BENCHMARKS.md)"
@@ -222,9 +241,12 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, v: str) -> str:
+        if v.partition("://")[0] in CLUSTER_SCHEMES:
+            parse_redis_cluster_url(v)
+            return v
         u = urlsplit(v)
         if u.scheme not in ("redis", "rediss", "unix"):
-            raise ValueError("expected a redis://, rediss:// or unix:// URL")
+            raise ValueError("expected a redis://, rediss:// or unix:// URL, or redis+cluster://host:port[,host:port...]")
         if u.scheme != "unix" and not u.hostname:
             raise ValueError(f"expected a host in the {u.scheme}:// URL")
         if u.scheme == "unix" and not u.path:
@@ -257,6 +279,13 @@ class Settings(BaseSettings):
                 raise ConfigError(f"{env_name(name)} is set but empty (an empty secret is never a credential)")
         if self.kafka_security_protocol.startswith("SASL") and not self.kafka_username:
             raise ConfigError("ATTNREC_KAFKA_USERNAME is required with a SASL security protocol")
+        if self.redis_wait_replicas and self.redis_wait_timeout_ms >= self.redis_timeout_s * 1000:
+            raise ConfigError(f"ATTNREC_REDIS_WAIT_TIMEOUT_MS={self.redis_wait_timeout_ms} must be below "
+                              f"ATTNREC_REDIS_TIMEOUT_S={self.redis_timeout_s} (a WAIT would outlast the socket)")
+        if (self.replication_factor and self.min_insync_replicas
+                and self.min_insync_replicas > self.replication_factor):
+            raise ConfigError(f"ATTNREC_MIN_INSYNC_REPLICAS={self.min_insync_replicas} is above "
+                              f"ATTNREC_REPLICATION_FACTOR={self.replication_factor}: no write could be acknowledged")
         if self.web_host not in ("127.0.0.1", "localhost", "::1") and self.api_token is None:
             raise ConfigError(
                 f"ATTNREC_WEB_HOST={self.web_host} is not loopback: set ATTNREC_API_TOKEN so the API requires a bearer token"
@@ -264,6 +293,11 @@ class Settings(BaseSettings):
         return self
 
     # ------------------------------------------------------------------------------ derived
+    @property
+    def redis_is_cluster(self) -> bool:
+        """Whether ``redis_url`` names a Redis Cluster (``redis+cluster://``)."""
+        return self.redis_url.partition("://")[0] in CLUSTER_SCHEMES
+
     @property
     def registry_dir(self) -> Path:
         return self.registry if self.registry is not None else self.home / "registry"
@@ -290,6 +324,8 @@ def _describe(cls: type[Settings], err: Mapping[str, Any], flags: Mapping[str, s
         where += f" ({flags[field]})"
     value = err.get("input")
     shown = "(secret)" if field in cls.model_fields and is_secret(cls, field) else repr(value)
+    if field == "redis_url" and isinstance(value, str):  # a URL may carry a password: never shown
+        shown = repr(re.sub(r"(://[^:@/]*:)[^@/]*@", r"\1***@", value))
     if len(shown) > 80:
         shown = shown[:77] + "..."
     kind, ctx = err.get("type", ""), err.get("ctx") or {}

@@ -1,10 +1,16 @@
-"""Values as settings write them: durations (``10m``, ``250ms``), rates (``1000``, ``max``), boosts."""
+"""Values as settings write them: durations (``10m``, ``250ms``), rates (``1000``, ``max``), boosts,
+Redis Cluster URLs."""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from urllib.parse import parse_qs, unquote
 
-__all__ = ["parse_boosts", "parse_duration", "parse_rate"]
+__all__ = ["parse_boosts", "parse_duration", "parse_rate", "CLUSTER_SCHEMES", "RedisClusterURL", "parse_redis_cluster_url"]
+
+#: URL schemes of a Redis Cluster (``rediss+cluster``: over TLS)
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 
@@ -47,3 +53,41 @@ def parse_boosts(text: str) -> dict[tuple[str, str], float]:
             raise ValueError(f"expected category:NAME=NUMBER or item:ID=NUMBER, comma-separated; got {part!r}")
         out[(kind, name)] = boost
     return out
+
+
+@dataclass(frozen=True)
+class RedisClusterURL:
+    """A Redis Cluster URL, ``redis+cluster://[user[:password]@]host:port[,host:port...][/0][?ssl_ca_certs=FILE]``
+    (``rediss+cluster://`` over TLS): the nodes to discover the cluster from (any few; the client
+    learns the rest), the credentials if given in the URL."""
+
+    nodes: tuple[tuple[str, int], ...]
+    tls: bool
+    username: str | None = None
+    password: str | None = None
+    ssl_ca_certs: str | None = None
+
+
+def parse_redis_cluster_url(url: str) -> RedisClusterURL:
+    """The parts of a cluster URL; ValueError saying what is expected otherwise."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in CLUSTER_SCHEMES:
+        raise ValueError(f"expected a {' or '.join(s + '://' for s in CLUSTER_SCHEMES)} URL")
+    rest, _, query = rest.partition("?")
+    netloc, _, path = rest.partition("/")
+    if path not in ("", "0"):
+        raise ValueError("expected no database or /0 after the nodes (a Redis Cluster has database 0 only)")
+    userinfo, at, hosts = netloc.rpartition("@")
+    user, _, password = userinfo.partition(":") if at else ("", "", "")
+    nodes = []
+    for h in hosts.split(","):
+        host, colon, port = h.strip().rpartition(":")
+        if not colon or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError("expected host:port[,host:port...] (ports 1-65535) after redis+cluster://")
+        nodes.append((host.strip("[]"), int(port)))
+    params = parse_qs(query)
+    unknown = set(params) - {"ssl_ca_certs"}
+    if unknown:
+        raise ValueError(f"expected no URL option but ssl_ca_certs, not {sorted(unknown)[0]!r}")
+    ca = params.get("ssl_ca_certs", [None])[0]
+    return RedisClusterURL(tuple(nodes), scheme == "rediss+cluster", unquote(user) or None, unquote(password) or None, ca)

@@ -12,6 +12,7 @@ commit with its records in its transactions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 from typing import Any
@@ -26,6 +27,7 @@ from attnrec.settings import Settings
 
 from .core.batcher import Batcher, feed
 from .core.buffer import STATE_LOST, RedisBuffers
+from .core.groups import lost_writes_message
 from .core.kip447 import GroupMetadata
 from .core.metrics import WorkerMetrics
 from .core.model import ModelWatcher, SessionFactory
@@ -218,46 +220,57 @@ class _Lag:
 
 
 async def guard_redis_state(s: Settings, buffers: RedisBuffers, proc: Processor, poll_s: float = 5.0) -> None:
-    """Keep Redis' state marker honest (:data:`attnrec.stream.core.buffer.STATE_KEY`). Missing at a fresh
-    start (the group has committed nothing) it is created, and so it is when Redis holds users'
-    buffers without it (written by a version from before the marker); missing while the group
-    has committed offsets and Redis holds no buffers at all (they were lost) the worker reports
-    it and stays paused until the data is restored, unless ``ATTNREC_REDIS_EMPTY_OK`` (then it
-    starts over)."""
+    """Keep Redis' state honest (:mod:`attnrec.stream.core.groups`). The state marker (one Redis:
+    ``attnrec:state``; a Redis Cluster: one per slot, a spread of them checked) missing at a
+    fresh start (the group has committed nothing) is created, and so it is when Redis holds
+    users' buffers but no marker at all (written by a version from before the marker); missing
+    while the group has committed offsets (the buffers were lost: all of them, or a cluster
+    master's) the worker reports it and stays paused until the data is restored, unless
+    ``ATTNREC_REDIS_EMPTY_OK`` (then it starts over). A batch refused because Redis lost writes
+    it had acknowledged (:class:`~attnrec.errors.LostWritesError`) is reported with every group
+    affected and the offsets to replay from; the worker stays paused (restarting it accepts the
+    loss). Checked every ``poll_s`` seconds, and at once when a batch was refused."""
     from attnrec.kafka_util import committed_offsets
 
     loop = asyncio.get_running_loop()
-    reported = False
+    reported = ""
     while True:
+        lost_msg = state_msg = ""
         try:
-            if await buffers.has_state():
-                if reported:
-                    log.warning("Redis holds attnrec's state again: batches resume")
-                proc.state_error, reported = None, False
-            else:
+            if buffers.lost and (lost := await buffers.audit()):
+                lost_msg = lost_writes_message(lost)
+            present, checked = await buffers.state_markers() if not lost_msg else (1, 1)
+            if present < checked:
                 done = await loop.run_in_executor(None, committed_offsets, s, s.group_id, s.clicks_topic)
                 why = None
                 if not any(done.values()):
                     why = "a fresh start"
                 elif s.redis_empty_ok:
                     why = "ATTNREC_REDIS_EMPTY_OK"
-                elif await buffers.has_buffers():  # written by a version from before the marker
+                elif present == 0 and await buffers.has_buffers():  # written by a version from before the marker
                     why = "buffers from before the state marker (an upgrade)"
                 if why is not None:
                     await buffers.mark_state(why)
                     log.info("Redis had no attnrec state: marked it (%s)", why)
                     continue
-                proc.state_error = STATE_LOST
-                proc.metrics.state_lost.set(1)
-                if not reported:
-                    log.error("%s", STATE_LOST)
-                    reported = True
-            proc.metrics.state_lost.set(1 if proc.state_error else 0)
+                state_msg = STATE_LOST if present == 0 else (
+                    f"{STATE_LOST} ({checked - present} of the {checked} Redis Cluster slots checked have no state "
+                    "marker: a master failed over to a replica without its data?)")
+            proc.metrics.lost_writes.set(1 if lost_msg else 0)
+            proc.metrics.state_lost.set(1 if state_msg else 0)
+            error = lost_msg or state_msg
+            if error and error != reported:
+                log.error("%s", error)
+            elif reported and not error:
+                log.warning("Redis holds attnrec's state again: batches resume")
+            proc.state_error, reported = error or None, error
         except AttnrecError as exc:
-            log.warning("cannot check Redis' state marker: %s", exc)
+            log.warning("cannot check Redis' state: %s", exc)
         except Exception as exc:  # kafka admin trouble: look again later
             log.warning("cannot read the group's committed offsets: %s: %s", type(exc).__name__, exc)
-        await asyncio.sleep(poll_s)
+        buffers.trouble.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(buffers.trouble.wait(), poll_s)
 
 
 def create_app(settings: Settings, *, session_factory: SessionFactory | None = None) -> faust.App:
@@ -276,7 +289,8 @@ def create_app(settings: Settings, *, session_factory: SessionFactory | None = N
         session_factory=session_factory,
     )
     buffers = RedisBuffers(
-        redis_client(s), max_len=s.buffer_len, ttl_s=s.buffer_ttl_s, dedupe_window=s.dedupe_window
+        redis_client(s), max_len=s.buffer_len, ttl_s=s.buffer_ttl_s, dedupe_window=s.dedupe_window,
+        wait_replicas=s.redis_wait_replicas, wait_timeout_ms=s.redis_wait_timeout_ms,
     )
     stages = build_stages(s, buffers.r, metrics, watcher)
     proc = Processor(s, buffers, metrics, watcher, stages, make_output(s, metrics))

@@ -33,6 +33,26 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
         st.down()
 
 
+@pytest.fixture(scope="module")
+def cluster_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A 3-broker Kafka cluster (replication 3, min.insync.replicas 2) and a Redis Cluster (3
+    masters, 3 replicas), on free ports, for the tests that need one: started by the first test
+    of a module that uses it, killed after the module's last (it holds ~1.5 GB)."""
+    from attnrec.apps.stack import LocalStack, free_port
+
+    st = LocalStack(tmp_path_factory.mktemp("cluster"), kafka_port=free_port(), controller_port=free_port(),
+                    redis_port=free_port(), brokers=3, kafka_ports=tuple(free_port() for _ in range(3)),
+                    controller_ports=tuple(free_port() for _ in range(3)), redis_cluster=True,
+                    redis_cluster_ports=tuple(free_port() for _ in range(6)),
+                    redis_cluster_bus_ports=tuple(free_port() for _ in range(6)), kafka_heap="384m",
+                    kafka_jit="quick")  # fmt: skip
+    st.up()
+    try:
+        yield st
+    finally:
+        st.down(kill=True)
+
+
 @pytest.fixture
 def names() -> dict[str, str]:
     """Unique topic and group names for one test."""

@@ -85,7 +85,8 @@ def wait_applied(r: redis.Redis, want: dict[str, int], timeout: float) -> float:
                 p.llen(user_keys(u)[0])
             if all(n >= want[u] for u, n in zip(users, p.execute(), strict=True)):
                 return time.time()
-        except redis.exceptions.ConnectionError:
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.ClusterError,
+                redis.exceptions.RedisClusterException):  # Redis restarting, a cluster's slots moving
             pass
         if time.monotonic() > deadline:
             return -1.0

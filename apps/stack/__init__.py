@@ -1,8 +1,10 @@
-"""``attnrec stack``: single-node Apache Kafka (KRaft) and Redis as background processes.
+"""``attnrec stack``: Apache Kafka (KRaft) and Redis as background processes on loopback, one
+of each or, with ``--brokers 3 --redis-cluster``, a 3-broker Kafka cluster and a Redis Cluster.
 
-- :mod:`.local` — :class:`LocalStack` (both servers under one root), ``attnrec stack up|down|status``;
-- :mod:`.kafka_broker` — the broker: its jars, configuration, listeners, start and stop;
+- :mod:`.local` — :class:`LocalStack` (all servers under one root), ``attnrec stack up|down|status``;
+- :mod:`.kafka_broker` — the brokers: their jars, configuration, listeners, start, stop, pause;
 - :mod:`.redis_server` — Redis with AOF on;
+- :mod:`.redis_cluster` — the Redis Cluster: six nodes, who is master of what;
 - :mod:`.processes` — free ports, pid files, stopping a server;
 - :mod:`.settings` — :class:`StackSettings`, the local stack's ports and paths.
 """

@@ -1,24 +1,31 @@
-"""The local stack's Kafka: one broker in KRaft mode (its own controller), its jars resolved
-from Maven Central with ``deploy/kafka/pom.xml`` (or taken from ``$KAFKA_HOME/libs``), with
-optional SASL_PLAINTEXT and SASL_SSL listeners beside the PLAINTEXT one."""
+"""The local stack's Kafka in KRaft mode, its jars resolved from Maven Central with
+``deploy/kafka/pom.xml`` (or taken from ``$KAFKA_HOME/libs``): one broker that is its own
+controller, with optional SASL_PLAINTEXT and SASL_SSL listeners beside the PLAINTEXT one; or
+a cluster of ``brokers`` nodes, each broker and controller (a quorum of all of them), with the
+replication a production cluster has: topics at replication factor 3 (``default.replication
+.factor``), ``min.insync.replicas=2``, the offsets and transaction state logs replicated 3
+times. Each node can be stopped, killed, paused and started on its own (the fault tests)."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import logging
+import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 import uuid
 from pathlib import Path
+from typing import NamedTuple
 
 from attnrec.errors import ConfigError, StackError
 
 from .processes import REPO_ROOT, Processes, pid_alive, port_open
 
-__all__ = ["KafkaBroker"]
+__all__ = ["KafkaBroker", "KafkaNode"]
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +33,24 @@ _POM = REPO_ROOT / "deploy" / "kafka" / "pom.xml"
 _LOG4J = REPO_ROOT / "deploy" / "kafka" / "log4j2.xml"
 
 
+class KafkaNode(NamedTuple):
+    """One broker of the local Kafka: its node id, its name (pid file, data directory, log) and
+    its two ports."""
+
+    node_id: int
+    name: str
+    port: int
+    controller_port: int
+
+
 class KafkaBroker(Processes):
     """The Kafka half of :class:`~attnrec.apps.stack.local.LocalStack` (its fields are there)."""
 
     kafka_port: int
     controller_port: int
+    brokers: int
+    kafka_ports: tuple[int, ...]
+    controller_ports: tuple[int, ...]
     kafka_home: Path | None
     kafka_libs: Path
     kafka_heap: str
@@ -42,12 +62,30 @@ class KafkaBroker(Processes):
     ssl_keystore: Path | None
 
     @property
+    def kafka_nodes(self) -> list[KafkaNode]:
+        """The brokers: ``kafka`` alone, or ``kafka-1`` .. ``kafka-N`` on ``kafka_ports`` /
+        ``controller_ports`` (default: ``kafka_port`` and ``controller_port`` + 2 per node)."""
+        if self.brokers == 1:
+            return [KafkaNode(1, "kafka", self.kafka_port, self.controller_port)]
+        ports = self.kafka_ports or tuple(self.kafka_port + 2 * i for i in range(self.brokers))
+        cports = self.controller_ports or tuple(self.controller_port + 2 * i for i in range(self.brokers))
+        if len(ports) != self.brokers or len(cports) != self.brokers:
+            raise ConfigError(f"{self.brokers} brokers need {self.brokers} broker and controller ports")
+        return [KafkaNode(i + 1, f"kafka-{i + 1}", ports[i], cports[i]) for i in range(self.brokers)]
+
+    def kafka_node(self, node_id: int) -> KafkaNode:
+        for n in self.kafka_nodes:
+            if n.node_id == node_id:
+                return n
+        raise ConfigError(f"no broker with node id {node_id}")
+
+    @property
     def kafka_dir(self) -> Path:
         return self.root / "kafka"
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.kafka_port}"
+        return ",".join(f"127.0.0.1:{n.port}" for n in self.kafka_nodes)
 
     @property
     def sasl_bootstrap(self) -> str:
@@ -133,18 +171,44 @@ class KafkaBroker(Processes):
             ]
         return lines
 
-    def _write_kafka_config(self) -> Path:
-        self.kafka_dir.mkdir(parents=True, exist_ok=True)
-        props = self.kafka_dir / "server.properties"
-        data = self.kafka_dir / "data"
-        listeners = [f"PLAINTEXT://127.0.0.1:{self.kafka_port}"]
+    def _replication_lines(self) -> list[str]:
+        """Replication of the internal topics, and of new topics by default: none on one
+        broker; on a cluster what production runs (3 copies, 2 in sync to acknowledge)."""
+        rf = min(3, self.brokers)
+        isr = 1 if rf == 1 else 2
+        return [
+            f"default.replication.factor={rf}",
+            f"min.insync.replicas={isr}",
+            f"offsets.topic.replication.factor={rf}",
+            f"transaction.state.log.replication.factor={rf}",
+            f"transaction.state.log.min.isr={isr}",
+            f"share.coordinator.state.topic.replication.factor={rf}",
+            f"share.coordinator.state.topic.min.isr={isr}",
+        ]
+
+    def _cluster_id(self) -> str:
+        """The KRaft cluster id every node's storage is formatted with (made once, kept)."""
+        path = self.root / "kafka-cluster-id"
+        if not path.exists():
+            path.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
+        return path.read_text().strip()
+
+    def _write_kafka_config(self, node: KafkaNode) -> Path:
+        ndir = self.root / node.name
+        ndir.mkdir(parents=True, exist_ok=True)
+        props = ndir / "server.properties"
+        data = ndir / "data"
+        listeners = [f"PLAINTEXT://127.0.0.1:{node.port}"]
         protocols = ["PLAINTEXT:PLAINTEXT", "CONTROLLER:PLAINTEXT"]
+        if self.brokers > 1 and (self.sasl_port is not None or self.sasl_ssl_port is not None):
+            raise ConfigError("SASL listeners are for the single-broker stack")
         if self.sasl_port is not None:
             listeners.append(f"SASL_PLAINTEXT://127.0.0.1:{self.sasl_port}")
             protocols.append("SASL_PLAINTEXT:SASL_PLAINTEXT")
         if self.sasl_ssl_port is not None:
             listeners.append(f"SASL_SSL://127.0.0.1:{self.sasl_ssl_port}")
             protocols.append("SASL_SSL:SASL_SSL")
+        voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.kafka_nodes)
         props.touch(mode=0o600)  # may hold SASL passwords
         props.chmod(0o600)
         props.write_text(
@@ -152,21 +216,17 @@ class KafkaBroker(Processes):
                 [
                     "# generated by attnrec stack; edits are overwritten",
                     "process.roles=broker,controller",
-                    "node.id=1",
-                    f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
-                    f"listeners={','.join(listeners)},CONTROLLER://127.0.0.1:{self.controller_port}",
+                    f"node.id={node.node_id}",
+                    f"controller.quorum.voters={voters}",
+                    f"listeners={','.join(listeners)},CONTROLLER://127.0.0.1:{node.controller_port}",
                     f"advertised.listeners={','.join(listeners)}",
                     "controller.listener.names=CONTROLLER",
                     "inter.broker.listener.name=PLAINTEXT",
                     f"listener.security.protocol.map={','.join(protocols)}",
                     f"log.dirs={data}",
                     "num.partitions=8",
-                    "offsets.topic.replication.factor=1",
                     "offsets.topic.num.partitions=8",
-                    "transaction.state.log.replication.factor=1",
-                    "transaction.state.log.min.isr=1",
-                    "share.coordinator.state.topic.replication.factor=1",
-                    "share.coordinator.state.topic.min.isr=1",
+                    *self._replication_lines(),
                     "group.initial.rebalance.delay.ms=0",
                     "auto.create.topics.enable=true",
                     "log.retention.hours=168",
@@ -177,8 +237,8 @@ class KafkaBroker(Processes):
             )
         )
         if not (data / "meta.properties").exists():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-            cmd = self._java() + ["kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", f"--config={props}"]
+            cmd = self._java(node.name) + ["kafka.tools.StorageTool", "format", f"--cluster-id={self._cluster_id()}",
+                                           f"--config={props}"]  # fmt: skip
             if self._sasl_listener_names():
                 for mech in self.sasl_mechanisms:
                     if mech.startswith("SCRAM"):
@@ -189,11 +249,12 @@ class KafkaBroker(Processes):
                 raise StackError(f"kafka storage format failed: {r.stdout[-1500:]}{r.stderr[-1500:]}")
         return props
 
-    def _java(self) -> list[str]:
+    def _java(self, name: str = "kafka") -> list[str]:
         return [
             "java",
             "-Xms128m",
             f"-Xmx{self.kafka_heap}",
+            f"-Dattnrec.node={name}",  # tells the nodes' processes apart (pid checks)
             "-XX:+UseG1GC",
             # quick: C1 only, a faster start for the test suite's many short-lived stacks; the
             # broker then costs ~2x the CPU per request, so a benchmark runs the full JIT
@@ -204,43 +265,86 @@ class KafkaBroker(Processes):
         ]
 
     def start_kafka(self, timeout: float = 90.0) -> None:
-        if self.kafka_running():
+        """Start every broker that is not running and wait until the cluster answers with all
+        of them."""
+        nodes = [n for n in self.kafka_nodes if not self.broker_running(n.node_id)]
+        if not nodes:
             return
-        if port_open(self.kafka_port):
-            raise StackError(f"port {self.kafka_port} is taken by another process; set ATTNREC_KAFKA_PORT")
+        for n in nodes:
+            if port_open(n.port):
+                raise StackError(f"port {n.port} is taken by another process; set ATTNREC_KAFKA_PORT")
         for extra in (self.sasl_port, self.sasl_ssl_port):
             if extra is not None and port_open(extra):
                 raise StackError(f"SASL port {extra} is taken by another process")
-        props = self._write_kafka_config()
-        logf = open(self.root / "kafka.log", "ab")
+        procs = [(n, self._spawn_broker(n)) for n in nodes]  # a quorum needs its voters up together
+        deadline = time.monotonic() + timeout
+        for n, proc in procs:
+            self._wait_kafka(n, proc, deadline)
+        if self.brokers > 1:
+            self._wait_brokers(deadline)
+        for n, proc in procs:
+            log.info("kafka %s up on 127.0.0.1:%d (pid %d)", n.name, n.port, proc.pid)
+
+    def start_broker(self, node_id: int, timeout: float = 120.0) -> None:
+        """Start one broker of the cluster again (after :meth:`stop_broker`)."""
+        n = self.kafka_node(node_id)
+        if self.broker_running(node_id):
+            return
+        deadline = time.monotonic() + timeout
+        self._wait_kafka(n, self._spawn_broker(n), deadline)
+        if self.brokers > 1:
+            self._wait_brokers(deadline)
+        log.info("kafka %s up again on 127.0.0.1:%d", n.name, n.port)
+
+    def _spawn_broker(self, n: KafkaNode) -> subprocess.Popen[bytes]:
+        props = self._write_kafka_config(n)
+        logf = open(self.root / f"{n.name}.log", "ab")
         proc = subprocess.Popen(
-            self._java() + ["kafka.Kafka", str(props)],
+            self._java(n.name) + ["kafka.Kafka", str(props)],
             stdout=logf,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-        self._procs["kafka"] = proc
-        self._pidfile("kafka").write_text(str(proc.pid))
-        self._wait_kafka(proc, timeout)
-        log.info("kafka up on %s (pid %d)", self.bootstrap, proc.pid)
+        self._procs[n.name] = proc
+        self._pidfile(n.name).write_text(str(proc.pid))
+        return proc
 
-    def _wait_kafka(self, proc: subprocess.Popen[bytes], timeout: float) -> None:
-        deadline = time.monotonic() + timeout
+    def _wait_kafka(self, n: KafkaNode, proc: subprocess.Popen[bytes], deadline: float) -> None:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                tail = (self.root / "kafka.log").read_text(errors="replace")[-3000:]
-                raise StackError(f"kafka exited with {proc.returncode}; log tail:\n{tail}")
-            if port_open(self.kafka_port) and self._kafka_answers():
+                tail = (self.root / f"{n.name}.log").read_text(errors="replace")[-3000:]
+                raise StackError(f"kafka {n.name} exited with {proc.returncode}; log tail:\n{tail}")
+            if port_open(n.port) and self._kafka_answers(f"127.0.0.1:{n.port}"):
                 return
             time.sleep(0.5)
-        raise StackError(f"kafka did not answer on {self.bootstrap} within {timeout:.0f}s; see {self.root / 'kafka.log'}")
+        raise StackError(f"kafka {n.name} did not answer on 127.0.0.1:{n.port} in time; see {self.root / (n.name + '.log')}")
 
-    def _kafka_answers(self) -> bool:
+    def _wait_brokers(self, deadline: float) -> None:
+        """Until the cluster's metadata lists every broker (a node answers before it has joined)."""
+        from kafka import KafkaAdminClient
+
+        want = {n.node_id for n in self.kafka_nodes}
+        got: set[int] = set()
+        while time.monotonic() < deadline:
+            try:
+                admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=3000)
+                try:
+                    got = {int(b.get("broker_id", b.get("node_id", -1))) for b in admin.describe_cluster()["brokers"]}
+                finally:
+                    admin.close()
+                if got >= want:
+                    return
+            except Exception:  # a node still starting
+                pass
+            time.sleep(0.5)
+        raise StackError(f"the Kafka cluster lists brokers {sorted(got)}, not {sorted(want)}")
+
+    def _kafka_answers(self, bootstrap: str | None = None) -> bool:
         from kafka import KafkaAdminClient
 
         try:
-            admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=3000)
+            admin = KafkaAdminClient(bootstrap_servers=bootstrap or self.bootstrap, request_timeout_ms=3000)
         except Exception:  # broker still starting
             return False
         try:
@@ -251,10 +355,35 @@ class KafkaBroker(Processes):
         finally:
             admin.close()
 
+    def _broker_marker(self, name: str) -> str:
+        return f"-Dattnrec.node={name} " if self.brokers > 1 else "kafka.Kafka"
+
+    def broker_running(self, node_id: int) -> bool:
+        name = self.kafka_node(node_id).name
+        pid = self._read_pid(name)
+        return pid is not None and pid_alive(pid, self._broker_marker(name))
+
     def kafka_running(self) -> bool:
-        pid = self._read_pid("kafka")
-        return pid is not None and pid_alive(pid, "kafka.Kafka")
+        return all(self.broker_running(n.node_id) for n in self.kafka_nodes)
 
     def stop_kafka(self, *, kill: bool = False, timeout: float = 30.0) -> None:
-        self._stop("kafka", "kafka.Kafka", kill=kill, timeout=timeout)
+        """Stop every broker, all at once: a cluster's last broker stopped alone would wait for
+        a controller quorum that is gone."""
+        from concurrent.futures import ThreadPoolExecutor
 
+        with ThreadPoolExecutor(len(self.kafka_nodes)) as pool:
+            for f in [pool.submit(self.stop_broker, n.node_id, kill=kill, timeout=timeout) for n in self.kafka_nodes]:
+                f.result()
+
+    def stop_broker(self, node_id: int, *, kill: bool = False, timeout: float = 30.0) -> None:
+        """SIGTERM (or, ``kill``, SIGKILL) one broker and wait until it is gone."""
+        name = self.kafka_node(node_id).name
+        self._stop(name, self._broker_marker(name), kill=kill, timeout=timeout)
+
+    def pause_broker(self, node_id: int, pause: bool = True) -> None:
+        """SIGSTOP (``pause``) or SIGCONT one broker: a broker that stops answering without
+        closing its connections (a long GC pause, a frozen VM)."""
+        pid = self._read_pid(self.kafka_node(node_id).name)
+        if pid is None:
+            raise StackError(f"broker {node_id} is not running")
+        os.kill(pid, signal.SIGSTOP if pause else signal.SIGCONT)

@@ -27,6 +27,9 @@ class StackSettings(Settings):
     kafka_jit: Literal["full", "quick"] = Field(
         "full", description="ATTNREC_KAFKA_JIT: full: the JVM's optimising compiler, as a production broker runs (what the benchmark measures); quick: the first tier only, a faster start and ~2x the broker's CPU per request (the test suite's stacks; attnrec demo's default)"
     )
+    brokers: int = Field(1, ge=1, le=9, description="ATTNREC_BROKERS: local Kafka brokers; more than one is a KRaft cluster (each node broker and controller, on KAFKA_PORT and KAFKA_CONTROLLER_PORT + 2 per node) with topics at replication factor 3 and min.insync.replicas=2")
+    redis_cluster: bool = Field(False, description="ATTNREC_REDIS_CLUSTER: a local Redis Cluster of 3 masters and 3 replicas (on REDIS_PORT + 0..5, buses + 10000) instead of one Redis")
+    kafka_heap: str | None = Field(None, pattern=r"^[0-9]+[kmgKMG]$", description="ATTNREC_KAFKA_HEAP: maximum heap of each local broker (-Xmx; default 768m for one broker, 512m each in a cluster)")
     kafka_home: Path | None = Field(None, description="ATTNREC_KAFKA_HOME (or KAFKA_HOME): use an installed Kafka")
     kafka_libs: Path = Field(
         Path.home() / ".cache" / "attnrec" / "kafka-libs", description="ATTNREC_KAFKA_LIBS: where Maven puts the Kafka jars the stack runs"

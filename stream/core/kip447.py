@@ -251,7 +251,13 @@ class TransactionalProducer(AIOKafkaProducer):  # type: ignore[misc]
         client = self.client
         while True:
             node_id = await self._sender._find_coordinator(CoordinationType.GROUP, group_id)
-            resp = await client.send(node_id, OffsetFetchRequestStable(group_id, topic, partitions))
+            try:
+                resp = await client.send(node_id, OffsetFetchRequestStable(group_id, topic, partitions))
+            except (Errors.KafkaConnectionError, Errors.NodeNotReadyError, Errors.RequestTimedOutError):
+                # the coordinator's broker is gone (killed, partitioned away): forget it, so the
+                # next attempt asks the cluster for the group's new coordinator
+                self._sender._coordinator_dead(CoordinationType.GROUP)
+                raise
             out: dict[int, int] = {}
             codes = [resp.error_code] if resp.error_code else []
             for _, parts, _ in resp.topics:

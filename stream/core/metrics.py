@@ -28,6 +28,8 @@ class WorkerMetrics:
         self.retries = Counter("attnrec_batch_retries_total", "Batch attempts that failed and were retried", ["kind"], registry=r)
         self.state_lost = Gauge("attnrec_redis_state_lost", "1 while Redis holds none of attnrec's state (paused)",
                                 registry=r)
+        self.lost_writes = Gauge("attnrec_redis_lost_writes", "1 while Redis no longer holds writes it acknowledged to "
+                                 "this worker (a failover that lost them: paused until replayed or accepted)", registry=r)
         self.fenced = Counter("attnrec_producers_fenced_total",
                               "Transactions refused because the group moved on from this worker (KIP-447) or the broker "
                               "timed the producer out: aborted, and redone without what is no longer this worker's",

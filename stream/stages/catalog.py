@@ -28,6 +28,7 @@ import redis.asyncio as aioredis
 
 from attnrec.errors import InvalidEventError, TransientError
 from attnrec.events import CatalogEvent, parse_catalog_event
+from attnrec.redis_util import is_cluster
 from attnrec.settings import Settings
 
 from ..core.buffer import redis_errors
@@ -96,6 +97,7 @@ class CatalogStore:
 
     def __init__(self, client: aioredis.Redis) -> None:
         self.r = client
+        self.cluster = is_cluster(client)
         self._script = client.register_script(APPLY_CATALOG_LUA)
         self.view = Availability()
 
@@ -120,7 +122,10 @@ class CatalogStore:
             ver = int(await self.r.get(CATALOG_KEYS[4]) or 0)
             if ver == self.view.version:
                 return False
-            async with self.r.pipeline(transaction=True) as p:
+            # one Redis: MULTI. A Redis Cluster (one slot: {catalog}): a plain pipeline, since
+            # redis-py's cluster transactions fail on these replies; the version is read first, so
+            # a write landing in between shows as a newer version at the next refresh, re-read then
+            async with self.r.pipeline(transaction=not self.cluster) as p:
                 p.get(CATALOG_KEYS[4]).smembers(CATALOG_KEYS[1]).hgetall(CATALOG_KEYS[2]).hgetall(CATALOG_KEYS[3])
                 ver_b, unavail, cats, rooms = await p.execute()
         self.view = Availability(int(ver_b or 0), frozenset(x.decode() for x in unavail),

@@ -3,23 +3,31 @@ the stream itself in Redis (shared by the workers), the cold-start fallback.
 
 Each batch adds its events to the current time bucket of each scope — ``all`` (the whole
 catalogue) and ``room:<room_id>`` for events with a ``context.room_id`` — as a sorted set per
-bucket (``{trend:<scope>}:<bucket>``, one hash tag per scope, expiring after the window);
-reading a scope is one script call (ZUNIONSTORE of the window's buckets, the top of it). Purchases and gifts weigh more than
-views; impressions and skips count nothing. A batch that is retried counts twice: trending is
-a popularity estimate, not an exactly-once ledger.
+bucket, expiring after the window. A scope's keys share a hash tag, so one script call (one
+Redis Cluster slot) writes a scope, and one reads it: the union of the window's buckets, kept a
+second (``{...}:top:<bucket>``) so that every worker's once-a-second read costs Redis one union
+per second, not one per worker. On a Redis Cluster the whole catalogue, which every event
+touches, is spread over :data:`SHARDS` shards by item (``{trend:all:<shard>}:<bucket>``; the top
+of ``all`` is the best of the shards' tops, exactly), so its writes and unions are spread over
+the masters; on one Redis it is one key per bucket (``{trend:all}:<bucket>``), like a room
+(``{trend:room:<room_id>}:<bucket>``). Purchases and gifts weigh more than views; impressions
+and skips count nothing. A batch that is retried counts twice: trending is a popularity
+estimate, not an exactly-once ledger.
 
 Time is the stream's: the window ends at the newest event time seen (an event stamped ahead of
 the wall clock, clock skew, does not move it). The top list is re-read once a second and as soon
-as the stream's time enters a new bucket, so a log replayed faster than it happened (a day in
-minutes) still sees the trending of its own moment, not of a second of wall time earlier.
+as the stream's time enters a new bucket (whose union is a new one, never the kept one), so a
+log replayed faster than it happened (a day in minutes) still sees the trending of its own
+moment, not of a second of wall time earlier.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import time
-import uuid
+import zlib
 from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
@@ -28,11 +36,12 @@ import redis.asyncio as aioredis
 
 from attnrec.errors import TransientError
 from attnrec.events import ClickEvent
+from attnrec.redis_util import eval_calls, is_cluster
 
 from ..core.buffer import redis_errors
 from ..core.stage import Batch, Stage
 
-__all__ = ["TYPE_WEIGHT", "BUCKETS", "Counts", "Trending", "bucket_counts", "TrendingStage"]
+__all__ = ["TYPE_WEIGHT", "BUCKETS", "SHARDS", "Counts", "Trending", "bucket_counts", "shard_of", "TrendingStage"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +49,15 @@ log = logging.getLogger(__name__)
 TYPE_WEIGHT = {"view": 1.0, "click": 1.0, "other": 1.0, "like": 1.5, "share": 1.5, "cart": 2.0, "purchase": 3.0, "gift": 3.0}
 #: Buckets per window.
 BUCKETS = 30
+#: Shards of the whole-catalogue scope ``all`` (by item): its keys spread over this many slots.
+SHARDS = 16
+#: How long a scope's union of the window stays (ms): the workers' reads within it share it.
+TOP_CACHE_MS = 1000
+
+
+def shard_of(item_id: str) -> int:
+    """The ``all`` shard an item's counts live in (a stable hash of its id)."""
+    return zlib.crc32(item_id.encode()) % SHARDS
 
 
 class Counts:
@@ -98,13 +116,15 @@ end
 return #KEYS
 """
 
-# KEYS: the window's bucket keys, then a scratch key; ARGV: n. The n best (member, score) pairs.
+# KEYS: the window's bucket keys, then the union's key; ARGV: n, how long the union is kept (ms).
+# The n best (member, score) pairs of the window, from the union another call made if it is there.
 TOP_LUA = """
-local tmp = KEYS[#KEYS]
-redis.call('ZUNIONSTORE', tmp, #KEYS - 1, unpack(KEYS, 1, #KEYS - 1))
-local r = redis.call('ZREVRANGE', tmp, 0, tonumber(ARGV[1]) - 1, 'WITHSCORES')
-redis.call('DEL', tmp)
-return r
+local top = KEYS[#KEYS]
+if redis.call('EXISTS', top) == 0 then
+  redis.call('ZUNIONSTORE', top, #KEYS - 1, unpack(KEYS, 1, #KEYS - 1))
+  redis.call('PEXPIRE', top, tonumber(ARGV[2]))
+end
+return redis.call('ZREVRANGE', top, 0, tonumber(ARGV[1]) - 1, 'WITHSCORES')
 """
 
 
@@ -113,6 +133,8 @@ class Trending:
 
     def __init__(self, client: aioredis.Redis, window_s: float) -> None:
         self.r = client
+        #: shards of ``all``: :data:`SHARDS` on a Redis Cluster; one Redis keeps one key per bucket
+        self.shards = SHARDS if is_cluster(client) else 1
         self.window_ms = int(window_s * 1000)
         self.bucket_ms = max(1, self.window_ms // BUCKETS)
         self._top = client.register_script(TOP_LUA)
@@ -120,27 +142,48 @@ class Trending:
         self.latest: list[tuple[str, float]] = []  # the catalogue's top items at the last refresh
         self.now_ms = 0  # the stream's clock: the newest event time seen
 
-    def key(self, scope: str, bucket: int) -> str:
-        return "{trend:" + scope + "}:" + str(bucket)
+    def tags(self, scope: str) -> list[str]:
+        """The hash tags of a scope: ``all``'s shards (on a cluster), or the scope's one."""
+        if scope == "all" and self.shards > 1:
+            return [f"{{trend:all:{k}}}" for k in range(self.shards)]
+        return ["{trend:" + scope + "}"]
+
+    def key(self, scope: str, bucket: int, shard: int = 0) -> str:
+        """A bucket's sorted set (``shard``: of ``all``)."""
+        return self.tags(scope)[shard] + ":" + str(bucket)
 
     def counter(self) -> Counts:
         return Counts(self.bucket_ms)
 
-    async def queue(self, pipe: Any, counts: Counts) -> None:
-        """Queue ``counts``' increments on a pipeline (the caller executes it): one script call
-        per scope with the increments as flat arguments (a ZINCRBY command each took the
-        event loop ~15 µs per item to pack: a 10-15 ms stall every second at 1,000 events/s)."""
+    def calls(self, counts: Counts) -> list[tuple[list[str], list[Any]]]:
+        """``counts``' increments as ADD_LUA calls: one per scope (per shard of ``all``) with the
+        increments as flat arguments (a ZINCRBY command each took the event loop ~15 µs per item
+        to pack: a 10-15 ms stall every second at 1,000 events/s)."""
         self.now_ms = max(self.now_ms, counts.newest_ts)
         expire_s = int((self.window_ms + 2 * self.bucket_ms) / 1000) + 1
-        per_scope: dict[str, tuple[list[str], list[Any]]] = {}
+        per_tag: dict[str, tuple[list[str], list[Any]]] = {}
         for (scope, b), items in counts.by_key.items():
-            keys, args = per_scope.setdefault(scope, ([], [expire_s]))
-            keys.append(self.key(scope, b))
-            args.append(len(items))
-            for item, w in items.items():
-                args += (item, w)
-        for keys, args in per_scope.values():
-            await self._add(keys=keys, args=args, client=pipe)
+            if scope == "all" and self.shards > 1:  # spread over the shards by item
+                parts: dict[int, dict[str, float]] = defaultdict(dict)
+                for item, w in items.items():
+                    parts[shard_of(item)][item] = w
+            else:
+                parts = {0: items}
+            for shard, part in parts.items():
+                key = self.key(scope, b, shard)
+                keys, args = per_tag.setdefault(key.rpartition(":")[0], ([], [expire_s]))
+                keys.append(key)
+                args.append(len(part))
+                for item, w in part.items():
+                    args += (item, w)
+        return list(per_tag.values())
+
+    async def write(self, counts: Counts) -> None:
+        """Write ``counts`` (one pipeline: a round trip per Redis Cluster master)."""
+        with redis_errors():
+            for res in await eval_calls(self.r, self._add.sha, ADD_LUA, self.calls(counts)):
+                if isinstance(res, BaseException):
+                    raise res
 
     async def top(self, scope: str = "all", n: int = 100, *, now_ms: int | None = None) -> list[tuple[str, float]]:
         """The ``n`` top items of ``scope`` over the window ending at ``now_ms`` (default the
@@ -148,11 +191,15 @@ class Trending:
         buckets and ranks them; only the ``n`` best come back."""
         now = now_ms if now_ms is not None else (self.now_ms or int(time.time() * 1000))
         last = now // self.bucket_ms
-        keys = [self.key(scope, b) for b in range(last - BUCKETS + 1, last + 1)]
-        keys.append(self.key(scope, -1) + f":top:{uuid.uuid4().hex}")  # the script's scratch key (same slot)
+        calls = [([f"{tag}:{b}" for b in range(last - BUCKETS + 1, last + 1)] + [f"{tag}:top:{last}"], [n, TOP_CACHE_MS])
+                 for tag in self.tags(scope)]  # fmt: skip
         with redis_errors():
-            got = await self._top(keys=keys, args=[n])
-        return [(got[i].decode(), float(got[i + 1])) for i in range(0, len(got), 2)]
+            got = await eval_calls(self.r, self._top.sha, TOP_LUA, calls)
+            for res in got:
+                if isinstance(res, BaseException):
+                    raise res
+        pairs = [(res[i].decode(), float(res[i + 1])) for res in got for i in range(0, len(res), 2)]
+        return heapq.nlargest(n, pairs, key=lambda p: (p[1], p[0]))
 
     async def refresh(self, n: int = 200) -> None:
         """Re-read :attr:`latest` (the whole catalogue's top ``n``): the worker does it once a
@@ -208,10 +255,7 @@ class TrendingStage(Stage):
         top list the next batches read."""
         counts, self._counts = self._counts, self.trending.counter()
         if counts:
-            with redis_errors():
-                async with self.trending.r.pipeline(transaction=False) as pipe:
-                    await self.trending.queue(pipe, counts)
-                    await pipe.execute()
+            await self.trending.write(counts)
         await self.trending.refresh()
         self._bucket = self.trending.now_ms // self.trending.bucket_ms
 

@@ -53,6 +53,29 @@ def scenario(stack: Any, names: dict[str, str], registry_with_model: Path, known
             stack.callback(sc.close)
 
 
+@pytest.fixture
+def cluster_scenario(cluster_stack: Any, names: dict[str, str], registry_with_model: Path, known_items: list[str],
+                     tmp_path: Path) -> Iterator[Callable[..., Scenario]]:  # fmt: skip
+    """``cluster_scenario(**settings)``: a :class:`Scenario` on the 3-broker Kafka and the Redis
+    Cluster, its topics at replication factor 3 with ``min.insync.replicas=2``. Afterwards every
+    broker and Redis node is running again and the Redis Cluster is whole (the next test's)."""
+    made: list[Scenario] = []
+
+    def make(**settings: Any) -> Scenario:
+        settings.setdefault("replication_factor", 3)
+        settings.setdefault("min_insync_replicas", 2)
+        s = settings_for(cluster_stack, names, registry_with_model, **settings)
+        ensure_topics(s)
+        made.append(Scenario(s, known_items, tmp_path))
+        return made[-1]
+
+    yield make
+    with ExitStack() as stack:
+        stack.callback(cluster_stack.heal)
+        for sc in made:
+            stack.callback(sc.close)
+
+
 
 
 @pytest.fixture

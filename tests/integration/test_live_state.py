@@ -197,9 +197,7 @@ async def test_trending_forgets_what_left_its_window(stack: Any, tmp_path: Path)
     counts.add([ClickEvent(f"o{i}", "u", f"old-{tag}", "purchase", t) for i in range(5)]
                + [ClickEvent(f"n{i}", "u", f"new-{tag}", "view", t + 50_000) for i in range(2)]
                + [ClickEvent("r", "u", f"prod-{tag}", "gift", t + 50_000, {"room_id": f"room-{tag}"})])
-    async with r.pipeline(transaction=False) as pipe:
-        await tr.queue(pipe, counts)
-        await pipe.execute()
+    await tr.write(counts)
     assert await tr.top(n=5, now_ms=t + 55_000) == [(f"old-{tag}", 15.0), (f"prod-{tag}", 3.0), (f"new-{tag}", 2.0)]
     assert await tr.top(f"room:room-{tag}", n=5, now_ms=t + 55_000) == [(f"prod-{tag}", 3.0)]
     # 65 s after the purchases they are out of the 60 s window; the views are still in

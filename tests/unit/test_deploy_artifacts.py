@@ -3,9 +3,11 @@
 Docker cannot run here, so the files are checked statically:
 
 - ``deploy/compose/docker-compose.yml`` against the Compose Specification JSON schema that
-  check-jsonschema ships (read from its package data: its CLI is not needed);
+  check-jsonschema ships (read from its package data: its CLI is not needed), and its cluster
+  override ``docker-compose.cluster.yml`` (3 brokers, a Redis Cluster of 6) alone and merged;
 - ``deploy/k8s/*.yaml`` against the Kubernetes JSON schemas vendored under
-  ``deploy/k8s/schemas/`` (from the kubernetes-validate wheel, strict flavour: unknown fields fail);
+  ``deploy/k8s/schemas/`` (from the kubernetes-validate wheel, strict flavour: unknown fields fail),
+  and the cluster overlay ``deploy/k8s/cluster/`` (its ConfigMap patch merged over the base);
 - every setting a deployed process reads (the worker's ``attnrec.settings.Settings``, and what
   the trainer's and the dashboard's classes add: not the export/gate options the trainer
   inherits from ``attnrec models``, nor the hand-run tools' classes) is set in the compose
@@ -36,7 +38,9 @@ from attnrec.settings import Settings, is_secret
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 COMPOSE = DEPLOY / "compose" / "docker-compose.yml"
+COMPOSE_CLUSTER = DEPLOY / "compose" / "docker-compose.cluster.yml"
 K8S = DEPLOY / "k8s"
+K8S_CLUSTER = K8S / "cluster"
 K8S_SCHEMAS = K8S / "schemas" / "v1.34.0"
 DOCKERFILE = DEPLOY / "docker" / "Dockerfile"
 
@@ -188,6 +192,51 @@ def test_every_setting_is_in_the_compose_environment(compose: dict[str, Any]) ->
     assert ".env" in (COMPOSE.parent / ".gitignore").read_text().split()
 
 
+def _merge(base: Any, over: Any) -> Any:
+    """docker compose's merge of an override, as far as these files need it: mappings merged
+    key by key, anything else replaced."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        return {k: _merge(base[k], v) if k in base else v for k, v in over.items()} | {
+            k: v for k, v in base.items() if k not in over}
+    return over
+
+
+def test_the_cluster_compose_override_is_a_3_broker_kafka_and_a_redis_cluster(compose: dict[str, Any]) -> None:
+    (over,) = load_yaml_docs(COMPOSE_CLUSTER)
+    merged = _merge(compose, over)
+    validator = jsonschema.Draft202012Validator(compose_schema())
+    for name, doc in (("override", over), ("merged", merged)):
+        errors = sorted(validator.iter_errors(doc), key=lambda e: list(e.path))
+        assert not errors, name + ": " + "\n".join(f"{'/'.join(map(str, e.path))}: {e.message}" for e in errors[:10])
+    svc = merged["services"]
+    brokers = {n: svc[n]["environment"] for n in ("kafka", "kafka-2", "kafka-3")}
+    voters = {b["KAFKA_CONTROLLER_QUORUM_VOTERS"] for b in brokers.values()}
+    assert voters == {"1@kafka:9093,2@kafka-2:9093,3@kafka-3:9093"}
+    assert sorted(b["KAFKA_NODE_ID"] for b in brokers.values()) == ["1", "2", "3"]
+    for b in brokers.values():
+        assert (b["KAFKA_DEFAULT_REPLICATION_FACTOR"], b["KAFKA_MIN_INSYNC_REPLICAS"]) == ("3", "2")
+        assert (b["KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR"], b["KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"]) == ("3", "2")
+        assert b["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == "3"
+    nodes = ["redis", *(f"redis-{i}" for i in range(2, 7))]
+    for n in nodes:
+        cmd = svc[n]["command"]
+        assert cmd[cmd.index("--cluster-enabled") + 1] == "yes" and cmd[cmd.index("--appendonly") + 1] == "yes", n
+    init = " ".join(svc["redis-cluster-init"]["command"])
+    assert "--cluster-replicas 1" in init and all(f"{n} " in init or f"{n};" in init for n in nodes)
+    for volume in [v.split(":")[0] for n in (*brokers, *nodes) for v in svc[n].get("volumes", [])]:
+        assert volume in merged["volumes"], f"volume {volume} is not declared"
+    # the attnrec processes: every broker, Redis Cluster nodes that exist, replicated topics
+    for name in ("worker", "trainer", "dashboard"):
+        env = svc[name]["environment"]
+        s = settings_from_env(env)
+        assert s.redis_is_cluster and (s.replication_factor, s.min_insync_replicas) == (3, 2)
+        assert {h.split(":")[0] for h in s.kafka_bootstrap.split(",")} == set(brokers)
+        from attnrec.units import parse_redis_cluster_url
+
+        assert {h for h, _ in parse_redis_cluster_url(s.redis_url).nodes} <= set(nodes)
+        assert env["ATTNREC_API_TOKEN"] == compose["x-attnrec-env"]["ATTNREC_API_TOKEN"], "the rest is the base's"
+
+
 # ----------------------------------------------------------------------------- kubernetes
 
 
@@ -315,6 +364,23 @@ def test_autoscaling_is_tied_to_consumer_lag_and_bounded_by_partitions() -> None
     data = by_kind("ConfigMap", "attnrec-config")["data"]
     assert metric["external"]["metric"]["selector"]["matchLabels"]["consumergroup"] == data["ATTNREC_GROUP_ID"]
     assert hpa["spec"]["maxReplicas"] <= int(data["ATTNREC_PARTITIONS"]), "workers beyond the partition count idle"
+
+
+def test_the_kubernetes_cluster_overlay_points_at_a_kafka_cluster_and_a_redis_cluster() -> None:
+    (k,) = load_yaml_docs(K8S_CLUSTER / "kustomization.yaml")
+    assert k["resources"] == [".."]
+    (patch,) = [load_yaml_docs(K8S_CLUSTER / p["path"])[0] for p in k["patches"]]
+    base = by_kind("ConfigMap", "attnrec-config")
+    assert (patch["kind"], patch["metadata"]["name"]) == ("ConfigMap", base["metadata"]["name"])
+    merged = {**base, "data": {**base["data"], **patch["data"]}}
+    defs = json.loads((K8S_SCHEMAS / "_definitions.json").read_text())
+    registry = Registry().with_resource(defs["$id"], Resource.from_contents(defs))
+    schema = json.loads(k8s_schema_file("v1", "ConfigMap").read_text())
+    assert not list(jsonschema.Draft202012Validator(schema, registry=registry).iter_errors(merged))
+    secret_vars = base["metadata"]["annotations"]["attnrec/secret-settings"].split()
+    s = settings_from_env({**merged["data"], **{v: "dummy" for v in secret_vars}})
+    assert s.redis_is_cluster and len(s.kafka_bootstrap.split(",")) >= 3
+    assert (s.replication_factor, s.min_insync_replicas, s.redis_wait_replicas) == (3, 2, 1)
 
 
 def test_kustomization_lists_existing_files() -> None:
