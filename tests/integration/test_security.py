@@ -233,7 +233,7 @@ def test_worker_connects_with_credentials_from_the_environment(
     if redis_acl_user is not None:  # a least-privilege ACL user instead of the default user
         redis_pw = "acl-" + secrets.token_urlsafe(18)
         _admin_redis(st).execute_command(
-            "ACL", "SETUSER", redis_acl_user, "reset", "on", f">{redis_pw}", "~{u:*", "~attnrec:state", "+@all", "-@dangerous"
+            "ACL", "SETUSER", redis_acl_user, "reset", "on", f">{redis_pw}", "~{u:*", "~{trend:*", "~{online}:*", "~{catalog}:*", "~attnrec:state*", "~attnrec:progress*", "+@all", "-@dangerous"
         )
         monkeypatch.setenv("ATTNREC_REDIS_USERNAME", redis_acl_user)
     # every secret comes from the environment (WorkerProc copies os.environ)
