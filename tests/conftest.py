@@ -14,7 +14,6 @@ REPO = Path(__file__).resolve().parents[1]
 # the stacks the tests start (and the demos and benches they run) use the JVM's first tier only:
 # a faster start for many short-lived brokers (apps/stack/kafka_broker.py)
 os.environ.setdefault("ATTNREC_KAFKA_JIT", "quick")
-os.environ.setdefault("ATTNREC_BENCH_WARM_ROUND", "false")  # the bench tests check its results, not its speed
 
 
 def data_dir() -> Path:
