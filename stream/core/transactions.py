@@ -160,9 +160,14 @@ class Transactions:
         while True:
             try:
                 offsets = await self._prepare(outs)
+                # the group's metadata as of the epochs just checked (no await in between): a
+                # rejoin after this point (a zombie resuming) moves the generation on, so the
+                # coordinator refuses this commit; read later, it would carry the new generation
+                # for parts of the old one
+                group = self.group()
                 if not offsets:
                     return  # every part void or done by the previous owner
-                await self._transaction(outs, offsets)
+                await self._transaction(outs, offsets, group)
                 self.transactions += 1
                 if self.metrics is not None:
                     self.metrics.transactions.inc()
@@ -205,7 +210,7 @@ class Transactions:
                 offsets[p] = max(end, offsets.get(p, 0))
         return offsets
 
-    async def _transaction(self, outs: Sequence[Outbox], offsets: dict[int, int]) -> None:
+    async def _transaction(self, outs: Sequence[Outbox], offsets: dict[int, int], group: GroupMetadata) -> None:
         from aiokafka import TopicPartition
 
         self._turn = (self._turn + 1) % PRODUCERS
@@ -218,7 +223,7 @@ class Transactions:
                     futures.append(await p.send(topic, value=value, key=key, headers=headers))
             self.records += len(futures)
             topic = self.s.clicks_topic
-            await p.send_offsets_to_transaction({TopicPartition(topic, q): o for q, o in offsets.items()}, self.group())
+            await p.send_offsets_to_transaction({TopicPartition(topic, q): o for q, o in offsets.items()}, group)
             await p.commit_transaction()
         except BaseException as exc:
             for f in futures:  # their errors are the transaction's: retrieved here, reported below
