@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 from attnrec.errors import ConfigError, StackError
 
 from .processes import pid_alive, port_open
-from .redis_server import RedisServer
+from .redis_server import RedisServer, server_args
 
 __all__ = ["RedisClusterNodes", "RedisNode", "ClusterRole"]
 
@@ -126,11 +126,7 @@ class RedisClusterNodes(RedisServer):
             "--cluster-config-file", "nodes.conf",
             "--cluster-node-timeout", str(self.redis_node_timeout_ms),
             "--cluster-require-full-coverage", "no",
-            "--appendonly", "yes",
-            "--appendfsync", self.redis_appendfsync,
-            "--save", "",
-            "--daemonize", "no",
-            "--protected-mode", "yes",
+            *server_args(self.redis_appendfsync),
         ]  # fmt: skip
         if self.redis_password:
             cmd += ["--requirepass", self.redis_password, "--masterauth", self.redis_password]

@@ -12,10 +12,17 @@ from attnrec.errors import ConfigError, StackError
 
 from .processes import Processes, pid_alive, port_open
 
-__all__ = ["RedisServer"]
+__all__ = ["RedisServer", "server_args"]
 
 log = logging.getLogger(__name__)
 
+
+
+def server_args(appendfsync: str) -> list[str]:
+    """What every local redis-server runs with, single or a cluster node: the AOF with the given
+    fsync policy, no RDB snapshots, in the foreground, protected mode."""
+    return ["--appendonly", "yes", "--appendfsync", appendfsync, "--save", "", "--daemonize", "no",
+            "--protected-mode", "yes"]  # fmt: skip
 
 class RedisServer(Processes):
     """The Redis half of :class:`~attnrec.apps.stack.local.LocalStack` (its fields are there)."""
@@ -52,11 +59,7 @@ class RedisServer(Processes):
             "--port", str(self.redis_port),
             "--bind", "127.0.0.1",
             "--dir", str(self.redis_dir),
-            "--appendonly", "yes",
-            "--appendfsync", self.redis_appendfsync,
-            "--save", "",
-            "--daemonize", "no",
-            "--protected-mode", "yes",
+            *server_args(self.redis_appendfsync),
         ]  # fmt: skip
         if self.redis_password:
             cmd += ["--requirepass", self.redis_password]
