@@ -63,7 +63,7 @@ def main() -> int:
     torch.set_num_threads(a.threads)
     model, config, vocab = load_checkpoint(a.model)
     ds = load_dataset(a.data, a.format, Vocab.from_dict(vocab))
-    res = {"model": a.model, "dataset": ds.name, "explanation": config["model"].get("explain", "attention"),
+    res = {"model": a.model, "dataset": ds.name, "explanation": model.cfg.explain,
            **deletion_check(model, ds, a.split, max_cases=a.max_cases, seed=a.seed)}
     text = json.dumps(res, indent=1)
     if a.json != "-":
