@@ -142,7 +142,7 @@ def _hit_intervals(hits: np.ndarray, last: np.ndarray, splits: np.ndarray, seed:
 
 @torch.no_grad()
 def deletion_check(model: AttnRec, ds: Dataset, split: str = "test", *, max_cases: int = 0, seed: int = 0,
-                   batch_size: int = 256) -> dict[str, Any]:
+                   batch_size: int = 256, past_only: bool = False) -> dict[str, Any]:
     """Is the explanation faithful on real data? For each case of ``split`` with at least two
     events in the explanation's window: the top-1 recommendation (PAD, OOV and the history
     excluded) and how much its score drops when the top-explained event is removed from the
@@ -151,12 +151,15 @@ def deletion_check(model: AttnRec, ds: Dataset, split: str = "test", *, max_case
     bootstrap interval over cases (meaningful only when the random drop is clearly above 0);
     ``difference`` = the paired difference of the two drops with its interval, and ``passes``
     when that interval lies above 0 (removing the explained event lowers the score more than
-    removing a random one). ``max_cases`` > 0 takes a seeded sample of the cases."""
+    removing a random one). ``max_cases`` > 0 takes a seeded sample of the cases. ``past_only``:
+    the newest event (the trigger, which also reaches the score outside attention, through the
+    residual) is left out of the top-explained and the random pick; cases need two earlier events."""
     from .stats import bootstrap_interval, compare, ratio_interval
 
     L = model.cfg.history_len
     rng = np.random.default_rng(seed)
-    cases = [(u, cut) for u, cut in ds.split(split) if cut >= 2]
+    cases = [(u, cut) for u, cut in ds.split(split) if cut >= 2 + past_only]
+    past = int(past_only)  # window positions at the end left out of both picks
     if max_cases and len(cases) > max_cases:
         cases = [cases[i] for i in np.sort(rng.choice(len(cases), size=max_cases, replace=False))]
     drops: dict[str, list[float]] = {"top": [], "random": [], "newest": []}
@@ -174,8 +177,8 @@ def deletion_check(model: AttnRec, ds: Dataset, split: str = "test", *, max_case
             n = len(row[0])
             nw = min(n, att.shape[1])  # events in the explanation's window
             windows.append(nw)
-            picks = {"top": n - nw + int(att[r, att.shape[1] - nw :].argmax()),
-                     "random": n - nw + int(rng.integers(nw)), "newest": n - 1}
+            picks = {"top": n - nw + int(att[r, att.shape[1] - nw : att.shape[1] - past].argmax()),
+                     "random": n - nw + int(rng.integers(nw - past)), "newest": n - 1}
             for k, pos in picks.items():
                 removed[k].append(tuple([x[:pos] + x[pos + 1 :] for x in row]))
         for k, rws in removed.items():
@@ -188,7 +191,7 @@ def deletion_check(model: AttnRec, ds: Dataset, split: str = "test", *, max_case
     top, rnd = np.asarray(drops["top"]), np.asarray(drops["random"])
     lo, hi = ratio_interval(top, rnd, seed=seed)
     diff = compare(top, rnd, seed=seed)
-    return {"split": split, "cases": len(cases), "mean_window": round(float(np.mean(windows)), 2),
+    return {"split": split, "explain": model.cfg.explain, "past_only": past_only, "cases": len(cases), "mean_window": round(float(np.mean(windows)), 2),
             "factor": round(float(top.mean() / rnd.mean()), 3) if rnd.mean() else None,
             "factor_interval": [round(lo, 3), round(hi, 3)],
             "difference": {"top_minus_random": diff["diff"], "interval": diff["interval"]},
