@@ -58,6 +58,7 @@ def build_manifest(ckpt: Checkpoint, *, top_k: int, parity: dict[str, Any], gold
         # the serving side buckets time gaps with exactly these boundaries (training/features.py)
         "gap_boundaries_ms": gap_boundaries_ms(int(cfg.get("n_gap_buckets", 0) or N_GAP_BUCKETS)),
         "event_types": list(ckpt.vocab.get("event_types", [])),
+        "explain": ckpt.model.cfg.explain,  # what the attn output (the because weights) holds (ModelConfig.explain)
         "popularity": ckpt.popularity[:200],
         "data_fingerprint": data_fp,
         "dataset": ckpt.config.get("dataset"),

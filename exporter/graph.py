@@ -9,7 +9,8 @@ The graph is the contract the worker codes against (:data:`attnrec.manifest.INPU
     -> top_items  int64   (B, K)   best first; PAD, OOV and excluded items are never among
                                    them while at least K eligible items exist
        top_scores float32 (B, K)   descending; -inf marks "no eligible item left" (drop those)
-       attn       float32 (B, L)   last-layer attention of the newest position (for `because`)
+       attn       float32 (B, L)   the newest position's attention, averaged over blocks (or the
+                                   last block's: ModelConfig.explain), for `because`
 
 Exclusion is one ScatterElements of -inf over the score row (the given indices plus PAD and
 OOV), followed by one TopK: no per-row Python loop anywhere.

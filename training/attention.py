@@ -2,8 +2,9 @@
 
 For every validation/test case whose target event has a planted cause inside the input window:
 
-- *planted hit rate*: how often the last-layer attention from the final position peaks on a
-  planted cause, against the rate of a uniformly random pick among the window's events;
+- *planted hit rate*: how often the explanation (the final position's attention, averaged over
+  blocks by default: ``ModelConfig.explain``) peaks on a planted cause, and the last block's
+  attention alone, against the rate of a uniformly random pick among the window's events;
 - *faithfulness*: the drop of the top recommendation's score when the top-attended event is
   removed from the input, against removing a random event (seeded).
 
@@ -53,18 +54,21 @@ def attention_report(model: AttnRec, ds: Dataset, causes: dict[str, tuple[str, .
     """Planted-hit rate and faithfulness over the val+test cases with a planted cause in the
     attention window (the newest ``max_len`` events; the model reads its ``history_len``)."""
     L, W = model.cfg.history_len, model.cfg.max_len
+    model.eval()
     rng = np.random.default_rng(seed)
-    cases = []
-    for u, cut in [*ds.val, *ds.test]:
+    cases, splits = [], []
+    for split, (u, cut) in [*(("val", c) for c in ds.val), *(("test", c) for c in ds.test)]:
         s = ds.users[u]
         target_id = s.event_ids[cut] if s.event_ids else None
         planted = set(causes.get(target_id, ())) if target_id else set()
         items, types, gaps, ids = _window(ds, u, cut, L)
         if planted & set(ids[-W:]):
             cases.append((u, cut, items, types, gaps, ids, planted))
+            splits.append(split)
     if not cases:
         return {"cases": 0}
     hits: list[bool] = []
+    last_block_hits: list[bool] = []
     rand_rate: list[float] = []
     last_hits: list[bool] = []
     drop_top: list[float] = []
@@ -74,7 +78,10 @@ def attention_report(model: AttnRec, ds: Dataset, causes: dict[str, tuple[str, .
     for b0 in range(0, len(cases), batch_size):
         batch = cases[b0 : b0 + batch_size]
         it, ty, ga = _tensors([(c[2], c[3], c[4]) for c in batch], L)
-        h, att = model.final_state(it, ty, ga)  # (B, d), (B, L)
+        h, att = model.final_state(it, ty, ga)  # (B, d), (B, L): the explanation `because` shows
+        blocks: list[torch.Tensor] = []
+        model(it, ty, ga, attentions=blocks)  # each block's attention (B, T, T), heads averaged
+        last = blocks[-1][:, -1, -att.shape[1]:]  # (B, W): the last block's alone ("last-block")
         scores = model.item_scores(h)  # (B, n_items)
         scores[:, :2] = -math.inf
         for r, c in enumerate(batch):
@@ -89,6 +96,7 @@ def attention_report(model: AttnRec, ds: Dataset, causes: dict[str, tuple[str, .
             window = c[5][n - nw :]
             top = n - nw + int(att[r, att.shape[1] - nw :].argmax()) if n else 0  # index into the case's events
             hits.append(c[5][top] in c[6])
+            last_block_hits.append(c[5][n - nw + int(last[r, last.shape[1] - nw :].argmax())] in c[6] if n else False)
             last_hits.append(c[5][-1] in c[6])
             rand_rate.append(len(c[6] & set(window)) / nw)
             rnd = n - nw + int(rng.integers(nw))
@@ -104,20 +112,37 @@ def attention_report(model: AttnRec, ds: Dataset, causes: dict[str, tuple[str, .
                 sc2[r, torch.tensor(ds.users[c[0]].items[: c[1]])] = -math.inf
             flips.extend((sc2.argmax(1) != best).tolist())
     return {
-        "cases": len(cases),
-        "top_attended_is_planted": float(np.mean(hits)),
+        "cases": len(cases), "explain": model.cfg.explain,
+        "top_attended_is_planted": float(np.mean(hits)), "top_attended_hits": int(np.sum(hits)),
+        "last_block_top_is_planted": float(np.mean(last_block_hits)), "last_block_top_hits": int(np.sum(last_block_hits)),
         "random_pick_is_planted": float(np.mean(rand_rate)),
         "newest_event_is_planted": float(np.mean(last_hits)),
         "score_drop_remove_top_attended": {"mean": float(np.mean(drop_top)), "median": float(np.median(drop_top))},
         "score_drop_remove_random": {"mean": float(np.mean(drop_rand)), "median": float(np.median(drop_rand))},
         "top1_changed_remove_top_attended": float(np.mean(flip_top)),
         "top1_changed_remove_random": float(np.mean(flip_rand)),
+        "by_split": _hit_intervals(np.asarray(hits, float), np.asarray(last_block_hits, float), np.asarray(splits)),
     }
+
+
+def _hit_intervals(hits: np.ndarray, last: np.ndarray, splits: np.ndarray, seed: int = 0) -> dict[str, Any]:
+    """Per split (one case per user): the explanation's and the last block's planted-hit rates
+    with 95 % bootstrap intervals over users, and their paired difference."""
+    from .stats import bootstrap_interval, compare
+
+    out = {}
+    for split in ("val", "test"):
+        a, b = hits[splits == split], last[splits == split]
+        if len(a):
+            out[split] = {"cases": len(a), "explanation": [float(a.mean()), *bootstrap_interval(a, seed=seed)],
+                          "last_block": [float(b.mean()), *bootstrap_interval(b, seed=seed)],
+                          "explanation_minus_last_block": compare(a, b, seed=seed)}
+    return out
 
 
 @torch.no_grad()
 def deletion_check(model: AttnRec, ds: Dataset, split: str = "test", *, max_cases: int = 0, seed: int = 0,
-                   batch_size: int = 256) -> dict[str, Any]:
+                   batch_size: int = 256, past_only: bool = False) -> dict[str, Any]:
     """Is the explanation faithful on real data? For each case of ``split`` with at least two
     events in the explanation's window: the top-1 recommendation (PAD, OOV and the history
     excluded) and how much its score drops when the top-explained event is removed from the
@@ -126,12 +151,15 @@ def deletion_check(model: AttnRec, ds: Dataset, split: str = "test", *, max_case
     bootstrap interval over cases (meaningful only when the random drop is clearly above 0);
     ``difference`` = the paired difference of the two drops with its interval, and ``passes``
     when that interval lies above 0 (removing the explained event lowers the score more than
-    removing a random one). ``max_cases`` > 0 takes a seeded sample of the cases."""
+    removing a random one). ``max_cases`` > 0 takes a seeded sample of the cases. ``past_only``:
+    the newest event (the trigger, which also reaches the score outside attention, through the
+    residual) is left out of the top-explained and the random pick; cases need two earlier events."""
     from .stats import bootstrap_interval, compare, ratio_interval
 
     L = model.cfg.history_len
     rng = np.random.default_rng(seed)
-    cases = [(u, cut) for u, cut in ds.split(split) if cut >= 2]
+    cases = [(u, cut) for u, cut in ds.split(split) if cut >= 2 + past_only]
+    past = int(past_only)  # window positions at the end left out of both picks
     if max_cases and len(cases) > max_cases:
         cases = [cases[i] for i in np.sort(rng.choice(len(cases), size=max_cases, replace=False))]
     drops: dict[str, list[float]] = {"top": [], "random": [], "newest": []}
@@ -149,8 +177,8 @@ def deletion_check(model: AttnRec, ds: Dataset, split: str = "test", *, max_case
             n = len(row[0])
             nw = min(n, att.shape[1])  # events in the explanation's window
             windows.append(nw)
-            picks = {"top": n - nw + int(att[r, att.shape[1] - nw :].argmax()),
-                     "random": n - nw + int(rng.integers(nw)), "newest": n - 1}
+            picks = {"top": n - nw + int(att[r, att.shape[1] - nw : att.shape[1] - past].argmax()),
+                     "random": n - nw + int(rng.integers(nw - past)), "newest": n - 1}
             for k, pos in picks.items():
                 removed[k].append(tuple([x[:pos] + x[pos + 1 :] for x in row]))
         for k, rws in removed.items():
@@ -163,7 +191,7 @@ def deletion_check(model: AttnRec, ds: Dataset, split: str = "test", *, max_case
     top, rnd = np.asarray(drops["top"]), np.asarray(drops["random"])
     lo, hi = ratio_interval(top, rnd, seed=seed)
     diff = compare(top, rnd, seed=seed)
-    return {"split": split, "cases": len(cases), "mean_window": round(float(np.mean(windows)), 2),
+    return {"split": split, "explain": model.cfg.explain, "past_only": past_only, "cases": len(cases), "mean_window": round(float(np.mean(windows)), 2),
             "factor": round(float(top.mean() / rnd.mean()), 3) if rnd.mean() else None,
             "factor_interval": [round(lo, 3), round(hi, 3)],
             "difference": {"top_minus_random": diff["diff"], "interval": diff["interval"]},

@@ -18,13 +18,16 @@ from __future__ import annotations
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
-__all__ = ["Option", "option", "options", "ConfigDict", "ModelConfig", "TrainConfig", "BLOCKS", "POSITIONS", "LOSSES",
+__all__ = ["Option", "option", "options", "ConfigDict", "ModelConfig", "TrainConfig", "BLOCKS", "POSITIONS", "EXPLAIN", "LOSSES",
            "NEGATIVES_PER", "LR_SCHEDULES", "DATA"]
 
 #: Block layouts (training/model.py's docstring).
 BLOCKS = ("pre_ln", "sasrec")
 #: Position schemes (training/model.py's docstring).
 POSITIONS = ("absolute", "relative")
+#: What the ``because`` explanation (the graphs' ``attn`` output) holds: the newest position's
+#: attention averaged over all blocks, or the last block's (training/model.py: ``_explanation``).
+EXPLAIN = ("all-blocks", "last-block")
 #: Training losses (training/train.py's docstring).
 LOSSES = ("ce", "sampled", "bce")
 #: Learning-rate schedules (training/train.py: ``lr_factor``).
@@ -109,6 +112,9 @@ class ModelConfig(ConfigDict):
     block: str = field(default="pre_ln", metadata=option(
         "transformer block layout (training/model.py)", choices=BLOCKS, unset=DATA))
     positions: str = "absolute"  # "absolute" or "relative" (cacheable; see training/model.py)
+    # the because explanation (EXPLAIN): with relative positions the first block routes a cause into
+    # later events, so the last block's attention alone found planted causes less often (docs/BENCHMARKS.md)
+    explain: str = "all-blocks"
     # item content (training/content.py); all 0 = none. Vocabulary sizes count 0 = unknown / padding.
     n_categories: int = 0
     n_brands: int = 0
@@ -125,6 +131,7 @@ class ModelConfig(ConfigDict):
         self.check_options()
         assert self.d_model % self.n_heads == 0, f"d_model={self.d_model} not divisible by n_heads={self.n_heads}"
         assert self.positions in POSITIONS, f"positions must be one of {POSITIONS}, got {self.positions!r}"
+        assert self.explain in EXPLAIN, f"explain must be one of {EXPLAIN}, got {self.explain!r}"
 
     @property
     def has_content(self) -> bool:

@@ -289,8 +289,8 @@ class AttnRec(nn.Module):
 
     def final_state(self, items: torch.Tensor, types: torch.Tensor, gaps: torch.Tensor,
                     with_cache: bool = False) -> Any:
-        """Hidden state of the newest position (B, d) and its last-layer attention over its window
-        (B, min(T, L)): averaged over heads, each row sums to 1 over non-pad keys, 0 on pads.
+        """Hidden state of the newest position (B, d) and its attention over its window (B, min(T, L)),
+        :meth:`_explanation`'s: averaged over heads, rows sum to 1 over non-pad keys, 0 on pads.
 
         The last block computes only the newest position's query and feed-forward. With
         ``with_cache`` (relative positions) also every block's keys and values of the last L-1
@@ -298,14 +298,15 @@ class AttnRec(nn.Module):
         (B,) -- what :meth:`step` needs to go on from here.
         """
         x, allowed, dist = self._embed(items, types, gaps)
-        kvs = []
+        kvs, rows = [], []  # rows: each block's attention of the newest position (B, H, min(T, L))
         for b, block in enumerate(self.blocks[:-1]):
-            x, _, k, v = block(x, allowed, bias=self._bias(b, dist))
+            x, att, k, v = block(x, allowed, bias=self._bias(b, dist))
             kvs.append((k, v))
+            rows.append(att[:, :, -1, -self.cfg.max_len:])
         x, att, k, v = self.blocks[-1](x, allowed, last_only=True, bias=self._bias(len(self.blocks) - 1, dist))
         kvs.append((k, v))
         h = self.ln_f(x[:, 0, :])  # (B, d)
-        attn = att.mean(dim=1)[:, 0, -self.cfg.max_len:]  # (B, min(T, L))
+        attn = self._explanation([*rows, att[:, :, 0, -self.cfg.max_len:]])  # (B, min(T, L))
         if not with_cache:
             return h, attn
         assert self.cfg.relative, "a key/value cache needs relative positions"
@@ -323,7 +324,7 @@ class AttnRec(nn.Module):
         ``items``/``types``/``gaps`` (B, 1): the new event; ``cache`` (B, n_blocks, 2, L-1, d): every
         block's keys and values of the previous events, oldest first, left-padded; ``n`` (B,):
         how many of the cache's slots are events. Returns the new event's hidden state (B, d), its
-        last-layer attention over its window (B, L: the cache's slots, then itself) and its keys
+        attention over its window (:meth:`_explanation`; B, L: the cache's slots, then itself), its keys
         and values (B, n_blocks, 2, d) -- the same numbers :meth:`final_state` computes from the
         whole history, for a fraction of the work.
         """
@@ -333,13 +334,18 @@ class AttnRec(nn.Module):
         slot = torch.arange(L, device=items.device)  # (L,): cache slots 0..L-2, then the new event
         allowed = (slot.unsqueeze(0) >= (L - 1) - n.unsqueeze(1)).unsqueeze(1)  # (B, 1, L)
         dist = (L - 1 - slot).unsqueeze(0)  # (1, L): the new event is at distance 0 from itself
-        new = []
-        att = x  # placeholder, replaced by the last block's attention
+        new, rows = [], []
         for b, block in enumerate(self.blocks):
             x, att, k, v = block.step(x, cache[:, b, 0], cache[:, b, 1], allowed[:, 0], self.rel_bias[b][:, dist])
             new.append(torch.stack([k, v], dim=1))  # (B, 2, d)
+            rows.append(att[:, :, 0, :])  # (B, H, L)
         h = self.ln_f(x[:, 0, :])  # (B, d)
-        return h, att.mean(dim=1)[:, 0, :], torch.stack(new, dim=1)  # (B, d), (B, L), (B, n_blocks, 2, d)
+        return h, self._explanation(rows), torch.stack(new, dim=1)  # (B, d), (B, L), (B, n_blocks, 2, d)
+
+    def _explanation(self, rows: list[torch.Tensor]) -> torch.Tensor:
+        """The newest position's attention rows of every block (B, H, W) -> the explanation (B, W):
+        heads averaged, and blocks averaged ("all-blocks") or the last block's ("last-block")."""
+        return torch.stack(rows if self.cfg.explain == "all-blocks" else rows[-1:]).mean(dim=(0, 2))
 
     def _id_keep(self, mask: torch.Tensor) -> torch.Tensor:
         """The id mask, with ``id_dropout`` of it dropped while training."""

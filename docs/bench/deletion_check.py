@@ -47,6 +47,8 @@ def main() -> int:
     c.add_argument("--max-cases", type=int, default=0)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--threads", type=int, default=1)
+    c.add_argument("--past-only", action="store_true",
+                   help="leave the newest event (the trigger) out of the explained and the random pick")
     c.add_argument("--json", default="-")
     y = sub.add_parser("yoochoose")
     y.add_argument("src")
@@ -63,8 +65,8 @@ def main() -> int:
     torch.set_num_threads(a.threads)
     model, config, vocab = load_checkpoint(a.model)
     ds = load_dataset(a.data, a.format, Vocab.from_dict(vocab))
-    res = {"model": a.model, "dataset": ds.name, "explanation": config["model"].get("explain", "attention"),
-           **deletion_check(model, ds, a.split, max_cases=a.max_cases, seed=a.seed)}
+    res = {"model": a.model, "dataset": ds.name, "explanation": model.cfg.explain,
+           **deletion_check(model, ds, a.split, max_cases=a.max_cases, seed=a.seed, past_only=a.past_only)}
     text = json.dumps(res, indent=1)
     if a.json != "-":
         Path(a.json).write_text(text + "\n")

@@ -221,3 +221,43 @@ def test_deletion_check_scores_each_removal_as_computed_by_hand(checkpoint: Path
         for key, pos in (("newest", n - 1), ("top", n - nw + int(att[att.shape[0] - nw :].argmax()))):
             sc2, _ = score([x[:pos] + x[pos + 1 :] for x in row])
             assert res["score_drop"][key]["mean"] == pytest.approx(float(sc[best] - sc2[best]), abs=2e-4), key
+
+
+def test_deletion_check_past_only_leaves_the_trigger_out_of_both_picks(checkpoint: Path, events: Path) -> None:
+    """With past_only the top-explained event is the heaviest of the earlier events (recomputed by
+    hand for one sampled case), and cases need two earlier events."""
+    import math
+
+    import torch
+    from attnrec.training.attention import deletion_check
+    from attnrec.training.checkpoint import load_checkpoint
+    from attnrec.training.data import Vocab, load_dataset
+    from attnrec.training.features import left_pad
+
+    model, _, vocab = load_checkpoint(str(checkpoint))
+    ds = load_dataset(events, "events", Vocab.from_dict(vocab))
+    cases = [(u, cut) for u, cut in ds.split("test") if cut >= 3]
+    res = deletion_check(model, ds, "test", max_cases=1, seed=5, past_only=True)
+    assert res["past_only"] and deletion_check(model, ds, "test", seed=5, past_only=True)["cases"] == len(cases)
+    (i,) = np.random.default_rng(5).choice(len(cases), size=1, replace=False)
+    u, cut = cases[int(i)]
+    s, L = ds.users[u], model.cfg.history_len
+    lo_ = max(0, cut - L)
+    row = [s.items[lo_:cut], (s.types or [0] * len(s.items))[lo_:cut], (s.gaps or [0] * len(s.items))[lo_:cut]]
+
+    def score(r: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        h, att = model.final_state(*(torch.tensor([left_pad(x, L)]) for x in r))
+        sc = model.item_scores(h)[0].clone()
+        sc[:2] = -math.inf
+        sc[torch.tensor(s.items[:cut])] = -math.inf
+        return sc, att[0]
+
+    with torch.no_grad():
+        sc, att = score(row)
+        best = int(sc.argmax())
+        n = len(row[0])
+        nw = min(n, att.shape[0])
+        pos = n - nw + int(att[att.shape[0] - nw : att.shape[0] - 1].argmax())  # the newest left out
+        assert pos < n - 1
+        sc2, _ = score([x[:pos] + x[pos + 1 :] for x in row])
+        assert res["score_drop"]["top"]["mean"] == pytest.approx(float(sc[best] - sc2[best]), abs=2e-4)

@@ -68,6 +68,25 @@ def test_scores_and_shorter_sequences_and_no_future_leak(block: str) -> None:
     torch.testing.assert_close(full[:, :-1], full2[:, :-1])
 
 
+@pytest.mark.parametrize("positions", ["absolute", "relative"])
+def test_the_explanation_is_the_newest_positions_attention_averaged_over_blocks(positions: str) -> None:
+    """``because`` reads final_state's attention: every block's row of the newest position, heads
+    and blocks averaged ("all-blocks", the default), or the last block's ("last-block")."""
+    items, types, gaps = _batch()
+    for explain in ("all-blocks", "last-block"):
+        model = _model(positions=positions, explain=explain)
+        blocks: list[torch.Tensor] = []
+        with torch.no_grad():
+            _, att = model.final_state(items, types, gaps)
+            model(items, types, gaps, attentions=blocks)
+        rows = [b[:, -1, -model.cfg.max_len:] for b in blocks]
+        want = torch.stack(rows).mean(0) if explain == "all-blocks" else rows[-1]
+        assert torch.allclose(att, want, atol=1e-6), explain
+    assert ModelConfig.from_dict({"n_items": 40}).explain == "all-blocks"
+    with pytest.raises(AssertionError, match="explain"):
+        ModelConfig(n_items=40, explain="rollout")
+
+
 def test_config_round_trip_and_padding_row() -> None:
     model = _model()
     cfg2 = ModelConfig.from_dict(model.cfg.to_dict() | {"unknown_future_key": 1})
