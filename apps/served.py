@@ -56,6 +56,22 @@ log = logging.getLogger(__name__)
 SOURCES = {"model": "attention", "trending": "trending", "static": "static"}
 
 
+class Deadline:
+    """A timeout that does not count the time this process was stopped (a run paused with
+    SIGSTOP during someone's benchmark resumes where it was): a step between two looks longer
+    than ``pause_s`` is taken for a pause and not counted."""
+
+    def __init__(self, seconds: float, pause_s: float = 5.0) -> None:
+        self.left, self.pause_s, self._t = seconds, pause_s, time.monotonic()
+
+    def passed(self) -> bool:
+        now = time.monotonic()
+        step, self._t = now - self._t, now
+        if step < self.pause_s:
+            self.left -= step
+        return self.left <= 0
+
+
 def _ends(s: Settings, topic: str) -> dict[int, int]:
     from kafka import TopicPartition
 
@@ -72,14 +88,14 @@ def _drain(s: Settings, worker: Any, timeout_s: float = 600.0) -> None:
     """Wait until the worker's group has committed every offset of the clicks topic, and its
     once-a-second totals are written."""
     ends = _ends(s, s.clicks_topic)
-    deadline = time.monotonic() + timeout_s
+    deadline = Deadline(timeout_s)
     while True:
         done = committed_offsets(s, s.group_id, s.clicks_topic)
         if all(done.get(p, 0) >= end for p, end in ends.items()):
             break
         if worker.proc.poll() is not None:
             raise AttnrecError(f"the worker exited:\n{worker.tail()}")
-        if time.monotonic() > deadline:
+        if deadline.passed():
             raise AttnrecError(f"the worker did not drain {s.clicks_topic} within {timeout_s:.0f} s: {done} of {ends}")
         time.sleep(0.2)
     time.sleep(2.5)  # the online totals and trending counts are written once a second
@@ -97,7 +113,7 @@ def _start_worker(s: Settings, home: Path, want: str | None, name: str) -> Any:
     from .bench.worker import WorkerHandle
 
     w = WorkerHandle(s, home, name=name)
-    deadline = time.monotonic() + 300
+    deadline = Deadline(300)
     while True:  # with no model /readyz stays 503: wait for the partitions instead
         if w.proc.poll() is not None:
             raise AttnrecError(f"the worker exited:\n{w.tail()}")
@@ -108,15 +124,15 @@ def _start_worker(s: Settings, home: Path, want: str | None, name: str) -> Any:
             b = {}
         if b.get("assigned_partitions") and b.get("model_version") == want:
             return w
-        if time.monotonic() > deadline:
+        if deadline.passed():
             raise AttnrecError(f"the worker was not ready within 300 s ({b}):\n{w.tail()}")
         time.sleep(0.3)
 
 
 def _await_swap(worker: Any, want: str, timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
+    deadline = Deadline(timeout_s)
     while _serving(worker) != want:
-        if time.monotonic() > deadline:
+        if deadline.passed():
             raise AttnrecError(f"the worker did not swap to {want} within {timeout_s:.0f} s:\n{worker.tail()}")
         time.sleep(0.3)
 
@@ -153,11 +169,11 @@ def _replay_rounds(s: Settings, events: Sequence[Any], tracker: Any, worker: Any
             for e in part:
                 p.send(s.clicks_topic, key=e.user_id.encode(), value=e.to_json())
             p.flush(60)
-            deadline = time.monotonic() + timeout_s
+            deadline = Deadline(timeout_s)
             while not all(e.event_id in tracker.triggers_seen for e in part):
                 if worker.proc.poll() is not None:
                     raise AttnrecError(f"the worker exited:\n{worker.tail()}")
-                if time.monotonic() > deadline:
+                if deadline.passed():
                     missing = sum(e.event_id not in tracker.triggers_seen for e in part)
                     raise AttnrecError(f"{missing} of a round's {len(part)} events got no recommendation within "
                                        f"{timeout_s:.0f} s:\n{worker.tail()}")

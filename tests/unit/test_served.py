@@ -4,6 +4,8 @@ worker in tests/integration/test_replay_check.py."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from attnrec.apps.served import MIN_COVERAGE, compare, rounds
 
 from attnrec.events import ClickEvent
@@ -45,3 +47,16 @@ def test_the_verdict_needs_every_source_within_the_tolerance_on_the_same_events(
     del missing["static"]
     assert compare(missing, OFFLINE, 1000, tolerance=0.01)["sources"]["static"] == {"missing": "online"}
     assert not compare(online(0), OFFLINE, 0, tolerance=0.01)["within"], "nothing compared is no agreement"
+
+
+def test_a_deadline_does_not_count_a_pause(monkeypatch: Any) -> None:
+    from attnrec.apps import served
+
+    now = [100.0]
+    monkeypatch.setattr(served.time, "monotonic", lambda: now[0])
+    d = served.Deadline(10.0)
+    for step in (3.0, 3.0, 600.0, 3.0):  # a 10-minute SIGSTOP between two looks
+        now[0] += step
+        assert not d.passed()
+    now[0] += 1.5
+    assert d.passed(), "10 s of running time"
