@@ -1,8 +1,13 @@
-"""The served path against the evaluation (apps/served.py): a slice of each public log replayed
+"""The served path against the evaluation (apps/served.py): a slice of a public log replayed
 through Kafka into a real worker, the periodic trainer retraining and the worker hot-swapping at
 the evaluation's cadence; the worker's online counters must agree with the prequential
-evaluation of the same events (training/prequential.py) within the stated tolerance, and the
-served models must be the ones the evaluation retrained."""
+evaluation of the same events (training/prequential.py) within the stated tolerance, on every
+next event, and the served models must be the ones the evaluation retrained.
+
+One slice of YOOCHOOSE (sessions: a third of next clicks repeat an item, so a user's events come
+close together, which the round-by-round replay must keep apart). The whole check on both public
+logs is in docs/BENCHMARKS.md (`attnrec replay-check`); a Taobao slice short enough for this
+suite scores under a hundred next events, none of them hits."""
 
 from __future__ import annotations
 
@@ -18,24 +23,21 @@ from tests.helpers import settings_for
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.parametrize(("fmt", "path", "start", "every", "end"), [
-    # four hours of YOOCHOOSE sessions (~2,700 clicks) after a prefix of ~2,900: the first model (08:00) loses to the
-    # popularity fallback, the second (10:00) is promoted and swapped in while the worker runs
-    ("yoochoose", "yoochoose-100k/yoochoose-clicks-100k_train_full.txt", "2014-04-01T08:00", "2h", "2014-04-01T12:00"),
-    # 6 minutes of Taobao (~4,300 typed events, mostly one per user): retrains each minute from minute 4
-    ("taobao", "taobao-timeslice/UserBehavior-timeslice.csv", "2017-11-26T01:04", "1m", "2017-11-26T01:06"),
-])
-def test_online_counters_agree_with_the_prequential_figures(stack: Any, tmp_path: Path, fmt: str, path: str, start: str,
-                                                             every: str, end: str) -> None:
-    s = settings_for(stack, {}, tmp_path / "registry", ReplayCheckSettings, home=tmp_path, data=data_dir() / path,
-                     data_format=fmt, preq_start=start, preq_every=every, preq_end=end, preq_epochs=5, train_threads=1,
-                     preq_resamples=100, check_json=tmp_path / "report.json")
+def test_online_counters_agree_with_the_prequential_figures(stack: Any, tmp_path: Path) -> None:
+    # an hour of YOOCHOOSE sessions (~700 clicks, ~490 next clicks scored) after a prefix of ~4,200: a first model at
+    # 10:00 (promoted over the popularity fallback), a warm-started retrain at 10:30 swapped in while the worker runs
+    s = settings_for(stack, {}, tmp_path / "registry", ReplayCheckSettings, home=tmp_path,
+                     data=data_dir() / "yoochoose-100k/yoochoose-clicks-100k_train_full.txt", data_format="yoochoose",
+                     preq_start="2014-04-01T10:00", preq_every="30m", preq_end="2014-04-01T11:00", preq_epochs=5,
+                     train_threads=1, preq_resamples=100, check_json=tmp_path / "report.json")
     report = replay_check(s)
     cmp, periods = report["comparison"], report["periods"]
     assert report["same_models"]["equal"], report["same_models"]
     assert cmp["within"], cmp
-    assert cmp["sources"]["model"]["coverage"] == 1.0, "every next event scored online, as offline"
-    assert len(periods) >= 2
+    model = cmp["sources"]["model"]
+    assert model["coverage"] == 1.0 and model["offline_pairs"] > 300, "every next event scored online, as offline"
+    assert model["hr@10"]["offline"] > 0.02, "hits to agree on"
+    assert len(periods) == 2
     # a model promoted after the first period was served by the running worker (hot swap)
     swapped = [p for p in periods[1:] if p["decision"] == "promoted"]
     assert swapped and all(p["serving"] == p["version"] for p in swapped), periods
