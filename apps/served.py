@@ -4,7 +4,9 @@ evaluation of the same events.
     attnrec replay-check --data ../shared/data/yoochoose-100k --format yoochoose \\
         --start 2014-04-05 --every 1d --json out.json
 
-What it runs, on the Kafka and Redis of the settings (``attnrec stack up`` for the local one):
+What it runs, on the Kafka and Redis of the settings (``attnrec stack up`` for the local one;
+not a Redis that serves users: the log's users' state there is cleared first, then replaced by
+the log's):
 
 1. a worker (``attnrec worker``, a subprocess; topics, consumer group and online-evaluation
    policy of its own) and the log's events before ``--start`` replayed to it in time order
@@ -235,6 +237,7 @@ def replay_check(s: ReplayCheckSettings, events: list[Any] | None = None) -> dic
 
     from ..exporter.settings import TrainerSettings
     from ..exporter.trainer import run_cycle
+    from ..stream.core.buffer import user_keys
     from ..stream.stages.trending import BUCKETS
     from ..training.prequential import Method, Stream
     from ..training.prequential_cli import _events, parse_when, run
@@ -262,12 +265,17 @@ def replay_check(s: ReplayCheckSettings, events: list[Any] | None = None) -> dic
                                        trainer_min_item_support=s.data_min_item_support, trainer_holdout=s.preq_holdout,
                                        top_k=ws.top_k)
     ensure_topics(ws)
-    # an old log's trending buckets start empty (an earlier replay of the same times left its counts)
+    # the log's users and an old log's trending buckets start empty: an earlier replay of the same log left the users'
+    # buffers and event ids (its events would be taken for retries of those, and get no recommendation) and its counts
     bucket_ms = max(1, int(ws.trending_window_s * 1000) // BUCKETS)
     r = redis_sync(ws)
     stale = [f"{{trend:all}}:{b}" for b in range(first // bucket_ms, end // bucket_ms + 1)]
     for i in range(0, len(stale), 1000):
         r.delete(*stale[i:i + 1000])
+    with r.pipeline(transaction=False) as pipe:  # a user's keys share a Redis Cluster slot
+        for u in sorted({e.user_id for e in evs}):
+            pipe.delete(*user_keys(u))
+        pipe.execute()
     bounds = list(range(start, end, every))
     served: list[dict[str, Any]] = []
     report: dict[str, Any] = {"tag": tag, "events": len(evs), "periods": served}
