@@ -373,7 +373,8 @@ def replay_check(s: ReplayCheckSettings, events: list[Any] | None = None) -> dic
 
 
 def cmd_replay_check(s: ReplayCheckSettings, args: Any) -> int:
-    """``attnrec replay-check``: the comparison on stdout (JSON); exit 1 outside the tolerance."""
+    """``attnrec replay-check``: the comparison on stdout (JSON); exit 1 outside the tolerance, or
+    when a served model is not the one the evaluation retrained."""
     report = replay_check(s)
     print(json.dumps({"comparison": report["comparison"], "same_models": report["same_models"]}, indent=1))
-    return 0 if report["comparison"]["within"] else 1
+    return 0 if report["comparison"]["within"] and report["same_models"]["equal"] else 1
