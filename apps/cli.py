@@ -32,7 +32,7 @@ from ..exporter.settings import ModelsSettings, TrainerSettings
 from ..training.settings import PrequentialSettings, TrainingSettings, option_flags
 from .bench.settings import BenchSettings
 from .dashboard.settings import DashboardSettings
-from .settings import DemoSettings, ReplaySettings
+from .settings import DemoSettings, ReplayCheckSettings, ReplaySettings
 from .stack.settings import StackSettings
 
 __all__ = ["COMMANDS", "Command", "build_parser", "main", "setup_logging", "settings_classes"]
@@ -104,6 +104,15 @@ COMMANDS: tuple[Command, ...] = (
              ("--knn-k", "preq_knn_k"), ("--knn-sample", "preq_knn_sample"), ("--per", "preq_per"),
              ("--resamples", "preq_resamples"), ("--reference", "preq_reference"), ("--json", "preq_json"),
              ("--plot", "preq_plot"), ("--threads", "train_threads"), ("--seed", "train_seed")), PrequentialSettings),
+    Command("replay-check", "replay a log through Kafka into a worker, with the periodic trainer and hot swaps every "
+            "--every of event time, and check its online counters against the prequential evaluation of the same events",
+            "attnrec.apps.served:cmd_replay_check",
+            (*_DATA, ("--start", "preq_start"), ("--every", "preq_every"), ("--end", "preq_end"), ("--epochs", "preq_epochs"),
+             ("--holdout", "preq_holdout"),
+             ("--margin", "preq_margin"), ("--tolerance", "check_tolerance"),
+             ("--json", "check_json"), ("--keep", "check_keep"), ("--exclude-seen", "exclude_seen"),
+             ("--exclude-window", "exclude_window"), ("--trending-window-s", "trending_window_s"),
+             ("--threads", "train_threads"), ("--resamples", "preq_resamples"), *_HOME), ReplayCheckSettings),
     Command("export", "export a checkpoint to ONNX, check it and publish it to the registry", "attnrec.exporter.cli:cmd_export",
             (("--checkpoint", "checkpoint"), *_REGISTRY, ("--promote", "promote"), *_GATE, ("--top-k", "top_k"),
              ("--quantize", "quantize"), *_HOME), ModelsSettings),

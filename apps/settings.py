@@ -1,5 +1,5 @@
 """The settings of the commands in ``apps/`` that are one module each: ``attnrec replay`` and
-``attnrec demo`` (the local stack's, the benchmark's and the dashboard's live in their packages)."""
+``attnrec demo`` and ``attnrec replay-check`` (the local stack's, the benchmark's and the dashboard's live in their packages)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from pydantic import Field, field_validator
 from attnrec.settings import Settings
 from attnrec.units import parse_rate
 
+from ..training.settings import PrequentialSettings
 from .stack.settings import StackSettings
 
-__all__ = ["ReplaySettings", "DemoSettings"]
+__all__ = ["ReplaySettings", "DemoSettings", "ReplayCheckSettings"]
 
 
 class ReplaySettings(Settings):
@@ -58,3 +59,15 @@ class DemoSettings(StackSettings):
     demo_train_seconds: float = Field(60.0, gt=0, description="ATTNREC_DEMO_TRAIN_SECONDS: training budget of each model")
     demo_scenario: Literal["synthetic", "live"] = Field("synthetic", description="ATTNREC_DEMO_SCENARIO: synthetic (planted follow-ups) or live (the live-commerce simulator, with the catalog topic, a burst and online evaluation)")
     demo_keep_stack: bool = Field(False, description="ATTNREC_DEMO_KEEP_STACK: leave Kafka and Redis running afterwards")
+
+
+class ReplayCheckSettings(PrequentialSettings):
+    """The prequential settings (the log, ``--start``, ``--every``, the epochs, the gate's margin)
+    plus the replay's; the worker's policy is the base settings' (``EXCLUDE_SEEN``,
+    ``EXCLUDE_WINDOW``, ``TRENDING_WINDOW_S``), which the offline side mirrors."""
+
+    sections: ClassVar[dict[str, str]] = {"check_tolerance": "Served path against the evaluation (`attnrec replay-check`)"}
+
+    check_tolerance: float = Field(0.01, gt=0, lt=1, description="ATTNREC_CHECK_TOLERANCE: the largest difference in HR@10 and NDCG@10 (absolute) allowed between a source's online figure and the offline one")
+    check_json: Path | None = Field(None, description="ATTNREC_CHECK_JSON: write the report (both sides, differences, verdict) here")
+    check_keep: bool = Field(False, description="ATTNREC_CHECK_KEEP: keep the run's directory (registry, event log, worker log) under HOME/replay-check")

@@ -205,7 +205,7 @@ class Settings(BaseSettings):
     scorer: Literal["onnx", "torch"] = Field(
         "onnx", description="ATTNREC_SCORER: onnx (onnxruntime, the product) or torch (the exported graph in torch eager mode over the manifest's checkpoint; a benchmark baseline, needs torch)"
     )
-    reload_poll_s: float = Field(1.0, gt=0, description="ATTNREC_RELOAD_POLL_S: how often to look at CURRENT")
+    reload_poll_s: float = Field(1.0, gt=0, description="ATTNREC_RELOAD_POLL_S: how often to look at CURRENT; an idle worker swaps to a model found as often")
     cache_mb: float = Field(
         512.0, gt=0, description="ATTNREC_CACHE_MB: memory for the per-user key/value caches of an incremental model (least recently used out first); a user without one is scored by the full graph"
     )

@@ -110,7 +110,8 @@ def add_agent(app: faust.App, s: Settings, proc: Processor) -> None:
         """Events in, handed to the :class:`Batcher` one by one as they arrive; the agent itself
         never waits for a batch (acks are the batcher's, once a batch's output is delivered)."""
         batcher = Batcher(proc, _no_ack if txn is not None else stream.ack, s.batch_size, s.max_inflight,
-                          max_pending=4 * s.batch_size, wait_s=s.batch_wait_ms / 1000.0)
+                          max_pending=4 * s.batch_size, wait_s=s.batch_wait_ms / 1000.0,
+                          on_idle=proc.maybe_swap, idle_s=s.reload_poll_s)
         try:
             await feed(stream, batcher)
         finally:

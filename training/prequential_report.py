@@ -4,10 +4,11 @@ method, per period (day or hour), a markdown table and a plot.
 
 A rank is 0-based within the method's top ``n`` (20); ``n`` means not in it. HR@10 = share of
 pairs with rank < 10, NDCG@10 = mean of 1 / log2(rank + 2) over those, MRR@20 = mean of
-1 / (rank + 1) over ranks < 20. The bootstrap resamples users (a user's pairs go together, so a
-heavy user does not pass for many independent cases), ``resamples`` times with a fixed seed; an
-interval is the 2.5th and 97.5th percentile. A difference whose interval holds 0 is inside the
-noise.
+1 / (rank + 1) over ranks < 20. The bootstrap is the evaluation's (training/stats.py,
+:func:`~attnrec.training.stats.clustered_draws`): it resamples users (a user's pairs go together,
+so a heavy user does not pass for many independent cases), ``resamples`` times with a fixed
+seed; an interval is the 2.5th and 97.5th percentile. A difference whose interval holds 0 is
+inside the noise.
 """
 
 from __future__ import annotations
@@ -31,46 +32,36 @@ def pair_values(ranks: np.ndarray) -> dict[str, np.ndarray]:
             "mrr@20": np.where(r < 20, 1.0 / (r + 1.0), 0.0)}
 
 
-def _resamples(users: np.ndarray, resamples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(codes of each pair's user, (resamples, U) counts of each user in each resample)."""
-    _, codes = np.unique(users, return_inverse=True)
-    n_users = int(codes.max()) + 1 if len(codes) else 0
-    rng = np.random.default_rng(seed)
-    w = np.stack([np.bincount(rng.integers(0, n_users, n_users), minlength=n_users) for _ in range(resamples)]) \
-        if n_users else np.zeros((resamples, 0))
-    return codes, w.astype(np.float64)
-
-
 def summarise(ranks: dict[str, np.ndarray], users: np.ndarray, *, reference: str | None = None,
               resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Per method: each metric with its 95 % interval (``[value, low, high]``) and, against
-    ``reference``, the paired difference (method - reference) with its interval."""
-    codes, w = _resamples(users, resamples, seed)
-    n_users = w.shape[1]
-    count = np.bincount(codes, minlength=n_users).astype(np.float64)
-    denom = w @ count
-    boot: dict[str, dict[str, np.ndarray]] = {}
+    ``reference``, the paired difference (method - reference) with its interval. One set of
+    user draws for every method and metric (:func:`attnrec.training.stats.clustered_draws`)."""
+    from .stats import clustered_draws, percentile_interval
+
+    names = list(ranks)
+    n_users = len(np.unique(users))
     out: dict[str, Any] = {"pairs": int(len(users)), "users": int(n_users), "resamples": resamples, "methods": {}}
-    for name, r in ranks.items():
-        vals = pair_values(r)
-        boot[name] = {}
+    cols = [(name, m) for name in names for m in METRICS]
+    vals = {name: pair_values(ranks[name]) for name in names}
+    table = np.stack([vals[name][m] for name, m in cols], axis=1) if cols else np.zeros((len(users), 0))
+    draws = clustered_draws(table, users, resamples=resamples, seed=seed)
+    boot = {c: draws[:, j] for j, c in enumerate(cols)}
+    for name in names:
         row: dict[str, Any] = {}
         for m in METRICS:
-            sums = np.bincount(codes, weights=vals[m], minlength=n_users)
-            b = (w @ sums) / np.maximum(denom, 1)
-            boot[name][m] = b
-            mean = float(vals[m].mean()) if len(r) else 0.0
-            row[m] = [round(mean, 5), round(float(np.percentile(b, 2.5)), 5), round(float(np.percentile(b, 97.5)), 5)]
+            mean = float(vals[name][m].mean()) if len(ranks[name]) else 0.0
+            lo, hi = percentile_interval(boot[name, m])
+            row[m] = [round(mean, 5), round(lo, 5), round(hi, 5)]
         out["methods"][name] = row
     if reference is not None and reference in ranks:
-        for name in ranks:
+        for name in names:
             if name == reference:
                 continue
             d = {}
             for m in METRICS:
-                diff = boot[name][m] - boot[reference][m]
                 point = out["methods"][name][m][0] - out["methods"][reference][m][0]
-                lo, hi = float(np.percentile(diff, 2.5)), float(np.percentile(diff, 97.5))
+                lo, hi = percentile_interval(boot[name, m] - boot[reference, m])
                 d[m] = [round(point, 5), round(lo, 5), round(hi, 5), "noise" if lo <= 0 <= hi else "significant"]
             out["methods"][name]["minus_" + reference] = d
     return out

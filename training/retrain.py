@@ -140,6 +140,8 @@ def retrain_events(events: Iterable[ClickEvent], name: str, previous: Previous |
         mcfg = baseline_config(mcfg)
         torch.manual_seed(tcfg.seed)
         model = build_baseline(arch, mcfg)
+    if model is None:
+        torch.manual_seed(tcfg.seed)  # a grown table's new rows: the same for the same inputs, whatever ran before
     fresh = model if model is not None else AttnRec(mcfg)
     init = warm_state(previous.model.state_dict(), fresh) if previous is not None else None
     model, metrics = fit_and_evaluate(ds, mcfg, tcfg, init_state=init, model=model, progress=progress)

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["RESAMPLES", "LEVEL", "SEED", "METHOD", "per_user_values", "bootstrap_interval", "compare", "bound_interval",
-           "intervals", "mean_over_seeds", "ratio_interval"]
+           "intervals", "mean_over_seeds", "ratio_interval", "clustered_draws", "percentile_interval"]
 
 #: Bootstrap resamples of every reported interval.
 RESAMPLES = 1000
@@ -65,6 +65,36 @@ def _resampled_means(values: np.ndarray, resamples: int, rng: np.random.Generato
         idx = rng.integers(0, n, size=(min(per_block, resamples - start), n))  # (b, n)
         out.append(values[idx].mean(axis=1))  # (b, m)
     return np.concatenate(out)
+
+
+def clustered_draws(values: np.ndarray, clusters: Sequence[Any] | np.ndarray, *, resamples: int = RESAMPLES,
+                    seed: int = 0) -> np.ndarray:
+    """Bootstrap means of per-case ``values`` (n, m) whose cases come in clusters (a user's or a
+    session's several next events): each resample draws clusters with replacement and takes all
+    their cases, so a heavy user does not pass for many independent cases; the mean is over the
+    drawn cases. (resamples, m), the same draws for every column (paired). With one case per
+    cluster this is :func:`bootstrap_interval`'s resampling."""
+    v = np.asarray(values, dtype=np.float64)
+    _, codes = np.unique(np.asarray(clusters), return_inverse=True)
+    k = int(codes.max()) + 1 if len(codes) else 0
+    if not k:
+        return np.zeros((resamples, v.shape[1]))
+    rng = np.random.default_rng(seed)
+    count = np.bincount(codes, minlength=k).astype(np.float64)
+    sums = np.stack([np.bincount(codes, weights=v[:, j], minlength=k) for j in range(v.shape[1])], axis=1)  # (k, m)
+    per_block = max(1, _CHUNK // k)
+    out = []
+    for start in range(0, resamples, per_block):
+        b = min(per_block, resamples - start)
+        idx = rng.integers(0, k, size=(b, k))
+        w = np.stack([np.bincount(row, minlength=k) for row in idx]).astype(np.float64)  # (b, k) draws of each cluster
+        out.append((w @ sums) / np.maximum(w @ count, 1)[:, None])
+    return np.concatenate(out)
+
+
+def percentile_interval(draws: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
+    """The percentile interval of bootstrap draws (1-D) at ``level``."""
+    return _percentiles(draws, level)
 
 
 def _percentiles(draws: np.ndarray, level: float) -> tuple[float, float]:

@@ -39,11 +39,18 @@ class Batcher:
     per-user order holds); their deliveries overlap with the next batches, at most
     ``max_inflight`` at once, and each batch's events are acked only once delivered.
     ``put`` blocks while ``max_pending`` events wait (backpressure on the consumer).
+
+    With ``idle_s``, ``on_idle`` runs every ``idle_s`` seconds while no event waits and no batch
+    is in hand: the worker swaps to a model promoted during a quiet spell then
+    (:meth:`Processor.maybe_swap`), not only when the next event arrives.
     """
 
     def __init__(self, proc: Processor, ack: Callable[[Any], Awaitable[Any]], batch_size: int, max_inflight: int,
-                 max_pending: int, wait_s: float = 0.0) -> None:  # fmt: skip
+                 max_pending: int, wait_s: float = 0.0, *, on_idle: Callable[[], None] | None = None,
+                 idle_s: float = 1.0) -> None:  # fmt: skip
         self.proc = proc
+        self.on_idle = on_idle
+        self.idle_s = idle_s
         self.wait_s = wait_s  # a partial batch waits this long (from its first event) to fill
         self._first_t = 0.0
         self._full = asyncio.Event()
@@ -113,8 +120,7 @@ class Batcher:
             if self._stopping:
                 break
             if prev is None:
-                await self._have.wait()
-                if self._stopping or not self._pending:
+                if not await self._wait_for_events():
                     continue
                 linger = self._first_t + self.wait_s - time.monotonic()
                 if linger > 0 and len(self._pending) < self.batch_size:
@@ -153,6 +159,22 @@ class Batcher:
                 await self._complete(events, records, None)
             else:
                 prev = (events, records, prep)
+
+    async def _wait_for_events(self) -> bool:
+        """Wait for events (True when some are pending); between batches, ``on_idle`` runs each
+        ``idle_s`` of the wait."""
+        if self.on_idle is None:
+            await self._have.wait()
+        else:
+            while not self._have.is_set():
+                try:
+                    await asyncio.wait_for(self._have.wait(), self.idle_s)
+                except TimeoutError:
+                    try:
+                        self.on_idle()
+                    except Exception:  # the next tick (or batch) tries again
+                        log.exception("idle tick failed")
+        return not self._stopping and bool(self._pending)
 
     def _take(self) -> list[tuple[Any, float, int | None]]:
         events = self._pending[: self.batch_size]

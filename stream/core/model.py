@@ -3,7 +3,8 @@
 Loading happens off the hot path (a background thread); a model is only handed to the agent
 after every check passed: sha256 of the file, the input/output contract, and the manifest's
 golden input giving finite scores and the expected top-K. The agent swaps models between
-batches, so a batch is always scored by exactly one version.
+batches, so a batch is always scored by exactly one version: at the next batch, or within
+``RELOAD_POLL_S`` when no event comes (the batcher's idle tick).
 """
 
 from __future__ import annotations
@@ -215,7 +216,7 @@ class ModelWatcher:
             return
         with self._lock:
             self._pending = m
-        log.info("model %s loaded and checked in %.0f ms; swapping at the next batch", v, 1000 * (time.monotonic() - t0))
+        log.info("model %s loaded and checked in %.0f ms; swapping between batches", v, 1000 * (time.monotonic() - t0))
         self.on_event("success", v, "")
 
     def _load(self, version: str) -> LoadedModel:

@@ -143,7 +143,7 @@ def test_metrics_match_events_sent(stack: Any, names: dict[str, str], registry_w
         assert total(m, "attnrec_events_total") == n_valid, "counted past the events sent"
         assert total(m, "attnrec_assigned_partitions") == s.partitions
 
-        # a good promotion: reload success, then the new version is served (swap at the next batch)
+        # a good promotion: reload success, then the new version is served (swapped between batches)
         v2 = republish(reg, v1)
         reg.promote(v2, reason="test: same weights, new version")
         wait_for(w, lambda m: total(m, "attnrec_model_reloads_total", result="success") == 2, "the reload of v2")

@@ -170,3 +170,33 @@ def test_events_of_a_partition_revoked_since_they_arrived_are_dropped_not_proces
     assert sum(dropped) == 30, "the events of the old epoch are the partition's next owner's to read again"
     assert sorted(acked) == list(range(30, 40))
     assert [o for s, o in proc.log if s == "apply"] == [30]
+
+
+def test_a_quiet_worker_runs_the_idle_tick_between_batches_only() -> None:
+    """A model promoted while no event arrives is swapped in on the idle tick (a worker that
+    swapped only at its next batch kept serving, and reporting, the old version); never while a
+    batch is in hand."""
+    proc = FakeProcessor(slow_scoring=0.05)
+    ticks: list[list[tuple[str, int]]] = []
+    acked: list[int] = []
+
+    async def ack(e: Ev) -> None:
+        acked.append(e.message.offset)
+
+    async def main() -> None:
+        b = Batcher(proc, ack, 10, max_inflight=4, max_pending=10_000,  # type: ignore[arg-type]
+                    on_idle=lambda: ticks.append(list(proc.log)), idle_s=0.01)
+        await asyncio.sleep(0.1)  # no traffic at all
+        quiet = len(ticks)
+        await b.put(events(0, 20))
+        while len(acked) < 20:
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.1)
+        await b.close()
+        assert quiet >= 3, "ticks while no event ever came"
+
+    asyncio.run(asyncio.wait_for(main(), 10))
+    assert len(ticks) >= 6
+    for seen in ticks:  # at every tick each applied batch was finished: none in hand
+        assert [o for s, o in seen if s == "apply"] == [o for s, o in seen if s == "recs"], seen
+    assert sorted(acked) == list(range(20))

@@ -113,3 +113,25 @@ def test_shadow_rollout_shadows_a_new_model_and_promotes_or_rejects_it_on_the_on
     reg.set_shadow(None, reason="operator")
     assert cycle(None)["rollout"] == {"version": v4, "decision": "left to the operator"}
     assert reg.current_version() == v2
+
+
+def test_a_warm_started_retrain_is_the_same_whatever_the_process_ran_before() -> None:
+    """The new rows of a grown item table were drawn from whatever state the process' random
+    generator was in: the trainer's retrain and the evaluation's of the same events and the same
+    serving model gave different models."""
+    import torch
+    from attnrec.training.retrain import Previous, retrain_events
+    from attnrec.training.sim.synth import generate
+
+    evs = list(generate(40, 30, 1200, seed=3))
+    later = sorted({e.item_id for e in evs})[:5]  # items the first model never saw
+    first = retrain_events([e for e in evs[:800] if e.item_id not in later], "t", None, epochs=1)
+    prev = Previous(first.model, {"model": first.model.cfg.to_dict()}, first.ds.vocab.to_dict())
+    states = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)  # what ran before in the process
+        torch.rand(1000)
+        out = retrain_events(evs, "t", prev, epochs=1)
+        assert out.warm_start and out.ds.vocab.n_items > first.ds.vocab.n_items
+        states.append(out.model.state_dict())
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])

@@ -106,3 +106,17 @@ def test_ratio_interval_holds_the_ratio_of_means_and_is_paired() -> None:
     lo, hi = ratio_interval(num, den, seed=0)
     assert lo < num.mean() / den.mean() < hi and hi - lo < 0.05
     assert ratio_interval(num, den, seed=0) == (lo, hi)
+
+
+def test_clustered_draws_take_a_clusters_cases_together_and_reduce_to_the_per_user_bootstrap() -> None:
+    from attnrec.training.stats import _resampled_means, clustered_draws
+
+    # user a: three cases, all hits; user b: one case, a miss. A draw holds a's cases 0, 3 or 6 times
+    v = np.array([[1.0], [1.0], [1.0], [0.0]])
+    draws = clustered_draws(v, ["a", "a", "a", "b"], resamples=200, seed=1)[:, 0]
+    assert set(np.round(draws, 6)) <= {0.0, 0.75, 1.0} and len(set(np.round(draws, 6))) == 3
+    # one case per user: the same draws as the per-user bootstrap
+    rng = np.random.default_rng(4)
+    x = rng.random((300, 2))
+    got = clustered_draws(x, np.arange(300), resamples=500, seed=9)
+    assert np.allclose(got, _resampled_means(x, 500, np.random.default_rng(9)))
