@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import statistics
 import sys
 import time
@@ -46,6 +47,7 @@ CATALOG, MAX_LEN, PARTITIONS = 12_000, 50, 12
 
 
 def start_stack(root: Path, libs: Path) -> LocalStack:
+    shutil.rmtree(root / "stack", ignore_errors=True)  # fresh: a Redis node's nodes.conf keeps the old ports
     st = LocalStack(root / "stack", kafka_port=free_port(), controller_port=free_port(), redis_port=free_port(),
                     brokers=3, kafka_ports=tuple(free_port() for _ in range(3)),
                     controller_ports=tuple(free_port() for _ in range(3)), redis_cluster=True,
