@@ -27,8 +27,8 @@ test: setup                 ## unit + integration + fault tests against real Kaf
 test-fast: setup            ## unit tests only (no services)
 	$(BIN)/python -m pytest -q -m "not integration"
 
-faults: setup               ## the fault-injection tests alone
-	$(BIN)/python -m pytest -q -m faults
+faults: setup               ## the fault-injection tests alone, with the full set on the 3-broker Kafka and Redis Cluster
+	$(BIN)/python -m pytest -q -m faults --cluster-faults
 
 bench: setup                ## end-to-end speed sweeps (long; not in CI)
 	$(BIN)/attnrec bench --sweep --json docs/bench/bench.json

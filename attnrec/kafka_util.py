@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
@@ -87,6 +87,26 @@ def admin_client(s: Settings, timeout_s: float = 30.0) -> KafkaAdminClient:
             time.sleep(0.5)
 
 
+T = TypeVar("T")
+
+
+def _retrying(s: Settings, what: str, call: Callable[[], T], timeout_s: float = 30.0) -> T:
+    """``call()``, again while it fails with a retriable Kafka error (up to ``timeout_s``): the
+    admin client asks one broker, and with a broker of a cluster down it may pick that one
+    (connection refused); the next try picks another."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return call()
+        except KafkaError as exc:
+            if not getattr(exc, "retriable", False):
+                raise
+            if time.monotonic() > deadline:
+                raise TransientError(f"kafka {s.kafka_bootstrap}: {what}: {type(exc).__name__}: {exc}") from exc
+            log.info("kafka %s: %s failed (%s), trying again", s.kafka_bootstrap, what, type(exc).__name__)
+            time.sleep(0.5)
+
+
 def ensure_topics(s: Settings, names: Iterable[str] | None = None, partitions: int | None = None,
                   ready_timeout_s: float = 60.0, configs: dict[str, str] | None = None) -> None:  # fmt: skip
     """Create the product's topics when missing (idempotent), then wait until the broker
@@ -103,7 +123,7 @@ def ensure_topics(s: Settings, names: Iterable[str] | None = None, partitions: i
     n = partitions or s.partitions
     admin = admin_client(s)
     try:
-        existing = set(admin.list_topics())
+        existing = set(_retrying(s, "listing topics", admin.list_topics))
         topic_configs = dict(configs or {})
         if s.min_insync_replicas:
             topic_configs.setdefault("min.insync.replicas", str(s.min_insync_replicas))
@@ -117,7 +137,8 @@ def ensure_topics(s: Settings, names: Iterable[str] | None = None, partitions: i
                 pass
         deadline = time.monotonic() + ready_timeout_s
         while True:
-            pending = [t["name"] for t in admin.describe_topics(names) if not _topic_ready(t)]
+            described = _retrying(s, "describing topics", lambda: admin.describe_topics(names))
+            pending = [t["name"] for t in described if not _topic_ready(t)]
             if not pending:
                 return
             if time.monotonic() > deadline:

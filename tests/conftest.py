@@ -93,11 +93,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--soak-fault-every", type=float, default=300.0, help="seconds between faults (default 300)")
     g.addoption("--soak-plot", default=str(REPO / "docs" / "img" / "soak-memory.png"),
                 help="where the memory plot goes (its .json beside it)")
+    c = parser.getgroup("attnrec cluster faults")
+    c.addoption("--cluster-faults", action="store_true",
+                help="also run the full set of fault scenarios on the 3-broker Kafka and Redis Cluster (make faults); "
+                     "without it only the short one runs")
 
 
+# The full cluster fault set (tests marked cluster_full, `make faults`) runs only when asked for,
+# like the soak: deselected, not skipped, from `make test`, which runs the short scenario.
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     want_soak = config.getoption("--soak")
-    keep = [it for it in items if (it.get_closest_marker("soak") is not None) == want_soak]
+    want_full = config.getoption("--cluster-faults")
+    keep = [it for it in items if (it.get_closest_marker("soak") is not None) == want_soak
+            and (want_full or it.get_closest_marker("cluster_full") is None)]
     if len(keep) < len(items):
         config.hook.pytest_deselected(items=[it for it in items if it not in keep])
         items[:] = keep

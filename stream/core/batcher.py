@@ -18,6 +18,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from attnrec.errors import TransientError
+
 from .output import Outbox
 from .processor import Processor, where
 from .records import RawRecord
@@ -149,8 +151,7 @@ class Batcher:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("batch of %d (%s) failed on the fast path (%s: %s); re-running it on its own",
-                            len(records), where(records), type(exc).__name__, exc)  # fmt: skip
+                self._failed_fast(records, exc)
                 prep = None
             if prev is not None:
                 await self._complete(*prev)
@@ -196,8 +197,7 @@ class Batcher:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("batch of %d (%s) failed on the fast path (%s: %s); re-running it on its own",
-                            len(records), where(records), type(exc).__name__, exc)  # fmt: skip
+                self._failed_fast(records, exc)
         if out is None:
             out = await self.proc.process(records)  # never raises except on cancellation
         t = asyncio.ensure_future(self._deliver_then_ack(out, events))
@@ -205,6 +205,12 @@ class Batcher:
         t.add_done_callback(self._inflight.discard)
         if len(self._inflight) >= self.max_inflight:  # a slow broker slows consumption
             await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
+
+    def _failed_fast(self, records: list[RawRecord], exc: Exception) -> None:
+        """A failed attempt like any other (``attnrec_batch_retries_total``): the batch is re-run."""
+        self.proc.metrics.retries.labels("transient" if isinstance(exc, TransientError) else "error").inc()
+        log.warning("batch of %d (%s) failed on the fast path (%s: %s); re-running it on its own",
+                    len(records), where(records), type(exc).__name__, exc)  # fmt: skip
 
     async def _deliver_then_ack(self, out: Outbox, events: list[Any]) -> None:
         if not await self.proc.output.deliver(out):

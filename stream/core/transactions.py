@@ -158,6 +158,7 @@ class Transactions:
         parts that became void, until it commits or nothing of it is left."""
         attempt = 0
         while True:
+            offsets: dict[int, int] = {}
             try:
                 offsets = await self._prepare(outs)
                 # the group's metadata as of the epochs just checked (no await in between): a
@@ -175,6 +176,12 @@ class Transactions:
             except (TransientError, FencedError, GroupFencedError) as exc:
                 attempt += 1
                 fenced = isinstance(exc, (FencedError, GroupFencedError))
+                # A commit that failed may still have gone through: the coordinator died, or the
+                # connection to it, after it had the commit. Its offsets are the record of it: read
+                # them again (stable: after the outcome is written) before redoing, so a transaction
+                # that did commit is not produced a second time.
+                for p in offsets:
+                    self._floors.pop(p, None)
                 if self.metrics is not None:
                     (self.metrics.fenced if fenced else self.metrics.retries.labels("transient")).inc()
                 delay = min(self.s.retry_max_s, 0.05 * 2 ** min(attempt, 10))
@@ -200,9 +207,9 @@ class Transactions:
                 floor = self._floors[p][1]
                 if floor > out.starts[p]:
                     if out.floors.get(p) != floor:
-                        log.info("partition %d: committed up to offset %d by its previous owner after this worker was "
-                                 "assigned it (this batch starts at %d): the events before it are done", p, floor,
-                                 out.starts[p])  # fmt: skip
+                        log.info("partition %d: committed up to offset %d (by its previous owner, or by a transaction of "
+                                 "this worker that failed but had committed) and this batch starts at %d: the events "
+                                 "before it are done", p, floor, out.starts[p])  # fmt: skip
                     out.floors[p] = floor
                     if floor >= end:
                         out.void.add(p)  # all of it done
@@ -239,16 +246,15 @@ class Transactions:
             raise
 
     async def _abort(self, p: TransactionalProducer, exc: BaseException) -> None:
-        """Abort after a failure; a producer that cannot abort (fenced, timed out by the
-        coordinator) is replaced by a new one at its next turn."""
-        try:
-            if p._txn_manager.is_in_transaction() or p._txn_manager.has_error():  # noqa: SLF001
-                await p.abort_transaction()
-        except Exception as e:
-            log.warning("abort failed (%s: %s) after %s; a new producer starts", type(e).__name__, e, exc)
-            await self._drop(p)
-        if type(exc).__name__ in _FENCED:
-            await self._drop(p)
+        """After a failure the producer is replaced, not asked to abort: its replacement's
+        InitProducerId (the same transactional id) ends on the coordinator whatever the failed
+        transaction left open, aborted (or, if its commit had been prepared, committed, which
+        the floors read next find). aiokafka's own abort is not enough: after an abortable
+        error it forgets the transaction's partitions and aborts locally only; the broker's
+        transaction stayed open with the records sent, and the producer's next transaction
+        committed them with its own (a batch produced twice read committed, 2026-12-07)."""
+        log.info("transactional producer replaced after %s: %s", type(exc).__name__, exc)
+        await self._drop(p)
 
     # ------------------------------------------------------------------ the producers
     async def _producer_started(self, turn: int = 0) -> TransactionalProducer:

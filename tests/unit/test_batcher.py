@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from attnrec.stream.core.batcher import Batcher
+from attnrec.stream.core.metrics import WorkerMetrics
 from attnrec.stream.core.output import Outbox
 
 
@@ -42,6 +43,7 @@ class FakeProcessor:
         self.slow_scoring = slow_scoring
         self.txn: Any = None
         self.output = self  # delivery (and exactly-once, the transactions) are the output's
+        self.metrics = WorkerMetrics()
 
     def _step(self, step: str, records: Any) -> None:
         first = records[0].offset
@@ -115,6 +117,7 @@ def test_a_failed_finish_is_rerun_whole_before_the_next_batch_finishes() -> None
     assert ("process", 10) in proc.log
     assert proc.log.index(("process", 10)) < proc.log.index(("recs", 20)), "recommendations stay in batch order"
     assert sorted(acked) == list(range(30)), "every event acked once, after its batch was delivered"
+    assert proc.metrics.retries.labels("error")._value.get() == 1, "the failed attempt is counted"  # noqa: SLF001
 
 
 def test_a_failed_apply_is_rerun_whole_before_anything_after_it_is_applied() -> None:
@@ -123,6 +126,7 @@ def test_a_failed_apply_is_rerun_whole_before_anything_after_it_is_applied() -> 
     i = proc.log.index(("process", 10))
     assert proc.log.index(("recs", 0)) < i < proc.log.index(("apply", 20)), proc.log
     assert sorted(acked) == list(range(30))
+    assert proc.metrics.retries.labels("error")._value.get() == 1, "the failed attempt is counted"  # noqa: SLF001
 
 
 def test_stop_finishes_the_batches_in_hand_and_leaves_the_rest_unacked() -> None:
