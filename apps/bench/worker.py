@@ -66,7 +66,9 @@ def _worker_module(src: Path) -> str:
     folders install under one name, ``apps`` before that, ``attnrec`` before the apps layer."""
     main = src / "apps" / "__main__.py"
     if main.is_file():
-        return "attnrec.apps" if "attnrec.apps" in main.read_text() else "apps"
+        pyproject = src / "pyproject.toml"
+        one_name = pyproject.is_file() and '"attnrec.apps"' in pyproject.read_text()  # package-dir (imports may be relative)
+        return "attnrec.apps" if one_name or "attnrec.apps" in main.read_text() else "apps"
     return "attnrec"
 
 
