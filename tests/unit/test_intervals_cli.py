@@ -4,7 +4,9 @@ learning-rate schedule and the ml1m-loo-all format (tiny data, seconds)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -176,13 +178,11 @@ def test_warmup_targets_train_every_position_of_a_row() -> None:
 def test_deletion_check_scores_each_removal_as_computed_by_hand(checkpoint: Path, events: Path) -> None:
     """One sampled case recomputed outside the check: the top-1 item with the history masked,
     and its score's drop when the newest or the most-attended event is removed."""
-    import math
 
     import torch
     from attnrec.training.attention import deletion_check
     from attnrec.training.checkpoint import load_checkpoint
     from attnrec.training.data import Vocab, load_dataset
-    from attnrec.training.features import left_pad
 
     model, _, vocab = load_checkpoint(str(checkpoint))
     ds = load_dataset(events, "events", Vocab.from_dict(vocab))
@@ -201,17 +201,7 @@ def test_deletion_check_scores_each_removal_as_computed_by_hand(checkpoint: Path
 
     res = deletion_check(model, ds, "test", max_cases=1, seed=3)
     (i,) = np.random.default_rng(3).choice(len(cases), size=1, replace=False)
-    u, cut = cases[int(i)]
-    s, L = ds.users[u], model.cfg.history_len
-    lo_ = max(0, cut - L)
-    row = [s.items[lo_:cut], (s.types or [0] * len(s.items))[lo_:cut], (s.gaps or [0] * len(s.items))[lo_:cut]]
-
-    def score(r: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        h, att = model.final_state(*(torch.tensor([left_pad(x, L)]) for x in r))
-        sc = model.item_scores(h)[0].clone()
-        sc[:2] = -math.inf
-        sc[torch.tensor(s.items[:cut])] = -math.inf
-        return sc, att[0]
+    row, score = _case(model, ds, *cases[int(i)])
 
     with torch.no_grad():
         sc, att = score(row)
@@ -226,13 +216,11 @@ def test_deletion_check_scores_each_removal_as_computed_by_hand(checkpoint: Path
 def test_deletion_check_past_only_leaves_the_trigger_out_of_both_picks(checkpoint: Path, events: Path) -> None:
     """With past_only the top-explained event is the heaviest of the earlier events (recomputed by
     hand for one sampled case), and cases need two earlier events."""
-    import math
 
     import torch
     from attnrec.training.attention import deletion_check
     from attnrec.training.checkpoint import load_checkpoint
     from attnrec.training.data import Vocab, load_dataset
-    from attnrec.training.features import left_pad
 
     model, _, vocab = load_checkpoint(str(checkpoint))
     ds = load_dataset(events, "events", Vocab.from_dict(vocab))
@@ -240,17 +228,7 @@ def test_deletion_check_past_only_leaves_the_trigger_out_of_both_picks(checkpoin
     res = deletion_check(model, ds, "test", max_cases=1, seed=5, past_only=True)
     assert res["past_only"] and deletion_check(model, ds, "test", seed=5, past_only=True)["cases"] == len(cases)
     (i,) = np.random.default_rng(5).choice(len(cases), size=1, replace=False)
-    u, cut = cases[int(i)]
-    s, L = ds.users[u], model.cfg.history_len
-    lo_ = max(0, cut - L)
-    row = [s.items[lo_:cut], (s.types or [0] * len(s.items))[lo_:cut], (s.gaps or [0] * len(s.items))[lo_:cut]]
-
-    def score(r: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        h, att = model.final_state(*(torch.tensor([left_pad(x, L)]) for x in r))
-        sc = model.item_scores(h)[0].clone()
-        sc[:2] = -math.inf
-        sc[torch.tensor(s.items[:cut])] = -math.inf
-        return sc, att[0]
+    row, score = _case(model, ds, *cases[int(i)])
 
     with torch.no_grad():
         sc, att = score(row)
@@ -261,3 +239,25 @@ def test_deletion_check_past_only_leaves_the_trigger_out_of_both_picks(checkpoin
         assert pos < n - 1
         sc2, _ = score([x[:pos] + x[pos + 1 :] for x in row])
         assert res["score_drop"]["top"]["mean"] == pytest.approx(float(sc[best] - sc2[best]), abs=2e-4)
+
+
+def _case(model: Any, ds: Any, u: int, cut: int) -> tuple[list[list[int]], Callable[[list[list[int]]], tuple[Any, Any]]]:
+    """One deletion-check case recomputed by hand: the user's window before ``cut`` (items,
+    types, gaps) and a scorer of any window (the scores with seen items masked, the attention)."""
+    import math
+
+    import torch
+    from attnrec.training.features import left_pad
+
+    s, L = ds.users[u], model.cfg.history_len
+    lo_ = max(0, cut - L)
+    row = [s.items[lo_:cut], (s.types or [0] * len(s.items))[lo_:cut], (s.gaps or [0] * len(s.items))[lo_:cut]]
+
+    def score(r: list[list[int]]) -> tuple[Any, Any]:
+        h, att = model.final_state(*(torch.tensor([left_pad(x, L)]) for x in r))
+        sc = model.item_scores(h)[0].clone()
+        sc[:2] = -math.inf
+        sc[torch.tensor(s.items[:cut])] = -math.inf
+        return sc, att[0]
+
+    return row, score
