@@ -66,7 +66,9 @@ class Batcher:
         self._room.set()
         self._stopping = False
         self._inflight: set[asyncio.Task[None]] = set()
+        self._waiting = False  # the batch task waits for events, no batch in hand
         self._task = asyncio.ensure_future(self._run())
+        self._ticker = asyncio.ensure_future(self._tick()) if on_idle is not None else None
 
     async def put_one(self, event: Any) -> None:
         """Queue one event (stamped with the time it was received); blocks while ``max_pending``
@@ -162,20 +164,25 @@ class Batcher:
                 prev = (events, records, prep)
 
     async def _wait_for_events(self) -> bool:
-        """Wait for events (True when some are pending); between batches, ``on_idle`` runs each
-        ``idle_s`` of the wait."""
-        if self.on_idle is None:
+        """Wait for events (True when some are pending); meanwhile :meth:`_tick` may run
+        ``on_idle``."""
+        self._waiting = True
+        try:
             await self._have.wait()
-        else:
-            while not self._have.is_set():
-                try:
-                    await asyncio.wait_for(self._have.wait(), self.idle_s)
-                except TimeoutError:
-                    try:
-                        self.on_idle()
-                    except Exception:  # the next tick (or batch) tries again
-                        log.exception("idle tick failed")
+        finally:
+            self._waiting = False
         return not self._stopping and bool(self._pending)
+
+    async def _tick(self) -> None:
+        """Every ``idle_s``, ``on_idle`` if the batch task is waiting for events with no batch in
+        hand (a timer of its own, so the wait for events costs nothing more per batch)."""
+        while not self._task.done():
+            await asyncio.sleep(self.idle_s)
+            if self._waiting and not self._have.is_set() and self.on_idle is not None:
+                try:
+                    self.on_idle()
+                except Exception:  # the next tick (or batch) tries again
+                    log.exception("idle tick failed")
 
     def _take(self) -> list[tuple[Any, float, int | None]]:
         events = self._pending[: self.batch_size]
@@ -224,6 +231,8 @@ class Batcher:
         Exits the process hard if that cannot happen within 30 s each."""
         self._stopping = True
         self._have.set()
+        if self._ticker is not None:
+            self._ticker.cancel()
         if not self._task.done():
             log.info("stop requested: finishing the batch in hand (%d more events pending stay unacked)", len(self._pending))
             try:
