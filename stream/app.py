@@ -35,8 +35,9 @@ from .core.output import KafkaSender, Output
 from .core.processor import Processor
 from .core.transactions import Transactions
 from .stages import build_stages
+from .stages.catalog import CatalogFeed
 
-__all__ = ["faust_app", "make_output", "group_metadata", "add_agent", "add_catalog_agent", "add_views", "guard_redis_state", "create_app"]
+__all__ = ["faust_app", "make_output", "group_metadata", "add_agent", "add_catalog_feed", "add_views", "guard_redis_state", "create_app"]
 
 log = logging.getLogger(__name__)
 
@@ -119,17 +120,18 @@ def add_agent(app: faust.App, s: Settings, proc: Processor) -> None:
             await proc.output.stop()
 
 
-def add_catalog_agent(app: faust.App, s: Settings, proc: Processor) -> None:
-    """With ``CATALOG``: an agent over the catalog topic that applies status events to the
-    availability state shared in Redis (:mod:`attnrec.stream.stages.catalog`); acked and committed by faust
-    once applied (applying again is harmless: the last status by event time wins)."""
-    topic = app.topic(s.catalog_topic, partitions=s.partitions, key_type=bytes, value_type=bytes)
-    stage = proc.stages["catalog"]
+def add_catalog_feed(app: faust.App, s: Settings, proc: Processor) -> None:
+    """With ``CATALOG``: the catalog topic applied to the availability state shared in Redis by
+    a thread of its own (:class:`attnrec.stream.stages.catalog.CatalogFeed`), started with the
+    app and stopped with it."""
 
-    @app.agent(topic, concurrency=1, name="catalog")
-    async def catalog(stream: Any) -> None:
-        async for values in stream.take(512, within=0.005):
-            await stage.apply(values)  # type: ignore[attr-defined]
+    @app.task
+    async def _catalog_feed() -> None:
+        feed = CatalogFeed(s, proc.metrics).start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await asyncio.get_running_loop().run_in_executor(None, feed.stop)
 
 
 async def _no_ack(event: Any) -> None:
@@ -318,6 +320,6 @@ def create_app(settings: Settings, *, session_factory: SessionFactory | None = N
 
     add_agent(app, s, proc)
     if s.catalog:
-        add_catalog_agent(app, s, proc)
+        add_catalog_feed(app, s, proc)
     add_views(app, s, proc, buffers=buffers, watcher=watcher)
     return app

@@ -85,6 +85,12 @@ class Batch:
         held = self.held(self.window(user))
         return self.blocked | set(held) if held else self.blocked
 
+    def block(self, blocked: frozenset[str]) -> None:
+        """Replace ``blocked`` (a stage saw the shared state move during the batch): the lists
+        picked from now on obey the new set."""
+        self.blocked = blocked
+        self._eligible.clear()
+
     def pick(self, candidates: Sequence[tuple[str, bytes]], n: int, user: str) -> list[str]:
         """The first ``n`` of ``candidates`` (item id, its UTF-8 bytes) that ``user`` may be shown:
         not in its window (when seen items are excluded) nor kept out."""

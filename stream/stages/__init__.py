@@ -3,8 +3,8 @@
 
 | stage | setting | hooks |
 | --- | --- | --- |
-| ``catalog`` (:mod:`.catalog`) | ``CATALOG=true`` | begin: the availability state as of now |
-| ``policy`` (:mod:`.policy`) | ``CATALOG``, ``DENY_ITEMS``, ``ALLOW_/DENY_CATEGORIES``, cool-downs with ``EXCLUDE_SEEN=false`` | begin: ``batch.blocked`` / ``held``; exclude: the graph's mask |
+| ``catalog`` (:mod:`.catalog`) | ``CATALOG=true`` | begin: the availability state as of now; rewrite: again, just before the send |
+| ``policy`` (:mod:`.policy`) | ``CATALOG``, ``DENY_ITEMS``, ``ALLOW_/DENY_CATEGORIES``, cool-downs with ``EXCLUDE_SEEN=false`` | begin: ``batch.blocked`` / ``held``; exclude: the graph's mask; rewrite: items blocked since begin leave the lists |
 | ``trending`` (:mod:`.trending`) | ``TRENDING`` (on) | rewrite: fallbacks get trending now; observe: counts; run: flush |
 | ``boosts`` (:mod:`.policy`) | ``BOOSTS`` | rewrite: scores added, lists reordered |
 | ``shadow`` (:mod:`.rollout`) | ``SHADOW_FRACTION`` / ``INTERLEAVE_FRACTION`` > 0 and ``ONLINE_EVAL``; active while a SHADOW version exists | swap; rewrite: interleave; observe: to the shadow process |

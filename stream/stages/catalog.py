@@ -1,8 +1,9 @@
 """The availability state: what may be recommended now, shared by every worker through Redis.
 
 Catalog events (:class:`attnrec.events.CatalogEvent`, the ``catalog`` topic) are applied by
-one Lua call per batch; each item's last status wins by event time (an older event arriving
-late changes nothing, and a redelivered one applies the same status again: idempotent). Keys:
+:class:`CatalogFeed`, a thread of each worker, one Lua call per poll; each item's last status
+wins by event time (an older event arriving late changes nothing, and a redelivered one applies
+the same status again: idempotent). Keys:
 
 - ``{catalog}:status``  hash item -> ``"<ts>|<status>|<count>"`` (the last status applied)
 - ``{catalog}:unavail`` set of the items that may not be recommended now
@@ -12,30 +13,34 @@ late changes nothing, and a redelivered one applies the same status again: idemp
 
 (one hash tag: one Redis Cluster slot, so the script may touch them all)
 
-Each worker keeps a copy (:class:`Availability`) and compares the counter once per batch (one
-GET): a change applied by any worker is in the next batch of every worker.
+Each worker keeps a copy (:class:`Availability`) and compares the counter twice per batch (one
+GET each: before scoring and just before the send): a change applied by any worker reaches
+every list sent after it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis.asyncio as aioredis
+from kafka.errors import KafkaError
 
 from attnrec.errors import InvalidEventError, TransientError
 from attnrec.events import CatalogEvent, parse_catalog_event
-from attnrec.redis_util import is_cluster
+from attnrec.kafka_util import make_consumer
+from attnrec.redis_util import is_cluster, redis_sync
 from attnrec.settings import Settings
 
 from ..core.buffer import redis_errors
 from ..core.metrics import WorkerMetrics
 from ..core.stage import Batch, Stage
 
-__all__ = ["CATALOG_KEYS", "APPLY_CATALOG_LUA", "Availability", "CatalogStore", "CatalogStage"]
+__all__ = ["CATALOG_KEYS", "APPLY_CATALOG_LUA", "Availability", "CatalogStore", "CatalogStage", "CatalogFeed", "catalog_args"]
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +82,15 @@ return {flags, ver}
 """
 
 
+def catalog_args(events: Sequence[CatalogEvent]) -> list[str | int]:
+    """``APPLY_CATALOG_LUA``'s ARGV for ``events``."""
+    args: list[str | int] = []
+    for ev in events:
+        args += [ev.item_id, ev.ts, ev.status, ev.count if ev.count is not None else "",
+                 1 if ev.available else 0, ev.category or "", ev.room_id or ""]  # fmt: skip
+    return args
+
+
 @dataclass
 class Availability:
     """A worker's copy of the shared state: the unavailable items and the known categories,
@@ -106,12 +120,8 @@ class CatalogStore:
         the status already applied). The local view is refreshed afterwards."""
         if not events:
             return []
-        args: list[str | int] = []
-        for ev in events:
-            args += [ev.item_id, ev.ts, ev.status, ev.count if ev.count is not None else "",
-                     1 if ev.available else 0, ev.category or "", ev.room_id or ""]  # fmt: skip
         with redis_errors():
-            flags, _ = await self._script(keys=list(CATALOG_KEYS), args=args)
+            flags, _ = await self._script(keys=list(CATALOG_KEYS), args=catalog_args(events))
         await self.refresh()
         return [bool(int(f)) for f in flags]
 
@@ -137,9 +147,10 @@ class CatalogStore:
 
 class CatalogStage(Stage):
     """``CATALOG``: the availability state on the batch path. Each batch starts from the state
-    as of now (one GET when nothing changed), so a change applied by any worker is in the next
-    batch of every worker; the catalog agent applies the topic (:meth:`apply`). What is
-    unavailable is kept out by the policy stage, which reads :attr:`view`."""
+    as of now (one GET when nothing changed) and looks again after scoring, so a change applied
+    by any worker reaches the lists every worker sends from then on; :class:`CatalogFeed` applies
+    the topic. What is unavailable is kept out by the policy stage, which reads
+    :attr:`view`."""
 
     name = "catalog"
 
@@ -156,10 +167,74 @@ class CatalogStage(Stage):
         if await self.store.refresh():
             self.metrics.catalog_unavailable.set(len(self.store.view.unavailable))
 
-    async def apply(self, values: Sequence[bytes | None]) -> None:
-        """Apply a batch of catalog records to the shared state, retrying Redis trouble until
-        it succeeds; an invalid record is logged, counted and skipped (it cannot change what
-        is available)."""
+    async def rewrite(self, batch: Batch) -> None:
+        """Once more just before the lists leave (one GET when nothing changed): a batch takes
+        from tens of milliseconds to seconds under a burst between ``begin`` and its send, and a
+        status change applied meanwhile must not wait for the next batch; the policy stage
+        drops what it made unavailable."""
+        await self.begin(batch)
+
+
+class CatalogFeed:
+    """The catalog topic, read and applied in a thread of its own (a kafka-python consumer in
+    the group ``<GROUP_ID>-catalog`` and a blocking Redis client), so a status change never
+    queues behind the click path: under a burst the worker's event loop runs seconds behind,
+    and a sold-out item must not wait for it. At least once: offsets are committed after the
+    events are applied, and applying again is harmless (the last status by event time wins);
+    a new group reads the topic from its start. Redis trouble is retried until it passes;
+    an invalid record is logged, counted and skipped (it cannot change what is available)."""
+
+    def __init__(self, s: Settings, metrics: WorkerMetrics) -> None:
+        self.s = s
+        self.metrics = metrics
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> CatalogFeed:
+        self._thread = threading.Thread(target=self._run, name="catalog-feed", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        s = self.s
+        client = redis_sync(s)
+        script = client.register_script(APPLY_CATALOG_LUA)
+        consumer = None
+        try:
+            while consumer is None and not self._stop.is_set():
+                try:
+                    consumer = make_consumer(s, s.catalog_topic, group_id=f"{s.group_id}-catalog",
+                                             enable_auto_commit=False, max_poll_records=512)
+                except KafkaError as exc:  # the brokers not reachable yet
+                    log.warning("catalog feed: cannot reach Kafka (%s); trying again", exc)
+                    self._stop.wait(1.0)
+            if consumer is None:
+                return
+            log.info("catalog feed: reading %s in group %s-catalog", s.catalog_topic, s.group_id)
+            while not self._stop.is_set():
+                got = consumer.poll(timeout_ms=200)
+                values = [r.value for recs in got.values() for r in recs]
+                if values and self.apply(script, values):
+                    try:
+                        consumer.commit()
+                    except KafkaError as exc:  # a rebalance: the next owner applies them again
+                        log.warning("catalog feed: offsets not committed (%s)", exc)
+        except Exception:
+            log.exception("catalog feed stopped")
+            raise
+        finally:
+            if consumer is not None:
+                consumer.close()
+            client.close()
+
+    def apply(self, script: Any, values: Sequence[bytes | None]) -> bool:
+        """Apply a poll's records (one script call), retrying Redis trouble until it passes;
+        False when the feed was stopped first."""
         events = []
         for v in values:
             try:
@@ -167,20 +242,22 @@ class CatalogStage(Stage):
             except InvalidEventError as exc:
                 self.metrics.catalog_events.labels("invalid").inc()
                 log.warning("catalog record skipped: %s", exc)
+        if not events:
+            return True
         attempt = 0
-        while events:
+        while True:
             try:
-                flags = await self.store.apply(events)
+                with redis_errors():
+                    flags, _ = script(keys=list(CATALOG_KEYS), args=catalog_args(events))
                 break
             except TransientError as exc:
                 attempt += 1
                 delay = min(self.s.retry_max_s, 0.05 * 2 ** min(attempt, 10))
                 log.warning("catalog batch of %d failed (attempt %d): %s; retrying in %.2fs", len(events), attempt, exc, delay)
-                await asyncio.sleep(delay)
-        else:
-            return
+                if self._stop.wait(delay):
+                    return False
         now = time.time() * 1000
         for ev, applied in zip(events, flags, strict=True):
-            self.metrics.catalog_events.labels("applied" if applied else "stale").inc()
+            self.metrics.catalog_events.labels("applied" if int(applied) else "stale").inc()
             self.metrics.catalog_delay_ms.observe(max(0.0, now - ev.ts))
-        self.metrics.catalog_unavailable.set(len(self.store.view.unavailable))
+        return True

@@ -165,6 +165,21 @@ class PolicyStage(Stage):
         if self.policy.scans_rows:
             batch.held = self.policy.cooldown_items
 
+    async def rewrite(self, batch: Batch) -> None:
+        """Items blocked since ``begin`` (the catalog stage looked again after scoring) leave
+        the batch's lists, which then hold one item fewer each, and the later stages' lists obey
+        the new set."""
+        ids = self.blocked(batch.model)[0]
+        if ids is batch.blocked:  # memoised: the same object while nothing changed
+            return
+        new = ids - batch.blocked
+        batch.block(ids)
+        if new:
+            for rec in batch.recs:
+                items = rec.payload["items"]
+                if any(it["item_id"] in new for it in items):
+                    rec.payload["items"] = [it for it in items if it["item_id"] not in new]
+
     def exclude(self, batch: Batch, rows: Any) -> np.ndarray | None:
         assert batch.model is not None
         _, glob = self.blocked(batch.model)

@@ -112,3 +112,31 @@ def test_online_eval_scores_the_next_choice_once() -> None:
     for u in ("x", "y", "z"):
         o.remember(u, {"model": ("v", ["a"])})
     assert len(o) == 2 and o.observe("x", "a", "view") == []  # the oldest went out
+
+
+def test_an_item_gone_off_while_its_batch_was_scored_leaves_the_lists() -> None:
+    """The policy stage's rewrite: the catalog view moved between ``begin`` and the send; the
+    items it made unavailable leave every list (one item fewer), the later picks obey it, and
+    with no change the lists are left alone."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from attnrec.stream.core.recommend import Recommendation
+    from attnrec.stream.core.stage import Batch
+    from attnrec.stream.stages.policy import PolicyStage
+
+    catalog = SimpleNamespace(view=Availability(1, frozenset({"x"})))
+    stage = PolicyStage(Policy(), catalog)  # type: ignore[arg-type]
+    batch = Batch([], exclude_seen=False)
+    asyncio.run(stage.begin(batch))
+    assert batch.blocked == {"x"}
+    lists = {"u1": ["a", "b", "c"], "u2": ["d", "e"]}
+    batch.recs = [Recommendation(u, {"user_id": u, "items": [{"item_id": i, "score": 1.0} for i in items]}, 0)
+                  for u, items in lists.items()]
+    asyncio.run(stage.rewrite(batch))  # nothing changed since begin
+    assert [[it["item_id"] for it in r.payload["items"]] for r in batch.recs] == [["a", "b", "c"], ["d", "e"]]
+    catalog.view = Availability(2, frozenset({"x", "b", "e"}))  # b and e went off meanwhile
+    asyncio.run(stage.rewrite(batch))
+    assert [[it["item_id"] for it in r.payload["items"]] for r in batch.recs] == [["a", "c"], ["d"]]
+    assert batch.blocked == {"x", "b", "e"}
+    assert batch.pick([("b", b"b"), ("e", b"e"), ("f", b"f")], 2, "u1") == ["f"]
