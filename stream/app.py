@@ -28,7 +28,7 @@ from attnrec.settings import Settings
 from .core.batcher import Batcher, feed
 from .core.buffer import STATE_LOST, RedisBuffers
 from .core.groups import lost_writes_message
-from .core.kip447 import GroupMetadata
+from .core.kip447 import GroupFencedError, GroupMetadata
 from .core.metrics import WorkerMetrics
 from .core.model import ModelWatcher, SessionFactory
 from .core.output import KafkaSender, Output
@@ -84,8 +84,14 @@ def group_metadata(app: faust.App, s: Settings) -> GroupMetadata:
     (generation, member id): what its transactions commit offsets as (KIP-447). Read from faust's
     aiokafka consumer, which runs in a thread of its own (two attributes read, never written)."""
     coordinator = app.consumer._thread._ensure_consumer()._coordinator  # noqa: SLF001 (faust keeps no public handle)
-    return GroupMetadata(s.group_id, int(coordinator.generation), str(coordinator.member_id),
-                         getattr(coordinator, "_group_instance_id", None))
+    generation, member = int(coordinator.generation), str(coordinator.member_id)
+    if generation < 0 or not member:
+        # The consumer left or is rejoining (a heartbeat found the member unknown: it was paused
+        # past its session) and reset both. The coordinator skips its check for a transactional
+        # commit without them, so this worker's batches of before the pause would commit over
+        # the new owner's: nothing commits until the rebalance has reached this worker.
+        raise GroupFencedError(f"no commit while the consumer rejoins its group (generation {generation}, member {member!r})")
+    return GroupMetadata(s.group_id, generation, member, getattr(coordinator, "_group_instance_id", None))
 
 
 def add_agent(app: faust.App, s: Settings, proc: Processor) -> None:
