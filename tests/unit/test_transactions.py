@@ -46,3 +46,25 @@ def test_a_transaction_produces_neither_void_parts_nor_what_the_previous_owner_f
     out.void.add(2)  # partition 2 moved to another worker
     out.floors[1] = 12  # partition 1's previous owner committed up to offset 12 after we fetched
     assert [(r[4], r[5]) for r in out.live()] == [(1, 14)]
+
+
+def test_no_group_metadata_while_the_consumer_rejoins() -> None:
+    """A consumer that found itself dropped (a zombie's first heartbeat) resets its generation to
+    -1; the coordinator would accept a transactional commit without one, so none is made."""
+    from types import SimpleNamespace
+
+    import pytest
+    from attnrec.stream.app import group_metadata
+    from attnrec.stream.core.kip447 import GroupFencedError
+
+    def app(generation: int, member: str) -> SimpleNamespace:
+        coordinator = SimpleNamespace(generation=generation, member_id=member)
+        consumer = SimpleNamespace(_coordinator=coordinator)
+        return SimpleNamespace(consumer=SimpleNamespace(_thread=SimpleNamespace(_ensure_consumer=lambda: consumer)))
+
+    s = Settings(group_id="g", clicks_topic="clicks")
+    meta = group_metadata(app(3, "m-1"), s)  # type: ignore[arg-type]
+    assert (meta.group_id, meta.generation_id, meta.member_id) == ("g", 3, "m-1")
+    for generation, member in ((-1, "m-1"), (3, "")):
+        with pytest.raises(GroupFencedError, match="rejoins"):
+            group_metadata(app(generation, member), s)  # type: ignore[arg-type]
