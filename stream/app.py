@@ -34,6 +34,7 @@ from .core.model import ModelWatcher, SessionFactory
 from .core.output import KafkaSender, Output
 from .core.processor import Processor
 from .core.transactions import Transactions
+from .intake import use_lean_consumer
 from .stages import build_stages
 from .stages.catalog import CatalogFeed
 
@@ -44,9 +45,10 @@ log = logging.getLogger(__name__)
 
 def faust_app(s: Settings) -> faust.App:
     """The faust app with the worker's framework configuration (consumer, commits, web); the
-    benchmark's null agent is built on the same one."""
+    benchmark's null agent is built on the same one. Its consumer hands each fetched message
+    over with one call when nothing waits (:mod:`attnrec.stream.intake`)."""
     (s.home / "faust").mkdir(parents=True, exist_ok=True)  # faust creates only the last level
-    return faust.App(
+    app = faust.App(
         s.group_id,
         broker=[f"kafka://{h.strip()}" for h in s.kafka_bootstrap.split(",")],
         broker_credentials=faust_credentials(s),
@@ -69,6 +71,8 @@ def faust_app(s: Settings) -> faust.App:
         stream_buffer_maxsize=max(4096, 4 * s.batch_size),
         agent_supervisor="mode.OneForOneSupervisor",
     )
+    use_lean_consumer(app)
+    return app
 
 
 def make_output(s: Settings, metrics: WorkerMetrics) -> Output:
