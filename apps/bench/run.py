@@ -346,6 +346,9 @@ def run_repeat(sess: Session, cfg: RunConfig, r: int, progress: bool) -> dict[st
     log.info("%s: %.0f ev/s, p50 %.1f p99 %.1f ms, lost %d, dup %d, load %s", c.label, res["events_per_s"],
              res["latency_ms"]["p50"], res["latency_ms"]["p99"], res["lost"], res["duplicates"],
              res["load_avg_after"])  # fmt: skip
+    if res.get("overloaded_stop"):
+        log.warning("%s: stopped early: the agent fell more than 2 s behind the offered %s events/s (saturated: its "
+                    "capacity is what --rate max measures)", c.label, c.rate)  # fmt: skip
     if sess.worker is not None and sess.worker.proc.poll() is not None:
         raise AttnrecError(f"worker exited:\n{sess.worker.tail()}")
     return res
