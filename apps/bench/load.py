@@ -119,6 +119,35 @@ def prefill(s: Settings, users: Sequence[str], items: Sequence[str], length: int
         r.close()
 
 
+#: a stored recommendation of the usual size (10 items, 3 reasons), for memory figures
+TYPICAL_REC = orjson.dumps({
+    "user_id": "u", "items": [{"item_id": f"sku-{1000 + i}", "score": 7.123456} for i in range(10)],
+    "model_version": "20261128T0930-ab12cd", "fallback": False, "trigger_event_id": "0" * 32,
+    "event_ts": 0, "emitted_ts": 18, "because": [{"item_id": "sku-42", "event_type": "purchase", "weight": 0.41}] * 3,
+})  # fmt: skip
+
+
+async def write_as_worker(buffers: Any, users: Sequence[str], events_per_user: int, source: str, ts0: int) -> None:
+    """``events_per_user`` clicks for each of ``users`` written through the worker's own apply
+    script (``buffers``: a :class:`RedisBuffers`; 256 events per call, from ``source``'s eight
+    partitions), then a :data:`TYPICAL_REC` each: a user's state as a serving worker leaves it."""
+    from attnrec.events import ClickEvent
+
+    batch: list[Any] = []
+    off = 0
+    for k in range(events_per_user):
+        for u, uid in enumerate(users):
+            off += 1
+            ev = ClickEvent(uuid.uuid4().hex, uid, f"sku-{(u * 31 + k) % 50000}", "click", ts0 + k)
+            batch.append((ev, f"{source}:{u % 8}", off))
+            if len(batch) == 256:
+                await buffers.apply(batch)
+                batch = []
+    if batch:
+        await buffers.apply(batch)
+    await buffers.store_recs({uid: TYPICAL_REC for uid in users})
+
+
 def redis_bytes_per_user(s: Settings, users: Sequence[str], sample: int = 200) -> float | None:
     """Mean ``MEMORY USAGE`` of a sample of the users' keys (all four of each); None when Redis
     does not allow the command."""

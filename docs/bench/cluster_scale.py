@@ -177,9 +177,9 @@ def memory_per_user(base: BenchSettings, st: LocalStack, n_users: int, events_pe
     import asyncio
 
     import redis
-    from attnrec.stream.core.buffer import RedisBuffers, user_keys
+    from attnrec.apps.bench.load import redis_bytes_per_user, write_as_worker
+    from attnrec.stream.core.buffer import RedisBuffers
 
-    from attnrec.events import ClickEvent
     from attnrec.redis_util import redis_client
 
     def used() -> dict[str, int]:
@@ -190,28 +190,12 @@ def memory_per_user(base: BenchSettings, st: LocalStack, n_users: int, events_pe
 
     tag = uuid.uuid4().hex[:6]
     users = [f"mem-{tag}-{i:06d}" for i in range(n_users)]
-    rec = json.dumps({"user_id": "u", "items": [{"item_id": f"sku-{1000 + i}", "score": 7.123456} for i in range(10)],
-                      "model_version": "20261128T0930-ab12cd", "fallback": False, "trigger_event_id": uuid.uuid4().hex,
-                      "event_ts": 0, "emitted_ts": 18, "because": [{"item_id": "sku-42", "event_type": "purchase",
-                                                                    "weight": 0.41}] * 3}).encode()  # fmt: skip
 
     async def fill() -> None:
         b = RedisBuffers(redis_client(base, timeout_s=60), max_len=base.buffer_len, ttl_s=base.buffer_ttl_s,
                          dedupe_window=base.dedupe_window)  # fmt: skip
         await b.mark_state("cluster scale: memory")
-        batch: list[Any] = []
-        off = 0
-        for k in range(events_per_user):
-            for u, uid in enumerate(users):
-                off += 1
-                batch.append((ClickEvent(uuid.uuid4().hex, uid, f"sku-{(u * 31 + k) % 50000}", "click", 10**12 + k),
-                              f"mem-{tag}:{u % 8}", off))  # fmt: skip
-                if len(batch) == 256:
-                    await b.apply(batch)
-                    batch = []
-        if batch:
-            await b.apply(batch)
-        await b.store_recs({uid: rec for uid in users})
+        await write_as_worker(b, users, events_per_user, f"mem-{tag}", 10**12)
         await b.r.aclose()
 
     time.sleep(2)
@@ -221,16 +205,7 @@ def memory_per_user(base: BenchSettings, st: LocalStack, n_users: int, events_pe
     fill_s = time.monotonic() - t0
     time.sleep(3)  # the replicas catch up
     after = used()
-    from attnrec.redis_util import redis_sync
-
-    r = redis_sync(base)
-    sample = users[:: max(1, n_users // 200)]
-    p = r.pipeline(transaction=False)
-    for uid in sample:
-        for k in user_keys(uid):
-            p.memory_usage(k, samples=0)
-    usage = sum(v or 0 for v in p.execute()) / len(sample)
-    r.close()
+    usage = redis_bytes_per_user(base, users) or 0.0
     return {"users": n_users, "events_per_user": events_per_user, "buffer_len": base.buffer_len,
             "dedupe_window": base.dedupe_window, "fill_s": round(fill_s, 1),
             "us_per_event_written": round(1e6 * fill_s / (n_users * events_per_user), 1),

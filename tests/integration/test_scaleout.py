@@ -150,17 +150,13 @@ def test_redis_memory_per_user_for_sizing(stack: Any) -> None:
     import uuid
 
     import redis.asyncio as aioredis
+    from attnrec.apps.bench.load import write_as_worker
     from attnrec.stream.core.buffer import RedisBuffers
 
     from attnrec.settings import Settings
 
     d = Settings()
     tag = uuid.uuid4().hex[:8]
-    rec = json.dumps({
-        "user_id": "u", "items": [{"item_id": f"sku-{1000 + i}", "score": 7.123456} for i in range(10)],
-        "model_version": "20261128T0930-ab12cd", "fallback": False, "trigger_event_id": uuid.uuid4().hex,
-        "event_ts": T0, "emitted_ts": T0 + 18, "because": [{"item_id": "sku-42", "event_type": "purchase", "weight": 0.41}] * 3,
-    }).encode()  # fmt: skip
     n_users = 60
 
     async def fill(per_user: int, window: int) -> list[str]:
@@ -168,19 +164,7 @@ def test_redis_memory_per_user_for_sizing(stack: Any) -> None:
         b = RedisBuffers(client, max_len=d.buffer_len, ttl_s=d.buffer_ttl_s, dedupe_window=window)
         await b.mark_state("test")
         users = [f"mem-{tag}-{per_user}-{window}-{u:05d}" for u in range(n_users)]
-        batch: list[Any] = []
-        off = 0
-        for u, uid in enumerate(users):
-            for k in range(per_user):
-                off += 1
-                ev = ClickEvent(uuid.uuid4().hex, uid, f"sku-{(u * 31 + k) % 50000}", "click", T0 + k)
-                batch.append((ev, f"clicks-{tag}:{u % 8}", off))
-                if len(batch) == 256:
-                    await b.apply(batch)
-                    batch = []
-        if batch:
-            await b.apply(batch)
-        await b.store_recs({uid: rec for uid in users})
+        await write_as_worker(b, users, per_user, f"clicks-{tag}", T0)
         await client.aclose()
         return users
 
