@@ -224,9 +224,8 @@ class CatalogFeed:
                         consumer.commit()
                     except KafkaError as exc:  # a rebalance: the next owner applies them again
                         log.warning("catalog feed: offsets not committed (%s)", exc)
-        except Exception:
+        except Exception:  # logged once here; re-raised, the thread would print it again
             log.exception("catalog feed stopped")
-            raise
         finally:
             if consumer is not None:
                 consumer.close()
