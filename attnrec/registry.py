@@ -40,6 +40,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import uuid
@@ -89,8 +90,19 @@ def _write_file(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
+def _finite(obj: Any) -> Any:
+    """``obj`` with every non-finite float (a training curve's NaN loss) as None: strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def _dumps(obj: Any) -> bytes:
-    return (json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n").encode()
+    return (json.dumps(_finite(obj), indent=2, sort_keys=False, allow_nan=False) + "\n").encode()
 
 
 class Registry:

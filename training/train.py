@@ -92,6 +92,10 @@ def _next_item_loss(model: AttnRec, cfg: TrainConfig, items: torch.Tensor, hidde
                     targets: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """The next-item loss of ``cfg.loss`` over the hidden states (B, L, d) of the positions with a target."""
     sel = (targets > 1) & (items != 0)  # positions with a real next item
+    if not bool(sel.any()):
+        # no position of the batch has a known next item (a sparse log with rare items mapped
+        # out: every target is OOV): a mean over nothing is NaN, which would poison every weight
+        return hidden.sum() * 0.0
     h = hidden[sel]  # (N, d)
     y = targets[sel]  # (N,)
     # (n_items, d); with item content the combined table (training/model.py: item_table)
@@ -217,11 +221,12 @@ def batch_tensors(
 
 def _epoch(model: AttnRec, opt: torch.optim.Optimizer, tcfg: TrainConfig, arrays: list[torch.Tensor],
            batches: list[torch.Tensor], gen: torch.Generator, bar: Any, best: dict[str, Any],
-           ema: _Ema | None = None, schedule: tuple[int, int, float] | None = None) -> float:
-    """One pass over the training rows, batch by batch; returns the summed batch loss.
+           ema: _Ema | None = None, schedule: tuple[int, int, float] | None = None) -> tuple[float, int]:
+    """One pass over the training rows, batch by batch; returns the summed batch loss and the
+    batches left out for a non-finite loss.
     ``schedule``: (steps so far, steps of the whole run, base rate) when the learning rate
     follows ``tcfg.lr_schedule`` / ``warmup_epochs`` (:func:`lr_factor`)."""
-    total = 0.0
+    total, skipped = 0.0, 0
     for i, idx in enumerate(batches):
         if schedule is not None:
             done, steps, base = schedule
@@ -229,6 +234,13 @@ def _epoch(model: AttnRec, opt: torch.optim.Optimizer, tcfg: TrainConfig, arrays
             for g in opt.param_groups:
                 g["lr"] = base * f
         loss = _loss(model, tcfg, *batch_tensors(arrays, idx), gen)
+        if not bool(torch.isfinite(loss)):
+            # one step on a non-finite loss makes every weight NaN: the batch is left out
+            skipped += 1
+            if skipped == 1:
+                log.warning("a training batch had a non-finite loss (%s): left out (the epoch's skipped_batches "
+                            "counts them)", loss.item())  # fmt: skip
+            continue
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -238,7 +250,7 @@ def _epoch(model: AttnRec, opt: torch.optim.Optimizer, tcfg: TrainConfig, arrays
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}", best_val_ndcg10=f"{max(best['ndcg@10'], 0):.4f}")
-    return total
+    return total, skipped
 
 
 def train(
@@ -298,10 +310,10 @@ def train(
             stop_reason = f"CPU budget of {tcfg.max_cpu_minutes} min"
             break
         batches = _batches(lengths, tcfg, np_rng)
-        total, te, ce = 0.0, time.monotonic(), time.process_time()
+        total, skipped, te, ce = 0.0, 0, time.monotonic(), time.process_time()
         scheduled = tcfg.lr_schedule != "constant" or tcfg.warmup_epochs > 0
         try:
-            total = _epoch(model, opt, tcfg, arrays, batches, gen, bar, best, ema,
+            total, skipped = _epoch(model, opt, tcfg, arrays, batches, gen, bar, best, ema,
                            ((epoch - 1) * steps, tcfg.epochs * steps, base_lr) if scheduled else None)
             model.eval()
             if ema is not None:
@@ -311,7 +323,7 @@ def train(
             stop_reason = "interrupted"
             log.warning("training interrupted in epoch %d; keeping the best epoch so far (%d)", epoch, best["epoch"])
             break
-        rec = {"epoch": epoch, "loss": total / steps, "lr": opt.param_groups[0]["lr"], "val_ndcg@10": val["ndcg@10"], "val_hr@10": val["hr@10"],
+        rec = {"epoch": epoch, "loss": total / max(1, steps - skipped), "skipped_batches": skipped, "lr": opt.param_groups[0]["lr"], "val_ndcg@10": val["ndcg@10"], "val_hr@10": val["hr@10"],
                "epoch_seconds": round(time.monotonic() - te, 2), "epoch_cpu_seconds": round(time.process_time() - ce, 2),
                "elapsed_seconds": round(time.monotonic() - t0, 2)}
         history.append(rec)

@@ -262,3 +262,14 @@ def test_verify_files_names_the_missing_file(reg: tuple[Registry, str]) -> None:
     (vdir / "items.json").unlink()
     with pytest.raises(ModelCheckError, match="items.json is missing"):
         verify_files(vdir, registry.read_manifest(version))
+
+
+def test_a_non_finite_figure_in_a_manifest_is_written_as_null(reg: tuple[Registry, str]) -> None:
+    """A training curve with a NaN loss crashed the publish (strict JSON refuses NaN), and with it
+    the periodic trainer's cycle: the figure is written as null instead."""
+    registry, version = reg
+    curve = [{"epoch": 1, "loss": 8.4}, {"epoch": 2, "loss": float("nan")}, {"epoch": 3, "loss": float("inf")}]
+    new = republish(registry, version, training={"curve": curve})
+    m = registry.read_manifest(new)
+    assert [r["loss"] for r in m["training"]["curve"]] == [8.4, None, None]
+    json.loads((registry.version_dir(new) / "manifest.json").read_text())  # strict JSON

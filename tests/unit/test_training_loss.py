@@ -173,3 +173,21 @@ def test_default_width_for_event_streams_stays_at_the_serving_budget(tmp_path) -
     m, t = default_configs(load_dataset(p, "events"))
     assert (m.d_model, m.block, m.max_len) == (64, "sasrec", 50)
     assert (t.lr, t.label_smoothing) == (1e-3, 0.0)  # the retrainer's capped runs keep the fast start
+
+
+@pytest.mark.parametrize(("loss", "denoise"), [("ce", 0.0), ("bce", 0.0), ("sampled", 0.0), ("sampled", 0.2)])
+def test_a_batch_without_a_known_next_item_trains_nothing_and_stays_finite(loss: str, denoise: float) -> None:
+    """A sparse log with rare items mapped out can give a batch whose every target is OOV: a mean
+    over no position is NaN, and one optimizer step on it made every weight NaN (a retrain on the
+    Taobao slice, 2026-12-07)."""
+    torch.manual_seed(0)
+    model = AttnRec(ModelConfig(n_items=30, max_len=8, d_model=16))
+    items, types, gaps, targets = _batch()
+    targets = torch.where(targets > 0, torch.ones_like(targets), targets)  # every next item OOV
+    value = _loss(model, TrainConfig(loss=loss, n_negatives=7, denoise=denoise), items, types, gaps, targets,
+                  torch.Generator().manual_seed(0))
+    assert torch.isfinite(value)
+    if not denoise:
+        assert value.item() == 0.0
+    value.backward()
+    assert all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in model.parameters())
