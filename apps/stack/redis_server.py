@@ -80,10 +80,8 @@ class RedisServer(Processes):
                 if redis.Redis.from_url(self.redis_url, socket_timeout=1).ping():
                     log.info("redis up on 127.0.0.1:%d (pid %d)", self.redis_port, proc.pid)
                     return
-            except redis.exceptions.BusyLoadingError:
-                pass
-            except redis.exceptions.ConnectionError:
-                pass
+            except (redis.exceptions.BusyLoadingError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                pass  # still starting: loading its data, or too busy to answer within the second
             time.sleep(0.1)
         raise StackError(f"redis did not answer on port {self.redis_port} within {timeout:.0f}s")
 
