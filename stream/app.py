@@ -130,18 +130,21 @@ def add_agent(app: faust.App, s: Settings, proc: Processor) -> None:
             await proc.output.stop()
 
 
-def add_catalog_feed(app: faust.App, s: Settings, proc: Processor) -> None:
+def add_catalog_feed(app: faust.App, s: Settings, proc: Processor) -> CatalogFeed:
     """With ``CATALOG``: the catalog topic applied to the availability state shared in Redis by
     a thread of its own (:class:`attnrec.stream.stages.catalog.CatalogFeed`), started with the
-    app and stopped with it."""
+    app and stopped with it; the worker is ready once it has joined its group."""
+    feed = CatalogFeed(s, proc.metrics)
 
     @app.task
     async def _catalog_feed() -> None:
-        feed = CatalogFeed(s, proc.metrics).start()
+        feed.start()
         try:
             await asyncio.Event().wait()
         finally:
             await asyncio.get_running_loop().run_in_executor(None, feed.stop)
+
+    return feed
 
 
 async def _no_ack(event: Any) -> None:
@@ -149,9 +152,10 @@ async def _no_ack(event: Any) -> None:
 
 
 def add_views(app: faust.App, s: Settings, proc: Processor, *, buffers: RedisBuffers | None = None,
-              watcher: ModelWatcher | None = None) -> None:
-    """``/healthz``, ``/readyz`` (a model loaded, unless there is no ``watcher``, and partitions
-    assigned), ``/metrics`` and, with ``buffers``, ``/recs/<user>``."""
+              watcher: ModelWatcher | None = None, catalog: CatalogFeed | None = None) -> None:
+    """``/healthz``, ``/readyz`` (a model loaded, unless there is no ``watcher``, partitions
+    assigned, and the ``catalog`` feed in its group), ``/metrics`` and, with ``buffers``,
+    ``/recs/<user>``."""
     metrics = proc.metrics
     lag = _Lag(s, metrics)
 
@@ -170,10 +174,11 @@ def add_views(app: faust.App, s: Settings, proc: Processor, *, buffers: RedisBuf
     class Readyz(View):
         async def get(self, request: Request) -> Response:
             assigned = len(app.consumer.assignment()) if app.consumer is not None else 0
-            ready = (watcher is None or proc.model is not None) and assigned > 0 and proc.state_error is None
+            feed = catalog is None or catalog.joined.is_set()
+            ready = (watcher is None or proc.model is not None) and assigned > 0 and proc.state_error is None and feed
             body = {"ready": ready, "model_version": proc.model.version if proc.model else None, "assigned_partitions": assigned,
                     "model_error": watcher.last_error if watcher is not None else None,
-                    "state_error": proc.state_error}  # fmt: skip
+                    "state_error": proc.state_error, "catalog_feed": None if catalog is None else feed}  # fmt: skip
             return self.json(body, status=200 if ready else 503)
 
     @app.page("/metrics")
@@ -329,7 +334,6 @@ def create_app(settings: Settings, *, session_factory: SessionFactory | None = N
         await guard_redis_state(s, buffers, proc)
 
     add_agent(app, s, proc)
-    if s.catalog:
-        add_catalog_feed(app, s, proc)
-    add_views(app, s, proc, buffers=buffers, watcher=watcher)
+    feed = add_catalog_feed(app, s, proc) if s.catalog else None
+    add_views(app, s, proc, buffers=buffers, watcher=watcher, catalog=feed)
     return app

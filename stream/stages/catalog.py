@@ -175,6 +175,15 @@ class CatalogStage(Stage):
         await self.begin(batch)
 
 
+def _joined(consumer: Any) -> bool:
+    """The kafka-python consumer has a stable group generation (a member with no partition, as
+    when workers outnumber the catalog topic's partitions, has one too)."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    if coordinator is not None and hasattr(coordinator, "generation_if_stable"):
+        return coordinator.generation_if_stable() is not None
+    return bool(consumer.assignment())
+
+
 class CatalogFeed:
     """The catalog topic, read and applied in a thread of its own (a kafka-python consumer in
     the group ``<GROUP_ID>-catalog`` and a blocking Redis client), so a status change never
@@ -187,6 +196,9 @@ class CatalogFeed:
     def __init__(self, s: Settings, metrics: WorkerMetrics) -> None:
         self.s = s
         self.metrics = metrics
+        #: set once the consumer has joined its group (its partitions, if any, are being read):
+        #: until then a status change reaches nobody, so the worker is not ready (``/readyz``)
+        self.joined = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -218,6 +230,10 @@ class CatalogFeed:
             log.info("catalog feed: reading %s in group %s-catalog", s.catalog_topic, s.group_id)
             while not self._stop.is_set():
                 got = consumer.poll(timeout_ms=200)
+                if not self.joined.is_set() and _joined(consumer):
+                    self.joined.set()
+                    log.info("catalog feed: joined group %s-catalog, reading %d partition(s)", s.group_id,
+                             len(consumer.assignment()))  # fmt: skip
                 values = [r.value for recs in got.values() for r in recs]
                 if values and self.apply(script, values):
                     try:
