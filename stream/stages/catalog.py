@@ -176,12 +176,9 @@ class CatalogStage(Stage):
 
 
 def _joined(consumer: Any) -> bool:
-    """The kafka-python consumer has a stable group generation (a member with no partition, as
-    when workers outnumber the catalog topic's partitions, has one too)."""
-    coordinator = getattr(consumer, "_coordinator", None)
-    if coordinator is not None and hasattr(coordinator, "generation_if_stable"):
-        return coordinator.generation_if_stable() is not None
-    return bool(consumer.assignment())
+    """The kafka-python consumer (pinned: pyproject) has a stable group generation; a member with
+    no partition, as when workers outnumber the catalog topic's partitions, has one too."""
+    return consumer._coordinator.generation_if_stable() is not None
 
 
 class CatalogFeed:
