@@ -3,7 +3,7 @@ output at a low rate, where every batch is one event), from the producer's send 
 ``read_committed`` consumer's receipt, against an idempotent at-least-once send of the same record.
 No worker, no faust: the protocol's floor on this box, for each client.
 
-    .venv/bin/python docs/bench/txn_floor.py [--bootstrap 127.0.0.1:9092] [--rounds 3] [--records 300] [--gap-ms 30]
+    .venv/bin/python docs/bench/txn_floor.py [--bootstrap 127.0.0.1:9092] [--rounds 3] [--records 300] [--gap-ms 30] [--only WORDS]
 
 Run it against a running broker (``attnrec stack up``) on a quiet box. Each round runs the three
 clients one after the other, each on fresh 8-partition topics:
@@ -14,7 +14,14 @@ clients one after the other, each on fresh 8-partition topics:
   ``send_offsets_to_transaction`` (one offset, a real group member's metadata), ``commit_transaction``;
 - ``attnrec exactly-once``: the worker's transactional producer (aiokafka with KIP-447's offset
   commit, :mod:`attnrec.stream.core.kip447`), the same four steps (the group has no member, so
-  the coordinator checks no generation).
+  the coordinator checks no generation);
+- ``transaction protocol v2``: the same transaction in Kafka 4's protocol (KIP-890 part 2,
+  ``transaction.version=2``, which a broker formatted by Kafka 4 has finalized), as raw requests
+  on aiokafka's client, since neither aiokafka nor librdkafka speaks it: Produce v12 and
+  TxnOffsetCommit v5 sent together (each broker adds its partition to the transaction itself: no
+  AddPartitionsToTxn or AddOffsetsToTxn round trip), then EndTxn v5, which bumps the producer's
+  epoch and returns it. The floor a worker on v2 would start from; not a producer (no retries
+  beyond a busy coordinator, one broker).
 
 A record is read by a ``read_committed`` confluent-kafka consumer polling in a thread. Printed per
 client: the median over rounds of each round's p50 and p90 (ms, the first 50 records of a round
@@ -159,6 +166,151 @@ def attnrec_producer(bootstrap: str, n: int, gap_s: float) -> tuple[dict[int, fl
     return sent, reader.stop()
 
 
+def _tv2_requests():  # type: ignore[no-untyped-def]
+    """Produce v12, TxnOffsetCommit v5 and EndTxn v5 (flexible versions), built on aiokafka's
+    protocol types; TxnOffsetCommit v5 has v3's fields (:mod:`attnrec.stream.core.kip447`)."""
+    from aiokafka.protocol.api import Request, RequestStruct, Response
+    from aiokafka.protocol.types import (
+        Boolean,
+        CompactArray,
+        CompactBytes,
+        CompactString,
+        Int16,
+        Int32,
+        Int64,
+        Schema,
+        TaggedFields,
+    )
+    from attnrec.stream.core.kip447 import TxnOffsetCommitRequest_v3, TxnOffsetCommitResponse_v3
+
+    class ProduceResponse_v12(Response):
+        API_KEY, API_VERSION = 0, 12
+        SCHEMA = Schema(
+            ("responses", CompactArray(
+                ("name", CompactString("utf-8")),
+                ("partitions", CompactArray(
+                    ("index", Int32), ("error_code", Int16), ("base_offset", Int64), ("log_append_time_ms", Int64),
+                    ("log_start_offset", Int64),
+                    ("record_errors", CompactArray(("batch_index", Int32), ("message", CompactString("utf-8")),
+                                                   ("tags", TaggedFields))),
+                    ("error_message", CompactString("utf-8")), ("tags", TaggedFields))),
+                ("tags", TaggedFields))),
+            ("throttle_time_ms", Int32), ("tags", TaggedFields))  # fmt: skip
+
+    class ProduceRequest_v12(RequestStruct):
+        FLEXIBLE_VERSION, API_KEY, API_VERSION, RESPONSE_TYPE = True, 0, 12, ProduceResponse_v12
+        SCHEMA = Schema(
+            ("transactional_id", CompactString("utf-8")), ("acks", Int16), ("timeout_ms", Int32),
+            ("topic_data", CompactArray(
+                ("name", CompactString("utf-8")),
+                ("partition_data", CompactArray(("index", Int32), ("records", CompactBytes), ("tags", TaggedFields))),
+                ("tags", TaggedFields))),
+            ("tags", TaggedFields))  # fmt: skip
+
+    class TxnOffsetCommitResponse_v5(TxnOffsetCommitResponse_v3):
+        API_VERSION = 5
+
+    class TxnOffsetCommitRequest_v5(TxnOffsetCommitRequest_v3):
+        API_VERSION, RESPONSE_TYPE = 5, TxnOffsetCommitResponse_v5
+
+    class EndTxnResponse_v5(Response):
+        API_KEY, API_VERSION = 26, 5
+        SCHEMA = Schema(("throttle_time_ms", Int32), ("error_code", Int16), ("producer_id", Int64),
+                        ("producer_epoch", Int16), ("tags", TaggedFields))  # fmt: skip
+
+    class EndTxnRequest_v5(RequestStruct):
+        FLEXIBLE_VERSION, API_KEY, API_VERSION, RESPONSE_TYPE = True, 26, 5, EndTxnResponse_v5
+        SCHEMA = Schema(("transactional_id", CompactString("utf-8")), ("producer_id", Int64),
+                        ("producer_epoch", Int16), ("committed", Boolean), ("tags", TaggedFields))  # fmt: skip
+
+    class Produce(Request[ProduceRequest_v12]):
+        API_KEY = 0
+
+        def __init__(self, *args) -> None:  # type: ignore[no-untyped-def]
+            self.args = args  # transactional id, topic, partition, record batch
+
+        def build(self, cls):  # type: ignore[no-untyped-def]
+            tid, topic, partition, batch = self.args
+            return cls(tid, -1, 30000, [(topic, [(partition, batch, {})], {})], {})
+
+    class TxnOffsetCommit(Request[TxnOffsetCommitRequest_v5]):
+        API_KEY = 28
+
+        def __init__(self, *args) -> None:  # type: ignore[no-untyped-def]
+            self.args = args  # transactional id, producer id, epoch, group id, topic, partition, offset
+
+        def build(self, cls):  # type: ignore[no-untyped-def]
+            tid, pid, epoch, group, topic, partition, offset = self.args
+            return cls(tid, group, pid, epoch, -1, "", None, [(topic, [(partition, offset, -1, "", {})], {})], {})
+
+    class EndTxn(Request[EndTxnRequest_v5]):
+        API_KEY = 26
+
+        def __init__(self, *args) -> None:  # type: ignore[no-untyped-def]
+            self.args = args  # transactional id, producer id, epoch
+
+        def build(self, cls):  # type: ignore[no-untyped-def]
+            return cls(*self.args, True, {})
+
+    return Produce, TxnOffsetCommit, EndTxn
+
+
+def transaction_v2(bootstrap: str, n: int, gap_s: float) -> tuple[dict[int, float], dict[int, float]]:
+    from aiokafka import TopicPartition
+    from aiokafka.client import AIOKafkaClient, CoordinationType
+    from aiokafka.protocol.transaction import InitProducerIdRequest
+    from aiokafka.record.default_records import DefaultRecordBatchBuilder
+
+    Produce, TxnOffsetCommit, EndTxn = _tv2_requests()
+    out, src = _topics(bootstrap)
+    reader = _Reader(bootstrap, out)
+    busy = (14, 51)  # COORDINATOR_LOAD_IN_PROGRESS, CONCURRENT_TRANSACTIONS: ask again
+
+    def batch(pid: int, epoch: int, i: int) -> bytes:
+        b = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=1, producer_id=pid,
+                                      producer_epoch=epoch, base_sequence=0, batch_size=1 << 16)  # fmt: skip
+        b.append(0, timestamp=None, key=str(i).encode(), value=str(i).encode(), headers=[])
+        return bytes(b.build())
+
+    async def run() -> dict[int, float]:
+        client = AIOKafkaClient(bootstrap_servers=bootstrap)
+        await client.bootstrap()
+        tid, group = f"floor-{uuid.uuid4().hex[:8]}", f"floor-a-{uuid.uuid4().hex[:8]}"
+        node = await client.coordinator_lookup(CoordinationType.TRANSACTION, tid)
+        gnode = await client.coordinator_lookup(CoordinationType.GROUP, group)
+        await client.force_metadata_update()
+        while (r := await client.send(node, InitProducerIdRequest(tid, 60000))).error_code in busy:
+            await asyncio.sleep(0.2)
+        if r.error_code:
+            raise RuntimeError(f"InitProducerId: error {r.error_code}")
+        pid, epoch = r.producer_id, r.producer_epoch
+        sent: dict[int, float] = {}
+        for i in range(n):
+            t0 = time.perf_counter()
+            sent[i] = t0
+            part = i % PARTITIONS
+            leader = client.cluster.leader_for_partition(TopicPartition(out, part))
+            pr, orr = await asyncio.gather(client.send(leader, Produce(tid, out, part, batch(pid, epoch, i))),
+                                           client.send(gnode, TxnOffsetCommit(tid, pid, epoch, group, src, part, i + 1)))  # fmt: skip
+            while (code := pr.responses[0][1][0][1]) in busy:  # a leader's add met the previous commit's markers
+                pr = await client.send(leader, Produce(tid, out, part, batch(pid, epoch, i)))
+            while (ocode := orr.topics[0][1][0][1]) in busy:
+                orr = await client.send(gnode, TxnOffsetCommit(tid, pid, epoch, group, src, part, i + 1))
+            if code or ocode:
+                raise RuntimeError(f"transaction {i}: Produce error {code}, TxnOffsetCommit error {ocode}")
+            while (e := await client.send(node, EndTxn(tid, pid, epoch))).error_code in busy:
+                await asyncio.sleep(0.001)
+            if e.error_code:
+                raise RuntimeError(f"EndTxn: error {e.error_code}")
+            pid, epoch = e.producer_id, e.producer_epoch  # v2: every transaction ends with a new epoch
+            await asyncio.sleep(max(0.0, gap_s - (time.perf_counter() - t0)))
+        await client.close()
+        return sent
+
+    sent = asyncio.run(run())
+    return sent, reader.stop()
+
+
 def _pcts(sent: dict[int, float], got: dict[int, float], skip: int = 50) -> tuple[float, float, int]:
     xs = sorted((got[i] - sent[i]) * 1000 for i in sent if i >= skip and i in got)
     return statistics.median(xs), xs[int(len(xs) * 0.9)], len(xs)
@@ -170,13 +322,17 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--records", type=int, default=300)
     ap.add_argument("--gap-ms", type=float, default=30.0)
+    ap.add_argument("--only", default="", help="the clients whose name holds one of these comma-separated words")
     a = ap.parse_args()
     gap = a.gap_ms / 1000
     clients: dict[str, Callable[[], tuple[dict[int, float], dict[int, float]]]] = {
         "librdkafka at-least-once": lambda: librdkafka(a.bootstrap, a.records, gap, False),
         "librdkafka exactly-once": lambda: librdkafka(a.bootstrap, a.records, gap, True),
         "attnrec exactly-once": lambda: attnrec_producer(a.bootstrap, a.records, gap),
+        "transaction protocol v2": lambda: transaction_v2(a.bootstrap, a.records, gap),
     }
+    if a.only:
+        clients = {k: v for k, v in clients.items() if any(w in k for w in a.only.split(","))}
     res: dict[str, list[tuple[float, float, int]]] = {k: [] for k in clients}
     for r in range(a.rounds):
         for name, run in clients.items():
