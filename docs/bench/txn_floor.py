@@ -181,7 +181,11 @@ def _tv2_requests():  # type: ignore[no-untyped-def]
         Schema,
         TaggedFields,
     )
-    from attnrec.stream.core.kip447 import TxnOffsetCommitRequest_v3, TxnOffsetCommitResponse_v3
+    from attnrec.stream.core.kip447 import (
+        TxnOffsetCommitRequest_v3,
+        TxnOffsetCommitRequestV3,
+        TxnOffsetCommitResponse_v3,
+    )
 
     class ProduceResponse_v12(Response):
         API_KEY, API_VERSION = 0, 12
@@ -234,14 +238,11 @@ def _tv2_requests():  # type: ignore[no-untyped-def]
             return cls(tid, -1, 30000, [(topic, [(partition, batch, {})], {})], {})
 
     class TxnOffsetCommit(Request[TxnOffsetCommitRequest_v5]):
+        """kip447's v3 request at v5 (the same fields)."""
+
         API_KEY = 28
-
-        def __init__(self, *args) -> None:  # type: ignore[no-untyped-def]
-            self.args = args  # transactional id, producer id, epoch, group id, topic, partition, offset
-
-        def build(self, cls):  # type: ignore[no-untyped-def]
-            tid, pid, epoch, group, topic, partition, offset = self.args
-            return cls(tid, group, pid, epoch, -1, "", None, [(topic, [(partition, offset, -1, "", {})], {})], {})
+        __init__ = TxnOffsetCommitRequestV3.__init__
+        build = TxnOffsetCommitRequestV3.build
 
     class EndTxn(Request[EndTxnRequest_v5]):
         API_KEY = 26
@@ -260,6 +261,7 @@ def transaction_v2(bootstrap: str, n: int, gap_s: float) -> tuple[dict[int, floa
     from aiokafka.client import AIOKafkaClient, CoordinationType
     from aiokafka.protocol.transaction import InitProducerIdRequest
     from aiokafka.record.default_records import DefaultRecordBatchBuilder
+    from attnrec.stream.core.kip447 import GroupMetadata
 
     Produce, TxnOffsetCommit, EndTxn = _tv2_requests()
     out, src = _topics(bootstrap)
@@ -275,9 +277,9 @@ def transaction_v2(bootstrap: str, n: int, gap_s: float) -> tuple[dict[int, floa
     async def run() -> dict[int, float]:
         client = AIOKafkaClient(bootstrap_servers=bootstrap)
         await client.bootstrap()
-        tid, group = f"floor-{uuid.uuid4().hex[:8]}", f"floor-a-{uuid.uuid4().hex[:8]}"
+        tid, group = f"floor-{uuid.uuid4().hex[:8]}", GroupMetadata(f"floor-a-{uuid.uuid4().hex[:8]}")
         node = await client.coordinator_lookup(CoordinationType.TRANSACTION, tid)
-        gnode = await client.coordinator_lookup(CoordinationType.GROUP, group)
+        gnode = await client.coordinator_lookup(CoordinationType.GROUP, group.group_id)
         await client.force_metadata_update()
         while (r := await client.send(node, InitProducerIdRequest(tid, 60000))).error_code in busy:
             await asyncio.sleep(0.2)
@@ -291,11 +293,11 @@ def transaction_v2(bootstrap: str, n: int, gap_s: float) -> tuple[dict[int, floa
             part = i % PARTITIONS
             leader = client.cluster.leader_for_partition(TopicPartition(out, part))
             pr, orr = await asyncio.gather(client.send(leader, Produce(tid, out, part, batch(pid, epoch, i))),
-                                           client.send(gnode, TxnOffsetCommit(tid, pid, epoch, group, src, part, i + 1)))  # fmt: skip
+                                           client.send(gnode, TxnOffsetCommit(tid, pid, epoch, group, [(src, [(part, i + 1, "")])])))  # fmt: skip
             while (code := pr.responses[0][1][0][1]) in busy:  # a leader's add met the previous commit's markers
                 pr = await client.send(leader, Produce(tid, out, part, batch(pid, epoch, i)))
             while (ocode := orr.topics[0][1][0][1]) in busy:
-                orr = await client.send(gnode, TxnOffsetCommit(tid, pid, epoch, group, src, part, i + 1))
+                orr = await client.send(gnode, TxnOffsetCommit(tid, pid, epoch, group, [(src, [(part, i + 1, "")])]))
             if code or ocode:
                 raise RuntimeError(f"transaction {i}: Produce error {code}, TxnOffsetCommit error {ocode}")
             while (e := await client.send(node, EndTxn(tid, pid, epoch))).error_code in busy:
