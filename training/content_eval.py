@@ -32,11 +32,11 @@ __all__ = ["measure", "split_metrics", "live_attributes", "main"]
 log = logging.getLogger(__name__)
 
 
-def split_metrics(ds: Any, ranks: list[int], cold: set[str]) -> dict[str, Any]:
-    """HR/NDCG@10,20 of the test ranks: all cases, cold-target cases, warm-target cases."""
+def split_metrics(ds: Any, ranks: list[int], cold: set[str], split: str = "test") -> dict[str, Any]:
+    """HR/NDCG@10,20 of one split's ranks: all cases, cold-target cases, warm-target cases."""
     from .evaluate import rank_metrics
 
-    targets = [ds.vocab.item_id(ds.users[u].items[cut]) for u, cut in ds.test]
+    targets = [ds.vocab.item_id(ds.users[u].items[cut]) for u, cut in ds.split(split)]
     is_cold = np.array([t in cold for t in targets], dtype=bool)
     r = np.asarray(ranks)
     return {"all": {**rank_metrics(r), "cases": int(len(r))},
@@ -72,8 +72,11 @@ def _write_table_csv(path: Path, table: Any) -> None:
 
 def measure(out: Path, *, users: int, items: int, events: int, seed: int, threads: int = 1,
             epochs: int = 200, max_minutes: float = 30.0, scenario: str = "content",
-            variants: tuple[str, ...] = ("without", "with"), id_dropout: float | None = None) -> dict[str, Any]:
-    """Generate, train without and with content, evaluate; returns the report."""
+            variants: tuple[str, ...] = ("without", "with"), id_dropout: float | None = None,
+            cold_target: str = "test") -> dict[str, Any]:
+    """Generate, train without and with content, evaluate both splits; returns the report.
+    ``cold_target`` "val" puts the cold targets on the validation split (to choose a setting
+    there) instead of the test split."""
     import torch
 
     from .content import attach_content, load_item_attributes
@@ -96,13 +99,13 @@ def measure(out: Path, *, users: int, items: int, events: int, seed: int, thread
         cold: set[str] = set()
         _write_table_csv(out / "items.csv", live_attributes(lw))
     else:
-        evs, world, cold = generate_content(users, items, events, seed)
+        evs, world, cold = generate_content(users, items, events, seed, cold_target=cold_target)
         write_attributes_csv(out / "items.csv", world)
     with open(out / "events.jsonl", "wb") as f:
         for ev in evs:
             f.write(ev.to_json() + b"\n")
     report: dict[str, Any] = {"data": {"scenario": scenario, "users": users, "items": items, "events": len(evs), "seed": seed,
-                                       "cold_items": len(cold)}, "runs": {}}
+                                       "cold_items": len(cold), "cold_target": cold_target}, "runs": {}}
     for variant in variants:
         ds = load_dataset(out / "events.jsonl", "events")
         if variant == "with":
@@ -113,12 +116,14 @@ def measure(out: Path, *, users: int, items: int, events: int, seed: int, thread
         tcfg.threads, tcfg.epochs, tcfg.max_minutes = threads, epochs, max_minutes
         t0 = time.monotonic()
         model, metrics = fit_and_evaluate(ds, mcfg, tcfg)
-        res = evaluate(model_scorer(model), ds, "test", mcfg.history_len, seed=tcfg.seed, return_ranks=True)
-        report["runs"][variant] = {"test": split_metrics(ds, res["ranks"], cold), "best_epoch": metrics["best_epoch"],
+        by_split = {split: split_metrics(ds, evaluate(model_scorer(model), ds, split, mcfg.history_len, seed=tcfg.seed,
+                                                      return_ranks=True)["ranks"], cold, split)
+                    for split in ("val", "test")}
+        report["runs"][variant] = {**by_split, "best_epoch": metrics["best_epoch"],
                                    "train_seconds": metrics["train_seconds"], "catalogue": len(ds.vocab.items),
                                    "wall_seconds": round(time.monotonic() - t0, 1),
                                    "val_ndcg@10": metrics["val"]["ndcg@10"], "model": mcfg.to_dict()}
-        log.info("%s content: %s", variant, json.dumps(report["runs"][variant]["test"]))
+        log.info("%s content: %s", variant, json.dumps(by_split))
     return report
 
 
@@ -135,11 +140,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scenario", choices=["content", "live"], default="content")
     p.add_argument("--variants", default="without,with", help="which runs: without, with (comma-separated)")
     p.add_argument("--id-dropout", type=float, default=None, help="the 'with' run's id-dropout (default: training's)")
+    p.add_argument("--cold-target", choices=["test", "val"], default="test",
+                   help="which split's targets are the cold items (val: to choose a setting on validation)")
     p.add_argument("--json", type=Path, required=True, help="report file; the data goes beside it")
     a = p.parse_args(argv)
     report = measure(a.json.parent / (a.json.stem + "-data"), users=a.users, items=a.items, events=a.events,
                      seed=a.seed, threads=a.threads, epochs=a.epochs, max_minutes=a.max_minutes,
-                     scenario=a.scenario, variants=tuple(a.variants.split(",")), id_dropout=a.id_dropout)
+                     scenario=a.scenario, variants=tuple(a.variants.split(",")), id_dropout=a.id_dropout,
+                     cold_target=a.cold_target)
     text = json.dumps(report, indent=1)
     a.json.write_text(text + "\n")
     sys.stdout.write(text + "\n")

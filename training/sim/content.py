@@ -12,6 +12,8 @@ of the favourite brand (``P_BRAND``), of any brand of the category (``P_CATEGORY
 globally popular item (noise). A user's last event (the leave-one-out test target) is, with
 probability ``p_cold_target``, a cold item of the last session's category and favourite brand
 (or of the category when that group has none): only content can tell a model which.
+``cold_target="val"`` puts that cold item one event earlier, on the validation target, so that a
+setting can be chosen on validation cases with cold targets (the test target is then warm).
 
     events, table, cold = generate_content(1000, 400, 40_000, seed=7)
     write_attributes_csv(path, table)
@@ -30,8 +32,10 @@ from attnrec.events import ClickEvent
 from ..content import ContentTable, ItemAttributes
 from .synth import START_TS_MS
 
-__all__ = ["ContentWorld", "generate_content", "write_attributes_csv", "P_BRAND", "P_CATEGORY"]
+__all__ = ["ContentWorld", "generate_content", "write_attributes_csv", "P_BRAND", "P_CATEGORY", "COLD_TARGETS"]
 
+#: Where a user's cold target goes: the split's name -> its place counted from the end of the history.
+COLD_TARGETS = {"test": 1, "val": 2}
 P_BRAND = 0.55  # next item of the user's favourite brand in the session's category
 P_CATEGORY = 0.30  # next item of any brand in the session's category (else: popular noise)
 _NOUNS = ("phone", "lipstick", "sneaker", "kettle", "novel", "headset", "jacket", "lamp", "blender", "watch",
@@ -94,7 +98,7 @@ def _zipf(rng: random.Random, items: list[int]) -> int:
 
 
 def _user_events(world: ContentWorld, uid: str, n: int, seed: int, p_cold_target: float,
-                 n_categories: int, brands_per_category: int) -> list[ClickEvent]:
+                 n_categories: int, brands_per_category: int, cold_from_end: int = 1) -> list[ClickEvent]:
     rng = random.Random(f"content-{seed}-{uid}")
     cats = rng.sample(range(n_categories), 2)
     fav = {c: rng.randrange(brands_per_category) for c in cats}
@@ -111,7 +115,7 @@ def _user_events(world: ContentWorld, uid: str, n: int, seed: int, p_cold_target
         left -= 1
         x = rng.random()
         group = (cat, fav[cat])
-        if k == n - 1 and n >= 3 and rng.random() < p_cold_target:
+        if k == n - cold_from_end and n >= 3 and rng.random() < p_cold_target:
             pool = world.cold.get(group) or [i for b in range(brands_per_category) for i in world.cold.get((cat, b), [])]
             item = rng.choice(pool) if pool else _zipf(rng, world.warm[group])
         elif x < P_BRAND:
@@ -128,8 +132,13 @@ def _user_events(world: ContentWorld, uid: str, n: int, seed: int, p_cold_target
 
 def generate_content(n_users: int, n_items: int, n_events: int, seed: int = 0, *, n_categories: int = 8,
                      brands_per_category: int = 4, cold_share: float = 0.15,
-                     p_cold_target: float = 0.3) -> tuple[list[ClickEvent], ContentWorld, set[str]]:
-    """(events sorted by time, the world with its attribute rows, the cold item ids)."""
+                     p_cold_target: float = 0.3, cold_target: str = "test"
+                     ) -> tuple[list[ClickEvent], ContentWorld, set[str]]:
+    """(events sorted by time, the world with its attribute rows, the cold item ids); the cold
+    items are targets of the ``cold_target`` split ("test": each user's last event, "val": the one
+    before it)."""
+    if cold_target not in COLD_TARGETS:
+        raise ValueError(f"cold_target must be one of {sorted(COLD_TARGETS)}, not {cold_target!r}")
     world = ContentWorld.build(n_items, seed, n_categories, brands_per_category, cold_share)
     rng = random.Random(f"content-users-{seed}")
     weights = [rng.lognormvariate(0.0, 0.6) for _ in range(n_users)]
@@ -137,7 +146,8 @@ def generate_content(n_users: int, n_items: int, n_events: int, seed: int = 0, *
     events: list[ClickEvent] = []
     for u, w in enumerate(weights):
         n = max(4, int(n_events * w / total))
-        events += _user_events(world, f"u{u}", n, seed, p_cold_target, n_categories, brands_per_category)
+        events += _user_events(world, f"u{u}", n, seed, p_cold_target, n_categories, brands_per_category,
+                               COLD_TARGETS[cold_target])
     events.sort(key=lambda e: (e.ts, e.user_id))
     return events, world, world.cold_items
 
