@@ -182,7 +182,7 @@ class TrainConfig(ConfigDict):
     denoise: float = field(default=0.0, metadata=option(
         "share of random events inserted into every training batch, whose attention is a loss, so the model learns "
         "to look away from misclicks (training/denoise.py; 0 = off)", ge=0, lt=1,
-        unset="0.2 for short histories, 0.1 for event streams, 0 for long histories and for the baselines"))
+        unset="0.2 for short histories, 0.15 for event streams, 0 for long histories and for the baselines"))
     denoise_weight: float = field(default=1.0, metadata=option(
         "with DENOISE, the weight of the attention mass on the inserted events in the loss", ge=0))
     drop_hardest: float = field(default=0.0, metadata=option(

@@ -152,8 +152,8 @@ def test_event_streams_train_with_denoising_and_baselines_without_unless_asked()
     from attnrec.training.settings import TrainingSettings
 
     ds = dataset_from_events(generate(60, 50, 2400, seed=3), "tiny")
-    assert default_configs(ds)[1].denoise == 0.1
-    assert configs(TrainingSettings(), ds)[1].denoise == 0.1
+    assert default_configs(ds)[1].denoise == 0.15
+    assert configs(TrainingSettings(), ds)[1].denoise == 0.15
     assert configs(TrainingSettings(), ds, baseline=True)[1].denoise == 0.0  # GRU4Rec / mean-pool / SASRec-BCE recipes
     assert configs(TrainingSettings(train_denoise=0.2), ds, baseline=True)[1].denoise == 0.2
     assert configs(TrainingSettings(train_denoise=0.0), ds)[1].denoise == 0.0
