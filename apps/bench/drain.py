@@ -3,7 +3,10 @@
 ``N`` events are produced to fresh topics before any agent consumes them; then the agent (the
 worker, or the null agent) starts and the tracker times its recommendations from the first to
 the last: ``events/s = N / (last - first)``. The agent's start-up (group join, model load) is
-outside the timed span. The users are the session's, with pre-filled buffers, so the worker
+outside the timed span: the span runs from the first event the agent received to the broker's
+append of its last recommendation (the ``attnrec-timing`` header and the recs topic's
+``LogAppendTime``), so a read-committed reader that gets a whole small backlog's output in one
+poll cannot shrink it to nothing. The users are the session's, with pre-filled buffers, so the worker
 runs in its steady state (full windows). The worker and the null agent drain one after the
 other on the same broker; their ratio is what Redis, the model and the logic cost under a
 backlog, where batching must win.
@@ -43,10 +46,12 @@ def drain_once(base: Settings, *, registry: Path, items: Sequence[str], users: S
     s = base.model_copy(update={
         "clicks_topic": f"drain-{tag}-clicks", "recs_topic": f"drain-{tag}-recs", "dlq_topic": f"drain-{tag}-clicks.dlq",
         "updates_topic": f"drain-{tag}-model-updates", "group_id": f"attnrec-drain-{tag}", "registry": registry,
-        "timing_headers": False,
+        "timing_headers": True,
     })  # fmt: skip
-    ensure_topics(s)
-    tracker = CoverageTracker(s).start()
+    ensure_topics(s, configs={"message.timestamp.type": "LogAppendTime"})
+    tracker = CoverageTracker(s)
+    tracker.track_agent_span = True
+    tracker.start()
     tracker.t_measure = 0.0  # every covered event counts
     src = iter(EventSource(items, users, seed=seed))
     producer = rd_producer(s, linger_ms=5)
@@ -72,11 +77,15 @@ def drain_once(base: Settings, *, registry: Path, items: Sequence[str], users: S
     finally:
         w.stop()
         tracker.stop()
-    span = max(1e-9, (tracker.last_cover or 0.0) - (tracker.first_cover or 0.0))
+    span = tracker.agent_span()
+    if tracker.n_covered and not span:
+        raise AttnrecError(f"the {agent} drain's recommendations carry no timing header to time it by")
+    span = span or 1.0  # nothing covered: 0 events/s
+    reader_span = (tracker.last_cover or 0.0) - (tracker.first_cover or 0.0)
     d = {k: m1.get(k, 0.0) - m0.get(k, 0.0) for k in set(m1) | set(m0)}
     done = d.get("attnrec_events_total", 0.0)
     res = {"agent": agent, "events": events, "covered": tracker.n_covered, "lost": tracker.lost(),
-           "seconds": round(span, 3), "events_per_s": round(tracker.n_covered / span, 1),
+           "seconds": round(span, 3), "reader_seconds": round(reader_span, 3), "events_per_s": round(tracker.n_covered / span, 1),
            "worker_cpu_us_per_event": round(1e6 * (c1 - c0) / done, 1) if done else None,
            "batch_sizes": batch_sizes(d, "attnrec_batch_size"), "load_avg_before": load_before,
            "load_avg_after": loadavg()}  # fmt: skip

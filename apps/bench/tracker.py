@@ -84,6 +84,10 @@ class CoverageTracker:
         self.t_measure: float | None = None  # set by the producer when the measured window opens
         self.window_covered = 0  # events (measured or not) covered at or after t_measure
         self.last_cover: float | None = None
+        #: the agent's own span (:meth:`agent_span`): set ``track_agent_span`` before :meth:`start`
+        self.track_agent_span = False
+        self.agent_first_received_ms: float | None = None
+        self.agent_last_appended_ms: float | None = None
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -167,6 +171,8 @@ class CoverageTracker:
 
     def _on_rec(self, rec: dict[str, Any], now: float, record: Any = None) -> None:
         self.recs += 1
+        if self.track_agent_span and record is not None:
+            self._agent_marks(record)
         trig = str(rec.get("trigger_event_id"))
         if rec.get("fallback"):
             self.fallbacks += 1
@@ -213,6 +219,32 @@ class CoverageTracker:
         sent_ms, now_ms = 1000.0 * (self._epoch + t_sent), 1000.0 * (self._epoch + now)
         marks = (sent_ms, appended, received, start, redis_done, model_done, handed, float(ts), now_ms)
         self.hops.append(tuple(b - a for a, b in zip(marks, marks[1:], strict=False)))
+
+    def _agent_marks(self, record: Any) -> None:
+        """Widen the agent's span by one recommendation: its trigger's receive time in the agent
+        (``attnrec-timing``) and the broker's append time of the recommendation."""
+        raw = dict(record.headers() or ()).get("attnrec-timing")
+        ts_type, ts = record.timestamp()
+        if raw is None or ts_type != _LOG_APPEND_TIME:
+            return
+        try:
+            received = float(raw.split(b",")[1])
+        except (ValueError, IndexError):
+            return
+        if self.agent_first_received_ms is None or received < self.agent_first_received_ms:
+            self.agent_first_received_ms = received
+        if self.agent_last_appended_ms is None or ts > self.agent_last_appended_ms:
+            self.agent_last_appended_ms = float(ts)
+
+    def agent_span(self) -> float | None:
+        """Seconds from the first event the agent received to the broker's append of its last
+        recommendation, by the agent's and the broker's clocks (this box's); None without
+        timing headers on a LogAppendTime topic. Unlike the span between the first and the last
+        recommendation this reader sees, it does not shrink to nothing when a read-committed
+        reader gets a whole backlog's output in one poll (one transaction, or one fetch)."""
+        if self.agent_first_received_ms is None or self.agent_last_appended_ms is None:
+            return None
+        return (self.agent_last_appended_ms - self.agent_first_received_ms) / 1000.0
 
     def _on_dead(self, raw_env: bytes) -> None:
         try:
