@@ -284,6 +284,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging(s.log_level)
     try:
+        if argv is None and args._handler.startswith("attnrec.training."):  # started from the shell
+            from attnrec.training.allocator import reexec
+
+            reexec(s.train_allocator, sys.argv[1:])
         rc = _resolve(args._handler)(s, args)
     except ConfigError as exc:
         print(f"attnrec: error: {exc}", file=sys.stderr)

@@ -10,6 +10,8 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)  # promtool checks and
 if [[ "${ATTNREC_SKIP_CHROMIUM:-0}" != "1" ]]; then
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
 fi
+# training runs under jemalloc (training/allocator.py); redis-server pulls it in on Debian, but ask for it by name
+[[ -e /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 || -e /usr/lib/aarch64-linux-gnu/libjemalloc.so.2 ]] || need+=(libjemalloc2)
 command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || [[ -n "${KAFKA_HOME:-}" ]] || need+=(maven)
 if ((${#need[@]})); then
