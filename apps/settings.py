@@ -56,6 +56,7 @@ class DemoSettings(StackSettings):
     )
     demo_events: int = Field(6000, ge=100, description="ATTNREC_DEMO_EVENTS: events replayed live")
     demo_rate: float = Field(500.0, gt=0, description="ATTNREC_DEMO_RATE: replay rate, events/s")
+    demo_warmup_s: float = Field(3.0, ge=0, description="ATTNREC_DEMO_WARMUP_S: seconds of traffic at RATE from users of their own before the replay, answered but not in the reported latency (a broker, worker and Redis started a minute earlier answer their first seconds slower; the summary reports that cold start apart); 0: none")
     demo_train_seconds: float = Field(60.0, gt=0, description="ATTNREC_DEMO_TRAIN_SECONDS: training budget of each model")
     demo_scenario: Literal["synthetic", "live"] = Field("synthetic", description="ATTNREC_DEMO_SCENARIO: synthetic (planted follow-ups) or live (the live-commerce simulator, with the catalog topic, a burst and online evaluation)")
     demo_keep_stack: bool = Field(False, description="ATTNREC_DEMO_KEEP_STACK: leave Kafka and Redis running afterwards")
