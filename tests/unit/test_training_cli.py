@@ -76,7 +76,7 @@ def test_training_options_are_declared_once_in_the_configs() -> None:
     assert {"train_max_len", "train_blocks", "train_negatives", "train_bucket", "train_max_minutes", "train_seed",
             "train_threads", "train_id_dropout"} <= declared
     generated = {n for n in TrainingSettings.model_fields if n.startswith("train_")}
-    assert generated - declared == {"train_out", "train_no_types", "train_no_gaps", "train_items"}
+    assert generated - declared == {"train_out", "train_no_types", "train_no_gaps", "train_items", "train_allocator"}
     assert not {"train_val_max_users", "train_all_windows", "train_d_ff", "train_positions"} & generated
 
 
