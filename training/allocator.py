@@ -4,7 +4,7 @@ A training step allocates and frees the same large tensors every batch. glibc's 
 big blocks back to the kernel on ``free`` and takes fresh ones on the next ``malloc``, which the
 kernel must zero: on Beauty a third of a step's CPU was system time. jemalloc told to keep its
 freed memory (``dirty_decay_ms:-1,muzzy_decay_ms:-1``) reuses the blocks instead; the figures
-are identical and the step cheaper (docs/BENCHMARKS.md, "Training step cost").
+are identical and the step cheaper (docs/BENCHMARKS.md, "Training under jemalloc").
 
 An allocator is chosen when a process starts, so a training command that is not yet running
 under it starts itself again (:func:`reexec`) with ``LD_PRELOAD`` and ``MALLOC_CONF`` set; the

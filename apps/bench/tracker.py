@@ -208,33 +208,25 @@ class CoverageTracker:
     def _hops(self, t_sent: float, now: float, record: Any) -> None:
         """Split a trigger's latency at the worker's milestones (``attnrec-timing``) and the
         broker's append time of the recommendation (``record.timestamp()``, LogAppendTime)."""
-        raw = dict(record.headers()).get("attnrec-timing")
-        ts_type, ts = record.timestamp()
-        if raw is None or ts_type != _LOG_APPEND_TIME:
+        marks6 = _timing_marks(record)
+        if marks6 is None:
             return
-        try:
-            appended, received, start, redis_done, model_done, handed = (float(x) for x in raw.split(b","))
-        except ValueError:
-            return
+        (appended, received, start, redis_done, model_done, handed), ts = marks6
         sent_ms, now_ms = 1000.0 * (self._epoch + t_sent), 1000.0 * (self._epoch + now)
-        marks = (sent_ms, appended, received, start, redis_done, model_done, handed, float(ts), now_ms)
+        marks = (sent_ms, appended, received, start, redis_done, model_done, handed, ts, now_ms)
         self.hops.append(tuple(b - a for a, b in zip(marks, marks[1:], strict=False)))
 
     def _agent_marks(self, record: Any) -> None:
         """Widen the agent's span by one recommendation: its trigger's receive time in the agent
         (``attnrec-timing``) and the broker's append time of the recommendation."""
-        raw = dict(record.headers() or ()).get("attnrec-timing")
-        ts_type, ts = record.timestamp()
-        if raw is None or ts_type != _LOG_APPEND_TIME:
+        marks6 = _timing_marks(record)
+        if marks6 is None:
             return
-        try:
-            received = float(raw.split(b",")[1])
-        except (ValueError, IndexError):
-            return
+        received, ts = marks6[0][1], marks6[1]
         if self.agent_first_received_ms is None or received < self.agent_first_received_ms:
             self.agent_first_received_ms = received
         if self.agent_last_appended_ms is None or ts > self.agent_last_appended_ms:
-            self.agent_last_appended_ms = float(ts)
+            self.agent_last_appended_ms = ts
 
     def agent_span(self) -> float | None:
         """Seconds from the first event the agent received to the broker's append of its last
@@ -258,6 +250,20 @@ class CoverageTracker:
 
     def lost(self) -> int:
         return max(0, self.n_sent - self.n_covered - self.n_dead)
+
+
+def _timing_marks(record: Any) -> tuple[tuple[float, ...], float] | None:
+    """A recommendation's ``attnrec-timing`` milestones (six epoch ms) and the broker's append
+    time; None without the header, on a topic not stamped with LogAppendTime, or malformed."""
+    raw = dict(record.headers() or ()).get("attnrec-timing")
+    ts_type, ts = record.timestamp()
+    if raw is None or ts_type != _LOG_APPEND_TIME:
+        return None
+    try:
+        marks = tuple(float(x) for x in raw.split(b","))
+    except ValueError:
+        return None
+    return (marks, float(ts)) if len(marks) == 6 else None
 
 
 def _end_offset(consumer: Any, tp: Any, deadline: float) -> int:
